@@ -1,0 +1,136 @@
+//! `bamba info`: what a config implies, from config.json alone (no weights needed).
+
+use anyhow::{Context, Result};
+use bamba_model::sizes::{parse_memory, MemoryModel, ParameterCounts};
+use bamba_model::{BambaConfig, LayerKind, Precision};
+use serde_json::json;
+
+use crate::InfoArgs;
+
+fn elem_bytes(p: Precision) -> u64 {
+    match p {
+        Precision::F32 => 4,
+        Precision::Bf16 | Precision::F16 => 2,
+    }
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    match b {
+        b if b >= 1e9 => format!("{:.2} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.2} MB", b / 1e6),
+        b if b >= 1e3 => format!("{:.2} KB", b / 1e3),
+        _ => format!("{bytes} B"),
+    }
+}
+
+pub fn run(args: &InfoArgs) -> Result<()> {
+    let config = BambaConfig::from_path(&args.model)
+        .with_context(|| format!("reading the config in {}", args.model.display()))?;
+    let counts = ParameterCounts::new(&config);
+    let mem = MemoryModel::new(
+        &config,
+        elem_bytes(args.dtype),
+        elem_bytes(args.state_dtype),
+        elem_bytes(args.dtype),
+    );
+    let memory = args
+        .memory
+        .as_deref()
+        .map(|m| {
+            parse_memory(m)
+                .with_context(|| format!("cannot parse --memory {m:?} (try 141GB or 80GiB)"))
+        })
+        .transpose()?;
+    let layers: Vec<&str> = config.layer_kinds.iter().map(|k| k.name()).collect();
+    let weight_bytes = |p| counts.total * elem_bytes(p);
+    let conv_bytes = mem.state_bytes_per_sequence - mem.ssm_state_bytes_per_sequence;
+    let fit = memory.map(|m| {
+        (
+            m,
+            mem.bytes_per_sequence(args.context),
+            mem.sequences_that_fit(m, args.context),
+        )
+    });
+
+    if args.json {
+        let mut out = json!({
+            "parameters": counts.total,
+            "parameters_breakdown": {
+                "embedding": counts.embedding, "lm_head": counts.lm_head, "final_norm": counts.final_norm,
+                "per_mamba_layer": counts.mamba_layer, "per_attention_layer": counts.attention_layer,
+            },
+            "layers": layers,
+            "mamba_layers": config.count(LayerKind::Mamba),
+            "attention_layers": config.count(LayerKind::Attention),
+            "weight_bytes": { "f32": weight_bytes(Precision::F32), "bf16": weight_bytes(Precision::Bf16), "f16": weight_bytes(Precision::F16) },
+            "dtype": args.dtype.to_string(),
+            "state_dtype": args.state_dtype.to_string(),
+            "streamed_weight_bytes_per_decode_step": mem.streamed_weight_bytes,
+            "recurrent_state_bytes_per_sequence": mem.state_bytes_per_sequence,
+            "ssm_state_bytes_per_sequence": mem.ssm_state_bytes_per_sequence,
+            "conv_state_bytes_per_sequence": conv_bytes,
+            "kv_bytes_per_token": mem.kv_bytes_per_token,
+            "context": args.context,
+            "bytes_per_sequence_at_context": mem.bytes_per_sequence(args.context),
+        });
+        if let Some((m, _, n)) = fit {
+            out["memory_bytes"] = json!(m);
+            out["sequences_that_fit"] = json!(n);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+
+    let plan: String = config
+        .layer_kinds
+        .iter()
+        .map(|k| if *k == LayerKind::Attention { 'A' } else { 'M' })
+        .collect();
+    println!(
+        "layers            {} ({} mamba, {} attention)  {plan}",
+        config.num_layers,
+        config.count(LayerKind::Mamba),
+        config.count(LayerKind::Attention)
+    );
+    println!("parameters        {}", counts.total);
+    println!("  per mamba layer     {}", counts.mamba_layer);
+    println!("  per attention layer {}", counts.attention_layer);
+    println!(
+        "  embedding + head    {}",
+        counts.embedding + counts.lm_head
+    );
+    println!(
+        "weights           f32 {}  bf16 {}  f16 {}",
+        human(weight_bytes(Precision::F32)),
+        human(weight_bytes(Precision::Bf16)),
+        human(weight_bytes(Precision::F16))
+    );
+    println!(
+        "recurrent state   {} per sequence (ssm {} in {}, conv {})",
+        human(mem.state_bytes_per_sequence),
+        human(mem.ssm_state_bytes_per_sequence),
+        args.state_dtype,
+        human(conv_bytes)
+    );
+    println!(
+        "kv cache          {} per token ({})",
+        human(mem.kv_bytes_per_token),
+        args.dtype
+    );
+    println!(
+        "per sequence      {} at context {}",
+        human(mem.bytes_per_sequence(args.context)),
+        args.context
+    );
+    if let Some((m, _, n)) = fit {
+        println!(
+            "fits              {n} sequences of {} tokens in {} next to {} of {} weights",
+            args.context,
+            human(m),
+            human(mem.weight_bytes),
+            args.dtype
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Hot operations of the Bamba model behind one Burn backend-extension trait.
+//!
+//! [`BambaOps`] is the only door the model uses for its hot ops (the Mamba2 SSD chunked scan and the
+//! causal depthwise conv). Each method's default body is the plain tensor-op reference in
+//! [`reference`], which runs on every backend (ndarray in CI). GPU backends override a method with a
+//! CubeCL kernel; tests compare the override against the reference on the same device.
+//!
+//! The trait and all its impls live in this crate because of the orphan rule: `NdArray`,
+//! `CubeBackend` and `Fusion` are foreign types.
+
+pub mod reference;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+pub use reference::conv::ConvOutput;
+pub use reference::ssd::{SsdConfig, SsdInputs, SsdOutput};
+
+/// The backend-extension trait of the Bamba hot ops.
+///
+/// Default methods are the tensor-op references; a backend with a kernel overrides them.
+pub trait BambaOps: Backend {
+    /// Mamba2 SSD chunked scan with softplus/dt_bias/clamp fused, from an optional initial state.
+    ///
+    /// # Shapes
+    /// - inputs: see [`SsdInputs`]
+    /// - output `y`: `[batch, len, heads, head_dim]` f32; `final_state`: `[batch, heads, head_dim, d_state]` f32
+    fn ssd_chunk_scan(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
+        reference::ssd::ssd_chunk_scan(inputs, config)
+    }
+
+    /// Causal depthwise conv1d + bias + SiLU, continuing from an optional window of earlier inputs.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, len, channels]`, `weight`: `[channels, kernel]`, `bias`: `[channels]`
+    /// - `window`: `[batch, channels, kernel - 1]`, the last pre-conv inputs, oldest first (zeros if `None`)
+    /// - output `y`: `[batch, len, channels]` in `x`'s dtype; `window`: the new last `kernel - 1` inputs
+    fn causal_conv1d_silu(
+        x: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+        window: Option<Tensor<Self, 3>>,
+    ) -> ConvOutput<Self> {
+        reference::conv::causal_conv1d_silu(x, weight, bias, window)
+    }
+}
+
+#[cfg(feature = "ndarray")]
+mod ndarray_impl {
+    use burn::backend::ndarray::{
+        FloatNdArrayElement, IntNdArrayElement, NdArray, NdArrayTensor, QuantElement, SharedArray,
+    };
+
+    /// ndarray runs the tensor-op references.
+    impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> super::BambaOps
+        for NdArray<E, I, Q>
+    where
+        NdArrayTensor: From<SharedArray<E>>,
+        NdArrayTensor: From<SharedArray<I>>,
+    {
+    }
+}
+
+#[cfg(feature = "cubecl")]
+mod cube_impl {
+    use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+    use burn_fusion::{Fusion, FusionBackend};
+
+    /// CubeCL backends (CUDA, wgpu). The SSD and conv kernels are not written yet: these use the
+    /// tensor-op references, as `backends.md` states.
+    impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> super::BambaOps
+        for CubeBackend<R, F, I, BT>
+    {
+    }
+
+    /// The `Fusion` wrapper that burn's `fusion` feature puts around CubeCL backends.
+    impl<B: FusionBackend + super::BambaOps> super::BambaOps for Fusion<B> {}
+}

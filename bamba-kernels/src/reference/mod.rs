@@ -1,0 +1,5 @@
+//! Plain tensor-op references for the hot ops: correct on every backend, the ground truth that
+//! kernels are tested against.
+
+pub mod conv;
+pub mod ssd;

@@ -1,0 +1,69 @@
+//! One decoder layer: `x + mixer(norm(x))`, then `x + mlp(norm(x))`. The mixer is Mamba2 or attention,
+//! fixed per layer by `attn_layer_indices`; every layer has both norms and the MLP.
+
+use bamba_kernels::BambaOps;
+use burn::tensor::Tensor;
+
+use crate::attention::Attention;
+use crate::config::{BambaConfig, LayerKind};
+use crate::loader::{LoadError, WeightReader};
+use crate::mamba2::Mamba2Mixer;
+use crate::mlp::Mlp;
+use crate::norm::RmsNorm;
+use crate::rope::{Rope, RopeTables};
+
+/// The sequence mixer of a layer.
+#[derive(Debug, Clone)]
+pub enum Mixer<B: BambaOps> {
+    Mamba(Mamba2Mixer<B>),
+    Attention(Attention<B>),
+}
+
+#[derive(Debug, Clone)]
+pub struct DecoderLayer<B: BambaOps> {
+    pub input_layernorm: RmsNorm<B>,
+    pub mixer: Mixer<B>,
+    pub pre_ff_layernorm: RmsNorm<B>,
+    pub feed_forward: Mlp<B>,
+}
+
+impl<B: BambaOps> DecoderLayer<B> {
+    /// Reads `model.layers.{index}.*`.
+    pub fn load(
+        w: &mut WeightReader<'_, B>,
+        index: usize,
+        c: &BambaConfig,
+    ) -> Result<Self, LoadError> {
+        let p = format!("model.layers.{index}");
+        let (h, eps) = (c.hidden_size, c.rms_norm_eps);
+        let mixer = match c.layer_kinds[index] {
+            LayerKind::Mamba => Mixer::Mamba(Mamba2Mixer::load(w, &format!("{p}.mamba"), c)?),
+            LayerKind::Attention => {
+                Mixer::Attention(Attention::load(w, &format!("{p}.self_attn"), c)?)
+            }
+        };
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), h, eps)?,
+            mixer,
+            pre_ff_layernorm: RmsNorm::load(w, &format!("{p}.pre_ff_layernorm.weight"), h, eps)?,
+            feed_forward: Mlp::load(w, &format!("{p}.feed_forward"), c)?,
+        })
+    }
+
+    /// Full-sequence forward without a cache.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, len, hidden]` → same
+    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope, tables: &RopeTables<B>) -> Tensor<B, 3> {
+        let h = self.input_layernorm.forward(x.clone());
+        let h = match &self.mixer {
+            Mixer::Mamba(m) => m.forward(h, None).0,
+            Mixer::Attention(a) => a.forward(h, rope, tables),
+        };
+        let x = x + h;
+        let h = self
+            .feed_forward
+            .forward(self.pre_ff_layernorm.forward(x.clone()));
+        x + h
+    }
+}

@@ -1,0 +1,23 @@
+//! The Bamba hybrid Mamba2/attention language model on Burn, written once over `Backend`.
+//!
+//! Weights are plain tensors built by [`loader`] straight from a Hugging Face checkpoint (no
+//! `Module` record machinery: this crate only runs inference). Hot ops go through
+//! [`bamba_kernels::BambaOps`]. Module layout: one block kind per file.
+
+pub mod attention;
+pub mod config;
+pub mod layer;
+pub mod linear;
+pub mod loader;
+pub mod mamba2;
+pub mod mlp;
+pub mod model;
+pub mod norm;
+pub mod rope;
+pub mod sizes;
+
+pub use bamba_kernels;
+pub use config::{BambaConfig, ConfigError, LayerKind};
+pub use loader::{Checkpoint, LoadError, Precision};
+pub use model::{BambaModel, InputError};
+pub use sizes::{MemoryModel, ParameterCounts};

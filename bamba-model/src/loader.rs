@@ -1,0 +1,381 @@
+//! Hugging Face safetensors checkpoints: one file or sharded (`model.safetensors.index.json`),
+//! memory-mapped, every tensor converted once to the compute dtype on its way to the device.
+//!
+//! Only one tensor is ever held on the host besides the mapping (which is the page cache), so a
+//! 19.6 GB checkpoint loads without two copies. Every tensor the model asks for is checked for
+//! presence, shape and dtype; tensors nobody asked for are an error too.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata};
+use safetensors::SafeTensors;
+use thiserror::Error;
+
+use crate::config::ConfigError;
+
+/// The dtype weights are converted to and the model computes in (SSM math is f32 regardless).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            "f16" | "float16" | "half" => Ok(Precision::F16),
+            _ => Err(format!("unknown dtype {s:?} (expected f32, bf16 or f16)")),
+        }
+    }
+}
+
+/// Errors loading a checkpoint.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no weights in {0}: expected model.safetensors or model.safetensors.index.json")]
+    NoWeights(PathBuf),
+    #[error("malformed shard index {path}: {message}")]
+    Index { path: PathBuf, message: String },
+    #[error("malformed or truncated safetensors file {path}: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    #[error("tensor {name} is missing from the checkpoint{}", .file.as_ref().map(|f| format!(" (the index names {})", f.display())).unwrap_or_default())]
+    Missing { name: String, file: Option<PathBuf> },
+    #[error("tensor {name} appears in both {first} and {second}")]
+    Duplicate {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("unexpected tensors the model does not use: {}", .names.join(", "))]
+    Unexpected { names: Vec<String> },
+    #[error("tensor {name} in {file} has shape {found:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        file: PathBuf,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("tensor {name} in {file} has dtype {dtype}; expected a float type (F32, BF16 or F16)")]
+    Dtype {
+        name: String,
+        file: PathBuf,
+        dtype: String,
+    },
+    #[error("backend {backend} cannot compute in {precision}; choose another --dtype (f32 works everywhere)")]
+    UnsupportedPrecision {
+        precision: Precision,
+        backend: String,
+    },
+}
+
+/// One memory-mapped safetensors file with its parsed, validated header.
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+    metadata: Metadata,
+}
+
+impl Shard {
+    fn open(path: PathBuf) -> Result<Self, LoadError> {
+        let file = File::open(&path).map_err(|source| LoadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        // SAFETY: the mapping is read-only; a checkpoint modified while loading is outside our contract.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| LoadError::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Shard {
+            path,
+            mmap,
+            data_start: 8 + header_len,
+            metadata,
+        })
+    }
+}
+
+/// An opened checkpoint: every shard mapped, every tensor name located.
+pub struct Checkpoint {
+    shards: Vec<Shard>,
+    /// name → shard index.
+    locations: HashMap<String, usize>,
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Opens `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let dir = dir.as_ref();
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let (files, claimed): (Vec<PathBuf>, HashMap<String, PathBuf>) = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|source| LoadError::Io {
+                path: index_path.clone(),
+                source,
+            })?;
+            let index: ShardIndex = serde_json::from_str(&text).map_err(|e| LoadError::Index {
+                path: index_path.clone(),
+                message: e.to_string(),
+            })?;
+            let files: BTreeSet<&String> = index.weight_map.values().collect();
+            for f in &files {
+                if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                    return Err(LoadError::Index {
+                        path: index_path.clone(),
+                        message: format!("shard name {f:?} is not a file name"),
+                    });
+                }
+            }
+            let claimed = index
+                .weight_map
+                .iter()
+                .map(|(k, v)| (k.clone(), dir.join(v)))
+                .collect();
+            (files.into_iter().map(|f| dir.join(f)).collect(), claimed)
+        } else if single.exists() {
+            (vec![single], HashMap::new())
+        } else {
+            return Err(LoadError::NoWeights(dir.to_path_buf()));
+        };
+
+        let shards = files
+            .into_iter()
+            .map(Shard::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut locations = HashMap::new();
+        for (i, shard) in shards.iter().enumerate() {
+            for name in shard.metadata.tensors().keys() {
+                if let Some(prev) = locations.insert(name.clone(), i) {
+                    return Err(LoadError::Duplicate {
+                        name: name.clone(),
+                        first: shards[prev].path.clone(),
+                        second: shard.path.clone(),
+                    });
+                }
+            }
+        }
+        // The index must not point at a shard that lacks the tensor.
+        for (name, file) in &claimed {
+            match locations.get(name) {
+                Some(&i) if shards[i].path == *file => {}
+                _ => {
+                    return Err(LoadError::Missing {
+                        name: name.clone(),
+                        file: Some(file.clone()),
+                    })
+                }
+            }
+        }
+        Ok(Checkpoint { shards, locations })
+    }
+
+    /// Every tensor name in the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.locations.keys().map(String::as_str)
+    }
+
+    /// Raw view of one tensor: dtype, shape, bytes, and the file it lives in.
+    fn view(&self, name: &str) -> Option<(Dtype, &[usize], &[u8], &Path)> {
+        let shard = &self.shards[*self.locations.get(name)?];
+        let info = shard.metadata.info(name)?;
+        let (a, b) = info.data_offsets;
+        let bytes = &shard.mmap[shard.data_start + a..shard.data_start + b];
+        Some((info.dtype, &info.shape, bytes, &shard.path))
+    }
+}
+
+/// Decodes little-endian float bytes of `dtype` into `T` through f32.
+fn decode<T>(bytes: &[u8], dtype: Dtype, from_f32: impl Fn(f32) -> T) -> Vec<T> {
+    match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| from_f32(bf16::from_le_bytes([c[0], c[1]]).to_f32()))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| from_f32(f16::from_le_bytes([c[0], c[1]]).to_f32()))
+            .collect(),
+        _ => unreachable!("dtype checked by the caller"),
+    }
+}
+
+/// Builds host data of `target` dtype from checkpoint bytes (one conversion, no intermediate copy
+/// when the dtypes match beyond the unavoidable unaligned read).
+fn convert(bytes: &[u8], from: Dtype, target: DType, shape: Vec<usize>) -> TensorData {
+    match target {
+        DType::BF16 if from == Dtype::BF16 => TensorData::new(
+            bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                .collect::<Vec<_>>(),
+            shape,
+        ),
+        DType::F16 if from == Dtype::F16 => TensorData::new(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                .collect::<Vec<_>>(),
+            shape,
+        ),
+        DType::BF16 => TensorData::new(decode(bytes, from, bf16::from_f32), shape),
+        DType::F16 => TensorData::new(decode(bytes, from, f16::from_f32), shape),
+        _ => TensorData::new(decode(bytes, from, |v| v), shape),
+    }
+}
+
+/// Reads tensors out of a [`Checkpoint`] onto a device, tracking which ones were used.
+pub struct WeightReader<'a, B: Backend> {
+    checkpoint: &'a Checkpoint,
+    device: B::Device,
+    dtype: DType,
+    used: BTreeSet<String>,
+}
+
+impl<'a, B: Backend> WeightReader<'a, B> {
+    pub fn new(checkpoint: &'a Checkpoint, device: B::Device, dtype: DType) -> Self {
+        WeightReader {
+            checkpoint,
+            device,
+            dtype,
+            used: BTreeSet::new(),
+        }
+    }
+
+    fn read<const D: usize>(
+        &mut self,
+        name: &str,
+        file_shape: &[usize],
+        shape: [usize; D],
+        dtype: DType,
+    ) -> Result<Tensor<B, D>, LoadError> {
+        let (from, found, bytes, path) =
+            self.checkpoint
+                .view(name)
+                .ok_or_else(|| LoadError::Missing {
+                    name: name.to_string(),
+                    file: None,
+                })?;
+        if !matches!(from, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
+            return Err(LoadError::Dtype {
+                name: name.into(),
+                file: path.into(),
+                dtype: format!("{from:?}"),
+            });
+        }
+        if found != file_shape {
+            return Err(LoadError::Shape {
+                name: name.into(),
+                file: path.into(),
+                expected: file_shape.to_vec(),
+                found: found.to_vec(),
+            });
+        }
+        self.used.insert(name.to_string());
+        let data = convert(bytes, from, dtype, shape.to_vec());
+        Ok(Tensor::from_data(data, (&self.device, dtype)))
+    }
+
+    /// A tensor of exactly `shape`, in the compute dtype.
+    pub fn tensor<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, LoadError> {
+        self.read(name, &shape, shape, self.dtype)
+    }
+
+    /// A tensor of exactly `shape`, kept in f32 whatever the compute dtype (SSM parameters).
+    pub fn tensor_f32<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, LoadError> {
+        self.read(name, &shape, shape, DType::F32)
+    }
+
+    /// A tensor stored as `file_shape`, reshaped to `shape` (same element count).
+    pub fn tensor_reshaped<const D: usize>(
+        &mut self,
+        name: &str,
+        file_shape: &[usize],
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, LoadError> {
+        self.read(name, file_shape, shape, self.dtype)
+    }
+
+    /// Marks a tensor as deliberately ignored, if present.
+    pub fn skip(&mut self, name: &str) {
+        if self.checkpoint.locations.contains_key(name) {
+            self.used.insert(name.to_string());
+        }
+    }
+
+    /// Fails if the checkpoint holds tensors that were never read.
+    pub fn finish(self) -> Result<(), LoadError> {
+        let mut names: Vec<String> = self
+            .checkpoint
+            .names()
+            .filter(|n| !self.used.contains(*n))
+            .map(String::from)
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        names.sort();
+        Err(LoadError::Unexpected { names })
+    }
+}

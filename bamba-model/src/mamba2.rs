@@ -1,0 +1,170 @@
+//! The Mamba2 mixer: in_proj → causal conv → SSD scan → gated RMSNorm → out_proj.
+//!
+//! The conv and the scan go through [`BambaOps`], so a backend with kernels runs them and ndarray
+//! runs the tensor-op references.
+
+use bamba_kernels::{BambaOps, SsdConfig, SsdInputs};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+
+use crate::config::BambaConfig;
+use crate::linear::Linear;
+use crate::loader::{LoadError, WeightReader};
+use crate::norm::GatedRmsNorm;
+
+/// The recurrent state of one Mamba layer for a batch of sequences.
+#[derive(Debug, Clone)]
+pub struct MambaState<B: Backend> {
+    /// `[batch, conv_dim, d_conv - 1]`: the last pre-conv xBC columns, oldest first.
+    pub conv_window: Tensor<B, 3>,
+    /// `[batch, heads, head_dim, d_state]`, f32.
+    pub ssm: Tensor<B, 4>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mamba2Mixer<B: Backend> {
+    pub in_proj: Linear<B>,
+    /// `[conv_dim, d_conv]` (the checkpoint's `[conv_dim, 1, d_conv]` without the unit dim).
+    pub conv_weight: Tensor<B, 2>,
+    /// `[conv_dim]`.
+    pub conv_bias: Option<Tensor<B, 1>>,
+    /// `[heads]`, f32.
+    pub dt_bias: Tensor<B, 1>,
+    /// `[heads]`, f32.
+    pub a_log: Tensor<B, 1>,
+    /// `[heads]`, f32.
+    pub d: Tensor<B, 1>,
+    pub norm: GatedRmsNorm<B>,
+    pub out_proj: Linear<B>,
+    pub d_inner: usize,
+    pub conv_dim: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub groups: usize,
+    pub d_state: usize,
+    pub scan: SsdConfig,
+}
+
+impl<B: BambaOps> Mamba2Mixer<B> {
+    /// Reads `{prefix}.{in_proj, conv1d, dt_bias, A_log, D, norm, out_proj}`.
+    pub fn load(
+        w: &mut WeightReader<'_, B>,
+        prefix: &str,
+        c: &BambaConfig,
+    ) -> Result<Self, LoadError> {
+        let (h, heads, conv_dim, k) =
+            (c.hidden_size, c.mamba_n_heads, c.conv_dim(), c.mamba_d_conv);
+        let conv_weight = w.tensor_reshaped(
+            &format!("{prefix}.conv1d.weight"),
+            &[conv_dim, 1, k],
+            [conv_dim, k],
+        )?;
+        let conv_bias = if c.mamba_conv_bias {
+            Some(w.tensor(&format!("{prefix}.conv1d.bias"), [conv_dim])?)
+        } else {
+            None
+        };
+        Ok(Mamba2Mixer {
+            in_proj: Linear::load(
+                w,
+                &format!("{prefix}.in_proj"),
+                h,
+                c.in_proj_dim(),
+                c.mamba_proj_bias,
+            )?,
+            conv_weight,
+            conv_bias,
+            dt_bias: w.tensor_f32(&format!("{prefix}.dt_bias"), [heads])?,
+            a_log: w.tensor_f32(&format!("{prefix}.A_log"), [heads])?,
+            d: w.tensor_f32(&format!("{prefix}.D"), [heads])?,
+            norm: GatedRmsNorm::load(
+                w,
+                &format!("{prefix}.norm.weight"),
+                c.d_inner(),
+                c.mamba_n_groups,
+                c.rms_norm_eps,
+            )?,
+            out_proj: Linear::load(
+                w,
+                &format!("{prefix}.out_proj"),
+                c.d_inner(),
+                h,
+                c.mamba_proj_bias,
+            )?,
+            d_inner: c.d_inner(),
+            conv_dim,
+            heads,
+            head_dim: c.mamba_d_head,
+            groups: c.mamba_n_groups,
+            d_state: c.mamba_d_state,
+            scan: SsdConfig {
+                chunk_size: c.mamba_chunk_size,
+                dt_limit: c.dt_limit(),
+            },
+        })
+    }
+
+    /// Runs the mixer over a chunk of tokens, continuing from `state` (zeros when `None`), and
+    /// returns the output and the state after the chunk.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, len, hidden]` → `[batch, len, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        state: Option<MambaState<B>>,
+    ) -> (Tensor<B, 3>, MambaState<B>) {
+        let [batch, len, _] = x.dims();
+        let (gn, d_inner) = (self.groups * self.d_state, self.d_inner);
+        let zxbcdt = self.in_proj.forward(x); // [b, l, d_inner + conv_dim + heads]
+        let z = zxbcdt.clone().narrow(2, 0, d_inner);
+        let xbc = zxbcdt.clone().narrow(2, d_inner, self.conv_dim);
+        let dt = zxbcdt.narrow(2, d_inner + self.conv_dim, self.heads);
+
+        let (window, ssm) = match state {
+            Some(s) => (Some(s.conv_window), Some(s.ssm)),
+            None => (None, None),
+        };
+        let conv = B::causal_conv1d_silu(
+            xbc,
+            self.conv_weight.clone(),
+            self.conv_bias.clone(),
+            window,
+        );
+        let xbc = conv.y;
+        let scan = B::ssd_chunk_scan(
+            SsdInputs {
+                x: xbc.clone().narrow(2, 0, d_inner).reshape([
+                    batch,
+                    len,
+                    self.heads,
+                    self.head_dim,
+                ]),
+                dt,
+                a_log: self.a_log.clone(),
+                b: xbc.clone().narrow(2, d_inner, gn).reshape([
+                    batch,
+                    len,
+                    self.groups,
+                    self.d_state,
+                ]),
+                c: xbc
+                    .narrow(2, d_inner + gn, gn)
+                    .reshape([batch, len, self.groups, self.d_state]),
+                d: self.d.clone(),
+                dt_bias: self.dt_bias.clone(),
+                initial_state: ssm,
+            },
+            self.scan,
+        );
+        let y = self.norm.forward(scan.y.reshape([batch, len, d_inner]), z);
+        let out = self.out_proj.forward(y);
+        (
+            out,
+            MambaState {
+                conv_window: conv.window,
+                ssm: scan.final_state.cast(DType::F32),
+            },
+        )
+    }
+}

@@ -1,0 +1,201 @@
+//! `BambaForCausalLM`: embedding → decoder layers → final RMSNorm → LM head (tied or not).
+//! No embedding scaling, no logit scaling.
+
+use std::path::Path;
+
+use bamba_kernels::BambaOps;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use thiserror::Error;
+
+use crate::config::BambaConfig;
+use crate::layer::DecoderLayer;
+use crate::linear::Linear;
+use crate::loader::{Checkpoint, LoadError, Precision, WeightReader};
+use crate::norm::RmsNorm;
+use crate::rope::Rope;
+
+/// Bad model input.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum InputError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("token id {token} at position {position} is outside the vocabulary (size {vocab})")]
+    TokenOutOfRange {
+        token: u32,
+        position: usize,
+        vocab: usize,
+    },
+    #[error("the prompt has {len} tokens, more than max_position_embeddings ({limit})")]
+    TooLong { len: usize, limit: usize },
+    #[error("rows of a batch must have equal length (row 0 has {expected}, row {row} has {found}); pad them first")]
+    RaggedBatch {
+        row: usize,
+        expected: usize,
+        found: usize,
+    },
+}
+
+/// The Bamba causal language model, weights in one compute dtype.
+#[derive(Debug, Clone)]
+pub struct BambaModel<B: BambaOps> {
+    pub config: BambaConfig,
+    /// `[vocab, hidden]`.
+    pub embed_tokens: Tensor<B, 2>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub final_layernorm: RmsNorm<B>,
+    /// `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    pub rope: Rope,
+    pub dtype: DType,
+    pub device: B::Device,
+}
+
+impl<B: BambaOps> BambaModel<B> {
+    /// Loads a Hugging Face checkpoint directory (config.json + safetensors, single or sharded),
+    /// converting every weight once to `precision`. Fails on missing, unexpected, mis-shaped or
+    /// mistyped tensors.
+    pub fn load(
+        dir: impl AsRef<Path>,
+        device: &B::Device,
+        precision: Precision,
+    ) -> Result<Self, LoadError> {
+        let dir = dir.as_ref();
+        let config = BambaConfig::from_path(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        Self::from_checkpoint(config, &checkpoint, device, precision)
+    }
+
+    /// Builds the model from an opened checkpoint.
+    pub fn from_checkpoint(
+        config: BambaConfig,
+        checkpoint: &Checkpoint,
+        device: &B::Device,
+        precision: Precision,
+    ) -> Result<Self, LoadError> {
+        let dtype = precision.dtype();
+        if !B::supports_dtype(device, dtype) {
+            return Err(LoadError::UnsupportedPrecision {
+                precision,
+                backend: B::name(device),
+            });
+        }
+        let mut w = WeightReader::<B>::new(checkpoint, device.clone(), dtype);
+        let (vocab, h) = (config.vocab_size, config.hidden_size);
+        let embed_tokens = w.tensor("model.embed_tokens.weight", [vocab, h])?;
+        let layers = (0..config.num_layers)
+            .map(|i| DecoderLayer::load(&mut w, i, &config))
+            .collect::<Result<Vec<_>, _>>()?;
+        let final_layernorm = RmsNorm::load(
+            &mut w,
+            "model.final_layernorm.weight",
+            h,
+            config.rms_norm_eps,
+        )?;
+        let lm_head = if config.tie_word_embeddings {
+            // transformers ties and ignores a stored copy; so do we.
+            w.skip("lm_head.weight");
+            None
+        } else {
+            Some(Linear::load(&mut w, "lm_head", h, vocab, false)?)
+        };
+        w.finish()?;
+        let rope = Rope::new(config.rotary_dim(), config.rope_theta);
+        Ok(BambaModel {
+            config,
+            embed_tokens,
+            layers,
+            final_layernorm,
+            lm_head,
+            rope,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// Checks a prompt against the vocabulary and the position limit.
+    pub fn validate_ids(&self, ids: &[u32]) -> Result<(), InputError> {
+        if ids.is_empty() {
+            return Err(InputError::EmptyPrompt);
+        }
+        let vocab = self.config.vocab_size;
+        if let Some((position, &token)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= vocab)
+        {
+            return Err(InputError::TokenOutOfRange {
+                token,
+                position,
+                vocab,
+            });
+        }
+        let limit = self.config.max_position_embeddings;
+        if ids.len() > limit {
+            return Err(InputError::TooLong {
+                len: ids.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Token ids of equal-length rows as a device tensor, after validation.
+    pub fn ids_tensor(&self, rows: &[Vec<u32>]) -> Result<Tensor<B, 2, Int>, InputError> {
+        let len = rows.first().map_or(0, Vec::len);
+        for (row, ids) in rows.iter().enumerate() {
+            self.validate_ids(ids)?;
+            if ids.len() != len {
+                return Err(InputError::RaggedBatch {
+                    row,
+                    expected: len,
+                    found: ids.len(),
+                });
+            }
+        }
+        if rows.is_empty() {
+            return Err(InputError::EmptyPrompt);
+        }
+        let flat: Vec<i64> = rows.iter().flatten().map(|&t| t as i64).collect();
+        Ok(Tensor::from_data(
+            TensorData::new(flat, [rows.len(), len]),
+            &self.device,
+        ))
+    }
+
+    /// Logits for every position of every row, without a cache.
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch, len]` → `[batch, len, vocab]` in the model dtype
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [batch, len] = ids.dims();
+        let h = self.config.hidden_size;
+        let mut x = self
+            .embed_tokens
+            .clone()
+            .select(0, ids.reshape([batch * len]))
+            .reshape([batch, len, h]);
+        let tables = self.rope.tables::<B>(0, len, &self.device, self.dtype);
+        for layer in &self.layers {
+            x = layer.forward(x, &self.rope, &tables);
+        }
+        self.logits(self.final_layernorm.forward(x))
+    }
+
+    /// LM head over final hidden states.
+    ///
+    /// # Shapes
+    /// - `h`: `[batch, len, hidden]` → `[batch, len, vocab]`
+    pub fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => h.matmul(self.embed_tokens.clone().transpose().unsqueeze::<3>()),
+        }
+    }
+
+    /// Validates one prompt and returns its logits `[len, vocab]` as f32 on the host (row-major).
+    pub fn prompt_logits(&self, ids: &[u32]) -> Result<(Vec<f32>, [usize; 2]), InputError> {
+        let t = self.ids_tensor(&[ids.to_vec()])?;
+        let logits = self.forward(t).cast(DType::F32);
+        let [_, len, vocab] = logits.dims();
+        let data = logits.reshape([len, vocab]).into_data();
+        let values = data.to_vec::<f32>().expect("f32 logits after cast");
+        Ok((values, [len, vocab]))
+    }
+}

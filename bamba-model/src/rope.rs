@@ -1,0 +1,92 @@
+//! Partial rotary position embedding, NeoX "rotate_half" convention (not interleaved).
+//!
+//! The first `rotary_dim` dims of each q/k head rotate in pairs `(j, j + rotary_dim/2)` with
+//! `inv_freq[j] = theta^(-2j/rotary_dim)`; the remaining dims pass through.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+
+/// RoPE frequencies; cos/sin tables are built per call for the positions needed.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    rotary_dim: usize,
+}
+
+/// cos and sin for a run of positions.
+///
+/// # Shapes
+/// - `cos`, `sin`: `[1, 1, len, rotary_dim]`, the model dtype
+#[derive(Debug, Clone)]
+pub struct RopeTables<B: Backend> {
+    pub cos: Tensor<B, 4>,
+    pub sin: Tensor<B, 4>,
+}
+
+impl Rope {
+    pub fn new(rotary_dim: usize, theta: f64) -> Self {
+        let inv_freq = (0..rotary_dim / 2)
+            .map(|j| (1.0 / theta.powf((2 * j) as f64 / rotary_dim as f64)) as f32)
+            .collect();
+        Rope {
+            inv_freq,
+            rotary_dim,
+        }
+    }
+
+    /// Tables for positions `start .. start + len`. The angle is formed in f32 like transformers
+    /// (`position.float() * inv_freq`), then cos/sin are taken and cast to `dtype`.
+    pub fn tables<B: Backend>(
+        &self,
+        start: usize,
+        len: usize,
+        device: &B::Device,
+        dtype: DType,
+    ) -> RopeTables<B> {
+        let half = self.rotary_dim / 2;
+        let mut cos = Vec::with_capacity(len * self.rotary_dim);
+        let mut sin = Vec::with_capacity(len * self.rotary_dim);
+        for pos in start..start + len {
+            // emb = cat(freqs, freqs)
+            for _ in 0..2 {
+                for j in 0..half {
+                    let angle = pos as f32 * self.inv_freq[j];
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let shape = [1, 1, len, self.rotary_dim];
+        let make = |v: Vec<f32>| {
+            Tensor::<B, 4>::from_data(TensorData::new(v, shape), (device, DType::F32)).cast(dtype)
+        };
+        RopeTables {
+            cos: make(cos),
+            sin: make(sin),
+        }
+    }
+
+    /// Rotates the first `rotary_dim` dims of every head.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, heads, len, head_dim]` → same
+    pub fn apply<B: Backend>(&self, x: Tensor<B, 4>, t: &RopeTables<B>) -> Tensor<B, 4> {
+        let head_dim = x.dims()[3];
+        let rot = self.rotary_dim;
+        let half = rot / 2;
+        let x_rot = x.clone().narrow(3, 0, rot);
+        let rotated_half = Tensor::cat(
+            vec![
+                x_rot.clone().narrow(3, half, half).neg(),
+                x_rot.clone().narrow(3, 0, half),
+            ],
+            3,
+        );
+        let embedded = x_rot * t.cos.clone() + rotated_half * t.sin.clone();
+        if rot == head_dim {
+            embedded
+        } else {
+            Tensor::cat(vec![embedded, x.narrow(3, rot, head_dim - rot)], 3)
+        }
+    }
+}

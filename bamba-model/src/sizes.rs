@@ -1,0 +1,139 @@
+//! Sizes derived from a config alone: exact parameter counts, weight bytes, recurrent-state bytes,
+//! KV-cache bytes and how many sequences fit in a memory budget. `bamba info` prints these; the
+//! benchmark's roofline uses the same numbers.
+
+use crate::config::{BambaConfig, LayerKind};
+
+/// Parameter counts by part of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParameterCounts {
+    /// `embed_tokens` (vocab × hidden).
+    pub embedding: u64,
+    /// `lm_head` (0 when tied to the embedding).
+    pub lm_head: u64,
+    /// One Mamba decoder layer: mixer, MLP, both norms.
+    pub mamba_layer: u64,
+    /// One attention decoder layer: attention, MLP, both norms.
+    pub attention_layer: u64,
+    /// The final RMSNorm.
+    pub final_norm: u64,
+    /// Everything.
+    pub total: u64,
+}
+
+fn linear(inputs: usize, outputs: usize, bias: bool) -> u64 {
+    (inputs * outputs + if bias { outputs } else { 0 }) as u64
+}
+
+impl ParameterCounts {
+    pub fn new(c: &BambaConfig) -> Self {
+        let h = c.hidden_size;
+        let mlp = 2 * linear(h, c.intermediate_size, c.mlp_bias)
+            + linear(c.intermediate_size, h, c.mlp_bias);
+        let norms = 2 * h as u64;
+        let heads = c.mamba_n_heads;
+        let mixer = linear(h, c.in_proj_dim(), c.mamba_proj_bias)
+            + linear(c.mamba_d_conv, c.conv_dim(), c.mamba_conv_bias) // depthwise: [conv_dim, 1, K]
+            + 3 * heads as u64 // dt_bias, A_log, D
+            + c.d_inner() as u64 // gated norm
+            + linear(c.d_inner(), h, c.mamba_proj_bias);
+        let q = c.num_heads * c.head_dim;
+        let kv = c.num_kv_heads * c.head_dim;
+        let attention = linear(h, q, c.attention_bias)
+            + 2 * linear(h, kv, c.attention_bias)
+            + linear(q, h, c.attention_bias);
+        let embedding = (c.vocab_size * h) as u64;
+        let lm_head = if c.tie_word_embeddings { 0 } else { embedding };
+        let mamba_layer = mixer + mlp + norms;
+        let attention_layer = attention + mlp + norms;
+        let final_norm = h as u64;
+        let total = embedding
+            + lm_head
+            + final_norm
+            + c.count(LayerKind::Mamba) as u64 * mamba_layer
+            + c.count(LayerKind::Attention) as u64 * attention_layer;
+        ParameterCounts {
+            embedding,
+            lm_head,
+            mamba_layer,
+            attention_layer,
+            final_norm,
+            total,
+        }
+    }
+}
+
+/// Memory model of a config at given element sizes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryModel {
+    /// Bytes of all weights.
+    pub weight_bytes: u64,
+    /// Bytes of weights read per decode step (all but the embedding, which is gathered; a tied
+    /// embedding is read whole as the LM head).
+    pub streamed_weight_bytes: u64,
+    /// Recurrent state of one sequence: SSM state and conv window of every Mamba layer.
+    pub state_bytes_per_sequence: u64,
+    /// SSM state alone (part of `state_bytes_per_sequence`).
+    pub ssm_state_bytes_per_sequence: u64,
+    /// KV cache bytes per token of context (attention layers only).
+    pub kv_bytes_per_token: u64,
+}
+
+impl MemoryModel {
+    /// `weight_elem`, `state_elem` and `kv_elem` are element sizes in bytes (2 for bf16, 4 for f32).
+    pub fn new(c: &BambaConfig, weight_elem: u64, state_elem: u64, kv_elem: u64) -> Self {
+        let p = ParameterCounts::new(c);
+        let mamba = c.count(LayerKind::Mamba) as u64;
+        let ssm = mamba * (c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state) as u64 * state_elem;
+        // Engines keep K−1 conv columns; the conv window has the weights' dtype.
+        let conv = mamba * (c.conv_dim() * (c.mamba_d_conv - 1)) as u64 * weight_elem;
+        let kv = c.count(LayerKind::Attention) as u64
+            * 2
+            * (c.num_kv_heads * c.head_dim) as u64
+            * kv_elem;
+        let streamed = if c.tie_word_embeddings {
+            p.total
+        } else {
+            p.total - p.embedding
+        };
+        MemoryModel {
+            weight_bytes: p.total * weight_elem,
+            streamed_weight_bytes: streamed * weight_elem,
+            state_bytes_per_sequence: ssm + conv,
+            ssm_state_bytes_per_sequence: ssm,
+            kv_bytes_per_token: kv,
+        }
+    }
+
+    /// Bytes one sequence of `context` tokens needs besides the weights.
+    pub fn bytes_per_sequence(&self, context: u64) -> u64 {
+        self.state_bytes_per_sequence + context * self.kv_bytes_per_token
+    }
+
+    /// How many sequences of `context` tokens fit in `memory` bytes next to the weights.
+    pub fn sequences_that_fit(&self, memory: u64, context: u64) -> u64 {
+        let per = self.bytes_per_sequence(context).max(1);
+        memory.saturating_sub(self.weight_bytes) / per
+    }
+}
+
+/// Parses a memory size such as `141GB`, `80GiB`, `512MB` or a plain byte count.
+pub fn parse_memory(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.trim().parse().ok()?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" | "t" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0f64.powi(2),
+        "gib" => 1024.0f64.powi(3),
+        "tib" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    (value.is_finite() && value >= 0.0).then(|| (value * scale) as u64)
+}

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Builds the parity fixtures under tests/fixtures/ with transformers' own BambaForCausalLM.
+
+Each fixture is a tiny random Bamba checkpoint directory (config.json + safetensors, as
+save_pretrained writes them) plus `reference.safetensors` holding prompts and the logits
+transformers computes for them in float64 (the reference), and the float32 logits, whose
+distance from the float64 ones is the noise floor recorded in `manifest.json`.
+
+Parameters are re-randomised away from transformers' init (ones, zeros, arange) so that a
+wrong norm weight, a dropped bias or a swapped A/D shows up in the logits.
+
+Usage: python3 scripts/make_fixtures.py [OUT_DIR]   (needs torch, transformers, safetensors)
+"""
+import json
+import re
+import math
+import os
+import shutil
+import sys
+
+import torch
+from safetensors.torch import save_file
+from transformers import BambaConfig, BambaForCausalLM
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+
+BASE = dict(
+    vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+    num_attention_heads=4, num_key_value_heads=2, attn_layer_indices=[2],
+    mamba_n_heads=8, mamba_d_head="auto", mamba_n_groups=1, mamba_d_state=16,
+    mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=8, rms_norm_eps=1e-5,
+    pad_token_id=0, bos_token_id=1, eos_token_id=2,
+)
+
+# name -> (config overrides, options). Options: dialect ("5.x" as saved, "4.x" rewritten,
+# "bare-infinity"), dtype (torch dtype of the saved weights), shard (max_shard_size).
+FIXTURES = {
+    # attention in the middle, GQA, chunk 8 does not divide the prompt lengths 13 and 5
+    "base": ({}, {}),
+    # two groups, attention first, tied embeddings, conv bias off, in/out_proj biases on, chunk 5
+    "groups2_tied": (dict(mamba_n_groups=2, attn_layer_indices=[0], tie_word_embeddings=True,
+                          mamba_conv_bias=False, mamba_proj_bias=True, mamba_chunk_size=5), {}),
+    # attention last, the 4.x dialect of the real Bamba-9B config.json, chunk longer than the prompts
+    "attn_last_4x": (dict(attn_layer_indices=[3], mamba_chunk_size=32, rope_theta=500.0), {"dialect": "4.x"}),
+    # bf16 weights in 4 groups, sharded into several files with an index
+    "bf16_sharded": (dict(mamba_n_groups=4, attn_layer_indices=[1]), {"dtype": torch.bfloat16, "shard": "40KB"}),
+    # no attention at all, a finite time_step_limit that clamps dt on both sides
+    "pure_mamba_clamped": (dict(attn_layer_indices=None, time_step_limit=(0.05, 0.6), mamba_chunk_size=4), {}),
+    # two attention layers, no GQA, full rotary via rope_parameters, explicit d_head, bare Infinity
+    "rope_full_bare_inf": (dict(attn_layer_indices=[1, 3], num_key_value_heads=4, mamba_d_head=8,
+                                rope_parameters={"rope_type": "default", "rope_theta": 300.0,
+                                                 "partial_rotary_factor": 1.0},
+                                rms_norm_eps=1e-6, mamba_chunk_size=3), {"dialect": "bare-infinity"}),
+    # every optional bias, a head_dim key that differs from hidden / heads, d_state 8, d_conv 3
+    "biases_head_dim": (dict(attention_bias=True, mlp_bias=True, mamba_proj_bias=True, head_dim=12,
+                             mamba_d_state=8, mamba_d_conv=3, attn_layer_indices=[0, 2]), {}),
+}
+
+PROMPT_LENGTHS = [13, 5, 1]
+
+
+def rerandomise(model, generator):
+    """Draws every parameter from a distribution that keeps activations O(1) and is far from 0/1."""
+    for name, p in model.named_parameters():
+        shape = p.shape
+        if name.endswith("A_log"):
+            v = torch.empty(shape).uniform_(math.log(0.5), math.log(6.0), generator=generator)
+        elif name.endswith("dt_bias"):
+            v = torch.empty(shape).uniform_(-3.0, 1.0, generator=generator)
+        elif name.endswith(".D"):
+            v = torch.empty(shape).uniform_(-1.5, 1.5, generator=generator)
+        elif "norm" in name and name.endswith("weight"):
+            v = torch.empty(shape).uniform_(0.5, 1.5, generator=generator)
+        elif "conv1d.weight" in name:
+            v = torch.randn(shape, generator=generator) * 0.5
+        elif name.endswith("bias"):
+            v = torch.randn(shape, generator=generator) * 0.2
+        elif "embed_tokens" in name:
+            v = torch.randn(shape, generator=generator)
+        else:  # linear weights [out, in]
+            v = torch.randn(shape, generator=generator) / math.sqrt(shape[-1])
+        with torch.no_grad():
+            p.copy_(v.to(p.dtype))
+
+
+def to_4x_dialect(cfg: dict) -> dict:
+    """Rewrites a 5.x config.json into the 4.x dialect of the real Bamba-9B file."""
+    out = {k: v for k, v in cfg.items()
+           if k not in ("rope_parameters", "time_step_limit", "dtype", "attention_bias", "mlp_bias",
+                        "z_loss_coefficient", "transformers_version")}
+    rope = cfg.get("rope_parameters") or {}
+    if rope.get("rope_theta", 10000.0) != 10000.0:
+        out["rope_theta"] = rope["rope_theta"]
+    out.update({"attn_rotary_emb": 8, "mamba_dt_rank": 2, "use_mamba_kernels": True,
+                "torch_dtype": "float32", "transformers_version": "4.45.0.dev0", "mamba_d_head": "auto"})
+    return out
+
+
+def logits_of(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids]), use_cache=False).logits[0].to(torch.float64)
+
+
+def build(name, overrides, options, seed):
+    cfg_kwargs = dict(BASE, **overrides)
+    config = BambaConfig(**cfg_kwargs)
+    torch.manual_seed(seed)
+    model = BambaForCausalLM(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    rerandomise(model, gen)
+    save_dtype = options.get("dtype", torch.float32)
+    model = model.to(save_dtype)
+
+    path = os.path.join(OUT, name)
+    shutil.rmtree(path, ignore_errors=True)
+    kwargs = {"max_shard_size": options["shard"]} if "shard" in options else {}
+    model.save_pretrained(path, **kwargs)
+
+    cfg_file = os.path.join(path, "config.json")
+    dialect = options.get("dialect", "5.x")
+    if dialect == "4.x":
+        with open(cfg_file) as f:
+            cfg = json.load(f)
+        with open(cfg_file, "w") as f:
+            json.dump(to_4x_dialect(cfg), f, indent=2, sort_keys=True)
+    elif dialect == "bare-infinity":
+        with open(cfg_file) as f:
+            text = f.read()
+        text = re.sub(r'\{\s*"__float__":\s*"Infinity"\s*\}', "Infinity", text)
+        assert "Infinity" in text and "__float__" not in text, "bare Infinity rewrite failed"
+        with open(cfg_file, "w") as f:
+            f.write(text)
+
+    # Reference: what transformers computes from the files on disk, reloaded in float64 (and in
+    # float32 for the noise floor). Reloading matters: reusing the in-memory model would carry
+    # buffers such as RoPE's inv_freq rounded to the save dtype.
+    def reload(dtype):
+        return BambaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager").eval()
+
+    ref_model, f32_model = reload(torch.float64), reload(torch.float32)
+    gen_ids = torch.Generator().manual_seed(seed + 1000)
+    tensors, floors = {}, []
+    for i, n in enumerate(PROMPT_LENGTHS):
+        ids = torch.randint(0, config.vocab_size, (n,), generator=gen_ids).tolist()
+        ref = logits_of(ref_model, ids)
+        f32 = logits_of(f32_model, ids)
+        floors.append((f32 - ref).abs().max().item())
+        tensors[f"prompt_{i}.ids"] = torch.tensor(ids, dtype=torch.int64)
+        tensors[f"prompt_{i}.logits"] = ref.to(torch.float32).contiguous()
+        tensors[f"prompt_{i}.logits_f32_torch"] = f32.to(torch.float32).contiguous()
+    save_file(tensors, os.path.join(path, "reference.safetensors"))
+    return {
+        "prompts": len(PROMPT_LENGTHS),
+        "weights_dtype": str(save_dtype).replace("torch.", ""),
+        "dialect": dialect,
+        "sharded": "shard" in options,
+        "f32_vs_f64_max_abs": max(floors),
+        "parameters": sum(p.numel() for p in model.parameters()),  # tied weights counted once
+        "max_abs_logit": max(t.abs().max().item() for k, t in tensors.items() if k.endswith(".logits")),
+    }
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    manifest = {"transformers": __import__("transformers").__version__, "torch": torch.__version__,
+                "fixtures": {}}
+    for seed, (name, (overrides, options)) in enumerate(FIXTURES.items()):
+        manifest["fixtures"][name] = build(name, overrides, options, seed=100 + seed)
+        print(f"{name}: {manifest['fixtures'][name]}")
+    # Parameter counts of full-size configs, from transformers on the meta device (no memory).
+    manifest["configs"] = {}
+    configs_dir = os.path.join(os.path.dirname(OUT.rstrip("/")), "configs")
+    for file in sorted(os.listdir(configs_dir)):
+        with torch.device("meta"):
+            m = BambaForCausalLM(BambaConfig.from_json_file(os.path.join(configs_dir, file)))
+        manifest["configs"][file] = {"parameters": sum(p.numel() for p in m.parameters())}
+    with open(os.path.join(OUT, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main()

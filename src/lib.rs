@@ -1,0 +1,1 @@
+pub use bamba_model as model;

@@ -1,0 +1,91 @@
+//! Shared helpers for the workspace tests: the test backend, fixture discovery and references.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::SafeTensors;
+
+/// Tests run on the CPU reference backend.
+pub type TestBackend = burn::backend::NdArray<f32>;
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn manifest() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures_dir().join("manifest.json"))
+        .expect("tests/fixtures/manifest.json");
+    serde_json::from_str(&text).expect("valid manifest")
+}
+
+/// Names of all fixtures in the manifest.
+pub fn fixture_names() -> Vec<String> {
+    manifest()["fixtures"]
+        .as_object()
+        .expect("fixtures map")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// One prompt of a fixture and transformers' float64 logits for it.
+pub struct Reference {
+    pub ids: Vec<u32>,
+    /// `[len, vocab]`, row-major.
+    pub logits: Vec<f32>,
+    pub vocab: usize,
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+pub fn references(fixture: &str) -> Vec<Reference> {
+    let bytes = std::fs::read(fixtures_dir().join(fixture).join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out = HashMap::new();
+    for i in 0.. {
+        let Ok(ids) = st.tensor(&format!("prompt_{i}.ids")) else {
+            break;
+        };
+        let logits = st.tensor(&format!("prompt_{i}.logits")).unwrap();
+        let ids: Vec<u32> = ids
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect();
+        out.insert(
+            i,
+            Reference {
+                ids,
+                logits: f32s(logits.data()),
+                vocab: logits.shape()[1],
+            },
+        );
+    }
+    let mut v: Vec<_> = out.into_iter().collect();
+    v.sort_by_key(|(i, _)| *i);
+    v.into_iter().map(|(_, r)| r).collect()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Copies a fixture into a fresh temporary directory (for tests that break it).
+pub fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures_dir().join(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
