@@ -17,43 +17,32 @@ fn logits_match_transformers_on_every_fixture() {
     let mut report = Vec::new();
     let mut failures = Vec::new();
     for name in fixture_names() {
-        let floor = manifest["fixtures"][&name]["f32_vs_f64_max_abs"]
-            .as_f64()
-            .unwrap() as f32;
+        let floor = manifest["fixtures"][&name]["f32_vs_f64_max_abs"].as_f64().unwrap() as f32;
         let tolerance = (10.0 * floor).max(2e-5).min(1e-3);
-        let model = BambaModel::<TestBackend>::load(
-            fixtures_dir().join(&name),
-            &Default::default(),
-            Precision::F32,
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let model = BambaModel::<TestBackend>::load(fixtures_dir().join(&name), &Default::default(), Precision::F32)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         for (i, r) in references(&name).iter().enumerate() {
             let (logits, shape) = model.prompt_logits(&r.ids).unwrap();
             assert_eq!(shape, [r.ids.len(), r.vocab], "{name} prompt {i} shape");
             let diff = max_abs_diff(&logits, &r.logits);
-            report.push(format!("{name:22} prompt {i} len {:3}  max|diff| {diff:.2e}  floor {floor:.2e}  tol {tolerance:.1e}", r.ids.len()));
+            report.push(format!(
+                "{name:22} prompt {i} len {:3}  max|diff| {diff:.2e}  floor {floor:.2e}  tol {tolerance:.1e}",
+                r.ids.len()
+            ));
             if !(diff <= tolerance) {
                 failures.push(format!("{name} prompt {i}: {diff:e} > {tolerance:e}"));
             }
         }
     }
     println!("{}", report.join("\n"));
-    assert!(
-        failures.is_empty(),
-        "parity failures:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
 }
 
 #[test]
 fn batch_rows_equal_single_rows() {
     // Two prompts of equal length in one batch give the same logits as run alone.
-    let model = BambaModel::<TestBackend>::load(
-        fixtures_dir().join("base"),
-        &Default::default(),
-        Precision::F32,
-    )
-    .unwrap();
+    let model =
+        BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::F32).unwrap();
     let a: Vec<u32> = (3..12).collect();
     let b: Vec<u32> = (40..49).rev().collect();
     let batch = model.forward(model.ids_tensor(&[a.clone(), b.clone()]).unwrap());
@@ -67,38 +56,20 @@ fn batch_rows_equal_single_rows() {
 #[test]
 fn bad_token_ids_are_typed_errors() {
     use bamba::model::InputError;
-    let model = BambaModel::<TestBackend>::load(
-        fixtures_dir().join("base"),
-        &Default::default(),
-        Precision::F32,
-    )
-    .unwrap();
+    let model =
+        BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::F32).unwrap();
     let vocab = model.config.vocab_size as u32;
-    assert_eq!(
-        model.prompt_logits(&[]).unwrap_err(),
-        InputError::EmptyPrompt
-    );
+    assert_eq!(model.prompt_logits(&[]).unwrap_err(), InputError::EmptyPrompt);
     assert_eq!(
         model.prompt_logits(&[1, vocab, 2]).unwrap_err(),
-        InputError::TokenOutOfRange {
-            token: vocab,
-            position: 1,
-            vocab: vocab as usize
-        }
+        InputError::TokenOutOfRange { token: vocab, position: 1, vocab: vocab as usize }
     );
-    assert!(matches!(
-        model.ids_tensor(&[vec![1, 2], vec![1]]),
-        Err(InputError::RaggedBatch { row: 1, .. })
-    ));
+    assert!(matches!(model.ids_tensor(&[vec![1, 2], vec![1]]), Err(InputError::RaggedBatch { row: 1, .. })));
 }
 
 #[test]
 fn bf16_is_refused_on_ndarray_with_a_clear_error() {
-    let err = BambaModel::<TestBackend>::load(
-        fixtures_dir().join("base"),
-        &Default::default(),
-        Precision::Bf16,
-    )
-    .unwrap_err();
+    let err =
+        BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::Bf16).unwrap_err();
     assert!(err.to_string().contains("cannot compute in bf16"), "{err}");
 }

@@ -60,9 +60,7 @@ impl FromStr for BackendKind {
             "ndarray" | "cpu" => Ok(BackendKind::Ndarray),
             "wgpu" | "vulkan" => Ok(BackendKind::Wgpu),
             "cuda" => Ok(BackendKind::Cuda),
-            _ => Err(format!(
-                "unknown backend {s:?} (known: ndarray, wgpu, cuda)"
-            )),
+            _ => Err(format!("unknown backend {s:?} (known: ndarray, wgpu, cuda)")),
         }
     }
 }
@@ -76,11 +74,8 @@ pub trait BackendJob {
 /// Runs `job` on `kind`, or explains how to build a binary that has it.
 pub fn dispatch<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
     if !kind.is_compiled() {
-        let compiled: Vec<String> = BackendKind::ALL
-            .iter()
-            .filter(|b| b.is_compiled())
-            .map(|b| b.to_string())
-            .collect();
+        let compiled: Vec<String> =
+            BackendKind::ALL.iter().filter(|b| b.is_compiled()).map(|b| b.to_string()).collect();
         bail!(
             "backend {kind} is not compiled into this binary (compiled: {}); rebuild with `--features {kind}`",
             compiled.join(", ")

@@ -28,30 +28,16 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     let config = BambaConfig::from_path(&args.model)
         .with_context(|| format!("reading the config in {}", args.model.display()))?;
     let counts = ParameterCounts::new(&config);
-    let mem = MemoryModel::new(
-        &config,
-        elem_bytes(args.dtype),
-        elem_bytes(args.state_dtype),
-        elem_bytes(args.dtype),
-    );
+    let mem = MemoryModel::new(&config, elem_bytes(args.dtype), elem_bytes(args.state_dtype), elem_bytes(args.dtype));
     let memory = args
         .memory
         .as_deref()
-        .map(|m| {
-            parse_memory(m)
-                .with_context(|| format!("cannot parse --memory {m:?} (try 141GB or 80GiB)"))
-        })
+        .map(|m| parse_memory(m).with_context(|| format!("cannot parse --memory {m:?} (try 141GB or 80GiB)")))
         .transpose()?;
     let layers: Vec<&str> = config.layer_kinds.iter().map(|k| k.name()).collect();
     let weight_bytes = |p| counts.total * elem_bytes(p);
     let conv_bytes = mem.state_bytes_per_sequence - mem.ssm_state_bytes_per_sequence;
-    let fit = memory.map(|m| {
-        (
-            m,
-            mem.bytes_per_sequence(args.context),
-            mem.sequences_that_fit(m, args.context),
-        )
-    });
+    let fit = memory.map(|m| (m, mem.bytes_per_sequence(args.context), mem.sequences_that_fit(m, args.context)));
 
     if args.json {
         let mut out = json!({
@@ -82,11 +68,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         return Ok(());
     }
 
-    let plan: String = config
-        .layer_kinds
-        .iter()
-        .map(|k| if *k == LayerKind::Attention { 'A' } else { 'M' })
-        .collect();
+    let plan: String = config.layer_kinds.iter().map(|k| if *k == LayerKind::Attention { 'A' } else { 'M' }).collect();
     println!(
         "layers            {} ({} mamba, {} attention)  {plan}",
         config.num_layers,
@@ -96,10 +78,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     println!("parameters        {}", counts.total);
     println!("  per mamba layer     {}", counts.mamba_layer);
     println!("  per attention layer {}", counts.attention_layer);
-    println!(
-        "  embedding + head    {}",
-        counts.embedding + counts.lm_head
-    );
+    println!("  embedding + head    {}", counts.embedding + counts.lm_head);
     println!(
         "weights           f32 {}  bf16 {}  f16 {}",
         human(weight_bytes(Precision::F32)),
@@ -113,16 +92,8 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         args.state_dtype,
         human(conv_bytes)
     );
-    println!(
-        "kv cache          {} per token ({})",
-        human(mem.kv_bytes_per_token),
-        args.dtype
-    );
-    println!(
-        "per sequence      {} at context {}",
-        human(mem.bytes_per_sequence(args.context)),
-        args.context
-    );
+    println!("kv cache          {} per token ({})", human(mem.kv_bytes_per_token), args.dtype);
+    println!("per sequence      {} at context {}", human(mem.bytes_per_sequence(args.context)), args.context);
     if let Some((m, _, n)) = fit {
         println!(
             "fits              {n} sequences of {} tokens in {} next to {} of {} weights",

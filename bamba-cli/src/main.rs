@@ -13,11 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use backend::BackendKind;
 
 #[derive(Parser)]
-#[command(
-    name = "bamba",
-    version,
-    about = "Inference engine for IBM's Bamba hybrid Mamba2/attention models"
-)]
+#[command(name = "bamba", version, about = "Inference engine for IBM's Bamba hybrid Mamba2/attention models")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

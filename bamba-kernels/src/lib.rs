@@ -52,8 +52,7 @@ mod ndarray_impl {
     };
 
     /// ndarray runs the tensor-op references.
-    impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> super::BambaOps
-        for NdArray<E, I, Q>
+    impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> super::BambaOps for NdArray<E, I, Q>
     where
         NdArrayTensor: From<SharedArray<E>>,
         NdArrayTensor: From<SharedArray<I>>,
@@ -68,10 +67,7 @@ mod cube_impl {
 
     /// CubeCL backends (CUDA, wgpu). The SSD and conv kernels are not written yet: these use the
     /// tensor-op references, as `backends.md` states.
-    impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> super::BambaOps
-        for CubeBackend<R, F, I, BT>
-    {
-    }
+    impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> super::BambaOps for CubeBackend<R, F, I, BT> {}
 
     /// The `Fusion` wrapper that burn's `fusion` feature puts around CubeCL backends.
     impl<B: FusionBackend + super::BambaOps> super::BambaOps for Fusion<B> {}

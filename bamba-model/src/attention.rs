@@ -29,9 +29,7 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
         return x;
     }
     let [b, kv, len, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kv, rep, len, hd])
-        .reshape([b, kv * rep, len, hd])
+    x.unsqueeze_dim::<5>(2).expand([b, kv, rep, len, hd]).reshape([b, kv * rep, len, hd])
 }
 
 /// Causal scaled-dot-product attention; softmax in f32. Query `i` sits at absolute position
@@ -51,19 +49,14 @@ pub fn causal_attention<B: Backend>(
     let scale = (head_dim as f64).powf(-0.5);
     let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * scale;
     let future: Tensor<B, 4, Bool> =
-        Tensor::<B, 2, Bool>::tril_mask([q_len, k_len], query_offset as i64, &scores.device())
-            .unsqueeze();
+        Tensor::<B, 2, Bool>::tril_mask([q_len, k_len], query_offset as i64, &scores.device()).unsqueeze();
     let probs = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3).cast(dtype);
     probs.matmul(v)
 }
 
 impl<B: Backend> Attention<B> {
     /// Reads `{prefix}.{q,k,v,o}_proj`.
-    pub fn load(
-        w: &mut WeightReader<'_, B>,
-        prefix: &str,
-        c: &BambaConfig,
-    ) -> Result<Self, LoadError> {
+    pub fn load(w: &mut WeightReader<'_, B>, prefix: &str, c: &BambaConfig) -> Result<Self, LoadError> {
         let (h, bias) = (c.hidden_size, c.attention_bias);
         let q = c.num_heads * c.head_dim;
         let kv = c.num_kv_heads * c.head_dim;
@@ -84,22 +77,13 @@ impl<B: Backend> Attention<B> {
     /// - `x`: `[batch, len, hidden]` → same
     pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope, tables: &RopeTables<B>) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
-        let heads =
-            |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply(
-            heads(self.q_proj.forward(x.clone()), self.num_heads),
-            tables,
-        );
-        let k = rope.apply(
-            heads(self.k_proj.forward(x.clone()), self.num_kv_heads),
-            tables,
-        );
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]).swap_dims(1, 2);
+        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads), tables);
+        let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads), tables);
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
         let rep = self.num_heads / self.num_kv_heads;
         let out = causal_attention(q, repeat_kv(k, rep), repeat_kv(v, rep), 0);
-        let out = out
-            .swap_dims(1, 2)
-            .reshape([batch, len, self.num_heads * self.head_dim]);
+        let out = out.swap_dims(1, 2).reshape([batch, len, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }
 }

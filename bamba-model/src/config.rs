@@ -16,31 +16,26 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("malformed config.json: {0}")]
     Json(#[from] serde_json::Error),
     #[error("unsupported model_type {0:?}: this engine runs \"bamba\"")]
     ModelType(String),
     #[error("config field `{0}` must be positive")]
     Zero(&'static str),
+    #[error("mamba_d_conv must be at least 2 (got {0}): the conv carries a window of d_conv - 1 inputs")]
+    ConvKernel(usize),
     #[error("config field `{field}` must be a positive finite number, got {value}")]
     NotPositive { field: &'static str, value: f64 },
     #[error("mamba_d_head ({d_head}) * mamba_n_heads ({n_heads}) must equal mamba_expand * hidden_size ({d_inner})")]
-    MambaHeads {
-        d_head: usize,
-        n_heads: usize,
-        d_inner: usize,
-    },
-    #[error("mamba_n_heads ({n_heads}) must divide mamba_expand * hidden_size ({d_inner}) when mamba_d_head is \"auto\"")]
+    MambaHeads { d_head: usize, n_heads: usize, d_inner: usize },
+    #[error(
+        "mamba_n_heads ({n_heads}) must divide mamba_expand * hidden_size ({d_inner}) when mamba_d_head is \"auto\""
+    )]
     MambaAuto { n_heads: usize, d_inner: usize },
     #[error("mamba_n_heads ({n_heads}) must be a multiple of mamba_n_groups ({groups})")]
     MambaGroups { n_heads: usize, groups: usize },
-    #[error(
-        "num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})"
-    )]
+    #[error("num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")]
     KvHeads { heads: usize, kv_heads: usize },
     #[error("hidden_size ({hidden}) must be divisible by num_attention_heads ({heads}) when head_dim is absent")]
     HeadDim { hidden: usize, heads: usize },
@@ -51,11 +46,7 @@ pub enum ConfigError {
     #[error("unsupported rope_type {0:?} (only \"default\" is supported)")]
     RopeType(String),
     #[error("rotary dimension {rotary} (head_dim {head_dim} x partial_rotary_factor {factor}) must be even and at most head_dim")]
-    RotaryDim {
-        rotary: usize,
-        head_dim: usize,
-        factor: f64,
-    },
+    RotaryDim { rotary: usize, head_dim: usize, factor: f64 },
     #[error("time_step_limit [{0}, {1}] is not an interval")]
     TimeStepLimit(f64, f64),
     #[error("mamba_d_head: expected an integer or \"auto\", got {0}")]
@@ -97,9 +88,7 @@ impl<'de> Deserialize<'de> for LenientFloat {
         let parse = |s: &str| match s.trim().to_ascii_lowercase().as_str() {
             "infinity" | "inf" | "+infinity" | "+inf" => Ok(f64::INFINITY),
             "-infinity" | "-inf" => Ok(f64::NEG_INFINITY),
-            other => other
-                .parse::<f64>()
-                .map_err(|_| de::Error::custom(format!("not a float: {s:?}"))),
+            other => other.parse::<f64>().map_err(|_| de::Error::custom(format!("not a float: {s:?}"))),
         };
         match Raw::deserialize(d)? {
             Raw::Num(v) => Ok(LenientFloat(v)),
@@ -302,10 +291,7 @@ fn quote_nonfinite_literals(text: &str) -> String {
         }
         if ch == '"' {
             in_string = true;
-        } else if let Some(tok) = ["-Infinity", "Infinity", "NaN"]
-            .iter()
-            .find(|t| rest.starts_with(**t))
-        {
+        } else if let Some(tok) = ["-Infinity", "Infinity", "NaN"].iter().find(|t| rest.starts_with(**t)) {
             out.push('"');
             out.push_str(tok);
             out.push('"');
@@ -322,15 +308,9 @@ impl BambaConfig {
     /// Reads and validates `config.json` (a file, or a directory holding one).
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let file = if path.is_dir() {
-            path.join("config.json")
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Io {
-            path: file.display().to_string(),
-            source,
-        })?;
+        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&file)
+            .map_err(|source| ConfigError::Io { path: file.display().to_string(), source })?;
         Self::from_json(&text)
     }
 
@@ -363,11 +343,11 @@ impl BambaConfig {
                 return Err(ConfigError::Zero(name));
             }
         }
+        if raw.mamba_d_conv < 2 {
+            return Err(ConfigError::ConvKernel(raw.mamba_d_conv));
+        }
         if !(raw.rms_norm_eps.is_finite() && raw.rms_norm_eps > 0.0) {
-            return Err(ConfigError::NotPositive {
-                field: "rms_norm_eps",
-                value: raw.rms_norm_eps,
-            });
+            return Err(ConfigError::NotPositive { field: "rms_norm_eps", value: raw.rms_norm_eps });
         }
         if raw.hidden_act != "silu" && raw.hidden_act != "swish" {
             return Err(ConfigError::Activation(raw.hidden_act));
@@ -376,15 +356,10 @@ impl BambaConfig {
         let d_inner = raw.mamba_expand * raw.hidden_size;
         let mamba_d_head = match raw.mamba_d_head {
             Some(DHead::Size(v)) => v,
-            Some(DHead::Text(s)) if s != "auto" => {
-                return Err(ConfigError::DHead(format!("{s:?}")))
-            }
+            Some(DHead::Text(s)) if s != "auto" => return Err(ConfigError::DHead(format!("{s:?}"))),
             _ => {
                 if d_inner % raw.mamba_n_heads != 0 {
-                    return Err(ConfigError::MambaAuto {
-                        n_heads: raw.mamba_n_heads,
-                        d_inner,
-                    });
+                    return Err(ConfigError::MambaAuto { n_heads: raw.mamba_n_heads, d_inner });
                 }
                 d_inner / raw.mamba_n_heads
             }
@@ -393,17 +368,10 @@ impl BambaConfig {
             return Err(ConfigError::Zero("mamba_d_head"));
         }
         if mamba_d_head * raw.mamba_n_heads != d_inner {
-            return Err(ConfigError::MambaHeads {
-                d_head: mamba_d_head,
-                n_heads: raw.mamba_n_heads,
-                d_inner,
-            });
+            return Err(ConfigError::MambaHeads { d_head: mamba_d_head, n_heads: raw.mamba_n_heads, d_inner });
         }
         if raw.mamba_n_heads % raw.mamba_n_groups != 0 {
-            return Err(ConfigError::MambaGroups {
-                n_heads: raw.mamba_n_heads,
-                groups: raw.mamba_n_groups,
-            });
+            return Err(ConfigError::MambaGroups { n_heads: raw.mamba_n_heads, groups: raw.mamba_n_groups });
         }
 
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
@@ -411,20 +379,14 @@ impl BambaConfig {
             return Err(ConfigError::Zero("num_key_value_heads"));
         }
         if raw.num_attention_heads % num_kv_heads != 0 {
-            return Err(ConfigError::KvHeads {
-                heads: raw.num_attention_heads,
-                kv_heads: num_kv_heads,
-            });
+            return Err(ConfigError::KvHeads { heads: raw.num_attention_heads, kv_heads: num_kv_heads });
         }
         let head_dim = match raw.head_dim {
             Some(0) => return Err(ConfigError::Zero("head_dim")),
             Some(v) => v,
             None => {
                 if raw.hidden_size % raw.num_attention_heads != 0 {
-                    return Err(ConfigError::HeadDim {
-                        hidden: raw.hidden_size,
-                        heads: raw.num_attention_heads,
-                    });
+                    return Err(ConfigError::HeadDim { hidden: raw.hidden_size, heads: raw.num_attention_heads });
                 }
                 raw.hidden_size / raw.num_attention_heads
             }
@@ -433,10 +395,7 @@ impl BambaConfig {
         let mut layer_kinds = vec![LayerKind::Mamba; raw.num_hidden_layers];
         for &index in raw.attn_layer_indices.iter().flatten() {
             if index >= raw.num_hidden_layers {
-                return Err(ConfigError::AttentionIndex {
-                    index,
-                    layers: raw.num_hidden_layers,
-                });
+                return Err(ConfigError::AttentionIndex { index, layers: raw.num_hidden_layers });
             }
             layer_kinds[index] = LayerKind::Attention;
         }
@@ -449,20 +408,13 @@ impl BambaConfig {
         }
         let rope_theta = rope.rope_theta.or(raw.rope_theta).unwrap_or(10000.0);
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
-            return Err(ConfigError::NotPositive {
-                field: "rope_theta",
-                value: rope_theta,
-            });
+            return Err(ConfigError::NotPositive { field: "rope_theta", value: rope_theta });
         }
         // BambaConfig forces 0.5 unless rope_parameters carries its own factor.
         let partial_rotary_factor = rope.partial_rotary_factor.unwrap_or(0.5);
         let rotary = (head_dim as f64 * partial_rotary_factor) as usize;
         if !(partial_rotary_factor > 0.0) || rotary % 2 != 0 || rotary > head_dim || rotary == 0 {
-            return Err(ConfigError::RotaryDim {
-                rotary,
-                head_dim,
-                factor: partial_rotary_factor,
-            });
+            return Err(ConfigError::RotaryDim { rotary, head_dim, factor: partial_rotary_factor });
         }
 
         let time_step_limit = raw.time_step_limit.map(|(lo, hi)| (lo.0, hi.0));

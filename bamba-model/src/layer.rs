@@ -29,18 +29,12 @@ pub struct DecoderLayer<B: BambaOps> {
 
 impl<B: BambaOps> DecoderLayer<B> {
     /// Reads `model.layers.{index}.*`.
-    pub fn load(
-        w: &mut WeightReader<'_, B>,
-        index: usize,
-        c: &BambaConfig,
-    ) -> Result<Self, LoadError> {
+    pub fn load(w: &mut WeightReader<'_, B>, index: usize, c: &BambaConfig) -> Result<Self, LoadError> {
         let p = format!("model.layers.{index}");
         let (h, eps) = (c.hidden_size, c.rms_norm_eps);
         let mixer = match c.layer_kinds[index] {
             LayerKind::Mamba => Mixer::Mamba(Mamba2Mixer::load(w, &format!("{p}.mamba"), c)?),
-            LayerKind::Attention => {
-                Mixer::Attention(Attention::load(w, &format!("{p}.self_attn"), c)?)
-            }
+            LayerKind::Attention => Mixer::Attention(Attention::load(w, &format!("{p}.self_attn"), c)?),
         };
         Ok(DecoderLayer {
             input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), h, eps)?,
@@ -61,9 +55,7 @@ impl<B: BambaOps> DecoderLayer<B> {
             Mixer::Attention(a) => a.forward(h, rope, tables),
         };
         let x = x + h;
-        let h = self
-            .feed_forward
-            .forward(self.pre_ff_layernorm.forward(x.clone()));
+        let h = self.feed_forward.forward(self.pre_ff_layernorm.forward(x.clone()));
         x + h
     }
 }

@@ -28,11 +28,7 @@ impl<B: Backend> Linear<B> {
     ) -> Result<Self, LoadError> {
         Ok(Linear {
             weight: w.tensor(&format!("{prefix}.weight"), [outputs, inputs])?,
-            bias: if bias {
-                Some(w.tensor(&format!("{prefix}.bias"), [outputs])?)
-            } else {
-                None
-            },
+            bias: if bias { Some(w.tensor(&format!("{prefix}.bias"), [outputs])?) } else { None },
         })
     }
 

@@ -67,10 +67,7 @@ pub enum LoadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("no weights in {0}: expected model.safetensors or model.safetensors.index.json")]
     NoWeights(PathBuf),
     #[error("malformed shard index {path}: {message}")]
@@ -80,31 +77,15 @@ pub enum LoadError {
     #[error("tensor {name} is missing from the checkpoint{}", .file.as_ref().map(|f| format!(" (the index names {})", f.display())).unwrap_or_default())]
     Missing { name: String, file: Option<PathBuf> },
     #[error("tensor {name} appears in both {first} and {second}")]
-    Duplicate {
-        name: String,
-        first: PathBuf,
-        second: PathBuf,
-    },
+    Duplicate { name: String, first: PathBuf, second: PathBuf },
     #[error("unexpected tensors the model does not use: {}", .names.join(", "))]
     Unexpected { names: Vec<String> },
     #[error("tensor {name} in {file} has shape {found:?}, expected {expected:?}")]
-    Shape {
-        name: String,
-        file: PathBuf,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    Shape { name: String, file: PathBuf, expected: Vec<usize>, found: Vec<usize> },
     #[error("tensor {name} in {file} has dtype {dtype}; expected a float type (F32, BF16 or F16)")]
-    Dtype {
-        name: String,
-        file: PathBuf,
-        dtype: String,
-    },
+    Dtype { name: String, file: PathBuf, dtype: String },
     #[error("backend {backend} cannot compute in {precision}; choose another --dtype (f32 works everywhere)")]
-    UnsupportedPrecision {
-        precision: Precision,
-        backend: String,
-    },
+    UnsupportedPrecision { precision: Precision, backend: String },
 }
 
 /// One memory-mapped safetensors file with its parsed, validated header.
@@ -117,26 +98,12 @@ struct Shard {
 
 impl Shard {
     fn open(path: PathBuf) -> Result<Self, LoadError> {
-        let file = File::open(&path).map_err(|source| LoadError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let file = File::open(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
         // SAFETY: the mapping is read-only; a checkpoint modified while loading is outside our contract.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| LoadError::Safetensors {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        Ok(Shard {
-            path,
-            mmap,
-            data_start: 8 + header_len,
-            metadata,
-        })
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io { path: path.clone(), source })?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
+            .map_err(|e| LoadError::Safetensors { path: path.clone(), message: e.to_string() })?;
+        Ok(Shard { path, mmap, data_start: 8 + header_len, metadata })
     }
 }
 
@@ -159,14 +126,10 @@ impl Checkpoint {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let (files, claimed): (Vec<PathBuf>, HashMap<String, PathBuf>) = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|source| LoadError::Io {
-                path: index_path.clone(),
-                source,
-            })?;
-            let index: ShardIndex = serde_json::from_str(&text).map_err(|e| LoadError::Index {
-                path: index_path.clone(),
-                message: e.to_string(),
-            })?;
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|source| LoadError::Io { path: index_path.clone(), source })?;
+            let index: ShardIndex = serde_json::from_str(&text)
+                .map_err(|e| LoadError::Index { path: index_path.clone(), message: e.to_string() })?;
             let files: BTreeSet<&String> = index.weight_map.values().collect();
             for f in &files {
                 if f.contains('/') || f.contains('\\') || f.starts_with('.') {
@@ -176,11 +139,7 @@ impl Checkpoint {
                     });
                 }
             }
-            let claimed = index
-                .weight_map
-                .iter()
-                .map(|(k, v)| (k.clone(), dir.join(v)))
-                .collect();
+            let claimed = index.weight_map.iter().map(|(k, v)| (k.clone(), dir.join(v))).collect();
             (files.into_iter().map(|f| dir.join(f)).collect(), claimed)
         } else if single.exists() {
             (vec![single], HashMap::new())
@@ -188,10 +147,7 @@ impl Checkpoint {
             return Err(LoadError::NoWeights(dir.to_path_buf()));
         };
 
-        let shards = files
-            .into_iter()
-            .map(Shard::open)
-            .collect::<Result<Vec<_>, _>>()?;
+        let shards = files.into_iter().map(Shard::open).collect::<Result<Vec<_>, _>>()?;
         let mut locations = HashMap::new();
         for (i, shard) in shards.iter().enumerate() {
             for name in shard.metadata.tensors().keys() {
@@ -208,12 +164,7 @@ impl Checkpoint {
         for (name, file) in &claimed {
             match locations.get(name) {
                 Some(&i) if shards[i].path == *file => {}
-                _ => {
-                    return Err(LoadError::Missing {
-                        name: name.clone(),
-                        file: Some(file.clone()),
-                    })
-                }
+                _ => return Err(LoadError::Missing { name: name.clone(), file: Some(file.clone()) }),
             }
         }
         Ok(Checkpoint { shards, locations })
@@ -237,18 +188,9 @@ impl Checkpoint {
 /// Decodes little-endian float bytes of `dtype` into `T` through f32.
 fn decode<T>(bytes: &[u8], dtype: Dtype, from_f32: impl Fn(f32) -> T) -> Vec<T> {
     match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| from_f32(bf16::from_le_bytes([c[0], c[1]]).to_f32()))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| from_f32(f16::from_le_bytes([c[0], c[1]]).to_f32()))
-            .collect(),
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|c| from_f32(bf16::from_le_bytes([c[0], c[1]]).to_f32())).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|c| from_f32(f16::from_le_bytes([c[0], c[1]]).to_f32())).collect(),
         _ => unreachable!("dtype checked by the caller"),
     }
 }
@@ -257,20 +199,12 @@ fn decode<T>(bytes: &[u8], dtype: Dtype, from_f32: impl Fn(f32) -> T) -> Vec<T> 
 /// when the dtypes match beyond the unavoidable unaligned read).
 fn convert(bytes: &[u8], from: Dtype, target: DType, shape: Vec<usize>) -> TensorData {
     match target {
-        DType::BF16 if from == Dtype::BF16 => TensorData::new(
-            bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]))
-                .collect::<Vec<_>>(),
-            shape,
-        ),
-        DType::F16 if from == Dtype::F16 => TensorData::new(
-            bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                .collect::<Vec<_>>(),
-            shape,
-        ),
+        DType::BF16 if from == Dtype::BF16 => {
+            TensorData::new(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(), shape)
+        }
+        DType::F16 if from == Dtype::F16 => {
+            TensorData::new(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>(), shape)
+        }
         DType::BF16 => TensorData::new(decode(bytes, from, bf16::from_f32), shape),
         DType::F16 => TensorData::new(decode(bytes, from, f16::from_f32), shape),
         _ => TensorData::new(decode(bytes, from, |v| v), shape),
@@ -287,12 +221,7 @@ pub struct WeightReader<'a, B: Backend> {
 
 impl<'a, B: Backend> WeightReader<'a, B> {
     pub fn new(checkpoint: &'a Checkpoint, device: B::Device, dtype: DType) -> Self {
-        WeightReader {
-            checkpoint,
-            device,
-            dtype,
-            used: BTreeSet::new(),
-        }
+        WeightReader { checkpoint, device, dtype, used: BTreeSet::new() }
     }
 
     fn read<const D: usize>(
@@ -303,18 +232,9 @@ impl<'a, B: Backend> WeightReader<'a, B> {
         dtype: DType,
     ) -> Result<Tensor<B, D>, LoadError> {
         let (from, found, bytes, path) =
-            self.checkpoint
-                .view(name)
-                .ok_or_else(|| LoadError::Missing {
-                    name: name.to_string(),
-                    file: None,
-                })?;
+            self.checkpoint.view(name).ok_or_else(|| LoadError::Missing { name: name.to_string(), file: None })?;
         if !matches!(from, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
-            return Err(LoadError::Dtype {
-                name: name.into(),
-                file: path.into(),
-                dtype: format!("{from:?}"),
-            });
+            return Err(LoadError::Dtype { name: name.into(), file: path.into(), dtype: format!("{from:?}") });
         }
         if found != file_shape {
             return Err(LoadError::Shape {
@@ -330,20 +250,12 @@ impl<'a, B: Backend> WeightReader<'a, B> {
     }
 
     /// A tensor of exactly `shape`, in the compute dtype.
-    pub fn tensor<const D: usize>(
-        &mut self,
-        name: &str,
-        shape: [usize; D],
-    ) -> Result<Tensor<B, D>, LoadError> {
+    pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError> {
         self.read(name, &shape, shape, self.dtype)
     }
 
     /// A tensor of exactly `shape`, kept in f32 whatever the compute dtype (SSM parameters).
-    pub fn tensor_f32<const D: usize>(
-        &mut self,
-        name: &str,
-        shape: [usize; D],
-    ) -> Result<Tensor<B, D>, LoadError> {
+    pub fn tensor_f32<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError> {
         self.read(name, &shape, shape, DType::F32)
     }
 
@@ -366,12 +278,8 @@ impl<'a, B: Backend> WeightReader<'a, B> {
 
     /// Fails if the checkpoint holds tensors that were never read.
     pub fn finish(self) -> Result<(), LoadError> {
-        let mut names: Vec<String> = self
-            .checkpoint
-            .names()
-            .filter(|n| !self.used.contains(*n))
-            .map(String::from)
-            .collect();
+        let mut names: Vec<String> =
+            self.checkpoint.names().filter(|n| !self.used.contains(*n)).map(String::from).collect();
         if names.is_empty() {
             return Ok(());
         }

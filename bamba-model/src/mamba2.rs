@@ -47,31 +47,13 @@ pub struct Mamba2Mixer<B: Backend> {
 
 impl<B: BambaOps> Mamba2Mixer<B> {
     /// Reads `{prefix}.{in_proj, conv1d, dt_bias, A_log, D, norm, out_proj}`.
-    pub fn load(
-        w: &mut WeightReader<'_, B>,
-        prefix: &str,
-        c: &BambaConfig,
-    ) -> Result<Self, LoadError> {
-        let (h, heads, conv_dim, k) =
-            (c.hidden_size, c.mamba_n_heads, c.conv_dim(), c.mamba_d_conv);
-        let conv_weight = w.tensor_reshaped(
-            &format!("{prefix}.conv1d.weight"),
-            &[conv_dim, 1, k],
-            [conv_dim, k],
-        )?;
-        let conv_bias = if c.mamba_conv_bias {
-            Some(w.tensor(&format!("{prefix}.conv1d.bias"), [conv_dim])?)
-        } else {
-            None
-        };
+    pub fn load(w: &mut WeightReader<'_, B>, prefix: &str, c: &BambaConfig) -> Result<Self, LoadError> {
+        let (h, heads, conv_dim, k) = (c.hidden_size, c.mamba_n_heads, c.conv_dim(), c.mamba_d_conv);
+        let conv_weight = w.tensor_reshaped(&format!("{prefix}.conv1d.weight"), &[conv_dim, 1, k], [conv_dim, k])?;
+        let conv_bias =
+            if c.mamba_conv_bias { Some(w.tensor(&format!("{prefix}.conv1d.bias"), [conv_dim])?) } else { None };
         Ok(Mamba2Mixer {
-            in_proj: Linear::load(
-                w,
-                &format!("{prefix}.in_proj"),
-                h,
-                c.in_proj_dim(),
-                c.mamba_proj_bias,
-            )?,
+            in_proj: Linear::load(w, &format!("{prefix}.in_proj"), h, c.in_proj_dim(), c.mamba_proj_bias)?,
             conv_weight,
             conv_bias,
             dt_bias: w.tensor_f32(&format!("{prefix}.dt_bias"), [heads])?,
@@ -84,23 +66,14 @@ impl<B: BambaOps> Mamba2Mixer<B> {
                 c.mamba_n_groups,
                 c.rms_norm_eps,
             )?,
-            out_proj: Linear::load(
-                w,
-                &format!("{prefix}.out_proj"),
-                c.d_inner(),
-                h,
-                c.mamba_proj_bias,
-            )?,
+            out_proj: Linear::load(w, &format!("{prefix}.out_proj"), c.d_inner(), h, c.mamba_proj_bias)?,
             d_inner: c.d_inner(),
             conv_dim,
             heads,
             head_dim: c.mamba_d_head,
             groups: c.mamba_n_groups,
             d_state: c.mamba_d_state,
-            scan: SsdConfig {
-                chunk_size: c.mamba_chunk_size,
-                dt_limit: c.dt_limit(),
-            },
+            scan: SsdConfig { chunk_size: c.mamba_chunk_size, dt_limit: c.dt_limit() },
         })
     }
 
@@ -109,11 +82,7 @@ impl<B: BambaOps> Mamba2Mixer<B> {
     ///
     /// # Shapes
     /// - `x`: `[batch, len, hidden]` → `[batch, len, hidden]`
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        state: Option<MambaState<B>>,
-    ) -> (Tensor<B, 3>, MambaState<B>) {
+    pub fn forward(&self, x: Tensor<B, 3>, state: Option<MambaState<B>>) -> (Tensor<B, 3>, MambaState<B>) {
         let [batch, len, _] = x.dims();
         let (gn, d_inner) = (self.groups * self.d_state, self.d_inner);
         let zxbcdt = self.in_proj.forward(x); // [b, l, d_inner + conv_dim + heads]
@@ -125,32 +94,15 @@ impl<B: BambaOps> Mamba2Mixer<B> {
             Some(s) => (Some(s.conv_window), Some(s.ssm)),
             None => (None, None),
         };
-        let conv = B::causal_conv1d_silu(
-            xbc,
-            self.conv_weight.clone(),
-            self.conv_bias.clone(),
-            window,
-        );
+        let conv = B::causal_conv1d_silu(xbc, self.conv_weight.clone(), self.conv_bias.clone(), window);
         let xbc = conv.y;
         let scan = B::ssd_chunk_scan(
             SsdInputs {
-                x: xbc.clone().narrow(2, 0, d_inner).reshape([
-                    batch,
-                    len,
-                    self.heads,
-                    self.head_dim,
-                ]),
+                x: xbc.clone().narrow(2, 0, d_inner).reshape([batch, len, self.heads, self.head_dim]),
                 dt,
                 a_log: self.a_log.clone(),
-                b: xbc.clone().narrow(2, d_inner, gn).reshape([
-                    batch,
-                    len,
-                    self.groups,
-                    self.d_state,
-                ]),
-                c: xbc
-                    .narrow(2, d_inner + gn, gn)
-                    .reshape([batch, len, self.groups, self.d_state]),
+                b: xbc.clone().narrow(2, d_inner, gn).reshape([batch, len, self.groups, self.d_state]),
+                c: xbc.narrow(2, d_inner + gn, gn).reshape([batch, len, self.groups, self.d_state]),
                 d: self.d.clone(),
                 dt_bias: self.dt_bias.clone(),
                 initial_state: ssm,
@@ -159,12 +111,6 @@ impl<B: BambaOps> Mamba2Mixer<B> {
         );
         let y = self.norm.forward(scan.y.reshape([batch, len, d_inner]), z);
         let out = self.out_proj.forward(y);
-        (
-            out,
-            MambaState {
-                conv_window: conv.window,
-                ssm: scan.final_state.cast(DType::F32),
-            },
-        )
+        (out, MambaState { conv_window: conv.window, ssm: scan.final_state.cast(DType::F32) })
     }
 }

@@ -17,11 +17,7 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     /// Reads `{prefix}.{gate,up,down}_proj`.
-    pub fn load(
-        w: &mut WeightReader<'_, B>,
-        prefix: &str,
-        c: &BambaConfig,
-    ) -> Result<Self, LoadError> {
+    pub fn load(w: &mut WeightReader<'_, B>, prefix: &str, c: &BambaConfig) -> Result<Self, LoadError> {
         let (h, i, bias) = (c.hidden_size, c.intermediate_size, c.mlp_bias);
         Ok(Mlp {
             gate_proj: Linear::load(w, &format!("{prefix}.gate_proj"), h, i, bias)?,

@@ -20,19 +20,11 @@ pub enum InputError {
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("token id {token} at position {position} is outside the vocabulary (size {vocab})")]
-    TokenOutOfRange {
-        token: u32,
-        position: usize,
-        vocab: usize,
-    },
+    TokenOutOfRange { token: u32, position: usize, vocab: usize },
     #[error("the prompt has {len} tokens, more than max_position_embeddings ({limit})")]
     TooLong { len: usize, limit: usize },
     #[error("rows of a batch must have equal length (row 0 has {expected}, row {row} has {found}); pad them first")]
-    RaggedBatch {
-        row: usize,
-        expected: usize,
-        found: usize,
-    },
+    RaggedBatch { row: usize, expected: usize, found: usize },
 }
 
 /// The Bamba causal language model, weights in one compute dtype.
@@ -54,11 +46,7 @@ impl<B: BambaOps> BambaModel<B> {
     /// Loads a Hugging Face checkpoint directory (config.json + safetensors, single or sharded),
     /// converting every weight once to `precision`. Fails on missing, unexpected, mis-shaped or
     /// mistyped tensors.
-    pub fn load(
-        dir: impl AsRef<Path>,
-        device: &B::Device,
-        precision: Precision,
-    ) -> Result<Self, LoadError> {
+    pub fn load(dir: impl AsRef<Path>, device: &B::Device, precision: Precision) -> Result<Self, LoadError> {
         let dir = dir.as_ref();
         let config = BambaConfig::from_path(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
@@ -74,23 +62,14 @@ impl<B: BambaOps> BambaModel<B> {
     ) -> Result<Self, LoadError> {
         let dtype = precision.dtype();
         if !B::supports_dtype(device, dtype) {
-            return Err(LoadError::UnsupportedPrecision {
-                precision,
-                backend: B::name(device),
-            });
+            return Err(LoadError::UnsupportedPrecision { precision, backend: B::name(device) });
         }
         let mut w = WeightReader::<B>::new(checkpoint, device.clone(), dtype);
         let (vocab, h) = (config.vocab_size, config.hidden_size);
         let embed_tokens = w.tensor("model.embed_tokens.weight", [vocab, h])?;
-        let layers = (0..config.num_layers)
-            .map(|i| DecoderLayer::load(&mut w, i, &config))
-            .collect::<Result<Vec<_>, _>>()?;
-        let final_layernorm = RmsNorm::load(
-            &mut w,
-            "model.final_layernorm.weight",
-            h,
-            config.rms_norm_eps,
-        )?;
+        let layers =
+            (0..config.num_layers).map(|i| DecoderLayer::load(&mut w, i, &config)).collect::<Result<Vec<_>, _>>()?;
+        let final_layernorm = RmsNorm::load(&mut w, "model.final_layernorm.weight", h, config.rms_norm_eps)?;
         let lm_head = if config.tie_word_embeddings {
             // transformers ties and ignores a stored copy; so do we.
             w.skip("lm_head.weight");
@@ -100,16 +79,7 @@ impl<B: BambaOps> BambaModel<B> {
         };
         w.finish()?;
         let rope = Rope::new(config.rotary_dim(), config.rope_theta);
-        Ok(BambaModel {
-            config,
-            embed_tokens,
-            layers,
-            final_layernorm,
-            lm_head,
-            rope,
-            dtype,
-            device: device.clone(),
-        })
+        Ok(BambaModel { config, embed_tokens, layers, final_layernorm, lm_head, rope, dtype, device: device.clone() })
     }
 
     /// Checks a prompt against the vocabulary and the position limit.
@@ -118,20 +88,12 @@ impl<B: BambaOps> BambaModel<B> {
             return Err(InputError::EmptyPrompt);
         }
         let vocab = self.config.vocab_size;
-        if let Some((position, &token)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= vocab)
-        {
-            return Err(InputError::TokenOutOfRange {
-                token,
-                position,
-                vocab,
-            });
+        if let Some((position, &token)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+            return Err(InputError::TokenOutOfRange { token, position, vocab });
         }
         let limit = self.config.max_position_embeddings;
         if ids.len() > limit {
-            return Err(InputError::TooLong {
-                len: ids.len(),
-                limit,
-            });
+            return Err(InputError::TooLong { len: ids.len(), limit });
         }
         Ok(())
     }
@@ -142,21 +104,14 @@ impl<B: BambaOps> BambaModel<B> {
         for (row, ids) in rows.iter().enumerate() {
             self.validate_ids(ids)?;
             if ids.len() != len {
-                return Err(InputError::RaggedBatch {
-                    row,
-                    expected: len,
-                    found: ids.len(),
-                });
+                return Err(InputError::RaggedBatch { row, expected: len, found: ids.len() });
             }
         }
         if rows.is_empty() {
             return Err(InputError::EmptyPrompt);
         }
         let flat: Vec<i64> = rows.iter().flatten().map(|&t| t as i64).collect();
-        Ok(Tensor::from_data(
-            TensorData::new(flat, [rows.len(), len]),
-            &self.device,
-        ))
+        Ok(Tensor::from_data(TensorData::new(flat, [rows.len(), len]), &self.device))
     }
 
     /// Logits for every position of every row, without a cache.
@@ -166,11 +121,7 @@ impl<B: BambaOps> BambaModel<B> {
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [batch, len] = ids.dims();
         let h = self.config.hidden_size;
-        let mut x = self
-            .embed_tokens
-            .clone()
-            .select(0, ids.reshape([batch * len]))
-            .reshape([batch, len, h]);
+        let mut x = self.embed_tokens.clone().select(0, ids.reshape([batch * len])).reshape([batch, len, h]);
         let tables = self.rope.tables::<B>(0, len, &self.device, self.dtype);
         for layer in &self.layers {
             x = layer.forward(x, &self.rope, &tables);

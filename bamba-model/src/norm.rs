@@ -22,16 +22,8 @@ fn normalize_f32<B: Backend>(x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    pub fn load(
-        w: &mut WeightReader<'_, B>,
-        name: &str,
-        size: usize,
-        eps: f64,
-    ) -> Result<Self, LoadError> {
-        Ok(RmsNorm {
-            weight: w.tensor(name, [size])?,
-            eps,
-        })
+    pub fn load(w: &mut WeightReader<'_, B>, name: &str, size: usize, eps: f64) -> Result<Self, LoadError> {
+        Ok(RmsNorm { weight: w.tensor(name, [size])?, eps })
     }
 
     /// # Shapes
@@ -61,11 +53,7 @@ impl<B: Backend> GatedRmsNorm<B> {
         groups: usize,
         eps: f64,
     ) -> Result<Self, LoadError> {
-        Ok(GatedRmsNorm {
-            weight: w.tensor(name, [size])?,
-            groups,
-            eps,
-        })
+        Ok(GatedRmsNorm { weight: w.tensor(name, [size])?, groups, eps })
     }
 
     /// # Shapes

@@ -25,24 +25,14 @@ pub struct RopeTables<B: Backend> {
 
 impl Rope {
     pub fn new(rotary_dim: usize, theta: f64) -> Self {
-        let inv_freq = (0..rotary_dim / 2)
-            .map(|j| (1.0 / theta.powf((2 * j) as f64 / rotary_dim as f64)) as f32)
-            .collect();
-        Rope {
-            inv_freq,
-            rotary_dim,
-        }
+        let inv_freq =
+            (0..rotary_dim / 2).map(|j| (1.0 / theta.powf((2 * j) as f64 / rotary_dim as f64)) as f32).collect();
+        Rope { inv_freq, rotary_dim }
     }
 
     /// Tables for positions `start .. start + len`. The angle is formed in f32 like transformers
     /// (`position.float() * inv_freq`), then cos/sin are taken and cast to `dtype`.
-    pub fn tables<B: Backend>(
-        &self,
-        start: usize,
-        len: usize,
-        device: &B::Device,
-        dtype: DType,
-    ) -> RopeTables<B> {
+    pub fn tables<B: Backend>(&self, start: usize, len: usize, device: &B::Device, dtype: DType) -> RopeTables<B> {
         let half = self.rotary_dim / 2;
         let mut cos = Vec::with_capacity(len * self.rotary_dim);
         let mut sin = Vec::with_capacity(len * self.rotary_dim);
@@ -57,13 +47,8 @@ impl Rope {
             }
         }
         let shape = [1, 1, len, self.rotary_dim];
-        let make = |v: Vec<f32>| {
-            Tensor::<B, 4>::from_data(TensorData::new(v, shape), (device, DType::F32)).cast(dtype)
-        };
-        RopeTables {
-            cos: make(cos),
-            sin: make(sin),
-        }
+        let make = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), (device, DType::F32)).cast(dtype);
+        RopeTables { cos: make(cos), sin: make(sin) }
     }
 
     /// Rotates the first `rotary_dim` dims of every head.
@@ -75,13 +60,8 @@ impl Rope {
         let rot = self.rotary_dim;
         let half = rot / 2;
         let x_rot = x.clone().narrow(3, 0, rot);
-        let rotated_half = Tensor::cat(
-            vec![
-                x_rot.clone().narrow(3, half, half).neg(),
-                x_rot.clone().narrow(3, 0, half),
-            ],
-            3,
-        );
+        let rotated_half =
+            Tensor::cat(vec![x_rot.clone().narrow(3, half, half).neg(), x_rot.clone().narrow(3, 0, half)], 3);
         let embedded = x_rot * t.cos.clone() + rotated_half * t.sin.clone();
         if rot == head_dim {
             embedded

@@ -28,8 +28,7 @@ fn linear(inputs: usize, outputs: usize, bias: bool) -> u64 {
 impl ParameterCounts {
     pub fn new(c: &BambaConfig) -> Self {
         let h = c.hidden_size;
-        let mlp = 2 * linear(h, c.intermediate_size, c.mlp_bias)
-            + linear(c.intermediate_size, h, c.mlp_bias);
+        let mlp = 2 * linear(h, c.intermediate_size, c.mlp_bias) + linear(c.intermediate_size, h, c.mlp_bias);
         let norms = 2 * h as u64;
         let heads = c.mamba_n_heads;
         let mixer = linear(h, c.in_proj_dim(), c.mamba_proj_bias)
@@ -39,9 +38,8 @@ impl ParameterCounts {
             + linear(c.d_inner(), h, c.mamba_proj_bias);
         let q = c.num_heads * c.head_dim;
         let kv = c.num_kv_heads * c.head_dim;
-        let attention = linear(h, q, c.attention_bias)
-            + 2 * linear(h, kv, c.attention_bias)
-            + linear(q, h, c.attention_bias);
+        let attention =
+            linear(h, q, c.attention_bias) + 2 * linear(h, kv, c.attention_bias) + linear(q, h, c.attention_bias);
         let embedding = (c.vocab_size * h) as u64;
         let lm_head = if c.tie_word_embeddings { 0 } else { embedding };
         let mamba_layer = mixer + mlp + norms;
@@ -52,14 +50,7 @@ impl ParameterCounts {
             + final_norm
             + c.count(LayerKind::Mamba) as u64 * mamba_layer
             + c.count(LayerKind::Attention) as u64 * attention_layer;
-        ParameterCounts {
-            embedding,
-            lm_head,
-            mamba_layer,
-            attention_layer,
-            final_norm,
-            total,
-        }
+        ParameterCounts { embedding, lm_head, mamba_layer, attention_layer, final_norm, total }
     }
 }
 
@@ -87,15 +78,8 @@ impl MemoryModel {
         let ssm = mamba * (c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state) as u64 * state_elem;
         // Engines keep K−1 conv columns; the conv window has the weights' dtype.
         let conv = mamba * (c.conv_dim() * (c.mamba_d_conv - 1)) as u64 * weight_elem;
-        let kv = c.count(LayerKind::Attention) as u64
-            * 2
-            * (c.num_kv_heads * c.head_dim) as u64
-            * kv_elem;
-        let streamed = if c.tie_word_embeddings {
-            p.total
-        } else {
-            p.total - p.embedding
-        };
+        let kv = c.count(LayerKind::Attention) as u64 * 2 * (c.num_kv_heads * c.head_dim) as u64 * kv_elem;
+        let streamed = if c.tie_word_embeddings { p.total } else { p.total - p.embedding };
         MemoryModel {
             weight_bytes: p.total * weight_elem,
             streamed_weight_bytes: streamed * weight_elem,

@@ -14,19 +14,13 @@ pub fn fixtures_dir() -> PathBuf {
 }
 
 pub fn manifest() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures_dir().join("manifest.json"))
-        .expect("tests/fixtures/manifest.json");
+    let text = std::fs::read_to_string(fixtures_dir().join("manifest.json")).expect("tests/fixtures/manifest.json");
     serde_json::from_str(&text).expect("valid manifest")
 }
 
 /// Names of all fixtures in the manifest.
 pub fn fixture_names() -> Vec<String> {
-    manifest()["fixtures"]
-        .as_object()
-        .expect("fixtures map")
-        .keys()
-        .cloned()
-        .collect()
+    manifest()["fixtures"].as_object().expect("fixtures map").keys().cloned().collect()
 }
 
 /// One prompt of a fixture and transformers' float64 logits for it.
@@ -38,10 +32,7 @@ pub struct Reference {
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 pub fn references(fixture: &str) -> Vec<Reference> {
@@ -53,19 +44,9 @@ pub fn references(fixture: &str) -> Vec<Reference> {
             break;
         };
         let logits = st.tensor(&format!("prompt_{i}.logits")).unwrap();
-        let ids: Vec<u32> = ids
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
-            .collect();
-        out.insert(
-            i,
-            Reference {
-                ids,
-                logits: f32s(logits.data()),
-                vocab: logits.shape()[1],
-            },
-        );
+        let ids: Vec<u32> =
+            ids.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+        out.insert(i, Reference { ids, logits: f32s(logits.data()), vocab: logits.shape()[1] });
     }
     let mut v: Vec<_> = out.into_iter().collect();
     v.sort_by_key(|(i, _)| *i);
@@ -74,10 +55,7 @@ pub fn references(fixture: &str) -> Vec<Reference> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Copies a fixture into a fresh temporary directory (for tests that break it).

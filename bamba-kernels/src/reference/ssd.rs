@@ -81,9 +81,7 @@ pub fn groups_to_heads<B: Backend>(t: Tensor<B, 4>, heads: usize) -> Tensor<B, 4
     if groups == heads {
         return t;
     }
-    t.unsqueeze_dim::<5>(3)
-        .expand([batch, len, groups, heads / groups, n])
-        .reshape([batch, len, heads, n])
+    t.unsqueeze_dim::<5>(3).expand([batch, len, groups, heads / groups, n]).reshape([batch, len, heads, n])
 }
 
 /// Pads dim 1 with zeros up to `padded_len`.
@@ -101,22 +99,12 @@ fn pad_len<B: Backend, const D: usize>(t: Tensor<B, D>, padded_len: usize) -> Te
 /// `[batch, len, heads, k]` → `[batch, heads, chunks, Q, k]`.
 fn into_chunks<B: Backend>(t: Tensor<B, 4>, chunk: usize) -> Tensor<B, 5> {
     let [batch, len, heads, k] = t.dims();
-    t.reshape([batch, len / chunk, chunk, heads, k])
-        .permute([0, 3, 1, 2, 4])
+    t.reshape([batch, len / chunk, chunk, heads, k]).permute([0, 3, 1, 2, 4])
 }
 
 /// Reference chunked SSD scan (see the module docs for the math).
 pub fn ssd_chunk_scan<B: Backend>(inputs: SsdInputs<B>, config: SsdConfig) -> SsdOutput<B> {
-    let SsdInputs {
-        x,
-        dt,
-        a_log,
-        b,
-        c,
-        d,
-        dt_bias,
-        initial_state,
-    } = inputs;
+    let SsdInputs { x, dt, a_log, b, c, d, dt_bias, initial_state } = inputs;
     let [batch, len, heads, head_dim] = x.dims();
     let d_state = b.dims()[3];
     let q = config.chunk_size.max(1);
@@ -136,9 +124,7 @@ pub fn ssd_chunk_scan<B: Backend>(inputs: SsdInputs<B>, config: SsdConfig) -> Ss
     let x_dt = into_chunks(pad_len(x * dt.clone().unsqueeze_dim::<4>(3), padded), q); // [b,h,c,Q,p]
     let b = into_chunks(pad_len(b, padded), q); // [b,h,c,Q,n]
     let c = into_chunks(pad_len(c, padded), q); // [b,h,c,Q,n]
-    let a_dt = pad_len(dt * a.reshape([1, 1, heads]), padded)
-        .reshape([batch, chunks, q, heads])
-        .permute([0, 3, 1, 2]); // [b,h,c,Q]
+    let a_dt = pad_len(dt * a.reshape([1, 1, heads]), padded).reshape([batch, chunks, q, heads]).permute([0, 3, 1, 2]); // [b,h,c,Q]
     let a_cumsum = a_dt.cumsum(3); // [b,h,c,Q]
 
     // 1. Intra-chunk (diagonal blocks): (C·Bᵀ ∘ L)·x with L[i,j] = exp(Acs_i − Acs_j) for i ≥ j.
@@ -150,9 +136,7 @@ pub fn ssd_chunk_scan<B: Backend>(inputs: SsdInputs<B>, config: SsdConfig) -> Ss
 
     // 2. Each chunk's own contribution to the state at its end: Σ_l x_l ⊗ B_l · exp(Acs_last − Acs_l).
     let a_last = a_cumsum.clone().narrow(3, q - 1, 1); // [b,h,c,1]
-    let decay_to_end = (a_last.clone() - a_cumsum.clone())
-        .exp()
-        .unsqueeze_dim::<5>(4);
+    let decay_to_end = (a_last.clone() - a_cumsum.clone()).exp().unsqueeze_dim::<5>(4);
     let chunk_states = x_dt.swap_dims(3, 4).matmul(b * decay_to_end); // [b,h,c,p,n]
 
     // 3. Pass states across chunks, sequentially: S ← S·exp(Acs_last) + chunk_state.
@@ -164,14 +148,8 @@ pub fn ssd_chunk_scan<B: Backend>(inputs: SsdInputs<B>, config: SsdConfig) -> Ss
     let mut starts = Vec::with_capacity(chunks);
     for k in 0..chunks {
         starts.push(state.clone());
-        let decay = chunk_decay
-            .clone()
-            .narrow(2, k, 1)
-            .reshape([batch, heads, 1, 1]);
-        let own = chunk_states
-            .clone()
-            .narrow(2, k, 1)
-            .reshape([batch, heads, head_dim, d_state]);
+        let decay = chunk_decay.clone().narrow(2, k, 1).reshape([batch, heads, 1, 1]);
+        let own = chunk_states.clone().narrow(2, k, 1).reshape([batch, heads, head_dim, d_state]);
         state = state * decay + own;
     }
     let starts = Tensor::stack::<5>(starts, 2); // [b,h,c,p,n]
@@ -179,31 +157,16 @@ pub fn ssd_chunk_scan<B: Backend>(inputs: SsdInputs<B>, config: SsdConfig) -> Ss
     // 4. Inter-chunk output: C·S_start · exp(Acs).
     let y_off = c.matmul(starts.swap_dims(3, 4)) * a_cumsum.exp().unsqueeze_dim::<5>(4);
 
-    let y = (y_diag + y_off)
-        .permute([0, 2, 3, 1, 4])
-        .reshape([batch, padded, heads, head_dim])
-        .narrow(1, 0, len)
-        + d_skip;
-    SsdOutput {
-        y,
-        final_state: state,
-    }
+    let y =
+        (y_diag + y_off).permute([0, 2, 3, 1, 4]).reshape([batch, padded, heads, head_dim]).narrow(1, 0, len) + d_skip;
+    SsdOutput { y, final_state: state }
 }
 
 /// The step-by-step recurrence `S_t = exp(dt_t·A)·S_{t-1} + dt_t·x_t⊗B_t`, `y_t = S_t·C_t + D·x_t`.
 ///
 /// Slow (a few ops per position); it exists to test the chunked form and as the decode step's math.
 pub fn ssd_recurrent<B: Backend>(inputs: SsdInputs<B>, config: SsdConfig) -> SsdOutput<B> {
-    let SsdInputs {
-        x,
-        dt,
-        a_log,
-        b,
-        c,
-        d,
-        dt_bias,
-        initial_state,
-    } = inputs;
+    let SsdInputs { x, dt, a_log, b, c, d, dt_bias, initial_state } = inputs;
     let [batch, len, heads, head_dim] = x.dims();
     let d_state = b.dims()[3];
     let device = x.device();
@@ -222,22 +185,13 @@ pub fn ssd_recurrent<B: Backend>(inputs: SsdInputs<B>, config: SsdConfig) -> Ssd
     for t in 0..len {
         let x_t = x.clone().narrow(1, t, 1).reshape([batch, heads, head_dim]);
         let dt_t = dt.clone().narrow(1, t, 1).reshape([batch, heads, 1, 1]);
-        let b_t = b
-            .clone()
-            .narrow(1, t, 1)
-            .reshape([batch, heads, 1, d_state]);
-        let c_t = c
-            .clone()
-            .narrow(1, t, 1)
-            .reshape([batch, heads, d_state, 1]);
+        let b_t = b.clone().narrow(1, t, 1).reshape([batch, heads, 1, d_state]);
+        let c_t = c.clone().narrow(1, t, 1).reshape([batch, heads, d_state, 1]);
         let input = x_t.clone().reshape([batch, heads, head_dim, 1]) * b_t * dt_t.clone();
         state = state * (dt_t * a.clone()).exp() + input;
         let y_t = state.clone().matmul(c_t).reshape([batch, heads, head_dim]) + x_t * d.clone();
         ys.push(y_t);
     }
     let y = Tensor::stack::<4>(ys, 1);
-    SsdOutput {
-        y,
-        final_state: state,
-    }
+    SsdOutput { y, final_state: state }
 }

@@ -1,0 +1,130 @@
+//! config.json dialects, derived sizes and validation errors.
+
+mod common;
+
+use bamba::model::config::{BambaConfig, ConfigError, LayerKind};
+use bamba::model::sizes::{parse_memory, MemoryModel, ParameterCounts};
+use common::*;
+
+fn bamba_9b() -> BambaConfig {
+    BambaConfig::from_path(fixtures_dir().join("../configs/bamba-9b.json")).unwrap()
+}
+
+#[test]
+fn real_bamba_9b_config_4x_dialect() {
+    let c = bamba_9b();
+    assert_eq!((c.d_inner(), c.conv_dim(), c.in_proj_dim(), c.rotary_dim()), (8192, 8448, 16768, 64));
+    assert_eq!((c.head_dim, c.mamba_d_head, c.rope_theta, c.partial_rotary_factor), (128, 64, 10000.0, 0.5));
+    assert_eq!(c.time_step_limit, Some((0.0, f64::INFINITY)));
+    assert_eq!(c.dt_limit(), None, "(0, inf) is a no-op clamp");
+    let attention: Vec<usize> = (0..32).filter(|&i| c.layer_kinds[i] == LayerKind::Attention).collect();
+    assert_eq!(attention, vec![9, 18, 27]);
+    assert_eq!(c.eos_token_ids, vec![128001]);
+}
+
+#[test]
+fn parameter_counts_match_transformers() {
+    // The manifest's counts come from transformers' BambaForCausalLM (meta device for full configs).
+    let m = manifest();
+    let expected = m["configs"]["bamba-9b.json"]["parameters"].as_u64().unwrap();
+    assert_eq!(expected, 9_780_235_392);
+    assert_eq!(ParameterCounts::new(&bamba_9b()).total, expected);
+    for name in fixture_names() {
+        let c = BambaConfig::from_path(fixtures_dir().join(&name)).unwrap();
+        let expected = m["fixtures"][&name]["parameters"].as_u64().unwrap();
+        assert_eq!(ParameterCounts::new(&c).total, expected, "{name}");
+    }
+}
+
+#[test]
+fn memory_model_of_bamba_9b() {
+    // Numbers from shared/docs/performance.md: SSM state 30.4 M elements, conv 29 x 8448 x 3,
+    // KV 3 layers x 2 x 8 x 128 per token.
+    let c = bamba_9b();
+    let bf16 = MemoryModel::new(&c, 2, 2, 2);
+    assert_eq!(bf16.ssm_state_bytes_per_sequence, 29 * 128 * 64 * 128 * 2);
+    assert_eq!(bf16.state_bytes_per_sequence - bf16.ssm_state_bytes_per_sequence, 29 * 8448 * 3 * 2);
+    assert_eq!(bf16.kv_bytes_per_token, 3 * 2 * 8 * 128 * 2);
+    assert_eq!(bf16.weight_bytes, 9_780_235_392 * 2);
+    assert_eq!(parse_memory("141GB"), Some(141_000_000_000));
+    assert_eq!(parse_memory("1GiB"), Some(1 << 30));
+    assert_eq!(parse_memory("12 parsecs"), None);
+    // 64 sequences at 32K fit in 141 GB next to the bf16 weights (f32 state).
+    let f32_state = MemoryModel::new(&c, 2, 4, 2);
+    assert!(f32_state.sequences_that_fit(141_000_000_000, 32768) >= 64);
+}
+
+const FIVE_X: &str = r#"{
+  "model_type": "bamba", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 48,
+  "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+  "attn_layer_indices": [1], "mamba_n_heads": 8, "mamba_d_head": "auto", "mamba_d_state": 16,
+  "rope_parameters": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 1.0},
+  "time_step_limit": [0.0, {"__float__": "Infinity"}], "dtype": "bfloat16",
+  "attention_bias": false, "mlp_bias": false, "z_loss_coefficient": 0.0
+}"#;
+
+#[test]
+fn five_x_dialect_with_rope_parameters_and_wrapped_infinity() {
+    let c = BambaConfig::from_json(FIVE_X).unwrap();
+    assert_eq!((c.mamba_d_head, c.rope_theta, c.rotary_dim()), (8, 500.0, 8));
+    assert_eq!(c.time_step_limit, Some((0.0, f64::INFINITY)));
+    assert_eq!(c.layer_kinds, vec![LayerKind::Mamba, LayerKind::Attention, LayerKind::Mamba]);
+}
+
+#[test]
+fn bare_infinity_and_null_limits_are_accepted() {
+    let bare = FIVE_X.replace(r#"{"__float__": "Infinity"}"#, "Infinity");
+    assert_eq!(BambaConfig::from_json(&bare).unwrap().time_step_limit, Some((0.0, f64::INFINITY)));
+    let finite = FIVE_X.replace(r#"[0.0, {"__float__": "Infinity"}]"#, "[0.001, 0.1]");
+    assert_eq!(BambaConfig::from_json(&finite).unwrap().dt_limit(), Some((0.001, 0.1)));
+    let null = FIVE_X.replace(r#"[0.0, {"__float__": "Infinity"}]"#, "null");
+    assert_eq!(BambaConfig::from_json(&null).unwrap().time_step_limit, None);
+    // "Infinity" inside a string value is left alone.
+    let in_string = FIVE_X.replace(r#""dtype": "bfloat16""#, r#""note": "Infinity and NaN""#);
+    assert!(BambaConfig::from_json(&in_string).is_ok());
+}
+
+#[test]
+fn partial_rotary_defaults_to_half_without_rope_parameters() {
+    let no_rope = FIVE_X.replace(
+        r#""rope_parameters": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 1.0},"#,
+        r#""rope_theta": 123.0,"#,
+    );
+    let c = BambaConfig::from_json(&no_rope).unwrap();
+    assert_eq!((c.rope_theta, c.partial_rotary_factor, c.rotary_dim()), (123.0, 0.5, 4));
+}
+
+fn err(text: &str) -> ConfigError {
+    BambaConfig::from_json(text).unwrap_err()
+}
+
+#[test]
+fn inconsistent_configs_are_typed_errors() {
+    let e = err(&FIVE_X.replace(r#""mamba_d_head": "auto""#, r#""mamba_d_head": 7"#));
+    assert!(matches!(e, ConfigError::MambaHeads { d_head: 7, n_heads: 8, d_inner: 64 }), "{e}");
+    let e = err(&FIVE_X.replace("[1]", "[1, 3]"));
+    assert!(matches!(e, ConfigError::AttentionIndex { index: 3, layers: 3 }), "{e}");
+    let e = err(&FIVE_X.replace(r#""num_key_value_heads": 2"#, r#""num_key_value_heads": 3"#));
+    assert!(matches!(e, ConfigError::KvHeads { .. }), "{e}");
+    let e = err(&FIVE_X.replace(r#""mamba_n_heads": 8"#, r#""mamba_n_heads": 8, "mamba_n_groups": 3"#));
+    assert!(matches!(e, ConfigError::MambaGroups { .. }), "{e}");
+    let e = err(&FIVE_X.replace(r#""mamba_n_heads": 8"#, r#""mamba_n_heads": 6"#));
+    assert!(matches!(e, ConfigError::MambaAuto { .. }), "{e}");
+    let e = err(&FIVE_X.replace(r#""mamba_d_head": "auto""#, r#""mamba_d_head": "big""#));
+    assert!(matches!(e, ConfigError::DHead(_)), "{e}");
+    let e = err(&FIVE_X.replace(r#""rope_type": "default""#, r#""rope_type": "yarn""#));
+    assert!(matches!(e, ConfigError::RopeType(_)), "{e}");
+    let e = err(&FIVE_X.replace(r#""hidden_size": 32"#, r#""hidden_size": 0"#));
+    assert!(matches!(e, ConfigError::Zero("hidden_size")), "{e}");
+    let e = err(&FIVE_X.replace(r#""mamba_d_state": 16"#, r#""mamba_d_state": 16, "mamba_d_conv": 1"#));
+    assert!(matches!(e, ConfigError::ConvKernel(1)), "{e}");
+    let e = err(&FIVE_X.replace(r#""model_type": "bamba""#, r#""model_type": "llama""#));
+    assert!(matches!(e, ConfigError::ModelType(_)), "{e}");
+    let e = err(&FIVE_X.replace(r#"[0.0, {"__float__": "Infinity"}]"#, "[1.0, 0.5]"));
+    assert!(matches!(e, ConfigError::TimeStepLimit(..)), "{e}");
+    let e = err(&FIVE_X.replace(r#""mamba_d_state": 16"#, r#""mamba_d_state": "sixteen""#));
+    assert!(matches!(e, ConfigError::Json(_)), "{e}");
+    assert!(matches!(err("{\"vocab_size\": 10,"), ConfigError::Json(_)));
+    let e = BambaConfig::from_path("/nonexistent/dir").unwrap_err();
+    assert!(matches!(e, ConfigError::Io { .. }), "{e}");
+}
