@@ -1,7 +1,7 @@
 //! Hot operations of the Bamba model behind one Burn backend-extension trait.
 //!
-//! [`BambaOps`] is the only door the model uses for its hot ops (the Mamba2 SSD chunked scan and the
-//! causal depthwise conv). Each method's default body is the plain tensor-op reference in
+//! [`BambaOps`] is the only door the model uses for its hot ops (the Mamba2 SSD chunked scan, its
+//! single-token decode step, and the causal depthwise conv). Each method's default body is the plain tensor-op reference in
 //! [`reference`], which runs on every backend (ndarray in CI). GPU backends override a method with a
 //! CubeCL kernel; tests compare the override against the reference on the same device.
 //!
@@ -27,6 +27,15 @@ pub trait BambaOps: Backend {
     /// - output `y`: `[batch, len, heads, head_dim]` f32; `final_state`: `[batch, heads, head_dim, d_state]` f32
     fn ssd_chunk_scan(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
         reference::ssd::ssd_chunk_scan(inputs, config)
+    }
+
+    /// One decode step of the SSM: `S ← exp(dt·A)·S + dt·x⊗B`, `y = S·C + D·x`, for a single position
+    /// (`len == 1`) continuing from `inputs.initial_state`.
+    ///
+    /// # Shapes
+    /// - inputs as [`SsdInputs`] with `len == 1`; outputs as [`Self::ssd_chunk_scan`]
+    fn ssd_decode_step(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
+        reference::ssd::ssd_recurrent(inputs, config)
     }
 
     /// Causal depthwise conv1d + bias + SiLU, continuing from an optional window of earlier inputs.

@@ -4,6 +4,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor};
 
+use crate::cache::KvCache;
 use crate::config::BambaConfig;
 use crate::linear::Linear;
 use crate::loader::{LoadError, WeightReader};
@@ -71,18 +72,34 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    /// Attention over the sequence itself (no cache), positions `0 .. len`.
+    /// Attention for positions `start .. start + len` (`tables` must cover them). With a cache, the new
+    /// keys/values are appended and the queries attend over everything cached; without one,
+    /// `start` must be 0 and the sequence attends over itself.
     ///
     /// # Shapes
     /// - `x`: `[batch, len, hidden]` → same
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope, tables: &RopeTables<B>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope,
+        tables: &RopeTables<B>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]).swap_dims(1, 2);
         let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads), tables);
         let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads), tables);
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (k, v, start) = match cache {
+            Some(cache) => {
+                let start = cache.len();
+                let (k, v) = cache.append(k, v);
+                (k, v, start)
+            }
+            None => (k, v, 0),
+        };
         let rep = self.num_heads / self.num_kv_heads;
-        let out = causal_attention(q, repeat_kv(k, rep), repeat_kv(v, rep), 0);
+        let out = causal_attention(q, repeat_kv(k, rep), repeat_kv(v, rep), start);
         let out = out.swap_dims(1, 2).reshape([batch, len, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }

@@ -5,6 +5,7 @@ use bamba_kernels::BambaOps;
 use burn::tensor::Tensor;
 
 use crate::attention::Attention;
+use crate::cache::LayerCache;
 use crate::config::{BambaConfig, LayerKind};
 use crate::loader::{LoadError, WeightReader};
 use crate::mamba2::Mamba2Mixer;
@@ -44,15 +45,28 @@ impl<B: BambaOps> DecoderLayer<B> {
         })
     }
 
-    /// Full-sequence forward without a cache.
+    /// Forward over positions covered by `tables`, continuing from (and updating) `cache` when given.
     ///
     /// # Shapes
     /// - `x`: `[batch, len, hidden]` → same
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope, tables: &RopeTables<B>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope,
+        tables: &RopeTables<B>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Tensor<B, 3> {
         let h = self.input_layernorm.forward(x.clone());
-        let h = match &self.mixer {
-            Mixer::Mamba(m) => m.forward(h, None).0,
-            Mixer::Attention(a) => a.forward(h, rope, tables),
+        let h = match (&self.mixer, cache) {
+            (Mixer::Mamba(m), None) => m.forward(h, None).0,
+            (Mixer::Mamba(m), Some(LayerCache::Mamba(slot))) => {
+                let (out, state) = m.forward(h, slot.take());
+                *slot = Some(state);
+                out
+            }
+            (Mixer::Attention(a), None) => a.forward(h, rope, tables, None),
+            (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => a.forward(h, rope, tables, Some(kv)),
+            _ => unreachable!("the cache is built from the same layer plan as the model"),
         };
         let x = x + h;
         let h = self.feed_forward.forward(self.pre_ff_layernorm.forward(x.clone()));

@@ -5,6 +5,7 @@
 //! [`bamba_kernels::BambaOps`]. Module layout: one block kind per file.
 
 pub mod attention;
+pub mod cache;
 pub mod config;
 pub mod layer;
 pub mod linear;
@@ -17,6 +18,7 @@ pub mod rope;
 pub mod sizes;
 
 pub use bamba_kernels;
+pub use cache::{CacheError, HybridCache};
 pub use config::{BambaConfig, ConfigError, LayerKind};
 pub use loader::{Checkpoint, LoadError, Precision};
 pub use model::{BambaModel, InputError};

@@ -96,19 +96,22 @@ impl<B: BambaOps> Mamba2Mixer<B> {
         };
         let conv = B::causal_conv1d_silu(xbc, self.conv_weight.clone(), self.conv_bias.clone(), window);
         let xbc = conv.y;
-        let scan = B::ssd_chunk_scan(
-            SsdInputs {
-                x: xbc.clone().narrow(2, 0, d_inner).reshape([batch, len, self.heads, self.head_dim]),
-                dt,
-                a_log: self.a_log.clone(),
-                b: xbc.clone().narrow(2, d_inner, gn).reshape([batch, len, self.groups, self.d_state]),
-                c: xbc.narrow(2, d_inner + gn, gn).reshape([batch, len, self.groups, self.d_state]),
-                d: self.d.clone(),
-                dt_bias: self.dt_bias.clone(),
-                initial_state: ssm,
-            },
-            self.scan,
-        );
+        let inputs = SsdInputs {
+            x: xbc.clone().narrow(2, 0, d_inner).reshape([batch, len, self.heads, self.head_dim]),
+            dt,
+            a_log: self.a_log.clone(),
+            b: xbc.clone().narrow(2, d_inner, gn).reshape([batch, len, self.groups, self.d_state]),
+            c: xbc.narrow(2, d_inner + gn, gn).reshape([batch, len, self.groups, self.d_state]),
+            d: self.d.clone(),
+            dt_bias: self.dt_bias.clone(),
+            initial_state: ssm,
+        };
+        // A single token continuing a state is a decode step: the recurrent form, not the chunked scan.
+        let scan = if len == 1 && inputs.initial_state.is_some() {
+            B::ssd_decode_step(inputs, self.scan)
+        } else {
+            B::ssd_chunk_scan(inputs, self.scan)
+        };
         let y = self.norm.forward(scan.y.reshape([batch, len, d_inner]), z);
         let out = self.out_proj.forward(y);
         (out, MambaState { conv_window: conv.window, ssm: scan.final_state.cast(DType::F32) })

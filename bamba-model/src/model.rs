@@ -7,6 +7,7 @@ use bamba_kernels::BambaOps;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use thiserror::Error;
 
+use crate::cache::{CacheError, HybridCache, LayerCache};
 use crate::config::BambaConfig;
 use crate::layer::DecoderLayer;
 use crate::linear::Linear;
@@ -124,9 +125,44 @@ impl<B: BambaOps> BambaModel<B> {
         let mut x = self.embed_tokens.clone().select(0, ids.reshape([batch * len])).reshape([batch, len, h]);
         let tables = self.rope.tables::<B>(0, len, &self.device, self.dtype);
         for layer in &self.layers {
-            x = layer.forward(x, &self.rope, &tables);
+            x = layer.forward(x, &self.rope, &tables, None);
         }
         self.logits(self.final_layernorm.forward(x))
+    }
+
+    /// Runs a chunk of tokens that continues the sequences in `cache` (prefill, chunked prefill or a
+    /// decode step when `len == 1`), updating the cache. Returns the logits of every position of
+    /// the chunk, or of the last one only when `last_only`.
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch, len]` → `[batch, len or 1, vocab]`
+    pub fn forward_cached(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut HybridCache<B>,
+        last_only: bool,
+    ) -> Result<Tensor<B, 3>, CacheError> {
+        let [batch, len] = ids.dims();
+        cache.check(batch, len)?;
+        let h = self.config.hidden_size;
+        let mut x = self.embed_tokens.clone().select(0, ids.reshape([batch * len])).reshape([batch, len, h]);
+        let tables = self.rope.tables::<B>(cache.position, len, &self.device, self.dtype);
+        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, &self.rope, &tables, Some(layer_cache));
+            if let LayerCache::Mamba(Some(state)) = layer_cache {
+                state.ssm = state.ssm.clone().cast(cache.state_dtype);
+            }
+        }
+        cache.position += len;
+        if last_only && len > 1 {
+            x = x.narrow(1, len - 1, 1);
+        }
+        Ok(self.logits(self.final_layernorm.forward(x)))
+    }
+
+    /// A fresh cache for this model: `batch` sequences of up to `capacity` positions.
+    pub fn new_cache(&self, batch: usize, capacity: usize, state_dtype: DType) -> Result<HybridCache<B>, CacheError> {
+        HybridCache::new(&self.config, batch, capacity, &self.device, self.dtype, state_dtype)
     }
 
     /// LM head over final hidden states.

@@ -1,0 +1,143 @@
+//! The hybrid cache, kept outside the model: per Mamba layer a conv window and an SSM state, per
+//! attention layer a preallocated KV cache, and one position counter for the whole stack.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+use thiserror::Error;
+
+use crate::config::{BambaConfig, LayerKind};
+use crate::mamba2::MambaState;
+
+/// Errors using a cache.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CacheError {
+    #[error(
+        "the cache holds {capacity} positions; {needed} are needed (prompt + new tokens). Ask for a larger capacity"
+    )]
+    Full { needed: usize, capacity: usize },
+    #[error("the cache was made for batch {cache}, the input has batch {input}")]
+    Batch { cache: usize, input: usize },
+    #[error("backend {backend} cannot store the SSM state in {dtype}")]
+    StateDtype { dtype: String, backend: String },
+}
+
+/// Keys and values of one attention layer, preallocated to the cache capacity.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    /// `[batch, kv_heads, capacity, head_dim]`, rotated keys.
+    k: Tensor<B, 4>,
+    /// `[batch, kv_heads, capacity, head_dim]`.
+    v: Tensor<B, 4>,
+    /// Filled positions.
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    fn new(batch: usize, kv_heads: usize, capacity: usize, head_dim: usize, device: &B::Device, dtype: DType) -> Self {
+        let shape = [batch, kv_heads, capacity, head_dim];
+        KvCache { k: Tensor::zeros(shape, (device, dtype)), v: Tensor::zeros(shape, (device, dtype)), len: 0 }
+    }
+
+    /// Writes `k`, `v` at the next positions (in place: the cache holds the only handle) and returns
+    /// views of everything cached so far.
+    ///
+    /// # Shapes
+    /// - `k`, `v`: `[batch, kv_heads, len, head_dim]` → two `[batch, kv_heads, filled, head_dim]`
+    pub fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, h, len, d] = k.dims();
+        let (start, end) = (self.len, self.len + len);
+        self.k.inplace(|t| t.slice_assign([0..b, 0..h, start..end, 0..d], k));
+        self.v.inplace(|t| t.slice_assign([0..b, 0..h, start..end, 0..d], v));
+        self.len = end;
+        (self.k.clone().narrow(2, 0, end), self.v.clone().narrow(2, 0, end))
+    }
+
+    /// Views of the filled part: `[batch, kv_heads, len, head_dim]` keys and values.
+    pub fn filled(&self) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        (self.k.clone().narrow(2, 0, self.len), self.v.clone().narrow(2, 0, self.len))
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The cache of one layer.
+#[derive(Debug, Clone)]
+pub enum LayerCache<B: Backend> {
+    /// `None` until the first token (a zero state).
+    Mamba(Option<MambaState<B>>),
+    Attention(KvCache<B>),
+}
+
+/// The cache of the whole model for a batch of sequences.
+#[derive(Debug, Clone)]
+pub struct HybridCache<B: Backend> {
+    pub layers: Vec<LayerCache<B>>,
+    /// Positions already consumed (the next token's position).
+    pub position: usize,
+    pub capacity: usize,
+    pub batch: usize,
+    /// Storage dtype of the SSM state between steps (the math is f32 either way).
+    pub state_dtype: DType,
+}
+
+impl<B: Backend> HybridCache<B> {
+    /// A cache for `batch` sequences of up to `capacity` positions; KV in `dtype`, SSM state kept in
+    /// `state_dtype` (f32 unless memory traffic matters more than the last bits).
+    pub fn new(
+        config: &BambaConfig,
+        batch: usize,
+        capacity: usize,
+        device: &B::Device,
+        dtype: DType,
+        state_dtype: DType,
+    ) -> Result<Self, CacheError> {
+        if !B::supports_dtype(device, state_dtype) {
+            return Err(CacheError::StateDtype { dtype: format!("{state_dtype:?}"), backend: B::name(device) });
+        }
+        let layers = config
+            .layer_kinds
+            .iter()
+            .map(|kind| match kind {
+                LayerKind::Mamba => LayerCache::Mamba(None),
+                LayerKind::Attention => LayerCache::Attention(KvCache::new(
+                    batch,
+                    config.num_kv_heads,
+                    capacity,
+                    config.head_dim,
+                    device,
+                    dtype,
+                )),
+            })
+            .collect();
+        Ok(HybridCache { layers, position: 0, capacity, batch, state_dtype })
+    }
+
+    /// Checks that `len` more positions fit, for a batch of `batch`.
+    pub fn check(&self, batch: usize, len: usize) -> Result<(), CacheError> {
+        if batch != self.batch {
+            return Err(CacheError::Batch { cache: self.batch, input: batch });
+        }
+        let needed = self.position + len;
+        if needed > self.capacity {
+            return Err(CacheError::Full { needed, capacity: self.capacity });
+        }
+        Ok(())
+    }
+
+    /// Forgets every sequence: states to zero, KV caches empty (buffers kept).
+    pub fn reset(&mut self) {
+        self.position = 0;
+        for layer in &mut self.layers {
+            match layer {
+                LayerCache::Mamba(state) => *state = None,
+                LayerCache::Attention(kv) => kv.len = 0,
+            }
+        }
+    }
+}

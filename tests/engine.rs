@@ -1,0 +1,109 @@
+//! The cached paths against the uncached forward (which matches transformers, tests/parity.rs):
+//! prefill, chunked prefill with chunk sizes that divide neither the prompt nor the SSD chunk,
+//! and token-by-token decode.
+
+mod common;
+
+use bamba::model::cache::{CacheError, LayerCache};
+use bamba::model::{BambaModel, HybridCache, Precision};
+use burn::tensor::{DType, Tensor};
+use common::*;
+
+type Model = BambaModel<TestBackend>;
+
+fn load(name: &str) -> Model {
+    BambaModel::load(fixtures_dir().join(name), &Default::default(), Precision::F32).unwrap()
+}
+
+fn vec3(t: Tensor<TestBackend, 3>) -> Vec<f32> {
+    t.into_data().to_vec().unwrap()
+}
+
+/// Runs `ids` through the cache in chunks of `chunk`, returning all logits (concatenated).
+fn run_chunked(model: &Model, ids: &[u32], chunk: usize, cache: &mut HybridCache<TestBackend>) -> Vec<f32> {
+    let mut out = Vec::new();
+    for part in ids.chunks(chunk) {
+        let t = model.ids_tensor(&[part.to_vec()]).unwrap();
+        out.extend(vec3(model.forward_cached(t, cache, false).unwrap()));
+    }
+    out
+}
+
+fn states(cache: &HybridCache<TestBackend>) -> Vec<Vec<f32>> {
+    cache
+        .layers
+        .iter()
+        .map(|l| match l {
+            LayerCache::Mamba(Some(s)) => {
+                let mut v: Vec<f32> = s.ssm.clone().into_data().to_vec().unwrap();
+                v.extend(s.conv_window.clone().into_data().to_vec::<f32>().unwrap());
+                v
+            }
+            LayerCache::Mamba(None) => vec![],
+            LayerCache::Attention(kv) => {
+                let (k, v) = kv.filled();
+                let mut out: Vec<f32> = k.into_data().to_vec().unwrap();
+                out.extend(v.into_data().to_vec::<f32>().unwrap());
+                out
+            }
+        })
+        .collect()
+}
+
+const PROMPT: [u32; 19] = [5, 17, 3, 90, 44, 12, 7, 7, 60, 31, 2, 85, 19, 40, 23, 11, 64, 9, 71];
+
+#[test]
+fn cached_prefill_chunked_prefill_and_decode_equal_the_uncached_forward() {
+    for name in ["base", "groups2_tied", "pure_mamba_clamped", "rope_full_bare_inf", "biases_head_dim"] {
+        let model = load(name);
+        let expected = vec3(model.forward(model.ids_tensor(&[PROMPT.to_vec()]).unwrap()));
+        // f32 noise grows with the logit scale (groups2_tied reaches |24|): measured worst relative
+        // difference 1.1e-6 of max |logit|; allow 5e-6.
+        let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let tol = 5e-6 * scale;
+        let mut worst = 0.0f32;
+        let mut one_shot = model.new_cache(1, 32, DType::F32).unwrap();
+        let got = run_chunked(&model, &PROMPT, PROMPT.len(), &mut one_shot);
+        assert!(max_abs_diff(&got, &expected) < tol, "{name}: cached prefill");
+        let reference_states = states(&one_shot);
+        for chunk in [1, 2, 5, 7] {
+            let mut cache = model.new_cache(1, 32, DType::F32).unwrap();
+            let got = run_chunked(&model, &PROMPT, chunk, &mut cache);
+            let diff = max_abs_diff(&got, &expected);
+            worst = worst.max(diff / scale);
+            assert!(diff < tol, "{name}: chunks of {chunk}: logits differ by {diff}");
+            for (i, (a, b)) in states(&cache).iter().zip(&reference_states).enumerate() {
+                let state_scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                assert!(max_abs_diff(a, b) < 5e-6 * state_scale, "{name}: chunks of {chunk}: layer {i} state");
+            }
+            assert_eq!(cache.position, PROMPT.len());
+        }
+        println!("{name:20} chunked/decode vs one-shot: worst |diff| / max|logit| = {worst:.1e}");
+    }
+}
+
+#[test]
+fn cache_capacity_and_batch_are_checked() {
+    let model = load("base");
+    let mut cache = model.new_cache(1, 4, DType::F32).unwrap();
+    let err = model.forward_cached(model.ids_tensor(&[PROMPT.to_vec()]).unwrap(), &mut cache, true).unwrap_err();
+    assert_eq!(err, CacheError::Full { needed: PROMPT.len(), capacity: 4 });
+    let err = model.forward_cached(model.ids_tensor(&[vec![1, 2], vec![3, 4]]).unwrap(), &mut cache, true).unwrap_err();
+    assert_eq!(err, CacheError::Batch { cache: 1, input: 2 });
+}
+
+#[test]
+fn reset_cache_replays_identically() {
+    let model = load("base");
+    let mut cache = model.new_cache(1, 32, DType::F32).unwrap();
+    let first = run_chunked(&model, &PROMPT[..9], 4, &mut cache);
+    cache.reset();
+    let second = run_chunked(&model, &PROMPT[..9], 4, &mut cache);
+    assert_eq!(first, second);
+}
+
+#[test]
+fn bf16_state_is_refused_where_the_backend_has_no_bf16() {
+    let model = load("base");
+    assert!(matches!(model.new_cache(1, 8, DType::BF16), Err(CacheError::StateDtype { .. })));
+}
