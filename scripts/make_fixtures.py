@@ -101,6 +101,19 @@ def logits_of(model, ids):
         return model(torch.tensor([ids]), use_cache=False).logits[0].to(torch.float64)
 
 
+GENERATE_PROMPTS = 2  # prompts 0 and 1 also get a greedy generate() record
+MAX_NEW_TOKENS = 10
+
+
+def generate_of(model, ids):
+    """transformers' greedy generate() with its cache: new ids and the logits of every step."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False, use_cache=True,
+                             output_logits=True, return_dict_in_generate=True)
+    new = out.sequences[0, len(ids):]
+    return new, torch.stack([step[0] for step in out.logits]).to(torch.float64)
+
+
 def build(name, overrides, options, seed):
     cfg_kwargs = dict(BASE, **overrides)
     config = BambaConfig(**cfg_kwargs)
@@ -139,7 +152,7 @@ def build(name, overrides, options, seed):
 
     ref_model, f32_model = reload(torch.float64), reload(torch.float32)
     gen_ids = torch.Generator().manual_seed(seed + 1000)
-    tensors, floors = {}, []
+    tensors, floors, generate_note = {}, [], None
     for i, n in enumerate(PROMPT_LENGTHS):
         ids = torch.randint(0, config.vocab_size, (n,), generator=gen_ids).tolist()
         ref = logits_of(ref_model, ids)
@@ -148,9 +161,24 @@ def build(name, overrides, options, seed):
         tensors[f"prompt_{i}.ids"] = torch.tensor(ids, dtype=torch.int64)
         tensors[f"prompt_{i}.logits"] = ref.to(torch.float32).contiguous()
         tensors[f"prompt_{i}.logits_f32_torch"] = f32.to(torch.float32).contiguous()
+        if i < GENERATE_PROMPTS and generate_note is None:
+            try:
+                new, step_logits = generate_of(ref_model, ids)
+            except ValueError as e:
+                # transformers 5.24: generate() on a model without attention layers raises in
+                # DynamicCache.get_seq_length; there is no reference to record.
+                generate_note = f"skipped: transformers generate() failed: {e}"
+                continue
+            new32, step_logits32 = generate_of(f32_model, ids)
+            assert new.tolist() == new32.tolist(), f"{name}: greedy tokens differ between f32 and f64"
+            floors.append((step_logits32 - step_logits).abs().max().item())
+            tensors[f"generate_{i}.ids"] = new.to(torch.int64).contiguous()
+            tensors[f"generate_{i}.logits"] = step_logits.to(torch.float32).contiguous()
     save_file(tensors, os.path.join(path, "reference.safetensors"))
     return {
         "prompts": len(PROMPT_LENGTHS),
+        "generate": {"prompts": 0 if generate_note else GENERATE_PROMPTS, "max_new_tokens": MAX_NEW_TOKENS,
+                     "greedy": True, "cache": True, "note": generate_note},
         "weights_dtype": str(save_dtype).replace("torch.", ""),
         "dialect": dialect,
         "sharded": "shard" in options,

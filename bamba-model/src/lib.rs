@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod cache;
 pub mod config;
+pub mod generate;
 pub mod layer;
 pub mod linear;
 pub mod loader;
@@ -15,11 +16,14 @@ pub mod mlp;
 pub mod model;
 pub mod norm;
 pub mod rope;
+pub mod sampling;
 pub mod sizes;
 
 pub use bamba_kernels;
 pub use cache::{CacheError, HybridCache};
 pub use config::{BambaConfig, ConfigError, LayerKind};
+pub use generate::{FinishReason, GenerateError, GenerateParams, Generation};
 pub use loader::{Checkpoint, LoadError, Precision};
 pub use model::{BambaModel, InputError};
+pub use sampling::{Sampler, SamplingError, SamplingParams};
 pub use sizes::{MemoryModel, ParameterCounts};

@@ -67,3 +67,35 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
     }
     dir
 }
+
+/// transformers' greedy `generate()` record for a prompt: new ids and each step's logits.
+pub struct GenerateReference {
+    pub prompt: Vec<u32>,
+    pub ids: Vec<u32>,
+    /// One `[vocab]` row per new token.
+    pub step_logits: Vec<Vec<f32>>,
+}
+
+pub fn generate_references(fixture: &str) -> Vec<GenerateReference> {
+    let bytes = std::fs::read(fixtures_dir().join(fixture).join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |name: &str| -> Vec<u32> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
+    };
+    let mut out = Vec::new();
+    for i in 0.. {
+        let Ok(logits) = st.tensor(&format!("generate_{i}.logits")) else { break };
+        let vocab = logits.shape()[1];
+        out.push(GenerateReference {
+            prompt: ints(&format!("prompt_{i}.ids")),
+            ids: ints(&format!("generate_{i}.ids")),
+            step_logits: f32s(logits.data()).chunks(vocab).map(<[f32]>::to_vec).collect(),
+        });
+    }
+    out
+}

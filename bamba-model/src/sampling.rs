@@ -1,0 +1,167 @@
+//! Choosing the next token from logits: repetition penalty, then greedy (temperature 0) or
+//! temperature → top-k → top-p → min-p → a draw from a seeded RNG (same seed, same tokens).
+//! The order follows transformers' logits processors and warpers.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use thiserror::Error;
+
+/// Invalid sampling settings.
+#[derive(Debug, Error, PartialEq)]
+pub enum SamplingError {
+    #[error("temperature must be finite and >= 0, got {0}")]
+    Temperature(f32),
+    #[error("top-k must be at least 1")]
+    TopK,
+    #[error("top-p must be in (0, 1], got {0}")]
+    TopP(f32),
+    #[error("min-p must be in [0, 1], got {0}")]
+    MinP(f32),
+    #[error("repetition penalty must be finite and > 0, got {0}")]
+    RepetitionPenalty(f32),
+}
+
+/// Sampling settings; the default is greedy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy (argmax).
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    /// 1 = off; >1 discourages tokens already in the prompt or output (CTRL-style, as transformers).
+    pub repetition_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 0.0, top_k: None, top_p: None, min_p: None, repetition_penalty: 1.0, seed: 0 }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<(), SamplingError> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(SamplingError::Temperature(self.temperature));
+        }
+        if self.top_k == Some(0) {
+            return Err(SamplingError::TopK);
+        }
+        if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return Err(SamplingError::TopP(p));
+        }
+        if let Some(p) = self.min_p.filter(|p| !(*p >= 0.0 && *p <= 1.0)) {
+            return Err(SamplingError::MinP(p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(SamplingError::RepetitionPenalty(self.repetition_penalty));
+        }
+        Ok(())
+    }
+}
+
+/// Draws tokens according to [`SamplingParams`] with its own seeded RNG.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+}
+
+/// Index of the largest value (the first one on ties, like torch.argmax).
+pub fn argmax(values: &[f32]) -> usize {
+    values.iter().enumerate().fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
+}
+
+/// Applies the repetition penalty in place to every token id seen in `history`.
+pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut seen = vec![false; logits.len()];
+    for &t in history {
+        if let Some(s) = seen.get_mut(t as usize) {
+            if !*s {
+                *s = true;
+                let l = &mut logits[t as usize];
+                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+            }
+        }
+    }
+}
+
+/// Probabilities after temperature, top-k, top-p and min-p; tokens filtered out have probability 0.
+pub fn filtered_probabilities(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
+    let scaled: Vec<f32> = logits.iter().map(|l| l / params.temperature).collect();
+    let mut keep = vec![true; scaled.len()];
+    let mut order: Vec<usize> = (0..scaled.len()).collect();
+    order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]));
+    if let Some(k) = params.top_k {
+        if k < scaled.len() {
+            let threshold = scaled[order[k - 1]];
+            for (i, &v) in scaled.iter().enumerate() {
+                keep[i] &= v >= threshold;
+            }
+        }
+    }
+    let softmax = |keep: &[bool]| -> Vec<f32> {
+        let max = scaled.iter().zip(keep).filter(|(_, &k)| k).map(|(v, _)| *v).fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = scaled.iter().zip(keep).map(|(v, &k)| if k { (v - max).exp() } else { 0.0 }).collect();
+        let sum: f32 = e.iter().sum();
+        e.into_iter().map(|v| v / sum).collect()
+    };
+    if let Some(p) = params.top_p {
+        // Keep the smallest prefix (by probability) whose mass reaches p; always the top token.
+        let probs = softmax(&keep);
+        let mut mass = 0.0;
+        for (rank, &i) in order.iter().enumerate() {
+            if rank > 0 && mass >= p {
+                keep[i] = false;
+            }
+            mass += probs[i];
+        }
+    }
+    if let Some(min_p) = params.min_p {
+        let probs = softmax(&keep);
+        let top = probs.iter().cloned().fold(0.0, f32::max);
+        for (i, &pr) in probs.iter().enumerate() {
+            keep[i] &= pr >= min_p * top;
+        }
+    }
+    softmax(&keep)
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self, SamplingError> {
+        params.validate()?;
+        let rng = StdRng::seed_from_u64(params.seed);
+        Ok(Sampler { params, rng })
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// The next token for one row of logits; `history` is the prompt plus tokens generated so far.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let mut logits = logits.to_vec();
+        apply_repetition_penalty(&mut logits, history, self.params.repetition_penalty);
+        if self.params.temperature == 0.0 {
+            return argmax(&logits) as u32;
+        }
+        let probs = filtered_probabilities(&logits, &self.params);
+        let draw: f32 = self.rng.random();
+        let mut mass = 0.0;
+        let mut last = 0;
+        for (i, p) in probs.iter().enumerate() {
+            if *p > 0.0 {
+                last = i;
+                mass += p;
+                if draw < mass {
+                    return i as u32;
+                }
+            }
+        }
+        last as u32 // rounding left the draw above the total mass
+    }
+}

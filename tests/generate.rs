@@ -1,0 +1,132 @@
+//! Greedy generation against transformers' `generate()` (with its cache) token for token, with every
+//! step's logits within the fixture's noise-floor tolerance; plus EOS and sampling behaviour.
+
+mod common;
+
+use bamba::model::generate::eos_ids;
+use bamba::model::sampling::{apply_repetition_penalty, argmax, filtered_probabilities};
+use bamba::model::{BambaModel, FinishReason, GenerateParams, Precision, Sampler, SamplingError, SamplingParams};
+use burn::tensor::DType;
+use common::*;
+
+fn params(max_new_tokens: usize, eos_ids: Vec<u32>) -> GenerateParams {
+    GenerateParams {
+        max_new_tokens,
+        eos_ids,
+        ignore_eos: false,
+        prefill_chunk: None,
+        state_dtype: DType::F32,
+        keep_logits: true,
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    let manifest = manifest();
+    let mut checked = 0;
+    for name in fixture_names() {
+        let floor = manifest["fixtures"][&name]["f32_vs_f64_max_abs"].as_f64().unwrap() as f32;
+        let tolerance = (10.0 * floor).max(2e-5).min(1e-3); // as tests/parity.rs
+        let dir = fixtures_dir().join(&name);
+        let model = BambaModel::<TestBackend>::load(&dir, &Default::default(), Precision::F32).unwrap();
+        let eos = eos_ids(&dir, &model.config.eos_token_ids);
+        for (i, r) in generate_references(&name).iter().enumerate() {
+            for chunk in [None, Some(4)] {
+                let p = GenerateParams { prefill_chunk: chunk, ..params(r.ids.len(), eos.clone()) };
+                let mut sampler = Sampler::new(SamplingParams::default()).unwrap();
+                let out = model.generate(&r.prompt, &p, &mut sampler, |_| true).unwrap();
+                assert_eq!(out.ids, r.ids, "{name} prompt {i} prefill chunk {chunk:?}: tokens");
+                for (step, (got, want)) in out.step_logits.iter().zip(&r.step_logits).enumerate() {
+                    let diff = max_abs_diff(got, want);
+                    assert!(diff <= tolerance, "{name} prompt {i} step {step}: {diff:e} > {tolerance:e}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 12, "only {checked} generations checked");
+}
+
+#[test]
+fn stops_at_eos_unless_ignored_and_at_max_tokens() {
+    let model =
+        BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::F32).unwrap();
+    let r = &generate_references("base")[0];
+    let eos = r.ids[2]; // pretend the third greedy token is EOS
+    let greedy = || Sampler::new(SamplingParams::default()).unwrap();
+    let out = model.generate(&r.prompt, &params(10, vec![eos]), &mut greedy(), |_| true).unwrap();
+    assert_eq!((out.ids.as_slice(), out.finish), (&r.ids[..3], FinishReason::Eos));
+    let ignoring = GenerateParams { ignore_eos: true, ..params(10, vec![eos]) };
+    let out = model.generate(&r.prompt, &ignoring, &mut greedy(), |_| true).unwrap();
+    assert_eq!((out.ids.as_slice(), out.finish), (&r.ids[..], FinishReason::Length));
+    let mut seen = 0;
+    let out = model
+        .generate(&r.prompt, &params(10, vec![]), &mut greedy(), |_| {
+            seen += 1;
+            seen < 4
+        })
+        .unwrap();
+    assert_eq!((out.ids.len(), out.finish), (4, FinishReason::Stop));
+    assert!(model.generate(&r.prompt, &params(0, vec![]), &mut greedy(), |_| true).unwrap().ids.is_empty());
+}
+
+#[test]
+fn generation_input_errors() {
+    let model =
+        BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::F32).unwrap();
+    let mut s = Sampler::new(SamplingParams::default()).unwrap();
+    assert!(model.generate(&[], &params(4, vec![]), &mut s, |_| true).is_err());
+    assert!(model.generate(&[1, 500], &params(4, vec![]), &mut s, |_| true).is_err());
+    let too_long = params(model.config.max_position_embeddings, vec![]);
+    let err = model.generate(&[1, 2], &too_long, &mut s, |_| true).unwrap_err();
+    assert!(err.to_string().contains("max_position_embeddings"), "{err}");
+    let zero_chunk = GenerateParams { prefill_chunk: Some(0), ..params(4, vec![]) };
+    assert!(model.generate(&[1, 2], &zero_chunk, &mut s, |_| true).is_err());
+}
+
+#[test]
+fn seeded_sampling_is_deterministic_and_seed_dependent() {
+    let model =
+        BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::F32).unwrap();
+    let run = |seed| {
+        let p = SamplingParams { temperature: 1.5, top_k: Some(50), top_p: Some(0.95), seed, ..Default::default() };
+        model.generate(&[5, 6, 7], &params(12, vec![]), &mut Sampler::new(p).unwrap(), |_| true).unwrap().ids
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7), run(8));
+}
+
+#[test]
+fn filters_keep_the_right_tokens() {
+    // logits -> probabilities at temperature 1: softmax([2, 1, 0, -1, 3]) = [.23, .09, .03, .01, .63]
+    let logits = [2.0, 1.0, 0.0, -1.0, 3.0];
+    let base = SamplingParams { temperature: 1.0, ..Default::default() };
+    let kept = |p: &SamplingParams| -> Vec<usize> {
+        filtered_probabilities(&logits, p).iter().enumerate().filter(|(_, &x)| x > 0.0).map(|(i, _)| i).collect()
+    };
+    assert_eq!(kept(&SamplingParams { top_k: Some(2), ..base.clone() }), vec![0, 4]);
+    assert_eq!(kept(&SamplingParams { top_p: Some(0.5), ..base.clone() }), vec![4]);
+    assert_eq!(kept(&SamplingParams { top_p: Some(0.8), ..base.clone() }), vec![0, 4]);
+    assert_eq!(kept(&SamplingParams { top_p: Some(0.9), ..base.clone() }), vec![0, 1, 4]);
+    assert_eq!(kept(&SamplingParams { min_p: Some(0.3), ..base.clone() }), vec![0, 4]);
+    assert_eq!(kept(&SamplingParams { min_p: Some(0.1), ..base.clone() }), vec![0, 1, 4]);
+    let probs = filtered_probabilities(&logits, &SamplingParams { top_k: Some(2), ..base.clone() });
+    assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    assert!((probs[4] - 1.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-6);
+    // Temperature sharpens: at 0.1 the top token carries nearly all the mass.
+    assert!(filtered_probabilities(&logits, &SamplingParams { temperature: 0.1, ..base.clone() })[4] > 0.9999);
+
+    let mut l = vec![2.0, -2.0, 1.0];
+    apply_repetition_penalty(&mut l, &[0, 1, 1], 2.0);
+    assert_eq!(l, vec![1.0, -4.0, 1.0]);
+    assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1, "ties go to the first index, as torch.argmax");
+
+    assert_eq!(
+        Sampler::new(SamplingParams { temperature: -1.0, ..Default::default() }).unwrap_err(),
+        SamplingError::Temperature(-1.0)
+    );
+    assert_eq!(Sampler::new(SamplingParams { top_k: Some(0), ..Default::default() }).unwrap_err(), SamplingError::TopK);
+    assert!(Sampler::new(SamplingParams { top_p: Some(1.5), ..Default::default() }).is_err());
+    assert!(Sampler::new(SamplingParams { min_p: Some(-0.1), ..Default::default() }).is_err());
+    assert!(Sampler::new(SamplingParams { repetition_penalty: 0.0, ..Default::default() }).is_err());
+}
