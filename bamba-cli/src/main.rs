@@ -1,6 +1,7 @@
 //! The `bamba` command line.
 
 mod backend;
+mod generate;
 mod info;
 mod logits;
 
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Logits of every prompt position (no cache), written as safetensors (`logits`: F32 [len, vocab]).
     Logits(LogitsArgs),
+    /// Generate new tokens after a prompt, streamed to stdout (`--json`: one record per prompt).
+    Generate(GenerateArgs),
     /// What a config implies: layer plan, parameters, weight/state/KV bytes, sequences that fit.
     Info(InfoArgs),
 }
@@ -69,6 +72,51 @@ pub struct LogitsArgs {
 }
 
 #[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub common: ModelArgs,
+    /// Prompt text (needs the model's tokenizer.json).
+    #[arg(long, conflicts_with_all = ["prompt_ids", "prompts_file"])]
+    pub prompt: Option<String>,
+    /// Prompt as comma-separated token ids, e.g. 1,2,3.
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompts_file")]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// A file with one prompt per line (comma-separated token ids).
+    #[arg(long)]
+    pub prompts_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub temperature: f32,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this text appears (needs the tokenizer).
+    #[arg(long)]
+    pub stop: Option<String>,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Prefill the prompt in chunks of N tokens.
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
+    /// Storage dtype of the SSM state between steps (f32 or, where the backend has it, bf16).
+    #[arg(long, default_value = "f32")]
+    pub state_dtype: Precision,
+    /// One JSON object per prompt on stdout instead of streamed ids.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
 pub struct InfoArgs {
     /// Checkpoint directory or config.json file.
     #[arg(long)]
@@ -94,5 +142,6 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Logits(args) => logits::run(&args),
         Command::Info(args) => info::run(&args),
+        Command::Generate(args) => generate::run(&args),
     }
 }

@@ -102,3 +102,81 @@ fn bad_arguments_are_clear_errors() {
         fails_with(&with(&["--prompt-ids", "1,2", "--backend", "ndarray"]), "not compiled");
     }
 }
+
+#[test]
+fn generate_json_greedy_equals_transformers_generate() {
+    let reference = std::fs::read(repo().join("tests/fixtures/rope_full_bare_inf/reference.safetensors")).unwrap();
+    let reference = SafeTensors::deserialize(&reference).unwrap();
+    let ints = |name: &str| -> Vec<u64> {
+        reference
+            .tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u64)
+            .collect()
+    };
+    let prompt: Vec<String> = ints("prompt_0.ids").iter().map(u64::to_string).collect();
+    let expected = ints("generate_0.ids");
+    let max = expected.len().to_string();
+    let run = bamba(&[
+        "generate",
+        "--model",
+        "tests/fixtures/rope_full_bare_inf",
+        "--prompt-ids",
+        &prompt.join(","),
+        "--max-new-tokens",
+        &max,
+        "--temperature",
+        "0",
+        "--json",
+        "--prefill-chunk",
+        "5",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "stdout carries only the JSON record: {stdout}");
+    let record: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let got: Vec<u64> = record["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(got, expected);
+    assert_eq!(record["finish_reason"], "length");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("decode"), "stats line on stderr");
+}
+
+#[test]
+fn generate_prompts_file_gives_one_record_per_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.txt");
+    std::fs::write(&file, "1,2,3\n\n7,8\n").unwrap();
+    let run = bamba(&[
+        "generate",
+        "--model",
+        "tests/fixtures/base",
+        "--prompts-file",
+        file.to_str().unwrap(),
+        "--max-new-tokens",
+        "3",
+        "--json",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let records: Vec<serde_json::Value> =
+        String::from_utf8(run.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1]["prompt_ids"], serde_json::json!([7, 8]));
+}
+
+#[test]
+fn generate_bad_input_is_a_clear_error() {
+    let g = ["generate", "--model", "tests/fixtures/base"];
+    let with = |extra: &[&'static str]| -> Vec<&str> { g.iter().copied().chain(extra.iter().copied()).collect() };
+    fails_with(&with(&[]), "give a prompt");
+    fails_with(&with(&["--prompt", "hello"]), "tokenizer");
+    fails_with(&with(&["--prompt-ids", "1,2", "--stop", "x"]), "tokenizer");
+    fails_with(&with(&["--prompt-ids", "1,200"]), "outside the vocabulary");
+    fails_with(&with(&["--prompt-ids", "1,2", "--top-p", "1.5"]), "top-p");
+    fails_with(&with(&["--prompt-ids", "1,2", "--temperature", "-1"]), "temperature");
+    fails_with(&with(&["--prompt-ids", "1,2", "--max-new-tokens", "300000"]), "max_position_embeddings");
+    fails_with(&with(&["--prompt-ids", "1,2", "--prefill-chunk", "0"]), "prefill-chunk");
+    fails_with(&with(&["--prompt-ids", "1,2", "--state-dtype", "bf16"]), "bf16");
+    fails_with(&with(&["--prompts-file", "/nonexistent.txt"]), "/nonexistent.txt");
+}

@@ -98,7 +98,10 @@ impl<B: Backend> HybridCache<B> {
         state_dtype: DType,
     ) -> Result<Self, CacheError> {
         if !B::supports_dtype(device, state_dtype) {
-            return Err(CacheError::StateDtype { dtype: format!("{state_dtype:?}"), backend: B::name(device) });
+            return Err(CacheError::StateDtype {
+                dtype: format!("{state_dtype:?}").to_lowercase(),
+                backend: B::name(device),
+            });
         }
         let layers = config
             .layer_kinds
