@@ -26,6 +26,7 @@ def main():
     ap.add_argument("bin")
     ap.add_argument("--backend", default="ndarray")
     ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--only", nargs="*", help="fixture names to run (default: all)")
     args = ap.parse_args()
     fixtures = os.path.join(ROOT, "tests", "fixtures")
     manifest = json.load(open(os.path.join(fixtures, "manifest.json")))
@@ -33,6 +34,8 @@ def main():
     failed = False
     print(f"{'fixture':22} {'prompt':>6} {'max|diff|':>10} {'floor':>9} {'generate':>9}")
     for name, meta in sorted(manifest["fixtures"].items()):
+        if args.only and name not in args.only:
+            continue
         d = os.path.join(fixtures, name)
         ref = load_file(os.path.join(d, "reference.safetensors"))
         for i in range(meta["prompts"]):
