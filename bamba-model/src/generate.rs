@@ -8,7 +8,7 @@ use bamba_kernels::BambaOps;
 use burn::tensor::DType;
 use thiserror::Error;
 
-use crate::cache::CacheError;
+use crate::cache::{CacheError, HybridCache};
 use crate::model::{BambaModel, InputError};
 use crate::sampling::{Sampler, SamplingError};
 
@@ -99,6 +99,12 @@ pub fn eos_ids(dir: &Path, config_eos: &[u32]) -> Vec<u32> {
 }
 
 impl<B: BambaOps> BambaModel<B> {
+    /// Feeds `ids` (one sequence) through the cache and reads back the last position's logits.
+    fn next_logits(&self, ids: &[u32], cache: &mut HybridCache<B>) -> Result<Vec<f32>, GenerateError> {
+        let logits = self.forward_cached(self.ids_tensor(&[ids.to_vec()])?, cache, true)?;
+        Ok(logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast"))
+    }
+
     /// Generates up to `params.max_new_tokens` tokens after `prompt`. `on_token` sees each new token
     /// as soon as it is chosen and returns `false` to stop.
     pub fn generate(
@@ -135,9 +141,7 @@ impl<B: BambaOps> BambaModel<B> {
         let start = Instant::now();
         let mut logits = Vec::new();
         for part in prompt.chunks(chunk) {
-            let ids = self.ids_tensor(&[part.to_vec()])?;
-            logits =
-                self.forward_cached(ids, &mut cache, true)?.cast(DType::F32).into_data().to_vec::<f32>().expect("f32");
+            logits = self.next_logits(part, &mut cache)?;
         }
         out.prefill_time = start.elapsed();
 
@@ -161,9 +165,7 @@ impl<B: BambaOps> BambaModel<B> {
             if out.ids.len() == params.max_new_tokens {
                 break;
             }
-            let ids = self.ids_tensor(&[vec![token]])?;
-            logits =
-                self.forward_cached(ids, &mut cache, true)?.cast(DType::F32).into_data().to_vec::<f32>().expect("f32");
+            logits = self.next_logits(&[token], &mut cache)?;
         }
         out.decode_time = start.elapsed();
         Ok(out)
