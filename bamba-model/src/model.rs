@@ -115,14 +115,23 @@ impl<B: BambaOps> BambaModel<B> {
         Ok(Tensor::from_data(TensorData::new(flat, [rows.len(), len]), &self.device))
     }
 
+    /// Embedding rows for token ids (no scaling; the pad row is not zeroed, as in transformers).
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch, len]` → `[batch, len, hidden]`
+    fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [batch, len] = ids.dims();
+        let rows = self.embed_tokens.clone().select(0, ids.reshape([batch * len]));
+        rows.reshape([batch, len, self.config.hidden_size])
+    }
+
     /// Logits for every position of every row, without a cache.
     ///
     /// # Shapes
     /// - `ids`: `[batch, len]` → `[batch, len, vocab]` in the model dtype
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [batch, len] = ids.dims();
-        let h = self.config.hidden_size;
-        let mut x = self.embed_tokens.clone().select(0, ids.reshape([batch * len])).reshape([batch, len, h]);
+        let len = ids.dims()[1];
+        let mut x = self.embed(ids);
         let tables = self.rope.tables::<B>(0, len, &self.device, self.dtype);
         for layer in &self.layers {
             x = layer.forward(x, &self.rope, &tables, None);
@@ -144,8 +153,7 @@ impl<B: BambaOps> BambaModel<B> {
     ) -> Result<Tensor<B, 3>, CacheError> {
         let [batch, len] = ids.dims();
         cache.check(batch, len)?;
-        let h = self.config.hidden_size;
-        let mut x = self.embed_tokens.clone().select(0, ids.reshape([batch * len])).reshape([batch, len, h]);
+        let mut x = self.embed(ids);
         let tables = self.rope.tables::<B>(cache.position, len, &self.device, self.dtype);
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(x, &self.rope, &tables, Some(layer_cache));
