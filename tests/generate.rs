@@ -130,3 +130,80 @@ fn filters_keep_the_right_tokens() {
     assert!(Sampler::new(SamplingParams { min_p: Some(-0.1), ..Default::default() }).is_err());
     assert!(Sampler::new(SamplingParams { repetition_penalty: 0.0, ..Default::default() }).is_err());
 }
+
+#[test]
+fn left_padded_batch_rows_match_transformers_and_running_alone() {
+    let manifest = manifest();
+    let mut rows_checked = 0;
+    for name in fixture_names() {
+        let floor = manifest["fixtures"][&name]["f32_vs_f64_max_abs"].as_f64().unwrap() as f32;
+        let tolerance = (10.0 * floor).max(2e-5).min(1e-3); // as tests/parity.rs
+        let dir = fixtures_dir().join(&name);
+        let model = BambaModel::<TestBackend>::load(&dir, &Default::default(), Precision::F32).unwrap();
+        // prompts of different lengths (13, 5, 1 tokens), so rows carry 0, 8 and 12 pads
+        let prompts: Vec<Vec<u32>> = references(&name).into_iter().map(|r| r.ids).collect();
+        let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        assert!(lengths.iter().min() < lengths.iter().max(), "{name}: prompts of one length test no padding");
+        let max_new = 6;
+        for chunk in [None, Some(4)] {
+            let p = GenerateParams { prefill_chunk: chunk, ..params(max_new, vec![]) };
+            let mut samplers: Vec<Sampler> =
+                prompts.iter().map(|_| Sampler::new(SamplingParams::default()).unwrap()).collect();
+            let batch = model.generate_batch(&prompts, &p, &mut samplers, |_, _| true).unwrap();
+            for (i, (prompt, row)) in prompts.iter().zip(&batch).enumerate() {
+                let alone = model
+                    .generate(prompt, &p, &mut Sampler::new(SamplingParams::default()).unwrap(), |_| true)
+                    .unwrap();
+                assert_eq!(row.ids, alone.ids, "{name} row {i} chunk {chunk:?}: tokens");
+                for (step, (got, want)) in row.step_logits.iter().zip(&alone.step_logits).enumerate() {
+                    let diff = max_abs_diff(got, want);
+                    assert!(diff <= tolerance, "{name} row {i} step {step} vs alone: {diff:e} > {tolerance:e}");
+                }
+                rows_checked += 1;
+            }
+            // and against transformers' own generate() where the fixture records it
+            for (i, r) in generate_references(&name).iter().enumerate() {
+                let row = &batch[prompts.iter().position(|p| *p == r.prompt).unwrap()];
+                let n = r.ids.len().min(max_new);
+                assert_eq!(row.ids[..n], r.ids[..n], "{name} generate reference {i} in a batch");
+                for (step, (got, want)) in row.step_logits.iter().zip(&r.step_logits).take(n).enumerate() {
+                    let diff = max_abs_diff(got, want);
+                    assert!(diff <= tolerance, "{name} reference {i} step {step} in a batch: {diff:e}");
+                }
+            }
+        }
+    }
+    assert!(rows_checked >= 30, "only {rows_checked} rows checked");
+}
+
+#[test]
+fn seeded_sampling_in_a_batch_equals_each_row_alone() {
+    let model =
+        BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::F32).unwrap();
+    let sp = SamplingParams { temperature: 1.2, top_p: Some(0.9), seed: 11, ..Default::default() };
+    let prompts = vec![vec![5, 6, 7, 8, 9, 10, 11], vec![3], vec![40, 41, 42]];
+    let p = params(10, vec![]);
+    let mut samplers: Vec<Sampler> = prompts.iter().map(|_| Sampler::new(sp.clone()).unwrap()).collect();
+    let batch = model.generate_batch(&prompts, &p, &mut samplers, |_, _| true).unwrap();
+    for (prompt, row) in prompts.iter().zip(&batch) {
+        let alone = model.generate(prompt, &p, &mut Sampler::new(sp.clone()).unwrap(), |_| true).unwrap();
+        assert_eq!(row.ids, alone.ids);
+    }
+}
+
+#[test]
+fn a_stopped_row_leaves_the_others_running() {
+    let model =
+        BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::F32).unwrap();
+    let prompts = vec![vec![5, 6, 7], vec![8, 9]];
+    let mut samplers: Vec<Sampler> = prompts.iter().map(|_| Sampler::new(SamplingParams::default()).unwrap()).collect();
+    let mut seen = [0; 2];
+    let out = model
+        .generate_batch(&prompts, &params(8, vec![]), &mut samplers, |r, _| {
+            seen[r] += 1;
+            r != 0 || seen[0] < 3
+        })
+        .unwrap();
+    assert_eq!((out[0].ids.len(), out[0].finish), (3, FinishReason::Stop));
+    assert_eq!((out[1].ids.len(), out[1].finish), (8, FinishReason::Length));
+}

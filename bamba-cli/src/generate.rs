@@ -1,17 +1,26 @@
-//! `bamba generate`: stream new tokens for one or more prompts (token ids today; text prompts need
-//! the tokenizer, which is not wired in yet and is refused with a clear error).
+//! `bamba generate`: new tokens for one or more prompts. A single prompt streams its text (or ids,
+//! for a checkpoint without tokenizer) to stdout as it is produced; several prompts run in
+//! left-padded batches of `--batch-size` and print one text per prompt. `--json` prints one record
+//! per prompt instead. A stats line goes to stderr.
 
 use std::io::Write;
-use std::time::Instant;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use bamba_model::bamba_kernels::BambaOps;
 use bamba_model::generate::eos_ids;
-use bamba_model::{BambaModel, GenerateParams, Sampler, SamplingParams};
+use bamba_model::{GenerateParams, Generation, Sampler, SamplingParams, StopStrings, TextStream, TextTokenizer};
 use serde_json::json;
 
 use crate::backend::{dispatch, BackendJob};
+use crate::load::load_model;
 use crate::GenerateArgs;
+
+/// One prompt: its ids and, when given as text, the text.
+struct Prompt {
+    ids: Vec<u32>,
+    text: Option<String>,
+}
 
 /// Parses `1,2,3` into ids.
 fn parse_ids(text: &str) -> Result<Vec<u32>> {
@@ -22,44 +31,90 @@ fn parse_ids(text: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
-/// The prompts to run, as token ids.
-fn prompts(args: &GenerateArgs) -> Result<Vec<Vec<u32>>> {
-    if args.prompt.is_some() || args.stop.is_some() {
-        bail!(
-            "text prompts and --stop strings need the tokenizer, which this build does not wire in yet; \
-             pass --prompt-ids 1,2,3 or --prompts-file with one comma-separated id list per line"
-        );
-    }
-    match (&args.prompt_ids, &args.prompts_file) {
-        (Some(ids), None) => Ok(vec![ids.clone()]),
-        (None, Some(file)) => {
-            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-            let rows: Vec<Vec<u32>> =
-                text.lines().filter(|l| !l.trim().is_empty()).map(parse_ids).collect::<Result<_>>()?;
-            if rows.is_empty() {
+fn is_id_list(line: &str) -> bool {
+    line.split(',').all(|t| !t.trim().is_empty() && t.trim().bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The prompts to run, tokenized where they are text.
+fn prompts(args: &GenerateArgs, tokenizer: Option<&TextTokenizer>, dir: &Path) -> Result<Vec<Prompt>> {
+    let encode = |text: &str| -> Result<Prompt> {
+        let tokenizer = tokenizer.with_context(|| {
+            format!("{} has no tokenizer.json, so text prompts cannot be encoded; pass --prompt-ids", dir.display())
+        })?;
+        Ok(Prompt { ids: tokenizer.encode(text)?, text: Some(text.to_string()) })
+    };
+    match (&args.prompt, &args.prompt_ids, &args.prompts_file) {
+        (Some(text), None, None) => Ok(vec![encode(text)?]),
+        (None, Some(ids), None) => Ok(vec![Prompt { ids: ids.clone(), text: None }]),
+        (None, None, Some(file)) => {
+            let content = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            let lines: Vec<&str> = content.lines().filter(|l| !l.trim().is_empty()).collect();
+            if lines.is_empty() {
                 bail!("{} holds no prompts", file.display());
             }
-            Ok(rows)
+            let as_ids = match args.prompts_format.as_str() {
+                "ids" => true,
+                "text" => false,
+                _ => lines.iter().all(|l| is_id_list(l)),
+            };
+            lines
+                .into_iter()
+                .map(|line| if as_ids { Ok(Prompt { ids: parse_ids(line)?, text: None }) } else { encode(line) })
+                .collect()
         }
-        (None, None) => bail!("give a prompt: --prompt-ids 1,2,3 or --prompts-file FILE"),
-        (Some(_), Some(_)) => bail!("give either --prompt-ids or --prompts-file, not both"),
+        (None, None, None) => bail!("give a prompt: --prompt TEXT, --prompt-ids 1,2,3 or --prompts-file FILE"),
+        _ => bail!("give only one of --prompt, --prompt-ids and --prompts-file"),
     }
+}
+
+/// The text side of one row while it generates: incremental decoding and stop strings.
+struct RowText<'t> {
+    stream: TextStream<'t>,
+    stops: StopStrings,
+    /// What has been handed out for printing.
+    shown: String,
+}
+
+impl<'t> RowText<'t> {
+    /// Adds a token; returns the text to show now and whether a stop string appeared.
+    fn push(&mut self, token: u32) -> Result<(String, bool)> {
+        let Some(piece) = self.stream.push(token)? else { return Ok((String::new(), false)) };
+        let (out, stopped) = self.stops.push(&piece);
+        self.shown.push_str(&out);
+        Ok((out, stopped))
+    }
+}
+
+/// The final text of a row: its tokens decoded at once, cut before the first stop string.
+fn final_text(tokenizer: &TextTokenizer, ids: &[u32], stops: &[String]) -> Result<String> {
+    let mut text = tokenizer.decode(ids)?;
+    if let Some(at) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
+        text.truncate(at);
+    }
+    Ok(text)
 }
 
 struct GenerateJob<'a> {
     args: &'a GenerateArgs,
-    prompts: Vec<Vec<u32>>,
 }
 
 impl BackendJob for GenerateJob<'_> {
     type Output = ();
     fn run<B: BambaOps>(self, device: B::Device) -> Result<()> {
         let args = self.args;
+        let dir = args.common.model_dir()?;
+        let tokenizer = TextTokenizer::from_dir(&dir)?;
+        if !args.stop.is_empty() && tokenizer.is_none() {
+            bail!("{} has no tokenizer.json, so --stop strings cannot be matched", dir.display());
+        }
+        StopStrings::new(args.stop.clone())?; // rejects empty stop strings before loading anything
+        if args.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        let prompts = prompts(args, tokenizer.as_ref(), &dir)?;
         let precision = args.common.precision()?;
-        let load_start = Instant::now();
-        let model = BambaModel::<B>::load(&args.common.model, &device, precision)
-            .with_context(|| format!("loading {}", args.common.model.display()))?;
-        let load_secs = load_start.elapsed().as_secs_f64();
+        let (model, load_time) = load_model::<B>(&dir, &device, precision)?;
+        let load_secs = load_time.as_secs_f64();
         let sampling = SamplingParams {
             temperature: args.temperature,
             top_k: args.top_k,
@@ -68,59 +123,133 @@ impl BackendJob for GenerateJob<'_> {
             repetition_penalty: args.repetition_penalty,
             seed: args.seed,
         };
+        Sampler::new(sampling.clone())?;
         let params = GenerateParams {
             max_new_tokens: args.max_new_tokens,
-            eos_ids: eos_ids(&args.common.model, &model.config.eos_token_ids),
+            eos_ids: eos_ids(&dir, &model.config.eos_token_ids),
             ignore_eos: args.ignore_eos,
             prefill_chunk: args.prefill_chunk,
             state_dtype: args.state_dtype.dtype(),
             keep_logits: false,
         };
-        let stdout = std::io::stdout();
-        for prompt in &self.prompts {
-            let mut sampler = Sampler::new(sampling.clone())?;
-            let out = model.generate(prompt, &params, &mut sampler, |token| {
-                if !args.json {
+        for batch in prompts.chunks(args.batch_size) {
+            let streaming = batch.len() == 1 && !args.json;
+            let ids: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
+            let mut samplers: Vec<Sampler> =
+                batch.iter().map(|_| Sampler::new(sampling.clone())).collect::<Result<_, _>>()?;
+            let mut rows: Vec<Option<RowText>> = batch
+                .iter()
+                .map(|_| {
+                    let tok = tokenizer.as_ref()?;
+                    let stops = StopStrings::new(args.stop.clone()).expect("checked above");
+                    Some(RowText { stream: tok.stream(), stops, shown: String::new() })
+                })
+                .collect();
+            let mut failure = None;
+            let stdout = std::io::stdout();
+            let outs = model.generate_batch(&ids, &params, &mut samplers, |r, token| {
+                let (shown, stopped) = match rows[r].as_mut().map(|row| row.push(token)).transpose() {
+                    Ok(Some(step)) => step,
+                    Ok(None) => (format!("{token} "), false),
+                    Err(e) => {
+                        failure = Some(e);
+                        return false;
+                    }
+                };
+                if streaming {
                     let mut lock = stdout.lock();
-                    let _ = write!(lock, "{token} ");
+                    let _ = lock.write_all(shown.as_bytes());
                     let _ = lock.flush();
                 }
-                true
+                !stopped
             })?;
-            let prefill = out.prompt_tokens as f64 / out.prefill_time.as_secs_f64().max(1e-9);
-            let decode_steps = out.ids.len().saturating_sub(1);
-            let decode = decode_steps as f64 / out.decode_time.as_secs_f64().max(1e-9);
-            if args.json {
-                let record = json!({
-                    "prompt_ids": prompt,
-                    "generated_ids": out.ids,
-                    "finish_reason": out.finish.as_str(),
-                    "prompt_tokens": out.prompt_tokens,
-                    "prefill_seconds": out.prefill_time.as_secs_f64(),
-                    "decode_seconds": out.decode_time.as_secs_f64(),
-                    "prefill_tokens_per_second": prefill,
-                    "decode_tokens_per_second": decode,
-                    "load_seconds": load_secs,
-                    "backend": B::name(&device),
-                    "dtype": precision.to_string(),
-                });
-                println!("{record}");
-            } else {
-                println!();
+            if let Some(e) = failure {
+                return Err(e);
             }
-            eprintln!(
-                "[{} tokens prompt, {} new ({}) | prefill {prefill:.1} tok/s | decode {decode:.1} tok/s | load {load_secs:.2} s | {} {precision}]",
-                out.prompt_tokens,
-                out.ids.len(),
-                out.finish.as_str(),
-                B::name(&device)
-            );
+            for ((prompt, out), row) in batch.iter().zip(&outs).zip(&rows) {
+                let text = match &tokenizer {
+                    Some(tok) => Some(final_text(tok, &out.ids, &args.stop)?),
+                    None => None,
+                };
+                if args.json {
+                    println!(
+                        "{}",
+                        record::<B>(prompt, out, text.as_deref(), load_secs, &device, &precision.to_string())
+                    );
+                } else if streaming {
+                    // the stream holds back text that might still turn into a stop string; show the rest
+                    let shown = row.as_ref().map_or("", |r| r.shown.as_str());
+                    let rest = text.as_deref().and_then(|t| t.strip_prefix(shown)).unwrap_or("");
+                    println!("{rest}");
+                } else {
+                    let ids_text = || out.ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+                    println!("{}", text.unwrap_or_else(ids_text));
+                }
+            }
+            stats::<B>(batch, &outs, load_secs, &device, &precision.to_string());
         }
         Ok(())
     }
 }
 
+/// The `--json` record of one prompt.
+fn record<B: BambaOps>(
+    prompt: &Prompt,
+    out: &Generation,
+    text: Option<&str>,
+    load_secs: f64,
+    device: &B::Device,
+    dtype: &str,
+) -> serde_json::Value {
+    let (prefill, decode) = rates(out, out.prompt_tokens);
+    let mut record = json!({
+        "prompt_ids": prompt.ids,
+        "generated_ids": out.ids,
+        "finish_reason": out.finish.as_str(),
+        "prompt_tokens": out.prompt_tokens,
+        "generated_tokens": out.ids.len(),
+        "prefill_seconds": out.prefill_time.as_secs_f64(),
+        "decode_seconds": out.decode_time.as_secs_f64(),
+        "prefill_tokens_per_second": prefill,
+        "decode_tokens_per_second": decode,
+        "load_seconds": load_secs,
+        "backend": B::name(device),
+        "dtype": dtype,
+    });
+    if let Some(p) = &prompt.text {
+        record["prompt"] = json!(p);
+    }
+    if let Some(t) = text {
+        record["text"] = json!(t);
+    }
+    record
+}
+
+/// Prefill and decode tokens per second of a run whose batch prefilled `prompt_tokens` in all.
+fn rates(out: &Generation, prompt_tokens: usize) -> (f64, f64) {
+    let prefill = prompt_tokens as f64 / out.prefill_time.as_secs_f64().max(1e-9);
+    let decode_steps = out.ids.len().saturating_sub(1);
+    (prefill, decode_steps as f64 / out.decode_time.as_secs_f64().max(1e-9))
+}
+
+/// The stats line of a batch on stderr.
+fn stats<B: BambaOps>(batch: &[Prompt], outs: &[Generation], load_secs: f64, device: &B::Device, dtype: &str) {
+    let prompt_tokens: usize = batch.iter().map(|p| p.ids.len()).sum();
+    let new_tokens: usize = outs.iter().map(|o| o.ids.len()).sum();
+    let longest = outs.iter().max_by_key(|o| o.ids.len()).expect("a batch has rows");
+    let (prefill, _) = rates(longest, prompt_tokens);
+    let decode_steps: usize = outs.iter().map(|o| o.ids.len().saturating_sub(1)).sum();
+    let decode = decode_steps as f64 / longest.decode_time.as_secs_f64().max(1e-9);
+    let finish: Vec<&str> = outs.iter().map(|o| o.finish.as_str()).collect();
+    eprintln!(
+        "[{} prompt{}, {prompt_tokens} prompt tokens, {new_tokens} new ({}) | prefill {prefill:.1} tok/s | decode {decode:.1} tok/s | load {load_secs:.2} s | {} {dtype}]",
+        batch.len(),
+        if batch.len() == 1 { "" } else { "s" },
+        finish.join(","),
+        B::name(device)
+    );
+}
+
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let prompts = prompts(args)?;
-    dispatch(args.common.backend()?, GenerateJob { args, prompts })
+    dispatch(args.common.backend()?, GenerateJob { args })
 }

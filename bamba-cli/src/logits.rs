@@ -1,14 +1,13 @@
 //! `bamba logits`: every position's logits for one prompt, written as a safetensors file.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bamba_model::bamba_kernels::BambaOps;
-use bamba_model::BambaModel;
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::backend::{dispatch, BackendJob};
+use crate::load::load_model;
 use crate::LogitsArgs;
 
 struct LogitsJob<'a>(&'a LogitsArgs);
@@ -18,15 +17,9 @@ impl BackendJob for LogitsJob<'_> {
     fn run<B: BambaOps>(self, device: B::Device) -> Result<Self::Output> {
         let args = self.0;
         let precision = args.common.precision()?;
-        let start = Instant::now();
-        let model = BambaModel::<B>::load(&args.common.model, &device, precision)
-            .with_context(|| format!("loading {}", args.common.model.display()))?;
-        eprintln!(
-            "loaded {} on {} as {precision} in {:.2?}",
-            args.common.model.display(),
-            B::name(&device),
-            start.elapsed()
-        );
+        let dir = args.common.model_dir()?;
+        let (model, load_time) = load_model::<B>(&dir, &device, precision)?;
+        eprintln!("loaded {} on {} as {precision} in {load_time:.2?}", dir.display(), B::name(&device));
         Ok(model.prompt_logits(&args.prompt_ids)?)
     }
 }

@@ -1,8 +1,10 @@
 //! The `bamba` command line.
 
 mod backend;
+mod default_model;
 mod generate;
 mod info;
+mod load;
 mod logits;
 
 use std::path::PathBuf;
@@ -33,9 +35,10 @@ enum Command {
 /// Options shared by commands that run the model.
 #[derive(Args)]
 pub struct ModelArgs {
-    /// Hugging Face checkpoint directory (config.json + safetensors).
+    /// Hugging Face checkpoint directory (config.json + safetensors [+ tokenizer.json]); default: the
+    /// tiny model embedded in this binary.
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// ndarray, wgpu or cuda (default: the fastest compiled in).
     #[arg(long)]
     pub backend: Option<String>,
@@ -45,6 +48,12 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    pub fn model_dir(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(dir) => Ok(dir.clone()),
+            None => default_model::directory(),
+        }
+    }
     pub fn backend(&self) -> Result<BackendKind> {
         match &self.backend {
             Some(name) => name.parse().map_err(anyhow::Error::msg),
@@ -81,9 +90,15 @@ pub struct GenerateArgs {
     /// Prompt as comma-separated token ids, e.g. 1,2,3.
     #[arg(long, value_delimiter = ',', conflicts_with = "prompts_file")]
     pub prompt_ids: Option<Vec<u32>>,
-    /// A file with one prompt per line (comma-separated token ids).
+    /// A file with one prompt per line: text, or comma-separated token ids (see --prompts-format).
     #[arg(long)]
     pub prompts_file: Option<PathBuf>,
+    /// How to read --prompts-file lines: ids, text, or auto (ids if every line is an id list).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ids", "text"])]
+    pub prompts_format: String,
+    /// Prompts run together in one left-padded batch (each row equals running it alone).
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
     /// 0 = greedy.
@@ -99,9 +114,9 @@ pub struct GenerateArgs {
     pub repetition_penalty: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Stop when this text appears (needs the tokenizer).
+    /// Stop when this text appears in the output, which ends before it (repeatable; needs the tokenizer).
     #[arg(long)]
-    pub stop: Option<String>,
+    pub stop: Vec<String>,
     /// Keep generating past end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
@@ -111,7 +126,7 @@ pub struct GenerateArgs {
     /// Storage dtype of the SSM state between steps (f32 or, where the backend has it, bf16).
     #[arg(long, default_value = "f32")]
     pub state_dtype: Precision,
-    /// One JSON object per prompt on stdout instead of streamed ids.
+    /// One JSON object per prompt on stdout instead of streamed text.
     #[arg(long)]
     pub json: bool,
 }

@@ -170,7 +170,7 @@ fn generate_bad_input_is_a_clear_error() {
     let g = ["generate", "--model", "tests/fixtures/base"];
     let with = |extra: &[&'static str]| -> Vec<&str> { g.iter().copied().chain(extra.iter().copied()).collect() };
     fails_with(&with(&[]), "give a prompt");
-    fails_with(&with(&["--prompt", "hello"]), "tokenizer");
+    fails_with(&with(&["--prompt", "hello"]), "no tokenizer.json");
     fails_with(&with(&["--prompt-ids", "1,2", "--stop", "x"]), "tokenizer");
     fails_with(&with(&["--prompt-ids", "1,200"]), "outside the vocabulary");
     fails_with(&with(&["--prompt-ids", "1,2", "--top-p", "1.5"]), "top-p");
@@ -179,4 +179,73 @@ fn generate_bad_input_is_a_clear_error() {
     fails_with(&with(&["--prompt-ids", "1,2", "--prefill-chunk", "0"]), "prefill-chunk");
     fails_with(&with(&["--prompt-ids", "1,2", "--state-dtype", "bf16"]), "bf16");
     fails_with(&with(&["--prompts-file", "/nonexistent.txt"]), "/nonexistent.txt");
+    fails_with(&with(&["--prompt-ids", "1,2", "--batch-size", "0"]), "batch-size");
+    // the embedded default has a tokenizer; these are about stop strings and malformed tokenizers
+    fails_with(&["generate", "--prompt", "Fogg", "--stop", ""], "stop strings must not be empty");
+    let broken = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(repo().join("tests/fixtures/base").join(f), broken.path().join(f)).unwrap();
+    }
+    std::fs::write(broken.path().join("tokenizer.json"), "{ not json").unwrap();
+    fails_with(&["generate", "--model", broken.path().to_str().unwrap(), "--prompt", "hi"], "malformed tokenizer");
+}
+
+fn tiny_reference() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(repo().join("tests/fixtures/tiny_reference.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn default_model_generates_transformers_text_from_a_text_prompt() {
+    let reference = tiny_reference();
+    let g = &reference["generations"][0];
+    let n = g["generated_ids"].as_array().unwrap().len().to_string();
+    let prompt = g["prompt"].as_str().unwrap();
+    // no --model: the embedded tiny model; --json for the record
+    let run = bamba(&["generate", "--prompt", prompt, "--max-new-tokens", &n, "--temperature", "0", "--json"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(record["prompt_ids"], g["prompt_ids"]);
+    assert_eq!(record["generated_ids"], g["generated_ids"]);
+    assert_eq!(record["text"], g["text"]);
+    // streamed text mode prints the same text
+    let run = bamba(&["generate", "--prompt", prompt, "--max-new-tokens", &n]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(String::from_utf8(run.stdout).unwrap(), format!("{}\n", g["text"].as_str().unwrap()));
+}
+
+#[test]
+fn text_prompts_file_runs_as_one_batch_and_equals_transformers() {
+    let reference = tiny_reference();
+    let generations = reference["generations"].as_array().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.txt");
+    let lines: Vec<&str> = generations.iter().map(|g| g["prompt"].as_str().unwrap()).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let n = generations[0]["generated_ids"].as_array().unwrap().len().to_string();
+    let run = bamba(&["generate", "--prompts-file", file.to_str().unwrap(), "--max-new-tokens", &n, "--json"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("3 prompts"), "one batch of three");
+    let records: Vec<serde_json::Value> =
+        String::from_utf8(run.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), generations.len());
+    for (record, g) in records.iter().zip(generations) {
+        assert_eq!(record["generated_ids"], g["generated_ids"], "{}", g["prompt"]);
+        assert_eq!(record["text"], g["text"]);
+    }
+}
+
+#[test]
+fn stop_string_ends_the_text_before_it() {
+    let g = &tiny_reference()["generations"][1];
+    let text = g["text"].as_str().unwrap();
+    // stop at the third word of transformers' continuation
+    let stop = text.split_whitespace().nth(2).unwrap();
+    let cut = &text[..text.find(stop).unwrap()];
+    let prompt = g["prompt"].as_str().unwrap();
+    let run = bamba(&["generate", "--prompt", prompt, "--max-new-tokens", "24", "--stop", stop, "--json"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!((record["text"].as_str().unwrap(), record["finish_reason"].as_str().unwrap()), (cut, "stop"));
+    let run = bamba(&["generate", "--prompt", prompt, "--max-new-tokens", "24", "--stop", stop]);
+    assert_eq!(String::from_utf8(run.stdout).unwrap(), format!("{cut}\n"));
 }

@@ -34,24 +34,29 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
 }
 
 /// Causal scaled-dot-product attention; softmax in f32. Query `i` sits at absolute position
-/// `query_offset + i` and sees keys `0 ..= query_offset + i`.
+/// `query_offset + i` and sees keys `0 ..= query_offset + i`, unless an explicit `mask` (which
+/// must include causality) says otherwise.
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, q_len, head_dim]`, `k`, `v`: `[batch, heads, k_len, head_dim]` → like `q`
+/// - `mask`: `[batch, 1, q_len, k_len]`, `true` = masked
 pub fn causal_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     query_offset: usize,
+    mask: Option<Tensor<B, 4, Bool>>,
 ) -> Tensor<B, 4> {
     let dtype = q.dtype();
     let [_, _, q_len, head_dim] = q.dims();
     let k_len = k.dims()[2];
     let scale = (head_dim as f64).powf(-0.5);
     let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * scale;
-    let future: Tensor<B, 4, Bool> =
-        Tensor::<B, 2, Bool>::tril_mask([q_len, k_len], query_offset as i64, &scores.device()).unsqueeze();
-    let probs = softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3).cast(dtype);
+    let masked = match mask {
+        Some(mask) => mask,
+        None => Tensor::<B, 2, Bool>::tril_mask([q_len, k_len], query_offset as i64, &scores.device()).unsqueeze(),
+    };
+    let probs = softmax(scores.mask_fill(masked, f32::NEG_INFINITY), 3).cast(dtype);
     probs.matmul(v)
 }
 
@@ -74,15 +79,18 @@ impl<B: Backend> Attention<B> {
 
     /// Attention for positions `start .. start + len` (`tables` must cover them). With a cache, the new
     /// keys/values are appended and the queries attend over everything cached; without one,
-    /// `start` must be 0 and the sequence attends over itself.
+    /// `start` must be 0 and the sequence attends over itself. `mask` (left padding) replaces the
+    /// plain causal mask.
     ///
     /// # Shapes
     /// - `x`: `[batch, len, hidden]` → same
+    /// - `mask`: `[batch, 1, len, keys]`, `true` = masked
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: &Rope,
         tables: &RopeTables<B>,
+        mask: Option<&Tensor<B, 4, Bool>>,
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
@@ -99,7 +107,7 @@ impl<B: Backend> Attention<B> {
             None => (k, v, 0),
         };
         let rep = self.num_heads / self.num_kv_heads;
-        let out = causal_attention(q, repeat_kv(k, rep), repeat_kv(v, rep), start);
+        let out = causal_attention(q, repeat_kv(k, rep), repeat_kv(v, rep), start, mask.cloned());
         let out = out.swap_dims(1, 2).reshape([batch, len, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }

@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use crate::config::{BambaConfig, LayerKind};
 use crate::mamba2::MambaState;
+use crate::padding::LeftPadding;
 
 /// Errors using a cache.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub enum CacheError {
     Batch { cache: usize, input: usize },
     #[error("backend {backend} cannot store the SSM state in {dtype}")]
     StateDtype { dtype: String, backend: String },
+    #[error("left padding is set before the first token, for every row (batch {batch}, got {rows} rows)")]
+    Padding { batch: usize, rows: usize },
 }
 
 /// Keys and values of one attention layer, preallocated to the cache capacity.
@@ -84,6 +87,8 @@ pub struct HybridCache<B: Backend> {
     pub batch: usize,
     /// Storage dtype of the SSM state between steps (the math is f32 either way).
     pub state_dtype: DType,
+    /// Leading pad tokens of each row (all zero unless the batch was left-padded).
+    pub padding: LeftPadding,
 }
 
 impl<B: Backend> HybridCache<B> {
@@ -118,7 +123,14 @@ impl<B: Backend> HybridCache<B> {
                 )),
             })
             .collect();
-        Ok(HybridCache { layers, position: 0, capacity, batch, state_dtype })
+        Ok(HybridCache {
+            layers,
+            position: 0,
+            capacity,
+            batch,
+            state_dtype,
+            padding: LeftPadding { pads: vec![0; batch] },
+        })
     }
 
     /// Checks that `len` more positions fit, for a batch of `batch`.
@@ -133,9 +145,19 @@ impl<B: Backend> HybridCache<B> {
         Ok(())
     }
 
-    /// Forgets every sequence: states to zero, KV caches empty (buffers kept).
+    /// Declares that row `r` starts with `padding.pads[r]` pad tokens. Only before the first token.
+    pub fn set_padding(&mut self, padding: LeftPadding) -> Result<(), CacheError> {
+        if self.position != 0 || padding.pads.len() != self.batch {
+            return Err(CacheError::Padding { batch: self.batch, rows: padding.pads.len() });
+        }
+        self.padding = padding;
+        Ok(())
+    }
+
+    /// Forgets every sequence: states to zero, KV caches empty (buffers kept), no padding.
     pub fn reset(&mut self) {
         self.position = 0;
+        self.padding = LeftPadding { pads: vec![0; self.batch] };
         for layer in &mut self.layers {
             match layer {
                 LayerCache::Mamba(state) => *state = None,

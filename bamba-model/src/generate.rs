@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::cache::{CacheError, HybridCache};
 use crate::model::{BambaModel, InputError};
+use crate::padding::LeftPadding;
 use crate::sampling::{Sampler, SamplingError};
 
 /// Errors during generation.
@@ -99,10 +100,11 @@ pub fn eos_ids(dir: &Path, config_eos: &[u32]) -> Vec<u32> {
 }
 
 impl<B: BambaOps> BambaModel<B> {
-    /// Feeds `ids` (one sequence) through the cache and reads back the last position's logits.
-    fn next_logits(&self, ids: &[u32], cache: &mut HybridCache<B>) -> Result<Vec<f32>, GenerateError> {
-        let logits = self.forward_cached(self.ids_tensor(&[ids.to_vec()])?, cache, true)?;
-        Ok(logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast"))
+    /// Feeds one column of tokens per row through the cache and reads back each row's last logits.
+    fn next_logits(&self, rows: &[Vec<u32>], cache: &mut HybridCache<B>) -> Result<Vec<Vec<f32>>, GenerateError> {
+        let logits = self.forward_cached(self.ids_tensor(rows)?, cache, true)?;
+        let flat = logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
+        Ok(flat.chunks_exact(self.config.vocab_size).map(<[f32]>::to_vec).collect())
     }
 
     /// Generates up to `params.max_new_tokens` tokens after `prompt`. `on_token` sees each new token
@@ -114,60 +116,102 @@ impl<B: BambaOps> BambaModel<B> {
         sampler: &mut Sampler,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Generation, GenerateError> {
-        self.validate_ids(prompt)?;
-        let capacity = prompt.len() + params.max_new_tokens;
+        let mut out =
+            self.generate_batch(&[prompt.to_vec()], params, std::slice::from_mut(sampler), |_, t| on_token(t))?;
+        Ok(out.pop().expect("one row in, one row out"))
+    }
+
+    /// Generates for several prompts at once: they are left-padded into one batch (see
+    /// [`crate::padding`]) so that each row equals running it alone. Row `r` samples with
+    /// `samplers[r]`; `on_token(r, token)` returns `false` to stop row `r`. Finished rows keep
+    /// their slot (fed their last token, outputs ignored) until every row is done.
+    pub fn generate_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &GenerateParams,
+        samplers: &mut [Sampler],
+        mut on_token: impl FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<Generation>, GenerateError> {
+        if prompts.is_empty() {
+            return Err(InputError::EmptyPrompt.into());
+        }
+        assert_eq!(samplers.len(), prompts.len(), "one sampler per prompt");
+        for prompt in prompts {
+            self.validate_ids(prompt)?;
+        }
+        let (rows, padding) = LeftPadding::pad(prompts, self.config.pad_token_id.unwrap_or(0));
+        let width = rows[0].len();
+        let capacity = width + params.max_new_tokens;
         let limit = self.config.max_position_embeddings;
         if capacity > limit {
             return Err(InputError::TooLong { len: capacity, limit }.into());
         }
-        let chunk = params.prefill_chunk.unwrap_or(prompt.len());
+        let chunk = params.prefill_chunk.unwrap_or(width);
         if chunk == 0 {
             return Err(GenerateError::PrefillChunk);
         }
-        let mut cache = self.new_cache(1, capacity, params.state_dtype)?;
-        let mut history = prompt.to_vec();
-        let mut out = Generation {
-            ids: Vec::new(),
-            finish: FinishReason::Length,
-            prompt_tokens: prompt.len(),
-            prefill_time: Duration::ZERO,
-            decode_time: Duration::ZERO,
-            step_logits: Vec::new(),
-        };
+        let mut out: Vec<Generation> = prompts
+            .iter()
+            .map(|p| Generation {
+                ids: Vec::new(),
+                finish: FinishReason::Length,
+                prompt_tokens: p.len(),
+                prefill_time: Duration::ZERO,
+                decode_time: Duration::ZERO,
+                step_logits: Vec::new(),
+            })
+            .collect();
         if params.max_new_tokens == 0 {
             return Ok(out);
         }
+        let mut cache = self.new_cache(rows.len(), capacity, params.state_dtype)?;
+        cache.set_padding(padding)?;
 
         let start = Instant::now();
         let mut logits = Vec::new();
-        for part in prompt.chunks(chunk) {
-            logits = self.next_logits(part, &mut cache)?;
+        for begin in (0..width).step_by(chunk) {
+            let end = (begin + chunk).min(width);
+            let part: Vec<Vec<u32>> = rows.iter().map(|r| r[begin..end].to_vec()).collect();
+            logits = self.next_logits(&part, &mut cache)?;
         }
-        out.prefill_time = start.elapsed();
+        let prefill_time = start.elapsed();
 
         let start = Instant::now();
+        let mut histories: Vec<Vec<u32>> = prompts.to_vec();
+        let mut active = vec![true; rows.len()];
         loop {
-            let token = sampler.sample(&logits, &history);
-            if params.keep_logits {
-                out.step_logits.push(std::mem::take(&mut logits));
+            for (r, row_logits) in logits.iter_mut().enumerate() {
+                if !active[r] {
+                    continue;
+                }
+                let token = samplers[r].sample(row_logits, &histories[r]);
+                let gen = &mut out[r];
+                if params.keep_logits {
+                    gen.step_logits.push(std::mem::take(row_logits));
+                }
+                gen.ids.push(token);
+                histories[r].push(token);
+                let keep_going = on_token(r, token);
+                if !params.ignore_eos && params.eos_ids.contains(&token) {
+                    gen.finish = FinishReason::Eos;
+                } else if !keep_going {
+                    gen.finish = FinishReason::Stop;
+                } else if gen.ids.len() < params.max_new_tokens {
+                    continue;
+                }
+                active[r] = false;
             }
-            out.ids.push(token);
-            history.push(token);
-            let keep_going = on_token(token);
-            if !params.ignore_eos && params.eos_ids.contains(&token) {
-                out.finish = FinishReason::Eos;
+            if !active.contains(&true) {
                 break;
             }
-            if !keep_going {
-                out.finish = FinishReason::Stop;
-                break;
-            }
-            if out.ids.len() == params.max_new_tokens {
-                break;
-            }
-            logits = self.next_logits(&[token], &mut cache)?;
+            let column: Vec<Vec<u32>> = histories.iter().map(|h| vec![*h.last().expect("non-empty")]).collect();
+            logits = self.next_logits(&column, &mut cache)?;
         }
-        out.decode_time = start.elapsed();
+        let decode_time = start.elapsed();
+        for gen in &mut out {
+            gen.prefill_time = prefill_time;
+            gen.decode_time = decode_time;
+        }
         Ok(out)
     }
 }

@@ -11,6 +11,7 @@ use crate::loader::{LoadError, WeightReader};
 use crate::mamba2::Mamba2Mixer;
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
+use crate::padding::ChunkMasks;
 use crate::rope::{Rope, RopeTables};
 
 /// The sequence mixer of a layer.
@@ -45,7 +46,8 @@ impl<B: BambaOps> DecoderLayer<B> {
         })
     }
 
-    /// Forward over positions covered by `tables`, continuing from (and updating) `cache` when given.
+    /// Forward over positions covered by `tables`, continuing from (and updating) `cache` when given;
+    /// `masks` carry left padding.
     ///
     /// # Shapes
     /// - `x`: `[batch, len, hidden]` → same
@@ -54,18 +56,20 @@ impl<B: BambaOps> DecoderLayer<B> {
         x: Tensor<B, 3>,
         rope: &Rope,
         tables: &RopeTables<B>,
+        masks: &ChunkMasks<B>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
         let h = self.input_layernorm.forward(x.clone());
+        let (tokens, attention) = (masks.tokens.as_ref(), masks.attention.as_ref());
         let h = match (&self.mixer, cache) {
-            (Mixer::Mamba(m), None) => m.forward(h, None).0,
+            (Mixer::Mamba(m), None) => m.forward(h, None, tokens).0,
             (Mixer::Mamba(m), Some(LayerCache::Mamba(slot))) => {
-                let (out, state) = m.forward(h, slot.take());
+                let (out, state) = m.forward(h, slot.take(), tokens);
                 *slot = Some(state);
                 out
             }
-            (Mixer::Attention(a), None) => a.forward(h, rope, tables, None),
-            (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => a.forward(h, rope, tables, Some(kv)),
+            (Mixer::Attention(a), None) => a.forward(h, rope, tables, attention, None),
+            (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => a.forward(h, rope, tables, attention, Some(kv)),
             _ => unreachable!("the cache is built from the same layer plan as the model"),
         };
         let x = x + h;

@@ -175,6 +175,11 @@ impl Checkpoint {
         self.locations.keys().map(String::as_str)
     }
 
+    /// Bytes of tensor data in all shards.
+    pub fn total_bytes(&self) -> u64 {
+        self.names().filter_map(|n| self.view(n)).map(|(_, _, bytes, _)| bytes.len() as u64).sum()
+    }
+
     /// Raw view of one tensor: dtype, shape, bytes, and the file it lives in.
     fn view(&self, name: &str) -> Option<(Dtype, &[usize], &[u8], &Path)> {
         let shard = &self.shards[*self.locations.get(name)?];
@@ -217,11 +222,19 @@ pub struct WeightReader<'a, B: Backend> {
     device: B::Device,
     dtype: DType,
     used: BTreeSet<String>,
+    /// Called with the bytes of each tensor read (a progress bar).
+    on_read: Option<&'a mut dyn FnMut(u64)>,
 }
 
 impl<'a, B: Backend> WeightReader<'a, B> {
     pub fn new(checkpoint: &'a Checkpoint, device: B::Device, dtype: DType) -> Self {
-        WeightReader { checkpoint, device, dtype, used: BTreeSet::new() }
+        WeightReader { checkpoint, device, dtype, used: BTreeSet::new(), on_read: None }
+    }
+
+    /// Reports the bytes of every tensor read to `on_read`.
+    pub fn with_progress(mut self, on_read: &'a mut dyn FnMut(u64)) -> Self {
+        self.on_read = Some(on_read);
+        self
     }
 
     fn read<const D: usize>(
@@ -245,6 +258,9 @@ impl<'a, B: Backend> WeightReader<'a, B> {
             });
         }
         self.used.insert(name.to_string());
+        if let Some(on_read) = self.on_read.as_mut() {
+            on_read(bytes.len() as u64);
+        }
         let data = convert(bytes, from, dtype, shape.to_vec());
         Ok(Tensor::from_data(data, (&self.device, dtype)))
     }

@@ -78,16 +78,27 @@ impl<B: BambaOps> Mamba2Mixer<B> {
     }
 
     /// Runs the mixer over a chunk of tokens, continuing from `state` (zeros when `None`), and
-    /// returns the output and the state after the chunk.
+    /// returns the output and the state after the chunk. `token_mask` (left padding) zeroes xBC at
+    /// pad positions before and after the conv, so pads leave the window and the state at zero.
     ///
     /// # Shapes
     /// - `x`: `[batch, len, hidden]` → `[batch, len, hidden]`
-    pub fn forward(&self, x: Tensor<B, 3>, state: Option<MambaState<B>>) -> (Tensor<B, 3>, MambaState<B>) {
+    /// - `token_mask`: `[batch, len, 1]`, 1 at real tokens, 0 at pads
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        state: Option<MambaState<B>>,
+        token_mask: Option<&Tensor<B, 3>>,
+    ) -> (Tensor<B, 3>, MambaState<B>) {
+        let masked = |t: Tensor<B, 3>| match token_mask {
+            Some(mask) => t * mask.clone(),
+            None => t,
+        };
         let [batch, len, _] = x.dims();
         let (gn, d_inner) = (self.groups * self.d_state, self.d_inner);
         let zxbcdt = self.in_proj.forward(x); // [b, l, d_inner + conv_dim + heads]
         let z = zxbcdt.clone().narrow(2, 0, d_inner);
-        let xbc = zxbcdt.clone().narrow(2, d_inner, self.conv_dim);
+        let xbc = masked(zxbcdt.clone().narrow(2, d_inner, self.conv_dim));
         let dt = zxbcdt.narrow(2, d_inner + self.conv_dim, self.heads);
 
         let (window, ssm) = match state {
@@ -95,7 +106,7 @@ impl<B: BambaOps> Mamba2Mixer<B> {
             None => (None, None),
         };
         let conv = B::causal_conv1d_silu(xbc, self.conv_weight.clone(), self.conv_bias.clone(), window);
-        let xbc = conv.y;
+        let xbc = masked(conv.y);
         let inputs = SsdInputs {
             x: xbc.clone().narrow(2, 0, d_inner).reshape([batch, len, self.heads, self.head_dim]),
             dt,

@@ -13,6 +13,7 @@ use crate::layer::DecoderLayer;
 use crate::linear::Linear;
 use crate::loader::{Checkpoint, LoadError, Precision, WeightReader};
 use crate::norm::RmsNorm;
+use crate::padding::ChunkMasks;
 use crate::rope::Rope;
 
 /// Bad model input.
@@ -48,24 +49,44 @@ impl<B: BambaOps> BambaModel<B> {
     /// converting every weight once to `precision`. Fails on missing, unexpected, mis-shaped or
     /// mistyped tensors.
     pub fn load(dir: impl AsRef<Path>, device: &B::Device, precision: Precision) -> Result<Self, LoadError> {
+        Self::load_with_progress(dir, device, precision, &mut |_, _| {})
+    }
+
+    /// [`BambaModel::load`], calling `progress(bytes_read, total_bytes)` after each tensor.
+    pub fn load_with_progress(
+        dir: impl AsRef<Path>,
+        device: &B::Device,
+        precision: Precision,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self, LoadError> {
         let dir = dir.as_ref();
         let config = BambaConfig::from_path(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
-        Self::from_checkpoint(config, &checkpoint, device, precision)
+        let total = checkpoint.total_bytes();
+        let mut read = 0;
+        let mut on_read = |bytes: u64| {
+            read += bytes;
+            progress(read, total);
+        };
+        Self::from_checkpoint(config, &checkpoint, device, precision, Some(&mut on_read))
     }
 
-    /// Builds the model from an opened checkpoint.
+    /// Builds the model from an opened checkpoint, reporting each tensor's bytes to `on_read`.
     pub fn from_checkpoint(
         config: BambaConfig,
         checkpoint: &Checkpoint,
         device: &B::Device,
         precision: Precision,
+        on_read: Option<&mut dyn FnMut(u64)>,
     ) -> Result<Self, LoadError> {
         let dtype = precision.dtype();
         if !B::supports_dtype(device, dtype) {
             return Err(LoadError::UnsupportedPrecision { precision, backend: B::name(device) });
         }
         let mut w = WeightReader::<B>::new(checkpoint, device.clone(), dtype);
+        if let Some(on_read) = on_read {
+            w = w.with_progress(on_read);
+        }
         let (vocab, h) = (config.vocab_size, config.hidden_size);
         let embed_tokens = w.tensor("model.embed_tokens.weight", [vocab, h])?;
         let layers =
@@ -134,14 +155,15 @@ impl<B: BambaOps> BambaModel<B> {
         let mut x = self.embed(ids);
         let tables = self.rope.tables::<B>(0, len, &self.device, self.dtype);
         for layer in &self.layers {
-            x = layer.forward(x, &self.rope, &tables, None);
+            x = layer.forward(x, &self.rope, &tables, &ChunkMasks::none(), None);
         }
         self.logits(self.final_layernorm.forward(x))
     }
 
     /// Runs a chunk of tokens that continues the sequences in `cache` (prefill, chunked prefill or a
     /// decode step when `len == 1`), updating the cache. Returns the logits of every position of
-    /// the chunk, or of the last one only when `last_only`.
+    /// the chunk, or of the last one only when `last_only`. A left-padded batch (see
+    /// [`HybridCache::set_padding`]) gets per-row positions and padding masks.
     ///
     /// # Shapes
     /// - `ids`: `[batch, len]` → `[batch, len or 1, vocab]`
@@ -154,9 +176,19 @@ impl<B: BambaOps> BambaModel<B> {
         let [batch, len] = ids.dims();
         cache.check(batch, len)?;
         let mut x = self.embed(ids);
-        let tables = self.rope.tables::<B>(cache.position, len, &self.device, self.dtype);
+        let (start, padding) = (cache.position, &cache.padding);
+        let (tables, masks) = if padding.is_none() {
+            (self.rope.tables::<B>(start, len, &self.device, self.dtype), ChunkMasks::none())
+        } else {
+            let tables = self.rope.tables_at::<B>(&padding.positions(start, len), &self.device, self.dtype);
+            let masks = ChunkMasks {
+                attention: Some(padding.attention_mask(start, len, &self.device)),
+                tokens: padding.token_mask(start, len, &self.device, self.dtype),
+            };
+            (tables, masks)
+        };
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &self.rope, &tables, Some(layer_cache));
+            x = layer.forward(x, &self.rope, &tables, &masks, Some(layer_cache));
             if let LayerCache::Mamba(Some(state)) = layer_cache {
                 state.ssm = state.ssm.clone().cast(cache.state_dtype);
             }

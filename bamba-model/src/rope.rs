@@ -16,7 +16,7 @@ pub struct Rope {
 /// cos and sin for a run of positions.
 ///
 /// # Shapes
-/// - `cos`, `sin`: `[1, 1, len, rotary_dim]`, the model dtype
+/// - `cos`, `sin`: `[1 or batch, 1, len, rotary_dim]`, the model dtype
 #[derive(Debug, Clone)]
 pub struct RopeTables<B: Backend> {
     pub cos: Tensor<B, 4>,
@@ -30,13 +30,22 @@ impl Rope {
         Rope { inv_freq, rotary_dim }
     }
 
-    /// Tables for positions `start .. start + len`. The angle is formed in f32 like transformers
-    /// (`position.float() * inv_freq`), then cos/sin are taken and cast to `dtype`.
+    /// Tables for positions `start .. start + len`, shared by every row of a batch.
     pub fn tables<B: Backend>(&self, start: usize, len: usize, device: &B::Device, dtype: DType) -> RopeTables<B> {
+        self.tables_at(&[(start..start + len).collect()], device, dtype)
+    }
+
+    /// Tables for explicit positions, one list per row (all of equal length). The angle is formed in
+    /// f32 like transformers (`position.float() * inv_freq`), then cos/sin are taken and cast to `dtype`.
+    ///
+    /// # Shapes
+    /// - returns `cos`, `sin`: `[rows, 1, len, rotary_dim]`
+    pub fn tables_at<B: Backend>(&self, positions: &[Vec<usize>], device: &B::Device, dtype: DType) -> RopeTables<B> {
         let half = self.rotary_dim / 2;
-        let mut cos = Vec::with_capacity(len * self.rotary_dim);
-        let mut sin = Vec::with_capacity(len * self.rotary_dim);
-        for pos in start..start + len {
+        let (rows, len) = (positions.len(), positions.first().map_or(0, Vec::len));
+        let mut cos = Vec::with_capacity(rows * len * self.rotary_dim);
+        let mut sin = Vec::with_capacity(rows * len * self.rotary_dim);
+        for &pos in positions.iter().flatten() {
             // emb = cat(freqs, freqs)
             for _ in 0..2 {
                 for j in 0..half {
@@ -46,7 +55,7 @@ impl Rope {
                 }
             }
         }
-        let shape = [1, 1, len, self.rotary_dim];
+        let shape = [rows, 1, len, self.rotary_dim];
         let make = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), (device, DType::F32)).cast(dtype);
         RopeTables { cos: make(cos), sin: make(sin) }
     }

@@ -1,0 +1,151 @@
+//! Text ↔ token ids with the checkpoint's `tokenizer.json` (Hugging Face `tokenizers`), BOS handling
+//! as the checkpoint says, incremental detokenization for streaming, and stop strings.
+//!
+//! BOS: the tokenizer's post-processor adds it (Llama-3-style tokenizers, Bamba-9B's among them, put
+//! `<|begin_of_text|>` there). That is all transformers 5.24 does for a `PreTrainedTokenizerFast`:
+//! checked, an `add_bos_token` in `tokenizer_config.json` changes nothing, so it is not read here.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Errors loading or using a tokenizer.
+#[derive(Debug, Error)]
+pub enum TokenizerError {
+    #[error("{dir} has no tokenizer.json; text prompts and stop strings need one (or pass token ids)")]
+    Missing { dir: PathBuf },
+    #[error("malformed tokenizer file {path}: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error("could not encode the prompt: {0}")]
+    Encode(String),
+    #[error("could not decode token ids: {0}")]
+    Decode(String),
+    #[error("stop strings must not be empty")]
+    EmptyStop,
+}
+
+/// A loaded tokenizer.
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl TextTokenizer {
+    /// The tokenizer of a checkpoint directory, `Ok(None)` when it has no tokenizer.json.
+    pub fn from_dir(dir: &Path) -> Result<Option<Self>, TokenizerError> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| TokenizerError::Malformed { path: path.clone(), reason: e.to_string() })?;
+        Ok(Some(TextTokenizer { inner }))
+    }
+
+    /// Like [`TextTokenizer::from_dir`], but a missing tokenizer.json is an error.
+    pub fn require(dir: &Path) -> Result<Self, TokenizerError> {
+        Self::from_dir(dir)?.ok_or_else(|| TokenizerError::Missing { dir: dir.into() })
+    }
+
+    /// Token ids of a prompt, special tokens (BOS) added by the post-processor.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self.inner.encode(text, true).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Text of token ids, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.inner.decode(ids, true).map_err(|e| TokenizerError::Decode(e.to_string()))
+    }
+
+    /// An incremental decoder for a stream of new tokens.
+    pub fn stream(&self) -> TextStream<'_> {
+        TextStream { tokenizer: self, ids: Vec::new(), prefix: 0, read: 0 }
+    }
+}
+
+/// Turns a stream of token ids into text pieces that are never cut inside a character: a byte-level
+/// token may carry half of a UTF-8 sequence, so text is only emitted once it decodes cleanly.
+/// Decoding a short window (not a single token) keeps word-boundary spaces right.
+pub struct TextStream<'a> {
+    tokenizer: &'a TextTokenizer,
+    ids: Vec<u32>,
+    /// Start of the decode window.
+    prefix: usize,
+    /// End of the text already emitted.
+    read: usize,
+}
+
+impl TextStream<'_> {
+    /// Adds a token; returns the new text it completes, if any.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
+        self.ids.push(id);
+        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let now = self.tokenizer.decode(&self.ids[self.prefix..])?;
+        if now.len() <= before.len() || now.ends_with('\u{FFFD}') || !now.is_char_boundary(before.len()) {
+            return Ok(None);
+        }
+        let piece = now[before.len()..].to_string();
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(Some(piece))
+    }
+}
+
+/// Watches streamed text for stop strings. Text that could still become a stop string is held back,
+/// so what was emitted never contains (a part of) one.
+pub struct StopStrings {
+    stops: Vec<String>,
+    /// Text seen so far.
+    text: String,
+    /// Bytes of `text` already emitted.
+    emitted: usize,
+}
+
+impl StopStrings {
+    pub fn new(stops: Vec<String>) -> Result<Self, TokenizerError> {
+        if stops.iter().any(String::is_empty) {
+            return Err(TokenizerError::EmptyStop);
+        }
+        Ok(StopStrings { stops, text: String::new(), emitted: 0 })
+    }
+
+    /// Adds a piece of text. Returns the text now safe to emit and whether a stop string appeared
+    /// (then the text up to it is emitted and the stop string itself is not).
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
+        let search_from = self.emitted;
+        self.text.push_str(piece);
+        let hit = self.stops.iter().filter_map(|s| self.text[search_from..].find(s.as_str())).min();
+        if let Some(at) = hit {
+            let end = search_from + at;
+            let out = self.text[self.emitted..end].to_string();
+            self.text.truncate(end);
+            self.emitted = end;
+            return (out, true);
+        }
+        // hold back the longest tail that is a proper prefix of some stop string
+        let held = self
+            .stops
+            .iter()
+            .flat_map(|s| (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+            .filter(|prefix| self.text[self.emitted..].ends_with(prefix))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let end = self.text.len() - held;
+        let out = self.text[self.emitted..end].to_string();
+        self.emitted = end;
+        (out, false)
+    }
+
+    /// The text held back at the end of generation.
+    pub fn finish(&mut self) -> String {
+        let out = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        out
+    }
+
+    /// All text kept (up to, not including, a stop string).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}

@@ -1,0 +1,122 @@
+//! The tokenizer against transformers' AutoTokenizer on the embedded default model's tokenizer.json
+//! (encodings with BOS, decodings, streamed text), stop strings, and text-prompt generation against
+//! transformers' `generate()` (references in tests/fixtures/tiny_reference.json, made by
+//! scripts/train_tiny.py).
+
+mod common;
+
+use std::path::PathBuf;
+
+use bamba::model::{
+    BambaModel, GenerateParams, Precision, Sampler, SamplingParams, StopStrings, TextTokenizer, TokenizerError,
+};
+use burn::tensor::DType;
+use common::*;
+
+fn tiny_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bamba-cli/assets/tiny-bamba")
+}
+
+fn reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures_dir().join("tiny_reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn encodes_and_decodes_like_transformers() {
+    let tok = TextTokenizer::require(&tiny_dir()).unwrap();
+    let r = reference();
+    for e in r["encodings"].as_array().unwrap() {
+        let text = e["text"].as_str().unwrap();
+        assert_eq!(tok.encode(text).unwrap(), ids(&e["ids"]), "encoding {text:?}");
+    }
+    for d in r["decodings"].as_array().unwrap() {
+        assert_eq!(tok.decode(&ids(&d["ids"])).unwrap(), d["text"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn streamed_text_is_never_cut_inside_a_character() {
+    let tok = TextTokenizer::require(&tiny_dir()).unwrap();
+    // multi-byte characters split over byte-level tokens: 'ï', '—', CJK, an emoji
+    for text in ["naïve café — 東京 🚂!", "line one\nline two\t tab", " leading space"] {
+        let ids = tok.encode(text).unwrap();
+        let mut stream = tok.stream();
+        let mut pieces = Vec::new();
+        for &id in &ids {
+            if let Some(piece) = stream.push(id).unwrap() {
+                assert!(!piece.contains('\u{FFFD}'), "{text:?}: piece {piece:?}");
+                pieces.push(piece);
+            }
+        }
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces.len() > 3, "{text:?} came out in {} pieces", pieces.len());
+    }
+}
+
+#[test]
+fn stop_strings_hold_back_partial_matches_and_cut_before_the_stop() {
+    let mut s = StopStrings::new(vec!["END".into(), "\n\n".into()]).unwrap();
+    assert_eq!(s.push("hello E"), ("hello ".to_string(), false));
+    assert_eq!(s.push("N"), (String::new(), false));
+    assert_eq!(s.push("x"), ("ENx".to_string(), false));
+    assert_eq!(s.push(" a\n"), (" a".to_string(), false));
+    assert_eq!(s.push("\nmore"), (String::new(), true));
+    assert_eq!(s.text(), "hello ENx a");
+    let mut s = StopStrings::new(vec!["stop".into()]).unwrap();
+    assert_eq!(s.push("no st"), ("no ".to_string(), false));
+    assert_eq!(s.finish(), "st");
+    assert!(matches!(StopStrings::new(vec![String::new()]), Err(TokenizerError::EmptyStop)));
+}
+
+#[test]
+fn tokenizer_errors_are_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(TextTokenizer::from_dir(dir.path()).unwrap().is_none());
+    assert!(matches!(TextTokenizer::require(dir.path()), Err(TokenizerError::Missing { .. })));
+    std::fs::write(dir.path().join("tokenizer.json"), "{\"model\": {\"type\": \"BPE\"").unwrap();
+    let err = TextTokenizer::from_dir(dir.path()).err().unwrap();
+    assert!(matches!(err, TokenizerError::Malformed { .. }), "{err}");
+    assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}
+
+#[test]
+fn bos_comes_from_the_post_processor() {
+    // transformers 5.24 adds BOS through tokenizer.json's post-processor only (an add_bos_token in
+    // tokenizer_config.json does not change PreTrainedTokenizerFast's output): without it, no BOS.
+    let dir = tempfile::tempdir().unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_dir().join("tokenizer.json")).unwrap()).unwrap();
+    json["post_processor"] = serde_json::Value::Null;
+    std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+    let with_bos = TextTokenizer::require(&tiny_dir()).unwrap().encode("Phileas").unwrap();
+    let without = TextTokenizer::require(dir.path()).unwrap().encode("Phileas").unwrap();
+    assert_eq!((with_bos[0], &with_bos[1..]), (0, without.as_slice()));
+}
+
+#[test]
+fn text_prompts_generate_what_transformers_generates() {
+    let tok = TextTokenizer::require(&tiny_dir()).unwrap();
+    let model = BambaModel::<TestBackend>::load(tiny_dir(), &Default::default(), Precision::F32).unwrap();
+    for g in reference()["generations"].as_array().unwrap() {
+        let prompt = tok.encode(g["prompt"].as_str().unwrap()).unwrap();
+        assert_eq!(prompt, ids(&g["prompt_ids"]));
+        let expected = ids(&g["generated_ids"]);
+        let params = GenerateParams {
+            max_new_tokens: expected.len(),
+            eos_ids: vec![],
+            ignore_eos: false,
+            prefill_chunk: None,
+            state_dtype: DType::F32,
+            keep_logits: false,
+        };
+        let mut sampler = Sampler::new(SamplingParams::default()).unwrap();
+        let out = model.generate(&prompt, &params, &mut sampler, |_| true).unwrap();
+        assert_eq!(out.ids, expected, "{}", g["prompt"]);
+        assert_eq!(tok.decode(&out.ids).unwrap(), g["text"].as_str().unwrap());
+    }
+}
