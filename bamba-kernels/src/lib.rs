@@ -70,14 +70,4 @@ mod ndarray_impl {
 }
 
 #[cfg(feature = "cubecl")]
-mod cube_impl {
-    use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-    use burn_fusion::{Fusion, FusionBackend};
-
-    /// CubeCL backends (CUDA, wgpu). The SSD and conv kernels are not written yet: these use the
-    /// tensor-op references, as `backends.md` states.
-    impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> super::BambaOps for CubeBackend<R, F, I, BT> {}
-
-    /// The `Fusion` wrapper that burn's `fusion` feature puts around CubeCL backends.
-    impl<B: FusionBackend + super::BambaOps> super::BambaOps for Fusion<B> {}
-}
+pub mod cube;

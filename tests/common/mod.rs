@@ -9,8 +9,11 @@ use safetensors::SafeTensors;
 /// Tests run on the CPU reference backend.
 pub type TestBackend = burn::backend::NdArray<f32>;
 
+/// `tests/fixtures` of this checkout, or of `$BAMBA_REPO` (a test binary copied to another machine).
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    let repo = std::env::var_os("BAMBA_REPO")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf(), PathBuf::from);
+    repo.join("tests/fixtures")
 }
 
 pub fn manifest() -> serde_json::Value {

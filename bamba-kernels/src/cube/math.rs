@@ -1,0 +1,43 @@
+//! Device helpers shared by the SSD kernels: dt discretization and a sum across the lanes of a row.
+
+use cubecl::prelude::*;
+
+/// `clamp(softplus(raw + bias), lo, hi)` in f32, softplus in the overflow-free form of the reference.
+#[cube]
+pub fn discretize_dt(raw: f32, bias: f32, lo: f32, hi: f32, #[comptime] has_limit: bool) -> f32 {
+    let v = raw + bias;
+    let mut dt = f32::max(v, 0.0f32) + f32::log1p(f32::exp(-f32::abs(v)));
+    if has_limit {
+        dt = f32::min(f32::max(dt, lo), hi);
+    }
+    dt
+}
+
+/// Sum of `part` over the `lanes` units of row `UNIT_POS_Y` (the cube is `lanes × rows`), returned
+/// to every lane. With `use_plane`, a row is exactly one plane and the plane sum does it; otherwise
+/// a shared-memory tree. Every unit of the cube must call it (it synchronizes the cube).
+#[cube]
+#[allow(unused_assignments)]
+pub fn row_sum(part: f32, smem: &mut SharedMemory<f32>, #[comptime] lanes: usize, #[comptime] use_plane: bool) -> f32 {
+    let mut total = 0.0f32;
+    if use_plane {
+        total = plane_sum(part);
+    } else {
+        let lane = UNIT_POS_X as usize;
+        let base = UNIT_POS_Y as usize * lanes;
+        smem[base + lane] = part;
+        sync_cube();
+        // (a runtime counter: a variable initialised from a comptime value could not be mutated)
+        let mut stride = 1usize;
+        while stride < lanes {
+            if lane % (2 * stride) == 0 {
+                smem[base + lane] = smem[base + lane] + smem[base + lane + stride];
+            }
+            sync_cube();
+            stride *= 2;
+        }
+        total = smem[base];
+        sync_cube();
+    }
+    total
+}

@@ -1,0 +1,232 @@
+//! CubeCL kernels (CUDA and wgpu from one source) and the `BambaOps` impls that call them: directly
+//! on `CubeBackend`, and through a registered custom operation on the `Fusion` wrapper that burn's
+//! `fusion` feature puts around it (an impl on `CubeBackend` alone would not reach `burn::backend::Cuda`).
+
+mod conv;
+mod math;
+mod ssd_scan;
+mod ssd_step;
+
+use core::marker::PhantomData;
+
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+
+use crate::{BambaOps, ConvOutput, SsdConfig, SsdInputs, SsdOutput};
+
+pub use ssd_scan::MAX_STATE_PER_LANE;
+pub use ssd_step::LANES;
+
+fn prim<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn wrap<B: burn::tensor::backend::Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The largest `d_state` the scan kernels hold in registers; larger states run the reference.
+pub const MAX_KERNEL_D_STATE: usize = MAX_STATE_PER_LANE * LANES;
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps for CubeBackend<R, F, I, BT> {
+    fn ssd_chunk_scan(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
+        let [batch, _, heads, head_dim] = inputs.x.dims();
+        let d_state = inputs.b.dims()[3];
+        if d_state > MAX_KERNEL_D_STATE {
+            return crate::reference::ssd::ssd_chunk_scan(inputs, config);
+        }
+        let dtype = inputs.x.dtype();
+        let initial = match inputs.initial_state {
+            Some(s) => s.cast(DType::F32),
+            None => Tensor::zeros([batch, heads, head_dim, d_state], (&inputs.x.device(), DType::F32)),
+        };
+        let (y, state) = ssd_scan::launch(
+            prim(inputs.x),
+            prim(inputs.dt.cast(dtype)),
+            prim(inputs.a_log.cast(DType::F32)),
+            prim(inputs.b.cast(dtype)),
+            prim(inputs.c.cast(dtype)),
+            prim(inputs.d.cast(DType::F32)),
+            prim(inputs.dt_bias.cast(DType::F32)),
+            prim(initial),
+            config.chunk_size.max(1),
+            config.dt_limit,
+        );
+        SsdOutput { y: wrap(y), final_state: wrap(state) }
+    }
+
+    fn ssd_decode_step(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
+        let [batch, _, heads, head_dim] = inputs.x.dims();
+        let d_state = inputs.b.dims()[3];
+        let dtype = inputs.x.dtype();
+        let state = match inputs.initial_state {
+            Some(s) => s.cast(DType::F32),
+            None => Tensor::zeros([batch, heads, head_dim, d_state], (&inputs.x.device(), DType::F32)),
+        };
+        let (y, state) = ssd_step::launch(
+            prim(inputs.x),
+            prim(inputs.dt.cast(dtype)),
+            prim(inputs.a_log.cast(DType::F32)),
+            prim(inputs.b.cast(dtype)),
+            prim(inputs.c.cast(dtype)),
+            prim(inputs.d.cast(DType::F32)),
+            prim(inputs.dt_bias.cast(DType::F32)),
+            prim(state),
+            config.dt_limit,
+        );
+        SsdOutput { y: wrap(y), final_state: wrap(state) }
+    }
+
+    fn causal_conv1d_silu(
+        x: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+        window: Option<Tensor<Self, 3>>,
+    ) -> ConvOutput<Self> {
+        let [batch, _, channels] = x.dims();
+        let kernel = weight.dims()[1];
+        let (dtype, device) = (x.dtype(), x.device());
+        let has_bias = bias.is_some();
+        let bias = bias.map(|b| b.cast(dtype)).unwrap_or_else(|| Tensor::zeros([channels], (&device, dtype)));
+        let window = match window {
+            Some(w) => w.cast(dtype),
+            None => Tensor::zeros([batch, channels, kernel - 1], (&device, dtype)),
+        };
+        let (y, window) = conv::launch(prim(x), prim(weight.cast(dtype)), prim(bias), has_bias, prim(window));
+        ConvOutput { y: wrap(y), window: wrap(window) }
+    }
+}
+
+/// Which `BambaOps` method a fused custom op runs.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Scan(SsdConfig),
+    Step(SsdConfig),
+    Conv { has_bias: bool },
+}
+
+/// A `BambaOps` call recorded in the fusion stream; runs the inner backend's method when executed.
+#[derive(Debug)]
+struct CustomOp<B> {
+    desc: CustomOpIr,
+    kind: Kind,
+    _backend: PhantomData<B>,
+}
+
+impl<B: FusionBackend + BambaOps> Operation<B::FusionRuntime> for CustomOp<B> {
+    fn execute(&self, handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
+        let inputs: Vec<FloatTensor<B>> = self.desc.inputs.iter().map(|t| handles.get_float_tensor::<B>(t)).collect();
+        let mut inputs = inputs.into_iter();
+        let mut next = || inputs.next().expect("input count fixed by the kind");
+        let outputs: [FloatTensor<B>; 2] = match self.kind {
+            Kind::Scan(config) | Kind::Step(config) => {
+                let ssd = SsdInputs {
+                    x: wrap(next()),
+                    dt: wrap(next()),
+                    a_log: wrap(next()),
+                    b: wrap(next()),
+                    c: wrap(next()),
+                    d: wrap(next()),
+                    dt_bias: wrap(next()),
+                    initial_state: Some(wrap(next())),
+                };
+                let out = match self.kind {
+                    Kind::Scan(_) => B::ssd_chunk_scan(ssd, config),
+                    _ => B::ssd_decode_step(ssd, config),
+                };
+                [prim(out.y), prim(out.final_state)]
+            }
+            Kind::Conv { has_bias } => {
+                let (x, weight, bias, window) = (wrap(next()), wrap(next()), wrap(next()), wrap(next()));
+                let out = B::causal_conv1d_silu(x, weight, has_bias.then_some(bias), Some(window));
+                [prim(out.y), prim(out.window)]
+            }
+        };
+        for (ir, tensor) in self.desc.outputs.iter().zip(outputs) {
+            handles.register_float_tensor::<B>(&ir.id, tensor);
+        }
+    }
+}
+
+/// Records `kind` on the fusion stream with `inputs`, returning two outputs of the given shapes and dtypes.
+fn register<B: FusionBackend + BambaOps>(
+    name: &'static str,
+    kind: Kind,
+    inputs: Vec<FloatTensor<Fusion<B>>>,
+    outputs: [(Vec<usize>, DType); 2],
+) -> [FloatTensor<Fusion<B>>; 2] {
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(inputs.iter());
+    let outs: Vec<TensorIr> = outputs
+        .into_iter()
+        .map(|(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), shape.into(), dtype))
+        .collect();
+    let ins: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let desc = CustomOpIr::new(name, &ins, &outs);
+    let op = CustomOp::<B> { desc: desc.clone(), kind, _backend: PhantomData };
+    let result = client.register(streams, OperationIr::Custom(desc), op);
+    result.try_into().unwrap_or_else(|_| unreachable!("two outputs registered"))
+}
+
+fn ssd_on_fusion<B: FusionBackend + BambaOps>(
+    inputs: SsdInputs<Fusion<B>>,
+    kind: Kind,
+    name: &'static str,
+) -> SsdOutput<Fusion<B>> {
+    let [batch, len, heads, head_dim] = inputs.x.dims();
+    let d_state = inputs.b.dims()[3];
+    let state_shape = vec![batch, heads, head_dim, d_state];
+    let initial = match inputs.initial_state {
+        Some(s) => s.cast(DType::F32),
+        None => Tensor::zeros(state_shape.clone(), (&inputs.x.device(), DType::F32)),
+    };
+    let dtype = inputs.x.dtype();
+    let ins = vec![
+        prim(inputs.x),
+        prim(inputs.dt.cast(dtype)),
+        prim(inputs.a_log.cast(DType::F32)),
+        prim(inputs.b.cast(dtype)),
+        prim(inputs.c.cast(dtype)),
+        prim(inputs.d.cast(DType::F32)),
+        prim(inputs.dt_bias.cast(DType::F32)),
+        prim(initial),
+    ];
+    let [y, state] =
+        register::<B>(name, kind, ins, [(vec![batch, len, heads, head_dim], DType::F32), (state_shape, DType::F32)]);
+    SsdOutput { y: wrap(y), final_state: wrap(state) }
+}
+
+impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
+    fn ssd_chunk_scan(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
+        ssd_on_fusion(inputs, Kind::Scan(config), "bamba_ssd_chunk_scan")
+    }
+
+    fn ssd_decode_step(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
+        ssd_on_fusion(inputs, Kind::Step(config), "bamba_ssd_decode_step")
+    }
+
+    fn causal_conv1d_silu(
+        x: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+        window: Option<Tensor<Self, 3>>,
+    ) -> ConvOutput<Self> {
+        let [batch, len, channels] = x.dims();
+        let kernel = weight.dims()[1];
+        let (dtype, device) = (x.dtype(), x.device());
+        let has_bias = bias.is_some();
+        let bias = bias.map(|b| b.cast(dtype)).unwrap_or_else(|| Tensor::zeros([channels], (&device, dtype)));
+        let window = match window {
+            Some(w) => w.cast(dtype),
+            None => Tensor::zeros([batch, channels, kernel - 1], (&device, dtype)),
+        };
+        let ins = vec![prim(x), prim(weight.cast(dtype)), prim(bias), prim(window)];
+        let outs = [(vec![batch, len, channels], dtype), (vec![batch, channels, kernel - 1], dtype)];
+        let [y, window] = register::<B>("bamba_causal_conv1d_silu", Kind::Conv { has_bias }, ins, outs);
+        ConvOutput { y: wrap(y), window: wrap(window) }
+    }
+}

@@ -1,0 +1,297 @@
+//! The SSD chunked scan as three CubeCL kernels, the same chunked algorithm as the reference in
+//! state-passing form:
+//!
+//! 1. `local`: for every (sequence, head, chunk) in parallel, run the recurrence inside the chunk from
+//!    a zero state, keeping the state in registers (a cube is `LANES × ROWS` units over
+//!    `(d_state, head_dim)`): the within-chunk output plus `D·x`, the cumulative decay `Σ dt·A` of each
+//!    position since the chunk start, and the chunk's own final state.
+//! 2. `pass`: for every state element, walk the chunks in order: `S ← exp(Σ_chunk dt·A)·S + S_chunk`,
+//!    overwriting each chunk's state with the state entering it; the last `S` is the final state.
+//! 3. `output`: add what the entering state contributes, `exp(cum_t)·C_t·S_in`, to every position.
+//!
+//! softplus, dt_bias, the clamp and the cumulative sum are fused into 1; all math is f32. The work
+//! is `O(len · head_dim · d_state)` with a sequential depth of one chunk plus the number of chunks.
+
+use burn::tensor::DType;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::prelude::*;
+use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
+
+use super::math::{discretize_dt, row_sum};
+use super::ssd_step::{rows_are_planes, LANES, ROWS};
+
+/// Most d_state this kernel holds in registers per unit (`MAX_STATE_PER_LANE · LANES`).
+pub const MAX_STATE_PER_LANE: usize = 8;
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn local_kernel<F: Float>(
+    x: &Tensor<F>,
+    dt: &Tensor<F>,
+    a_log: &Tensor<f32>,
+    d: &Tensor<f32>,
+    dt_bias: &Tensor<f32>,
+    bmat: &Tensor<F>,
+    cmat: &Tensor<F>,
+    y: &mut Tensor<f32>,
+    cum: &mut Tensor<f32>,
+    chunk_states: &mut Tensor<f32>,
+    chunk: usize,
+    lo: f32,
+    hi: f32,
+    #[comptime] per_lane: usize,
+    #[comptime] has_limit: bool,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let len = x.shape(1);
+    let heads = x.shape(2);
+    let head_dim = x.shape(3);
+    let d_state = bmat.shape(3);
+    let chunks = chunk_states.shape(2);
+    let g = (CUBE_POS_Y as usize % heads) / (heads / bmat.shape(2));
+    let b = CUBE_POS_Y as usize / heads;
+    let h = CUBE_POS_Y as usize % heads;
+    let ci = CUBE_POS_Z as usize;
+    let p = CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize;
+    let lane = UNIT_POS_X as usize;
+    let mut smem = SharedMemory::<f32>::new(LANES * ROWS);
+    let mut s = Array::<f32>::new(per_lane);
+    #[unroll]
+    for k in 0..per_lane {
+        s[k] = 0.0f32;
+    }
+    let a = -f32::exp(a_log[h * a_log.stride(0)]);
+    let bias = dt_bias[h * dt_bias.stride(0)];
+    let d_h = d[h * d.stride(0)];
+    let start = ci * chunk;
+    let end = usize::min(start + chunk, len);
+    let mut acc = 0.0f32;
+    for t in start..end {
+        let dt_t = discretize_dt(
+            f32::cast_from(dt[b * dt.stride(0) + t * dt.stride(1) + h * dt.stride(2)]),
+            bias,
+            lo,
+            hi,
+            has_limit,
+        );
+        let a_t = a * dt_t;
+        acc += a_t;
+        let decay = f32::exp(a_t);
+        let mut part = 0.0f32;
+        let mut xv = 0.0f32;
+        if p < head_dim {
+            xv = f32::cast_from(x[b * x.stride(0) + t * x.stride(1) + h * x.stride(2) + p * x.stride(3)]);
+            let dtx = dt_t * xv;
+            let bc = b * bmat.stride(0) + t * bmat.stride(1) + g * bmat.stride(2);
+            let cc = b * cmat.stride(0) + t * cmat.stride(1) + g * cmat.stride(2);
+            #[unroll]
+            for k in 0..per_lane {
+                let n = lane + k * LANES;
+                if n < d_state {
+                    let v = decay * s[k] + dtx * f32::cast_from(bmat[bc + n * bmat.stride(3)]);
+                    s[k] = v;
+                    part += v * f32::cast_from(cmat[cc + n * cmat.stride(3)]);
+                }
+            }
+        }
+        let total = row_sum(part, &mut smem, LANES, use_plane);
+        if p < head_dim && lane == 0 {
+            y[((b * len + t) * heads + h) * head_dim + p] = total + d_h * xv;
+        }
+        if CUBE_POS_X == 0 && UNIT_POS == 0 {
+            cum[(b * heads + h) * len + t] = acc;
+        }
+    }
+    if p < head_dim {
+        let base = (((b * heads + h) * chunks + ci) * head_dim + p) * d_state;
+        #[unroll]
+        for k in 0..per_lane {
+            let n = lane + k * LANES;
+            if n < d_state {
+                chunk_states[base + n] = s[k];
+            }
+        }
+    }
+}
+
+#[cube(launch_unchecked)]
+fn pass_kernel(
+    initial: &Tensor<f32>,
+    cum: &Tensor<f32>,
+    chunk_states: &mut Tensor<f32>,
+    final_state: &mut Tensor<f32>,
+    chunk: usize,
+) {
+    let idx = ABSOLUTE_POS;
+    if idx >= final_state.len() {
+        terminate!();
+    }
+    let heads = final_state.shape(1);
+    let head_dim = final_state.shape(2);
+    let d_state = final_state.shape(3);
+    let chunks = chunk_states.shape(2);
+    let len = cum.shape(1);
+    let n = idx % d_state;
+    let p = (idx / d_state) % head_dim;
+    let bh = idx / (d_state * head_dim);
+    let h = bh % heads;
+    let b = bh / heads;
+    let mut s = initial[b * initial.stride(0) + h * initial.stride(1) + p * initial.stride(2) + n * initial.stride(3)];
+    for ci in 0..chunks {
+        let at = ((bh * chunks + ci) * head_dim + p) * d_state + n;
+        let own = chunk_states[at];
+        chunk_states[at] = s;
+        let last = usize::min((ci + 1) * chunk, len) - 1;
+        s = f32::exp(cum[bh * len + last]) * s + own;
+    }
+    final_state[idx] = s;
+}
+
+#[cube(launch_unchecked)]
+fn output_kernel<F: Float>(
+    cmat: &Tensor<F>,
+    cum: &Tensor<f32>,
+    entering: &Tensor<f32>,
+    y: &mut Tensor<f32>,
+    chunk: usize,
+    #[comptime] per_lane: usize,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let len = y.shape(1);
+    let heads = y.shape(2);
+    let head_dim = y.shape(3);
+    let d_state = cmat.shape(3);
+    let chunks = entering.shape(2);
+    let b = CUBE_POS_Y as usize / heads;
+    let h = CUBE_POS_Y as usize % heads;
+    let g = h / (heads / cmat.shape(2));
+    let ci = CUBE_POS_Z as usize;
+    let p = CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize;
+    let lane = UNIT_POS_X as usize;
+    let mut smem = SharedMemory::<f32>::new(LANES * ROWS);
+    let mut s = Array::<f32>::new(per_lane);
+    let base = (((b * heads + h) * chunks + ci) * head_dim + p) * d_state;
+    #[unroll]
+    for k in 0..per_lane {
+        let n = lane + k * LANES;
+        s[k] = 0.0f32;
+        if p < head_dim && n < d_state {
+            s[k] = entering[base + n];
+        }
+    }
+    let start = ci * chunk;
+    let end = usize::min(start + chunk, len);
+    for t in start..end {
+        let mut part = 0.0f32;
+        if p < head_dim {
+            let cc = b * cmat.stride(0) + t * cmat.stride(1) + g * cmat.stride(2);
+            #[unroll]
+            for k in 0..per_lane {
+                let n = lane + k * LANES;
+                if n < d_state {
+                    part += s[k] * f32::cast_from(cmat[cc + n * cmat.stride(3)]);
+                }
+            }
+        }
+        let total = row_sum(part, &mut smem, LANES, use_plane);
+        if p < head_dim && lane == 0 {
+            let at = ((b * len + t) * heads + h) * head_dim + p;
+            y[at] = y[at] + f32::exp(cum[(b * heads + h) * len + t]) * total;
+        }
+    }
+}
+
+/// # Shapes
+/// - `x`: `[batch, len, heads, head_dim]`, `dt`: `[batch, len, heads]`, `b`, `c`: `[batch, len, groups, d_state]`
+///   (one float dtype); `a_log`, `d`, `dt_bias`: `[heads]` f32; `initial`: `[batch, heads, head_dim, d_state]` f32
+/// - returns `y` `[batch, len, heads, head_dim]` f32 and the final state, contiguous
+///
+/// # Panics
+/// If `d_state > MAX_STATE_PER_LANE · LANES` (the caller falls back to the reference).
+#[allow(clippy::too_many_arguments)]
+pub fn launch<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    dt: CubeTensor<R>,
+    a_log: CubeTensor<R>,
+    b: CubeTensor<R>,
+    c: CubeTensor<R>,
+    d: CubeTensor<R>,
+    dt_bias: CubeTensor<R>,
+    initial: CubeTensor<R>,
+    chunk: usize,
+    dt_limit: Option<(f32, f32)>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let client = x.client.clone();
+    let device = x.device.clone();
+    let [batch, len, heads, head_dim] = x.meta.shape().dims::<4>();
+    let d_state = b.meta.shape().dims::<4>()[3];
+    let per_lane = d_state.div_ceil(LANES);
+    assert!(per_lane <= MAX_STATE_PER_LANE, "d_state {d_state} exceeds the kernel's register budget");
+    let chunks = len.div_ceil(chunk);
+    let empty =
+        |shape: Vec<usize>| empty_device_contiguous_dtype(client.clone(), device.clone(), shape.into(), DType::F32);
+    let y = empty(vec![batch, len, heads, head_dim]);
+    let cum = empty(vec![batch * heads, len]);
+    let states = empty(vec![batch, heads, chunks, head_dim, d_state]);
+    let final_state = empty(vec![batch, heads, head_dim, d_state]);
+    let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
+    let use_plane = rows_are_planes(&client);
+    let tiles = CubeCount::Static(head_dim.div_ceil(ROWS) as u32, (batch * heads) as u32, chunks as u32);
+    let tile_dim = CubeDim::new_2d(LANES as u32, ROWS as u32);
+    let dtype = x.dtype;
+    let elems = batch * heads * head_dim * d_state;
+    let flat_dim = CubeDim::new_1d(256);
+    // SAFETY: indices derive from the shapes; p, n and t are guarded against their extents.
+    unsafe {
+        local_kernel::launch_unchecked::<R>(
+            &client,
+            tiles.clone(),
+            tile_dim,
+            x.into_tensor_arg(),
+            dt.into_tensor_arg(),
+            a_log.into_tensor_arg(),
+            d.into_tensor_arg(),
+            dt_bias.into_tensor_arg(),
+            b.into_tensor_arg(),
+            c.clone().into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            cum.clone().into_tensor_arg(),
+            states.clone().into_tensor_arg(),
+            chunk,
+            lo,
+            hi,
+            per_lane,
+            dt_limit.is_some(),
+            use_plane,
+            dtype.into(),
+        );
+        pass_kernel::launch_unchecked::<R>(
+            &client,
+            calculate_cube_count_elemwise(&client, elems, flat_dim),
+            flat_dim,
+            initial.into_tensor_arg(),
+            cum.clone().into_tensor_arg(),
+            states.clone().into_tensor_arg(),
+            final_state.clone().into_tensor_arg(),
+            chunk,
+        );
+        output_kernel::launch_unchecked::<R>(
+            &client,
+            tiles,
+            tile_dim,
+            c.into_tensor_arg(),
+            cum.into_tensor_arg(),
+            states.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            chunk,
+            per_lane,
+            use_plane,
+            dtype.into(),
+        );
+    }
+    (y, final_state)
+}

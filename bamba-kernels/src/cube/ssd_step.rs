@@ -1,0 +1,137 @@
+//! The SSD decode step as one CubeCL kernel: dt bias + softplus + clamp, `exp(dt·A)` decay, the state
+//! update `S ← decay·S + dt·x⊗B`, `y = S·C + D·x`, for every (sequence, head) at once.
+//!
+//! Decode is bound by moving the state (read + write, f32), so the kernel reads each state element
+//! once, coalesced: a cube is `LANES × ROWS` units over `(d_state, head_dim)` of one head.
+
+use burn::tensor::DType;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::prelude::*;
+use cubecl::{CubeCount, CubeDim};
+
+use super::math::{discretize_dt, row_sum};
+
+pub const LANES: usize = 32;
+pub const ROWS: usize = 4;
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn step_kernel<F: Float>(
+    x: &Tensor<F>,
+    dt: &Tensor<F>,
+    a_log: &Tensor<f32>,
+    d: &Tensor<f32>,
+    dt_bias: &Tensor<f32>,
+    bmat: &Tensor<F>,
+    cmat: &Tensor<F>,
+    state: &Tensor<f32>,
+    new_state: &mut Tensor<f32>,
+    y: &mut Tensor<f32>,
+    lo: f32,
+    hi: f32,
+    #[comptime] has_limit: bool,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let heads = x.shape(2);
+    let head_dim = x.shape(3);
+    let d_state = bmat.shape(3);
+    let heads_per_group = heads / bmat.shape(2);
+    let bh = CUBE_POS_Y as usize;
+    let b = bh / heads;
+    let h = bh % heads;
+    let g = h / heads_per_group;
+    let p = CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize;
+    let lane = UNIT_POS_X as usize;
+    let mut smem = SharedMemory::<f32>::new(LANES * ROWS);
+
+    let dt_h = discretize_dt(
+        f32::cast_from(dt[b * dt.stride(0) + h * dt.stride(2)]),
+        dt_bias[h * dt_bias.stride(0)],
+        lo,
+        hi,
+        has_limit,
+    );
+    let decay = f32::exp(-f32::exp(a_log[h * a_log.stride(0)]) * dt_h);
+    let mut part = 0.0f32;
+    let mut xv = 0.0f32;
+    if p < head_dim {
+        xv = f32::cast_from(x[b * x.stride(0) + h * x.stride(2) + p * x.stride(3)]);
+        let dtx = dt_h * xv;
+        let mut n = lane;
+        while n < d_state {
+            let s_at = b * state.stride(0) + h * state.stride(1) + p * state.stride(2) + n * state.stride(3);
+            let bn = f32::cast_from(bmat[b * bmat.stride(0) + g * bmat.stride(2) + n * bmat.stride(3)]);
+            let cn = f32::cast_from(cmat[b * cmat.stride(0) + g * cmat.stride(2) + n * cmat.stride(3)]);
+            let s = decay * state[s_at] + dtx * bn;
+            new_state[((b * heads + h) * head_dim + p) * d_state + n] = s;
+            part += s * cn;
+            n += LANES;
+        }
+    }
+    let total = row_sum(part, &mut smem, LANES, use_plane);
+    if p < head_dim && lane == 0 {
+        y[(b * heads + h) * head_dim + p] = total + d[h * d.stride(0)] * xv;
+    }
+}
+
+/// Whether a row of `LANES` units is exactly one plane on this device (then plane sums are used).
+pub fn rows_are_planes<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
+    let hw = &client.properties().hardware;
+    hw.plane_size_min as usize == LANES
+        && hw.plane_size_max as usize == LANES
+        && client.features().plane.contains(cubecl::features::Plane::Ops)
+}
+
+/// # Shapes
+/// - `x`: `[batch, 1, heads, head_dim]`, `dt`: `[batch, 1, heads]`, `b`, `c`: `[batch, 1, groups, d_state]`
+///   (one float dtype); `a_log`, `d`, `dt_bias`: `[heads]` f32; `state`: `[batch, heads, head_dim, d_state]` f32
+/// - returns `y` `[batch, 1, heads, head_dim]` f32 and the new state, contiguous
+#[allow(clippy::too_many_arguments)]
+pub fn launch<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    dt: CubeTensor<R>,
+    a_log: CubeTensor<R>,
+    b: CubeTensor<R>,
+    c: CubeTensor<R>,
+    d: CubeTensor<R>,
+    dt_bias: CubeTensor<R>,
+    state: CubeTensor<R>,
+    dt_limit: Option<(f32, f32)>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let client = x.client.clone();
+    let [batch, _, heads, head_dim] = x.meta.shape().dims::<4>();
+    let y = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), DType::F32);
+    let new_state =
+        empty_device_contiguous_dtype(client.clone(), x.device.clone(), state.meta.shape().clone(), DType::F32);
+    let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
+    let count = CubeCount::Static(head_dim.div_ceil(ROWS) as u32, (batch * heads) as u32, 1);
+    let use_plane = rows_are_planes(&client);
+    let dtype = x.dtype;
+    // SAFETY: indices derive from the shapes; p and n are guarded against head_dim and d_state.
+    unsafe {
+        step_kernel::launch_unchecked::<R>(
+            &client,
+            count,
+            CubeDim::new_2d(LANES as u32, ROWS as u32),
+            x.into_tensor_arg(),
+            dt.into_tensor_arg(),
+            a_log.into_tensor_arg(),
+            d.into_tensor_arg(),
+            dt_bias.into_tensor_arg(),
+            b.into_tensor_arg(),
+            c.into_tensor_arg(),
+            state.into_tensor_arg(),
+            new_state.clone().into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            lo,
+            hi,
+            dt_limit.is_some(),
+            use_plane,
+            dtype.into(),
+        );
+    }
+    (y, new_state)
+}

@@ -1,0 +1,190 @@
+//! Criterion benches of the three Bamba kernels (SSD chunked scan, SSD decode step, causal conv) on
+//! the backend the features pick (cuda > wgpu > ndarray), each op timed with a device sync.
+//!
+//! Shapes: `BAMBA_BENCH_SHAPES=bamba-9b` (default on GPUs: 128 heads × 64, d_state 128, one group,
+//! chunk 256, conv 8448 channels) or `small` (default on CPU). `BAMBA_BENCH_DTYPE=bf16|f16|f32`
+//! (default bf16 on CUDA, f32 elsewhere). The decode step reports bytes/s over the state it must read
+//! and write (f32), to compare with the HBM bandwidth.
+//!
+//! `cargo bench --bench kernels [--features cuda] -- [filter]`
+
+use std::time::Duration;
+
+use bamba_kernels::reference;
+use bamba_kernels::{BambaOps, SsdConfig, SsdInputs};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, Tensor};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+#[cfg(feature = "cuda")]
+type B = burn::backend::Cuda;
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+type B = burn::backend::Wgpu;
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+type B = burn::backend::NdArray<f32>;
+
+type Device = burn::tensor::Device<B>;
+
+const GPU: bool = cfg!(any(feature = "cuda", feature = "wgpu"));
+
+struct Shapes {
+    heads: usize,
+    head_dim: usize,
+    d_state: usize,
+    chunk: usize,
+    lens: Vec<usize>,
+    reference_lens: Vec<usize>,
+    batches: Vec<usize>,
+    conv_channels: usize,
+}
+
+fn shapes() -> Shapes {
+    let name = std::env::var("BAMBA_BENCH_SHAPES").unwrap_or_else(|_| if GPU { "bamba-9b" } else { "small" }.into());
+    match name.as_str() {
+        "bamba-9b" => Shapes {
+            heads: 128,
+            head_dim: 64,
+            d_state: 128,
+            chunk: 256,
+            lens: vec![512, 2048, 8192, 32768],
+            reference_lens: vec![512, 2048],
+            batches: vec![1, 4, 16, 64, 256],
+            conv_channels: 128 * 64 + 2 * 128,
+        },
+        _ => Shapes {
+            heads: 8,
+            head_dim: 16,
+            d_state: 32,
+            chunk: 64,
+            lens: vec![64, 256],
+            reference_lens: vec![64, 256],
+            batches: vec![1, 8],
+            conv_channels: 8 * 16 + 2 * 32,
+        },
+    }
+}
+
+fn dtype() -> DType {
+    match std::env::var("BAMBA_BENCH_DTYPE").as_deref() {
+        Ok("bf16") => DType::BF16,
+        Ok("f16") => DType::F16,
+        Ok("f32") => DType::F32,
+        _ if cfg!(feature = "cuda") => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+fn random<const D: usize>(shape: [usize; D], lo: f64, hi: f64, dtype: DType, device: &Device) -> Tensor<B, D> {
+    Tensor::<B, D>::random(shape, Distribution::Uniform(lo, hi), (device, DType::F32)).cast(dtype)
+}
+
+fn ssd_inputs(s: &Shapes, batch: usize, len: usize, with_state: bool, device: &Device) -> SsdInputs<B> {
+    let (h, p, n, dt) = (s.heads, s.head_dim, s.d_state, dtype());
+    SsdInputs {
+        x: random([batch, len, h, p], -1.0, 1.0, dt, device),
+        dt: random([batch, len, h], -3.0, 1.0, dt, device),
+        a_log: random([h], -0.7, 1.8, DType::F32, device),
+        b: random([batch, len, 1, n], -1.0, 1.0, dt, device),
+        c: random([batch, len, 1, n], -1.0, 1.0, dt, device),
+        d: random([h], -1.0, 1.0, DType::F32, device),
+        dt_bias: random([h], -1.0, 0.5, DType::F32, device),
+        initial_state: with_state.then(|| random([batch, h, p, n], -0.5, 0.5, DType::F32, device)),
+    }
+}
+
+fn sync(device: &Device) {
+    let _ = B::sync(device);
+}
+
+fn bench_scan(c: &mut Criterion) {
+    let device = Default::default();
+    let s = shapes();
+    let config = SsdConfig { chunk_size: s.chunk, dt_limit: None };
+    let mut group = c.benchmark_group("ssd_chunk_scan");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    for &len in &s.lens {
+        let inputs = ssd_inputs(&s, 1, len, false, &device);
+        group.throughput(Throughput::Elements(len as u64));
+        group.bench_with_input(BenchmarkId::new("kernel", len), &inputs, |bench, inputs| {
+            bench.iter(|| {
+                let out = B::ssd_chunk_scan(inputs.clone(), config);
+                sync(&device);
+                out
+            })
+        });
+        if s.reference_lens.contains(&len) {
+            group.bench_with_input(BenchmarkId::new("reference", len), &inputs, |bench, inputs| {
+                bench.iter(|| {
+                    let out = reference::ssd::ssd_chunk_scan(inputs.clone(), config);
+                    sync(&device);
+                    out
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn bench_step(c: &mut Criterion) {
+    let device = Default::default();
+    let s = shapes();
+    let config = SsdConfig { chunk_size: s.chunk, dt_limit: None };
+    let mut group = c.benchmark_group("ssd_decode_step");
+    group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    for &batch in &s.batches {
+        let inputs = ssd_inputs(&s, batch, 1, true, &device);
+        // the state is read once and written once, f32
+        group.throughput(Throughput::Bytes((2 * batch * s.heads * s.head_dim * s.d_state * 4) as u64));
+        group.bench_with_input(BenchmarkId::new("kernel", batch), &inputs, |bench, inputs| {
+            bench.iter(|| {
+                let out = B::ssd_decode_step(inputs.clone(), config);
+                sync(&device);
+                out
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("reference", batch), &inputs, |bench, inputs| {
+            bench.iter(|| {
+                let out = reference::ssd::ssd_recurrent(inputs.clone(), config);
+                sync(&device);
+                out
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_conv(c: &mut Criterion) {
+    let device = Default::default();
+    let s = shapes();
+    let channels = s.conv_channels;
+    let mut group = c.benchmark_group("causal_conv1d_silu");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    for &len in &s.lens[..2] {
+        let x = random([1, len, channels], -1.0, 1.0, dtype(), &device);
+        let w = random([channels, 4], -1.0, 1.0, dtype(), &device);
+        let bias = random([channels], -0.5, 0.5, dtype(), &device);
+        group.throughput(Throughput::Bytes((2 * len * channels * dtype().size()) as u64));
+        group.bench_function(BenchmarkId::new("kernel", len), |bench| {
+            bench.iter(|| {
+                let out = B::causal_conv1d_silu(x.clone(), w.clone(), Some(bias.clone()), None);
+                sync(&device);
+                out
+            })
+        });
+        group.bench_function(BenchmarkId::new("reference", len), |bench| {
+            bench.iter(|| {
+                let out = reference::conv::causal_conv1d_silu(x.clone(), w.clone(), Some(bias.clone()), None);
+                sync(&device);
+                out
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = kernels;
+    config = Criterion::default();
+    targets = bench_scan, bench_step, bench_conv
+}
+criterion_main!(kernels);
