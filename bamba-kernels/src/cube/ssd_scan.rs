@@ -3,7 +3,7 @@
 //!
 //! 1. `local`: for every (sequence, head, chunk) in parallel, run the recurrence inside the chunk from
 //!    a zero state, keeping the state in registers (a cube is `LANES × ROWS` units over
-//!    `(d_state, head_dim)`): the within-chunk output plus `D·x`, the cumulative decay `Σ dt·A` of each
+//!    `(d_state, head_dim)`, each unit holding `RPU` rows): the within-chunk output plus `D·x`, the cumulative decay `Σ dt·A` of each
 //!    position since the chunk start, and the chunk's own final state.
 //! 2. `pass`: for every state element, walk the chunks in order: `S ← exp(Σ_chunk dt·A)·S + S_chunk`,
 //!    overwriting each chunk's state with the state entering it; the last `S` is the final state.
@@ -24,6 +24,9 @@ use super::ssd_step::{rows_are_planes, LANES, ROWS};
 
 /// Most d_state this kernel holds in registers per unit (`MAX_STATE_PER_LANE · LANES`).
 pub const MAX_STATE_PER_LANE: usize = 8;
+
+/// Rows of the state (head_dim) each unit owns in the scan kernels.
+const RPU: usize = 4;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -55,63 +58,97 @@ fn local_kernel<F: Float>(
     let b = CUBE_POS_Y as usize / heads;
     let h = CUBE_POS_Y as usize % heads;
     let ci = CUBE_POS_Z as usize;
-    let p = CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize;
+    // each unit owns RPU rows (p0 .. p0 + RPU) × per_lane state columns: dt, B and C are loaded
+    // and processed once for RPU rows
+    let p0 = (CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize) * RPU;
     let lane = UNIT_POS_X as usize;
     let mut smem = SharedMemory::<f32>::new(LANES * ROWS);
-    let mut s = Array::<f32>::new(per_lane);
+    let mut s = Array::<f32>::new(per_lane * RPU);
     #[unroll]
-    for k in 0..per_lane {
+    for k in 0..per_lane * RPU {
         s[k] = 0.0f32;
     }
     let a = -f32::exp(a_log[h * a_log.stride(0)]);
     let bias = dt_bias[h * dt_bias.stride(0)];
     let d_h = d[h * d.stride(0)];
+    // Strides live in a metadata buffer in global memory: read them once, outside the time loop.
+    let dts0 = dt.stride(0);
+    let dts1 = dt.stride(1);
+    let dts2 = dt.stride(2);
+    let xs0 = x.stride(0);
+    let xs1 = x.stride(1);
+    let xs2 = x.stride(2);
+    let xs3 = x.stride(3);
+    let bs0 = bmat.stride(0);
+    let bs1 = bmat.stride(1);
+    let bs2 = bmat.stride(2);
+    let bs3 = bmat.stride(3);
+    let cs0 = cmat.stride(0);
+    let cs1 = cmat.stride(1);
+    let cs2 = cmat.stride(2);
+    let cs3 = cmat.stride(3);
     let start = ci * chunk;
     let end = usize::min(start + chunk, len);
+    let mut bv = Array::<f32>::new(per_lane);
+    let mut cv = Array::<f32>::new(per_lane);
+    let mut xv = Array::<f32>::new(RPU);
     let mut acc = 0.0f32;
     for t in start..end {
-        let dt_t = discretize_dt(
-            f32::cast_from(dt[b * dt.stride(0) + t * dt.stride(1) + h * dt.stride(2)]),
-            bias,
-            lo,
-            hi,
-            has_limit,
-        );
+        let dt_raw = f32::cast_from(dt[b * dts0 + t * dts1 + h * dts2]);
+        let bc = b * bs0 + t * bs1 + g * bs2;
+        let cc = b * cs0 + t * cs1 + g * cs2;
+        #[unroll]
+        for k in 0..per_lane {
+            let n = lane + k * LANES;
+            bv[k] = 0.0f32;
+            cv[k] = 0.0f32;
+            if n < d_state {
+                bv[k] = f32::cast_from(bmat[bc + n * bs3]);
+                cv[k] = f32::cast_from(cmat[cc + n * cs3]);
+            }
+        }
+        let xrow = b * xs0 + t * xs1 + h * xs2;
+        #[unroll]
+        for r in 0..RPU {
+            xv[r] = 0.0f32;
+            if p0 + r < head_dim {
+                xv[r] = f32::cast_from(x[xrow + (p0 + r) * xs3]);
+            }
+        }
+        let dt_t = discretize_dt(dt_raw, bias, lo, hi, has_limit);
         let a_t = a * dt_t;
         acc += a_t;
         let decay = f32::exp(a_t);
-        let mut part = 0.0f32;
-        let mut xv = 0.0f32;
-        if p < head_dim {
-            xv = f32::cast_from(x[b * x.stride(0) + t * x.stride(1) + h * x.stride(2) + p * x.stride(3)]);
-            let dtx = dt_t * xv;
-            let bc = b * bmat.stride(0) + t * bmat.stride(1) + g * bmat.stride(2);
-            let cc = b * cmat.stride(0) + t * cmat.stride(1) + g * cmat.stride(2);
+        #[unroll]
+        for r in 0..RPU {
+            let dtx = dt_t * xv[r];
+            let mut part = 0.0f32;
             #[unroll]
             for k in 0..per_lane {
-                let n = lane + k * LANES;
-                if n < d_state {
-                    let v = decay * s[k] + dtx * f32::cast_from(bmat[bc + n * bmat.stride(3)]);
-                    s[k] = v;
-                    part += v * f32::cast_from(cmat[cc + n * cmat.stride(3)]);
-                }
+                let v = decay * s[r * per_lane + k] + dtx * bv[k];
+                s[r * per_lane + k] = v;
+                part += v * cv[k];
             }
-        }
-        let total = row_sum(part, &mut smem, LANES, use_plane);
-        if p < head_dim && lane == 0 {
-            y[((b * len + t) * heads + h) * head_dim + p] = total + d_h * xv;
+            let total = row_sum(part, &mut smem, LANES, use_plane);
+            if p0 + r < head_dim && lane == 0 {
+                y[((b * len + t) * heads + h) * head_dim + p0 + r] = total + d_h * xv[r];
+            }
         }
         if CUBE_POS_X == 0 && UNIT_POS == 0 {
             cum[(b * heads + h) * len + t] = acc;
         }
     }
-    if p < head_dim {
-        let base = (((b * heads + h) * chunks + ci) * head_dim + p) * d_state;
-        #[unroll]
-        for k in 0..per_lane {
-            let n = lane + k * LANES;
-            if n < d_state {
-                chunk_states[base + n] = s[k];
+    #[unroll]
+    for r in 0..RPU {
+        let p = p0 + r;
+        if p < head_dim {
+            let base = (((b * heads + h) * chunks + ci) * head_dim + p) * d_state;
+            #[unroll]
+            for k in 0..per_lane {
+                let n = lane + k * LANES;
+                if n < d_state {
+                    chunk_states[base + n] = s[r * per_lane + k];
+                }
             }
         }
     }
@@ -140,12 +177,13 @@ fn pass_kernel(
     let h = bh % heads;
     let b = bh / heads;
     let mut s = initial[b * initial.stride(0) + h * initial.stride(1) + p * initial.stride(2) + n * initial.stride(3)];
+    let cum_row = bh * len;
     for ci in 0..chunks {
         let at = ((bh * chunks + ci) * head_dim + p) * d_state + n;
         let own = chunk_states[at];
         chunk_states[at] = s;
         let last = usize::min((ci + 1) * chunk, len) - 1;
-        s = f32::exp(cum[bh * len + last]) * s + own;
+        s = f32::exp(cum[cum_row + last]) * s + own;
     }
     final_state[idx] = s;
 }
@@ -170,37 +208,52 @@ fn output_kernel<F: Float>(
     let h = CUBE_POS_Y as usize % heads;
     let g = h / (heads / cmat.shape(2));
     let ci = CUBE_POS_Z as usize;
-    let p = CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize;
+    let p0 = (CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize) * RPU;
     let lane = UNIT_POS_X as usize;
     let mut smem = SharedMemory::<f32>::new(LANES * ROWS);
-    let mut s = Array::<f32>::new(per_lane);
-    let base = (((b * heads + h) * chunks + ci) * head_dim + p) * d_state;
+    let mut s = Array::<f32>::new(per_lane * RPU);
     #[unroll]
-    for k in 0..per_lane {
-        let n = lane + k * LANES;
-        s[k] = 0.0f32;
-        if p < head_dim && n < d_state {
-            s[k] = entering[base + n];
+    for r in 0..RPU {
+        let base = (((b * heads + h) * chunks + ci) * head_dim + p0 + r) * d_state;
+        #[unroll]
+        for k in 0..per_lane {
+            let n = lane + k * LANES;
+            s[r * per_lane + k] = 0.0f32;
+            if p0 + r < head_dim && n < d_state {
+                s[r * per_lane + k] = entering[base + n];
+            }
         }
     }
+    let cs0 = cmat.stride(0);
+    let cs1 = cmat.stride(1);
+    let cs2 = cmat.stride(2);
+    let cs3 = cmat.stride(3);
+    let mut cv = Array::<f32>::new(per_lane);
     let start = ci * chunk;
     let end = usize::min(start + chunk, len);
     for t in start..end {
-        let mut part = 0.0f32;
-        if p < head_dim {
-            let cc = b * cmat.stride(0) + t * cmat.stride(1) + g * cmat.stride(2);
-            #[unroll]
-            for k in 0..per_lane {
-                let n = lane + k * LANES;
-                if n < d_state {
-                    part += s[k] * f32::cast_from(cmat[cc + n * cmat.stride(3)]);
-                }
+        let cc = b * cs0 + t * cs1 + g * cs2;
+        #[unroll]
+        for k in 0..per_lane {
+            let n = lane + k * LANES;
+            cv[k] = 0.0f32;
+            if n < d_state {
+                cv[k] = f32::cast_from(cmat[cc + n * cs3]);
             }
         }
-        let total = row_sum(part, &mut smem, LANES, use_plane);
-        if p < head_dim && lane == 0 {
-            let at = ((b * len + t) * heads + h) * head_dim + p;
-            y[at] = y[at] + f32::exp(cum[(b * heads + h) * len + t]) * total;
+        let decay = f32::exp(cum[(b * heads + h) * len + t]);
+        #[unroll]
+        for r in 0..RPU {
+            let mut part = 0.0f32;
+            #[unroll]
+            for k in 0..per_lane {
+                part += s[r * per_lane + k] * cv[k];
+            }
+            let total = row_sum(part, &mut smem, LANES, use_plane);
+            if p0 + r < head_dim && lane == 0 {
+                let at = ((b * len + t) * heads + h) * head_dim + p0 + r;
+                y[at] = y[at] + decay * total;
+            }
         }
     }
 }
@@ -240,7 +293,7 @@ pub fn launch<R: CubeRuntime>(
     let final_state = empty(vec![batch, heads, head_dim, d_state]);
     let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
     let use_plane = rows_are_planes(&client);
-    let tiles = CubeCount::Static(head_dim.div_ceil(ROWS) as u32, (batch * heads) as u32, chunks as u32);
+    let tiles = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads) as u32, chunks as u32);
     let tile_dim = CubeDim::new_2d(LANES as u32, ROWS as u32);
     let dtype = x.dtype;
     let elems = batch * heads * head_dim * d_state;

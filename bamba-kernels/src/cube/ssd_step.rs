@@ -2,7 +2,8 @@
 //! update `S ← decay·S + dt·x⊗B`, `y = S·C + D·x`, for every (sequence, head) at once.
 //!
 //! Decode is bound by moving the state (read + write, f32), so the kernel reads each state element
-//! once, coalesced: a cube is `LANES × ROWS` units over `(d_state, head_dim)` of one head.
+//! once, coalesced: a cube is `LANES × ROWS` units over `(d_state, head_dim)` of one head, and each unit
+//! issues all its loads before computing.
 
 use burn::tensor::DType;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -31,6 +32,7 @@ fn step_kernel<F: Float>(
     y: &mut Tensor<f32>,
     lo: f32,
     hi: f32,
+    #[comptime] per_lane: usize,
     #[comptime] has_limit: bool,
     #[comptime] use_plane: bool,
     #[define(F)] _dtype: StorageType,
@@ -55,20 +57,44 @@ fn step_kernel<F: Float>(
         has_limit,
     );
     let decay = f32::exp(-f32::exp(a_log[h * a_log.stride(0)]) * dt_h);
-    let mut part = 0.0f32;
+    // Issue every load of the row before using any (per_lane state values in flight per unit): the
+    // step is bound by memory latency × bytes in flight, not by arithmetic.
+    let mut s = Array::<f32>::new(per_lane);
+    let mut bv = Array::<f32>::new(per_lane);
+    let mut cv = Array::<f32>::new(per_lane);
     let mut xv = 0.0f32;
+    // strides are loads from a metadata buffer: read each once
+    let ss3 = state.stride(3);
+    let bs3 = bmat.stride(3);
+    let cs3 = cmat.stride(3);
+    let row = b * state.stride(0) + h * state.stride(1) + p * state.stride(2);
+    let bb = b * bmat.stride(0) + g * bmat.stride(2);
+    let cb = b * cmat.stride(0) + g * cmat.stride(2);
+    #[unroll]
+    for k in 0..per_lane {
+        let n = lane + k * LANES;
+        s[k] = 0.0f32;
+        bv[k] = 0.0f32;
+        cv[k] = 0.0f32;
+        if p < head_dim && n < d_state {
+            s[k] = state[row + n * ss3];
+            bv[k] = f32::cast_from(bmat[bb + n * bs3]);
+            cv[k] = f32::cast_from(cmat[cb + n * cs3]);
+        }
+    }
     if p < head_dim {
         xv = f32::cast_from(x[b * x.stride(0) + h * x.stride(2) + p * x.stride(3)]);
-        let dtx = dt_h * xv;
-        let mut n = lane;
-        while n < d_state {
-            let s_at = b * state.stride(0) + h * state.stride(1) + p * state.stride(2) + n * state.stride(3);
-            let bn = f32::cast_from(bmat[b * bmat.stride(0) + g * bmat.stride(2) + n * bmat.stride(3)]);
-            let cn = f32::cast_from(cmat[b * cmat.stride(0) + g * cmat.stride(2) + n * cmat.stride(3)]);
-            let s = decay * state[s_at] + dtx * bn;
-            new_state[((b * heads + h) * head_dim + p) * d_state + n] = s;
-            part += s * cn;
-            n += LANES;
+    }
+    let dtx = dt_h * xv;
+    let mut part = 0.0f32;
+    let out_row = ((b * heads + h) * head_dim + p) * d_state;
+    #[unroll]
+    for k in 0..per_lane {
+        let n = lane + k * LANES;
+        if p < head_dim && n < d_state {
+            let v = decay * s[k] + dtx * bv[k];
+            new_state[out_row + n] = v;
+            part += v * cv[k];
         }
     }
     let total = row_sum(part, &mut smem, LANES, use_plane);
@@ -103,6 +129,7 @@ pub fn launch<R: CubeRuntime>(
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let client = x.client.clone();
     let [batch, _, heads, head_dim] = x.meta.shape().dims::<4>();
+    let d_state = b.meta.shape().dims::<4>()[3];
     let y = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), DType::F32);
     let new_state =
         empty_device_contiguous_dtype(client.clone(), x.device.clone(), state.meta.shape().clone(), DType::F32);
@@ -128,6 +155,7 @@ pub fn launch<R: CubeRuntime>(
             y.clone().into_tensor_arg(),
             lo,
             hi,
+            d_state.div_ceil(LANES),
             dt_limit.is_some(),
             use_plane,
             dtype.into(),
