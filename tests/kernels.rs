@@ -344,7 +344,7 @@ fn check_tiny_model<B: BambaOps>(device: &B::Device, tolerance: f32) {
 }
 
 macro_rules! backend_tests {
-    ($module:ident, $backend:ty, $device:expr, $model_tolerance:expr) => {
+    ($module:ident, $backend:ty, $device:expr, $model_tolerance:expr $(, #[$fixture_attr:meta])*) => {
         mod $module {
             use super::*;
 
@@ -369,10 +369,7 @@ macro_rules! backend_tests {
             }
 
             #[test]
-            #[cfg_attr(
-                feature = "cuda",
-                ignore = "Burn 0.21's CUDA matmul autotune picks kernels invalid for the fixtures' unaligned dims (k = 48): wrong logits, then a panic; see backends.md"
-            )]
+            $(#[$fixture_attr])*
             fn model_matches_transformers() {
                 check_model::<$backend>(&$device, $model_tolerance);
             }
@@ -394,6 +391,13 @@ backend_tests!(
     |floor: f32| (10.0 * floor).max(2e-5).min(1e-3)
 );
 
-// On CUDA Burn runs f32 matmuls as TF32 (10-bit mantissa): logits of O(10) carry ~1e-2 of it.
+// On CUDA Burn runs f32 matmuls as TF32 (10-bit mantissa): measured max |logits - cpu| 1.1e-2 on the tiny
+// model on the H200 (benches/results/h200-2026-11-30-kernel-tests.txt); 3e-2 leaves ~3x room.
 #[cfg(feature = "cuda")]
-backend_tests!(cuda, burn::backend::Cuda, burn::backend::cuda::CudaDevice::default(), |_floor: f32| 3e-2);
+backend_tests!(
+    cuda,
+    burn::backend::Cuda,
+    burn::backend::cuda::CudaDevice::default(),
+    |_floor: f32| 3e-2,
+    #[ignore = "Burn 0.21's CUDA matmul autotune picks kernels invalid for the fixtures' unaligned dims (k = 48): wrong logits, then a panic; see backends.md"]
+);

@@ -9,6 +9,7 @@ mod ssd_step;
 
 use core::marker::PhantomData;
 
+use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -21,63 +22,73 @@ use crate::{BambaOps, ConvOutput, SsdConfig, SsdInputs, SsdOutput};
 pub use ssd_scan::MAX_STATE_PER_LANE;
 pub use ssd_step::LANES;
 
-fn prim<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
 }
 
-fn wrap<B: burn::tensor::backend::Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+fn wrap<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// The largest `d_state` the scan kernels hold in registers; larger states run the reference.
 pub const MAX_KERNEL_D_STATE: usize = MAX_STATE_PER_LANE * LANES;
 
+/// The SSD inputs as the kernels take them, in order x, dt, A_log, B, C, D, dt_bias, state: x/dt/B/C in
+/// x's dtype, the per-head vectors and the state in f32, the state materialized (zeros when absent).
+fn ssd_kernel_inputs<B: Backend>(inputs: SsdInputs<B>) -> [FloatTensor<B>; 8] {
+    let [batch, _, heads, head_dim] = inputs.x.dims();
+    let d_state = inputs.b.dims()[3];
+    let dtype = inputs.x.dtype();
+    let state = match inputs.initial_state {
+        Some(s) => s.cast(DType::F32),
+        None => Tensor::zeros([batch, heads, head_dim, d_state], (&inputs.x.device(), DType::F32)),
+    };
+    [
+        prim(inputs.x),
+        prim(inputs.dt.cast(dtype)),
+        prim(inputs.a_log.cast(DType::F32)),
+        prim(inputs.b.cast(dtype)),
+        prim(inputs.c.cast(dtype)),
+        prim(inputs.d.cast(DType::F32)),
+        prim(inputs.dt_bias.cast(DType::F32)),
+        prim(state),
+    ]
+}
+
+/// The conv inputs as the kernel takes them, in order x, weight, bias, window, all in x's dtype, bias
+/// and window materialized (zeros when absent), and whether there was a bias.
+fn conv_kernel_inputs<B: Backend>(
+    x: Tensor<B, 3>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+    window: Option<Tensor<B, 3>>,
+) -> ([FloatTensor<B>; 4], bool) {
+    let [batch, _, channels] = x.dims();
+    let kernel = weight.dims()[1];
+    let (dtype, device) = (x.dtype(), x.device());
+    let has_bias = bias.is_some();
+    let bias = bias.map(|b| b.cast(dtype)).unwrap_or_else(|| Tensor::zeros([channels], (&device, dtype)));
+    let window = match window {
+        Some(w) => w.cast(dtype),
+        None => Tensor::zeros([batch, channels, kernel - 1], (&device, dtype)),
+    };
+    ([prim(x), prim(weight.cast(dtype)), prim(bias), prim(window)], has_bias)
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps for CubeBackend<R, F, I, BT> {
     fn ssd_chunk_scan(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
-        let [batch, _, heads, head_dim] = inputs.x.dims();
-        let d_state = inputs.b.dims()[3];
-        if d_state > MAX_KERNEL_D_STATE {
+        if inputs.b.dims()[3] > MAX_KERNEL_D_STATE {
             return crate::reference::ssd::ssd_chunk_scan(inputs, config);
         }
-        let dtype = inputs.x.dtype();
-        let initial = match inputs.initial_state {
-            Some(s) => s.cast(DType::F32),
-            None => Tensor::zeros([batch, heads, head_dim, d_state], (&inputs.x.device(), DType::F32)),
-        };
-        let (y, state) = ssd_scan::launch(
-            prim(inputs.x),
-            prim(inputs.dt.cast(dtype)),
-            prim(inputs.a_log.cast(DType::F32)),
-            prim(inputs.b.cast(dtype)),
-            prim(inputs.c.cast(dtype)),
-            prim(inputs.d.cast(DType::F32)),
-            prim(inputs.dt_bias.cast(DType::F32)),
-            prim(initial),
-            config.chunk_size.max(1),
-            config.dt_limit,
-        );
+        let [x, dt, a_log, b, c, d, dt_bias, state] = ssd_kernel_inputs(inputs);
+        let (y, state) =
+            ssd_scan::launch(x, dt, a_log, b, c, d, dt_bias, state, config.chunk_size.max(1), config.dt_limit);
         SsdOutput { y: wrap(y), final_state: wrap(state) }
     }
 
     fn ssd_decode_step(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
-        let [batch, _, heads, head_dim] = inputs.x.dims();
-        let d_state = inputs.b.dims()[3];
-        let dtype = inputs.x.dtype();
-        let state = match inputs.initial_state {
-            Some(s) => s.cast(DType::F32),
-            None => Tensor::zeros([batch, heads, head_dim, d_state], (&inputs.x.device(), DType::F32)),
-        };
-        let (y, state) = ssd_step::launch(
-            prim(inputs.x),
-            prim(inputs.dt.cast(dtype)),
-            prim(inputs.a_log.cast(DType::F32)),
-            prim(inputs.b.cast(dtype)),
-            prim(inputs.c.cast(dtype)),
-            prim(inputs.d.cast(DType::F32)),
-            prim(inputs.dt_bias.cast(DType::F32)),
-            prim(state),
-            config.dt_limit,
-        );
+        let [x, dt, a_log, b, c, d, dt_bias, state] = ssd_kernel_inputs(inputs);
+        let (y, state) = ssd_step::launch(x, dt, a_log, b, c, d, dt_bias, state, config.dt_limit);
         SsdOutput { y: wrap(y), final_state: wrap(state) }
     }
 
@@ -87,16 +98,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         bias: Option<Tensor<Self, 1>>,
         window: Option<Tensor<Self, 3>>,
     ) -> ConvOutput<Self> {
-        let [batch, _, channels] = x.dims();
-        let kernel = weight.dims()[1];
-        let (dtype, device) = (x.dtype(), x.device());
-        let has_bias = bias.is_some();
-        let bias = bias.map(|b| b.cast(dtype)).unwrap_or_else(|| Tensor::zeros([channels], (&device, dtype)));
-        let window = match window {
-            Some(w) => w.cast(dtype),
-            None => Tensor::zeros([batch, channels, kernel - 1], (&device, dtype)),
-        };
-        let (y, window) = conv::launch(prim(x), prim(weight.cast(dtype)), prim(bias), has_bias, prim(window));
+        let ([x, weight, bias, window], has_bias) = conv_kernel_inputs(x, weight, bias, window);
+        let (y, window) = conv::launch(x, weight, bias, has_bias, window);
         ConvOutput { y: wrap(y), window: wrap(window) }
     }
 }
@@ -178,25 +181,10 @@ fn ssd_on_fusion<B: FusionBackend + BambaOps>(
     name: &'static str,
 ) -> SsdOutput<Fusion<B>> {
     let [batch, len, heads, head_dim] = inputs.x.dims();
-    let d_state = inputs.b.dims()[3];
-    let state_shape = vec![batch, heads, head_dim, d_state];
-    let initial = match inputs.initial_state {
-        Some(s) => s.cast(DType::F32),
-        None => Tensor::zeros(state_shape.clone(), (&inputs.x.device(), DType::F32)),
-    };
-    let dtype = inputs.x.dtype();
-    let ins = vec![
-        prim(inputs.x),
-        prim(inputs.dt.cast(dtype)),
-        prim(inputs.a_log.cast(DType::F32)),
-        prim(inputs.b.cast(dtype)),
-        prim(inputs.c.cast(dtype)),
-        prim(inputs.d.cast(DType::F32)),
-        prim(inputs.dt_bias.cast(DType::F32)),
-        prim(initial),
-    ];
-    let [y, state] =
-        register::<B>(name, kind, ins, [(vec![batch, len, heads, head_dim], DType::F32), (state_shape, DType::F32)]);
+    let state_shape = vec![batch, heads, head_dim, inputs.b.dims()[3]];
+    let ins = ssd_kernel_inputs(inputs).to_vec();
+    let outs = [(vec![batch, len, heads, head_dim], DType::F32), (state_shape, DType::F32)];
+    let [y, state] = register::<B>(name, kind, ins, outs);
     SsdOutput { y: wrap(y), final_state: wrap(state) }
 }
 
@@ -216,17 +204,10 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         window: Option<Tensor<Self, 3>>,
     ) -> ConvOutput<Self> {
         let [batch, len, channels] = x.dims();
-        let kernel = weight.dims()[1];
-        let (dtype, device) = (x.dtype(), x.device());
-        let has_bias = bias.is_some();
-        let bias = bias.map(|b| b.cast(dtype)).unwrap_or_else(|| Tensor::zeros([channels], (&device, dtype)));
-        let window = match window {
-            Some(w) => w.cast(dtype),
-            None => Tensor::zeros([batch, channels, kernel - 1], (&device, dtype)),
-        };
-        let ins = vec![prim(x), prim(weight.cast(dtype)), prim(bias), prim(window)];
+        let (kernel, dtype) = (weight.dims()[1], x.dtype());
+        let (ins, has_bias) = conv_kernel_inputs(x, weight, bias, window);
         let outs = [(vec![batch, len, channels], dtype), (vec![batch, channels, kernel - 1], dtype)];
-        let [y, window] = register::<B>("bamba_causal_conv1d_silu", Kind::Conv { has_bias }, ins, outs);
+        let [y, window] = register::<B>("bamba_causal_conv1d_silu", Kind::Conv { has_bias }, ins.to_vec(), outs);
         ConvOutput { y: wrap(y), window: wrap(window) }
     }
 }
