@@ -253,7 +253,6 @@ fn check_conv<B: BambaOps>(device: &B::Device) {
 /// the CPU: where a mismatch with transformers starts.
 fn layer_diffs<B: BambaOps>(dir: &std::path::Path, model: &BambaModel<B>, ids: &[u32]) -> Vec<f32> {
     let cpu_model = BambaModel::<Cpu>::load(dir, &Default::default(), Precision::F32).unwrap();
-    let len = ids.len();
     fn hidden<X: BambaOps>(m: &BambaModel<X>, ids: &[u32]) -> Vec<Vec<f32>> {
         let t = m.ids_tensor(&[ids.to_vec()]).unwrap();
         let mut x = m.embed_tokens.clone().select(0, t.reshape([ids.len()])).unsqueeze::<3>();
@@ -266,7 +265,6 @@ fn layer_diffs<B: BambaOps>(dir: &std::path::Path, model: &BambaModel<B>, ids: &
         }
         out
     }
-    let _ = len;
     hidden(model, ids).iter().zip(hidden(&cpu_model, ids)).map(|(a, b)| max_abs_diff(a, &b)).collect()
 }
 
