@@ -2,8 +2,8 @@
 //! update `S ← decay·S + dt·x⊗B`, `y = S·C + D·x`, for every (sequence, head) at once.
 //!
 //! Decode is bound by moving the state (read + write, f32), so the kernel reads each state element
-//! once, coalesced: a cube is `LANES × ROWS` units over `(d_state, head_dim)` of one head, and each unit
-//! issues all its loads before computing.
+//! once, coalesced: a cube is `LANES × ROWS` units over `(d_state, head_dim)` of one head, each unit holds
+//! `RPU` rows (dt, B and C are loaded once for them) and issues all its loads before computing.
 
 use burn::tensor::DType;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -16,6 +16,8 @@ use super::math::{discretize_dt, row_sum};
 
 pub const LANES: usize = 32;
 pub const ROWS: usize = 4;
+/// State rows (head_dim) each unit of the decode step owns.
+const RPU: usize = 4;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -45,7 +47,9 @@ fn step_kernel<F: Float>(
     let b = bh / heads;
     let h = bh % heads;
     let g = h / heads_per_group;
-    let p = CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize;
+    // each unit owns RPU rows × per_lane state columns, so dt, B and C are loaded and processed once
+    // for RPU rows; every load is issued before any use
+    let p0 = (CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize) * RPU;
     let lane = UNIT_POS_X as usize;
     let mut smem = SharedMemory::<f32>::new(LANES * ROWS);
 
@@ -57,49 +61,66 @@ fn step_kernel<F: Float>(
         has_limit,
     );
     let decay = f32::exp(-f32::exp(a_log[h * a_log.stride(0)]) * dt_h);
-    // Issue every load of the row before using any (per_lane state values in flight per unit): the
-    // step is bound by memory latency × bytes in flight, not by arithmetic.
-    let mut s = Array::<f32>::new(per_lane);
+    let d_h = d[h * d.stride(0)];
+    let mut s = Array::<f32>::new(per_lane * RPU);
     let mut bv = Array::<f32>::new(per_lane);
     let mut cv = Array::<f32>::new(per_lane);
-    let mut xv = 0.0f32;
+    let mut xv = Array::<f32>::new(RPU);
     // strides are loads from a metadata buffer: read each once
+    let ss2 = state.stride(2);
     let ss3 = state.stride(3);
     let bs3 = bmat.stride(3);
     let cs3 = cmat.stride(3);
-    let row = b * state.stride(0) + h * state.stride(1) + p * state.stride(2);
+    let xs3 = x.stride(3);
+    let head_base = b * state.stride(0) + h * state.stride(1);
     let bb = b * bmat.stride(0) + g * bmat.stride(2);
     let cb = b * cmat.stride(0) + g * cmat.stride(2);
+    let xb = b * x.stride(0) + h * x.stride(2);
     #[unroll]
     for k in 0..per_lane {
         let n = lane + k * LANES;
-        s[k] = 0.0f32;
         bv[k] = 0.0f32;
         cv[k] = 0.0f32;
-        if p < head_dim && n < d_state {
-            s[k] = state[row + n * ss3];
+        if n < d_state {
             bv[k] = f32::cast_from(bmat[bb + n * bs3]);
             cv[k] = f32::cast_from(cmat[cb + n * cs3]);
         }
     }
-    if p < head_dim {
-        xv = f32::cast_from(x[b * x.stride(0) + h * x.stride(2) + p * x.stride(3)]);
-    }
-    let dtx = dt_h * xv;
-    let mut part = 0.0f32;
-    let out_row = ((b * heads + h) * head_dim + p) * d_state;
     #[unroll]
-    for k in 0..per_lane {
-        let n = lane + k * LANES;
-        if p < head_dim && n < d_state {
-            let v = decay * s[k] + dtx * bv[k];
-            new_state[out_row + n] = v;
-            part += v * cv[k];
+    for r in 0..RPU {
+        let p = p0 + r;
+        xv[r] = 0.0f32;
+        if p < head_dim {
+            xv[r] = f32::cast_from(x[xb + p * xs3]);
+        }
+        #[unroll]
+        for k in 0..per_lane {
+            let n = lane + k * LANES;
+            s[r * per_lane + k] = 0.0f32;
+            if p < head_dim && n < d_state {
+                s[r * per_lane + k] = state[head_base + p * ss2 + n * ss3];
+            }
         }
     }
-    let total = row_sum(part, &mut smem, LANES, use_plane);
-    if p < head_dim && lane == 0 {
-        y[(b * heads + h) * head_dim + p] = total + d[h * d.stride(0)] * xv;
+    #[unroll]
+    for r in 0..RPU {
+        let p = p0 + r;
+        let dtx = dt_h * xv[r];
+        let out_row = ((b * heads + h) * head_dim + p) * d_state;
+        let mut part = 0.0f32;
+        #[unroll]
+        for k in 0..per_lane {
+            let n = lane + k * LANES;
+            let v = decay * s[r * per_lane + k] + dtx * bv[k];
+            if p < head_dim && n < d_state {
+                new_state[out_row + n] = v;
+            }
+            part += v * cv[k];
+        }
+        let total = row_sum(part, &mut smem, LANES, use_plane);
+        if p < head_dim && lane == 0 {
+            y[(b * heads + h) * head_dim + p] = total + d_h * xv[r];
+        }
     }
 }
 
@@ -134,7 +155,7 @@ pub fn launch<R: CubeRuntime>(
     let new_state =
         empty_device_contiguous_dtype(client.clone(), x.device.clone(), state.meta.shape().clone(), DType::F32);
     let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
-    let count = CubeCount::Static(head_dim.div_ceil(ROWS) as u32, (batch * heads) as u32, 1);
+    let count = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads) as u32, 1);
     let use_plane = rows_are_planes(&client);
     let dtype = x.dtype;
     // SAFETY: indices derive from the shapes; p and n are guarded against head_dim and d_state.
