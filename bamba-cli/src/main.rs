@@ -99,19 +99,25 @@ pub struct GenerateArgs {
     /// Prompts run together in one left-padded batch (each row equals running it alone).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Most new tokens per prompt.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
+    /// Sample only among the K most likely tokens.
     #[arg(long)]
     pub top_k: Option<usize>,
+    /// Sample only among the most likely tokens whose probabilities add up to P.
     #[arg(long)]
     pub top_p: Option<f32>,
+    /// Drop tokens less likely than P times the most likely one.
     #[arg(long)]
     pub min_p: Option<f32>,
+    /// Divide positive (multiply negative) logits of tokens already seen by R, as transformers.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repetition_penalty: f32,
+    /// Seed of the sampler (same seed, same output).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop when this text appears in the output, which ends before it (repeatable; needs the tokenizer).
