@@ -6,19 +6,7 @@ mod common;
 use bamba::model::generate::eos_ids;
 use bamba::model::sampling::{apply_repetition_penalty, argmax, filtered_probabilities};
 use bamba::model::{BambaModel, FinishReason, GenerateParams, Precision, Sampler, SamplingError, SamplingParams};
-use burn::tensor::DType;
 use common::*;
-
-fn params(max_new_tokens: usize, eos_ids: Vec<u32>) -> GenerateParams {
-    GenerateParams {
-        max_new_tokens,
-        eos_ids,
-        ignore_eos: false,
-        prefill_chunk: None,
-        state_dtype: DType::F32,
-        keep_logits: true,
-    }
-}
 
 #[test]
 fn greedy_generation_matches_transformers() {
@@ -32,7 +20,7 @@ fn greedy_generation_matches_transformers() {
         let eos = eos_ids(&dir, &model.config.eos_token_ids);
         for (i, r) in generate_references(&name).iter().enumerate() {
             for chunk in [None, Some(4)] {
-                let p = GenerateParams { prefill_chunk: chunk, ..params(r.ids.len(), eos.clone()) };
+                let p = GenerateParams { prefill_chunk: chunk, ..greedy_params(r.ids.len(), eos.clone()) };
                 let mut sampler = Sampler::new(SamplingParams::default()).unwrap();
                 let out = model.generate(&r.prompt, &p, &mut sampler, |_| true).unwrap();
                 assert_eq!(out.ids, r.ids, "{name} prompt {i} prefill chunk {chunk:?}: tokens");
@@ -54,20 +42,20 @@ fn stops_at_eos_unless_ignored_and_at_max_tokens() {
     let r = &generate_references("base")[0];
     let eos = r.ids[2]; // pretend the third greedy token is EOS
     let greedy = || Sampler::new(SamplingParams::default()).unwrap();
-    let out = model.generate(&r.prompt, &params(10, vec![eos]), &mut greedy(), |_| true).unwrap();
+    let out = model.generate(&r.prompt, &greedy_params(10, vec![eos]), &mut greedy(), |_| true).unwrap();
     assert_eq!((out.ids.as_slice(), out.finish), (&r.ids[..3], FinishReason::Eos));
-    let ignoring = GenerateParams { ignore_eos: true, ..params(10, vec![eos]) };
+    let ignoring = GenerateParams { ignore_eos: true, ..greedy_params(10, vec![eos]) };
     let out = model.generate(&r.prompt, &ignoring, &mut greedy(), |_| true).unwrap();
     assert_eq!((out.ids.as_slice(), out.finish), (&r.ids[..], FinishReason::Length));
     let mut seen = 0;
     let out = model
-        .generate(&r.prompt, &params(10, vec![]), &mut greedy(), |_| {
+        .generate(&r.prompt, &greedy_params(10, vec![]), &mut greedy(), |_| {
             seen += 1;
             seen < 4
         })
         .unwrap();
     assert_eq!((out.ids.len(), out.finish), (4, FinishReason::Stop));
-    assert!(model.generate(&r.prompt, &params(0, vec![]), &mut greedy(), |_| true).unwrap().ids.is_empty());
+    assert!(model.generate(&r.prompt, &greedy_params(0, vec![]), &mut greedy(), |_| true).unwrap().ids.is_empty());
 }
 
 #[test]
@@ -75,12 +63,12 @@ fn generation_input_errors() {
     let model =
         BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::F32).unwrap();
     let mut s = Sampler::new(SamplingParams::default()).unwrap();
-    assert!(model.generate(&[], &params(4, vec![]), &mut s, |_| true).is_err());
-    assert!(model.generate(&[1, 500], &params(4, vec![]), &mut s, |_| true).is_err());
-    let too_long = params(model.config.max_position_embeddings, vec![]);
+    assert!(model.generate(&[], &greedy_params(4, vec![]), &mut s, |_| true).is_err());
+    assert!(model.generate(&[1, 500], &greedy_params(4, vec![]), &mut s, |_| true).is_err());
+    let too_long = greedy_params(model.config.max_position_embeddings, vec![]);
     let err = model.generate(&[1, 2], &too_long, &mut s, |_| true).unwrap_err();
     assert!(err.to_string().contains("max_position_embeddings"), "{err}");
-    let zero_chunk = GenerateParams { prefill_chunk: Some(0), ..params(4, vec![]) };
+    let zero_chunk = GenerateParams { prefill_chunk: Some(0), ..greedy_params(4, vec![]) };
     assert!(model.generate(&[1, 2], &zero_chunk, &mut s, |_| true).is_err());
 }
 
@@ -90,7 +78,7 @@ fn seeded_sampling_is_deterministic_and_seed_dependent() {
         BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::F32).unwrap();
     let run = |seed| {
         let p = SamplingParams { temperature: 1.5, top_k: Some(50), top_p: Some(0.95), seed, ..Default::default() };
-        model.generate(&[5, 6, 7], &params(12, vec![]), &mut Sampler::new(p).unwrap(), |_| true).unwrap().ids
+        model.generate(&[5, 6, 7], &greedy_params(12, vec![]), &mut Sampler::new(p).unwrap(), |_| true).unwrap().ids
     };
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
@@ -146,7 +134,7 @@ fn left_padded_batch_rows_match_transformers_and_running_alone() {
         assert!(lengths.iter().min() < lengths.iter().max(), "{name}: prompts of one length test no padding");
         let max_new = 6;
         for chunk in [None, Some(4)] {
-            let p = GenerateParams { prefill_chunk: chunk, ..params(max_new, vec![]) };
+            let p = GenerateParams { prefill_chunk: chunk, ..greedy_params(max_new, vec![]) };
             let mut samplers: Vec<Sampler> =
                 prompts.iter().map(|_| Sampler::new(SamplingParams::default()).unwrap()).collect();
             let batch = model.generate_batch(&prompts, &p, &mut samplers, |_, _| true).unwrap();
@@ -182,7 +170,7 @@ fn seeded_sampling_in_a_batch_equals_each_row_alone() {
         BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::F32).unwrap();
     let sp = SamplingParams { temperature: 1.2, top_p: Some(0.9), seed: 11, ..Default::default() };
     let prompts = vec![vec![5, 6, 7, 8, 9, 10, 11], vec![3], vec![40, 41, 42]];
-    let p = params(10, vec![]);
+    let p = greedy_params(10, vec![]);
     let mut samplers: Vec<Sampler> = prompts.iter().map(|_| Sampler::new(sp.clone()).unwrap()).collect();
     let batch = model.generate_batch(&prompts, &p, &mut samplers, |_, _| true).unwrap();
     for (prompt, row) in prompts.iter().zip(&batch) {
@@ -199,7 +187,7 @@ fn a_stopped_row_leaves_the_others_running() {
     let mut samplers: Vec<Sampler> = prompts.iter().map(|_| Sampler::new(SamplingParams::default()).unwrap()).collect();
     let mut seen = [0; 2];
     let out = model
-        .generate_batch(&prompts, &params(8, vec![]), &mut samplers, |r, _| {
+        .generate_batch(&prompts, &greedy_params(8, vec![]), &mut samplers, |r, _| {
             seen[r] += 1;
             r != 0 || seen[0] < 3
         })

@@ -18,22 +18,6 @@ use half::{bf16, f16};
 
 type Cpu = burn::backend::NdArray<f32>;
 
-/// A small deterministic generator (xorshift) for test data.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                lo + (hi - lo) * ((self.0 >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
-    }
-}
-
 /// Rounds host values to what `dtype` can hold.
 fn rounded(values: Vec<f32>, dtype: DType) -> Vec<f32> {
     match dtype {
@@ -98,17 +82,16 @@ struct ScanData {
 
 impl ScanCase {
     fn data(&self, dtype: DType, seed: u64) -> ScanData {
-        let mut r = Rng(seed | 1);
         let (b, l, h, p, g, n) = (self.batch, self.len, self.heads, self.head_dim, self.groups, self.d_state);
         ScanData {
-            x: rounded(r.uniform(b * l * h * p, -1.0, 1.0), dtype),
-            dt: rounded(r.uniform(b * l * h, -3.0, 1.0), dtype),
-            a_log: r.uniform(h, 0.5f32.ln(), 6.0f32.ln()),
-            b: rounded(r.uniform(b * l * g * n, -1.0, 1.0), dtype),
-            c: rounded(r.uniform(b * l * g * n, -1.0, 1.0), dtype),
-            d: r.uniform(h, -1.0, 1.0),
-            dt_bias: r.uniform(h, -1.0, 0.5),
-            state: self.with_state.then(|| r.uniform(b * h * p * n, -0.5, 0.5)),
+            x: rounded(uniform(b * l * h * p, seed, -1.0, 1.0), dtype),
+            dt: rounded(uniform(b * l * h, seed + 1, -3.0, 1.0), dtype),
+            a_log: uniform(h, seed + 2, 0.5f32.ln(), 6.0f32.ln()),
+            b: rounded(uniform(b * l * g * n, seed + 3, -1.0, 1.0), dtype),
+            c: rounded(uniform(b * l * g * n, seed + 4, -1.0, 1.0), dtype),
+            d: uniform(h, seed + 5, -1.0, 1.0),
+            dt_bias: uniform(h, seed + 6, -1.0, 0.5),
+            state: self.with_state.then(|| uniform(b * h * p * n, seed + 7, -0.5, 0.5)),
         }
     }
 
@@ -165,7 +148,7 @@ fn check_scan<B: BambaOps>(device: &B::Device) {
     let mut worst = 0.0f32;
     for dtype in dtypes::<B>(device) {
         for (i, case) in scan_cases().into_iter().enumerate() {
-            let data = case.data(dtype, 7 + i as u64);
+            let data = case.data(dtype, 7 + 8 * i as u64);
             let expected = reference::ssd::ssd_chunk_scan::<Cpu>(case.inputs(&data, &cpu, DType::F32), case.config());
             let got = B::ssd_chunk_scan(case.inputs(&data, device, dtype), case.config());
             let dy = relative_diff(&host(got.y), &host(expected.y));
@@ -184,7 +167,7 @@ fn check_step<B: BambaOps>(device: &B::Device) {
         for (i, case) in scan_cases().into_iter().filter(|c| c.len == 1).enumerate() {
             for with_state in [true, false] {
                 let case = ScanCase { with_state, ..case };
-                let data = case.data(dtype, 99 + i as u64);
+                let data = case.data(dtype, 99 + 8 * i as u64);
                 let expected =
                     reference::ssd::ssd_recurrent::<Cpu>(case.inputs(&data, &cpu, DType::F32), case.config());
                 let got = B::ssd_decode_step(case.inputs(&data, device, dtype), case.config());
@@ -217,11 +200,11 @@ fn check_conv<B: BambaOps>(device: &B::Device) {
         .into_iter()
         .enumerate()
         {
-            let mut r = Rng(1234 + seed as u64);
-            let x = rounded(r.uniform(batch * len * channels, -2.0, 2.0), dtype);
-            let w = rounded(r.uniform(channels * kernel, -1.0, 1.0), dtype);
-            let b = rounded(r.uniform(channels, -0.5, 0.5), dtype);
-            let win = rounded(r.uniform(batch * channels * (kernel - 1), -2.0, 2.0), dtype);
+            let seed = 1234 + 8 * seed as u64;
+            let x = rounded(uniform(batch * len * channels, seed, -2.0, 2.0), dtype);
+            let w = rounded(uniform(channels * kernel, seed + 1, -1.0, 1.0), dtype);
+            let b = rounded(uniform(channels, seed + 2, -0.5, 0.5), dtype);
+            let win = rounded(uniform(batch * channels * (kernel - 1), seed + 3, -2.0, 2.0), dtype);
             let run = |dev: &B::Device| {
                 B::causal_conv1d_silu(
                     tensor(&x, [batch, len, channels], dev, dtype),
@@ -288,14 +271,7 @@ fn check_model<B: BambaOps>(device: &B::Device, model_tolerance: impl Fn(f32) ->
             }
         }
         for (i, r) in generate_references(&name).iter().enumerate() {
-            let params = GenerateParams {
-                max_new_tokens: r.ids.len(),
-                eos_ids: vec![],
-                ignore_eos: false,
-                prefill_chunk: Some(4),
-                state_dtype: DType::F32,
-                keep_logits: false,
-            };
+            let params = GenerateParams { prefill_chunk: Some(4), ..greedy_params(r.ids.len(), vec![]) };
             let mut sampler = Sampler::new(SamplingParams::default()).unwrap();
             let out = model.generate(&r.prompt, &params, &mut sampler, |_| true).unwrap();
             if out.ids != r.ids {
@@ -310,26 +286,12 @@ fn check_model<B: BambaOps>(device: &B::Device, model_tolerance: impl Fn(f32) ->
 /// transformers' `generate()` token for token, and the prompt logits stay within `tolerance` of the
 /// CPU path (itself within 2e-5 of transformers on the fixtures).
 fn check_tiny_model<B: BambaOps>(device: &B::Device, tolerance: f32) {
-    let dir = std::env::var_os("BAMBA_REPO")
-        .map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), std::path::PathBuf::from)
-        .join("bamba-cli/assets/tiny-bamba");
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures_dir().join("tiny_reference.json")).unwrap()).unwrap();
+    let (dir, reference) = (tiny_dir(), tiny_reference());
     let model = BambaModel::<B>::load(&dir, device, Precision::F32).unwrap();
     let cpu_model = BambaModel::<Cpu>::load(&dir, &Default::default(), Precision::F32).unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-    };
     for g in reference["generations"].as_array().unwrap() {
-        let (prompt, expected) = (ids(&g["prompt_ids"]), ids(&g["generated_ids"]));
-        let params = GenerateParams {
-            max_new_tokens: expected.len(),
-            eos_ids: vec![],
-            ignore_eos: false,
-            prefill_chunk: None,
-            state_dtype: DType::F32,
-            keep_logits: false,
-        };
+        let (prompt, expected) = (json_ids(&g["prompt_ids"]), json_ids(&g["generated_ids"]));
+        let params = greedy_params(expected.len(), vec![]);
         let out =
             model.generate(&prompt, &params, &mut Sampler::new(SamplingParams::default()).unwrap(), |_| true).unwrap();
         assert_eq!(out.ids, expected, "{}", g["prompt"]);

@@ -9,19 +9,9 @@ use bamba::model::bamba_kernels::{SsdConfig, SsdInputs};
 use burn::tensor::{Tensor, TensorData};
 use common::TestBackend as B;
 
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 fn tensor<const D: usize>(shape: [usize; D], seed: u64, scale: f32, shift: f32) -> Tensor<B, D> {
-    let v: Vec<f32> = values(shape.iter().product(), seed).into_iter().map(|x| x * scale + shift).collect();
+    let v: Vec<f32> =
+        common::uniform(shape.iter().product(), seed, -1.0, 1.0).into_iter().map(|x| x * scale + shift).collect();
     Tensor::from_data(TensorData::new(v, shape), &Default::default())
 }
 

@@ -5,37 +5,19 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use bamba::model::{
-    BambaModel, GenerateParams, Precision, Sampler, SamplingParams, StopStrings, TextTokenizer, TokenizerError,
-};
-use burn::tensor::DType;
+use bamba::model::{BambaModel, Precision, Sampler, SamplingParams, StopStrings, TextTokenizer, TokenizerError};
 use common::*;
-
-fn tiny_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bamba-cli/assets/tiny-bamba")
-}
-
-fn reference() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures_dir().join("tiny_reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
 
 #[test]
 fn encodes_and_decodes_like_transformers() {
     let tok = TextTokenizer::require(&tiny_dir()).unwrap();
-    let r = reference();
+    let r = tiny_reference();
     for e in r["encodings"].as_array().unwrap() {
         let text = e["text"].as_str().unwrap();
-        assert_eq!(tok.encode(text).unwrap(), ids(&e["ids"]), "encoding {text:?}");
+        assert_eq!(tok.encode(text).unwrap(), json_ids(&e["ids"]), "encoding {text:?}");
     }
     for d in r["decodings"].as_array().unwrap() {
-        assert_eq!(tok.decode(&ids(&d["ids"])).unwrap(), d["text"].as_str().unwrap());
+        assert_eq!(tok.decode(&json_ids(&d["ids"])).unwrap(), d["text"].as_str().unwrap());
     }
 }
 
@@ -102,18 +84,11 @@ fn bos_comes_from_the_post_processor() {
 fn text_prompts_generate_what_transformers_generates() {
     let tok = TextTokenizer::require(&tiny_dir()).unwrap();
     let model = BambaModel::<TestBackend>::load(tiny_dir(), &Default::default(), Precision::F32).unwrap();
-    for g in reference()["generations"].as_array().unwrap() {
+    for g in tiny_reference()["generations"].as_array().unwrap() {
         let prompt = tok.encode(g["prompt"].as_str().unwrap()).unwrap();
-        assert_eq!(prompt, ids(&g["prompt_ids"]));
-        let expected = ids(&g["generated_ids"]);
-        let params = GenerateParams {
-            max_new_tokens: expected.len(),
-            eos_ids: vec![],
-            ignore_eos: false,
-            prefill_chunk: None,
-            state_dtype: DType::F32,
-            keep_logits: false,
-        };
+        assert_eq!(prompt, json_ids(&g["prompt_ids"]));
+        let expected = json_ids(&g["generated_ids"]);
+        let params = greedy_params(expected.len(), vec![]);
         let mut sampler = Sampler::new(SamplingParams::default()).unwrap();
         let out = model.generate(&prompt, &params, &mut sampler, |_| true).unwrap();
         assert_eq!(out.ids, expected, "{}", g["prompt"]);

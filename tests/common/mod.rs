@@ -9,11 +9,52 @@ use safetensors::SafeTensors;
 /// Tests run on the CPU reference backend.
 pub type TestBackend = burn::backend::NdArray<f32>;
 
-/// `tests/fixtures` of this checkout, or of `$BAMBA_REPO` (a test binary copied to another machine).
+/// This checkout, or `$BAMBA_REPO` (a test binary copied to another machine).
+pub fn repo_dir() -> PathBuf {
+    std::env::var_os("BAMBA_REPO").map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf(), PathBuf::from)
+}
+
 pub fn fixtures_dir() -> PathBuf {
-    let repo = std::env::var_os("BAMBA_REPO")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf(), PathBuf::from);
-    repo.join("tests/fixtures")
+    repo_dir().join("tests/fixtures")
+}
+
+/// The embedded default model (`scripts/train_tiny.py`).
+pub fn tiny_dir() -> PathBuf {
+    repo_dir().join("bamba-cli/assets/tiny-bamba")
+}
+
+/// What transformers' tokenizer and `generate()` do with the tiny model.
+pub fn tiny_reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures_dir().join("tiny_reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A JSON list of token ids.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// Deterministic pseudo-random values in `[lo, hi)` (an LCG; one stream per seed).
+pub fn uniform(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
+/// Greedy generation of up to `max_new_tokens`, whole-prompt prefill, f32 state, step logits kept.
+pub fn greedy_params(max_new_tokens: usize, eos_ids: Vec<u32>) -> bamba::model::GenerateParams {
+    bamba::model::GenerateParams {
+        max_new_tokens,
+        eos_ids,
+        ignore_eos: false,
+        prefill_chunk: None,
+        state_dtype: burn::tensor::DType::F32,
+        keep_logits: true,
+    }
 }
 
 pub fn manifest() -> serde_json::Value {
