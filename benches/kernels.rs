@@ -1,4 +1,5 @@
-//! Criterion benches of the three Bamba kernels (SSD chunked scan, SSD decode step, causal conv) on
+//! Criterion benches of the Bamba kernels (SSD chunked scan, SSD decode step, causal conv, decode GEMV,
+//! and the model's attention) on
 //! the backend the features pick (cuda > wgpu > ndarray), each op timed with a device sync.
 //!
 //! Shapes: `BAMBA_BENCH_SHAPES=bamba-9b` (default on GPUs: 128 heads × 64, d_state 128, one group,
@@ -182,9 +183,85 @@ fn bench_conv(c: &mut Criterion) {
     group.finish();
 }
 
+/// `x · Wᵀ` on the decode linear shapes of Bamba-9B / Llama-8B (`[m, k] × [n, k]ᵀ`, weights larger than
+/// L2 so they stream from HBM): the GEMV kernel for m ≤ 8, Burn's matmul above. 20 products per
+/// device sync, so the sync's host latency does not hide the ~40 µs a product takes.
+fn bench_linear(c: &mut Criterion) {
+    let device = Default::default();
+    let mut group = c.benchmark_group("linear_no_bias");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    let shapes: &[(usize, usize)] =
+        if GPU { &[(16768, 4096), (28672, 4096), (4096, 4096), (4096, 14336), (128256, 4096)] } else { &[(512, 256)] };
+    const PER_SYNC: u32 = 20;
+    for &(n, k) in shapes {
+        let w = random([n, k], -0.05, 0.05, dtype(), &device);
+        // Prefill GEMMs too on the in_proj shape, to compare with cuBLAS (scripts/bench_torch.py).
+        let rows: &[usize] = if GPU && n == 16768 { &[1, 4, 16, 64, 512, 2048, 8192] } else { &[1, 4, 16, 64] };
+        for &m in rows {
+            let x = random([m, k], -1.0, 1.0, dtype(), &device);
+            group.throughput(Throughput::Bytes(((n * k + m * k + m * n) * dtype().size()) as u64));
+            group.bench_function(BenchmarkId::new(format!("n{n}_k{k}"), m), |bench| {
+                bench.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        sync(&device);
+                        let start = std::time::Instant::now();
+                        for _ in 0..PER_SYNC {
+                            let _ = B::linear_no_bias(x.clone(), w.clone());
+                        }
+                        sync(&device);
+                        total += start.elapsed() / PER_SYNC;
+                    }
+                    total
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Attention as the model runs it (`causal_attention`: matmul, f32 softmax, matmul, GQA folded into
+/// the query rows) on Llama/Bamba heads (32 query, 8 KV, 128 wide): causal prefill and single-token
+/// decode over a KV cache, the shapes scripts/bench_torch.py gives SDPA.
+fn bench_attention(c: &mut Criterion) {
+    use bamba::model::attention::causal_attention;
+    let device = Default::default();
+    let mut group = c.benchmark_group("attention");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    let (prefill, decode): (&[usize], &[(usize, usize)]) =
+        if GPU { (&[512, 4096], &[(1, 4096), (16, 8192), (64, 8192)]) } else { (&[64], &[(2, 64)]) };
+    for &len in prefill {
+        let q = random([1, 32, len, 128], -1.0, 1.0, dtype(), &device);
+        let k = random([1, 8, len, 128], -1.0, 1.0, dtype(), &device);
+        let v = random([1, 8, len, 128], -1.0, 1.0, dtype(), &device);
+        group.throughput(Throughput::Elements((2 * 32 * 128 * len * len) as u64)); // causal FLOPs
+        group.bench_function(BenchmarkId::new("prefill", len), |bench| {
+            bench.iter(|| {
+                let out = causal_attention(q.clone(), k.clone(), v.clone(), 0, None);
+                sync(&device);
+                out
+            })
+        });
+    }
+    for &(batch, context) in decode {
+        let q = random([batch, 32, 1, 128], -1.0, 1.0, dtype(), &device);
+        let k = random([batch, 8, context, 128], -1.0, 1.0, dtype(), &device);
+        let v = random([batch, 8, context, 128], -1.0, 1.0, dtype(), &device);
+        group.throughput(Throughput::Bytes((2 * batch * 8 * context * 128 * dtype().size()) as u64));
+        group.bench_function(BenchmarkId::new(format!("decode_b{batch}"), context), |bench| {
+            bench.iter(|| {
+                let out = causal_attention(q.clone(), k.clone(), v.clone(), context - 1, None);
+                sync(&device);
+                out
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = kernels;
     config = Criterion::default();
-    targets = bench_scan, bench_step, bench_conv
+    targets = bench_scan, bench_step, bench_conv, bench_linear, bench_attention
 }
 criterion_main!(kernels);

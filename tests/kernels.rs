@@ -232,6 +232,115 @@ fn check_conv<B: BambaOps>(device: &B::Device) {
     println!("causal_conv1d_silu on {}: worst relative difference {worst:e}", B::name(device));
 }
 
+/// Output rounding of a 16-bit result (twice, for the plain norm's two roundings), or f32 noise.
+fn rounding_tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::BF16 => 1.6e-2,
+        DType::F16 => 2e-3,
+        _ => 1e-5,
+    }
+}
+
+fn check_gemv<B: BambaOps>(device: &B::Device) {
+    let cpu = Default::default();
+    let mut worst = 0.0f32;
+    for dtype in dtypes::<B>(device) {
+        // rows up to the kernel's limit and past it (Burn's matmul); inner sizes with and without a
+        // 16-byte vector dividing them.
+        for (seed, (rows, inner, outer)) in
+            [(1, 64, 37), (3, 4100, 300), (8, 36, 1), (1, 4096, 520), (9, 64, 33)].into_iter().enumerate()
+        {
+            let seed = 4321 + 4 * seed as u64;
+            let x = rounded(uniform(rows * inner, seed, -1.0, 1.0), dtype);
+            let w = rounded(uniform(outer * inner, seed + 1, -1.0, 1.0), dtype);
+            let got =
+                B::linear_no_bias(tensor(&x, [rows, inner], device, dtype), tensor(&w, [outer, inner], device, dtype));
+            let expected = tensor::<Cpu, 2>(&x, [rows, inner], &cpu, DType::F32)
+                .matmul(tensor::<Cpu, 2>(&w, [outer, inner], &cpu, DType::F32).transpose());
+            let d = relative_diff(&host(got), &host(expected));
+            // Past the kernel's rows Burn's matmul runs, as TF32 on CUDA (2^-11 input rounding:
+            // measured 2.0e-4 on the H200 for 9x64x33).
+            let tolerance = if rows > bamba_kernels::cube::MAX_GEMV_ROWS && dtype == DType::F32 {
+                1e-3
+            } else {
+                rounding_tolerance(dtype)
+            };
+            assert!(d <= tolerance, "gemv {rows}x{inner}x{outer} {dtype:?}: {d:e}");
+            worst = worst.max(d);
+        }
+    }
+    println!("linear_no_bias on {}: worst relative difference {worst:e}", B::name(device));
+}
+
+fn check_norm<B: BambaOps>(device: &B::Device) {
+    let cpu = Default::default();
+    let mut worst = 0.0f32;
+    for dtype in dtypes::<B>(device) {
+        for (seed, (rows, width, groups, gated)) in
+            [(1, 64, 1, false), (5, 4096, 1, false), (1, 96, 2, true), (3, 8192, 1, true)].into_iter().enumerate()
+        {
+            let seed = 777 + 4 * seed as u64;
+            // The gated norm's input is the scan output, f32; the plain one's is in the model dtype.
+            let x_dtype = if gated { DType::F32 } else { dtype };
+            let x = rounded(uniform(rows * width, seed, -3.0, 3.0), x_dtype);
+            let z = rounded(uniform(rows * width, seed + 1, -3.0, 3.0), dtype);
+            let w = rounded(uniform(width, seed + 2, 0.5, 1.5), dtype);
+            let got = B::rms_norm(
+                tensor(&x, [rows, width], device, x_dtype),
+                gated.then(|| tensor(&z, [rows, width], device, dtype)),
+                tensor(&w, [width], device, dtype),
+                groups,
+                1e-5,
+            );
+            assert_eq!(got.dtype(), dtype);
+            let expected = reference::norm::rms_norm::<Cpu>(
+                tensor(&x, [rows, width], &cpu, DType::F32),
+                gated.then(|| tensor(&z, [rows, width], &cpu, DType::F32)),
+                tensor(&w, [width], &cpu, DType::F32),
+                groups,
+                1e-5,
+            );
+            let d = relative_diff(&host(got), &host(expected));
+            assert!(d <= rounding_tolerance(dtype), "rms_norm {rows}x{width} g{groups} gated {gated} {dtype:?}: {d:e}");
+            worst = worst.max(d);
+        }
+    }
+    println!("rms_norm on {}: worst relative difference {worst:e}", B::name(device));
+}
+
+/// A few decode steps of a model with Bamba-9B's head shapes (narrower) in the device's 16-bit dtype,
+/// against the same random weights in f32 on the same device. Guards the decode path in half precision,
+/// where Burn 0.21's fused-reduce autotune crashed the device (see `cube/rms_norm.rs`).
+fn check_half_precision_decode<B: BambaOps>(device: &B::Device) {
+    let Some(half) = half_dtype::<B>(device) else { return };
+    let precision = if half == DType::BF16 { Precision::Bf16 } else { Precision::F16 };
+    let mut config = bamba::model::presets::preset("bamba-9b").unwrap().unwrap();
+    (config.vocab_size, config.hidden_size, config.intermediate_size) = (512, 1024, 1024);
+    (config.num_heads, config.num_kv_heads, config.mamba_n_heads) = (8, 2, 32);
+    config.num_layers = 2;
+    config.layer_kinds.truncate(2);
+    config.layer_kinds[1] = bamba::model::LayerKind::Attention;
+    let logits = |precision: Precision| {
+        let model = BambaModel::<B>::random(config.clone(), device, precision, 7).unwrap();
+        let mut cache = model.new_cache(2, 8, DType::F32).unwrap();
+        let ids = model.ids_tensor(&[vec![5, 9, 13], vec![1, 2, 3]]).unwrap();
+        model.forward_cached(ids, &mut cache, true).unwrap();
+        let mut steps = Vec::new();
+        for token in [17u32, 300, 42] {
+            let ids = model.ids_tensor(&[vec![token], vec![token + 1]]).unwrap();
+            steps.extend(host(model.forward_cached(ids, &mut cache, true).unwrap()));
+        }
+        steps
+    };
+    let (low, full) = (logits(precision), logits(Precision::F32));
+    assert!(low.iter().all(|v| v.is_finite()), "non-finite logits in {half:?}");
+    let d = relative_diff(&low, &full);
+    println!("decode in {half:?} vs f32 on {}: relative difference {d:e}", B::name(device));
+    // Measured 1.1e-3 in f16 on lavapipe; bf16 keeps 3 fewer mantissa bits (8x the rounding): 4x room on both.
+    let tolerance = if half == DType::BF16 { 3.5e-2 } else { 4.5e-3 };
+    assert!(d <= tolerance, "decode in {half:?}: {d:e}");
+}
+
 /// Max |difference| of the hidden states after each layer between `model` and the same checkpoint on
 /// the CPU: where a mismatch with transformers starts.
 fn layer_diffs<B: BambaOps>(dir: &std::path::Path, model: &BambaModel<B>, ids: &[u32]) -> Vec<f32> {
@@ -321,6 +430,21 @@ macro_rules! backend_tests {
             #[test]
             fn causal_conv_matches_the_reference() {
                 check_conv::<$backend>(&$device);
+            }
+
+            #[test]
+            fn gemv_matches_the_reference() {
+                check_gemv::<$backend>(&$device);
+            }
+
+            #[test]
+            fn rms_norm_matches_the_reference() {
+                check_norm::<$backend>(&$device);
+            }
+
+            #[test]
+            fn half_precision_decode_follows_f32() {
+                check_half_precision_decode::<$backend>(&$device);
             }
 
             #[test]

@@ -1,7 +1,7 @@
 //! Hot operations of the Bamba model behind one Burn backend-extension trait.
 //!
 //! [`BambaOps`] is the only door the model uses for its hot ops (the Mamba2 SSD chunked scan, its
-//! single-token decode step, and the causal depthwise conv). Each method's default body is the plain tensor-op reference in
+//! single-token decode step, the causal depthwise conv, RMSNorm, and the linear layers' matmul). Each method's default body is the plain tensor-op reference in
 //! [`reference`], which runs on every backend (ndarray in CI). GPU backends override a method with a
 //! CubeCL kernel; tests compare the override against the reference on the same device.
 //!
@@ -51,6 +51,31 @@ pub trait BambaOps: Backend {
         window: Option<Tensor<Self, 3>>,
     ) -> ConvOutput<Self> {
         reference::conv::causal_conv1d_silu(x, weight, bias, window)
+    }
+
+    /// `y = x · Wᵀ` for a weight kept in the checkpoint's `[out, in]` layout (a linear layer without
+    /// its bias). Backends with a memory-bound GEMV kernel use it when `x` has few rows (decode).
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, in]`, `weight`: `[out, in]` → `[rows, out]` in `x`'s dtype
+    /// RMSNorm with f32 statistics over `groups` slices of the last dim, optionally of `x · silu(gate)`
+    /// (Mamba2's gated norm); see [`reference::norm::rms_norm`] for the exact rounding.
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, width]` (any float dtype), `gate`: `[rows, width]`, `weight`: `[width]` →
+    ///   `[rows, width]` in the weight's dtype
+    fn rms_norm(
+        x: Tensor<Self, 2>,
+        gate: Option<Tensor<Self, 2>>,
+        weight: Tensor<Self, 1>,
+        groups: usize,
+        eps: f64,
+    ) -> Tensor<Self, 2> {
+        reference::norm::rms_norm(x, gate, weight, groups, eps)
+    }
+
+    fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        x.matmul(weight.transpose())
     }
 }
 

@@ -1,5 +1,6 @@
 //! Grouped-query self-attention with partial RoPE and a causal mask (q/k/v/o biases optional).
 
+use bamba_kernels::BambaOps;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor};
@@ -11,7 +12,7 @@ use crate::loader::{LoadError, WeightReader};
 use crate::rope::{Rope, RopeTables};
 
 #[derive(Debug, Clone)]
-pub struct Attention<B: Backend> {
+pub struct Attention<B: BambaOps> {
     pub q_proj: Linear<B>,
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
@@ -21,24 +22,16 @@ pub struct Attention<B: Backend> {
     pub head_dim: usize,
 }
 
-/// Repeats each kv head `rep` times (head `i` of the queries reads kv head `i / rep`).
+/// Causal scaled-dot-product attention with grouped KV heads; softmax in f32. Query `i` sits at
+/// absolute position `query_offset + i` and sees keys `0 ..= query_offset + i`, unless an explicit
+/// `mask` (which must include causality) says otherwise. Query head `h` reads KV head `h / rep`.
+///
+/// The `rep` query heads of a group are folded into the query rows, so one matmul per KV head serves
+/// the whole group and K, V are never copied `rep` times (a copy of the whole KV cache per layer
+/// and step otherwise).
 ///
 /// # Shapes
-/// - `x`: `[batch, kv_heads, len, head_dim]` → `[batch, kv_heads · rep, len, head_dim]`
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
-    if rep == 1 {
-        return x;
-    }
-    let [b, kv, len, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, kv, rep, len, hd]).reshape([b, kv * rep, len, hd])
-}
-
-/// Causal scaled-dot-product attention; softmax in f32. Query `i` sits at absolute position
-/// `query_offset + i` and sees keys `0 ..= query_offset + i`, unless an explicit `mask` (which
-/// must include causality) says otherwise.
-///
-/// # Shapes
-/// - `q`: `[batch, heads, q_len, head_dim]`, `k`, `v`: `[batch, heads, k_len, head_dim]` → like `q`
+/// - `q`: `[batch, heads, q_len, head_dim]`, `k`, `v`: `[batch, kv_heads, k_len, head_dim]` → like `q`
 /// - `mask`: `[batch, 1, q_len, k_len]`, `true` = masked
 pub fn causal_attention<B: Backend>(
     q: Tensor<B, 4>,
@@ -48,19 +41,34 @@ pub fn causal_attention<B: Backend>(
     mask: Option<Tensor<B, 4, Bool>>,
 ) -> Tensor<B, 4> {
     let dtype = q.dtype();
-    let [_, _, q_len, head_dim] = q.dims();
-    let k_len = k.dims()[2];
+    let [batch, heads, q_len, head_dim] = q.dims();
+    let [_, kv_heads, k_len, _] = k.dims();
+    let rep = heads / kv_heads;
     let scale = (head_dim as f64).powf(-0.5);
+    // Row r·q_len + i of a group is query i of the group's head r.
+    let q = q.reshape([batch, kv_heads, rep * q_len, head_dim]);
     let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * scale;
-    let masked = match mask {
-        Some(mask) => mask,
-        None => Tensor::<B, 2, Bool>::tril_mask([q_len, k_len], query_offset as i64, &scores.device()).unsqueeze(),
+    let mask = match mask {
+        Some(mask) => Some(mask),
+        // One query at the end of the keys sees them all: nothing to mask.
+        None if q_len == 1 && query_offset + 1 == k_len => None,
+        None => {
+            Some(Tensor::<B, 2, Bool>::tril_mask([q_len, k_len], query_offset as i64, &scores.device()).unsqueeze())
+        }
     };
-    let probs = softmax(scores.mask_fill(masked, f32::NEG_INFINITY), 3).cast(dtype);
-    probs.matmul(v)
+    let scores = match mask {
+        Some(mask) => {
+            let mask_batch = mask.dims()[0];
+            let rows = mask.unsqueeze_dim::<5>(2).expand([mask_batch, 1, rep, q_len, k_len]);
+            scores.mask_fill(rows.reshape([mask_batch, 1, rep * q_len, k_len]), f32::NEG_INFINITY)
+        }
+        None => scores,
+    };
+    let probs = softmax(scores, 3).cast(dtype);
+    probs.matmul(v).reshape([batch, heads, q_len, head_dim])
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: BambaOps> Attention<B> {
     /// Reads `{prefix}.{q,k,v,o}_proj`.
     pub fn load(w: &mut WeightReader<'_, B>, prefix: &str, c: &BambaConfig) -> Result<Self, LoadError> {
         let (h, bias) = (c.hidden_size, c.attention_bias);
@@ -106,8 +114,7 @@ impl<B: Backend> Attention<B> {
             }
             None => (k, v, 0),
         };
-        let rep = self.num_heads / self.num_kv_heads;
-        let out = causal_attention(q, repeat_kv(k, rep), repeat_kv(v, rep), start, mask.cloned());
+        let out = causal_attention(q, k, v, start, mask.cloned());
         let out = out.swap_dims(1, 2).reshape([batch, len, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }

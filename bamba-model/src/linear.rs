@@ -1,23 +1,24 @@
 //! A bias-optional linear layer that keeps the checkpoint's PyTorch `[out, in]` layout.
 //!
-//! Multiplying by the transposed view (no copy) is also the faster matmul layout on CUDA in Burn 0.21
-//! (decode GEMV measured 3× faster than an `[in, out]` buffer; `shared/docs/performance.md`).
+//! The product goes through [`BambaOps::linear_no_bias`]: GPU backends run their GEMV kernel at decode and
+//! Burn's matmul on the transposed view (no copy) otherwise, which is also the faster matmul layout on
+//! CUDA in Burn 0.21 (3× faster than an `[in, out]` buffer; `shared/docs/performance.md`).
 
-use burn::tensor::backend::Backend;
+use bamba_kernels::BambaOps;
 use burn::tensor::Tensor;
 
 use crate::loader::{LoadError, WeightReader};
 
 /// `y = x · Wᵀ + b`, with `W` stored `[out, in]`.
 #[derive(Debug, Clone)]
-pub struct Linear<B: Backend> {
+pub struct Linear<B: BambaOps> {
     /// `[out, in]`.
     pub weight: Tensor<B, 2>,
     /// `[out]`.
     pub bias: Option<Tensor<B, 1>>,
 }
 
-impl<B: Backend> Linear<B> {
+impl<B: BambaOps> Linear<B> {
     /// Reads `{prefix}.weight` `[outputs, inputs]` and, when `bias`, `{prefix}.bias` `[outputs]`.
     pub fn load(
         w: &mut WeightReader<'_, B>,
@@ -35,7 +36,13 @@ impl<B: Backend> Linear<B> {
     /// # Shapes
     /// - `x`: `[..., in]` → `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let y = x.matmul(self.weight.clone().transpose().unsqueeze::<D>());
+        let dims = x.dims();
+        let inputs = dims[D - 1];
+        let rows = dims[..D - 1].iter().product();
+        let outputs = self.weight.dims()[0];
+        let mut out_dims = dims;
+        out_dims[D - 1] = outputs;
+        let y = B::linear_no_bias(x.reshape([rows, inputs]), self.weight.clone()).reshape(out_dims);
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<D>(),
             None => y,

@@ -22,7 +22,7 @@ pub struct MambaState<B: Backend> {
 }
 
 #[derive(Debug, Clone)]
-pub struct Mamba2Mixer<B: Backend> {
+pub struct Mamba2Mixer<B: BambaOps> {
     pub in_proj: Linear<B>,
     /// `[conv_dim, d_conv]` (the checkpoint's `[conv_dim, 1, d_conv]` without the unit dim).
     pub conv_weight: Tensor<B, 2>,

@@ -1,7 +1,7 @@
 //! SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`.
 
+use bamba_kernels::BambaOps;
 use burn::tensor::activation::silu;
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::config::BambaConfig;
@@ -9,13 +9,13 @@ use crate::linear::Linear;
 use crate::loader::{LoadError, WeightReader};
 
 #[derive(Debug, Clone)]
-pub struct Mlp<B: Backend> {
+pub struct Mlp<B: BambaOps> {
     pub gate_proj: Linear<B>,
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: BambaOps> Mlp<B> {
     /// Reads `{prefix}.{gate,up,down}_proj`.
     pub fn load(w: &mut WeightReader<'_, B>, prefix: &str, c: &BambaConfig) -> Result<Self, LoadError> {
         let (h, i, bias) = (c.hidden_size, c.intermediate_size, c.mlp_bias);

@@ -3,7 +3,9 @@
 //! `fusion` feature puts around it (an impl on `CubeBackend` alone would not reach `burn::backend::Cuda`).
 
 mod conv;
+mod gemv;
 mod math;
+mod rms_norm;
 mod ssd_scan;
 mod ssd_step;
 
@@ -19,6 +21,7 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use crate::{BambaOps, ConvOutput, SsdConfig, SsdInputs, SsdOutput};
 
+pub use gemv::MAX_GEMV_ROWS;
 pub use ssd_scan::MAX_STATE_PER_LANE;
 pub use ssd_step::LANES;
 
@@ -102,6 +105,29 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         let (y, window) = conv::launch(x, weight, bias, has_bias, window);
         ConvOutput { y: wrap(y), window: wrap(window) }
     }
+
+    fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if !gemv_applies(&x, &weight) {
+            return x.matmul(weight.transpose());
+        }
+        wrap(gemv::launch(prim(x), prim(weight)))
+    }
+
+    fn rms_norm(
+        x: Tensor<Self, 2>,
+        gate: Option<Tensor<Self, 2>>,
+        weight: Tensor<Self, 1>,
+        groups: usize,
+        eps: f64,
+    ) -> Tensor<Self, 2> {
+        let gate = gate.map(|g| prim(g.cast(weight.dtype())));
+        wrap(rms_norm::launch(prim(x), gate, prim(weight), groups, eps))
+    }
+}
+
+/// Whether the GEMV kernel takes this product: few rows, one dtype (else Burn's matmul does).
+fn gemv_applies<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> bool {
+    x.dims()[0] <= MAX_GEMV_ROWS && x.dtype() == weight.dtype()
 }
 
 /// Which `BambaOps` method a fused custom op runs.
@@ -110,6 +136,8 @@ enum Kind {
     Scan(SsdConfig),
     Step(SsdConfig),
     Conv { has_bias: bool },
+    Gemv,
+    Norm { gated: bool, groups: usize, eps: f64 },
 }
 
 /// A `BambaOps` call recorded in the fusion stream; runs the inner backend's method when executed.
@@ -125,7 +153,7 @@ impl<B: FusionBackend + BambaOps> Operation<B::FusionRuntime> for CustomOp<B> {
         let inputs: Vec<FloatTensor<B>> = self.desc.inputs.iter().map(|t| handles.get_float_tensor::<B>(t)).collect();
         let mut inputs = inputs.into_iter();
         let mut next = || inputs.next().expect("input count fixed by the kind");
-        let outputs: [FloatTensor<B>; 2] = match self.kind {
+        let outputs: Vec<FloatTensor<B>> = match self.kind {
             Kind::Scan(config) | Kind::Step(config) => {
                 let ssd = SsdInputs {
                     x: wrap(next()),
@@ -141,12 +169,18 @@ impl<B: FusionBackend + BambaOps> Operation<B::FusionRuntime> for CustomOp<B> {
                     Kind::Scan(_) => B::ssd_chunk_scan(ssd, config),
                     _ => B::ssd_decode_step(ssd, config),
                 };
-                [prim(out.y), prim(out.final_state)]
+                vec![prim(out.y), prim(out.final_state)]
             }
             Kind::Conv { has_bias } => {
                 let (x, weight, bias, window) = (wrap(next()), wrap(next()), wrap(next()), wrap(next()));
                 let out = B::causal_conv1d_silu(x, weight, has_bias.then_some(bias), Some(window));
-                [prim(out.y), prim(out.window)]
+                vec![prim(out.y), prim(out.window)]
+            }
+            Kind::Gemv => vec![prim(B::linear_no_bias(wrap(next()), wrap(next())))],
+            Kind::Norm { gated, groups, eps } => {
+                let x = wrap(next());
+                let gate = gated.then(|| wrap(next()));
+                vec![prim(B::rms_norm(x, gate, wrap(next()), groups, eps))]
             }
         };
         for (ir, tensor) in self.desc.outputs.iter().zip(outputs) {
@@ -155,13 +189,13 @@ impl<B: FusionBackend + BambaOps> Operation<B::FusionRuntime> for CustomOp<B> {
     }
 }
 
-/// Records `kind` on the fusion stream with `inputs`, returning two outputs of the given shapes and dtypes.
-fn register<B: FusionBackend + BambaOps>(
+/// Records `kind` on the fusion stream with `inputs`, returning `N` outputs of the given shapes and dtypes.
+fn register<B: FusionBackend + BambaOps, const N: usize>(
     name: &'static str,
     kind: Kind,
     inputs: Vec<FloatTensor<Fusion<B>>>,
-    outputs: [(Vec<usize>, DType); 2],
-) -> [FloatTensor<Fusion<B>>; 2] {
+    outputs: [(Vec<usize>, DType); N],
+) -> [FloatTensor<Fusion<B>>; N] {
     let client = inputs[0].client.clone();
     let streams = OperationStreams::with_inputs(inputs.iter());
     let outs: Vec<TensorIr> = outputs
@@ -172,7 +206,7 @@ fn register<B: FusionBackend + BambaOps>(
     let desc = CustomOpIr::new(name, &ins, &outs);
     let op = CustomOp::<B> { desc: desc.clone(), kind, _backend: PhantomData };
     let result = client.register(streams, OperationIr::Custom(desc), op);
-    result.try_into().unwrap_or_else(|_| unreachable!("two outputs registered"))
+    result.try_into().unwrap_or_else(|_| unreachable!("N outputs registered"))
 }
 
 fn ssd_on_fusion<B: FusionBackend + BambaOps>(
@@ -184,7 +218,7 @@ fn ssd_on_fusion<B: FusionBackend + BambaOps>(
     let state_shape = vec![batch, heads, head_dim, inputs.b.dims()[3]];
     let ins = ssd_kernel_inputs(inputs).to_vec();
     let outs = [(vec![batch, len, heads, head_dim], DType::F32), (state_shape, DType::F32)];
-    let [y, state] = register::<B>(name, kind, ins, outs);
+    let [y, state] = register::<B, 2>(name, kind, ins, outs);
     SsdOutput { y: wrap(y), final_state: wrap(state) }
 }
 
@@ -207,7 +241,35 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         let (kernel, dtype) = (weight.dims()[1], x.dtype());
         let (ins, has_bias) = conv_kernel_inputs(x, weight, bias, window);
         let outs = [(vec![batch, len, channels], dtype), (vec![batch, channels, kernel - 1], dtype)];
-        let [y, window] = register::<B>("bamba_causal_conv1d_silu", Kind::Conv { has_bias }, ins.to_vec(), outs);
+        let [y, window] = register::<B, 2>("bamba_causal_conv1d_silu", Kind::Conv { has_bias }, ins.to_vec(), outs);
         ConvOutput { y: wrap(y), window: wrap(window) }
+    }
+
+    fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if !gemv_applies(&x, &weight) {
+            // Burn's own matmul, so that fusion still sees it.
+            return x.matmul(weight.transpose());
+        }
+        let shape = vec![x.dims()[0], weight.dims()[0]];
+        let dtype = x.dtype();
+        let [y] = register::<B, 1>("bamba_gemv", Kind::Gemv, vec![prim(x), prim(weight)], [(shape, dtype)]);
+        wrap(y)
+    }
+
+    fn rms_norm(
+        x: Tensor<Self, 2>,
+        gate: Option<Tensor<Self, 2>>,
+        weight: Tensor<Self, 1>,
+        groups: usize,
+        eps: f64,
+    ) -> Tensor<Self, 2> {
+        let out = (x.dims().to_vec(), weight.dtype());
+        let kind = Kind::Norm { gated: gate.is_some(), groups, eps };
+        // Inputs x, [gate,] weight: each tensor once.
+        let mut inputs = vec![prim(x)];
+        inputs.extend(gate.map(|g| prim(g.cast(weight.dtype()))));
+        inputs.push(prim(weight));
+        let [y] = register::<B, 1>("bamba_rms_norm", kind, inputs, [out]);
+        wrap(y)
     }
 }

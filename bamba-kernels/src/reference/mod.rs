@@ -2,4 +2,5 @@
 //! kernels are tested against.
 
 pub mod conv;
+pub mod norm;
 pub mod ssd;
