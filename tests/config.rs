@@ -3,7 +3,8 @@
 mod common;
 
 use bamba::model::config::{BambaConfig, ConfigError, LayerKind};
-use bamba::model::sizes::{parse_memory, MemoryModel, ParameterCounts};
+use bamba::model::presets::preset;
+use bamba::model::sizes::{parse_memory, prefill_flops, MemoryModel, ParameterCounts};
 use common::*;
 
 fn bamba_9b() -> BambaConfig {
@@ -52,6 +53,40 @@ fn memory_model_of_bamba_9b() {
     // 64 sequences at 32K fit in 141 GB next to the bf16 weights (f32 state).
     let f32_state = MemoryModel::new(&c, 2, 4, 2);
     assert!(f32_state.sequences_that_fit(141_000_000_000, 32768) >= 64);
+}
+
+#[test]
+fn bamba_9b_preset_is_the_real_config_with_a_longer_context() {
+    let mut from_preset = preset("bamba-9b").unwrap().unwrap();
+    assert_eq!(from_preset.max_position_embeddings, 131072);
+    from_preset.max_position_embeddings = bamba_9b().max_position_embeddings;
+    assert_eq!(format!("{from_preset:?}"), format!("{:?}", bamba_9b()));
+}
+
+#[test]
+fn decode_rooflines_match_performance_md() {
+    // shared/docs/performance.md, "Decode roofline", bf16 state and KV, 4.3 TB/s: tokens/s by context and batch.
+    let tok_s = |name: &str, context: u64, batch: u64| {
+        let m = MemoryModel::new(&preset(name).unwrap().unwrap(), 2, 2, 2);
+        batch as f64 / (m.decode_step_bytes(batch, context) as f64 / 4.3e12)
+    };
+    let table = [
+        (1024, 1, 231.0, 284.0),
+        (1024, 64, 10_085.0, 11_661.0),
+        (8192, 16, 3_111.0, 2_137.0),
+        (8192, 64, 8_358.0, 3_287.0),
+        (32768, 16, 2_553.0, 822.0),
+    ];
+    for (context, batch, bamba, llama) in table {
+        let (b, l) = (tok_s("bamba-9b", context, batch), tok_s("llama-8b-shape", context, batch));
+        // The document rounds KV/state sizes slightly differently: 1.5% covers it.
+        assert!((b / bamba - 1.0).abs() < 0.015, "bamba {context}/{batch}: {b} vs {bamba}");
+        assert!((l / llama - 1.0).abs() < 0.015, "llama {context}/{batch}: {l} vs {llama}");
+    }
+    // Prefill: ~2 x 9.25 GFLOP per token in linear layers (performance.md), plus causal attention.
+    let c = preset("bamba-9b").unwrap().unwrap();
+    let per_token = prefill_flops(&c, 1, 1);
+    assert!((per_token / 18.5e9 - 1.0).abs() < 0.03, "{per_token}");
 }
 
 const FIVE_X: &str = r#"{

@@ -1,6 +1,7 @@
 //! `bamba info`: what a config implies, from config.json alone (no weights needed).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use bamba_model::presets::{preset, PRESETS};
 use bamba_model::sizes::{parse_memory, MemoryModel, ParameterCounts};
 use bamba_model::{BambaConfig, LayerKind, Precision};
 use serde_json::json;
@@ -25,8 +26,16 @@ fn human(bytes: u64) -> String {
 }
 
 pub fn run(args: &InfoArgs) -> Result<()> {
-    let config = BambaConfig::from_path(&args.model)
-        .with_context(|| format!("reading the config in {}", args.model.display()))?;
+    let config = match (&args.model, &args.preset) {
+        (Some(model), _) => {
+            BambaConfig::from_path(model).with_context(|| format!("reading the config in {}", model.display()))?
+        }
+        (None, Some(name)) => match preset(name) {
+            Some(config) => config?,
+            None => bail!("unknown preset {name:?} (known: {})", PRESETS.join(", ")),
+        },
+        (None, None) => bail!("give --model DIR or --preset NAME"),
+    };
     let counts = ParameterCounts::new(&config);
     let mem = MemoryModel::new(&config, elem_bytes(args.dtype), elem_bytes(args.state_dtype), elem_bytes(args.dtype));
     let memory = args

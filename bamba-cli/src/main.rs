@@ -1,6 +1,7 @@
 //! The `bamba` command line.
 
 mod backend;
+mod bench;
 mod default_model;
 mod generate;
 mod info;
@@ -30,6 +31,9 @@ enum Command {
     Generate(GenerateArgs),
     /// What a config implies: layer plan, parameters, weight/state/KV bytes, sequences that fit.
     Info(InfoArgs),
+    /// Throughput in the style of llama-bench: prefill (ppN) and decode (tgN, tgN@dD) at given batch
+    /// sizes, with the fraction of the roofline reached; random weights need no checkpoint.
+    Bench(BenchArgs),
 }
 
 /// Options shared by commands that run the model.
@@ -140,8 +144,11 @@ pub struct GenerateArgs {
 #[derive(Args)]
 pub struct InfoArgs {
     /// Checkpoint directory or config.json file.
+    #[arg(long, required_unless_present = "preset", conflicts_with = "preset")]
+    pub model: Option<PathBuf>,
+    /// A named shape instead: bamba-9b or llama-8b-shape.
     #[arg(long)]
-    pub model: PathBuf,
+    pub preset: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -159,10 +166,60 @@ pub struct InfoArgs {
     pub state_dtype: Precision,
 }
 
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A named shape with seeded random weights: bamba-9b or llama-8b-shape.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// The shape of this config.json (a file or a directory holding one), with seeded random weights.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A checkpoint directory: real weights (the load rate is reported too).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// ndarray, wgpu or cuda (default: the fastest compiled in).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Weight and compute dtype: f32, bf16 or f16 (default: bf16 on cuda, f32 elsewhere).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Storage dtype of the SSM state between steps.
+    #[arg(long, default_value = "f32")]
+    pub state_dtype: Precision,
+    /// Tests, comma-separated: ppN (prefill N tokens), tgN (N decode steps), tgN@dD (after D tokens of context).
+    #[arg(short = 't', long, value_delimiter = ',', default_value = "pp512,tg128")]
+    pub tests: Vec<bench::BenchTest>,
+    /// Batch sizes (sequences run together), comma-separated.
+    #[arg(short = 'b', long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
+    /// Timed runs per test; the median is reported.
+    #[arg(short = 'r', long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Untimed runs before timing (autotuning happens there).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Prefill in chunks of N tokens.
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
+    /// Seed of the random weights and prompt ids.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Memory bandwidth of the roofline in GB/s (default: 4300, the H200's measured copy rate).
+    #[arg(long, default_value_t = 4300.0)]
+    pub bandwidth_gbs: f64,
+    /// Matmul peak of the roofline in TFLOP/s (default: 790, cuBLAS bf16 on the H200).
+    #[arg(long, default_value_t = 790.0)]
+    pub peak_tflops: f64,
+    /// One JSON record per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Logits(args) => logits::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

@@ -249,3 +249,46 @@ fn stop_string_ends_the_text_before_it() {
     let run = bamba(&["generate", "--prompt", prompt, "--max-new-tokens", "24", "--stop", stop]);
     assert_eq!(String::from_utf8(run.stdout).unwrap(), format!("{cut}\n"));
 }
+
+#[test]
+fn bench_reports_every_test_and_batch_with_a_roofline() {
+    let run = bamba(&[
+        "bench",
+        "--config",
+        "bamba-cli/assets/tiny-bamba",
+        "-t",
+        "pp16,tg4,tg4@d20",
+        "-b",
+        "1,2",
+        "-r",
+        "1",
+        "--json",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let records: Vec<serde_json::Value> =
+        String::from_utf8(run.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let names: Vec<(String, u64)> =
+        records[1..].iter().map(|r| (r["test"].as_str().unwrap().to_string(), r["batch"].as_u64().unwrap())).collect();
+    let expected: Vec<(String, u64)> =
+        ["pp16", "tg4", "tg4@d20"].iter().flat_map(|t| [1, 2].map(|b| (t.to_string(), b))).collect();
+    assert_eq!(records[0]["test"], "load");
+    assert_eq!(names, expected);
+    for r in &records[1..] {
+        let (tok_s, fraction) = (r["tokens_per_s"].as_f64().unwrap(), r["roofline_fraction"].as_f64().unwrap());
+        assert!(tok_s > 0.0 && fraction > 0.0 && fraction < 1.0, "{r}");
+        assert_eq!(r["weights"], "random");
+    }
+    // Decode at context 20 reads 20 more KV positions per sequence than at context 0.
+    let bytes = |i: usize| records[i]["bytes_per_step"].as_u64().unwrap();
+    assert!(bytes(5) > bytes(3));
+}
+
+#[test]
+fn bench_bad_arguments_are_clear_errors() {
+    fails_with(&["bench", "--preset", "gpt-5"], "unknown preset");
+    fails_with(&["bench", "--preset", "bamba-9b", "-t", "pp0"], "unknown test");
+    fails_with(&["bench", "--preset", "bamba-9b", "-t", "tg8@x"], "unknown test");
+    fails_with(&["bench", "--preset", "bamba-9b", "-b", "0"], "at least 1");
+    fails_with(&["bench"], "give a shape");
+    fails_with(&["bench", "--preset", "bamba-9b", "--backend", "tpu"], "unknown backend");
+}

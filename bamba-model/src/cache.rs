@@ -154,6 +154,22 @@ impl<B: Backend> HybridCache<B> {
         Ok(())
     }
 
+    /// Declares the first `context` positions of every row consumed without computing them, so that
+    /// decode can be timed at a given context without its prefill (`bamba bench`'s `tg N @ dD`): KV
+    /// caches count them as filled (their contents stay as they are, zeros in a fresh cache) and
+    /// Mamba states stay as they are. Decode then reads exactly the bytes it would after a real
+    /// prefill; its outputs mean nothing.
+    pub fn assume_filled(&mut self, context: usize) -> Result<(), CacheError> {
+        self.check(self.batch, context)?;
+        self.position = context;
+        for layer in &mut self.layers {
+            if let LayerCache::Attention(kv) = layer {
+                kv.len = context;
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets every sequence: states to zero, KV caches empty (buffers kept), no padding.
     pub fn reset(&mut self) {
         self.position = 0;

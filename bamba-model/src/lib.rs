@@ -16,6 +16,7 @@ pub mod mlp;
 pub mod model;
 pub mod norm;
 pub mod padding;
+pub mod presets;
 pub mod rope;
 pub mod sampling;
 pub mod sizes;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
@@ -216,9 +216,36 @@ fn convert(bytes: &[u8], from: Dtype, target: DType, shape: Vec<usize>) -> Tenso
     }
 }
 
-/// Reads tensors out of a [`Checkpoint`] onto a device, tracking which ones were used.
+/// Where a [`WeightReader`] takes its tensors from.
+enum Source<'a> {
+    Checkpoint(&'a Checkpoint),
+    /// Seeded random values generated on the device (benchmarks of shapes without a checkpoint).
+    Random,
+}
+
+/// The value range a randomly initialized weight gets, from its name: ones for norms and `D`,
+/// Mamba2's initialization ranges for `A_log` (A in [-16, -1]) and `dt_bias` (dt in about
+/// [0.01, 0.1]), zero biases, and ±1/√fan_in for matrices. Realistic magnitudes keep activations
+/// finite, so a benchmark times the same arithmetic as with real weights.
+fn random_range(name: &str, shape: &[usize]) -> (f64, f64) {
+    if name.ends_with("norm.weight") || name.ends_with(".D") {
+        (1.0, 1.0)
+    } else if name.ends_with(".A_log") {
+        (0.0, 16f64.ln())
+    } else if name.ends_with(".dt_bias") {
+        (-4.6, -2.2)
+    } else if name.ends_with(".bias") {
+        (0.0, 0.0)
+    } else {
+        let fan_in = shape.last().copied().unwrap_or(1).max(1) as f64;
+        (-fan_in.powf(-0.5), fan_in.powf(-0.5))
+    }
+}
+
+/// Reads tensors out of a [`Checkpoint`] (or generates them, see [`WeightReader::random`]) onto a
+/// device, tracking which ones were used.
 pub struct WeightReader<'a, B: Backend> {
-    checkpoint: &'a Checkpoint,
+    source: Source<'a>,
     device: B::Device,
     dtype: DType,
     used: BTreeSet<String>,
@@ -228,7 +255,14 @@ pub struct WeightReader<'a, B: Backend> {
 
 impl<'a, B: Backend> WeightReader<'a, B> {
     pub fn new(checkpoint: &'a Checkpoint, device: B::Device, dtype: DType) -> Self {
-        WeightReader { checkpoint, device, dtype, used: BTreeSet::new(), on_read: None }
+        WeightReader { source: Source::Checkpoint(checkpoint), device, dtype, used: BTreeSet::new(), on_read: None }
+    }
+
+    /// A reader that makes up every tensor asked for: uniform values in [`random_range`], drawn on
+    /// the device from a generator seeded with `seed` (same seed and backend, same weights).
+    pub fn random(device: B::Device, dtype: DType, seed: u64) -> Self {
+        B::seed(&device, seed);
+        WeightReader { source: Source::Random, device, dtype, used: BTreeSet::new(), on_read: None }
     }
 
     /// Reports the bytes of every tensor read to `on_read`.
@@ -244,8 +278,21 @@ impl<'a, B: Backend> WeightReader<'a, B> {
         shape: [usize; D],
         dtype: DType,
     ) -> Result<Tensor<B, D>, LoadError> {
+        let checkpoint = match self.source {
+            Source::Checkpoint(checkpoint) => checkpoint,
+            Source::Random => {
+                let (low, high) = random_range(name, file_shape);
+                return Ok(if low == high {
+                    Tensor::full(shape, low, (&self.device, dtype))
+                } else {
+                    // Drawn in f32 (every backend has it), stored in the target dtype.
+                    Tensor::<B, D>::random(shape, Distribution::Uniform(low, high), (&self.device, DType::F32))
+                        .cast(dtype)
+                });
+            }
+        };
         let (from, found, bytes, path) =
-            self.checkpoint.view(name).ok_or_else(|| LoadError::Missing { name: name.to_string(), file: None })?;
+            checkpoint.view(name).ok_or_else(|| LoadError::Missing { name: name.to_string(), file: None })?;
         if !matches!(from, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
             return Err(LoadError::Dtype { name: name.into(), file: path.into(), dtype: format!("{from:?}") });
         }
@@ -287,15 +334,15 @@ impl<'a, B: Backend> WeightReader<'a, B> {
 
     /// Marks a tensor as deliberately ignored, if present.
     pub fn skip(&mut self, name: &str) {
-        if self.checkpoint.locations.contains_key(name) {
+        if matches!(self.source, Source::Checkpoint(c) if c.locations.contains_key(name)) {
             self.used.insert(name.to_string());
         }
     }
 
     /// Fails if the checkpoint holds tensors that were never read.
     pub fn finish(self) -> Result<(), LoadError> {
-        let mut names: Vec<String> =
-            self.checkpoint.names().filter(|n| !self.used.contains(*n)).map(String::from).collect();
+        let Source::Checkpoint(checkpoint) = self.source else { return Ok(()) };
+        let mut names: Vec<String> = checkpoint.names().filter(|n| !self.used.contains(*n)).map(String::from).collect();
         if names.is_empty() {
             return Ok(());
         }

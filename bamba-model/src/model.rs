@@ -87,6 +87,25 @@ impl<B: BambaOps> BambaModel<B> {
         if let Some(on_read) = on_read {
             w = w.with_progress(on_read);
         }
+        Self::from_reader(config, w, device, dtype)
+    }
+
+    /// A model of `config`'s shapes with seeded random weights generated on the device (see
+    /// [`WeightReader::random`]): for benchmarks that need no checkpoint. Its outputs mean nothing.
+    pub fn random(config: BambaConfig, device: &B::Device, precision: Precision, seed: u64) -> Result<Self, LoadError> {
+        let dtype = precision.dtype();
+        if !B::supports_dtype(device, dtype) {
+            return Err(LoadError::UnsupportedPrecision { precision, backend: B::name(device) });
+        }
+        Self::from_reader(config, WeightReader::random(device.clone(), dtype, seed), device, dtype)
+    }
+
+    fn from_reader(
+        config: BambaConfig,
+        mut w: WeightReader<'_, B>,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, LoadError> {
         let (vocab, h) = (config.vocab_size, config.hidden_size);
         let embed_tokens = w.tensor("model.embed_tokens.weight", [vocab, h])?;
         let layers =

@@ -121,3 +121,24 @@ pub fn parse_memory(text: &str) -> Option<u64> {
     };
     (value.is_finite() && value >= 0.0).then(|| (value * scale) as u64)
 }
+
+impl MemoryModel {
+    /// Bytes one decode step of `batch` sequences at `context` cached tokens must move at least:
+    /// the streamed weights once, each sequence's recurrent state read and written, its KV read.
+    pub fn decode_step_bytes(&self, batch: u64, context: u64) -> u64 {
+        self.streamed_weight_bytes + batch * (2 * self.state_bytes_per_sequence + context * self.kv_bytes_per_token)
+    }
+}
+
+/// Matmul FLOPs of prefilling `tokens` tokens in each of `batch` sequences with logits of the last
+/// position only: every linear layer on every token, causal attention (half of QKᵀ and of PV), the
+/// LM head once per sequence. The SSD scan (~1.3% at chunk 256) is left out.
+pub fn prefill_flops(c: &BambaConfig, batch: u64, tokens: u64) -> f64 {
+    let p = ParameterCounts::new(c);
+    let head = (c.vocab_size * c.hidden_size) as f64;
+    let per_token = (p.total - p.embedding - p.lm_head) as f64;
+    let linear = 2.0 * per_token * (batch * tokens) as f64 + 2.0 * head * batch as f64;
+    let width = (c.num_heads * c.head_dim) as f64;
+    let attention = c.count(LayerKind::Attention) as f64 * 2.0 * width * (tokens * tokens) as f64 * batch as f64;
+    linear + attention
+}
