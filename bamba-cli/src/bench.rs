@@ -2,7 +2,7 @@
 //! sequence into an empty cache, logits of the last position), `tgN` (N decode steps) and `tgN@dD`
 //! (N decode steps after a context of D tokens), each at every `--batch`. Runs need no checkpoint:
 //! `--preset` or `--config` gets seeded random weights in the chosen dtype; `--model` loads real ones
-//! (and reports the load rate).
+//! (and reports the load rate), and with none of the three the embedded tiny model runs.
 //!
 //! Method: `--warmup` untimed runs (autotune happens there), then the median of `--repeats` timed
 //! runs, each ending in a device sync. A decode step is timed as an engine runs it: forward one token
@@ -12,6 +12,7 @@
 //! model in `bamba_model::sizes` (the one `bamba info` uses) and the fraction of it reached.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -65,22 +66,23 @@ impl FromStr for BenchTest {
 }
 
 /// The model shape to run and its name in the records.
-fn shape(args: &BenchArgs) -> Result<(String, BambaConfig)> {
-    match (&args.preset, &args.config, &args.model) {
-        (Some(name), None, None) => match preset(name) {
-            Some(config) => Ok((name.clone(), config?)),
+/// The model shape to run, its name in the records, and the checkpoint to load (`None`: random weights).
+fn shape(args: &BenchArgs) -> Result<(String, BambaConfig, Option<PathBuf>)> {
+    match (&args.preset, &args.config) {
+        (Some(name), _) => match preset(name) {
+            Some(config) => Ok((name.clone(), config?, None)),
             None => bail!("unknown preset {name:?} (known: {})", PRESETS.join(", ")),
         },
-        (None, Some(file), None) => {
+        (None, Some(file)) => {
             let config = BambaConfig::from_path(file).with_context(|| format!("reading {}", file.display()))?;
-            Ok((file.display().to_string(), config))
+            Ok((file.display().to_string(), config, None))
         }
-        (None, None, Some(dir)) => {
-            let config = BambaConfig::from_path(dir).with_context(|| format!("reading {}", dir.display()))?;
-            Ok((dir.display().to_string(), config))
+        (None, None) => {
+            let dir = args.common.model_dir()?;
+            let config = BambaConfig::from_path(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            let name = args.common.model.as_ref().map_or("tiny-bamba".into(), |d| d.display().to_string());
+            Ok((name, config, Some(dir)))
         }
-        (None, None, None) => bail!("give a shape: --preset {}, --config FILE or --model DIR", PRESETS.join("|")),
-        _ => bail!("give only one of --preset, --config and --model"),
     }
 }
 
@@ -100,6 +102,8 @@ struct Job<'a> {
     args: &'a BenchArgs,
     name: String,
     config: BambaConfig,
+    /// Real weights from here; random ones when `None`.
+    checkpoint: Option<PathBuf>,
     backend: BackendKind,
     precision: Precision,
 }
@@ -112,7 +116,7 @@ impl Job<'_> {
             "backend": self.backend.to_string(),
             "dtype": self.precision.to_string(),
             "state_dtype": self.args.state_dtype.to_string(),
-            "weights": if self.args.model.is_some() { "checkpoint" } else { "random" },
+            "weights": if self.checkpoint.is_some() { "checkpoint" } else { "random" },
         })
     }
 }
@@ -164,7 +168,7 @@ impl BackendJob for Job<'_> {
         let args = self.args;
         let report = Report { json: args.json };
         let start = Instant::now();
-        let model = match &args.model {
+        let model = match &self.checkpoint {
             Some(dir) => crate::load::load_model::<B>(dir, &device, self.precision)?.0,
             None => BambaModel::<B>::random(self.config.clone(), &device, self.precision, args.seed)?,
         };
@@ -186,7 +190,7 @@ impl BackendJob for Job<'_> {
         } else {
             eprintln!(
                 "{} weights ({:.2} GB {}) ready in {load_s:.2} s ({:.2} GB/s)",
-                if args.model.is_some() { "checkpoint" } else { "random" },
+                if self.checkpoint.is_some() { "checkpoint" } else { "random" },
                 memory.weight_bytes as f64 / 1e9,
                 self.precision,
                 memory.weight_bytes as f64 / load_s / 1e9
@@ -332,14 +336,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(0) = args.batch.iter().copied().min() {
         bail!("batch sizes must be at least 1");
     }
-    let (name, config) = shape(args)?;
-    let backend = match &args.backend {
-        Some(b) => b.parse().map_err(anyhow::Error::msg)?,
-        None => BackendKind::best_compiled()?,
-    };
-    let precision = match &args.dtype {
-        Some(d) => d.parse().map_err(anyhow::Error::msg)?,
-        None => backend.default_precision(),
-    };
-    dispatch(backend, Job { args, name, config, backend, precision })
+    let (name, config, checkpoint) = shape(args)?;
+    let (backend, precision) = (args.common.backend()?, args.common.precision()?);
+    dispatch(backend, Job { args, name, config, checkpoint, backend, precision })
 }

@@ -168,21 +168,16 @@ pub struct InfoArgs {
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// `--model` loads real weights (and the load rate is reported); without `--model`, `--preset` or
+    /// `--config`, the embedded tiny model runs.
+    #[command(flatten)]
+    pub common: ModelArgs,
     /// A named shape with seeded random weights: bamba-9b or llama-8b-shape.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["model", "config"])]
     pub preset: Option<String>,
     /// The shape of this config.json (a file or a directory holding one), with seeded random weights.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     pub config: Option<PathBuf>,
-    /// A checkpoint directory: real weights (the load rate is reported too).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// ndarray, wgpu or cuda (default: the fastest compiled in).
-    #[arg(long)]
-    pub backend: Option<String>,
-    /// Weight and compute dtype: f32, bf16 or f16 (default: bf16 on cuda, f32 elsewhere).
-    #[arg(long)]
-    pub dtype: Option<String>,
     /// Storage dtype of the SSM state between steps.
     #[arg(long, default_value = "f32")]
     pub state_dtype: Precision,

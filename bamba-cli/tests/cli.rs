@@ -289,6 +289,6 @@ fn bench_bad_arguments_are_clear_errors() {
     fails_with(&["bench", "--preset", "bamba-9b", "-t", "pp0"], "unknown test");
     fails_with(&["bench", "--preset", "bamba-9b", "-t", "tg8@x"], "unknown test");
     fails_with(&["bench", "--preset", "bamba-9b", "-b", "0"], "at least 1");
-    fails_with(&["bench"], "give a shape");
+    fails_with(&["bench", "--preset", "bamba-9b", "--model", "tests/fixtures/base"], "cannot be used with");
     fails_with(&["bench", "--preset", "bamba-9b", "--backend", "tpu"], "unknown backend");
 }

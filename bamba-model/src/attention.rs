@@ -3,7 +3,7 @@
 use bamba_kernels::BambaOps;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{Bool, DType, Int, Tensor};
 
 use crate::cache::KvCache;
 use crate::config::BambaConfig;
@@ -68,6 +68,37 @@ pub fn causal_attention<B: Backend>(
     probs.matmul(v).reshape([batch, heads, q_len, head_dim])
 }
 
+/// One new position per sequence against the whole preallocated KV cache, its unfilled tail masked:
+/// every decode step then multiplies the same shapes, so Burn's matmul autotune and kernel compilation
+/// run once instead of at every new key length (on CUDA that was seconds per step). The masked
+/// positions cost their reads: the cache capacity (prompt + new tokens) bounds the waste.
+///
+/// # Shapes
+/// - `q`: `[batch, heads, 1, head_dim]`, `k`, `v`: `[batch, kv_heads, 1, head_dim]` → like `q`
+/// - `padding`: `[batch, 1, 1, filled keys]`, `true` = masked
+fn decode_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    padding: Option<&Tensor<B, 4, Bool>>,
+    cache: &mut KvCache<B>,
+) -> Tensor<B, 4> {
+    let device = q.device();
+    let (k, v, filled) = cache.append_whole(k, v);
+    let capacity = k.dims()[2];
+    let unfilled = Tensor::<B, 1, Int>::arange(0..capacity as i64, &device).greater_equal_elem(filled as i64);
+    let mask = match padding {
+        Some(pad) if filled < capacity => {
+            let rows = pad.dims()[0];
+            let tail = Tensor::<B, 4, Int>::ones([rows, 1, 1, capacity - filled], &device).bool();
+            Tensor::cat(vec![pad.clone(), tail], 3)
+        }
+        Some(pad) => pad.clone(),
+        None => unfilled.reshape([1, 1, 1, capacity]),
+    };
+    causal_attention(q, k, v, capacity - 1, Some(mask))
+}
+
 impl<B: BambaOps> Attention<B> {
     /// Reads `{prefix}.{q,k,v,o}_proj`.
     pub fn load(w: &mut WeightReader<'_, B>, prefix: &str, c: &BambaConfig) -> Result<Self, LoadError> {
@@ -99,13 +130,17 @@ impl<B: BambaOps> Attention<B> {
         rope: &Rope,
         tables: &RopeTables<B>,
         mask: Option<&Tensor<B, 4, Bool>>,
-        cache: Option<&mut KvCache<B>>,
+        mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]).swap_dims(1, 2);
         let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads), tables);
         let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads), tables);
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        if let (1, Some(cache)) = (len, cache.as_deref_mut()) {
+            let out = decode_attention(q, k, v, mask, cache);
+            return self.o_proj.forward(out.swap_dims(1, 2).reshape([batch, len, self.num_heads * self.head_dim]));
+        }
         let (k, v, start) = match cache {
             Some(cache) => {
                 let start = cache.len();

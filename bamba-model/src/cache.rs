@@ -55,6 +55,14 @@ impl<B: Backend> KvCache<B> {
         (self.k.clone().narrow(2, 0, end), self.v.clone().narrow(2, 0, end))
     }
 
+    /// Writes one position like [`KvCache::append`] but returns the whole preallocated buffers
+    /// `[batch, kv_heads, capacity, head_dim]` and the filled length: decode attends over a shape that
+    /// does not change from step to step (Burn tunes and compiles its matmul per shape).
+    pub fn append_whole(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, usize) {
+        self.append(k, v);
+        (self.k.clone(), self.v.clone(), self.len)
+    }
+
     /// Views of the filled part: `[batch, kv_heads, len, head_dim]` keys and values.
     pub fn filled(&self) -> (Tensor<B, 4>, Tensor<B, 4>) {
         (self.k.clone().narrow(2, 0, self.len), self.v.clone().narrow(2, 0, self.len))
