@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bamba_model::bamba_kernels::BambaOps;
 use bamba_model::presets::{preset, PRESETS};
-use bamba_model::sizes::{prefill_flops, MemoryModel};
+use bamba_model::sizes::{parse_memory, prefill_flops, MemoryModel};
 use bamba_model::{BambaConfig, BambaModel, HybridCache, Precision};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::{json, Value};
 
 use crate::backend::{dispatch, BackendJob, BackendKind};
+use crate::info::human;
 use crate::BenchArgs;
 
 /// One benchmark test.
@@ -104,6 +105,8 @@ struct Job<'a> {
     config: BambaConfig,
     /// Real weights from here; random ones when `None`.
     checkpoint: Option<PathBuf>,
+    /// `--memory` in bytes.
+    budget: Option<u64>,
     backend: BackendKind,
     precision: Precision,
 }
@@ -141,6 +144,10 @@ impl Report {
     fn record(&self, r: &Value) {
         if self.json {
             println!("{r}");
+            return;
+        }
+        if let Some(reason) = r["skipped"].as_str() {
+            println!("| {} at batch {}: skipped, {reason} |", r["test"].as_str().unwrap_or(""), r["requested_batch"]);
             return;
         }
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
@@ -198,12 +205,47 @@ impl BackendJob for Job<'_> {
         }
         report.header();
         for &test in &args.tests {
-            for &batch in &args.batch {
-                let record = self.measure(&model, &memory, test, batch)?;
+            for &requested in &args.batch {
+                let record = match self.batch_that_fits(&memory, test, requested) {
+                    Ok(batch) => {
+                        let mut record = self.measure(&model, &memory, test, batch)?;
+                        record["requested_batch"] = json!(requested);
+                        record
+                    }
+                    Err(reason) => {
+                        let mut record = self.base();
+                        record["test"] = json!(test.to_string());
+                        record["requested_batch"] = json!(requested);
+                        record["skipped"] = json!(reason);
+                        record
+                    }
+                };
                 report.record(&record);
             }
         }
         Ok(())
+    }
+}
+
+impl Job<'_> {
+    /// With `--memory`, the largest batch up to `requested` whose weights, KV caches and recurrent
+    /// states fit in the budget (activations are not counted), or why none does; without it,
+    /// `requested`.
+    fn batch_that_fits(&self, memory: &MemoryModel, test: BenchTest, requested: usize) -> Result<usize, String> {
+        let Some(budget) = self.budget else { return Ok(requested) };
+        let positions = match test {
+            BenchTest::Prefill { tokens } => tokens,
+            BenchTest::Decode { steps, context } => context + steps,
+        } as u64;
+        match memory.sequences_that_fit(budget, positions).min(requested as u64) {
+            0 => Err(format!(
+                "one sequence of {positions} positions needs {} next to {} of weights; --memory is {}",
+                human(memory.bytes_per_sequence(positions)),
+                human(memory.weight_bytes),
+                human(budget)
+            )),
+            n => Ok(n as usize),
+        }
     }
 }
 
@@ -338,5 +380,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let (name, config, checkpoint) = shape(args)?;
     let (backend, precision) = (args.common.backend()?, args.common.precision()?);
-    dispatch(backend, Job { args, name, config, checkpoint, backend, precision })
+    let budget = args
+        .memory
+        .as_deref()
+        .map(|m| parse_memory(m).with_context(|| format!("cannot parse --memory {m:?} (try 141GB or 80GiB)")))
+        .transpose()?;
+    dispatch(backend, Job { args, name, config, checkpoint, budget, backend, precision })
 }

@@ -15,7 +15,7 @@ fn elem_bytes(p: Precision) -> u64 {
     }
 }
 
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     let b = bytes as f64;
     match b {
         b if b >= 1e9 => format!("{:.2} GB", b / 1e9),

@@ -196,6 +196,11 @@ pub struct BenchArgs {
     /// Prefill in chunks of N tokens.
     #[arg(long)]
     pub prefill_chunk: Option<usize>,
+    /// Memory budget, e.g. 141GB: each batch size becomes the largest (up to it) whose weights, KV
+    /// caches and states fit, by the `bamba info` model (activations not counted); none fitting is a
+    /// skipped record.
+    #[arg(long)]
+    pub memory: Option<String>,
     /// Seed of the random weights and prompt ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -284,6 +284,29 @@ fn bench_reports_every_test_and_batch_with_a_roofline() {
 }
 
 #[test]
+fn bench_memory_budget_shrinks_the_batch_to_what_fits() {
+    // Budgets from `bamba info`'s own byte counts for the embedded model (f32, 1000 positions per sequence).
+    let records = |memory: &str| -> Vec<serde_json::Value> {
+        let run =
+            bamba(&["bench", "-t", "tg2@d998", "-b", "8", "-r", "1", "--warmup", "0", "--json", "--memory", memory]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        String::from_utf8(run.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let info =
+        bamba(&["info", "--json", "--context", "1000", "--dtype", "f32", "--model", "bamba-cli/assets/tiny-bamba"]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let (weights, per_sequence) =
+        (info["weight_bytes"]["f32"].as_u64().unwrap(), info["bytes_per_sequence_at_context"].as_u64().unwrap());
+    // Room for exactly three sequences.
+    let three = format!("{}", weights + 3 * per_sequence + per_sequence / 2);
+    let fitted = &records(&three)[1];
+    assert_eq!((fitted["batch"].as_u64(), fitted["requested_batch"].as_u64()), (Some(3), Some(8)), "{fitted}");
+    let none = &records(&format!("{}", weights + per_sequence / 2))[1];
+    assert!(none["skipped"].as_str().unwrap().contains("--memory"), "{none}");
+    fails_with(&["bench", "--memory", "lots"], "--memory");
+}
+
+#[test]
 fn bench_bad_arguments_are_clear_errors() {
     fails_with(&["bench", "--preset", "gpt-5"], "unknown preset");
     fails_with(&["bench", "--preset", "bamba-9b", "-t", "pp0"], "unknown test");
