@@ -57,7 +57,7 @@ fn memory_model_of_bamba_9b() {
 
 #[test]
 fn bamba_9b_preset_is_the_real_config_with_a_longer_context() {
-    let mut from_preset = preset("bamba-9b").unwrap().unwrap();
+    let mut from_preset = preset("bamba-9b").unwrap();
     assert_eq!(from_preset.max_position_embeddings, 131072);
     from_preset.max_position_embeddings = bamba_9b().max_position_embeddings;
     assert_eq!(format!("{from_preset:?}"), format!("{:?}", bamba_9b()));
@@ -67,7 +67,7 @@ fn bamba_9b_preset_is_the_real_config_with_a_longer_context() {
 fn decode_rooflines_match_performance_md() {
     // shared/docs/performance.md, "Decode roofline", bf16 state and KV, 4.3 TB/s: tokens/s by context and batch.
     let tok_s = |name: &str, context: u64, batch: u64| {
-        let m = MemoryModel::new(&preset(name).unwrap().unwrap(), 2, 2, 2);
+        let m = MemoryModel::new(&preset(name).unwrap(), 2, 2, 2);
         batch as f64 / (m.decode_step_bytes(batch, context) as f64 / 4.3e12)
     };
     let table = [
@@ -84,7 +84,7 @@ fn decode_rooflines_match_performance_md() {
         assert!((l / llama - 1.0).abs() < 0.015, "llama {context}/{batch}: {l} vs {llama}");
     }
     // Prefill: ~2 x 9.25 GFLOP per token in linear layers (performance.md), plus causal attention.
-    let c = preset("bamba-9b").unwrap().unwrap();
+    let c = preset("bamba-9b").unwrap();
     let per_token = prefill_flops(&c, 1, 1);
     assert!((per_token / 18.5e9 - 1.0).abs() < 0.03, "{per_token}");
 }

@@ -314,7 +314,7 @@ fn check_norm<B: BambaOps>(device: &B::Device) {
 fn check_half_precision_decode<B: BambaOps>(device: &B::Device) {
     let Some(half) = half_dtype::<B>(device) else { return };
     let precision = if half == DType::BF16 { Precision::Bf16 } else { Precision::F16 };
-    let mut config = bamba::model::presets::preset("bamba-9b").unwrap().unwrap();
+    let mut config = bamba::model::presets::preset("bamba-9b").unwrap();
     (config.vocab_size, config.hidden_size, config.intermediate_size) = (512, 1024, 1024);
     (config.num_heads, config.num_kv_heads, config.mamba_n_heads) = (8, 2, 32);
     config.num_layers = 2;

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bamba_model::bamba_kernels::BambaOps;
-use bamba_model::presets::{preset, PRESETS};
-use bamba_model::sizes::{parse_memory, prefill_flops, MemoryModel};
+use bamba_model::presets::preset;
+use bamba_model::sizes::{prefill_flops, MemoryModel};
 use bamba_model::{BambaConfig, BambaModel, HybridCache, Precision};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::{json, Value};
@@ -70,10 +70,7 @@ impl FromStr for BenchTest {
 /// The model shape to run, its name in the records, and the checkpoint to load (`None`: random weights).
 fn shape(args: &BenchArgs) -> Result<(String, BambaConfig, Option<PathBuf>)> {
     match (&args.preset, &args.config) {
-        (Some(name), _) => match preset(name) {
-            Some(config) => Ok((name.clone(), config?, None)),
-            None => bail!("unknown preset {name:?} (known: {})", PRESETS.join(", ")),
-        },
+        (Some(name), _) => Ok((name.clone(), preset(name)?, None)),
         (None, Some(file)) => {
             let config = BambaConfig::from_path(file).with_context(|| format!("reading {}", file.display()))?;
             Ok((file.display().to_string(), config, None))
@@ -84,13 +81,6 @@ fn shape(args: &BenchArgs) -> Result<(String, BambaConfig, Option<PathBuf>)> {
             let name = args.common.model.as_ref().map_or("tiny-bamba".into(), |d| d.display().to_string());
             Ok((name, config, Some(dir)))
         }
-    }
-}
-
-fn elem_bytes(p: Precision) -> u64 {
-    match p {
-        Precision::F32 => 4,
-        Precision::Bf16 | Precision::F16 => 2,
     }
 }
 
@@ -105,8 +95,6 @@ struct Job<'a> {
     config: BambaConfig,
     /// Real weights from here; random ones when `None`.
     checkpoint: Option<PathBuf>,
-    /// `--memory` in bytes.
-    budget: Option<u64>,
     backend: BackendKind,
     precision: Precision,
 }
@@ -181,12 +169,8 @@ impl BackendJob for Job<'_> {
         };
         B::sync(&device).map_err(|e| anyhow::anyhow!("device error after loading: {e:?}"))?;
         let load_s = start.elapsed().as_secs_f64();
-        let memory = MemoryModel::new(
-            &self.config,
-            elem_bytes(self.precision),
-            elem_bytes(args.state_dtype),
-            elem_bytes(self.precision),
-        );
+        let memory =
+            MemoryModel::new(&self.config, self.precision.bytes(), args.state_dtype.bytes(), self.precision.bytes());
         let mut load = self.base();
         load["test"] = json!("load");
         load["seconds"] = json!(load_s);
@@ -232,7 +216,7 @@ impl Job<'_> {
     /// states fit in the budget (activations are not counted), or why none does; without it,
     /// `requested`.
     fn batch_that_fits(&self, memory: &MemoryModel, test: BenchTest, requested: usize) -> Result<usize, String> {
-        let Some(budget) = self.budget else { return Ok(requested) };
+        let Some(budget) = self.args.memory else { return Ok(requested) };
         let positions = match test {
             BenchTest::Prefill { tokens } => tokens,
             BenchTest::Decode { steps, context } => context + steps,
@@ -380,10 +364,5 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let (name, config, checkpoint) = shape(args)?;
     let (backend, precision) = (args.common.backend()?, args.common.precision()?);
-    let budget = args
-        .memory
-        .as_deref()
-        .map(|m| parse_memory(m).with_context(|| format!("cannot parse --memory {m:?} (try 141GB or 80GiB)")))
-        .transpose()?;
-    dispatch(backend, Job { args, name, config, checkpoint, budget, backend, precision })
+    dispatch(backend, Job { args, name, config, checkpoint, backend, precision })
 }

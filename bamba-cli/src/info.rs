@@ -1,19 +1,12 @@
 //! `bamba info`: what a config implies, from config.json alone (no weights needed).
 
 use anyhow::{bail, Context, Result};
-use bamba_model::presets::{preset, PRESETS};
-use bamba_model::sizes::{parse_memory, MemoryModel, ParameterCounts};
+use bamba_model::presets::preset;
+use bamba_model::sizes::{MemoryModel, ParameterCounts};
 use bamba_model::{BambaConfig, LayerKind, Precision};
 use serde_json::json;
 
 use crate::InfoArgs;
-
-fn elem_bytes(p: Precision) -> u64 {
-    match p {
-        Precision::F32 => 4,
-        Precision::Bf16 | Precision::F16 => 2,
-    }
-}
 
 pub(crate) fn human(bytes: u64) -> String {
     let b = bytes as f64;
@@ -30,21 +23,14 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         (Some(model), _) => {
             BambaConfig::from_path(model).with_context(|| format!("reading the config in {}", model.display()))?
         }
-        (None, Some(name)) => match preset(name) {
-            Some(config) => config?,
-            None => bail!("unknown preset {name:?} (known: {})", PRESETS.join(", ")),
-        },
+        (None, Some(name)) => preset(name)?,
         (None, None) => bail!("give --model DIR or --preset NAME"),
     };
     let counts = ParameterCounts::new(&config);
-    let mem = MemoryModel::new(&config, elem_bytes(args.dtype), elem_bytes(args.state_dtype), elem_bytes(args.dtype));
-    let memory = args
-        .memory
-        .as_deref()
-        .map(|m| parse_memory(m).with_context(|| format!("cannot parse --memory {m:?} (try 141GB or 80GiB)")))
-        .transpose()?;
+    let mem = MemoryModel::new(&config, args.dtype.bytes(), args.state_dtype.bytes(), args.dtype.bytes());
+    let memory = args.memory;
     let layers: Vec<&str> = config.layer_kinds.iter().map(|k| k.name()).collect();
-    let weight_bytes = |p| counts.total * elem_bytes(p);
+    let weight_bytes = |p| counts.total * Precision::bytes(p);
     let conv_bytes = mem.state_bytes_per_sequence - mem.ssm_state_bytes_per_sequence;
     let fit = memory.map(|m| (m, mem.bytes_per_sequence(args.context), mem.sequences_that_fit(m, args.context)));
 

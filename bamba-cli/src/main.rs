@@ -153,8 +153,8 @@ pub struct InfoArgs {
     #[arg(long)]
     pub json: bool,
     /// Memory budget for weights + caches, e.g. 141GB or 80GiB.
-    #[arg(long)]
-    pub memory: Option<String>,
+    #[arg(long, value_parser = memory_bytes)]
+    pub memory: Option<u64>,
     /// Context length (tokens per sequence) for the KV and fit numbers.
     #[arg(long, default_value_t = 4096)]
     pub context: u64,
@@ -199,8 +199,8 @@ pub struct BenchArgs {
     /// Memory budget, e.g. 141GB: each batch size becomes the largest (up to it) whose weights, KV
     /// caches and states fit, by the `bamba info` model (activations not counted); none fitting is a
     /// skipped record.
-    #[arg(long)]
-    pub memory: Option<String>,
+    #[arg(long, value_parser = memory_bytes)]
+    pub memory: Option<u64>,
     /// Seed of the random weights and prompt ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -213,6 +213,11 @@ pub struct BenchArgs {
     /// One JSON record per line instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--memory`: a size such as 141GB or 80GiB, in bytes.
+fn memory_bytes(text: &str) -> Result<u64, String> {
+    bamba_model::sizes::parse_memory(text).ok_or_else(|| format!("cannot parse {text:?} (try 141GB or 80GiB)"))
 }
 
 fn main() -> Result<()> {

@@ -15,6 +15,8 @@ use thiserror::Error;
 /// Errors reading or validating a config.
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    #[error("unknown preset {name:?} (known: {known})")]
+    UnknownPreset { name: String, known: String },
     #[error("cannot read config {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("malformed config.json: {0}")]

@@ -37,6 +37,14 @@ impl Precision {
             Precision::F16 => DType::F16,
         }
     }
+
+    /// Bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 | Precision::F16 => 2,
+        }
+    }
 }
 
 impl fmt::Display for Precision {

@@ -32,12 +32,12 @@ fn llama_8b_shape() -> String {
 /// Names [`preset`] knows.
 pub const PRESETS: [&str; 2] = ["bamba-9b", "llama-8b-shape"];
 
-/// The config of a named shape, or `None` for an unknown name.
-pub fn preset(name: &str) -> Option<Result<BambaConfig, ConfigError>> {
+/// The config of a named shape; an unknown name is [`ConfigError::UnknownPreset`].
+pub fn preset(name: &str) -> Result<BambaConfig, ConfigError> {
     match name {
-        "bamba-9b" => Some(BambaConfig::from_json(BAMBA_9B)),
-        "llama-8b-shape" => Some(BambaConfig::from_json(&llama_8b_shape())),
-        _ => None,
+        "bamba-9b" => BambaConfig::from_json(BAMBA_9B),
+        "llama-8b-shape" => BambaConfig::from_json(&llama_8b_shape()),
+        _ => Err(ConfigError::UnknownPreset { name: name.to_string(), known: PRESETS.join(", ") }),
     }
 }
 
@@ -49,7 +49,7 @@ mod tests {
 
     #[test]
     fn bamba_9b_has_the_published_parameter_count() {
-        let c = preset("bamba-9b").unwrap().unwrap();
+        let c = preset("bamba-9b").unwrap();
         // architecture.md: 9,780,235,392 parameters; attention at 9, 18, 27.
         assert_eq!(ParameterCounts::new(&c).total, 9_780_235_392);
         assert_eq!(c.count(LayerKind::Attention), 3);
@@ -58,12 +58,12 @@ mod tests {
 
     #[test]
     fn llama_shape_is_all_attention_with_full_rope() {
-        let c = preset("llama-8b-shape").unwrap().unwrap();
+        let c = preset("llama-8b-shape").unwrap();
         assert_eq!(c.count(LayerKind::Attention), 32);
         assert_eq!(c.rotary_dim(), 128);
         assert_eq!(c.rope_theta, 500000.0);
         // Llama-3.1-8B has 8,030,261,248 parameters; the same shape here.
         assert_eq!(ParameterCounts::new(&c).total, 8_030_261_248);
-        assert!(preset("gpt-5").is_none());
+        assert!(matches!(preset("gpt-5"), Err(ConfigError::UnknownPreset { .. })));
     }
 }
