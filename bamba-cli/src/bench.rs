@@ -66,7 +66,6 @@ impl FromStr for BenchTest {
     }
 }
 
-/// The model shape to run and its name in the records.
 /// The model shape to run, its name in the records, and the checkpoint to load (`None`: random weights).
 fn shape(args: &BenchArgs) -> Result<(String, BambaConfig, Option<PathBuf>)> {
     match (&args.preset, &args.config) {
@@ -252,6 +251,7 @@ impl Job<'_> {
                 (0..batch * len).map(|i| ((i as u64 * 2_654_435_761 + args.seed) % vocab as u64) as i64).collect();
             Tensor::from_data(TensorData::new(flat, [batch, len]), device)
         };
+        let label = format!("{test} b{batch}");
         let mut record = self.base();
         record["test"] = json!(test.to_string());
         record["batch"] = json!(batch);
@@ -273,7 +273,7 @@ impl Job<'_> {
                     sync()?;
                     Ok(start.elapsed())
                 };
-                let time = self.repeat(&mut run)?;
+                let time = self.repeat(&label, &mut run)?;
                 let flops = prefill_flops(&self.config, batch as u64, tokens as u64);
                 let roof_s = (flops / (args.peak_tflops * 1e12)).max(memory.weight_bytes as f64 / bandwidth);
                 let secs = time.as_secs_f64();
@@ -291,7 +291,7 @@ impl Job<'_> {
                 let first = ids(1);
                 let mut run =
                     || -> Result<Duration> { decode_run(model, &mut cache, first.clone(), context, steps, &sync) };
-                let time = self.repeat(&mut run)?;
+                let time = self.repeat(&label, &mut run)?;
                 let secs = time.as_secs_f64();
                 let step_s = secs / steps as f64;
                 // Bytes of the middle step stand for the average (KV reads grow linearly).
@@ -319,11 +319,19 @@ impl Job<'_> {
     }
 
     /// `--warmup` untimed runs, then the median of `--repeats` timed ones.
-    fn repeat(&self, run: &mut dyn FnMut() -> Result<Duration>) -> Result<Duration> {
-        for _ in 0..self.args.warmup {
-            run()?;
+    fn repeat(&self, label: &str, run: &mut dyn FnMut() -> Result<Duration>) -> Result<Duration> {
+        let (warmup, repeats) = (self.args.warmup, self.args.repeats.max(1));
+        let mut timed = |kind: &str, i: usize, n: usize| -> Result<Duration> {
+            let time = run()?;
+            if self.args.progress {
+                eprintln!("{label}: {kind} {}/{n}: {:.3} s", i + 1, time.as_secs_f64());
+            }
+            Ok(time)
+        };
+        for i in 0..warmup {
+            timed("warm-up", i, warmup)?;
         }
-        let times = (0..self.args.repeats.max(1)).map(|_| run()).collect::<Result<Vec<_>>>()?;
+        let times = (0..repeats).map(|i| timed("run", i, repeats)).collect::<Result<Vec<_>>>()?;
         Ok(median(times))
     }
 }

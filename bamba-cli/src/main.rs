@@ -213,6 +213,10 @@ pub struct BenchArgs {
     /// One JSON record per line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Print the time of every run, warm-up included, to stderr (shows where compilation and
+    /// autotuning go).
+    #[arg(long)]
+    pub progress: bool,
 }
 
 /// `--memory`: a size such as 141GB or 80GiB, in bytes.
