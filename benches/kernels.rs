@@ -220,16 +220,18 @@ fn bench_linear(c: &mut Criterion) {
     group.finish();
 }
 
-/// Attention as the model runs it (`causal_attention`: matmul, f32 softmax, matmul, GQA folded into
-/// the query rows) on Llama/Bamba heads (32 query, 8 KV, 128 wide): causal prefill and single-token
-/// decode over a KV cache, the shapes scripts/bench_torch.py gives SDPA.
+/// Attention as the model runs it on Llama/Bamba heads (32 query, 8 KV, 128 wide), the shapes
+/// scripts/bench_torch.py gives SDPA: causal prefill (`causal_attention`: matmul, f32 softmax, matmul,
+/// GQA folded into the query rows) and single-token decode over a full KV cache
+/// (`BambaOps::decode_attention`: the split/combine kernel on GPUs), with the tensor-op reference
+/// beside the kernel at two sizes.
 fn bench_attention(c: &mut Criterion) {
     use bamba::model::attention::causal_attention;
     let device = Default::default();
     let mut group = c.benchmark_group("attention");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
     let (prefill, decode): (&[usize], &[(usize, usize)]) =
-        if GPU { (&[512, 4096], &[(1, 4096), (16, 8192), (64, 8192)]) } else { (&[64], &[(2, 64)]) };
+        if GPU { (&[512, 4096], &[(1, 4096), (16, 8192), (64, 8192), (64, 32768)]) } else { (&[64], &[(2, 64)]) };
     for &len in prefill {
         let q = random([1, 32, len, 128], -1.0, 1.0, dtype(), &device);
         let k = random([1, 8, len, 128], -1.0, 1.0, dtype(), &device);
@@ -247,14 +249,25 @@ fn bench_attention(c: &mut Criterion) {
         let q = random([batch, 32, 1, 128], -1.0, 1.0, dtype(), &device);
         let k = random([batch, 8, context, 128], -1.0, 1.0, dtype(), &device);
         let v = random([batch, 8, context, 128], -1.0, 1.0, dtype(), &device);
+        let start = Tensor::<B, 1>::zeros([batch], (&device, DType::F32));
         group.throughput(Throughput::Bytes((2 * batch * 8 * context * 128 * dtype().size()) as u64));
         group.bench_function(BenchmarkId::new(format!("decode_b{batch}"), context), |bench| {
             bench.iter(|| {
-                let out = causal_attention(q.clone(), k.clone(), v.clone(), context - 1, None);
+                let out = B::decode_attention(q.clone(), k.clone(), v.clone(), start.clone(), context);
                 sync(&device);
                 out
             })
         });
+        if !GPU || matches!((batch, context), (1, 4096) | (64, 8192)) {
+            group.bench_function(BenchmarkId::new(format!("decode_reference_b{batch}"), context), |bench| {
+                bench.iter(|| {
+                    let out =
+                        reference::attention::decode_attention(q.clone(), k.clone(), v.clone(), start.clone(), context);
+                    sync(&device);
+                    out
+                })
+            });
+        }
     }
     group.finish();
 }

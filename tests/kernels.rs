@@ -308,6 +308,53 @@ fn check_norm<B: BambaOps>(device: &B::Device) {
     println!("rms_norm on {}: worst relative difference {worst:e}", B::name(device));
 }
 
+/// Decode attention against the reference over grouped heads, head widths that take 1-lane to 16-lane
+/// groups, left padding (`key_start`), one split or thousands, and a cache filled past `keys` with
+/// values that would show if the kernel read them.
+fn check_decode_attention<B: BambaOps>(device: &B::Device) {
+    let cpu = Default::default();
+    let mut worst = 0.0f32;
+    for dtype in dtypes::<B>(device) {
+        // (batch, heads, kv_heads, head_dim, capacity, keys, key starts)
+        let cases: [(usize, usize, usize, usize, usize, usize, &[f32]); 5] = [
+            (1, 4, 2, 8, 20, 7, &[0.0]),
+            (3, 4, 4, 12, 37, 37, &[0.0, 5.0, 36.0]),
+            (2, 32, 8, 128, 600, 513, &[0.0, 100.0]),
+            (1, 8, 1, 64, 5000, 4099, &[0.0]),
+            (2, 6, 2, 20, 9, 1, &[0.0, 0.0]),
+        ];
+        for (seed, (batch, heads, kv_heads, head_dim, capacity, keys, starts)) in cases.into_iter().enumerate() {
+            let seed = 9000 + 4 * seed as u64;
+            let q = rounded(uniform(batch * heads * head_dim, seed, -2.0, 2.0), dtype);
+            let kv_len = batch * kv_heads * capacity * head_dim;
+            let k = rounded(uniform(kv_len, seed + 1, -2.0, 2.0), dtype);
+            let v = rounded(uniform(kv_len, seed + 2, -1.0, 1.0), dtype);
+            let q_shape = [batch, heads, 1, head_dim];
+            let kv_shape = [batch, kv_heads, capacity, head_dim];
+            let got = B::decode_attention(
+                tensor(&q, q_shape, device, dtype),
+                tensor(&k, kv_shape, device, dtype),
+                tensor(&v, kv_shape, device, dtype),
+                tensor(starts, [batch], device, DType::F32),
+                keys,
+            );
+            assert_eq!(got.dims(), q_shape);
+            let expected = reference::attention::decode_attention::<Cpu>(
+                tensor(&q, q_shape, &cpu, DType::F32),
+                tensor(&k, kv_shape, &cpu, DType::F32),
+                tensor(&v, kv_shape, &cpu, DType::F32),
+                tensor(starts, [batch], &cpu, DType::F32),
+                keys,
+            );
+            let d = relative_diff(&host(got), &host(expected));
+            let case = format!("decode attention b{batch} h{heads}/{kv_heads} d{head_dim} {keys}/{capacity} {dtype:?}");
+            assert!(d <= rounding_tolerance(dtype), "{case}: {d:e}");
+            worst = worst.max(d);
+        }
+    }
+    println!("decode_attention on {}: worst relative difference {worst:e}", B::name(device));
+}
+
 /// A few decode steps of a model with Bamba-9B's head shapes (narrower) in the device's 16-bit dtype,
 /// against the same random weights in f32 on the same device. Guards the decode path in half precision,
 /// where Burn 0.21's fused-reduce autotune crashed the device (see `cube/rms_norm.rs`).
@@ -440,6 +487,11 @@ macro_rules! backend_tests {
             #[test]
             fn rms_norm_matches_the_reference() {
                 check_norm::<$backend>(&$device);
+            }
+
+            #[test]
+            fn decode_attention_matches_the_reference() {
+                check_decode_attention::<$backend>(&$device);
             }
 
             #[test]

@@ -1,7 +1,8 @@
 //! Hot operations of the Bamba model behind one Burn backend-extension trait.
 //!
 //! [`BambaOps`] is the only door the model uses for its hot ops (the Mamba2 SSD chunked scan, its
-//! single-token decode step, the causal depthwise conv, RMSNorm, and the linear layers' matmul). Each method's default body is the plain tensor-op reference in
+//! single-token decode step, the causal depthwise conv, RMSNorm, the linear layers' matmul, and
+//! decode attention over the KV cache). Each method's default body is the plain tensor-op reference in
 //! [`reference`], which runs on every backend (ndarray in CI). GPU backends override a method with a
 //! CubeCL kernel; tests compare the override against the reference on the same device.
 //!
@@ -53,11 +54,6 @@ pub trait BambaOps: Backend {
         reference::conv::causal_conv1d_silu(x, weight, bias, window)
     }
 
-    /// `y = x · Wᵀ` for a weight kept in the checkpoint's `[out, in]` layout (a linear layer without
-    /// its bias). Backends with a memory-bound GEMV kernel use it when `x` has few rows (decode).
-    ///
-    /// # Shapes
-    /// - `x`: `[rows, in]`, `weight`: `[out, in]` → `[rows, out]` in `x`'s dtype
     /// RMSNorm with f32 statistics over `groups` slices of the last dim, optionally of `x · silu(gate)`
     /// (Mamba2's gated norm); see [`reference::norm::rms_norm`] for the exact rounding.
     ///
@@ -74,8 +70,31 @@ pub trait BambaOps: Backend {
         reference::norm::rms_norm(x, gate, weight, groups, eps)
     }
 
+    /// `y = x · Wᵀ` for a weight kept in the checkpoint's `[out, in]` layout (a linear layer without
+    /// its bias). Backends with a memory-bound GEMV kernel use it when `x` has few rows (decode).
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, in]`, `weight`: `[out, in]` → `[rows, out]` in `x`'s dtype
     fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
         x.matmul(weight.transpose())
+    }
+
+    /// Decode attention: one new query per sequence against the first `keys` slots of a
+    /// preallocated KV cache (GQA: query head `h` reads KV head `h / (heads / kv_heads)`), row `b`
+    /// from slot `key_start[b]` on (its left padding excluded). See
+    /// [`reference::attention::decode_attention`].
+    ///
+    /// # Shapes
+    /// - `q`: `[batch, heads, 1, head_dim]`, `k`, `v`: `[batch, kv_heads, capacity, head_dim]`, one dtype
+    /// - `key_start`: `[batch]` f32 whole numbers → `[batch, heads, 1, head_dim]` in `q`'s dtype
+    fn decode_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        key_start: Tensor<Self, 1>,
+        keys: usize,
+    ) -> Tensor<Self, 4> {
+        reference::attention::decode_attention(q, k, v, key_start, keys)
     }
 }
 

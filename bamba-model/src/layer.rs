@@ -60,7 +60,7 @@ impl<B: BambaOps> DecoderLayer<B> {
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
         let h = self.input_layernorm.forward(x.clone());
-        let (tokens, attention) = (masks.tokens.as_ref(), masks.attention.as_ref());
+        let tokens = masks.tokens.as_ref();
         let h = match (&self.mixer, cache) {
             (Mixer::Mamba(m), None) => m.forward(h, None, tokens).0,
             (Mixer::Mamba(m), Some(LayerCache::Mamba(slot))) => {
@@ -68,8 +68,8 @@ impl<B: BambaOps> DecoderLayer<B> {
                 *slot = Some(state);
                 out
             }
-            (Mixer::Attention(a), None) => a.forward(h, rope, tables, attention, None),
-            (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => a.forward(h, rope, tables, attention, Some(kv)),
+            (Mixer::Attention(a), None) => a.forward(h, rope, tables, masks, None),
+            (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => a.forward(h, rope, tables, masks, Some(kv)),
             _ => unreachable!("the cache is built from the same layer plan as the model"),
         };
         let x = x + h;

@@ -196,15 +196,19 @@ impl<B: BambaOps> BambaModel<B> {
         cache.check(batch, len)?;
         let mut x = self.embed(ids);
         let (start, padding) = (cache.position, &cache.padding);
-        let (tables, masks) = if padding.is_none() {
-            (self.rope.tables::<B>(start, len, &self.device, self.dtype), ChunkMasks::none())
+        let tables = if padding.is_none() {
+            self.rope.tables::<B>(start, len, &self.device, self.dtype)
         } else {
-            let tables = self.rope.tables_at::<B>(&padding.positions(start, len), &self.device, self.dtype);
-            let masks = ChunkMasks {
-                attention: Some(padding.attention_mask(start, len, &self.device)),
-                tokens: padding.token_mask(start, len, &self.device, self.dtype),
-            };
-            (tables, masks)
+            self.rope.tables_at::<B>(&padding.positions(start, len), &self.device, self.dtype)
+        };
+        let tokens = padding.token_mask(start, len, &self.device, self.dtype);
+        let masks = if len == 1 {
+            // Decode attention reads slots `key_start .. position + 1` of each row: built once per step.
+            ChunkMasks { attention: None, tokens, key_start: Some(padding.key_starts(batch, &self.device)) }
+        } else if padding.is_none() {
+            ChunkMasks::none()
+        } else {
+            ChunkMasks { attention: Some(padding.attention_mask(start, len, &self.device)), tokens, key_start: None }
         };
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(x, &self.rope, &tables, &masks, Some(layer_cache));

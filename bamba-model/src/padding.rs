@@ -55,6 +55,19 @@ impl LeftPadding {
         Tensor::from_data(TensorData::new(masked, [self.pads.len(), 1, len, keys]), device)
     }
 
+    /// The first cache slot each row's decode query may attend to (its pad count), as f32 for
+    /// [`bamba_kernels::BambaOps::decode_attention`]; zeros for an unpadded batch.
+    ///
+    /// # Shapes
+    /// - returns `[batch]`
+    pub fn key_starts<B: Backend>(&self, batch: usize, device: &B::Device) -> Tensor<B, 1> {
+        if self.is_none() {
+            return Tensor::zeros([batch], (device, DType::F32));
+        }
+        let starts: Vec<f32> = self.pads.iter().map(|&pad| pad as f32).collect();
+        Tensor::from_data(TensorData::new(starts, [batch]), (device, DType::F32))
+    }
+
     /// 1 at real tokens, 0 at pads, for slots `start .. start + len`; `None` when the chunk holds
     /// no pad.
     ///
@@ -87,10 +100,12 @@ pub struct ChunkMasks<B: Backend> {
     pub attention: Option<Tensor<B, 4, Bool>>,
     /// `[batch, len, 1]`, 1 at real tokens and 0 at pads.
     pub tokens: Option<Tensor<B, 3>>,
+    /// Decode steps only: `[batch]` f32, the first cache slot each row may attend to.
+    pub key_start: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> ChunkMasks<B> {
     pub fn none() -> Self {
-        ChunkMasks { attention: None, tokens: None }
+        ChunkMasks { attention: None, tokens: None, key_start: None }
     }
 }

@@ -3,6 +3,7 @@
 //! `fusion` feature puts around it (an impl on `CubeBackend` alone would not reach `burn::backend::Cuda`).
 
 mod conv;
+mod decode_attention;
 mod gemv;
 mod math;
 mod rms_norm;
@@ -123,6 +124,17 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         let gate = gate.map(|g| prim(g.cast(weight.dtype())));
         wrap(rms_norm::launch(prim(x), gate, prim(weight), groups, eps))
     }
+
+    fn decode_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        key_start: Tensor<Self, 1>,
+        keys: usize,
+    ) -> Tensor<Self, 4> {
+        let key_start = prim(key_start.cast(DType::F32));
+        wrap(decode_attention::launch(prim(q), prim(k), prim(v), key_start, keys))
+    }
 }
 
 /// Whether the GEMV kernel takes this product: few rows, one dtype (else Burn's matmul does).
@@ -138,6 +150,7 @@ enum Kind {
     Conv { has_bias: bool },
     Gemv,
     Norm { gated: bool, groups: usize, eps: f64 },
+    DecodeAttention { keys: usize },
 }
 
 /// A `BambaOps` call recorded in the fusion stream; runs the inner backend's method when executed.
@@ -181,6 +194,10 @@ impl<B: FusionBackend + BambaOps> Operation<B::FusionRuntime> for CustomOp<B> {
                 let x = wrap(next());
                 let gate = gated.then(|| wrap(next()));
                 vec![prim(B::rms_norm(x, gate, wrap(next()), groups, eps))]
+            }
+            Kind::DecodeAttention { keys } => {
+                let (q, k, v, start) = (wrap(next()), wrap(next()), wrap(next()), wrap(next()));
+                vec![prim(B::decode_attention(q, k, v, start, keys))]
             }
         };
         for (ir, tensor) in self.desc.outputs.iter().zip(outputs) {
@@ -270,6 +287,19 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         inputs.extend(gate.map(|g| prim(g.cast(weight.dtype()))));
         inputs.push(prim(weight));
         let [y] = register::<B, 1>("bamba_rms_norm", kind, inputs, [out]);
+        wrap(y)
+    }
+
+    fn decode_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        key_start: Tensor<Self, 1>,
+        keys: usize,
+    ) -> Tensor<Self, 4> {
+        let out = (q.dims().to_vec(), q.dtype());
+        let inputs = vec![prim(q), prim(k), prim(v), prim(key_start.cast(DType::F32))];
+        let [y] = register::<B, 1>("bamba_decode_attention", Kind::DecodeAttention { keys }, inputs, [out]);
         wrap(y)
     }
 }

@@ -1,6 +1,7 @@
 //! Plain tensor-op references for the hot ops: correct on every backend, the ground truth that
 //! kernels are tested against.
 
+pub mod attention;
 pub mod conv;
 pub mod norm;
 pub mod ssd;

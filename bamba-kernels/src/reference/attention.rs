@@ -1,0 +1,76 @@
+//! Attention references: causal grouped-query attention over a whole chunk, and the decode form over
+//! a preallocated KV cache.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, DType, Int, Tensor};
+
+/// Causal scaled-dot-product attention with grouped KV heads; softmax in f32. Query `i` sits at
+/// absolute position `query_offset + i` and sees keys `0 ..= query_offset + i`, unless an explicit
+/// `mask` (which must include causality) says otherwise. Query head `h` reads KV head `h / rep`.
+///
+/// The `rep` query heads of a group are folded into the query rows, so one matmul per KV head serves
+/// the whole group and K, V are never copied `rep` times (a copy of the whole KV cache per layer
+/// and step otherwise).
+///
+/// # Shapes
+/// - `q`: `[batch, heads, q_len, head_dim]`, `k`, `v`: `[batch, kv_heads, k_len, head_dim]` → like `q`
+/// - `mask`: `[batch or 1, 1, q_len, k_len]`, `true` = masked
+pub fn causal_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    query_offset: usize,
+    mask: Option<Tensor<B, 4, Bool>>,
+) -> Tensor<B, 4> {
+    let dtype = q.dtype();
+    let [batch, heads, q_len, head_dim] = q.dims();
+    let [_, kv_heads, k_len, _] = k.dims();
+    let rep = heads / kv_heads;
+    let scale = (head_dim as f64).powf(-0.5);
+    // Row r·q_len + i of a group is query i of the group's head r.
+    let q = q.reshape([batch, kv_heads, rep * q_len, head_dim]);
+    let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * scale;
+    let mask = match mask {
+        Some(mask) => Some(mask),
+        // One query at the end of the keys sees them all: nothing to mask.
+        None if q_len == 1 && query_offset + 1 == k_len => None,
+        None => {
+            Some(Tensor::<B, 2, Bool>::tril_mask([q_len, k_len], query_offset as i64, &scores.device()).unsqueeze())
+        }
+    };
+    let scores = match mask {
+        Some(mask) => {
+            let mask_batch = mask.dims()[0];
+            let rows = mask.unsqueeze_dim::<5>(2).expand([mask_batch, 1, rep, q_len, k_len]);
+            scores.mask_fill(rows.reshape([mask_batch, 1, rep * q_len, k_len]), f32::NEG_INFINITY)
+        }
+        None => scores,
+    };
+    let probs = softmax(scores, 3).cast(dtype);
+    probs.matmul(v).reshape([batch, heads, q_len, head_dim])
+}
+
+/// One new query per sequence against the first `keys` slots of a preallocated KV cache; row `b`
+/// attends to slots `key_start[b] .. keys` (its left padding excluded). The whole cache takes part,
+/// the rest masked, so that every decode step has the same shapes (Burn tunes and compiles its
+/// matmul per shape).
+///
+/// # Shapes
+/// - `q`: `[batch, heads, 1, head_dim]`, `k`, `v`: `[batch, kv_heads, capacity, head_dim]` → like `q`
+/// - `key_start`: `[batch]`, whole numbers (any float dtype)
+pub fn decode_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    key_start: Tensor<B, 1>,
+    keys: usize,
+) -> Tensor<B, 4> {
+    let [batch, _, capacity, _] = k.dims();
+    let slot = Tensor::<B, 1, Int>::arange(0..capacity as i64, &q.device()).float().cast(DType::F32);
+    let slot = slot.reshape([1, capacity]);
+    let before = slot.clone().lower(key_start.cast(DType::F32).reshape([batch, 1]));
+    let after = slot.greater_equal_elem(keys as f32);
+    let mask = before.bool_or(after).reshape([batch, 1, 1, capacity]);
+    causal_attention(q, k, v, capacity - 1, Some(mask))
+}
