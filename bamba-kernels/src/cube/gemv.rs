@@ -4,11 +4,10 @@
 //!
 //! One row of `LANES` units per output feature: the lanes walk that feature's weight row with the
 //! widest vector loads the device has (16 bytes: 8 bf16 or 4 f32), consecutive lanes on consecutive
-//! vectors so that each warp load is one coalesced 512-byte transaction, and reuse every weight vector
-//! for all rows of `x` (held in L1/L2; it is tiny). Products accumulate in f32; one sum across the lanes
-//! per output ends it. `FEATURES` rows of lanes share a cube, so a cube streams `FEATURES` weight rows
-//! at once and a 4096-wide weight has ~2 K warps in flight: enough to saturate HBM without split-K for
-//! the inner sizes Bamba has (≤ 14336).
+//! vectors so that each warp load is one coalesced 512-byte transaction, `UNROLL` loads issued before
+//! any is used, and reuse every weight vector for all rows of `x` (held in L1/L2; it is tiny).
+//! Products accumulate in f32; one sum across the lanes per output ends it. `FEATURES` rows of lanes
+//! share a cube. Measured on the H200: 52% of the copy bandwidth on 4096×16768 (no split-K yet).
 
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -21,6 +20,8 @@ use super::ssd_step::{rows_are_planes, LANES};
 
 /// Output features per cube (rows of `LANES` units).
 const FEATURES: usize = 8;
+/// Weight vectors each lane loads before using them.
+const UNROLL: usize = 4;
 
 /// The most rows of `x` one launch takes: each lane keeps one f32 vector accumulator per row.
 /// Larger batches are a (small) GEMM and go to the backend's matmul.
@@ -49,11 +50,29 @@ fn gemv_kernel<F: Float, N: Size>(
     if feature < out_features {
         let base = feature * vectors;
         let mut i = lane;
+        // UNROLL weight loads issued before any is used: bytes in flight per lane, which is what a
+        // memory-bound loop needs (a plain loop waits on each load in turn).
+        let mut wv = Array::<Vector<F, N>>::new(UNROLL);
+        while i + (UNROLL - 1) * LANES < vectors {
+            #[unroll]
+            for u in 0..UNROLL {
+                wv[u] = w[base + i + u * LANES];
+            }
+            #[unroll]
+            for u in 0..UNROLL {
+                let wf = Vector::<f32, N>::cast_from(wv[u]);
+                #[unroll]
+                for r in 0..rows {
+                    acc[r] += wf * Vector::<f32, N>::cast_from(x[r * vectors + i + u * LANES]);
+                }
+            }
+            i += UNROLL * LANES;
+        }
         while i < vectors {
-            let wv = Vector::<f32, N>::cast_from(w[base + i]);
+            let wf = Vector::<f32, N>::cast_from(w[base + i]);
             #[unroll]
             for r in 0..rows {
-                acc[r] += wv * Vector::<f32, N>::cast_from(x[r * vectors + i]);
+                acc[r] += wf * Vector::<f32, N>::cast_from(x[r * vectors + i]);
             }
             i += LANES;
         }
