@@ -1,0 +1,108 @@
+"""Plots decode throughput Bamba-9B / Llama-8B shape against context length, like the Bamba paper's Figure 1:
+the roofline ratio from the byte model (`bamba info`, the model `bamba bench` uses) for batches 1, 16 and 64,
+and the ratios measured on the H200 (benches/results/h200.json). Writes an SVG without plotting libraries.
+
+Roofline: a decode step streams the weights once plus each sequence's KV cache and recurrent state, so
+tokens/s = batch / (bytes / bandwidth); the bandwidth cancels in the ratio. The Llama shape runs at the
+largest batch up to the requested one whose weights and caches fit in the memory budget (141 GB), as in
+the measurements (which shrink it further where the allocator needs room; see benches/results/README.md).
+
+Usage: python3 scripts/ratio_plot.py BAMBA_BINARY benches/results/h200.json benches/results/ratio.svg
+"""
+
+import json
+import math
+import subprocess
+import sys
+
+CONTEXTS = [1024, 2048, 4096, 8192, 16384, 32768]
+BATCHES = [1, 16, 64]
+MEMORY = 141e9
+COLORS = {1: "#1f77b4", 16: "#2ca02c", 64: "#d62728"}
+
+
+def info(binary, preset, context):
+    out = subprocess.run([binary, "info", "--preset", preset, "--json", "--context", str(context)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def roofline_tok_s(shape, batch):
+    """Tokens per byte-second at `batch`, shrunk to what fits; 0 when not even one sequence fits."""
+    per_seq, weights = shape["bytes_per_sequence_at_context"], shape["weight_bytes"]["bf16"]
+    batch = min(batch, int((MEMORY - weights) // per_seq))
+    if batch < 1:
+        return 0.0
+    return batch / (shape["streamed_weight_bytes_per_decode_step"] + batch * per_seq)
+
+
+def measured_points(results):
+    """(context, batch, ratio) of every context where both shapes ran the same test and requested batch."""
+    best = {}
+    for r in results["bench_records"]:
+        test = r.get("test", "")
+        if not test.startswith("tg") or "tokens_per_s" not in r:
+            continue
+        context = int(test.split("@d")[1]) if "@d" in test else 0
+        key = (r["model"], context, r.get("requested_batch", r["batch"]))
+        best[key] = max(best.get(key, 0.0), r["tokens_per_s"])
+    points = []
+    for (model, context, batch), tok_s in best.items():
+        llama = best.get(("llama-8b-shape", context, batch))
+        if model == "bamba-9b" and llama and context >= CONTEXTS[0]:
+            points.append((context, batch, tok_s / llama))
+    return sorted(points)
+
+
+def svg(curves, points, path):
+    width, height, left, right, top, bottom = 640, 420, 60, 150, 30, 50
+    ymax = max([8.0] + [r for c in curves.values() for _, r in c] + [r for *_, r in points]) * 1.05
+    span = math.log2(CONTEXTS[-1] / CONTEXTS[0])
+    x = lambda c: left + (width - left - right) * math.log2(c / CONTEXTS[0]) / span
+    y = lambda r: height - bottom - (height - top - bottom) * r / ymax
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{left}" y="18" font-size="14">Decode tokens/s, Bamba-9B / Llama-8B shape (bf16, H200)</text>']
+    for tick in range(0, int(ymax) + 1):
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 8}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick}</text>')
+    for c in CONTEXTS:
+        out.append(f'<text x="{x(c):.1f}" y="{height - bottom + 18}" text-anchor="middle">{c // 1024}K</text>')
+    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 10}" text-anchor="middle">context (tokens per sequence)</text>')
+    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{height - bottom}" stroke="black"/>')
+    out.append(f'<line x1="{left}" x2="{width - right}" y1="{height - bottom}" y2="{height - bottom}" stroke="black"/>')
+    for i, (batch, curve) in enumerate(curves.items()):
+        pts = " ".join(f"{x(c):.1f},{y(r):.1f}" for c, r in curve)
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{COLORS[batch]}" stroke-width="2" stroke-dasharray="6,4"/>')
+        out.append(f'<line x1="{width - right + 10}" x2="{width - right + 35}" y1="{top + 20 * i + 10}" y2="{top + 20 * i + 10}" stroke="{COLORS[batch]}" stroke-width="2" stroke-dasharray="6,4"/>')
+        out.append(f'<text x="{width - right + 40}" y="{top + 20 * i + 14}">roofline b{batch}</text>')
+    for i, (context, batch, ratio) in enumerate(points):
+        color = COLORS.get(batch, "black")
+        out.append(f'<circle cx="{x(context):.1f}" cy="{y(ratio):.1f}" r="5" fill="{color}"/>')
+        out.append(f'<text x="{x(context) + 8:.1f}" y="{y(ratio) - 6:.1f}">{ratio:.2f}</text>')
+    n = len(curves)
+    out.append(f'<circle cx="{width - right + 22}" cy="{top + 20 * n + 10}" r="5" fill="#555"/>')
+    out.append(f'<text x="{width - right + 40}" y="{top + 20 * n + 14}">measured</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def main():
+    binary, results_path, out = sys.argv[1:4]
+    shapes = {(p, c): info(binary, p, c) for p in ("bamba-9b", "llama-8b-shape") for c in CONTEXTS}
+    curves = {
+        b: [(c, roofline_tok_s(shapes["bamba-9b", c], b) / roofline_tok_s(shapes["llama-8b-shape", c], b)) for c in CONTEXTS]
+        for b in BATCHES
+    }
+    with open(results_path) as f:
+        points = measured_points(json.load(f))
+    svg(curves, points, out)
+    for b, curve in curves.items():
+        print(f"roofline b{b}: " + ", ".join(f"{c // 1024}K {r:.2f}" for c, r in curve))
+    for context, batch, ratio in points:
+        print(f"measured b{batch} @ {context}: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
