@@ -4,6 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+use bamba_model::bamba_kernels::cube::unfused;
 use bamba_model::bamba_kernels::BambaOps;
 use bamba_model::Precision;
 
@@ -13,16 +15,34 @@ pub enum BackendKind {
     Ndarray,
     Wgpu,
     Cuda,
+    /// The same kernels without Burn's fusion stream (each op its own launch).
+    WgpuUnfused,
+    CudaUnfused,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [BackendKind::Cuda, BackendKind::Wgpu, BackendKind::Ndarray];
+    pub const ALL: [BackendKind; 5] = [
+        BackendKind::Cuda,
+        BackendKind::Wgpu,
+        BackendKind::Ndarray,
+        BackendKind::CudaUnfused,
+        BackendKind::WgpuUnfused,
+    ];
 
     pub fn is_compiled(self) -> bool {
         match self {
             BackendKind::Ndarray => cfg!(feature = "ndarray"),
-            BackendKind::Wgpu => cfg!(feature = "wgpu"),
-            BackendKind::Cuda => cfg!(feature = "cuda"),
+            BackendKind::Wgpu | BackendKind::WgpuUnfused => cfg!(feature = "wgpu"),
+            BackendKind::Cuda | BackendKind::CudaUnfused => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// The cargo feature that compiles this backend in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            BackendKind::Ndarray => "ndarray",
+            BackendKind::Wgpu | BackendKind::WgpuUnfused => "wgpu",
+            BackendKind::Cuda | BackendKind::CudaUnfused => "cuda",
         }
     }
 
@@ -37,7 +57,7 @@ impl BackendKind {
     /// f32 on CPU and wgpu (no bf16 there), bf16 on CUDA.
     pub fn default_precision(self) -> Precision {
         match self {
-            BackendKind::Cuda => Precision::Bf16,
+            BackendKind::Cuda | BackendKind::CudaUnfused => Precision::Bf16,
             _ => Precision::F32,
         }
     }
@@ -49,6 +69,8 @@ impl fmt::Display for BackendKind {
             BackendKind::Ndarray => "ndarray",
             BackendKind::Wgpu => "wgpu",
             BackendKind::Cuda => "cuda",
+            BackendKind::WgpuUnfused => "wgpu-unfused",
+            BackendKind::CudaUnfused => "cuda-unfused",
         })
     }
 }
@@ -60,7 +82,9 @@ impl FromStr for BackendKind {
             "ndarray" | "cpu" => Ok(BackendKind::Ndarray),
             "wgpu" | "vulkan" => Ok(BackendKind::Wgpu),
             "cuda" => Ok(BackendKind::Cuda),
-            _ => Err(format!("unknown backend {s:?} (known: ndarray, wgpu, cuda)")),
+            "wgpu-unfused" => Ok(BackendKind::WgpuUnfused),
+            "cuda-unfused" => Ok(BackendKind::CudaUnfused),
+            _ => Err(format!("unknown backend {s:?} (known: ndarray, wgpu, cuda, wgpu-unfused, cuda-unfused)")),
         }
     }
 }
@@ -77,8 +101,9 @@ pub fn dispatch<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
         let compiled: Vec<String> =
             BackendKind::ALL.iter().filter(|b| b.is_compiled()).map(|b| b.to_string()).collect();
         bail!(
-            "backend {kind} is not compiled into this binary (compiled: {}); rebuild with `--features {kind}`",
-            compiled.join(", ")
+            "backend {kind} is not compiled into this binary (compiled: {}); rebuild with `--features {}`",
+            compiled.join(", "),
+            kind.feature()
         );
     }
     match kind {
@@ -88,6 +113,10 @@ pub fn dispatch<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
         BackendKind::Wgpu => job.run::<burn::backend::Wgpu<f32, i32>>(Default::default()),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => job.run::<burn::backend::Cuda<f32, i32>>(Default::default()),
+        #[cfg(feature = "wgpu")]
+        BackendKind::WgpuUnfused => job.run::<unfused::Wgpu>(Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::CudaUnfused => job.run::<unfused::Cuda>(Default::default()),
         #[allow(unreachable_patterns)]
         _ => unreachable!("checked by is_compiled"),
     }

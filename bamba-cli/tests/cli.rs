@@ -97,6 +97,8 @@ fn bad_arguments_are_clear_errors() {
     fails_with(&["info", "--model", "tests/configs/bamba-9b.json", "--memory", "lots"], "--memory");
     if !cfg!(feature = "cuda") {
         fails_with(&with(&["--prompt-ids", "1,2", "--backend", "cuda"]), "not compiled");
+        // The unfused variant names the feature that builds it.
+        fails_with(&with(&["--prompt-ids", "1,2", "--backend", "cuda-unfused"]), "--features cuda`");
     }
     if !cfg!(feature = "ndarray") {
         fails_with(&with(&["--prompt-ids", "1,2", "--backend", "ndarray"]), "not compiled");

@@ -23,6 +23,17 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use crate::{BambaOps, ConvOutput, SsdConfig, SsdInputs, SsdOutput};
 
 pub use gemv::MAX_GEMV_ROWS;
+
+/// The GPU backends without Burn's fusion wrapper: every op is its own launch, with no fusion stream
+/// in between (fewer host steps per op, more launches). `bamba --backend cuda-unfused` / `wgpu-unfused`.
+pub mod unfused {
+    /// CUDA, unfused (`burn::backend::Cuda` without `Fusion`).
+    #[cfg(feature = "cuda")]
+    pub type Cuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+    /// wgpu, unfused (`burn::backend::Wgpu` without `Fusion`).
+    #[cfg(feature = "wgpu")]
+    pub type Wgpu = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+}
 pub use ssd_scan::MAX_STATE_PER_LANE;
 pub use ssd_step::LANES;
 
