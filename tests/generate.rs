@@ -133,7 +133,8 @@ fn left_padded_batch_rows_match_transformers_and_running_alone() {
         let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
         assert!(lengths.iter().min() < lengths.iter().max(), "{name}: prompts of one length test no padding");
         let max_new = 6;
-        for chunk in [None, Some(4)] {
+        // Chunks of 1 run pad slots through the decode path (a pad query with no real key before it).
+        for chunk in [None, Some(4), Some(1)] {
             let p = GenerateParams { prefill_chunk: chunk, ..greedy_params(max_new, vec![]) };
             let mut samplers: Vec<Sampler> =
                 prompts.iter().map(|_| Sampler::new(SamplingParams::default()).unwrap()).collect();

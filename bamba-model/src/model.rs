@@ -204,7 +204,7 @@ impl<B: BambaOps> BambaModel<B> {
         let tokens = padding.token_mask(start, len, &self.device, self.dtype);
         let masks = if len == 1 {
             // Decode attention reads slots `key_start .. position + 1` of each row: built once per step.
-            ChunkMasks { attention: None, tokens, key_start: Some(padding.key_starts(batch, &self.device)) }
+            ChunkMasks { attention: None, tokens, key_start: Some(padding.key_starts(start, batch, &self.device)) }
         } else if padding.is_none() {
             ChunkMasks::none()
         } else {

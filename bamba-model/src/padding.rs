@@ -55,16 +55,19 @@ impl LeftPadding {
         Tensor::from_data(TensorData::new(masked, [self.pads.len(), 1, len, keys]), device)
     }
 
-    /// The first cache slot each row's decode query may attend to (its pad count), as f32 for
-    /// [`bamba_kernels::BambaOps::decode_attention`]; zeros for an unpadded batch.
+    /// The first cache slot the query at slot `position` of each row may attend to, as f32 for
+    /// [`bamba_kernels::BambaOps::decode_attention`]: a real token skips its row's pads; a pad token
+    /// (prefill in chunks of one) sees the pads before it, as in [`Self::attention_mask`] (any finite
+    /// result will do; with no key at all its softmax would be NaN and reach the real tokens through
+    /// the Mamba state). Zeros for an unpadded batch.
     ///
     /// # Shapes
     /// - returns `[batch]`
-    pub fn key_starts<B: Backend>(&self, batch: usize, device: &B::Device) -> Tensor<B, 1> {
+    pub fn key_starts<B: Backend>(&self, position: usize, batch: usize, device: &B::Device) -> Tensor<B, 1> {
         if self.is_none() {
             return Tensor::zeros([batch], (device, DType::F32));
         }
-        let starts: Vec<f32> = self.pads.iter().map(|&pad| pad as f32).collect();
+        let starts: Vec<f32> = self.pads.iter().map(|&pad| if position >= pad { pad as f32 } else { 0.0 }).collect();
         Tensor::from_data(TensorData::new(starts, [batch]), (device, DType::F32))
     }
 
