@@ -286,6 +286,21 @@ fn bench_reports_every_test_and_batch_with_a_roofline() {
 }
 
 #[test]
+fn bench_progress_times_every_run_on_stderr() {
+    let args = ["bench", "-t", "tg2", "-r", "2", "--warmup", "1", "--json", "--progress"];
+    let run = bamba(&args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    for line in ["tg2 b1: warm-up 1/1: ", "tg2 b1: run 1/2: ", "tg2 b1: run 2/2: "] {
+        assert!(stderr.contains(line), "stderr lacks {line:?}:\n{stderr}");
+    }
+    // stdout stays records only
+    for line in String::from_utf8(run.stdout).unwrap().lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+}
+
+#[test]
 fn bench_memory_budget_shrinks_the_batch_to_what_fits() {
     // Budgets from `bamba info`'s own byte counts for the embedded model (f32, 1000 positions per sequence).
     let records = |memory: &str| -> Vec<serde_json::Value> {
