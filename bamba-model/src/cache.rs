@@ -47,20 +47,25 @@ impl<B: Backend> KvCache<B> {
     /// # Shapes
     /// - `k`, `v`: `[batch, kv_heads, len, head_dim]` → two `[batch, kv_heads, filled, head_dim]`
     pub fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let [b, h, len, d] = k.dims();
-        let (start, end) = (self.len, self.len + len);
-        self.k.inplace(|t| t.slice_assign([0..b, 0..h, start..end, 0..d], k));
-        self.v.inplace(|t| t.slice_assign([0..b, 0..h, start..end, 0..d], v));
-        self.len = end;
-        (self.k.clone().narrow(2, 0, end), self.v.clone().narrow(2, 0, end))
+        self.write(k, v);
+        self.filled()
     }
 
     /// Writes one position like [`KvCache::append`] but returns the whole preallocated buffers
     /// `[batch, kv_heads, capacity, head_dim]` and the filled length: decode attends over a shape that
     /// does not change from step to step (Burn tunes and compiles its matmul per shape).
     pub fn append_whole(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, usize) {
-        self.append(k, v);
+        self.write(k, v);
         (self.k.clone(), self.v.clone(), self.len)
+    }
+
+    /// Writes `k`, `v` at the next positions, in place (the cache holds the only handle).
+    fn write(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) {
+        let [b, h, len, d] = k.dims();
+        let (start, end) = (self.len, self.len + len);
+        self.k.inplace(|t| t.slice_assign([0..b, 0..h, start..end, 0..d], k));
+        self.v.inplace(|t| t.slice_assign([0..b, 0..h, start..end, 0..d], v));
+        self.len = end;
     }
 
     /// Views of the filled part: `[batch, kv_heads, len, head_dim]` keys and values.
