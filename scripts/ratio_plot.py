@@ -2,8 +2,9 @@
 the roofline ratio from the byte model (`bamba info`, the model `bamba bench` uses) for batches 1, 16 and 64,
 and the ratios measured on the H200 (benches/results/h200.json). Writes an SVG without plotting libraries.
 
-Roofline: a decode step streams the weights once plus each sequence's KV cache and recurrent state, so
-tokens/s = batch / (bytes / bandwidth); the bandwidth cancels in the ratio. The Llama shape runs at the
+Roofline: a decode step streams the weights once, each sequence's KV cache, and its recurrent state read and
+written (the byte model of `bamba bench`), so tokens/s = batch / (bytes / bandwidth); the bandwidth cancels in
+the ratio. The Llama shape runs at the
 largest batch up to the requested one whose weights and caches fit in the memory budget (141 GB), as in
 the measurements (which shrink it further where the allocator needs room; see benches/results/README.md).
 
@@ -17,23 +18,25 @@ import sys
 
 CONTEXTS = [1024, 2048, 4096, 8192, 16384, 32768]
 BATCHES = [1, 16, 64]
-MEMORY = 141e9
+MEMORY = "141GB"
 COLORS = {1: "#1f77b4", 16: "#2ca02c", 64: "#d62728"}
 
 
 def info(binary, preset, context):
-    out = subprocess.run([binary, "info", "--preset", preset, "--json", "--context", str(context)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [binary, "info", "--preset", preset, "--json", "--context", str(context), "--memory", MEMORY],
+        check=True, capture_output=True, text=True,
+    ).stdout
     return json.loads(out)
 
 
 def roofline_tok_s(shape, batch):
-    """Tokens per byte-second at `batch`, shrunk to what fits; 0 when not even one sequence fits."""
-    per_seq, weights = shape["bytes_per_sequence_at_context"], shape["weight_bytes"]["bf16"]
-    batch = min(batch, int((MEMORY - weights) // per_seq))
+    """Tokens per byte-second at `batch`, shrunk to what fits (`bamba info`'s `sequences_that_fit`); 0 when not
+    even one sequence fits. Step bytes as `bamba bench` counts them (`MemoryModel::decode_step_bytes`)."""
+    batch = min(batch, shape["sequences_that_fit"])
     if batch < 1:
         return 0.0
-    return batch / (shape["streamed_weight_bytes_per_decode_step"] + batch * per_seq)
+    return batch / (shape["streamed_weight_bytes_per_decode_step"] + batch * shape["decode_step_bytes_per_sequence"])
 
 
 def measured_points(results):

@@ -54,6 +54,8 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             "kv_bytes_per_token": mem.kv_bytes_per_token,
             "context": args.context,
             "bytes_per_sequence_at_context": mem.bytes_per_sequence(args.context),
+            // What each sequence adds to a decode step's bytes (the roofline of `bamba bench`).
+            "decode_step_bytes_per_sequence": mem.decode_step_bytes(1, args.context) - mem.streamed_weight_bytes,
         });
         if let Some((m, _, n)) = fit {
             out["memory_bytes"] = json!(m);

@@ -99,6 +99,12 @@ impl MemoryModel {
         let per = self.bytes_per_sequence(context).max(1);
         memory.saturating_sub(self.weight_bytes) / per
     }
+
+    /// Bytes one decode step of `batch` sequences at `context` cached tokens must move at least:
+    /// the streamed weights once, each sequence's recurrent state read and written, its KV read.
+    pub fn decode_step_bytes(&self, batch: u64, context: u64) -> u64 {
+        self.streamed_weight_bytes + batch * (2 * self.state_bytes_per_sequence + context * self.kv_bytes_per_token)
+    }
 }
 
 /// Parses a memory size such as `141GB`, `80GiB`, `512MB` or a plain byte count.
@@ -120,14 +126,6 @@ pub fn parse_memory(text: &str) -> Option<u64> {
         _ => return None,
     };
     (value.is_finite() && value >= 0.0).then(|| (value * scale) as u64)
-}
-
-impl MemoryModel {
-    /// Bytes one decode step of `batch` sequences at `context` cached tokens must move at least:
-    /// the streamed weights once, each sequence's recurrent state read and written, its KV read.
-    pub fn decode_step_bytes(&self, batch: u64, context: u64) -> u64 {
-        self.streamed_weight_bytes + batch * (2 * self.state_bytes_per_sequence + context * self.kv_bytes_per_token)
-    }
 }
 
 /// Matmul FLOPs of prefilling `tokens` tokens in each of `batch` sequences with logits of the last
