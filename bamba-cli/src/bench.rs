@@ -120,10 +120,10 @@ impl Report {
     fn header(&self) {
         if !self.json {
             println!(
-                "| {:<16} | {:<7} | {:<5} | {:<12} | {:>5} | {:>10} | {:>10} | {:>10} | {:>8} |",
+                "| {:<16} | {:<12} | {:<5} | {:<12} | {:>5} | {:>10} | {:>10} | {:>10} | {:>8} |",
                 "model", "backend", "dtype", "test", "batch", "tok/s", "ms/step", "roof tok/s", "of roof"
             );
-            let widths = [16, 7, 5, 12, 5, 10, 10, 10, 8];
+            let widths = [16, 12, 5, 12, 5, 10, 10, 10, 8];
             println!("|{}|", widths.map(|w| "-".repeat(w + 2)).join("|"));
         }
     }
@@ -141,7 +141,7 @@ impl Report {
         let model = r["model"].as_str().unwrap_or("");
         let model = model.rsplit('/').find(|s| !s.is_empty()).unwrap_or(model);
         println!(
-            "| {:<16} | {:<7} | {:<5} | {:<12} | {:>5} | {:>10.1} | {:>10.3} | {:>10.1} | {:>7.1}% |",
+            "| {:<16} | {:<12} | {:<5} | {:<12} | {:>5} | {:>10.1} | {:>10.3} | {:>10.1} | {:>7.1}% |",
             model,
             r["backend"].as_str().unwrap_or(""),
             r["dtype"].as_str().unwrap_or(""),
