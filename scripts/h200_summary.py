@@ -55,23 +55,21 @@ def main():
         r = find(bench, model=model, test=test, batch=batch)
         return r["tokens_per_s"] if r else None
 
-    def decode_at(model, context, batch=None):
-        """The first decode record (any step count) of `model` at `context`, at `batch` if given."""
+    def decode_records(model, context, requested_batch):
+        """Decode records (any step count) of `model` at `context` asked for at `requested_batch` (a Llama
+        batch shrunk by --memory counts), newest first."""
+        rows = []
         for r in bench:
             test = r.get("test", "")
             at = int(test.split("@d")[1]) if "@d" in test else 0
-            if r.get("model") == model and test.startswith("tg") and at == context and batch in (None, r.get("batch")):
-                return r
-        return None
+            asked = r.get("requested_batch", r.get("batch"))
+            if r.get("model") == model and test.startswith("tg") and at == context and asked == requested_batch:
+                rows.append(r)
+        return [r for r in rows if "tokens_per_s" in r]
 
     def best_decode(model, context, requested_batch):
-        """The fastest decode record of `model` at `context` asked for at `requested_batch` (a Llama batch
-        shrunk by --memory counts; a run the allocator slowed down does not win)."""
-        rows = [
-            r for r in bench
-            if r.get("model") == model and r.get("test", "").endswith(f"@d{context}")
-            and r.get("requested_batch", r.get("batch")) == requested_batch and "tokens_per_s" in r
-        ]
+        """The fastest such record: a run the allocator slowed down does not win."""
+        rows = decode_records(model, context, requested_batch)
         return max(rows, key=lambda r: r["tokens_per_s"]) if rows else None
 
     def ratio_at(context):
@@ -82,7 +80,7 @@ def main():
         t = criterion.get(f"attention/decode_b{batch}/{context}")
         return ratio(None if t is None else 2 * batch * 8 * context * 128 * 2 / t / 1e9, copy_gbs)
 
-    decode = decode_at("bamba-9b", 0, 1)
+    decode = next(iter(decode_records("bamba-9b", 0, 1)), None)
     # GEMV: in_proj shape, one row; bytes = weight + x + y (bf16).
     gemv_s = criterion.get("linear_no_bias/n16768_k4096/1")
     gemv_gbs = None if gemv_s is None else (16768 * 4096 + 4096 + 16768) * 2 / gemv_s / 1e9
