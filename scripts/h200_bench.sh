@@ -7,9 +7,16 @@
 # `kernels`). Raw records and logs go to $OUT/raw.tar.gz (the device returns few files per call);
 # scripts/h200_summary.py turns them into benches/results/h200.json.
 #
-# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels
+# `load` writes a random Bamba-9B checkpoint (scripts/random_checkpoint.py, 19.6 GB) to /dev/shm and
+# times `bamba bench --model` loading it from the page cache, with every gzipped `bamba*` binary in .gpu/
+# (e.g. a `bamba-old` to compare against). `profile` measures host->device copy rates, the host
+# overhead of a decode step (tiny widths), and CubeCL's per-kernel profile of decode steps.
+#
+# `quick` re-measures what a change to the decode step moves (overhead, batch 1, batch 64 at 8K).
+#
+# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -19,7 +26,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RAW/gpu
 bench() { # name, timeout, args...
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
-  timeout "$limit" .gpu/bamba bench --json --progress "$@" > "$RAW/$name.jsonl" 2> "$RAW/$name.err"
+  timeout "$limit" "${BAMBA:-.gpu/bamba}" bench --json --progress "$@" > "$RAW/$name.jsonl" 2> "$RAW/$name.err"
   echo "$name rc=$? ($(wc -l < "$RAW/$name.jsonl") records, $((SECONDS - t0)) s)"
 }
 criterion() { # filter
@@ -47,6 +54,62 @@ kernels)
   timeout 60 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
   echo "torch rc=$?"
   grep -E "worst|relative|max \||panicked|test result" "$RAW/tests.log" | tail -8
+  ;;
+load)
+  # tmpfs is RAM like the page cache, and faster to write than the disk
+  shm_gb=$(df --output=avail -BG /dev/shm 2>/dev/null | tail -1 | tr -dc 0-9)
+  if [ "${shm_gb:-0}" -gt 30 ]; then ckpt=/dev/shm/bamba-9b-random; else ckpt=/tmp/bamba-9b-random; fi
+  [ -f "$ckpt/model.safetensors.index.json" ] ||
+    timeout 300 python3 scripts/random_checkpoint.py tests/configs/bamba-9b.json "$ckpt" 2>&1 | tail -2
+  du -sh "$ckpt"
+  cat "$ckpt"/*.safetensors > /dev/null # into the page cache, as the target says
+  for gz in .gpu/bamba*.gz; do
+    name=$(basename "$gz" .gz)
+    BAMBA=.gpu/$name bench "load_$name" 120 --model "$ckpt" -t tg4 -b 1 -r 1 --warmup 0
+    grep -h '"load"' "$RAW/load_$name.jsonl"
+  done
+  ;;
+quick)
+  # The decode numbers a change to the step moves, in one call: host overhead (tiny widths), batch 1
+  # fused and unfused, batch 64 at 8K.
+  for backend in cuda cuda-unfused; do
+    bench "overhead_$backend" 90 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 3 \
+      --backend "$backend"
+    bench "bamba_b1_$backend" 100 --preset bamba-9b -t tg128 -b 1 -r 3 --backend "$backend"
+    bench "llama_b1_$backend" 100 --preset llama-8b-shape -t tg128 -b 1 -r 3 --backend "$backend"
+  done
+  bench bamba_b64 120 --preset bamba-9b -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
+  bench llama_b64 120 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
+  ;;
+profile)
+  # Host->device copy rates the loader can hope for, pageable vs pinned (torch, same card).
+  timeout 60 python3 - <<'PY' 2>&1 | tee "$RAW/h2d.txt"
+import time, torch
+for pinned in (False, True):
+    host = torch.empty(1 << 30, dtype=torch.uint8, pin_memory=pinned)
+    host.fill_(1)
+    dev = torch.empty_like(host, device="cuda")
+    for i in range(4):
+        torch.cuda.synchronize(); t = time.time(); dev.copy_(host, non_blocking=pinned); torch.cuda.synchronize()
+    print(f"h2d {'pinned' if pinned else 'pageable'}: {host.numel() / (time.time() - t) / 1e9:.1f} GB/s")
+PY
+  # Host overhead per decode step: Bamba-9B's 32-layer plan with tiny widths (kernels take ~nothing).
+  for backend in cuda cuda-unfused; do
+    bench "overhead_$backend" 90 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 3 \
+      --backend "$backend"
+  done
+  # CubeCL's own per-kernel profile (launch count and GPU time per kernel name), unfused so that
+  # names are ours and Burn's.
+  prof() { # name, bench args...
+    local name=$1; shift
+    CUBECL_DEBUG_LOG="$RAW/$name.log" CUBECL_DEBUG_OPTION=profile bench "$name" 150 "$@" --backend cuda-unfused
+    tail -c 6000 "$RAW/$name.log" > "$RAW/$name.tail"
+  }
+  prof prof_bamba_b1 --preset bamba-9b -t tg16 -b 1 -r 1
+  prof prof_bamba_b64 --preset bamba-9b -t tg4@d8192 -b 64 -r 1
+  prof prof_llama_b64 --preset llama-8b-shape -t tg4@d8192 -b 64 -r 1
+  ls -la "$RAW"
+  tail -c 3000 "$RAW/prof_bamba_b1.log"
   ;;
 esac
 tar -czf "$OUT/raw.tar.gz" -C "$RAW" .
