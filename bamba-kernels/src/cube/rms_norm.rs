@@ -1,5 +1,5 @@
-//! RMSNorm (plain, and Mamba2's grouped gated form) as one CubeCL kernel: one plane-sized row of
-//! units per (row, group) sums the squares in f32, then writes the normalized, weighted values.
+//! RMSNorm (plain, and Mamba2's grouped gated form) as one CubeCL kernel: one cube of `PLANES` rows of
+//! `LANES` units per (row, group) sums the squares in f32, then writes the normalized, weighted values.
 //!
 //! One launch instead of Burn's fused reduce + elementwise pair, and a way around a Burn 0.21 bug:
 //! its fused reduce, autotuned on a half-precision RMSNorm of a single row (every decode step),
@@ -14,6 +14,11 @@ use cubecl::prelude::*;
 
 use super::math::row_sum;
 use super::ssd_step::{rows_are_planes, LANES};
+
+/// Rows of `LANES` units in a cube: one cube per (row, group) of the input, so at decode (one row,
+/// one group) a single cube does all the work and must be wide. With 32 units, the gated norm of a
+/// decode step (8192 wide) took 200 µs on the H200.
+const PLANES: usize = 8;
 
 /// `x · silu(gate)` at one position (or `x` alone), in f32.
 #[cube]
@@ -47,18 +52,29 @@ fn rms_norm_kernel<X: Float, F: Float>(
     let width = y.shape(1);
     let size = width / CUBE_COUNT_Y as usize;
     let start = CUBE_POS_Y as usize * size;
-    let lane = UNIT_POS_X as usize;
+    let unit = UNIT_POS_Y as usize * LANES + UNIT_POS_X as usize;
     let mut part = 0.0f32;
-    let mut i = lane;
+    let mut i = unit;
     while i < size {
         let v = gated_value(x, gate, row, start + i, gated);
         part += v * v;
-        i += LANES;
+        i += LANES * PLANES;
     }
-    let mut smem = SharedMemory::<f32>::new(LANES);
-    let total = row_sum(part, &mut smem, LANES, use_plane);
+    // A sum per row of lanes, then across the PLANES rows through shared memory.
+    let mut smem = SharedMemory::<f32>::new(LANES * PLANES);
+    let row_total = row_sum(part, &mut smem, LANES, use_plane);
+    let mut partials = SharedMemory::<f32>::new(PLANES);
+    if UNIT_POS_X == 0 {
+        partials[UNIT_POS_Y as usize] = row_total;
+    }
+    sync_cube();
+    let mut total = 0.0f32;
+    #[unroll]
+    for r in 0..PLANES {
+        total += partials[r];
+    }
     let inv = 1.0f32 / f32::sqrt(total / size as f32 + eps);
-    let mut j = lane;
+    let mut j = unit;
     while j < size {
         let col = start + j;
         let normed = gated_value(x, gate, row, col, gated) * inv;
@@ -69,7 +85,7 @@ fn rms_norm_kernel<X: Float, F: Float>(
         } else {
             y[row * width + col] = F::cast_from(f32::cast_from(F::cast_from(normed)) * w);
         }
-        j += LANES;
+        j += LANES * PLANES;
     }
 }
 
@@ -99,7 +115,7 @@ pub fn launch<R: CubeRuntime>(
         rms_norm_kernel::launch_unchecked::<R>(
             &client,
             CubeCount::Static(rows as u32, groups as u32, 1),
-            CubeDim::new_1d(LANES as u32),
+            CubeDim::new_2d(LANES as u32, PLANES as u32),
             x.into_tensor_arg(),
             gate.into_tensor_arg(),
             weight.into_tensor_arg(),
