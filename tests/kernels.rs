@@ -181,6 +181,93 @@ fn check_step<B: BambaOps>(device: &B::Device) {
     println!("ssd_decode_step on {}: worst relative difference {worst:e}", B::name(device));
 }
 
+/// The fused Mamba decode step against the composition of the unfused ops: on the CPU reference
+/// (f32), and on the same device and dtype (same roundings: only the gated norm's sum order may
+/// differ). Cases: batch 1 and 3, groups 1 and 2, d_state 16 and 40 (not a multiple of the lanes),
+/// head_dim 6 (not a multiple of the rows), conv kernel 4 and 2, with and without bias and dt limit.
+fn check_mamba_step<B: BambaOps>(device: &B::Device) {
+    use bamba_kernels::{MambaStepConfig, MambaStepWeights};
+    let cpu = Default::default();
+    let mut worst = 0.0f32;
+    let cases = [
+        (1, 4, 8, 1, 16, 4, true, None),
+        (3, 4, 6, 2, 40, 4, false, Some((0.05, 0.6))),
+        (3, 8, 8, 2, 16, 2, true, None),
+    ];
+    for dtype in dtypes::<B>(device) {
+        for (i, &(batch, heads, head_dim, groups, d_state, kernel, has_bias, dt_limit)) in cases.iter().enumerate() {
+            let config = MambaStepConfig { heads, head_dim, groups, d_state, norm_eps: 1e-5, dt_limit };
+            let (d_inner, conv_dim) = (config.d_inner(), config.conv_dim());
+            let proj = d_inner + conv_dim + heads;
+            let seed = 555 + 16 * i as u64;
+            let zxbcdt = rounded(uniform(batch * proj, seed, -2.0, 2.0), dtype);
+            let conv_weight = rounded(uniform(conv_dim * kernel, seed + 1, -0.6, 0.6), dtype);
+            let conv_bias = rounded(uniform(conv_dim, seed + 2, -0.3, 0.3), dtype);
+            let window = rounded(uniform(batch * conv_dim * (kernel - 1), seed + 3, -1.0, 1.0), dtype);
+            let a_log = uniform(heads, seed + 4, 0.0, 16f32.ln());
+            let d = uniform(heads, seed + 5, 0.5, 1.5);
+            let dt_bias = uniform(heads, seed + 6, -4.6, -2.2);
+            let norm_weight = rounded(uniform(d_inner, seed + 7, 0.5, 1.5), dtype);
+            let state = uniform(batch * heads * head_dim * d_state, seed + 8, -0.5, 0.5);
+            let run = |fused: bool, on_cpu: bool| -> [Vec<f32>; 3] {
+                fn go<B: BambaOps>(
+                    fused: bool,
+                    device: &B::Device,
+                    dtype: DType,
+                    host_data: [&[f32]; 9],
+                    shapes: (usize, usize, usize, usize, usize),
+                    has_bias: bool,
+                    config: MambaStepConfig,
+                ) -> [Vec<f32>; 3] {
+                    let (batch, proj, conv_dim, kernel, d_inner) = shapes;
+                    let [zxbcdt, conv_weight, conv_bias, window, a_log, d, dt_bias, norm_weight, state] = host_data;
+                    let (h, p, n) = (config.heads, config.head_dim, config.d_state);
+                    let weights = MambaStepWeights {
+                        conv_weight: tensor(conv_weight, [conv_dim, kernel], device, dtype),
+                        conv_bias: has_bias.then(|| tensor(conv_bias, [conv_dim], device, dtype)),
+                        a_log: tensor(a_log, [h], device, DType::F32),
+                        d: tensor(d, [h], device, DType::F32),
+                        dt_bias: tensor(dt_bias, [h], device, DType::F32),
+                        norm_weight: tensor(norm_weight, [d_inner], device, dtype),
+                    };
+                    let zxbcdt = tensor(zxbcdt, [batch, proj], device, dtype);
+                    let window = tensor(window, [batch, conv_dim, kernel - 1], device, dtype);
+                    let state = tensor(state, [batch, h, p, n], device, DType::F32);
+                    let out = if fused {
+                        B::mamba_decode_step(zxbcdt, weights, window, state, config)
+                    } else {
+                        reference::mamba_step::mamba_decode_step::<B>(zxbcdt, weights, window, state, config)
+                    };
+                    [host(out.y), host(out.window), host(out.state)]
+                }
+                let host_data =
+                    [&zxbcdt[..], &conv_weight, &conv_bias, &window, &a_log, &d, &dt_bias, &norm_weight, &state];
+                let shapes = (batch, proj, conv_dim, kernel, d_inner);
+                if on_cpu {
+                    go::<Cpu>(fused, &cpu, DType::F32, host_data, shapes, has_bias, config)
+                } else {
+                    go::<B>(fused, device, dtype, host_data, shapes, has_bias, config)
+                }
+            };
+            let got = run(true, false);
+            let mut expectations = vec![("same device", run(false, false), rounding_tolerance(dtype))];
+            if dtype == DType::F32 {
+                expectations.push(("cpu", run(false, true), SCAN_TOLERANCE));
+            }
+            for (against, expected, tolerance) in expectations {
+                for (name, g, e) in
+                    [("y", &got[0], &expected[0]), ("window", &got[1], &expected[1]), ("state", &got[2], &expected[2])]
+                {
+                    let diff = relative_diff(g, e);
+                    assert!(diff <= tolerance, "case {i} {dtype:?} {name} vs {against}: {diff:e}");
+                    worst = worst.max(diff);
+                }
+            }
+        }
+    }
+    println!("mamba_decode_step on {}: worst relative difference {worst:e}", B::name(device));
+}
+
 fn check_conv<B: BambaOps>(device: &B::Device) {
     let cpu = Default::default();
     let mut worst = 0.0f32;
@@ -270,6 +357,54 @@ fn check_gemv<B: BambaOps>(device: &B::Device) {
         }
     }
     println!("linear_no_bias on {}: worst relative difference {worst:e}", B::name(device));
+}
+
+/// The fused GEMV epilogues (SwiGLU's gate·up, the residual add) against products computed on the
+/// CPU in f32 and rounded to the dtype where the unfused ops store them.
+fn check_fused_gemv<B: BambaOps>(device: &B::Device) {
+    let cpu = Default::default();
+    let silu = |v: f32| v / (1.0 + (-v).exp());
+    let mut worst = 0.0f32;
+    for dtype in dtypes::<B>(device) {
+        let round = |values: Vec<f32>| rounded(values, dtype);
+        for (seed, (rows, inner, outer)) in
+            [(1, 64, 37), (3, 4100, 300), (8, 36, 1), (9, 64, 33)].into_iter().enumerate()
+        {
+            let seed = 9876 + 5 * seed as u64;
+            let x = round(uniform(rows * inner, seed, -1.0, 1.0));
+            let gate = round(uniform(outer * inner, seed + 1, -1.0, 1.0));
+            let up = round(uniform(outer * inner, seed + 2, -1.0, 1.0));
+            let residual = round(uniform(rows * outer, seed + 3, -4.0, 4.0));
+            let product = |w: &[f32]| {
+                let x = tensor::<Cpu, 2>(&x, [rows, inner], &cpu, DType::F32);
+                round(host(x.matmul(tensor::<Cpu, 2>(w, [outer, inner], &cpu, DType::F32).transpose())))
+            };
+            let (g, u) = (product(&gate), product(&up));
+            let swiglu_expected =
+                round(round(g.iter().map(|&v| silu(v)).collect()).iter().zip(&u).map(|(a, b)| a * b).collect());
+            let residual_expected = round(g.iter().zip(&residual).map(|(a, b)| a + b).collect());
+            let x_dev = || tensor::<B, 2>(&x, [rows, inner], device, dtype);
+            let w_dev = |w: &[f32]| tensor::<B, 2>(w, [outer, inner], device, dtype);
+            let swiglu = host(B::swiglu_linear(x_dev(), w_dev(&gate), w_dev(&up)));
+            let with_residual =
+                host(B::linear_residual(x_dev(), w_dev(&gate), tensor(&residual, [rows, outer], device, dtype)));
+            // As check_gemv: TF32 past the kernel's rows on CUDA, else the dtype's rounding (a product
+            // one unit off in its last place before the epilogue moves the result by about one more).
+            let tolerance = if rows > bamba_kernels::cube::MAX_GEMV_ROWS && dtype == DType::F32 {
+                1e-3
+            } else {
+                rounding_tolerance(dtype)
+            };
+            for (name, got, expected) in
+                [("swiglu", swiglu, swiglu_expected), ("residual", with_residual, residual_expected)]
+            {
+                let d = relative_diff(&got, &expected);
+                assert!(d <= tolerance, "{name} {rows}x{inner}x{outer} {dtype:?}: {d:e}");
+                worst = worst.max(d);
+            }
+        }
+    }
+    println!("swiglu_linear / linear_residual on {}: worst relative difference {worst:e}", B::name(device));
 }
 
 fn check_norm<B: BambaOps>(device: &B::Device) {
@@ -475,6 +610,11 @@ macro_rules! backend_tests {
             }
 
             #[test]
+            fn mamba_decode_step_matches_the_composition() {
+                check_mamba_step::<$backend>(&$device);
+            }
+
+            #[test]
             fn causal_conv_matches_the_reference() {
                 check_conv::<$backend>(&$device);
             }
@@ -482,6 +622,11 @@ macro_rules! backend_tests {
             #[test]
             fn gemv_matches_the_reference() {
                 check_gemv::<$backend>(&$device);
+            }
+
+            #[test]
+            fn fused_gemv_matches_the_reference() {
+                check_fused_gemv::<$backend>(&$device);
             }
 
             #[test]

@@ -15,6 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 pub use reference::conv::ConvOutput;
+pub use reference::mamba_step::{MambaStepConfig, MambaStepOutput, MambaStepWeights};
 pub use reference::ssd::{SsdConfig, SsdInputs, SsdOutput};
 
 /// The backend-extension trait of the Bamba hot ops.
@@ -37,6 +38,22 @@ pub trait BambaOps: Backend {
     /// - inputs as [`SsdInputs`] with `len == 1`; outputs as [`Self::ssd_chunk_scan`]
     fn ssd_decode_step(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
         reference::ssd::ssd_recurrent(inputs, config)
+    }
+
+    /// A Mamba2 mixer's decode step between its projections (one token per sequence, continuing a
+    /// state): conv window shift, conv + bias + SiLU, SSD state update, `y = S·C + D·x`, gated
+    /// RMSNorm with z. GPU backends fuse it (a decode step is launch-bound).
+    ///
+    /// # Shapes
+    /// - see [`reference::mamba_step::mamba_decode_step`]
+    fn mamba_decode_step(
+        zxbcdt: Tensor<Self, 2>,
+        weights: MambaStepWeights<Self>,
+        window: Tensor<Self, 3>,
+        state: Tensor<Self, 4>,
+        config: MambaStepConfig,
+    ) -> MambaStepOutput<Self> {
+        reference::mamba_step::mamba_decode_step(zxbcdt, weights, window, state, config)
     }
 
     /// Causal depthwise conv1d + bias + SiLU, continuing from an optional window of earlier inputs.
@@ -76,7 +93,25 @@ pub trait BambaOps: Backend {
     /// # Shapes
     /// - `x`: `[rows, in]`, `weight`: `[out, in]` → `[rows, out]` in `x`'s dtype
     fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        x.matmul(weight.transpose())
+        reference::linear::linear_no_bias(x, weight)
+    }
+
+    /// SwiGLU's first half: `silu(x · Gᵀ) · (x · Uᵀ)`, each product rounded to `x`'s dtype first (as
+    /// [`Self::linear_no_bias`] stores it). Backends with a GEMV kernel do it in one pass at decode.
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, in]`, `gate`, `up`: `[out, in]` → `[rows, out]` in `x`'s dtype
+    fn swiglu_linear(x: Tensor<Self, 2>, gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        reference::linear::swiglu_linear(x, gate, up)
+    }
+
+    /// `x · Wᵀ + residual`: an output projection and the residual add after it. Backends with a GEMV
+    /// kernel fuse the add at decode.
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, in]`, `weight`: `[out, in]`, `residual`: `[rows, out]` → `[rows, out]` in `x`'s dtype
+    fn linear_residual(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, residual: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        reference::linear::linear_residual(x, weight, residual)
     }
 
     /// Decode attention: one new query per sequence against the first `keys` slots of a

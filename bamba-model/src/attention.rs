@@ -45,8 +45,10 @@ impl<B: BambaOps> Attention<B> {
     /// replaces the plain causal mask; a decode step (`len == 1` with a cache) reads
     /// `masks.key_start` instead and runs [`BambaOps::decode_attention`] over the whole cache.
     ///
+    /// Returns `residual` + the output (the add fused into `o_proj` at decode).
+    ///
     /// # Shapes
-    /// - `x`: `[batch, len, hidden]` → same
+    /// - `x`, `residual`: `[batch, len, hidden]` → same
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -54,6 +56,7 @@ impl<B: BambaOps> Attention<B> {
         tables: &RopeTables<B>,
         masks: &ChunkMasks<B>,
         cache: Option<&mut KvCache<B>>,
+        residual: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]).swap_dims(1, 2);
@@ -77,6 +80,6 @@ impl<B: BambaOps> Attention<B> {
             (_, None) => causal_attention(q, k, v, 0, masks.attention.clone()),
         };
         let out = out.swap_dims(1, 2).reshape([batch, len, self.num_heads * self.head_dim]);
-        self.o_proj.forward(out)
+        self.o_proj.forward_residual(out, residual)
     }
 }

@@ -59,21 +59,21 @@ impl<B: BambaOps> DecoderLayer<B> {
         masks: &ChunkMasks<B>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
+        // The residual adds happen inside the mixer's and the MLP's output projections.
         let h = self.input_layernorm.forward(x.clone());
         let tokens = masks.tokens.as_ref();
-        let h = match (&self.mixer, cache) {
-            (Mixer::Mamba(m), None) => m.forward(h, None, tokens).0,
+        let x = match (&self.mixer, cache) {
+            (Mixer::Mamba(m), None) => m.forward(h, None, tokens, x).0,
             (Mixer::Mamba(m), Some(LayerCache::Mamba(slot))) => {
-                let (out, state) = m.forward(h, slot.take(), tokens);
+                let (out, state) = m.forward(h, slot.take(), tokens, x);
                 *slot = Some(state);
                 out
             }
-            (Mixer::Attention(a), None) => a.forward(h, rope, tables, masks, None),
-            (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => a.forward(h, rope, tables, masks, Some(kv)),
+            (Mixer::Attention(a), None) => a.forward(h, rope, tables, masks, None, x),
+            (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => a.forward(h, rope, tables, masks, Some(kv), x),
             _ => unreachable!("the cache is built from the same layer plan as the model"),
         };
-        let x = x + h;
-        let h = self.feed_forward.forward(self.pre_ff_layernorm.forward(x.clone()));
-        x + h
+        let h = self.pre_ff_layernorm.forward(x.clone());
+        self.feed_forward.forward(h, x)
     }
 }

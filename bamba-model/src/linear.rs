@@ -48,4 +48,20 @@ impl<B: BambaOps> Linear<B> {
             None => y,
         }
     }
+
+    /// `residual + forward(x)`: an output projection with the residual add after it, one fused
+    /// launch at decode when there is no bias ([`BambaOps::linear_residual`]).
+    ///
+    /// # Shapes
+    /// - `x`: `[..., in]`, `residual`: `[..., out]` → `[..., out]`
+    pub fn forward_residual<const D: usize>(&self, x: Tensor<B, D>, residual: Tensor<B, D>) -> Tensor<B, D> {
+        if self.bias.is_some() {
+            return residual + self.forward(x);
+        }
+        let dims = residual.dims();
+        let (inputs, outputs) = (x.dims()[D - 1], dims[D - 1]);
+        let rows = dims[..D - 1].iter().product();
+        let x = x.reshape([rows, inputs]);
+        B::linear_residual(x, self.weight.clone(), residual.reshape([rows, outputs])).reshape(dims)
+    }
 }

@@ -3,7 +3,7 @@
 //! The conv and the scan go through [`BambaOps`], so a backend with kernels runs them and ndarray
 //! runs the tensor-op references.
 
-use bamba_kernels::{BambaOps, SsdConfig, SsdInputs};
+use bamba_kernels::{BambaOps, MambaStepConfig, MambaStepWeights, SsdConfig, SsdInputs};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
@@ -78,17 +78,19 @@ impl<B: BambaOps> Mamba2Mixer<B> {
     }
 
     /// Runs the mixer over a chunk of tokens, continuing from `state` (zeros when `None`), and
-    /// returns the output and the state after the chunk. `token_mask` (left padding) zeroes xBC at
+    /// returns `residual` + the output, and the state after the chunk (the residual add is fused
+    /// into the output projection at decode). `token_mask` (left padding) zeroes xBC at
     /// pad positions before and after the conv, so pads leave the window and the state at zero.
     ///
     /// # Shapes
-    /// - `x`: `[batch, len, hidden]` → `[batch, len, hidden]`
+    /// - `x`, `residual`: `[batch, len, hidden]` → `[batch, len, hidden]`
     /// - `token_mask`: `[batch, len, 1]`, 1 at real tokens, 0 at pads
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         state: Option<MambaState<B>>,
         token_mask: Option<&Tensor<B, 3>>,
+        residual: Tensor<B, 3>,
     ) -> (Tensor<B, 3>, MambaState<B>) {
         let masked = |t: Tensor<B, 3>| match token_mask {
             Some(mask) => t * mask.clone(),
@@ -97,6 +99,30 @@ impl<B: BambaOps> Mamba2Mixer<B> {
         let [batch, len, _] = x.dims();
         let (gn, d_inner) = (self.groups * self.d_state, self.d_inner);
         let zxbcdt = self.in_proj.forward(x); // [b, l, d_inner + conv_dim + heads]
+        if let (1, Some(state), None) = (len, &state, token_mask) {
+            // A decode step without pads: everything between the projections is one fused op.
+            let proj = zxbcdt.dims()[2];
+            let weights = MambaStepWeights {
+                conv_weight: self.conv_weight.clone(),
+                conv_bias: self.conv_bias.clone(),
+                a_log: self.a_log.clone(),
+                d: self.d.clone(),
+                dt_bias: self.dt_bias.clone(),
+                norm_weight: self.norm.weight.clone(),
+            };
+            let config = MambaStepConfig {
+                heads: self.heads,
+                head_dim: self.head_dim,
+                groups: self.groups,
+                d_state: self.d_state,
+                norm_eps: self.norm.eps,
+                dt_limit: self.scan.dt_limit,
+            };
+            let (window, ssm) = (state.conv_window.clone(), state.ssm.clone());
+            let step = B::mamba_decode_step(zxbcdt.reshape([batch, proj]), weights, window, ssm, config);
+            let out = self.out_proj.forward_residual(step.y.reshape([batch, 1, d_inner]), residual);
+            return (out, MambaState { conv_window: step.window, ssm: step.state });
+        }
         let z = zxbcdt.clone().narrow(2, 0, d_inner);
         let xbc = masked(zxbcdt.clone().narrow(2, d_inner, self.conv_dim));
         let dt = zxbcdt.narrow(2, d_inner + self.conv_dim, self.heads);
@@ -108,11 +134,11 @@ impl<B: BambaOps> Mamba2Mixer<B> {
         let conv = B::causal_conv1d_silu(xbc, self.conv_weight.clone(), self.conv_bias.clone(), window);
         let xbc = masked(conv.y);
         let inputs = SsdInputs {
-            x: xbc.clone().narrow(2, 0, d_inner).reshape([batch, len, self.heads, self.head_dim]),
+            x: split_rows(xbc.clone(), 0, self.heads, self.head_dim),
             dt,
             a_log: self.a_log.clone(),
-            b: xbc.clone().narrow(2, d_inner, gn).reshape([batch, len, self.groups, self.d_state]),
-            c: xbc.narrow(2, d_inner + gn, gn).reshape([batch, len, self.groups, self.d_state]),
+            b: split_rows(xbc.clone(), d_inner, self.groups, self.d_state),
+            c: split_rows(xbc, d_inner + gn, self.groups, self.d_state),
             d: self.d.clone(),
             dt_bias: self.dt_bias.clone(),
             initial_state: ssm,
@@ -124,7 +150,21 @@ impl<B: BambaOps> Mamba2Mixer<B> {
             B::ssd_chunk_scan(inputs, self.scan)
         };
         let y = self.norm.forward(scan.y.reshape([batch, len, d_inner]), z);
-        let out = self.out_proj.forward(y);
+        let out = self.out_proj.forward_residual(y, residual);
         (out, MambaState { conv_window: conv.window, ssm: scan.final_state.cast(DType::F32) })
+    }
+}
+
+/// Channels `offset .. offset + count·width` of `t` as `count` rows of `width`: a view when `width`
+/// divides the offset and the channel count (then no copy is launched), else a copy.
+///
+/// # Shapes
+/// - `t`: `[batch, len, channels]` → `[batch, len, count, width]`
+fn split_rows<B: Backend>(t: Tensor<B, 3>, offset: usize, count: usize, width: usize) -> Tensor<B, 4> {
+    let [batch, len, channels] = t.dims();
+    if offset % width == 0 && channels % width == 0 {
+        t.reshape([batch, len, channels / width, width]).narrow(2, offset / width, count)
+    } else {
+        t.narrow(2, offset, count * width).reshape([batch, len, count, width])
     }
 }

@@ -1,4 +1,4 @@
-//! SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`.
+//! SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`, with the residual add of its layer.
 
 use bamba_kernels::BambaOps;
 use burn::tensor::activation::silu;
@@ -26,10 +26,21 @@ impl<B: BambaOps> Mlp<B> {
         })
     }
 
+    /// `residual + down(silu(gate(x)) · up(x))`. Without biases the gate·up half is one
+    /// [`BambaOps::swiglu_linear`] and the down projection adds the residual itself (one launch each
+    /// at decode).
+    ///
     /// # Shapes
-    /// - `x`: `[batch, len, hidden]` → same
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+    /// - `x`, `residual`: `[batch, len, hidden]` → same
+    pub fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        let hidden = if self.gate_proj.bias.is_none() && self.up_proj.bias.is_none() {
+            let [batch, len, width] = x.dims();
+            let (gate, up) = (self.gate_proj.weight.clone(), self.up_proj.weight.clone());
+            let inner = gate.dims()[0];
+            B::swiglu_linear(x.reshape([batch * len, width]), gate, up).reshape([batch, len, inner])
+        } else {
+            silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x)
+        };
+        self.down_proj.forward_residual(hidden, residual)
     }
 }

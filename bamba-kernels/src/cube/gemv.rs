@@ -7,7 +7,8 @@
 //! vectors so that each warp load is one coalesced 512-byte transaction, `UNROLL` loads issued before
 //! any is used, and reuse every weight vector for all rows of `x` (held in L1/L2; it is tiny).
 //! Products accumulate in f32; one sum across the lanes per output ends it. `FEATURES` rows of lanes
-//! share a cube. Measured on the H200: 52% of the copy bandwidth on 4096×16768 (no split-K yet).
+//! share a cube. An [`Epilogue`] fuses what follows the product at decode (SwiGLU's gate·up, a
+//! residual add), each of which was several launches of its own: a decode step is launch-bound. Measured on the H200: 52% of the copy bandwidth on 4096×16768 (no split-K yet).
 
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -28,23 +29,31 @@ const UNROLL: usize = 4;
 pub const MAX_GEMV_ROWS: usize = 8;
 
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn gemv_kernel<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
     w: &Tensor<Vector<F, N>>,
+    w_up: &Tensor<Vector<F, N>>,
+    residual: &Tensor<F>,
     y: &mut Tensor<F>,
     #[comptime] rows: usize,
+    #[comptime] swiglu: bool,
+    #[comptime] add_residual: bool,
     #[comptime] use_plane: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let lane = UNIT_POS_X as usize;
     let out_features = w.shape(0);
     let feature = CUBE_POS_X as usize * FEATURES + UNIT_POS_Y as usize;
-    // Both operands are contiguous with the same inner size: `vectors` per row.
+    // All operands are contiguous with the same inner size: `vectors` per row.
     let vectors = w.shape(1) / N::value();
     let mut acc = Array::<Vector<f32, N>>::new(rows);
+    // With `swiglu`, the up projection's dot products (`w_up` is read only then).
+    let mut acc_up = Array::<Vector<f32, N>>::new(rows);
     #[unroll]
     for r in 0..rows {
         acc[r] = Vector::new(0.0f32);
+        acc_up[r] = Vector::new(0.0f32);
     }
     // No early exit past the last feature: every unit takes part in the cube-wide sum below.
     if feature < out_features {
@@ -53,17 +62,25 @@ fn gemv_kernel<F: Float, N: Size>(
         // UNROLL weight loads issued before any is used: bytes in flight per lane, which is what a
         // memory-bound loop needs (a plain loop waits on each load in turn).
         let mut wv = Array::<Vector<F, N>>::new(UNROLL);
+        let mut uv = Array::<Vector<F, N>>::new(UNROLL);
         while i + (UNROLL - 1) * LANES < vectors {
             #[unroll]
             for u in 0..UNROLL {
                 wv[u] = w[base + i + u * LANES];
+                if swiglu {
+                    uv[u] = w_up[base + i + u * LANES];
+                }
             }
             #[unroll]
             for u in 0..UNROLL {
                 let wf = Vector::<f32, N>::cast_from(wv[u]);
                 #[unroll]
                 for r in 0..rows {
-                    acc[r] += wf * Vector::<f32, N>::cast_from(x[r * vectors + i + u * LANES]);
+                    let xf = Vector::<f32, N>::cast_from(x[r * vectors + i + u * LANES]);
+                    acc[r] += wf * xf;
+                    if swiglu {
+                        acc_up[r] += Vector::<f32, N>::cast_from(uv[u]) * xf;
+                    }
                 }
             }
             i += UNROLL * LANES;
@@ -72,7 +89,11 @@ fn gemv_kernel<F: Float, N: Size>(
             let wf = Vector::<f32, N>::cast_from(w[base + i]);
             #[unroll]
             for r in 0..rows {
-                acc[r] += wf * Vector::<f32, N>::cast_from(x[r * vectors + i]);
+                let xf = Vector::<f32, N>::cast_from(x[r * vectors + i]);
+                acc[r] += wf * xf;
+                if swiglu {
+                    acc_up[r] += Vector::<f32, N>::cast_from(w_up[base + i]) * xf;
+                }
             }
             i += LANES;
         }
@@ -80,17 +101,33 @@ fn gemv_kernel<F: Float, N: Size>(
     let mut smem = SharedMemory::<f32>::new(LANES * FEATURES);
     #[unroll]
     for r in 0..rows {
-        let v = acc[r];
-        let mut part = 0.0f32;
-        #[unroll]
-        for e in 0..N::value() {
-            part += v[e];
+        let total = row_sum(vector_sum(acc[r]), &mut smem, LANES, use_plane);
+        // Each product is rounded to the model dtype first, as the unfused ops would store it.
+        let mut out = f32::cast_from(F::cast_from(total));
+        if swiglu {
+            let up = f32::cast_from(F::cast_from(row_sum(vector_sum(acc_up[r]), &mut smem, LANES, use_plane)));
+            let gate = f32::cast_from(F::cast_from(out / (1.0f32 + f32::exp(-out))));
+            out = gate * up;
         }
-        let total = row_sum(part, &mut smem, LANES, use_plane);
         if lane == 0 && feature < out_features {
-            y[r * out_features + feature] = F::cast_from(total);
+            let at = r * out_features + feature;
+            if add_residual {
+                out = f32::cast_from(F::cast_from(out)) + f32::cast_from(residual[at]);
+            }
+            y[at] = F::cast_from(out);
         }
     }
+}
+
+/// The sum of a vector's elements.
+#[cube]
+fn vector_sum<N: Size>(v: Vector<f32, N>) -> f32 {
+    let mut sum = 0.0f32;
+    #[unroll]
+    for e in 0..N::value() {
+        sum += v[e];
+    }
+    sum
 }
 
 /// The widest vector (≤ 16 bytes) the device loads for `dtype` that divides `inner`.
@@ -98,10 +135,22 @@ fn vector_size<R: CubeRuntime>(client: &ComputeClient<R>, elem_bytes: usize, inn
     client.io_optimized_vector_sizes(elem_bytes).filter(|&v| v * elem_bytes <= 16 && inner % v == 0).max().unwrap_or(1)
 }
 
+/// What a GEMV launch computes besides `x · Wᵀ`.
+pub enum Epilogue<R: CubeRuntime> {
+    /// `x · Wᵀ`.
+    None,
+    /// `silu(x · Wᵀ) · (x · Uᵀ)` with this `U` (`[out, in]`, like `W`): SwiGLU's gate and up
+    /// projections in one pass over both weights.
+    SwiGlu(CubeTensor<R>),
+    /// `x · Wᵀ + residual` with this `[rows, out]` residual.
+    Residual(CubeTensor<R>),
+}
+
 /// # Shapes
-/// - `x`: `[rows, in]` with `rows ≤ MAX_GEMV_ROWS`, `weight`: `[out, in]`, one float dtype
+/// - `x`: `[rows, in]` with `rows ≤ MAX_GEMV_ROWS`, `weight`: `[out, in]`, one float dtype; see
+///   [`Epilogue`] for its operand
 /// - returns `[rows, out]` in that dtype, contiguous
-pub fn launch<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>) -> CubeTensor<R> {
+pub fn launch<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, epilogue: Epilogue<R>) -> CubeTensor<R> {
     let (x, weight) = (into_contiguous(x), into_contiguous(weight));
     let client = x.client.clone();
     let [rows, inner] = x.meta.shape().dims::<2>();
@@ -112,9 +161,15 @@ pub fn launch<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>) -> CubeTe
     let vector = vector_size(&client, dtype.size(), inner);
     let count = CubeCount::Static(out_features.div_ceil(FEATURES) as u32, 1, 1);
     let use_plane = rows_are_planes(&client);
-    // SAFETY: x and weight are contiguous with `inner` a multiple of the vector size; every weight index
-    // is below `out_features · inner`, every x index below `rows · inner`, and y is written only for
-    // `feature < out_features`.
+    // Operands an epilogue does not use are never read; the weight and x fill their slots.
+    let (w_up, residual, swiglu, add_residual) = match epilogue {
+        Epilogue::None => (weight.clone(), x.clone(), false, false),
+        Epilogue::SwiGlu(up) => (into_contiguous(up), x.clone(), true, false),
+        Epilogue::Residual(residual) => (weight.clone(), into_contiguous(residual), false, true),
+    };
+    // SAFETY: x, weight and w_up are contiguous with `inner` a multiple of the vector size; every
+    // weight index is below `out_features · inner`, every x index below `rows · inner`, and y and
+    // the residual (`[rows, out]`, contiguous) are touched only for `feature < out_features`.
     unsafe {
         gemv_kernel::launch_unchecked::<R>(
             &client,
@@ -123,8 +178,12 @@ pub fn launch<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>) -> CubeTe
             vector,
             x.into_tensor_arg(),
             weight.into_tensor_arg(),
+            w_up.into_tensor_arg(),
+            residual.into_tensor_arg(),
             y.clone().into_tensor_arg(),
             rows,
+            swiglu,
+            add_residual,
             use_plane,
             dtype.into(),
         );

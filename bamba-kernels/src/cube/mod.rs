@@ -5,6 +5,7 @@
 mod conv;
 mod decode_attention;
 mod gemv;
+mod mamba_step;
 mod math;
 mod rms_norm;
 mod ssd_scan;
@@ -20,7 +21,9 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use crate::{BambaOps, ConvOutput, SsdConfig, SsdInputs, SsdOutput};
+use crate::{
+    BambaOps, ConvOutput, MambaStepConfig, MambaStepOutput, MambaStepWeights, SsdConfig, SsdInputs, SsdOutput,
+};
 
 pub use gemv::MAX_GEMV_ROWS;
 
@@ -90,7 +93,67 @@ fn conv_kernel_inputs<B: Backend>(
     ([prim(x), prim(weight.cast(dtype)), prim(bias), prim(window)], has_bias)
 }
 
+/// The fused Mamba step's inputs as the kernels take them, in order zxbcdt, conv weight, conv bias
+/// (zeros when absent), window (all in zxbcdt's dtype), A_log, D, dt_bias, state (f32), norm weight.
+fn mamba_step_inputs<B: Backend>(
+    zxbcdt: Tensor<B, 2>,
+    weights: MambaStepWeights<B>,
+    window: Tensor<B, 3>,
+    state: Tensor<B, 4>,
+) -> [FloatTensor<B>; 9] {
+    let (dtype, device) = (zxbcdt.dtype(), zxbcdt.device());
+    let channels = weights.conv_weight.dims()[0];
+    let bias = weights.conv_bias.map(|b| b.cast(dtype)).unwrap_or_else(|| Tensor::zeros([channels], (&device, dtype)));
+    [
+        prim(zxbcdt),
+        prim(weights.conv_weight.cast(dtype)),
+        prim(bias),
+        prim(window.cast(dtype)),
+        prim(weights.a_log.cast(DType::F32)),
+        prim(weights.d.cast(DType::F32)),
+        prim(weights.dt_bias.cast(DType::F32)),
+        prim(state.cast(DType::F32)),
+        prim(weights.norm_weight),
+    ]
+}
+
+/// Whether the fused Mamba step kernel takes this layer: a conv window to carry and a state that
+/// fits the kernel's registers (else the composition of the other ops runs).
+fn mamba_step_applies(weights: &MambaStepWeights<impl Backend>, config: &MambaStepConfig) -> bool {
+    weights.conv_weight.dims()[1] >= 2 && config.d_state <= MAX_KERNEL_D_STATE
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps for CubeBackend<R, F, I, BT> {
+    fn mamba_decode_step(
+        zxbcdt: Tensor<Self, 2>,
+        weights: MambaStepWeights<Self>,
+        window: Tensor<Self, 3>,
+        state: Tensor<Self, 4>,
+        config: MambaStepConfig,
+    ) -> MambaStepOutput<Self> {
+        if !mamba_step_applies(&weights, &config) {
+            return crate::reference::mamba_step::mamba_decode_step(zxbcdt, weights, window, state, config);
+        }
+        let has_bias = weights.conv_bias.is_some();
+        let [zxbcdt, weight, bias, window, a_log, d, dt_bias, state, norm_weight] =
+            mamba_step_inputs(zxbcdt, weights, window, state);
+        let step = mamba_step::launch(
+            zxbcdt.clone(),
+            weight,
+            bias,
+            has_bias,
+            window,
+            a_log,
+            d,
+            dt_bias,
+            state,
+            config.dt_limit,
+        );
+        // z is the first d_inner columns of zxbcdt: the norm reads it there, no slice.
+        let y = rms_norm::launch(step.y, Some(zxbcdt), norm_weight, config.groups, config.norm_eps);
+        MambaStepOutput { y: wrap(y), window: wrap(step.window), state: wrap(step.state) }
+    }
+
     fn ssd_chunk_scan(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
         if inputs.b.dims()[3] > MAX_KERNEL_D_STATE {
             return crate::reference::ssd::ssd_chunk_scan(inputs, config);
@@ -120,9 +183,23 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
 
     fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
         if !gemv_applies(&x, &weight) {
-            return x.matmul(weight.transpose());
+            return crate::reference::linear::linear_no_bias(x, weight);
         }
-        wrap(gemv::launch(prim(x), prim(weight)))
+        wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::None))
+    }
+
+    fn swiglu_linear(x: Tensor<Self, 2>, gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if !gemv_applies(&x, &gate) || up.dtype() != gate.dtype() {
+            return crate::reference::linear::swiglu_linear(x, gate, up);
+        }
+        wrap(gemv::launch(prim(x), prim(gate), gemv::Epilogue::SwiGlu(prim(up))))
+    }
+
+    fn linear_residual(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, residual: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if !gemv_applies(&x, &weight) || residual.dtype() != x.dtype() {
+            return crate::reference::linear::linear_residual(x, weight, residual);
+        }
+        wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::Residual(prim(residual))))
     }
 
     fn rms_norm(
@@ -160,8 +237,11 @@ enum Kind {
     Step(SsdConfig),
     Conv { has_bias: bool },
     Gemv,
+    SwiGlu,
+    Residual,
     Norm { gated: bool, groups: usize, eps: f64 },
     DecodeAttention { keys: usize },
+    MambaStep { has_bias: bool, config: MambaStepConfig },
 }
 
 /// A `BambaOps` call recorded in the fusion stream; runs the inner backend's method when executed.
@@ -201,10 +281,28 @@ impl<B: FusionBackend + BambaOps> Operation<B::FusionRuntime> for CustomOp<B> {
                 vec![prim(out.y), prim(out.window)]
             }
             Kind::Gemv => vec![prim(B::linear_no_bias(wrap(next()), wrap(next())))],
+            Kind::SwiGlu => vec![prim(B::swiglu_linear(wrap(next()), wrap(next()), wrap(next())))],
+            Kind::Residual => vec![prim(B::linear_residual(wrap(next()), wrap(next()), wrap(next())))],
             Kind::Norm { gated, groups, eps } => {
                 let x = wrap(next());
                 let gate = gated.then(|| wrap(next()));
                 vec![prim(B::rms_norm(x, gate, wrap(next()), groups, eps))]
+            }
+            Kind::MambaStep { has_bias, config } => {
+                let zxbcdt = wrap(next());
+                let (conv_weight, bias, window) = (wrap(next()), wrap(next()), wrap(next()));
+                let (a_log, d, dt_bias, state, norm_weight) =
+                    (wrap(next()), wrap(next()), wrap(next()), wrap(next()), wrap(next()));
+                let weights = MambaStepWeights {
+                    conv_weight,
+                    conv_bias: has_bias.then_some(bias),
+                    a_log,
+                    d,
+                    dt_bias,
+                    norm_weight,
+                };
+                let out = B::mamba_decode_step(zxbcdt, weights, window, state, config);
+                vec![prim(out.y), prim(out.window), prim(out.state)]
             }
             Kind::DecodeAttention { keys } => {
                 let (q, k, v, start) = (wrap(next()), wrap(next()), wrap(next()), wrap(next()));
@@ -251,6 +349,27 @@ fn ssd_on_fusion<B: FusionBackend + BambaOps>(
 }
 
 impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
+    fn mamba_decode_step(
+        zxbcdt: Tensor<Self, 2>,
+        weights: MambaStepWeights<Self>,
+        window: Tensor<Self, 3>,
+        state: Tensor<Self, 4>,
+        config: MambaStepConfig,
+    ) -> MambaStepOutput<Self> {
+        if !mamba_step_applies(&weights, &config) {
+            return crate::reference::mamba_step::mamba_decode_step(zxbcdt, weights, window, state, config);
+        }
+        let batch = zxbcdt.dims()[0];
+        let (dtype, out_dtype) = (zxbcdt.dtype(), weights.norm_weight.dtype());
+        let has_bias = weights.conv_bias.is_some();
+        let window_shape = window.dims().to_vec();
+        let state_shape = vec![batch, config.heads, config.head_dim, config.d_state];
+        let ins = mamba_step_inputs(zxbcdt, weights, window, state).to_vec();
+        let outs = [(vec![batch, config.d_inner()], out_dtype), (window_shape, dtype), (state_shape, DType::F32)];
+        let [y, window, state] = register::<B, 3>("bamba_mamba_step", Kind::MambaStep { has_bias, config }, ins, outs);
+        MambaStepOutput { y: wrap(y), window: wrap(window), state: wrap(state) }
+    }
+
     fn ssd_chunk_scan(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
         ssd_on_fusion(inputs, Kind::Scan(config), "bamba_ssd_chunk_scan")
     }
@@ -276,11 +395,31 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
     fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
         if !gemv_applies(&x, &weight) {
             // Burn's own matmul, so that fusion still sees it.
-            return x.matmul(weight.transpose());
+            return crate::reference::linear::linear_no_bias(x, weight);
         }
         let shape = vec![x.dims()[0], weight.dims()[0]];
         let dtype = x.dtype();
         let [y] = register::<B, 1>("bamba_gemv", Kind::Gemv, vec![prim(x), prim(weight)], [(shape, dtype)]);
+        wrap(y)
+    }
+
+    fn swiglu_linear(x: Tensor<Self, 2>, gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if !gemv_applies(&x, &gate) {
+            // Burn's own ops, so that fusion still sees them.
+            return crate::reference::linear::swiglu_linear(x, gate, up);
+        }
+        let out = (vec![x.dims()[0], gate.dims()[0]], x.dtype());
+        let [y] = register::<B, 1>("bamba_swiglu", Kind::SwiGlu, vec![prim(x), prim(gate), prim(up)], [out]);
+        wrap(y)
+    }
+
+    fn linear_residual(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, residual: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if !gemv_applies(&x, &weight) {
+            return crate::reference::linear::linear_residual(x, weight, residual);
+        }
+        let out = (vec![x.dims()[0], weight.dims()[0]], x.dtype());
+        let ins = vec![prim(x), prim(weight), prim(residual)];
+        let [y] = register::<B, 1>("bamba_linear_residual", Kind::Residual, ins, [out]);
         wrap(y)
     }
 

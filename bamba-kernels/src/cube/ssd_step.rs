@@ -17,7 +17,7 @@ use super::math::{discretize_dt, row_sum};
 pub const LANES: usize = 32;
 pub const ROWS: usize = 4;
 /// State rows (head_dim) each unit of the decode step owns.
-const RPU: usize = 4;
+pub const RPU: usize = 4;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -47,11 +47,8 @@ fn step_kernel<F: Float>(
     let b = bh / heads;
     let h = bh % heads;
     let g = h / heads_per_group;
-    // each unit owns RPU rows × per_lane state columns, so dt, B and C are loaded and processed once
-    // for RPU rows; every load is issued before any use
-    let p0 = (CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize) * RPU;
+    let p0 = first_row();
     let lane = UNIT_POS_X as usize;
-    let mut smem = SharedMemory::<f32>::new(LANES * ROWS);
 
     let dt_h = discretize_dt(
         f32::cast_from(dt[b * dt.stride(0) + h * dt.stride(2)]),
@@ -60,19 +57,13 @@ fn step_kernel<F: Float>(
         hi,
         has_limit,
     );
-    let decay = f32::exp(-f32::exp(a_log[h * a_log.stride(0)]) * dt_h);
-    let d_h = d[h * d.stride(0)];
-    let mut s = Array::<f32>::new(per_lane * RPU);
     let mut bv = Array::<f32>::new(per_lane);
     let mut cv = Array::<f32>::new(per_lane);
     let mut xv = Array::<f32>::new(RPU);
     // strides are loads from a metadata buffer: read each once
-    let ss2 = state.stride(2);
-    let ss3 = state.stride(3);
     let bs3 = bmat.stride(3);
     let cs3 = cmat.stride(3);
     let xs3 = x.stride(3);
-    let head_base = b * state.stride(0) + h * state.stride(1);
     let bb = b * bmat.stride(0) + g * bmat.stride(2);
     let cb = b * cmat.stride(0) + g * cmat.stride(2);
     let xb = b * x.stride(0) + h * x.stride(2);
@@ -93,6 +84,55 @@ fn step_kernel<F: Float>(
         if p < head_dim {
             xv[r] = f32::cast_from(x[xb + p * xs3]);
         }
+    }
+    update_state_rows(
+        state, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, use_plane,
+    );
+}
+
+/// The first of the `RPU` state rows (`head_dim` positions) this unit owns.
+#[cube]
+pub fn first_row() -> usize {
+    (CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize) * RPU
+}
+
+/// The update of this unit's `RPU` rows × `per_lane` columns of the state of (sequence, head) `bh`
+/// (head `h`), given its x values `xv`, the group's B and C values `bv`, `cv` (columns `lane + k·LANES`)
+/// and the discretized `dt_h`: `S ← exp(dt·A)·S + dt·x⊗B` into `new_state`, `y = S·C + D·x` into `y`.
+/// All state loads are issued before any use. Every unit of the cube must call it (a row sum).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn update_state_rows(
+    state: &Tensor<f32>,
+    new_state: &mut Tensor<f32>,
+    y: &mut Tensor<f32>,
+    bv: &Array<f32>,
+    cv: &Array<f32>,
+    xv: &Array<f32>,
+    dt_h: f32,
+    a_log: &Tensor<f32>,
+    d: &Tensor<f32>,
+    bh: usize,
+    h: usize,
+    head_dim: usize,
+    d_state: usize,
+    #[comptime] per_lane: usize,
+    #[comptime] use_plane: bool,
+) {
+    let p0 = first_row();
+    let lane = UNIT_POS_X as usize;
+    let heads = state.shape(1);
+    let b = bh / heads;
+    let decay = f32::exp(-f32::exp(a_log[h * a_log.stride(0)]) * dt_h);
+    let d_h = d[h * d.stride(0)];
+    let mut smem = SharedMemory::<f32>::new(LANES * ROWS);
+    let mut s = Array::<f32>::new(per_lane * RPU);
+    let ss2 = state.stride(2);
+    let ss3 = state.stride(3);
+    let head_base = b * state.stride(0) + h * state.stride(1);
+    #[unroll]
+    for r in 0..RPU {
+        let p = p0 + r;
         #[unroll]
         for k in 0..per_lane {
             let n = lane + k * LANES;
@@ -106,7 +146,7 @@ fn step_kernel<F: Float>(
     for r in 0..RPU {
         let p = p0 + r;
         let dtx = dt_h * xv[r];
-        let out_row = ((b * heads + h) * head_dim + p) * d_state;
+        let out_row = (bh * head_dim + p) * d_state;
         let mut part = 0.0f32;
         #[unroll]
         for k in 0..per_lane {
@@ -119,7 +159,7 @@ fn step_kernel<F: Float>(
         }
         let total = row_sum(part, &mut smem, LANES, use_plane);
         if p < head_dim && lane == 0 {
-            y[(b * heads + h) * head_dim + p] = total + d_h * xv[r];
+            y[bh * head_dim + p] = total + d_h * xv[r];
         }
     }
 }

@@ -3,5 +3,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod linear;
+pub mod mamba_step;
 pub mod norm;
 pub mod ssd;

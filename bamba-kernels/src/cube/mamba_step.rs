@@ -1,0 +1,216 @@
+//! A Mamba2 mixer's decode step between its two projections in two launches (issue: a decode step is
+//! launch-bound; unfused it was nine: the z and xBC slices, conv, window, three copies for x/B/C,
+//! the SSD step, the gated norm):
+//!
+//! 1. `mamba_step_kernel` reads the in_proj output `zxbcdt` of one token per sequence as it is and,
+//!    per (sequence, head), applies the causal conv + bias + SiLU to the channels it needs (its x
+//!    rows, its group's B and C; the conv is 4 taps, so recomputing B and C in every head's cube is
+//!    cheaper than a launch), shifts the conv window (each channel written by exactly one unit), and
+//!    runs the SSD state update of [`super::ssd_step`].
+//! 2. The gated RMSNorm kernel, with z read straight out of `zxbcdt` (its first `d_inner` columns).
+
+use burn::tensor::DType;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::prelude::*;
+use cubecl::{CubeCount, CubeDim};
+
+use super::math::discretize_dt;
+use super::ssd_step::{first_row, rows_are_planes, update_state_rows, LANES, ROWS, RPU};
+
+/// Conv output of xBC channel `c` of sequence `b` for the new token: `SiLU(bias + Σ w·[window, x])`,
+/// in f32 after rounding to `F` (as the conv kernel stores it).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn conv_channel<F: Float>(
+    zxbcdt: &Tensor<F>,
+    weight: &Tensor<F>,
+    bias: &Tensor<F>,
+    window: &Tensor<F>,
+    b: usize,
+    c: usize,
+    d_inner: usize,
+    #[comptime] has_bias: bool,
+) -> f32 {
+    let taps = weight.shape(1);
+    let ws = c * weight.stride(0);
+    let wb = b * window.stride(0) + c * window.stride(1);
+    let mut acc = 0.0f32;
+    for j in 0..taps - 1 {
+        acc += f32::cast_from(weight[ws + j * weight.stride(1)]) * f32::cast_from(window[wb + j * window.stride(2)]);
+    }
+    let new = f32::cast_from(zxbcdt[b * zxbcdt.stride(0) + (d_inner + c) * zxbcdt.stride(1)]);
+    acc += f32::cast_from(weight[ws + (taps - 1) * weight.stride(1)]) * new;
+    if has_bias {
+        acc += f32::cast_from(bias[c * bias.stride(0)]);
+    }
+    f32::cast_from(F::cast_from(acc / (1.0f32 + f32::exp(-acc))))
+}
+
+/// Writes channel `c`'s next window: the old one shifted by one, the new pre-conv value last.
+#[cube]
+fn shift_window<F: Float>(
+    zxbcdt: &Tensor<F>,
+    window: &Tensor<F>,
+    new_window: &mut Tensor<F>,
+    b: usize,
+    c: usize,
+    d_inner: usize,
+) {
+    let keep = new_window.shape(2);
+    let wb = b * window.stride(0) + c * window.stride(1);
+    let out = (b * new_window.shape(1) + c) * keep;
+    for j in 0..keep - 1 {
+        new_window[out + j] = window[wb + (j + 1) * window.stride(2)];
+    }
+    new_window[out + keep - 1] = zxbcdt[b * zxbcdt.stride(0) + (d_inner + c) * zxbcdt.stride(1)];
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn mamba_step_kernel<F: Float>(
+    zxbcdt: &Tensor<F>,
+    weight: &Tensor<F>,
+    bias: &Tensor<F>,
+    window: &Tensor<F>,
+    a_log: &Tensor<f32>,
+    d: &Tensor<f32>,
+    dt_bias: &Tensor<f32>,
+    state: &Tensor<f32>,
+    new_window: &mut Tensor<F>,
+    new_state: &mut Tensor<f32>,
+    y: &mut Tensor<f32>,
+    lo: f32,
+    hi: f32,
+    #[comptime] per_lane: usize,
+    #[comptime] has_bias: bool,
+    #[comptime] has_limit: bool,
+    #[comptime] use_plane: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let heads = state.shape(1);
+    let head_dim = state.shape(2);
+    let d_state = state.shape(3);
+    let d_inner = heads * head_dim;
+    let conv_dim = weight.shape(0);
+    let groups = (conv_dim - d_inner) / (2 * d_state);
+    let heads_per_group = heads / groups;
+    let bh = CUBE_POS_Y as usize;
+    let b = bh / heads;
+    let h = bh % heads;
+    let g = h / heads_per_group;
+    let p0 = first_row();
+    let lane = UNIT_POS_X as usize;
+    // xBC channels: x (d_inner), then B and C (groups · d_state each).
+    let b_channel = d_inner + g * d_state;
+    let c_channel = d_inner + groups * d_state + g * d_state;
+    // One unit shifts each channel's window: lane 0 its x rows, row 0 of the first cube of the
+    // group's first head its B and C columns.
+    let shifts_bc = h % heads_per_group == 0 && CUBE_POS_X == 0 && UNIT_POS_Y == 0;
+
+    let raw_dt = zxbcdt[b * zxbcdt.stride(0) + (d_inner + conv_dim + h) * zxbcdt.stride(1)];
+    let dt_h = discretize_dt(f32::cast_from(raw_dt), dt_bias[h * dt_bias.stride(0)], lo, hi, has_limit);
+    let mut bv = Array::<f32>::new(per_lane);
+    let mut cv = Array::<f32>::new(per_lane);
+    let mut xv = Array::<f32>::new(RPU);
+    #[unroll]
+    for k in 0..per_lane {
+        let n = lane + k * LANES;
+        bv[k] = 0.0f32;
+        cv[k] = 0.0f32;
+        if n < d_state {
+            bv[k] = conv_channel(zxbcdt, weight, bias, window, b, b_channel + n, d_inner, has_bias);
+            cv[k] = conv_channel(zxbcdt, weight, bias, window, b, c_channel + n, d_inner, has_bias);
+            if shifts_bc {
+                shift_window(zxbcdt, window, new_window, b, b_channel + n, d_inner);
+                shift_window(zxbcdt, window, new_window, b, c_channel + n, d_inner);
+            }
+        }
+    }
+    #[unroll]
+    for r in 0..RPU {
+        let p = p0 + r;
+        xv[r] = 0.0f32;
+        if p < head_dim {
+            let c = h * head_dim + p;
+            xv[r] = conv_channel(zxbcdt, weight, bias, window, b, c, d_inner, has_bias);
+            if lane == 0 {
+                shift_window(zxbcdt, window, new_window, b, c, d_inner);
+            }
+        }
+    }
+    update_state_rows(
+        state, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, use_plane,
+    );
+}
+
+/// The results of [`launch`].
+pub struct MambaStep<R: CubeRuntime> {
+    /// `[batch, heads · head_dim]`, the SSD output before the gated norm, f32.
+    pub y: CubeTensor<R>,
+    /// `[batch, conv_dim, kernel - 1]` in `zxbcdt`'s dtype.
+    pub window: CubeTensor<R>,
+    /// `[batch, heads, head_dim, d_state]` f32.
+    pub state: CubeTensor<R>,
+}
+
+/// The conv + SSD step of one token per sequence (launch 1 of 2; the caller runs the gated norm).
+///
+/// # Shapes
+/// - `zxbcdt`: `[batch, d_inner + conv_dim + heads]`; `weight`: `[conv_dim, kernel]`; `bias`: `[conv_dim]`
+///   (read only when `has_bias`); `window`: `[batch, conv_dim, kernel - 1]`, all one float dtype
+/// - `a_log`, `d`, `dt_bias`: `[heads]` f32; `state`: `[batch, heads, head_dim, d_state]` f32
+#[allow(clippy::too_many_arguments)]
+pub fn launch<R: CubeRuntime>(
+    zxbcdt: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    bias: CubeTensor<R>,
+    has_bias: bool,
+    window: CubeTensor<R>,
+    a_log: CubeTensor<R>,
+    d: CubeTensor<R>,
+    dt_bias: CubeTensor<R>,
+    state: CubeTensor<R>,
+    dt_limit: Option<(f32, f32)>,
+) -> MambaStep<R> {
+    let client = zxbcdt.client.clone();
+    let device = zxbcdt.device.clone();
+    let [batch, heads, head_dim, d_state] = state.meta.shape().dims::<4>();
+    let dtype = zxbcdt.dtype;
+    let y = empty_device_contiguous_dtype(client.clone(), device.clone(), [batch, heads * head_dim].into(), DType::F32);
+    let new_window = empty_device_contiguous_dtype(client.clone(), device.clone(), window.meta.shape().clone(), dtype);
+    let new_state = empty_device_contiguous_dtype(client.clone(), device, state.meta.shape().clone(), DType::F32);
+    let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
+    let count = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads) as u32, 1);
+    let use_plane = rows_are_planes(&client);
+    // SAFETY: indices derive from the shapes: p < head_dim and n < d_state are checked before use,
+    // channels stay below conv_dim (x rows below d_inner, B/C columns below d_state), and the window
+    // and state outputs are contiguous with the inputs' shapes.
+    unsafe {
+        mamba_step_kernel::launch_unchecked::<R>(
+            &client,
+            count,
+            CubeDim::new_2d(LANES as u32, ROWS as u32),
+            zxbcdt.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            window.into_tensor_arg(),
+            a_log.into_tensor_arg(),
+            d.into_tensor_arg(),
+            dt_bias.into_tensor_arg(),
+            state.into_tensor_arg(),
+            new_window.clone().into_tensor_arg(),
+            new_state.clone().into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            lo,
+            hi,
+            d_state.div_ceil(LANES),
+            has_bias,
+            dt_limit.is_some(),
+            use_plane,
+            dtype.into(),
+        );
+    }
+    MambaStep { y, window: new_window, state: new_state }
+}
