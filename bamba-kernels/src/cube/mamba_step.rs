@@ -4,9 +4,10 @@
 //!
 //! 1. `mamba_step_kernel` reads the in_proj output `zxbcdt` of one token per sequence as it is and,
 //!    per (sequence, head), applies the causal conv + bias + SiLU to the channels it needs (its x
-//!    rows, its group's B and C; the conv is 4 taps, so recomputing B and C in every head's cube is
-//!    cheaper than a launch), shifts the conv window (each channel written by exactly one unit), and
-//!    runs the SSD state update of [`super::ssd_step`].
+//!    rows, its group's B and C: the conv is 4 taps, so recomputing B and C in every head's cube is
+//!    cheaper than a launch; the cube's units split that work through shared memory), shifts the conv
+//!    window (each channel written by exactly one unit), and runs the SSD state update of
+//!    [`super::ssd_step`], whose state loads are issued first.
 //! 2. The gated RMSNorm kernel, with z read straight out of `zxbcdt` (its first `d_inner` columns).
 
 use burn::tensor::DType;
@@ -17,7 +18,7 @@ use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 
 use super::math::discretize_dt;
-use super::ssd_step::{first_row, rows_are_planes, update_state_rows, LANES, ROWS, RPU};
+use super::ssd_step::{load_state_rows, rows_are_planes, update_state_rows, LANES, ROWS, RPU};
 
 /// Conv output of xBC channel `c` of sequence `b` for the new token: `SiLU(bias + Σ w·[window, x])`,
 /// in f32 after rounding to `F` (as the conv kernel stores it).
@@ -100,17 +101,44 @@ fn mamba_step_kernel<F: Float>(
     let b = bh / heads;
     let h = bh % heads;
     let g = h / heads_per_group;
-    let p0 = first_row();
     let lane = UNIT_POS_X as usize;
     // xBC channels: x (d_inner), then B and C (groups · d_state each).
     let b_channel = d_inner + g * d_state;
     let c_channel = d_inner + groups * d_state + g * d_state;
-    // One unit shifts each channel's window: lane 0 its x rows, row 0 of the first cube of the
-    // group's first head its B and C columns.
-    let shifts_bc = h % heads_per_group == 0 && CUBE_POS_X == 0 && UNIT_POS_Y == 0;
+    let mut s = Array::<f32>::new(per_lane * RPU);
+    load_state_rows(state, &mut s, bh, head_dim, d_state, per_lane);
 
     let raw_dt = zxbcdt[b * zxbcdt.stride(0) + (d_inner + conv_dim + h) * zxbcdt.stride(1)];
     let dt_h = discretize_dt(f32::cast_from(raw_dt), dt_bias[h * dt_bias.stride(0)], lo, hi, has_limit);
+    // The cube's units share the conv work through shared memory: first the group's B and C
+    // (2·d_state channels), then the cube's ROWS·RPU x rows. Each channel's window is shifted by the
+    // unit that convolves it, B and C only in the first cube of the group's first head.
+    let unit = UNIT_POS_Y as usize * LANES + UNIT_POS_X as usize;
+    let shifts_bc = h % heads_per_group == 0 && CUBE_POS_X == 0;
+    let mut bc = SharedMemory::<f32>::new(2 * per_lane * LANES);
+    let mut i = unit;
+    while i < 2 * d_state {
+        let mut c = b_channel + i;
+        if i >= d_state {
+            c = c_channel + i - d_state;
+        }
+        bc[i] = conv_channel(zxbcdt, weight, bias, window, b, c, d_inner, has_bias);
+        if shifts_bc {
+            shift_window(zxbcdt, window, new_window, b, c, d_inner);
+        }
+        i += LANES * ROWS;
+    }
+    let mut xs = SharedMemory::<f32>::new(ROWS * RPU);
+    if unit < ROWS * RPU {
+        let p = CUBE_POS_X as usize * ROWS * RPU + unit;
+        xs[unit] = 0.0f32;
+        if p < head_dim {
+            let c = h * head_dim + p;
+            xs[unit] = conv_channel(zxbcdt, weight, bias, window, b, c, d_inner, has_bias);
+            shift_window(zxbcdt, window, new_window, b, c, d_inner);
+        }
+    }
+    sync_cube();
     let mut bv = Array::<f32>::new(per_lane);
     let mut cv = Array::<f32>::new(per_lane);
     let mut xv = Array::<f32>::new(RPU);
@@ -120,29 +148,15 @@ fn mamba_step_kernel<F: Float>(
         bv[k] = 0.0f32;
         cv[k] = 0.0f32;
         if n < d_state {
-            bv[k] = conv_channel(zxbcdt, weight, bias, window, b, b_channel + n, d_inner, has_bias);
-            cv[k] = conv_channel(zxbcdt, weight, bias, window, b, c_channel + n, d_inner, has_bias);
-            if shifts_bc {
-                shift_window(zxbcdt, window, new_window, b, b_channel + n, d_inner);
-                shift_window(zxbcdt, window, new_window, b, c_channel + n, d_inner);
-            }
+            bv[k] = bc[n];
+            cv[k] = bc[d_state + n];
         }
     }
     #[unroll]
     for r in 0..RPU {
-        let p = p0 + r;
-        xv[r] = 0.0f32;
-        if p < head_dim {
-            let c = h * head_dim + p;
-            xv[r] = conv_channel(zxbcdt, weight, bias, window, b, c, d_inner, has_bias);
-            if lane == 0 {
-                shift_window(zxbcdt, window, new_window, b, c, d_inner);
-            }
-        }
+        xv[r] = xs[UNIT_POS_Y as usize * RPU + r];
     }
-    update_state_rows(
-        state, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, use_plane,
-    );
+    update_state_rows(&s, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, use_plane);
 }
 
 /// The results of [`launch`].

@@ -49,6 +49,8 @@ fn step_kernel<F: Float>(
     let g = h / heads_per_group;
     let p0 = first_row();
     let lane = UNIT_POS_X as usize;
+    let mut s = Array::<f32>::new(per_lane * RPU);
+    load_state_rows(state, &mut s, bh, head_dim, d_state, per_lane);
 
     let dt_h = discretize_dt(
         f32::cast_from(dt[b * dt.stride(0) + h * dt.stride(2)]),
@@ -85,9 +87,7 @@ fn step_kernel<F: Float>(
             xv[r] = f32::cast_from(x[xb + p * xs3]);
         }
     }
-    update_state_rows(
-        state, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, use_plane,
-    );
+    update_state_rows(&s, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, use_plane);
 }
 
 /// The first of the `RPU` state rows (`head_dim` positions) this unit owns.
@@ -96,14 +96,46 @@ pub fn first_row() -> usize {
     (CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize) * RPU
 }
 
-/// The update of this unit's `RPU` rows × `per_lane` columns of the state of (sequence, head) `bh`
-/// (head `h`), given its x values `xv`, the group's B and C values `bv`, `cv` (columns `lane + k·LANES`)
-/// and the discretized `dt_h`: `S ← exp(dt·A)·S + dt·x⊗B` into `new_state`, `y = S·C + D·x` into `y`.
-/// All state loads are issued before any use. Every unit of the cube must call it (a row sum).
+/// Loads this unit's `RPU` rows × `per_lane` columns of the state of (sequence, head) `bh` into `s`
+/// (zeros past `head_dim` / `d_state`). Called before anything else the kernel loads or computes,
+/// so that these loads, the bulk of a step's bytes, are in flight while the rest happens.
+#[cube]
+pub fn load_state_rows(
+    state: &Tensor<f32>,
+    s: &mut Array<f32>,
+    bh: usize,
+    head_dim: usize,
+    d_state: usize,
+    #[comptime] per_lane: usize,
+) {
+    let p0 = first_row();
+    let lane = UNIT_POS_X as usize;
+    let heads = state.shape(1);
+    let ss2 = state.stride(2);
+    let ss3 = state.stride(3);
+    let head_base = (bh / heads) * state.stride(0) + (bh % heads) * state.stride(1);
+    #[unroll]
+    for r in 0..RPU {
+        let p = p0 + r;
+        #[unroll]
+        for k in 0..per_lane {
+            let n = lane + k * LANES;
+            s[r * per_lane + k] = 0.0f32;
+            if p < head_dim && n < d_state {
+                s[r * per_lane + k] = state[head_base + p * ss2 + n * ss3];
+            }
+        }
+    }
+}
+
+/// The update of this unit's rows of the state `s` of (sequence, head) `bh` (head `h`), given its x
+/// values `xv`, the group's B and C values `bv`, `cv` (columns `lane + k·LANES`) and the discretized
+/// `dt_h`: `S ← exp(dt·A)·S + dt·x⊗B` into `new_state`, `y = S·C + D·x` into `y`. Every unit of the
+/// cube must call it (a row sum).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub fn update_state_rows(
-    state: &Tensor<f32>,
+    s: &Array<f32>,
     new_state: &mut Tensor<f32>,
     y: &mut Tensor<f32>,
     bv: &Array<f32>,
@@ -121,27 +153,9 @@ pub fn update_state_rows(
 ) {
     let p0 = first_row();
     let lane = UNIT_POS_X as usize;
-    let heads = state.shape(1);
-    let b = bh / heads;
     let decay = f32::exp(-f32::exp(a_log[h * a_log.stride(0)]) * dt_h);
     let d_h = d[h * d.stride(0)];
     let mut smem = SharedMemory::<f32>::new(LANES * ROWS);
-    let mut s = Array::<f32>::new(per_lane * RPU);
-    let ss2 = state.stride(2);
-    let ss3 = state.stride(3);
-    let head_base = b * state.stride(0) + h * state.stride(1);
-    #[unroll]
-    for r in 0..RPU {
-        let p = p0 + r;
-        #[unroll]
-        for k in 0..per_lane {
-            let n = lane + k * LANES;
-            s[r * per_lane + k] = 0.0f32;
-            if p < head_dim && n < d_state {
-                s[r * per_lane + k] = state[head_base + p * ss2 + n * ss3];
-            }
-        }
-    }
     #[unroll]
     for r in 0..RPU {
         let p = p0 + r;
