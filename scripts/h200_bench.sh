@@ -36,13 +36,16 @@ criterion() { # filter
 }
 case $part in
 decode)
-  bench bamba_b1 130 --preset bamba-9b -t tg128,tg128@d4096 -b 1 -r 3
-  bench llama_b1 110 --preset llama-8b-shape -t tg128,tg128@d4096 -b 1 -r 3
-  bench bamba_b64 120 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 2
-  bench llama_b64 90 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 2
-  # The Llama shape at 32K: the largest batch up to 64 whose weights and KV fit in 130 of the 141 GB
-  # (11 GB left for activations and the allocator): 26 sequences by the `bamba info` byte model.
-  bench llama_b64_32k 80 --preset llama-8b-shape -t tg16@d32768 -b 64 -r 2 --memory 130GB
+  # BACKEND=cuda-unfused runs every shape without Burn's fusion stream (default: cuda).
+  be=(--backend "${BACKEND:-cuda}")
+  bench bamba_b1 130 --preset bamba-9b -t tg128,tg128@d4096 -b 1 -r 3 "${be[@]}"
+  bench llama_b1 110 --preset llama-8b-shape -t tg128,tg128@d4096 -b 1 -r 3 "${be[@]}"
+  bench bamba_b64 120 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 2 "${be[@]}"
+  bench llama_b64 90 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 2 "${be[@]}"
+  # The Llama shape at 32K: the largest batch up to 64 whose weights and KV fit in 110 of the 141 GB:
+  # 21 sequences by the `bamba info` byte model. At 130 GB (26 sequences) CubeCL 0.10's allocator
+  # fails to reserve a 9.38 GB page once per layer and step (results/h200-2026-12-01-s4/run6).
+  bench llama_b64_32k 80 --preset llama-8b-shape -t tg16@d32768 -b 64 -r 2 --memory 110GB "${be[@]}"
   # Optional criterion groups in the same session (CRITERION_FILTER=regex).
   if [ -n "${CRITERION_FILTER:-}" ]; then criterion "$CRITERION_FILTER"; fi
   ;;
@@ -68,11 +71,22 @@ load)
     BAMBA=.gpu/$name bench "load_$name" 120 --model "$ckpt" -t tg4 -b 1 -r 1 --warmup 0
     grep -h '"load"' "$RAW/load_$name.jsonl"
   done
+  # The same with glibc's allocator kept off mmap: freed host buffers are reused instead of every
+  # tensor's staging copy faulting in fresh pages.
+  GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776 \
+    bench load_bamba_heap 120 --model "$ckpt" -t tg4 -b 1 -r 1 --warmup 0
+  grep -h '"load"' "$RAW/load_bamba_heap.jsonl"
+  cat /sys/kernel/mm/transparent_hugepage/enabled
+  python3 -c "
+import time, numpy as np
+t = time.time(); a = np.ones(4 << 30, np.uint8); t1 = time.time(); a.fill(2); t2 = time.time()
+print(f'host first touch {4.29 / (t1 - t):.1f} GB/s, second {4.29 / (t2 - t1):.1f} GB/s')"
   ;;
 quick)
-  # The decode numbers a change to the step moves, in one call: host overhead (tiny widths), batch 1
-  # fused and unfused, batch 64 at 8K.
+  # The numbers a change to the step moves, in one call: prefill pp4096, host overhead (tiny widths),
+  # batch 1 fused and unfused, batch 64 at 8K.
   for backend in cuda cuda-unfused; do
+    bench "bamba_pp_$backend" 60 --preset bamba-9b -t pp4096 -b 1 -r 2 --backend "$backend"
     bench "overhead_$backend" 90 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 3 \
       --backend "$backend"
     bench "bamba_b1_$backend" 100 --preset bamba-9b -t tg128 -b 1 -r 3 --backend "$backend"
@@ -95,6 +109,7 @@ for pinned in (False, True):
 PY
   # Host overhead per decode step: Bamba-9B's 32-layer plan with tiny widths (kernels take ~nothing).
   for backend in cuda cuda-unfused; do
+    bench "bamba_pp_$backend" 60 --preset bamba-9b -t pp4096 -b 1 -r 2 --backend "$backend"
     bench "overhead_$backend" 90 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 3 \
       --backend "$backend"
   done
