@@ -1,5 +1,5 @@
-//! Criterion benches of the Bamba kernels (SSD chunked scan, SSD decode step, causal conv, decode GEMV,
-//! and the model's attention) on
+//! Criterion benches of the Bamba kernels (SSD chunked scan, SSD decode step, the fused Mamba decode
+//! step, causal conv, decode GEMV, and the model's attention) on
 //! the backend the features pick (cuda > wgpu > ndarray), each op timed with a device sync.
 //!
 //! Shapes: `BAMBA_BENCH_SHAPES=bamba-9b` (default on GPUs: 128 heads × 64, d_state 128, one group,
@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use bamba_kernels::reference;
-use bamba_kernels::{BambaOps, SsdConfig, SsdInputs};
+use bamba_kernels::{BambaOps, MambaStepConfig, MambaStepWeights, SsdConfig, SsdInputs};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -154,6 +154,56 @@ fn bench_step(c: &mut Criterion) {
     group.finish();
 }
 
+/// The Mamba2 decode step between the projections (`BambaOps::mamba_decode_step`: conv + window
+/// shift + SSD update + gated norm) against the composition of the unfused ops it replaces.
+fn bench_mamba_step(c: &mut Criterion) {
+    let device = Default::default();
+    let s = shapes();
+    let dt = dtype();
+    let config = MambaStepConfig {
+        heads: s.heads,
+        head_dim: s.head_dim,
+        groups: 1,
+        d_state: s.d_state,
+        norm_eps: 1e-5,
+        dt_limit: None,
+    };
+    let (d_inner, conv_dim) = (config.d_inner(), config.conv_dim());
+    let weights = MambaStepWeights {
+        conv_weight: random([conv_dim, 4], -0.5, 0.5, dt, &device),
+        conv_bias: Some(random([conv_dim], -0.1, 0.1, dt, &device)),
+        a_log: random([s.heads], 0.0, 2.7, DType::F32, &device),
+        d: random([s.heads], 0.5, 1.5, DType::F32, &device),
+        dt_bias: random([s.heads], -4.6, -2.2, DType::F32, &device),
+        norm_weight: random([d_inner], 0.5, 1.5, dt, &device),
+    };
+    let mut group = c.benchmark_group("mamba_decode_step");
+    group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    for &batch in &s.batches {
+        let zxbcdt = random([batch, d_inner + conv_dim + s.heads], -1.0, 1.0, dt, &device);
+        let window = random([batch, conv_dim, 3], -1.0, 1.0, dt, &device);
+        let state = random([batch, s.heads, s.head_dim, s.d_state], -0.5, 0.5, DType::F32, &device);
+        // the f32 state is read once and written once
+        group.throughput(Throughput::Bytes((2 * batch * s.heads * s.head_dim * s.d_state * 4) as u64));
+        for fused in [true, false] {
+            let id = BenchmarkId::new(if fused { "fused" } else { "composition" }, batch);
+            group.bench_function(id, |bench| {
+                bench.iter(|| {
+                    let (z, w, win, st) = (zxbcdt.clone(), weights.clone(), window.clone(), state.clone());
+                    let out = if fused {
+                        B::mamba_decode_step(z, w, win, st, config)
+                    } else {
+                        reference::mamba_step::mamba_decode_step::<B>(z, w, win, st, config)
+                    };
+                    sync(&device);
+                    out
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn bench_conv(c: &mut Criterion) {
     let device = Default::default();
     let s = shapes();
@@ -275,6 +325,6 @@ fn bench_attention(c: &mut Criterion) {
 criterion_group! {
     name = kernels;
     config = Criterion::default();
-    targets = bench_scan, bench_step, bench_conv, bench_linear, bench_attention
+    targets = bench_scan, bench_step, bench_mamba_step, bench_conv, bench_linear, bench_attention
 }
 criterion_main!(kernels);
