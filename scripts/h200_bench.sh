@@ -86,7 +86,8 @@ quick)
   # The numbers a change to the step moves, in one call: prefill pp4096, host overhead (tiny widths),
   # batch 1 fused and unfused, batch 64 at 8K.
   for backend in cuda cuda-unfused; do
-    bench "bamba_pp_$backend" 60 --preset bamba-9b -t pp4096 -b 1 -r 2 --backend "$backend"
+    # (60 s was too short in session 5: compile and matmul autotune of the prefill shapes come first)
+    bench "bamba_pp_$backend" 180 --preset bamba-9b -t pp4096 -b 1 -r 2 --backend "$backend"
     bench "overhead_$backend" 90 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 3 \
       --backend "$backend"
     bench "bamba_b1_$backend" 100 --preset bamba-9b -t tg128 -b 1 -r 3 --backend "$backend"
@@ -109,7 +110,8 @@ for pinned in (False, True):
 PY
   # Host overhead per decode step: Bamba-9B's 32-layer plan with tiny widths (kernels take ~nothing).
   for backend in cuda cuda-unfused; do
-    bench "bamba_pp_$backend" 60 --preset bamba-9b -t pp4096 -b 1 -r 2 --backend "$backend"
+    # (60 s was too short in session 5: compile and matmul autotune of the prefill shapes come first)
+    bench "bamba_pp_$backend" 180 --preset bamba-9b -t pp4096 -b 1 -r 2 --backend "$backend"
     bench "overhead_$backend" 90 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 3 \
       --backend "$backend"
   done
