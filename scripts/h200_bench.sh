@@ -13,10 +13,11 @@
 # overhead of a decode step (tiny widths), and CubeCL's per-kernel profile of decode steps.
 #
 # `quick` re-measures what a change to the decode step moves (overhead, batch 1, batch 64 at 8K).
+# `prefill-debug` logs a short CUDA generation (is a prefill slow or stuck?).
 #
-# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick
+# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill-debug
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill-debug}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -95,6 +96,20 @@ quick)
   done
   bench bamba_b64 120 --preset bamba-9b -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
   bench llama_b64 120 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
+  ;;
+prefill-debug)
+  # Does a CUDA prefill hang, or only compile and autotune slowly? (Session 5: every prefill on CUDA ran
+  # past its 30-60 s limit; session 3's first generate took ~90 s.) One short generation per backend
+  # with CubeCL's compilation/autotune log and a long limit; the log's tail shows where it was.
+  for backend in cuda-unfused cuda; do
+    t0=$SECONDS
+    CUBECL_DEBUG_LOG="$RAW/prefill_$backend.log" CUBECL_DEBUG_OPTION=debug timeout 240 .gpu/bamba generate \
+      --backend "$backend" --prompt "The capital of France is" --max-new-tokens 4 > "$RAW/prefill_$backend.txt" 2>&1
+    echo "generate $backend rc=$? ($((SECONDS - t0)) s)," \
+      "$(grep -c START_KERNEL_COMPILATION "$RAW/prefill_$backend.log") kernel compilations"
+    tail -c 4000 "$RAW/prefill_$backend.log" > "$RAW/prefill_$backend.tail"
+    rm -f "$RAW/prefill_$backend.log"
+  done
   ;;
 profile)
   # Host->device copy rates the loader can hope for, pageable vs pinned (torch, same card).

@@ -162,7 +162,7 @@ impl<B: BambaOps> Mamba2Mixer<B> {
 /// - `t`: `[batch, len, channels]` → `[batch, len, count, width]`
 fn split_rows<B: Backend>(t: Tensor<B, 3>, offset: usize, count: usize, width: usize) -> Tensor<B, 4> {
     let [batch, len, channels] = t.dims();
-    if offset % width == 0 && channels % width == 0 {
+    if offset.is_multiple_of(width) && channels.is_multiple_of(width) {
         t.reshape([batch, len, channels / width, width]).narrow(2, offset / width, count)
     } else {
         t.narrow(2, offset, count * width).reshape([batch, len, count, width])
