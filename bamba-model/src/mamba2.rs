@@ -99,30 +99,10 @@ impl<B: BambaOps> Mamba2Mixer<B> {
         let [batch, len, _] = x.dims();
         let (gn, d_inner) = (self.groups * self.d_state, self.d_inner);
         let zxbcdt = self.in_proj.forward(x); // [b, l, d_inner + conv_dim + heads]
-        if let (1, Some(state), None) = (len, &state, token_mask) {
-            // A decode step without pads: everything between the projections is one fused op.
-            let proj = zxbcdt.dims()[2];
-            let weights = MambaStepWeights {
-                conv_weight: self.conv_weight.clone(),
-                conv_bias: self.conv_bias.clone(),
-                a_log: self.a_log.clone(),
-                d: self.d.clone(),
-                dt_bias: self.dt_bias.clone(),
-                norm_weight: self.norm.weight.clone(),
-            };
-            let config = MambaStepConfig {
-                heads: self.heads,
-                head_dim: self.head_dim,
-                groups: self.groups,
-                d_state: self.d_state,
-                norm_eps: self.norm.eps,
-                dt_limit: self.scan.dt_limit,
-            };
-            let (window, ssm) = (state.conv_window.clone(), state.ssm.clone());
-            let step = B::mamba_decode_step(zxbcdt.reshape([batch, proj]), weights, window, ssm, config);
-            let out = self.out_proj.forward_residual(step.y.reshape([batch, 1, d_inner]), residual);
-            return (out, MambaState { conv_window: step.window, ssm: step.state });
-        }
+        let state = match (len, state, token_mask) {
+            (1, Some(state), None) => return self.decode_step(zxbcdt, state, residual),
+            (_, state, _) => state,
+        };
         let z = zxbcdt.clone().narrow(2, 0, d_inner);
         let xbc = masked(zxbcdt.clone().narrow(2, d_inner, self.conv_dim));
         let dt = zxbcdt.narrow(2, d_inner + self.conv_dim, self.heads);
@@ -152,6 +132,39 @@ impl<B: BambaOps> Mamba2Mixer<B> {
         let y = self.norm.forward(scan.y.reshape([batch, len, d_inner]), z);
         let out = self.out_proj.forward_residual(y, residual);
         (out, MambaState { conv_window: conv.window, ssm: scan.final_state.cast(DType::F32) })
+    }
+
+    /// A decode step without pads: everything between the projections is one
+    /// [`BambaOps::mamba_decode_step`], then out_proj with the residual add.
+    ///
+    /// # Shapes
+    /// - `zxbcdt`: `[batch, 1, d_inner + conv_dim + heads]`, `residual`: `[batch, 1, hidden]` → `[batch, 1, hidden]`
+    fn decode_step(
+        &self,
+        zxbcdt: Tensor<B, 3>,
+        state: MambaState<B>,
+        residual: Tensor<B, 3>,
+    ) -> (Tensor<B, 3>, MambaState<B>) {
+        let [batch, _, proj] = zxbcdt.dims();
+        let weights = MambaStepWeights {
+            conv_weight: self.conv_weight.clone(),
+            conv_bias: self.conv_bias.clone(),
+            a_log: self.a_log.clone(),
+            d: self.d.clone(),
+            dt_bias: self.dt_bias.clone(),
+            norm_weight: self.norm.weight.clone(),
+        };
+        let config = MambaStepConfig {
+            heads: self.heads,
+            head_dim: self.head_dim,
+            groups: self.groups,
+            d_state: self.d_state,
+            norm_eps: self.norm.eps,
+            dt_limit: self.scan.dt_limit,
+        };
+        let step = B::mamba_decode_step(zxbcdt.reshape([batch, proj]), weights, state.conv_window, state.ssm, config);
+        let out = self.out_proj.forward_residual(step.y.reshape([batch, 1, self.d_inner]), residual);
+        (out, MambaState { conv_window: step.window, ssm: step.state })
     }
 }
 
