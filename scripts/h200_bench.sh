@@ -35,6 +35,10 @@ criterion() { # filter
   echo "criterion rc=$?"
   grep "^test" "$RAW/criterion-bencher.txt"
 }
+overhead() { # backend: host overhead per decode step, Bamba-9B's 32-layer plan with tiny widths (kernels
+  # take ~nothing; more of Burn's slices copy at these widths, so the launch count is not quite the 9B one)
+  bench "overhead_$1" 90 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 3 --backend "$1"
+}
 case $part in
 decode)
   # BACKEND=cuda-unfused runs every shape without Burn's fusion stream (default: cuda).
@@ -89,8 +93,7 @@ quick)
   for backend in cuda cuda-unfused; do
     # (60 s was too short in session 5: compile and matmul autotune of the prefill shapes come first)
     bench "bamba_pp_$backend" 180 --preset bamba-9b -t pp4096 -b 1 -r 2 --backend "$backend"
-    bench "overhead_$backend" 90 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 3 \
-      --backend "$backend"
+    overhead "$backend"
     bench "bamba_b1_$backend" 100 --preset bamba-9b -t tg128 -b 1 -r 3 --backend "$backend"
     bench "llama_b1_$backend" 100 --preset llama-8b-shape -t tg128 -b 1 -r 3 --backend "$backend"
   done
@@ -123,24 +126,35 @@ for pinned in (False, True):
         torch.cuda.synchronize(); t = time.time(); dev.copy_(host, non_blocking=pinned); torch.cuda.synchronize()
     print(f"h2d {'pinned' if pinned else 'pageable'}: {host.numel() / (time.time() - t) / 1e9:.1f} GB/s")
 PY
-  # Host overhead per decode step: Bamba-9B's 32-layer plan with tiny widths (kernels take ~nothing;
-  # more of Burn's slices copy at these widths, so the launch count is not quite the 9B one).
-  for backend in cuda cuda-unfused; do
-    bench "overhead_$backend" 90 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 3 \
-      --backend "$backend"
-  done
-  # CubeCL's own per-kernel profile (launch count and GPU time per kernel name), unfused so that
-  # names are ours and Burn's.
+  overhead cuda
+  overhead cuda-unfused
+  # CubeCL's own per-kernel profile, unfused so that names are ours and Burn's. Each log (MBs) is
+  # reduced to the last full decode step (the stretch between the last two argmax reductions), grouped
+  # by kernel name: launches and profiled GPU time (short kernels read ~12 us: each is timed with events).
   prof() { # name, bench args...
     local name=$1; shift
     CUBECL_DEBUG_LOG="$RAW/$name.log" CUBECL_DEBUG_OPTION=profile bench "$name" 150 "$@" --backend cuda-unfused
-    tail -c 6000 "$RAW/$name.log" > "$RAW/$name.tail"
+    python3 - "$RAW/$name.log" <<'PY' | tee -a "$RAW/kernels-per-step.txt"
+import collections, re, sys
+lines = open(sys.argv[1]).read().splitlines()
+ends = [i for i, l in enumerate(lines) if l.startswith("|") and "ReduceKernel" in l]
+count, total = collections.Counter(), collections.Counter()
+for line in lines[ends[-2] + 1:ends[-1] + 1]:
+    m = re.match(r"\|\s*([\d.]+)(µs|ms|ns)\s*\|\s*(.*)", line)
+    if m:
+        name = m.group(3).replace("| CudaRuntime", "").strip()
+        name = name.split("|")[0].strip() if name.startswith("MatmulEntry") else name
+        count[name] += 1
+        total[name] += float(m.group(1)) * {"µs": 1, "ms": 1000, "ns": 0.001}[m.group(2)]
+print(f"== {sys.argv[1].rsplit('/', 1)[-1]}: {sum(count.values())} kernels/step, profiled {sum(total.values()) / 1e3:.2f} ms")
+for name, us in sorted(total.items(), key=lambda kv: -kv[1]):
+    print(f"  {count[name]:5d} {us / 1e3:8.2f} ms {us / count[name]:8.1f} us avg  {name}")
+PY
+    rm -f "$RAW/$name.log"
   }
   prof prof_bamba_b1 --preset bamba-9b -t tg16 -b 1 -r 1
   prof prof_bamba_b64 --preset bamba-9b -t tg4@d8192 -b 64 -r 1
   prof prof_llama_b64 --preset llama-8b-shape -t tg4@d8192 -b 64 -r 1
-  ls -la "$RAW"
-  tail -c 3000 "$RAW/prof_bamba_b1.log"
   ;;
 esac
 tar -czf "$OUT/raw.tar.gz" -C "$RAW" .
