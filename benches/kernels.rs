@@ -271,12 +271,11 @@ fn bench_linear(c: &mut Criterion) {
 }
 
 /// Attention as the model runs it on Llama/Bamba heads (32 query, 8 KV, 128 wide), the shapes
-/// scripts/bench_torch.py gives SDPA: causal prefill (`causal_attention`: matmul, f32 softmax, matmul,
+/// scripts/bench_torch.py gives SDPA: causal prefill (`BambaOps::causal_attention`: matmul, f32 softmax, matmul,
 /// GQA folded into the query rows) and single-token decode over a full KV cache
 /// (`BambaOps::decode_attention`: the split/combine kernel on GPUs), with the tensor-op reference
 /// beside the kernel at two sizes.
 fn bench_attention(c: &mut Criterion) {
-    use bamba::model::attention::causal_attention;
     let device = Default::default();
     let mut group = c.benchmark_group("attention");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
@@ -289,7 +288,7 @@ fn bench_attention(c: &mut Criterion) {
         group.throughput(Throughput::Elements((2 * 32 * 128 * len * len) as u64)); // causal FLOPs
         group.bench_function(BenchmarkId::new("prefill", len), |bench| {
             bench.iter(|| {
-                let out = causal_attention(q.clone(), k.clone(), v.clone(), 0, None);
+                let out = B::causal_attention(q.clone(), k.clone(), v.clone(), 0, None);
                 sync(&device);
                 out
             })

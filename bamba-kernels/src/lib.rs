@@ -12,7 +12,7 @@
 pub mod reference;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Tensor};
 
 pub use reference::conv::ConvOutput;
 pub use reference::mamba_step::{MambaStepConfig, MambaStepOutput, MambaStepWeights};
@@ -102,7 +102,7 @@ pub trait BambaOps: Backend {
     /// # Shapes
     /// - `x`: `[rows, in]`, `gate`, `up`: `[out, in]` → `[rows, out]` in `x`'s dtype
     fn swiglu_linear(x: Tensor<Self, 2>, gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        reference::linear::swiglu_linear(x, gate, up)
+        reference::linear::swiglu_linear::<Self>(x, gate, up)
     }
 
     /// `x · Wᵀ + residual`: an output projection and the residual add after it. Backends with a GEMV
@@ -112,6 +112,22 @@ pub trait BambaOps: Backend {
     /// - `x`: `[rows, in]`, `weight`: `[out, in]`, `residual`: `[rows, out]` → `[rows, out]` in `x`'s dtype
     fn linear_residual(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, residual: Tensor<Self, 2>) -> Tensor<Self, 2> {
         reference::linear::linear_residual(x, weight, residual)
+    }
+
+    /// Causal grouped-query attention over a chunk of queries (prefill); see
+    /// [`reference::attention::causal_attention`]. GPU backends choose how its two products run.
+    ///
+    /// # Shapes
+    /// - `q`: `[batch, heads, q_len, head_dim]`, `k`, `v`: `[batch, kv_heads, k_len, head_dim]` → like `q`
+    /// - `mask`: `[batch or 1, 1, q_len, k_len]`, `true` = masked (causality included when given)
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        query_offset: usize,
+        mask: Option<Tensor<Self, 4, Bool>>,
+    ) -> Tensor<Self, 4> {
+        reference::attention::causal_attention(q, k, v, query_offset, mask)
     }
 
     /// Decode attention: one new query per sequence against the first `keys` slots of a

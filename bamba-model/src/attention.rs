@@ -1,6 +1,5 @@
 //! Grouped-query self-attention with partial RoPE and a causal mask (q/k/v/o biases optional).
 
-pub use bamba_kernels::reference::attention::causal_attention;
 use bamba_kernels::BambaOps;
 use burn::tensor::{DType, Tensor};
 
@@ -75,9 +74,9 @@ impl<B: BambaOps> Attention<B> {
             (_, Some(cache)) => {
                 let start = cache.len();
                 let (k, v) = cache.append(k, v);
-                causal_attention(q, k, v, start, masks.attention.clone())
+                B::causal_attention(q, k, v, start, masks.attention.clone())
             }
-            (_, None) => causal_attention(q, k, v, 0, masks.attention.clone()),
+            (_, None) => B::causal_attention(q, k, v, 0, masks.attention.clone()),
         };
         let out = out.swap_dims(1, 2).reshape([batch, len, self.num_heads * self.head_dim]);
         self.o_proj.forward_residual(out, residual)

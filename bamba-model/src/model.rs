@@ -235,7 +235,12 @@ impl<B: BambaOps> BambaModel<B> {
     pub fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(h),
-            None => h.matmul(self.embed_tokens.clone().transpose().unsqueeze::<3>()),
+            // Tied: the embedding `[vocab, hidden]` is the head's `[out, in]` weight.
+            None => {
+                let [batch, len, hidden] = h.dims();
+                let logits = B::linear_no_bias(h.reshape([batch * len, hidden]), self.embed_tokens.clone());
+                logits.reshape([batch, len, self.embed_tokens.dims()[0]])
+            }
         }
     }
 

@@ -7,6 +7,7 @@ mod decode_attention;
 mod gemv;
 mod mamba_step;
 mod math;
+pub mod matmul;
 mod rms_norm;
 mod ssd_scan;
 mod ssd_step;
@@ -15,7 +16,7 @@ use core::marker::PhantomData;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
@@ -182,8 +183,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     }
 
     fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        if !gemv_applies(&x, &weight) {
+        if x.dtype() != weight.dtype() {
             return crate::reference::linear::linear_no_bias(x, weight);
+        }
+        if !gemv_applies(&x, &weight) {
+            return wrap(matmul::launch(prim(x), prim(weight.transpose()), true));
         }
         wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::None))
     }
@@ -200,6 +204,17 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
             return crate::reference::linear::linear_residual(x, weight, residual);
         }
         wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::Residual(prim(residual))))
+    }
+
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        query_offset: usize,
+        mask: Option<Tensor<Self, 4, Bool>>,
+    ) -> Tensor<Self, 4> {
+        let product = |a: Tensor<Self, 4>, b: Tensor<Self, 4>| wrap(matmul::launch(prim(a), prim(b), false));
+        crate::reference::attention::causal_attention_with(q, k, v, query_offset, mask, product)
     }
 
     fn rms_norm(
@@ -236,11 +251,12 @@ enum Kind {
     Scan(SsdConfig),
     Step(SsdConfig),
     Conv { has_bias: bool },
-    Gemv,
+    Linear,
     SwiGlu,
     Residual,
     Norm { gated: bool, groups: usize, eps: f64 },
     DecodeAttention { keys: usize },
+    CausalAttention { query_offset: usize, masked: bool },
     MambaStep { has_bias: bool, config: MambaStepConfig },
 }
 
@@ -280,7 +296,7 @@ impl<B: FusionBackend + BambaOps> Operation<B::FusionRuntime> for CustomOp<B> {
                 let out = B::causal_conv1d_silu(x, weight, has_bias.then_some(bias), Some(window));
                 vec![prim(out.y), prim(out.window)]
             }
-            Kind::Gemv => vec![prim(B::linear_no_bias(wrap(next()), wrap(next())))],
+            Kind::Linear => vec![prim(B::linear_no_bias(wrap(next()), wrap(next())))],
             Kind::SwiGlu => vec![prim(B::swiglu_linear(wrap(next()), wrap(next()), wrap(next())))],
             Kind::Residual => vec![prim(B::linear_residual(wrap(next()), wrap(next()), wrap(next())))],
             Kind::Norm { gated, groups, eps } => {
@@ -307,6 +323,11 @@ impl<B: FusionBackend + BambaOps> Operation<B::FusionRuntime> for CustomOp<B> {
             Kind::DecodeAttention { keys } => {
                 let (q, k, v, start) = (wrap(next()), wrap(next()), wrap(next()), wrap(next()));
                 vec![prim(B::decode_attention(q, k, v, start, keys))]
+            }
+            Kind::CausalAttention { query_offset, masked } => {
+                let (q, k, v) = (wrap(next()), wrap(next()), wrap(next()));
+                let mask = masked.then(|| wrap::<B, 4>(next()).bool());
+                vec![prim(B::causal_attention(q, k, v, query_offset, mask))]
             }
         };
         for (ir, tensor) in self.desc.outputs.iter().zip(outputs) {
@@ -392,20 +413,20 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         ConvOutput { y: wrap(y), window: wrap(window) }
     }
 
+    // The linear layers are one custom op at any row count: the inner backend picks its GEMV or a
+    // matmul whose autotuning it controls (`matmul.rs`); Burn's fused matmul would tune every shape.
     fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        if !gemv_applies(&x, &weight) {
-            // Burn's own matmul, so that fusion still sees it.
+        if x.dtype() != weight.dtype() {
             return crate::reference::linear::linear_no_bias(x, weight);
         }
         let shape = vec![x.dims()[0], weight.dims()[0]];
         let dtype = x.dtype();
-        let [y] = register::<B, 1>("bamba_gemv", Kind::Gemv, vec![prim(x), prim(weight)], [(shape, dtype)]);
+        let [y] = register::<B, 1>("bamba_linear", Kind::Linear, vec![prim(x), prim(weight)], [(shape, dtype)]);
         wrap(y)
     }
 
     fn swiglu_linear(x: Tensor<Self, 2>, gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        if !gemv_applies(&x, &gate) {
-            // Burn's own ops, so that fusion still sees them.
+        if x.dtype() != gate.dtype() || up.dtype() != gate.dtype() {
             return crate::reference::linear::swiglu_linear(x, gate, up);
         }
         let out = (vec![x.dims()[0], gate.dims()[0]], x.dtype());
@@ -414,7 +435,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
     }
 
     fn linear_residual(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, residual: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        if !gemv_applies(&x, &weight) {
+        if x.dtype() != weight.dtype() || residual.dtype() != x.dtype() {
             return crate::reference::linear::linear_residual(x, weight, residual);
         }
         let out = (vec![x.dims()[0], weight.dims()[0]], x.dtype());
@@ -450,6 +471,22 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         let out = (q.dims().to_vec(), q.dtype());
         let inputs = vec![prim(q), prim(k), prim(v), prim(key_start.cast(DType::F32))];
         let [y] = register::<B, 1>("bamba_decode_attention", Kind::DecodeAttention { keys }, inputs, [out]);
+        wrap(y)
+    }
+
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        query_offset: usize,
+        mask: Option<Tensor<Self, 4, Bool>>,
+    ) -> Tensor<Self, 4> {
+        let out = (q.dims().to_vec(), q.dtype());
+        let kind = Kind::CausalAttention { query_offset, masked: mask.is_some() };
+        let mut inputs = vec![prim(q), prim(k), prim(v)];
+        // Custom ops take float tensors: the mask travels as 0/1 and is turned back into bools.
+        inputs.extend(mask.map(|m| prim(m.float())));
+        let [y] = register::<B, 1>("bamba_causal_attention", kind, inputs, [out]);
         wrap(y)
     }
 }

@@ -23,6 +23,19 @@ pub fn causal_attention<B: Backend>(
     query_offset: usize,
     mask: Option<Tensor<B, 4, Bool>>,
 ) -> Tensor<B, 4> {
+    causal_attention_with(q, k, v, query_offset, mask, Tensor::matmul)
+}
+
+/// [`causal_attention`] with its two batched products made by `matmul` (`[.., m, k] · [.., k, n]`),
+/// so that a backend can choose how they run.
+pub fn causal_attention_with<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    query_offset: usize,
+    mask: Option<Tensor<B, 4, Bool>>,
+    matmul: impl Fn(Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let dtype = q.dtype();
     let [batch, heads, q_len, head_dim] = q.dims();
     let [_, kv_heads, k_len, _] = k.dims();
@@ -30,7 +43,7 @@ pub fn causal_attention<B: Backend>(
     let scale = (head_dim as f64).powf(-0.5);
     // Row r·q_len + i of a group is query i of the group's head r.
     let q = q.reshape([batch, kv_heads, rep * q_len, head_dim]);
-    let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * scale;
+    let scores = matmul(q, k.swap_dims(2, 3)).cast(DType::F32) * scale;
     let mask = match mask {
         Some(mask) => Some(mask),
         // One query at the end of the keys sees them all: nothing to mask.
@@ -48,7 +61,7 @@ pub fn causal_attention<B: Backend>(
         None => scores,
     };
     let probs = softmax(scores, 3).cast(dtype);
-    probs.matmul(v).reshape([batch, heads, q_len, head_dim])
+    matmul(probs, v).reshape([batch, heads, q_len, head_dim])
 }
 
 /// One new query per sequence against the first `keys` slots of a preallocated KV cache; row `b`
