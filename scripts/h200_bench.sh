@@ -13,11 +13,11 @@
 # overhead of a decode step (tiny widths), and CubeCL's per-kernel profile of decode steps.
 #
 # `quick` re-measures what a change to the decode step moves (overhead, batch 1, batch 64 at 8K).
-# `prefill-debug` logs a short CUDA generation (is a prefill slow or stuck?).
+# `prefill` runs every CUDA test, a cold first generation, and prefill with and without matmul autotune.
 #
-# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill-debug
+# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill-debug}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -100,19 +100,27 @@ quick)
   bench bamba_b64 120 --preset bamba-9b -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
   bench llama_b64 120 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
   ;;
-prefill-debug)
-  # Does a CUDA prefill hang, or only compile and autotune slowly? (Session 5: every prefill on CUDA ran
-  # past its 30-60 s limit; session 3's first generate took ~90 s.) One short generation per backend
-  # with CubeCL's compilation/autotune log and a long limit; the log's tail shows where it was.
-  for backend in cuda-unfused cuda; do
+prefill)
+  # The CUDA prefill and parity checks under the matmul policy of cube/matmul.rs (session 6). Every
+  # CUDA test, one process each (a hang ends one test, not all); failures' messages at the end.
+  for t in $(.gpu/kernel_tests --list 2>/dev/null | sed -n 's/^\(cuda::[a-z_0-9]*\): test$/\1/p'); do
     t0=$SECONDS
-    CUBECL_DEBUG_LOG="$RAW/prefill_$backend.log" CUBECL_DEBUG_OPTION=debug timeout 240 .gpu/bamba generate \
-      --backend "$backend" --prompt "The capital of France is" --max-new-tokens 4 > "$RAW/prefill_$backend.txt" 2>&1
-    echo "generate $backend rc=$? ($((SECONDS - t0)) s)," \
-      "$(grep -c START_KERNEL_COMPILATION "$RAW/prefill_$backend.log") kernel compilations"
-    tail -c 4000 "$RAW/prefill_$backend.log" > "$RAW/prefill_$backend.tail"
-    rm -f "$RAW/prefill_$backend.log"
+    timeout 120 .gpu/kernel_tests "$t" --exact --include-ignored --test-threads 1 --nocapture >> "$RAW/tests.log" 2>&1
+    echo "$t rc=$? ($((SECONDS - t0)) s)"
   done
+  grep -A2 panicked "$RAW/tests.log" | head -12
+  # The first generation on the embedded model, cold caches (session 5: 137 s, 130 of them tuning).
+  for backend in cuda cuda-unfused; do
+    t0=$SECONDS
+    timeout 120 .gpu/bamba generate --backend "$backend" --prompt "The capital of France is" --max-new-tokens 8 \
+      > "$RAW/generate_$backend.txt" 2>&1
+    echo "generate $backend rc=$? ($((SECONDS - t0)) s): $(tail -1 "$RAW/generate_$backend.txt")"
+  done
+  # Prefill of the 9B shape (tuned: warm-up includes tuning), and the 64-row decode steps whose
+  # matmuls the policy must keep tuned.
+  bench bamba_pp 200 --preset bamba-9b -t pp512,pp4096 -b 1 -r 2
+  bench bamba_b64 120 --preset bamba-9b -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
+  bench llama_b64 120 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
   ;;
 profile)
   # Host->device copy rates the loader can hope for, pageable vs pinned (torch, same card).

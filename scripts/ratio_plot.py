@@ -40,18 +40,19 @@ def roofline_tok_s(shape, batch):
 
 
 def measured_points(results):
-    """(context, batch, ratio) of every context where both shapes ran the same test and requested batch."""
-    best = {}
+    """(context, batch, ratio) of every context where both shapes ran at the same requested batch, from
+    each shape's newest record (h200.json lists them newest first; the summary's ratios use the same)."""
+    newest = {}
     for r in results["bench_records"]:
         test = r.get("test", "")
         if not test.startswith("tg") or "tokens_per_s" not in r:
             continue
         context = int(test.split("@d")[1]) if "@d" in test else 0
         key = (r["model"], context, r.get("requested_batch", r["batch"]))
-        best[key] = max(best.get(key, 0.0), r["tokens_per_s"])
+        newest.setdefault(key, r["tokens_per_s"])
     points = []
-    for (model, context, batch), tok_s in best.items():
-        llama = best.get(("llama-8b-shape", context, batch))
+    for (model, context, batch), tok_s in newest.items():
+        llama = newest.get(("llama-8b-shape", context, batch))
         if model == "bamba-9b" and llama and context >= CONTEXTS[0]:
             points.append((context, batch, tok_s / llama))
     return sorted(points)
