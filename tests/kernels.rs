@@ -360,8 +360,9 @@ fn check_gemv<B: BambaOps>(device: &B::Device) {
     println!("linear_no_bias on {}: worst relative difference {worst:e}", B::name(device));
 }
 
-/// The fused GEMV epilogues (SwiGLU's gate·up, the residual add) against products computed on the
-/// CPU in f32 and rounded to the dtype where the unfused ops store them.
+/// The fused GEMV epilogues (SwiGLU's gate·up, the residual add) and pre-norms (RMSNorm before the
+/// product, with and without SwiGLU) against products computed on the CPU in f32 and rounded to the
+/// dtype where the unfused ops store them.
 fn check_fused_gemv<B: BambaOps>(device: &B::Device) {
     let cpu = Default::default();
     let silu = |v: f32| v / (1.0 + (-v).exp());
@@ -381,14 +382,34 @@ fn check_fused_gemv<B: BambaOps>(device: &B::Device) {
                 round(host(x.matmul(tensor::<Cpu, 2>(w, [outer, inner], &cpu, DType::F32).transpose())))
             };
             let (g, u) = (product(&gate), product(&up));
-            let swiglu_expected =
-                round(round(g.iter().map(|&v| silu(v)).collect()).iter().zip(&u).map(|(a, b)| a * b).collect());
+            let swiglu_of = |g: &[f32], u: &[f32]| {
+                round(round(g.iter().map(|&v| silu(v)).collect()).iter().zip(u).map(|(a, b)| a * b).collect())
+            };
+            let swiglu_expected = swiglu_of(&g, &u);
+            // The pre-norm forms: x̂ = x / rms(x) rounded, times the norm weight rounded, then as above.
+            let (norm_weight, eps) = (round(uniform(inner, seed + 4, 0.5, 1.5)), 1e-5);
+            let mut normed = Vec::with_capacity(rows * inner);
+            for row in x.chunks(inner) {
+                let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / inner as f32 + eps as f32).sqrt();
+                let x_hat = round(row.iter().map(|v| v * inv).collect());
+                normed.extend(round(x_hat.iter().zip(&norm_weight).map(|(a, b)| a * b).collect()));
+            }
+            let normed_product = |w: &[f32]| {
+                let h = tensor::<Cpu, 2>(&normed, [rows, inner], &cpu, DType::F32);
+                round(host(h.matmul(tensor::<Cpu, 2>(w, [outer, inner], &cpu, DType::F32).transpose())))
+            };
+            let (ng, nu) = (normed_product(&gate), normed_product(&up));
+            let norm_linear_expected = ng.clone();
+            let norm_swiglu_expected = swiglu_of(&ng, &nu);
             let residual_expected = round(g.iter().zip(&residual).map(|(a, b)| a + b).collect());
             let x_dev = || tensor::<B, 2>(&x, [rows, inner], device, dtype);
             let w_dev = |w: &[f32]| tensor::<B, 2>(w, [outer, inner], device, dtype);
             let swiglu = host(B::swiglu_linear(x_dev(), w_dev(&gate), w_dev(&up)));
             let with_residual =
                 host(B::linear_residual(x_dev(), w_dev(&gate), tensor(&residual, [rows, outer], device, dtype)));
+            let norm_dev = || tensor::<B, 1>(&norm_weight, [inner], device, dtype);
+            let norm_linear = host(B::rms_norm_linear(x_dev(), norm_dev(), eps, w_dev(&gate)));
+            let norm_swiglu = host(B::rms_norm_swiglu(x_dev(), norm_dev(), eps, w_dev(&gate), w_dev(&up)));
             // As check_gemv: TF32 past the kernel's rows on CUDA, else the dtype's rounding (a product
             // one unit off in its last place before the epilogue moves the result by about one more).
             let tolerance = if rows > bamba_kernels::cube::MAX_GEMV_ROWS && dtype == DType::F32 {
@@ -396,16 +417,22 @@ fn check_fused_gemv<B: BambaOps>(device: &B::Device) {
             } else {
                 rounding_tolerance(dtype)
             };
-            for (name, got, expected) in
-                [("swiglu", swiglu, swiglu_expected), ("residual", with_residual, residual_expected)]
-            {
+            for (name, got, expected) in [
+                ("swiglu", swiglu, swiglu_expected),
+                ("residual", with_residual, residual_expected),
+                ("rms_norm_linear", norm_linear, norm_linear_expected),
+                ("rms_norm_swiglu", norm_swiglu, norm_swiglu_expected),
+            ] {
                 let d = relative_diff(&got, &expected);
                 assert!(d <= tolerance, "{name} {rows}x{inner}x{outer} {dtype:?}: {d:e}");
                 worst = worst.max(d);
             }
         }
     }
-    println!("swiglu_linear / linear_residual on {}: worst relative difference {worst:e}", B::name(device));
+    println!(
+        "swiglu_linear / linear_residual / rms_norm_linear / rms_norm_swiglu on {}: worst relative difference {worst:e}",
+        B::name(device)
+    );
 }
 
 fn check_norm<B: BambaOps>(device: &B::Device) {

@@ -114,6 +114,35 @@ pub trait BambaOps: Backend {
         reference::linear::linear_residual(x, weight, residual)
     }
 
+    /// A decoder layer's pre-norm (plain RMSNorm, one group) and the projection after it. GPU backends
+    /// apply the norm inside the GEMV at decode (one launch instead of two).
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, in]`, `norm_weight`: `[in]`, `weight`: `[out, in]` → `[rows, out]` in the weights' dtype
+    fn rms_norm_linear(
+        x: Tensor<Self, 2>,
+        norm_weight: Tensor<Self, 1>,
+        eps: f64,
+        weight: Tensor<Self, 2>,
+    ) -> Tensor<Self, 2> {
+        reference::linear::rms_norm_linear::<Self>(x, norm_weight, eps, weight)
+    }
+
+    /// The MLP's pre-norm and SwiGLU's gate·up ([`Self::swiglu_linear`] of the normalized x), one launch
+    /// at decode on GPU backends.
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, in]`, `norm_weight`: `[in]`, `gate`, `up`: `[out, in]` → `[rows, out]`
+    fn rms_norm_swiglu(
+        x: Tensor<Self, 2>,
+        norm_weight: Tensor<Self, 1>,
+        eps: f64,
+        gate: Tensor<Self, 2>,
+        up: Tensor<Self, 2>,
+    ) -> Tensor<Self, 2> {
+        reference::linear::rms_norm_swiglu::<Self>(x, norm_weight, eps, gate, up)
+    }
+
     /// Causal grouped-query attention over a chunk of queries (prefill); see
     /// [`reference::attention::causal_attention`]. GPU backends choose how its two products run.
     ///

@@ -60,20 +60,23 @@ impl<B: BambaOps> DecoderLayer<B> {
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
         // The residual adds happen inside the mixer's and the MLP's output projections.
-        let h = self.input_layernorm.forward(x.clone());
+        // The Mamba mixer and the MLP apply their pre-norm in their first projection (fused at decode);
+        // attention's three projections share one.
+        let norm = &self.input_layernorm;
         let tokens = masks.tokens.as_ref();
         let x = match (&self.mixer, cache) {
-            (Mixer::Mamba(m), None) => m.forward(h, None, tokens, x).0,
+            (Mixer::Mamba(m), None) => m.forward(norm, x, None, tokens).0,
             (Mixer::Mamba(m), Some(LayerCache::Mamba(slot))) => {
-                let (out, state) = m.forward(h, slot.take(), tokens, x);
+                let (out, state) = m.forward(norm, x, slot.take(), tokens);
                 *slot = Some(state);
                 out
             }
-            (Mixer::Attention(a), None) => a.forward(h, rope, tables, masks, None, x),
-            (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => a.forward(h, rope, tables, masks, Some(kv), x),
+            (Mixer::Attention(a), None) => a.forward(norm.forward(x.clone()), rope, tables, masks, None, x),
+            (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => {
+                a.forward(norm.forward(x.clone()), rope, tables, masks, Some(kv), x)
+            }
             _ => unreachable!("the cache is built from the same layer plan as the model"),
         };
-        let h = self.pre_ff_layernorm.forward(x.clone());
-        self.feed_forward.forward(h, x)
+        self.feed_forward.forward(&self.pre_ff_layernorm, x)
     }
 }

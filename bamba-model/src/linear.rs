@@ -8,6 +8,7 @@ use bamba_kernels::BambaOps;
 use burn::tensor::Tensor;
 
 use crate::loader::{LoadError, WeightReader};
+use crate::norm::RmsNorm;
 
 /// `y = x · Wᵀ + b`, with `W` stored `[out, in]`.
 #[derive(Debug, Clone)]
@@ -47,6 +48,21 @@ impl<B: BambaOps> Linear<B> {
             Some(b) => y + b.clone().unsqueeze::<D>(),
             None => y,
         }
+    }
+
+    /// `forward(norm(x))`: a layer's pre-norm and its first projection, one fused launch at decode when
+    /// there is no bias ([`BambaOps::rms_norm_linear`]).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, len, in]` → `[batch, len, out]`
+    pub fn forward_normed(&self, norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if self.bias.is_some() {
+            return self.forward(norm.forward(x));
+        }
+        let [batch, len, inputs] = x.dims();
+        let outputs = self.weight.dims()[0];
+        let x = x.reshape([batch * len, inputs]);
+        B::rms_norm_linear(x, norm.weight.clone(), norm.eps, self.weight.clone()).reshape([batch, len, outputs])
     }
 
     /// `residual + forward(x)`: an output projection with the residual add after it, one fused

@@ -10,7 +10,7 @@ use burn::tensor::{DType, Tensor};
 use crate::config::BambaConfig;
 use crate::linear::Linear;
 use crate::loader::{LoadError, WeightReader};
-use crate::norm::GatedRmsNorm;
+use crate::norm::{GatedRmsNorm, RmsNorm};
 
 /// The recurrent state of one Mamba layer for a batch of sequences.
 #[derive(Debug, Clone)]
@@ -77,28 +77,29 @@ impl<B: BambaOps> Mamba2Mixer<B> {
         })
     }
 
-    /// Runs the mixer over a chunk of tokens, continuing from `state` (zeros when `None`), and
-    /// returns `residual` + the output, and the state after the chunk (the residual add is fused
-    /// into the output projection at decode). `token_mask` (left padding) zeroes xBC at
-    /// pad positions before and after the conv, so pads leave the window and the state at zero.
+    /// Runs the mixer on `norm(x)` over a chunk of tokens, continuing from `state` (zeros when
+    /// `None`), and returns `x` + the output, and the state after the chunk (the norm is fused into
+    /// in_proj and the residual add into out_proj at decode). `token_mask` (left padding) zeroes xBC
+    /// at pad positions before and after the conv, so pads leave the window and the state at zero.
     ///
     /// # Shapes
-    /// - `x`, `residual`: `[batch, len, hidden]` → `[batch, len, hidden]`
+    /// - `x`: `[batch, len, hidden]` (the layer input, before its norm) → `[batch, len, hidden]`
     /// - `token_mask`: `[batch, len, 1]`, 1 at real tokens, 0 at pads
     pub fn forward(
         &self,
+        norm: &RmsNorm<B>,
         x: Tensor<B, 3>,
         state: Option<MambaState<B>>,
         token_mask: Option<&Tensor<B, 3>>,
-        residual: Tensor<B, 3>,
     ) -> (Tensor<B, 3>, MambaState<B>) {
+        let residual = x.clone();
         let masked = |t: Tensor<B, 3>| match token_mask {
             Some(mask) => t * mask.clone(),
             None => t,
         };
         let [batch, len, _] = x.dims();
         let (gn, d_inner) = (self.groups * self.d_state, self.d_inner);
-        let zxbcdt = self.in_proj.forward(x); // [b, l, d_inner + conv_dim + heads]
+        let zxbcdt = self.in_proj.forward_normed(norm, x); // [b, l, d_inner + conv_dim + heads]
         let state = match (len, state, token_mask) {
             (1, Some(state), None) => return self.decode_step(zxbcdt, state, residual),
             (_, state, _) => state,

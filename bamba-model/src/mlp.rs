@@ -7,6 +7,7 @@ use burn::tensor::Tensor;
 use crate::config::BambaConfig;
 use crate::linear::Linear;
 use crate::loader::{LoadError, WeightReader};
+use crate::norm::RmsNorm;
 
 #[derive(Debug, Clone)]
 pub struct Mlp<B: BambaOps> {
@@ -26,20 +27,23 @@ impl<B: BambaOps> Mlp<B> {
         })
     }
 
-    /// `residual + down(silu(gate(x)) · up(x))`. Without biases the gate·up half is one
-    /// [`BambaOps::swiglu_linear`] and the down projection adds the residual itself (one launch each
-    /// at decode).
+    /// `x + down(silu(gate(h)) · up(h))` with `h = norm(x)`. Without biases the norm and the gate·up half
+    /// are one [`BambaOps::rms_norm_swiglu`] and the down projection adds the residual itself (one
+    /// launch each at decode).
     ///
     /// # Shapes
-    /// - `x`, `residual`: `[batch, len, hidden]` → same
-    pub fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// - `x`: `[batch, len, hidden]` → same
+    pub fn forward(&self, norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let residual = x.clone();
         let hidden = if self.gate_proj.bias.is_none() && self.up_proj.bias.is_none() {
             let [batch, len, width] = x.dims();
             let (gate, up) = (self.gate_proj.weight.clone(), self.up_proj.weight.clone());
             let inner = gate.dims()[0];
-            B::swiglu_linear(x.reshape([batch * len, width]), gate, up).reshape([batch, len, inner])
+            let rows = x.reshape([batch * len, width]);
+            B::rms_norm_swiglu(rows, norm.weight.clone(), norm.eps, gate, up).reshape([batch, len, inner])
         } else {
-            silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x)
+            let h = norm.forward(x);
+            silu(self.gate_proj.forward(h.clone())) * self.up_proj.forward(h)
         };
         self.down_proj.forward_residual(hidden, residual)
     }

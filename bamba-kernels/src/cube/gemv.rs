@@ -8,7 +8,9 @@
 //! any is used, and reuse every weight vector for all rows of `x` (held in L1/L2; it is tiny).
 //! Products accumulate in f32; one sum across the lanes per output ends it. `FEATURES` rows of lanes
 //! share a cube. An [`Epilogue`] fuses what follows the product at decode (SwiGLU's gate·up, a
-//! residual add), each of which was several launches of its own: a decode step is launch-bound. Measured on the H200: 52% of the copy bandwidth on 4096×16768 (no split-K yet).
+//! residual add), each of which was several launches of its own: a decode step is launch-bound. A
+//! [`PreNorm`] applies the decoder layer's RMSNorm to x on the way in (one launch fewer per norm).
+//! Measured on the H200: 52% of the copy bandwidth on 4096×16768 (no split-K yet).
 
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -35,10 +37,13 @@ fn gemv_kernel<F: Float, N: Size>(
     w: &Tensor<Vector<F, N>>,
     w_up: &Tensor<Vector<F, N>>,
     residual: &Tensor<F>,
+    norm_weight: &Tensor<Vector<F, N>>,
     y: &mut Tensor<F>,
+    eps: f32,
     #[comptime] rows: usize,
     #[comptime] swiglu: bool,
     #[comptime] add_residual: bool,
+    #[comptime] normalize: bool,
     #[comptime] use_plane: bool,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -47,6 +52,34 @@ fn gemv_kernel<F: Float, N: Size>(
     let feature = CUBE_POS_X as usize * FEATURES + UNIT_POS_Y as usize;
     // All operands are contiguous with the same inner size: `vectors` per row.
     let vectors = w.shape(1) / N::value();
+    let mut smem = SharedMemory::<f32>::new(LANES * FEATURES);
+    // With `normalize`, each row's 1 / rms: every cube sums the squares of the (small) x rows itself.
+    let mut inv_rms = Array::<f32>::new(rows);
+    if normalize {
+        let mut partials = SharedMemory::<f32>::new(FEATURES);
+        #[unroll]
+        for r in 0..rows {
+            let mut part = 0.0f32;
+            let mut i = UNIT_POS_Y as usize * LANES + lane;
+            while i < vectors {
+                let v = Vector::<f32, N>::cast_from(x[r * vectors + i]);
+                part += vector_sum(v * v);
+                i += LANES * FEATURES;
+            }
+            let row_total = row_sum(part, &mut smem, LANES, use_plane);
+            if lane == 0 {
+                partials[UNIT_POS_Y as usize] = row_total;
+            }
+            sync_cube();
+            let mut total = 0.0f32;
+            #[unroll]
+            for p in 0..FEATURES {
+                total += partials[p];
+            }
+            sync_cube();
+            inv_rms[r] = 1.0f32 / f32::sqrt(total / (vectors * N::value()) as f32 + eps);
+        }
+    }
     let mut acc = Array::<Vector<f32, N>>::new(rows);
     // With `swiglu`, the up projection's dot products (`w_up` is read only then).
     let mut acc_up = Array::<Vector<f32, N>>::new(rows);
@@ -76,7 +109,7 @@ fn gemv_kernel<F: Float, N: Size>(
                 let wf = Vector::<f32, N>::cast_from(wv[u]);
                 #[unroll]
                 for r in 0..rows {
-                    let xf = Vector::<f32, N>::cast_from(x[r * vectors + i + u * LANES]);
+                    let xf = x_value(x, norm_weight, &inv_rms, r, vectors, i + u * LANES, normalize);
                     acc[r] += wf * xf;
                     if swiglu {
                         acc_up[r] += Vector::<f32, N>::cast_from(uv[u]) * xf;
@@ -89,7 +122,7 @@ fn gemv_kernel<F: Float, N: Size>(
             let wf = Vector::<f32, N>::cast_from(w[base + i]);
             #[unroll]
             for r in 0..rows {
-                let xf = Vector::<f32, N>::cast_from(x[r * vectors + i]);
+                let xf = x_value(x, norm_weight, &inv_rms, r, vectors, i, normalize);
                 acc[r] += wf * xf;
                 if swiglu {
                     acc_up[r] += Vector::<f32, N>::cast_from(w_up[base + i]) * xf;
@@ -98,7 +131,6 @@ fn gemv_kernel<F: Float, N: Size>(
             i += LANES;
         }
     }
-    let mut smem = SharedMemory::<f32>::new(LANES * FEATURES);
     #[unroll]
     for r in 0..rows {
         let total = row_sum(vector_sum(acc[r]), &mut smem, LANES, use_plane);
@@ -117,6 +149,28 @@ fn gemv_kernel<F: Float, N: Size>(
             y[at] = F::cast_from(out);
         }
     }
+}
+
+/// Vector `i` of x's row `r` in f32; with `normalize`, RMSNorm applied first, rounded as
+/// [`crate::reference::norm::rms_norm`] stores it (x̂ in the model dtype, then the weight product).
+#[cube]
+fn x_value<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    norm_weight: &Tensor<Vector<F, N>>,
+    inv_rms: &Array<f32>,
+    r: usize,
+    vectors: usize,
+    i: usize,
+    #[comptime] normalize: bool,
+) -> Vector<f32, N> {
+    let mut xf = Vector::<f32, N>::cast_from(x[r * vectors + i]);
+    if normalize {
+        let normed = Vector::<f32, N>::cast_from(Vector::<F, N>::cast_from(xf * Vector::new(inv_rms[r])));
+        xf = Vector::<f32, N>::cast_from(Vector::<F, N>::cast_from(
+            normed * Vector::<f32, N>::cast_from(norm_weight[i]),
+        ));
+    }
+    xf
 }
 
 /// The sum of a vector's elements.
@@ -146,11 +200,22 @@ pub enum Epilogue<R: CubeRuntime> {
     Residual(CubeTensor<R>),
 }
 
+/// An RMSNorm to apply to x before the product: a decoder layer's pre-norm (`[in]` weight, eps).
+pub struct PreNorm<R: CubeRuntime> {
+    pub weight: CubeTensor<R>,
+    pub eps: f64,
+}
+
 /// # Shapes
 /// - `x`: `[rows, in]` with `rows ≤ MAX_GEMV_ROWS`, `weight`: `[out, in]`, one float dtype; see
-///   [`Epilogue`] for its operand
+///   [`Epilogue`] for its operand; the norm's weight `[in]` in that dtype
 /// - returns `[rows, out]` in that dtype, contiguous
-pub fn launch<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, epilogue: Epilogue<R>) -> CubeTensor<R> {
+pub fn launch<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    epilogue: Epilogue<R>,
+    norm: Option<PreNorm<R>>,
+) -> CubeTensor<R> {
     let (x, weight) = (into_contiguous(x), into_contiguous(weight));
     let client = x.client.clone();
     let [rows, inner] = x.meta.shape().dims::<2>();
@@ -167,9 +232,15 @@ pub fn launch<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, epilogue:
         Epilogue::SwiGlu(up) => (into_contiguous(up), x.clone(), true, false),
         Epilogue::Residual(residual) => (weight.clone(), into_contiguous(residual), false, true),
     };
-    // SAFETY: x, weight and w_up are contiguous with `inner` a multiple of the vector size; every
-    // weight index is below `out_features · inner`, every x index below `rows · inner`, and y and
-    // the residual (`[rows, out]`, contiguous) are touched only for `feature < out_features`.
+    // Without a norm the kernel does not read its norm weight; the weight fills the slot.
+    let (norm_weight, eps, normalize) = match norm {
+        Some(norm) => (into_contiguous(norm.weight), norm.eps as f32, true),
+        None => (weight.clone(), 0.0, false),
+    };
+    // SAFETY: x, weight, w_up and the norm weight are contiguous with `inner` a multiple of the
+    // vector size; every weight index is below `out_features · inner`, every x index below
+    // `rows · inner`, every norm weight index below `inner`, and y and the residual (`[rows, out]`,
+    // contiguous) are touched only for `feature < out_features`.
     unsafe {
         gemv_kernel::launch_unchecked::<R>(
             &client,
@@ -180,10 +251,13 @@ pub fn launch<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, epilogue:
             weight.into_tensor_arg(),
             w_up.into_tensor_arg(),
             residual.into_tensor_arg(),
+            norm_weight.into_tensor_arg(),
             y.clone().into_tensor_arg(),
+            eps,
             rows,
             swiglu,
             add_residual,
+            normalize,
             use_plane,
             dtype.into(),
         );

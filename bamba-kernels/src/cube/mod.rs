@@ -189,21 +189,48 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         if !gemv_applies(&x, &weight) {
             return wrap(matmul::launch(prim(x), prim(weight.transpose()), true));
         }
-        wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::None))
+        wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::None, None))
     }
 
     fn swiglu_linear(x: Tensor<Self, 2>, gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
         if !gemv_applies(&x, &gate) || up.dtype() != gate.dtype() {
             return crate::reference::linear::swiglu_linear(x, gate, up);
         }
-        wrap(gemv::launch(prim(x), prim(gate), gemv::Epilogue::SwiGlu(prim(up))))
+        wrap(gemv::launch(prim(x), prim(gate), gemv::Epilogue::SwiGlu(prim(up)), None))
     }
 
     fn linear_residual(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, residual: Tensor<Self, 2>) -> Tensor<Self, 2> {
         if !gemv_applies(&x, &weight) || residual.dtype() != x.dtype() {
             return crate::reference::linear::linear_residual(x, weight, residual);
         }
-        wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::Residual(prim(residual))))
+        wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::Residual(prim(residual)), None))
+    }
+
+    fn rms_norm_linear(
+        x: Tensor<Self, 2>,
+        norm_weight: Tensor<Self, 1>,
+        eps: f64,
+        weight: Tensor<Self, 2>,
+    ) -> Tensor<Self, 2> {
+        if !gemv_applies(&x, &weight) || norm_weight.dtype() != x.dtype() {
+            return crate::reference::linear::rms_norm_linear(x, norm_weight, eps, weight);
+        }
+        let norm = gemv::PreNorm { weight: prim(norm_weight), eps };
+        wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::None, Some(norm)))
+    }
+
+    fn rms_norm_swiglu(
+        x: Tensor<Self, 2>,
+        norm_weight: Tensor<Self, 1>,
+        eps: f64,
+        gate: Tensor<Self, 2>,
+        up: Tensor<Self, 2>,
+    ) -> Tensor<Self, 2> {
+        if !gemv_applies(&x, &gate) || up.dtype() != gate.dtype() || norm_weight.dtype() != x.dtype() {
+            return crate::reference::linear::rms_norm_swiglu(x, norm_weight, eps, gate, up);
+        }
+        let norm = gemv::PreNorm { weight: prim(norm_weight), eps };
+        wrap(gemv::launch(prim(x), prim(gate), gemv::Epilogue::SwiGlu(prim(up)), Some(norm)))
     }
 
     fn causal_attention(
@@ -253,6 +280,8 @@ enum Kind {
     Conv { has_bias: bool },
     Linear,
     SwiGlu,
+    NormLinear { eps: f64 },
+    NormSwiGlu { eps: f64 },
     Residual,
     Norm { gated: bool, groups: usize, eps: f64 },
     DecodeAttention { keys: usize },
@@ -299,6 +328,14 @@ impl<B: FusionBackend + BambaOps> Operation<B::FusionRuntime> for CustomOp<B> {
             Kind::Linear => vec![prim(B::linear_no_bias(wrap(next()), wrap(next())))],
             Kind::SwiGlu => vec![prim(B::swiglu_linear(wrap(next()), wrap(next()), wrap(next())))],
             Kind::Residual => vec![prim(B::linear_residual(wrap(next()), wrap(next()), wrap(next())))],
+            Kind::NormLinear { eps } => {
+                let (x, norm_weight, weight) = (wrap(next()), wrap(next()), wrap(next()));
+                vec![prim(B::rms_norm_linear(x, norm_weight, eps, weight))]
+            }
+            Kind::NormSwiGlu { eps } => {
+                let (x, norm_weight, gate, up) = (wrap(next()), wrap(next()), wrap(next()), wrap(next()));
+                vec![prim(B::rms_norm_swiglu(x, norm_weight, eps, gate, up))]
+            }
             Kind::Norm { gated, groups, eps } => {
                 let x = wrap(next());
                 let gate = gated.then(|| wrap(next()));
@@ -441,6 +478,37 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         let out = (vec![x.dims()[0], weight.dims()[0]], x.dtype());
         let ins = vec![prim(x), prim(weight), prim(residual)];
         let [y] = register::<B, 1>("bamba_linear_residual", Kind::Residual, ins, [out]);
+        wrap(y)
+    }
+
+    fn rms_norm_linear(
+        x: Tensor<Self, 2>,
+        norm_weight: Tensor<Self, 1>,
+        eps: f64,
+        weight: Tensor<Self, 2>,
+    ) -> Tensor<Self, 2> {
+        if x.dtype() != weight.dtype() || norm_weight.dtype() != x.dtype() {
+            return crate::reference::linear::rms_norm_linear(x, norm_weight, eps, weight);
+        }
+        let out = (vec![x.dims()[0], weight.dims()[0]], x.dtype());
+        let ins = vec![prim(x), prim(norm_weight), prim(weight)];
+        let [y] = register::<B, 1>("bamba_rms_norm_linear", Kind::NormLinear { eps }, ins, [out]);
+        wrap(y)
+    }
+
+    fn rms_norm_swiglu(
+        x: Tensor<Self, 2>,
+        norm_weight: Tensor<Self, 1>,
+        eps: f64,
+        gate: Tensor<Self, 2>,
+        up: Tensor<Self, 2>,
+    ) -> Tensor<Self, 2> {
+        if x.dtype() != gate.dtype() || up.dtype() != gate.dtype() || norm_weight.dtype() != x.dtype() {
+            return crate::reference::linear::rms_norm_swiglu(x, norm_weight, eps, gate, up);
+        }
+        let out = (vec![x.dims()[0], gate.dims()[0]], x.dtype());
+        let ins = vec![prim(x), prim(norm_weight), prim(gate), prim(up)];
+        let [y] = register::<B, 1>("bamba_rms_norm_swiglu", Kind::NormSwiGlu { eps }, ins, [out]);
         wrap(y)
     }
 

@@ -31,3 +31,31 @@ pub fn swiglu_linear<B: BambaOps>(x: Tensor<B, 2>, gate: Tensor<B, 2>, up: Tenso
 pub fn linear_residual<B: BambaOps>(x: Tensor<B, 2>, weight: Tensor<B, 2>, residual: Tensor<B, 2>) -> Tensor<B, 2> {
     B::linear_no_bias(x, weight) + residual
 }
+
+/// A decoder layer's pre-norm and the projection after it: `linear_no_bias(rms_norm(x), W)`, both the
+/// backend's ops ([`BambaOps::rms_norm`], [`BambaOps::linear_no_bias`]).
+///
+/// # Shapes
+/// - `x`: `[rows, in]`, `norm_weight`: `[in]`, `weight`: `[out, in]` → `[rows, out]`
+pub fn rms_norm_linear<B: BambaOps>(
+    x: Tensor<B, 2>,
+    norm_weight: Tensor<B, 1>,
+    eps: f64,
+    weight: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    B::linear_no_bias(B::rms_norm(x, None, norm_weight, 1, eps), weight)
+}
+
+/// The MLP's pre-norm and SwiGLU's first half: `swiglu_linear(rms_norm(x), G, U)` with the backend's ops.
+///
+/// # Shapes
+/// - `x`: `[rows, in]`, `norm_weight`: `[in]`, `gate`, `up`: `[out, in]` → `[rows, out]`
+pub fn rms_norm_swiglu<B: BambaOps>(
+    x: Tensor<B, 2>,
+    norm_weight: Tensor<B, 1>,
+    eps: f64,
+    gate: Tensor<B, 2>,
+    up: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    B::swiglu_linear(B::rms_norm(x, None, norm_weight, 1, eps), gate, up)
+}
