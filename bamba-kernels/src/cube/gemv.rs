@@ -18,7 +18,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::math::row_sum;
+use super::math::{cube_sum, row_sum};
 use super::ssd_step::{rows_are_planes, LANES};
 
 /// Output features per cube (rows of `LANES` units).
@@ -66,17 +66,7 @@ fn gemv_kernel<F: Float, N: Size>(
                 part += vector_sum(v * v);
                 i += LANES * FEATURES;
             }
-            let row_total = row_sum(part, &mut smem, LANES, use_plane);
-            if lane == 0 {
-                partials[UNIT_POS_Y as usize] = row_total;
-            }
-            sync_cube();
-            let mut total = 0.0f32;
-            #[unroll]
-            for p in 0..FEATURES {
-                total += partials[p];
-            }
-            sync_cube();
+            let total = cube_sum(part, &mut smem, &mut partials, LANES, FEATURES, use_plane);
             inv_rms[r] = 1.0f32 / f32::sqrt(total / (vectors * N::value()) as f32 + eps);
         }
     }

@@ -13,6 +13,32 @@ pub fn discretize_dt(raw: f32, bias: f32, lo: f32, hi: f32, #[comptime] has_limi
     dt
 }
 
+/// Sum of `part` over every unit of a `lanes × rows` cube, returned to every unit: a [`row_sum`] per
+/// row of lanes, then across the rows through shared memory. Every unit must call it (it
+/// synchronizes the cube, and again before returning so that it can be called in a loop).
+#[cube]
+pub fn cube_sum(
+    part: f32,
+    smem: &mut SharedMemory<f32>,
+    partials: &mut SharedMemory<f32>,
+    #[comptime] lanes: usize,
+    #[comptime] rows: usize,
+    #[comptime] use_plane: bool,
+) -> f32 {
+    let row_total = row_sum(part, smem, lanes, use_plane);
+    if UNIT_POS_X == 0 {
+        partials[UNIT_POS_Y as usize] = row_total;
+    }
+    sync_cube();
+    let mut total = 0.0f32;
+    #[unroll]
+    for r in 0..rows {
+        total += partials[r];
+    }
+    sync_cube();
+    total
+}
+
 /// Sum of `part` over the `lanes` units of row `UNIT_POS_Y` (the cube is `lanes × rows`), returned
 /// to every lane. With `use_plane`, a row is exactly one plane and the plane sum does it; otherwise
 /// a shared-memory tree. Every unit of the cube must call it (it synchronizes the cube).

@@ -12,7 +12,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::math::row_sum;
+use super::math::cube_sum;
 use super::ssd_step::{rows_are_planes, LANES};
 
 /// Rows of `LANES` units in a cube: one cube per (row, group) of the input, so at decode (one row,
@@ -60,19 +60,9 @@ fn rms_norm_kernel<X: Float, F: Float>(
         part += v * v;
         i += LANES * PLANES;
     }
-    // A sum per row of lanes, then across the PLANES rows through shared memory.
     let mut smem = SharedMemory::<f32>::new(LANES * PLANES);
-    let row_total = row_sum(part, &mut smem, LANES, use_plane);
     let mut partials = SharedMemory::<f32>::new(PLANES);
-    if UNIT_POS_X == 0 {
-        partials[UNIT_POS_Y as usize] = row_total;
-    }
-    sync_cube();
-    let mut total = 0.0f32;
-    #[unroll]
-    for r in 0..PLANES {
-        total += partials[r];
-    }
+    let total = cube_sum(part, &mut smem, &mut partials, LANES, PLANES, use_plane);
     let inv = 1.0f32 / f32::sqrt(total / size as f32 + eps);
     let mut j = unit;
     while j < size {
