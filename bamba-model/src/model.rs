@@ -37,8 +37,9 @@ pub struct BambaModel<B: BambaOps> {
     pub embed_tokens: Tensor<B, 2>,
     pub layers: Vec<DecoderLayer<B>>,
     pub final_layernorm: RmsNorm<B>,
-    /// `None` when tied to `embed_tokens`.
-    pub lm_head: Option<Linear<B>>,
+    /// When tied, `embed_tokens` itself (the same device buffer): `[vocab, hidden]` is the head's
+    /// `[out, in]` weight.
+    pub lm_head: Linear<B>,
     pub rope: Rope,
     pub dtype: DType,
     pub device: B::Device,
@@ -114,9 +115,9 @@ impl<B: BambaOps> BambaModel<B> {
         let lm_head = if config.tie_word_embeddings {
             // transformers ties and ignores a stored copy; so do we.
             w.skip("lm_head.weight");
-            None
+            Linear { weight: embed_tokens.clone(), bias: None }
         } else {
-            Some(Linear::load(&mut w, "lm_head", h, vocab, false)?)
+            Linear::load(&mut w, "lm_head", h, vocab, false)?
         };
         w.finish()?;
         let rope = Rope::new(config.rotary_dim(), config.rope_theta);
@@ -233,15 +234,7 @@ impl<B: BambaOps> BambaModel<B> {
     /// # Shapes
     /// - `h`: `[batch, len, hidden]` → `[batch, len, vocab]`
     pub fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => head.forward(h),
-            // Tied: the embedding `[vocab, hidden]` is the head's `[out, in]` weight.
-            None => {
-                let [batch, len, hidden] = h.dims();
-                let logits = B::linear_no_bias(h.reshape([batch * len, hidden]), self.embed_tokens.clone());
-                logits.reshape([batch, len, self.embed_tokens.dims()[0]])
-            }
-        }
+        self.lm_head.forward(h)
     }
 
     /// Validates one prompt and returns its logits `[len, vocab]` as f32 on the host (row-major).
