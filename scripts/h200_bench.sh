@@ -14,10 +14,12 @@
 #
 # `quick` re-measures what a change to the decode step moves (overhead, batch 1, batch 64 at 8K).
 # `prefill` runs every CUDA test, a cold first generation, and prefill with and without matmul autotune.
+# `gemm` times the products (criterion linear_no_bias and attention, torch's cuBLAS/SDPA in the same
+# call) and batch-64 decode at 32K, where both shapes' products are large.
 #
-# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill
+# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -55,7 +57,7 @@ decode)
   if [ -n "${CRITERION_FILTER:-}" ]; then criterion "$CRITERION_FILTER"; fi
   ;;
 kernels)
-  CUBECL_AUTOTUNE_LEVEL=minimal timeout 80 .gpu/kernel_tests cuda:: --test-threads 1 --nocapture \
+  CUBECL_AUTOTUNE_LEVEL=minimal timeout 80 .gpu/kernel_tests cuda --test-threads 1 --nocapture \
     > "$RAW/tests.log" 2>&1
   echo "tests rc=$?"
   criterion "${CRITERION_FILTER:-linear_no_bias|attention}"
@@ -103,7 +105,7 @@ quick)
 prefill)
   # The CUDA prefill and parity checks under the matmul policy of cube/matmul.rs (session 6). Every
   # CUDA test, one process each (a hang ends one test, not all); failures' messages at the end.
-  for t in $(.gpu/kernel_tests --list 2>/dev/null | sed -n 's/^\(cuda::[a-z_0-9]*\): test$/\1/p'); do
+  for t in $(.gpu/kernel_tests --list 2>/dev/null | sed -n 's/^\(cuda[a-z_]*::[a-z_0-9]*\): test$/\1/p'); do
     t0=$SECONDS
     timeout 120 .gpu/kernel_tests "$t" --exact --include-ignored --test-threads 1 --nocapture >> "$RAW/tests.log" 2>&1
     echo "$t rc=$? ($((SECONDS - t0)) s)"
@@ -121,6 +123,13 @@ prefill)
   bench bamba_pp 200 --preset bamba-9b -t pp512,pp4096 -b 1 -r 2
   bench bamba_b64 120 --preset bamba-9b -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
   bench llama_b64 120 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
+  ;;
+gemm)
+  criterion "${CRITERION_FILTER:-linear_no_bias|attention}"
+  timeout 60 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  echo "torch rc=$?"
+  bench bamba_b64_32k 120 --preset bamba-9b -t tg16@d32768 -b 64 -r 2 --backend cuda-unfused
+  bench llama_b64_32k 100 --preset llama-8b-shape -t tg16@d32768 -b 64 -r 2 --memory 110GB --backend cuda-unfused
   ;;
 profile)
   # Host->device copy rates the loader can hope for, pageable vs pinned (torch, same card).

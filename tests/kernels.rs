@@ -775,3 +775,68 @@ backend_tests!(
 // here; benches/results/h200-2026-12-01-s6). 6e-2 leaves about 2x room over the worst.
 #[cfg(feature = "cuda")]
 backend_tests!(cuda, burn::backend::Cuda, burn::backend::cuda::CudaDevice::default(), |_floor: f32| 6e-2);
+
+/// The cuBLASLt path (`bamba-kernels/src/cube/cublaslt.rs`) on products large enough to take it: plain,
+/// through a transposed weight (as `linear_no_bias` calls it), batched, and with a broadcast right-hand
+/// side, in f32 (full f32 compute: 1e-5 is f32 accumulation noise) and bf16 (one output rounding).
+#[cfg(feature = "cuda")]
+mod cuda_cublaslt {
+    use super::*;
+    use bamba_kernels::cube::{cublaslt, matmul, unfused::Cuda as Unfused};
+    use burn::tensor::TensorPrimitive;
+
+    type Gpu = burn::backend::Cuda;
+
+    #[test]
+    fn large_products_run_through_cublaslt() {
+        let (device, cpu) = (burn::backend::cuda::CudaDevice::default(), Default::default());
+        let before = cublaslt::products_run();
+        let mut expected_runs = 0;
+        for dtype in [DType::F32, DType::BF16] {
+            let tolerance = if dtype == DType::F32 { 1e-5 } else { 1.6e-2 };
+            // Linear: x [m, k] · wᵀ with w [n, k], all past the size thresholds (smaller ones run Burn's
+            // matmul: `gemv_matches_the_reference`); 2057×1000×130: odd rows, outputs 4-byte aligned in bf16.
+            for (seed, (m, k, n)) in [(2048, 512, 64), (2057, 1000, 130), (4096, 256, 256)].into_iter().enumerate() {
+                let seed = 9000 + 2 * seed as u64;
+                let x = rounded(uniform(m * k, seed, -1.0, 1.0), dtype);
+                let w = rounded(uniform(n * k, seed + 1, -1.0, 1.0), dtype);
+                let got = <Gpu as BambaOps>::linear_no_bias(
+                    tensor(&x, [m, k], &device, dtype),
+                    tensor(&w, [n, k], &device, dtype),
+                );
+                let want = tensor::<Cpu, 2>(&x, [m, k], &cpu, DType::F32)
+                    .matmul(tensor::<Cpu, 2>(&w, [n, k], &cpu, DType::F32).transpose());
+                let d = relative_diff(&host(got), &host(want));
+                assert!(d <= tolerance, "linear {m}x{k}x{n} {dtype:?}: {d:e}");
+                assert!(m >= cublaslt::min_rows() && m * k * n >= cublaslt::min_macs());
+                expected_runs += 1;
+            }
+            // Batched [3, 2048, 64] · [3, 64, 256] and the same against one broadcast right-hand side,
+            // through the launcher attention uses (on the unfused backend, whose primitives it takes).
+            let (batch, m, k, n) = (3, 2048, 64, 256);
+            let a = rounded(uniform(batch * m * k, 9100, -1.0, 1.0), dtype);
+            let b = rounded(uniform(batch * k * n, 9101, -1.0, 1.0), dtype);
+            for rhs_batch in [batch, 1] {
+                let rhs = &b[..rhs_batch * k * n];
+                let lhs = tensor::<Unfused, 3>(&a, [batch, m, k], &device, dtype).into_primitive().tensor();
+                let product = matmul::launch(
+                    lhs,
+                    tensor::<Unfused, 3>(rhs, [rhs_batch, k, n], &device, dtype).into_primitive().tensor(),
+                    false,
+                );
+                let got = Tensor::<Unfused, 3>::from_primitive(TensorPrimitive::Float(product));
+                let want = tensor::<Cpu, 3>(&a, [batch, m, k], &cpu, DType::F32).matmul(tensor::<Cpu, 3>(
+                    rhs,
+                    [rhs_batch, k, n],
+                    &cpu,
+                    DType::F32,
+                ));
+                let d = relative_diff(&host(got), &host(want));
+                assert!(d <= tolerance, "batched {batch}x{m}x{k}x{n}, rhs batch {rhs_batch}, {dtype:?}: {d:e}");
+                expected_runs += 1;
+            }
+        }
+        let ran = (cublaslt::products_run() - before) as usize;
+        assert!(ran >= expected_runs && expected_runs == 10, "cuBLASLt ran {ran} products, expected ≥ {expected_runs}");
+    }
+}

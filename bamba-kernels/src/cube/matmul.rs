@@ -13,6 +13,9 @@
 //! for 1024×40×24 in f32 and f16, whose output is off by 45% (`tests/kernels.rs`, `gemv` cases), and
 //! on CUDA it broke the fixtures' k = 48 products (backends.md). Every product with an inner or
 //! output width that is not a multiple of [`TUNED_ALIGNMENT`] runs the default kernel.
+//!
+//! On CUDA, products of at least `cublaslt::min_macs()` multiply-adds run cuBLASLt instead
+//! (`cube/cublaslt.rs`; measured against these kernels in `benches/results`).
 
 use std::sync::OnceLock;
 
@@ -47,6 +50,10 @@ pub fn autotune_min_macs() -> usize {
 /// # Shapes
 /// - `lhs`: `[..., m, k]`, `rhs`: `[..., k, n]` → `[..., m, n]`
 pub fn launch<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<R>, may_tune: bool) -> CubeTensor<R> {
+    #[cfg(feature = "cuda")]
+    if let Some(out) = super::cublaslt::try_launch(&lhs, &rhs) {
+        return out;
+    }
     let dtype: DType = lhs.dtype;
     let (lhs_dims, rhs_dims) = (lhs.meta.shape().clone(), rhs.meta.shape().clone());
     let rank = lhs_dims.len();

@@ -3,6 +3,8 @@
 //! `fusion` feature puts around it (an impl on `CubeBackend` alone would not reach `burn::backend::Cuda`).
 
 mod conv;
+#[cfg(feature = "cuda")]
+pub mod cublaslt;
 mod decode_attention;
 mod gemv;
 mod mamba_step;

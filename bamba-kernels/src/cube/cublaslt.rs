@@ -1,0 +1,434 @@
+//! The CUDA fast path for large products: cuBLASLt through `cudarc`, on the buffers CubeCL owns.
+//!
+//! Burn 0.21's matmul reaches ~30% of cuBLAS on the prefill GEMMs of the Bamba-9B shape
+//! (`benches/results`, H200). No CubeCL tensor-core kernel of ours gets closer yet, so on CUDA a
+//! product with at least [`min_rows`] rows and [`min_macs`] multiply-adds runs cuBLASLt (the issue
+//! allows this backend-specific path; backends.md says why).
+//!
+//! CubeCL 0.10 runs its kernels on private non-blocking streams: there is no stream handle to record
+//! an event on or to launch on. So each product waits on the host for CubeCL's stream
+//! (`client.sync()`), runs on a stream of our own, and waits for that before returning. Those two
+//! synchronizations drain the GPU's queue, and the host's per-op cost (~55 µs through Burn) is no
+//! longer hidden behind GPU work: measured on the H200 (benches/results/h200-2026-12-02-s8) this
+//! made a batch-64 decode step 21% slower and pp512 31% slower than Burn's kernels, and pp4096 18%
+//! faster. Hence the row threshold: only products of long prefills take the path. Ordering the
+//! streams on the device instead (flag words and spinning one-thread kernels on both streams) hung
+//! the GPU on the first product; `cuStreamWaitValue32` refused CubeCL's pool memory. f32 runs with
+//! full f32 compute (`CUBLAS_COMPUTE_32F`, not TF32); 16-bit operands accumulate in f32.
+//!
+//! Anything this path does not handle (another runtime, mixed dtypes, a layout that is neither row-
+//! nor column-major, a cuBLASLt error) returns `None` and the caller runs Burn's matmul; an error is
+//! reported once on stderr. `BAMBA_CUBLASLT=0` turns the path off (for same-run comparisons).
+
+use core::any::Any;
+use core::ffi::c_void;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use burn::tensor::DType;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::cuda::{CudaDevice, CudaRuntime};
+use cudarc::cublaslt::result as lt;
+use cudarc::cublaslt::sys;
+use cudarc::driver::result as driver;
+
+/// Multiply-adds (over the whole batch) from which a product runs cuBLASLt: 2^24.
+const DEFAULT_MIN_MACS: usize = 1 << 24;
+/// Rows (per batch matrix) from which a product runs cuBLASLt: 2048. At 512 rows of the in_proj
+/// shape cuBLASLt with its two host syncs took 193 µs against cuBLAS's 95 µs in torch, and pp512 lost
+/// 31%; at 2048 rows 527 µs against Burn's 1,150 µs (criterion, H200, session 8).
+const DEFAULT_MIN_ROWS: usize = 2048;
+/// Workspace cuBLASLt may use (split-K, stream-K): 32 MiB, what PyTorch gives it on Hopper.
+const WORKSPACE_BYTES: usize = 32 << 20;
+/// Plans cached before the cache is cleared (attention's products change shape with the context).
+const MAX_PLANS: usize = 4096;
+
+static PRODUCTS_RUN: AtomicU64 = AtomicU64::new(0);
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+/// Products that ran through cuBLASLt in this process (tests check the path was taken).
+pub fn products_run() -> u64 {
+    PRODUCTS_RUN.load(Ordering::Relaxed)
+}
+
+/// Whether the path is on: unless `BAMBA_CUBLASLT=0`.
+fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BAMBA_CUBLASLT").map(|v| v != "0").unwrap_or(true))
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Rows from which a product runs cuBLASLt: `BAMBA_CUBLASLT_MIN_ROWS` if set, else 2048.
+pub fn min_rows() -> usize {
+    static ROWS: OnceLock<usize> = OnceLock::new();
+    *ROWS.get_or_init(|| env_number("BAMBA_CUBLASLT_MIN_ROWS", DEFAULT_MIN_ROWS))
+}
+
+/// Multiply-adds from which a product runs cuBLASLt: `BAMBA_CUBLASLT_MIN_MACS` if set, else 2^24.
+pub fn min_macs() -> usize {
+    static MACS: OnceLock<usize> = OnceLock::new();
+    *MACS.get_or_init(|| env_number("BAMBA_CUBLASLT_MIN_MACS", DEFAULT_MIN_MACS))
+}
+
+/// One operand as cuBLASLt sees it: a column-major matrix, maybe transposed, with its leading
+/// dimension and its batch stride (elements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Operand {
+    rows: u64,
+    cols: u64,
+    ld: i64,
+    transposed: bool,
+    batch_stride: i64,
+}
+
+/// A row-major `[rows, cols]` matrix with `strides` (elements), described as the column-major
+/// `[cols, rows]` matrix cuBLASLt multiplies: stored as is (`transposed` false) when its rows are
+/// contiguous, stored as `[rows, cols]` and transposed when its columns are. Size-1 dims may carry any
+/// stride. `None` for any other layout.
+fn operand(rows: usize, cols: usize, strides: [usize; 2], batch_stride: usize) -> Option<Operand> {
+    let [row_stride, col_stride] = strides;
+    let (r, c) = (rows as u64, cols as u64);
+    if col_stride == 1 || cols == 1 {
+        let ld = if rows == 1 { cols.max(1) } else { row_stride };
+        (ld >= cols).then_some(Operand {
+            rows: c,
+            cols: r,
+            ld: ld as i64,
+            transposed: false,
+            batch_stride: batch_stride as i64,
+        })
+    } else if row_stride == 1 || rows == 1 {
+        let ld = if cols == 1 { rows.max(1) } else { col_stride };
+        (ld >= rows).then_some(Operand {
+            rows: r,
+            cols: c,
+            ld: ld as i64,
+            transposed: true,
+            batch_stride: batch_stride as i64,
+        })
+    } else {
+        None
+    }
+}
+
+/// The stride between consecutive matrices over all batch dims, if they collapse into one
+/// (`Some(0)` when there is a single matrix, which then broadcasts).
+fn batch_stride(dims: &[usize], strides: &[usize]) -> Option<usize> {
+    let rank = dims.len();
+    let mut stride = None;
+    for i in (0..rank - 2).rev() {
+        if dims[i] == 1 {
+            continue;
+        }
+        match stride {
+            None => stride = Some((strides[i], dims[i] * strides[i])),
+            Some((s, next)) if strides[i] == next => stride = Some((s, dims[i] * next)),
+            Some(_) => return None,
+        }
+    }
+    Some(stride.map_or(0, |(s, _)| s))
+}
+
+/// What a cached plan depends on: the operands, the batch, the dtype and the pointers' alignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Problem {
+    a: Operand,
+    b: Operand,
+    d: Operand,
+    batch: u64,
+    dtype: u8,
+    alignment: u32,
+}
+
+/// The descriptors and the algorithm for one problem.
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    layouts: [sys::cublasLtMatrixLayout_t; 3],
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+struct State {
+    device: usize,
+    context: cudarc::driver::sys::CUcontext,
+    handle: sys::cublasLtHandle_t,
+    stream: cudarc::driver::sys::CUstream,
+    workspace: cudarc::driver::sys::CUdeviceptr,
+    plans: HashMap<Problem, Plan>,
+}
+
+// SAFETY: the raw handles are used only under the `STATE` mutex, with the context made current on the
+// calling thread first.
+unsafe impl Send for State {}
+
+type Failure = Box<dyn std::error::Error>;
+
+impl State {
+    fn new(device: usize) -> Result<Self, Failure> {
+        driver::init()?;
+        let dev = driver::device::get(device as i32)?;
+        // SAFETY: `dev` is a valid device; CubeCL already retained the same primary context.
+        let context = unsafe { driver::primary_ctx::retain(dev)? };
+        unsafe { driver::ctx::set_current(context)? };
+        let handle = lt::create_handle()?;
+        let stream = driver::stream::create(driver::stream::StreamKind::NonBlocking)?;
+        // SAFETY: plain device allocation in the current context, never freed (process lifetime).
+        let workspace = unsafe { driver::malloc_sync(WORKSPACE_BYTES)? };
+        Ok(Self { device, context, handle, stream, workspace, plans: HashMap::new() })
+    }
+
+    fn plan(&mut self, problem: Problem, data_type: sys::cudaDataType) -> Result<&Plan, Failure> {
+        if !self.plans.contains_key(&problem) {
+            if self.plans.len() >= MAX_PLANS {
+                for plan in self.plans.values() {
+                    destroy(plan);
+                }
+                self.plans.clear();
+            }
+            let plan = make_plan(self.handle, &problem, data_type)?;
+            self.plans.insert(problem, plan);
+        }
+        Ok(&self.plans[&problem])
+    }
+}
+
+fn destroy(plan: &Plan) {
+    // SAFETY: each descriptor was created by `make_plan` and is destroyed once, when dropped from the cache.
+    unsafe {
+        let _ = lt::destroy_matmul_desc(plan.desc);
+        for layout in plan.layouts {
+            let _ = lt::destroy_matrix_layout(layout);
+        }
+    }
+}
+
+fn layout(operand: &Operand, batch: u64, data_type: sys::cudaDataType) -> Result<sys::cublasLtMatrixLayout_t, Failure> {
+    let layout = lt::create_matrix_layout(data_type, operand.rows, operand.cols, operand.ld)?;
+    if batch > 1 {
+        let count = batch as i32;
+        // SAFETY: the layout was just created; the attribute buffers outlive the calls.
+        unsafe {
+            lt::set_matrix_layout_attribute(
+                layout,
+                sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                &count as *const i32 as *const c_void,
+                size_of::<i32>(),
+            )?;
+            lt::set_matrix_layout_attribute(
+                layout,
+                sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                &operand.batch_stride as *const i64 as *const c_void,
+                size_of::<i64>(),
+            )?;
+        }
+    }
+    Ok(layout)
+}
+
+fn make_plan(handle: sys::cublasLtHandle_t, problem: &Problem, data_type: sys::cudaDataType) -> Result<Plan, Failure> {
+    let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)?;
+    let layouts = [
+        layout(&problem.a, problem.batch, data_type)?,
+        layout(&problem.b, problem.batch, data_type)?,
+        layout(&problem.d, problem.batch, data_type)?,
+    ];
+    let pref = lt::create_matmul_pref()?;
+    // SAFETY: all descriptors were just created and are valid; attribute buffers outlive the calls.
+    let heuristic = unsafe {
+        for (attr, operand) in [
+            (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &problem.a),
+            (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &problem.b),
+        ] {
+            let op: i32 = operand.transposed.into();
+            lt::set_matmul_desc_attribute(desc, attr, &op as *const i32 as *const c_void, size_of::<i32>())?;
+        }
+        let workspace = WORKSPACE_BYTES as u64;
+        lt::set_matmul_pref_attribute(
+            pref,
+            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            &workspace as *const u64 as *const c_void,
+            size_of::<u64>(),
+        )?;
+        // The heuristic assumes 256-byte aligned buffers unless told; CubeCL slices pools finer.
+        for attr in [
+            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+        ] {
+            lt::set_matmul_pref_attribute(
+                pref,
+                attr,
+                &problem.alignment as *const u32 as *const c_void,
+                size_of::<u32>(),
+            )?;
+        }
+        let found = lt::get_matmul_algo_heuristic(handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], pref);
+        let _ = lt::destroy_matmul_pref(pref);
+        found
+    };
+    let plan = Plan { desc, layouts, algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] } };
+    match heuristic {
+        Ok(found) => Ok(Plan { algo: found.algo, ..plan }),
+        Err(e) => {
+            destroy(&plan);
+            Err(e.into())
+        }
+    }
+}
+
+/// The largest power of two ≤ 256 dividing every address.
+fn alignment(addresses: &[u64]) -> u32 {
+    let bits = addresses.iter().fold(256u64, |acc, &a| acc | a);
+    (bits & bits.wrapping_neg()).min(256) as u32
+}
+
+/// `lhs · rhs` on cuBLASLt when `R` is CUDA and the product qualifies (see the module docs), else
+/// `None`.
+///
+/// # Shapes
+/// - `lhs`: `[..., m, k]`, `rhs`: `[..., k, n]` (batch dims equal, or all 1 in `rhs`) → `[..., m, n]`
+pub fn try_launch<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Option<CubeTensor<R>> {
+    let lhs_cuda = (lhs as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
+    let rhs_cuda = (rhs as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
+    if !enabled() || lhs.dtype != rhs.dtype {
+        return None;
+    }
+    let (data_type, dtype_code) = match lhs.dtype {
+        DType::F32 => (sys::cudaDataType::CUDA_R_32F, 0),
+        DType::F16 => (sys::cudaDataType::CUDA_R_16F, 1),
+        DType::BF16 => (sys::cudaDataType::CUDA_R_16BF, 2),
+        _ => return None,
+    };
+    let (lhs_dims, rhs_dims) = (lhs.meta.shape().to_vec(), rhs.meta.shape().to_vec());
+    let (lhs_strides, rhs_strides) = (lhs.meta.strides().to_vec(), rhs.meta.strides().to_vec());
+    let rank = lhs_dims.len();
+    if rank < 2 || rhs_dims.len() != rank {
+        return None;
+    }
+    let (m, k, n) = (lhs_dims[rank - 2], lhs_dims[rank - 1], rhs_dims[rank - 1]);
+    let lhs_batch: usize = lhs_dims[..rank - 2].iter().product();
+    let rhs_batch: usize = rhs_dims[..rank - 2].iter().product();
+    if rhs_dims[rank - 2] != k || m * n * k == 0 || m < min_rows() || lhs_batch * m * n * k < min_macs() {
+        return None;
+    }
+    if rhs_batch != 1 && rhs_dims[..rank - 2] != lhs_dims[..rank - 2] {
+        return None;
+    }
+    let matrix_strides = |s: &[usize]| [s[rank - 2], s[rank - 1]];
+    let a = operand(k, n, matrix_strides(&rhs_strides), batch_stride(&rhs_dims, &rhs_strides)?)?;
+    let b = operand(m, k, matrix_strides(&lhs_strides), batch_stride(&lhs_dims, &lhs_strides)?)?;
+    let d = operand(m, n, [n, 1], m * n)?;
+
+    let mut out_shape = lhs_dims.clone();
+    out_shape[rank - 1] = n;
+    let out = empty_device_contiguous_dtype(lhs.client.clone(), lhs.device.clone(), out_shape.into(), lhs.dtype);
+    let out_cuda = (&out as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
+    let device = (&lhs_cuda.device as &dyn Any).downcast_ref::<CudaDevice>()?.index;
+
+    let result = run(lhs_cuda, rhs_cuda, out_cuda, device, [a, b, d], lhs_batch as u64, data_type, dtype_code);
+    match result {
+        Ok(()) => {
+            PRODUCTS_RUN.fetch_add(1, Ordering::Relaxed);
+            Some(out)
+        }
+        Err(e) => {
+            static WARNED: OnceLock<()> = OnceLock::new();
+            WARNED.get_or_init(|| eprintln!("bamba: cuBLASLt failed ({e}); products run Burn's matmul"));
+            None
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    lhs: &CubeTensor<CudaRuntime>,
+    rhs: &CubeTensor<CudaRuntime>,
+    out: &CubeTensor<CudaRuntime>,
+    device: usize,
+    [a, b, d]: [Operand; 3],
+    batch: u64,
+    data_type: sys::cudaDataType,
+    dtype_code: u8,
+) -> Result<(), Failure> {
+    let client = &lhs.client;
+    let address = |t: &CubeTensor<CudaRuntime>| -> Result<u64, Failure> {
+        let resource = client.get_resource(t.handle.clone()).map_err(|e| format!("buffer: {e:?}"))?;
+        Ok(resource.resource().ptr)
+    };
+    let (rhs_ptr, lhs_ptr, out_ptr) = (address(rhs)?, address(lhs)?, address(out)?);
+    let problem = Problem { a, b, d, batch, dtype: dtype_code, alignment: alignment(&[rhs_ptr, lhs_ptr, out_ptr]) };
+
+    let mut guard = STATE.lock().map_err(|_| "cuBLASLt state poisoned")?;
+    if guard.as_ref().is_some_and(|s| s.device != device) {
+        return Err("cuBLASLt path serves one device per process".into());
+    }
+    if guard.is_none() {
+        *guard = Some(State::new(device)?);
+    }
+    let state = guard.as_mut().expect("just set");
+    // SAFETY: the context is the device's primary context, retained in `State::new`.
+    unsafe { driver::ctx::set_current(state.context)? };
+    let (handle, stream, workspace) = (state.handle, state.stream, state.workspace);
+    let plan = state.plan(problem, data_type)?;
+    // The kernels that wrote lhs and rhs (and last used out's memory) run on CubeCL's stream.
+    cubecl::future::block_on(client.sync()).map_err(|e| format!("device sync: {e:?}"))?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    // SAFETY: the pointers address live CubeCL buffers (held by the tensors for the call) of the sizes
+    // the layouts describe; we wait for our stream before CubeCL can reuse or read them.
+    unsafe {
+        lt::matmul(
+            handle,
+            plan.desc,
+            &alpha as *const f32 as *const c_void,
+            &beta as *const f32 as *const c_void,
+            rhs_ptr as *const c_void,
+            plan.layouts[0],
+            lhs_ptr as *const c_void,
+            plan.layouts[1],
+            out_ptr as *const c_void,
+            plan.layouts[2],
+            out_ptr as *mut c_void,
+            plan.layouts[2],
+            &plan.algo,
+            workspace as *mut c_void,
+            WORKSPACE_BYTES,
+            stream as sys::cudaStream_t,
+        )?;
+        driver::stream::synchronize(stream)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operand_layouts() {
+        // Row-major [m, k]: column-major [k, m], ld = row stride.
+        let row = operand(6, 4, [5, 1], 30).unwrap();
+        assert_eq!((row.rows, row.cols, row.ld, row.transposed), (4, 6, 5, false));
+        // A transposed view of a row-major [k, m] (strides (1, m)): stored [m, k], transposed.
+        let col = operand(6, 4, [1, 6], 24).unwrap();
+        assert_eq!((col.rows, col.cols, col.ld, col.transposed), (6, 4, 6, true));
+        // A single row takes any row stride.
+        assert_eq!(operand(1, 4, [0, 1], 0).unwrap().ld, 4);
+        // Neither rows nor columns contiguous.
+        assert!(operand(3, 4, [8, 2], 0).is_none());
+    }
+
+    #[test]
+    fn batch_strides_collapse_or_refuse() {
+        assert_eq!(batch_stride(&[2, 3, 4, 5], &[60, 20, 5, 1]), Some(20));
+        assert_eq!(batch_stride(&[1, 1, 4, 5], &[20, 20, 5, 1]), Some(0));
+        assert_eq!(batch_stride(&[2, 3, 4, 5], &[100, 20, 5, 1]), None);
+        assert_eq!(alignment(&[0x1000, 0x1010]), 16);
+        assert_eq!(alignment(&[0]), 256);
+    }
+}
