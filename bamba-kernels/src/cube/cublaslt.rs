@@ -93,28 +93,21 @@ struct Operand {
 /// stride. `None` for any other layout.
 fn operand(rows: usize, cols: usize, strides: [usize; 2], batch_stride: usize) -> Option<Operand> {
     let [row_stride, col_stride] = strides;
-    let (r, c) = (rows as u64, cols as u64);
-    if col_stride == 1 || cols == 1 {
-        let ld = if rows == 1 { cols.max(1) } else { row_stride };
-        (ld >= cols).then_some(Operand {
-            rows: c,
-            cols: r,
-            ld: ld as i64,
-            transposed: false,
-            batch_stride: batch_stride as i64,
-        })
+    // (stored rows, stored columns, leading dimension, transposed), column-major.
+    let (stored_rows, stored_cols, ld, transposed) = if col_stride == 1 || cols == 1 {
+        (cols, rows, if rows == 1 { cols.max(1) } else { row_stride }, false)
     } else if row_stride == 1 || rows == 1 {
-        let ld = if cols == 1 { rows.max(1) } else { col_stride };
-        (ld >= rows).then_some(Operand {
-            rows: r,
-            cols: c,
-            ld: ld as i64,
-            transposed: true,
-            batch_stride: batch_stride as i64,
-        })
+        (rows, cols, if cols == 1 { rows.max(1) } else { col_stride }, true)
     } else {
-        None
-    }
+        return None;
+    };
+    (ld >= stored_rows).then_some(Operand {
+        rows: stored_rows as u64,
+        cols: stored_cols as u64,
+        ld: ld as i64,
+        transposed,
+        batch_stride: batch_stride as i64,
+    })
 }
 
 /// The stride between consecutive matrices over all batch dims, if they collapse into one
