@@ -30,6 +30,8 @@ use burn::tensor::DType;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
+
+use super::matmul::env_number;
 use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
@@ -58,10 +60,6 @@ pub fn products_run() -> u64 {
 fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("BAMBA_CUBLASLT").map(|v| v != "0").unwrap_or(true))
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Rows from which a product runs cuBLASLt: `BAMBA_CUBLASLT_MIN_ROWS` if set, else 2048.
@@ -135,7 +133,7 @@ struct Problem {
     b: Operand,
     d: Operand,
     batch: u64,
-    dtype: u8,
+    data_type: sys::cudaDataType,
     alignment: u32,
 }
 
@@ -175,7 +173,7 @@ impl State {
         Ok(Self { device, context, handle, stream, workspace, plans: HashMap::new() })
     }
 
-    fn plan(&mut self, problem: Problem, data_type: sys::cudaDataType) -> Result<&Plan, Failure> {
+    fn plan(&mut self, problem: Problem) -> Result<&Plan, Failure> {
         if !self.plans.contains_key(&problem) {
             if self.plans.len() >= MAX_PLANS {
                 for plan in self.plans.values() {
@@ -183,7 +181,7 @@ impl State {
                 }
                 self.plans.clear();
             }
-            let plan = make_plan(self.handle, &problem, data_type)?;
+            let plan = make_plan(self.handle, &problem)?;
             self.plans.insert(problem, plan);
         }
         Ok(&self.plans[&problem])
@@ -223,12 +221,12 @@ fn layout(operand: &Operand, batch: u64, data_type: sys::cudaDataType) -> Result
     Ok(layout)
 }
 
-fn make_plan(handle: sys::cublasLtHandle_t, problem: &Problem, data_type: sys::cudaDataType) -> Result<Plan, Failure> {
+fn make_plan(handle: sys::cublasLtHandle_t, problem: &Problem) -> Result<Plan, Failure> {
     let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)?;
     let layouts = [
-        layout(&problem.a, problem.batch, data_type)?,
-        layout(&problem.b, problem.batch, data_type)?,
-        layout(&problem.d, problem.batch, data_type)?,
+        layout(&problem.a, problem.batch, problem.data_type)?,
+        layout(&problem.b, problem.batch, problem.data_type)?,
+        layout(&problem.d, problem.batch, problem.data_type)?,
     ];
     let pref = lt::create_matmul_pref()?;
     // SAFETY: all descriptors were just created and are valid; attribute buffers outlive the calls.
@@ -292,10 +290,10 @@ pub fn try_launch<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> O
     if !enabled() || lhs.dtype != rhs.dtype {
         return None;
     }
-    let (data_type, dtype_code) = match lhs.dtype {
-        DType::F32 => (sys::cudaDataType::CUDA_R_32F, 0),
-        DType::F16 => (sys::cudaDataType::CUDA_R_16F, 1),
-        DType::BF16 => (sys::cudaDataType::CUDA_R_16BF, 2),
+    let data_type = match lhs.dtype {
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
         _ => return None,
     };
     let (lhs_dims, rhs_dims) = (lhs.meta.shape().to_vec(), rhs.meta.shape().to_vec());
@@ -318,13 +316,13 @@ pub fn try_launch<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> O
     let b = operand(m, k, matrix_strides(&lhs_strides), batch_stride(&lhs_dims, &lhs_strides)?)?;
     let d = operand(m, n, [n, 1], m * n)?;
 
-    let mut out_shape = lhs_dims.clone();
+    let mut out_shape = lhs_dims;
     out_shape[rank - 1] = n;
     let out = empty_device_contiguous_dtype(lhs.client.clone(), lhs.device.clone(), out_shape.into(), lhs.dtype);
     let out_cuda = (&out as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
     let device = (&lhs_cuda.device as &dyn Any).downcast_ref::<CudaDevice>()?.index;
 
-    let result = run(lhs_cuda, rhs_cuda, out_cuda, device, [a, b, d], lhs_batch as u64, data_type, dtype_code);
+    let result = run(lhs_cuda, rhs_cuda, out_cuda, device, [a, b, d], lhs_batch as u64, data_type);
     match result {
         Ok(()) => {
             PRODUCTS_RUN.fetch_add(1, Ordering::Relaxed);
@@ -347,7 +345,6 @@ fn run(
     [a, b, d]: [Operand; 3],
     batch: u64,
     data_type: sys::cudaDataType,
-    dtype_code: u8,
 ) -> Result<(), Failure> {
     let client = &lhs.client;
     let address = |t: &CubeTensor<CudaRuntime>| -> Result<u64, Failure> {
@@ -355,7 +352,7 @@ fn run(
         Ok(resource.resource().ptr)
     };
     let (rhs_ptr, lhs_ptr, out_ptr) = (address(rhs)?, address(lhs)?, address(out)?);
-    let problem = Problem { a, b, d, batch, dtype: dtype_code, alignment: alignment(&[rhs_ptr, lhs_ptr, out_ptr]) };
+    let problem = Problem { a, b, d, batch, data_type, alignment: alignment(&[rhs_ptr, lhs_ptr, out_ptr]) };
 
     let mut guard = STATE.lock().map_err(|_| "cuBLASLt state poisoned")?;
     if guard.as_ref().is_some_and(|s| s.device != device) {
@@ -368,7 +365,7 @@ fn run(
     // SAFETY: the context is the device's primary context, retained in `State::new`.
     unsafe { driver::ctx::set_current(state.context)? };
     let (handle, stream, workspace) = (state.handle, state.stream, state.workspace);
-    let plan = state.plan(problem, data_type)?;
+    let plan = state.plan(problem)?;
     // The kernels that wrote lhs and rhs (and last used out's memory) run on CubeCL's stream.
     cubecl::future::block_on(client.sync()).map_err(|e| format!("device sync: {e:?}"))?;
     let (alpha, beta) = (1.0f32, 0.0f32);

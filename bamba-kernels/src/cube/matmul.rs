@@ -14,8 +14,9 @@
 //! on CUDA it broke the fixtures' k = 48 products (backends.md). Every product with an inner or
 //! output width that is not a multiple of [`TUNED_ALIGNMENT`] runs the default kernel.
 //!
-//! On CUDA, products of at least `cublaslt::min_macs()` multiply-adds run cuBLASLt instead
-//! (`cube/cublaslt.rs`; measured against these kernels in `benches/results`).
+//! On CUDA, products of at least `cublaslt::min_rows()` rows and `cublaslt::min_macs()`
+//! multiply-adds run cuBLASLt instead (`cube/cublaslt.rs`; measured against these kernels in
+//! `benches/results`).
 
 use std::sync::OnceLock;
 
@@ -37,9 +38,12 @@ pub const TUNED_ALIGNMENT: usize = 64;
 /// (0 tunes every aligned product, as Burn does; a huge number never tunes), else 2^26.
 pub fn autotune_min_macs() -> usize {
     static MACS: OnceLock<usize> = OnceLock::new();
-    *MACS.get_or_init(|| {
-        std::env::var("BAMBA_AUTOTUNE_MIN_MACS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_AUTOTUNE_MIN_MACS)
-    })
+    *MACS.get_or_init(|| env_number("BAMBA_AUTOTUNE_MIN_MACS", DEFAULT_AUTOTUNE_MIN_MACS))
+}
+
+/// The number in environment variable `name`, or `default` when it is unset or not a number.
+pub(super) fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// `lhs · rhs` over the last two dims (batch dims broadcast as in Burn), in `lhs`'s dtype. With
