@@ -17,9 +17,13 @@
 # `gemm` times the products (criterion linear_no_bias and attention, torch's cuBLAS/SDPA in the same
 # call) and batch-64 decode at 32K, where both shapes' products are large.
 #
-# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm
+# `ssd` checks and times the SSD scan: the scan tests (tensor-core and portable paths) and cuBLASLt's,
+# mamba_ssm's Triton chain (needs the `mamba_ssm` package from the mamba-ssm sdist in .gpu/mm), our
+# criterion scan bench on both paths; `ssd_prefill`: prefill with and without the tensor-core scan.
+#
+# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -131,6 +135,26 @@ gemm)
   bench bamba_b64_32k 120 --preset bamba-9b -t tg16@d32768 -b 64 -r 2 --backend cuda-unfused
   bench llama_b64_32k 100 --preset llama-8b-shape -t tg16@d32768 -b 64 -r 2 --memory 110GB --backend cuda-unfused
   ;;
+ssd)
+  for t in cuda_scan_runs_on_tensor_cores cuda::ssd_chunk_scan_matches_the_reference \
+    cuda_cublaslt::large_products_run_through_cublaslt; do
+    t0=$SECONDS
+    timeout 120 .gpu/kernel_tests "$t" --exact --test-threads 1 --nocapture >> "$RAW/tests.log" 2>&1
+    echo "$t rc=$? ($((SECONDS - t0)) s)"
+  done
+  grep -E "worst|panicked" -A1 "$RAW/tests.log" | head -12
+  timeout 150 python3 scripts/bench_mamba_ssm.py .gpu/mm > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
+  echo "mamba_ssm rc=$?"
+  grep -h chunk_scan "$RAW/mamba_ssm.jsonl"
+  criterion "ssd_chunk_scan/kernel"
+  mv "$RAW/criterion-bencher.txt" "$RAW/ssd-bencher.txt"
+  BAMBA_SSD_TENSOR_CORES=0 criterion "ssd_chunk_scan/kernel/(512|8192)"
+  mv "$RAW/criterion-bencher.txt" "$RAW/ssd-portable-criterion.txt"
+  ;;
+ssd_prefill)
+  bench bamba_pp 200 --preset bamba-9b -t pp512,pp4096 -b 1 -r 2
+  BAMBA_SSD_TENSOR_CORES=0 bench portable_scan_pp 200 --preset bamba-9b -t pp4096 -b 1 -r 2
+  ;;
 profile)
   # Host->device copy rates the loader can hope for, pageable vs pinned (torch, same card).
   timeout 60 python3 - <<'PY' 2>&1 | tee "$RAW/h2d.txt"
@@ -178,7 +202,7 @@ tar -czf "$OUT/raw.tar.gz" -C "$RAW" .
 grep -h ": run\|warm-up" "$RAW"/*.err 2>/dev/null | tail -30
 python3 - "$RAW" <<'PY'
 import json, pathlib, sys
-for f in sorted(pathlib.Path(sys.argv[1]).glob("[bl]*.jsonl")):
+for f in sorted(pathlib.Path(sys.argv[1]).glob("[blp]*.jsonl")):
     for line in f.read_text().splitlines():
         r = json.loads(line)
         if "tokens_per_s" in r:

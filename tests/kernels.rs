@@ -137,27 +137,83 @@ fn scan_cases() -> Vec<ScanCase> {
     cases
 }
 
+/// Shapes the tensor-core scan takes (`cube/ssd_chunked.rs`: head_dim and d_state multiples of 16,
+/// chunk a multiple of 64), with the same odd lengths (1, 7, chunk ± 1, 3·chunk + 5), G 1 and 2, batch
+/// 1 and 3, plus one Bamba-like head (64 × 128, chunk 256, 600 positions: partial last chunk, 4 blocks
+/// of 64 per chunk). Elsewhere (wgpu, f32) they run the portable kernel.
+fn tensor_core_scan_cases() -> Vec<ScanCase> {
+    let chunk = 64;
+    let mut cases = Vec::new();
+    for (i, len) in [1, 7, chunk - 1, chunk + 1, 3 * chunk + 5].into_iter().enumerate() {
+        for (groups, batch) in [(1, 1), (2, 3)] {
+            cases.push(ScanCase {
+                batch,
+                len,
+                heads: 4,
+                head_dim: if i % 2 == 0 { 32 } else { 16 },
+                groups,
+                d_state: if groups == 1 { 32 } else { 48 },
+                chunk,
+                limit: (len == 7).then_some((0.05, 0.6)),
+                with_state: i % 2 == 1,
+            });
+        }
+    }
+    cases.push(ScanCase {
+        batch: 1,
+        len: 600,
+        heads: 2,
+        head_dim: 64,
+        groups: 1,
+        d_state: 128,
+        chunk: 256,
+        limit: None,
+        with_state: true,
+    });
+    cases
+}
+
 /// Worst relative difference seen on f32 between kernel and reference; with 16-bit inputs the same
-/// (both sides compute in f32 from identical rounded inputs). Measured on lavapipe: ~1e-6; the bound
-/// leaves room for other summation orders on other devices, not for wrong math (a wrong decay or a
-/// missing D·x term moves results by > 1e-2).
+/// for the portable kernel (both sides compute in f32 from identical rounded inputs). Measured on
+/// lavapipe: ~1e-6; the bound leaves room for other summation orders on other devices, not for wrong
+/// math (a wrong decay or a missing D·x term moves results by > 1e-2).
 const SCAN_TOLERANCE: f32 = 2e-5;
+
+/// The tensor-core scan rounds its matmul operands (decay-weighted x, the masked decay matrix,
+/// exp(cum)·C and the entering state) to the input dtype, as mamba_ssm does: one more rounding per
+/// operand than the inputs carry, so the dtype's rounding tolerance (measured on the H200: see
+/// `check_scan`'s printout in benches/results).
+fn scan_tolerance(dtype: DType, tensor_core_shape: bool) -> f32 {
+    if tensor_core_shape && dtype != DType::F32 {
+        rounding_tolerance(dtype)
+    } else {
+        SCAN_TOLERANCE
+    }
+}
 
 fn check_scan<B: BambaOps>(device: &B::Device) {
     let cpu = Default::default();
-    let mut worst = 0.0f32;
     for dtype in dtypes::<B>(device) {
-        for (i, case) in scan_cases().into_iter().enumerate() {
-            let data = case.data(dtype, 7 + 8 * i as u64);
-            let expected = reference::ssd::ssd_chunk_scan::<Cpu>(case.inputs(&data, &cpu, DType::F32), case.config());
-            let got = B::ssd_chunk_scan(case.inputs(&data, device, dtype), case.config());
-            let dy = relative_diff(&host(got.y), &host(expected.y));
-            let ds = relative_diff(&host(got.final_state), &host(expected.final_state));
-            assert!(dy.max(ds) <= SCAN_TOLERANCE, "{case:?} {dtype:?}: y {dy:e}, state {ds:e}");
-            worst = worst.max(dy).max(ds);
+        for (tensor_core_shape, cases) in [(false, scan_cases()), (true, tensor_core_scan_cases())] {
+            let mut worst = 0.0f32;
+            for (i, case) in cases.into_iter().enumerate() {
+                let data = case.data(dtype, 7 + 8 * i as u64);
+                let expected =
+                    reference::ssd::ssd_chunk_scan::<Cpu>(case.inputs(&data, &cpu, DType::F32), case.config());
+                let got = B::ssd_chunk_scan(case.inputs(&data, device, dtype), case.config());
+                let dy = relative_diff(&host(got.y), &host(expected.y));
+                let ds = relative_diff(&host(got.final_state), &host(expected.final_state));
+                let tolerance = scan_tolerance(dtype, tensor_core_shape);
+                assert!(dy.max(ds) <= tolerance, "{case:?} {dtype:?}: y {dy:e}, state {ds:e} > {tolerance:e}");
+                worst = worst.max(dy).max(ds);
+            }
+            println!(
+                "ssd_chunk_scan on {} {dtype:?}, {} shapes: worst relative difference {worst:e}",
+                B::name(device),
+                if tensor_core_shape { "tensor-core" } else { "portable" }
+            );
         }
     }
-    println!("ssd_chunk_scan on {}: worst relative difference {worst:e}", B::name(device));
 }
 
 fn check_step<B: BambaOps>(device: &B::Device) {
@@ -775,6 +831,26 @@ backend_tests!(
 // here; benches/results/h200-2026-12-01-s6). 6e-2 leaves about 2x room over the worst.
 #[cfg(feature = "cuda")]
 backend_tests!(cuda, burn::backend::Cuda, burn::backend::cuda::CudaDevice::default(), |_floor: f32| 6e-2);
+
+/// The tensor-core SSD scan (`bamba-kernels/src/cube/ssd_chunked.rs`) takes every 16-bit case of
+/// `tensor_core_scan_cases` on CUDA (`ssd_chunk_scan_matches_the_reference` checks the values).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_scan_runs_on_tensor_cores() {
+    let (device, cpu) = (burn::backend::cuda::CudaDevice::default(), Default::default());
+    let before = bamba_kernels::cube::tensor_core_scans_run();
+    let cases = tensor_core_scan_cases();
+    for (i, case) in cases.iter().enumerate() {
+        let data = case.data(DType::BF16, 500 + i as u64);
+        let expected = reference::ssd::ssd_chunk_scan::<Cpu>(case.inputs(&data, &cpu, DType::F32), case.config());
+        let got =
+            <burn::backend::Cuda as BambaOps>::ssd_chunk_scan(case.inputs(&data, &device, DType::BF16), case.config());
+        let dy = relative_diff(&host(got.y), &host(expected.y));
+        assert!(dy <= scan_tolerance(DType::BF16, true), "{case:?}: {dy:e}");
+    }
+    let ran = (bamba_kernels::cube::tensor_core_scans_run() - before) as usize;
+    assert!(ran >= cases.len(), "tensor-core scans run: {ran} of {}", cases.len());
+}
 
 /// The cuBLASLt path (`bamba-kernels/src/cube/cublaslt.rs`) on products large enough to take it: plain,
 /// through a transposed weight (as `linear_no_bias` calls it), batched, and with a broadcast right-hand

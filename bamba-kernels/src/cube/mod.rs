@@ -11,6 +11,7 @@ mod mamba_step;
 mod math;
 pub mod matmul;
 mod rms_norm;
+mod ssd_chunked;
 mod ssd_scan;
 mod ssd_step;
 
@@ -40,6 +41,7 @@ pub mod unfused {
     #[cfg(feature = "wgpu")]
     pub type Wgpu = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
 }
+pub use ssd_chunked::scans_run as tensor_core_scans_run;
 pub use ssd_scan::MAX_STATE_PER_LANE;
 pub use ssd_step::LANES;
 
@@ -162,8 +164,15 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
             return crate::reference::ssd::ssd_chunk_scan(inputs, config);
         }
         let [x, dt, a_log, b, c, d, dt_bias, state] = ssd_kernel_inputs(inputs);
-        let (y, state) =
-            ssd_scan::launch(x, dt, a_log, b, c, d, dt_bias, state, config.chunk_size.max(1), config.dt_limit);
+        let chunk = config.chunk_size.max(1);
+        let [_, _, _, head_dim] = x.meta.shape().dims::<4>();
+        let d_state = b.meta.shape().dims::<4>()[3];
+        let launch = if ssd_chunked::applies(&x.client, x.dtype, head_dim, d_state, chunk) {
+            ssd_chunked::launch
+        } else {
+            ssd_scan::launch
+        };
+        let (y, state) = launch(x, dt, a_log, b, c, d, dt_bias, state, chunk, config.dt_limit);
         SsdOutput { y: wrap(y), final_state: wrap(state) }
     }
 

@@ -258,6 +258,37 @@ fn output_kernel<F: Float>(
     }
 }
 
+/// Launches `pass`: `states` `[batch, heads, chunks, head_dim, d_state]` (each chunk's own final state,
+/// overwritten with the state entering it), `cum` `[batch·heads, len]` (within-chunk cumulative `dt·A`),
+/// `initial` and `final_state` `[batch, heads, head_dim, d_state]`, all f32.
+///
+/// # Safety
+/// The shapes must agree as above (indices are not checked).
+pub(super) unsafe fn pass<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    initial: CubeTensor<R>,
+    cum: CubeTensor<R>,
+    states: CubeTensor<R>,
+    final_state: CubeTensor<R>,
+    chunk: usize,
+) {
+    let elems = final_state.meta.shape().num_elements();
+    let flat_dim = CubeDim::new_1d(256);
+    // SAFETY: the caller's shapes; idx is guarded against the final state's length.
+    unsafe {
+        pass_kernel::launch_unchecked::<R>(
+            client,
+            calculate_cube_count_elemwise(client, elems, flat_dim),
+            flat_dim,
+            initial.into_tensor_arg(),
+            cum.into_tensor_arg(),
+            states.into_tensor_arg(),
+            final_state.into_tensor_arg(),
+            chunk,
+        );
+    }
+}
+
 /// # Shapes
 /// - `x`: `[batch, len, heads, head_dim]`, `dt`: `[batch, len, heads]`, `b`, `c`: `[batch, len, groups, d_state]`
 ///   (one float dtype); `a_log`, `d`, `dt_bias`: `[heads]` f32; `initial`: `[batch, heads, head_dim, d_state]` f32
@@ -296,8 +327,6 @@ pub fn launch<R: CubeRuntime>(
     let tiles = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads) as u32, chunks as u32);
     let tile_dim = CubeDim::new_2d(LANES as u32, ROWS as u32);
     let dtype = x.dtype;
-    let elems = batch * heads * head_dim * d_state;
-    let flat_dim = CubeDim::new_1d(256);
     // SAFETY: indices derive from the shapes; p, n and t are guarded against their extents.
     unsafe {
         local_kernel::launch_unchecked::<R>(
@@ -322,16 +351,7 @@ pub fn launch<R: CubeRuntime>(
             use_plane,
             dtype.into(),
         );
-        pass_kernel::launch_unchecked::<R>(
-            &client,
-            calculate_cube_count_elemwise(&client, elems, flat_dim),
-            flat_dim,
-            initial.into_tensor_arg(),
-            cum.clone().into_tensor_arg(),
-            states.clone().into_tensor_arg(),
-            final_state.clone().into_tensor_arg(),
-            chunk,
-        );
+        pass(&client, initial, cum.clone(), states.clone(), final_state.clone(), chunk);
         output_kernel::launch_unchecked::<R>(
             &client,
             tiles,
