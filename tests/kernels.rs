@@ -114,10 +114,10 @@ impl ScanCase {
     }
 }
 
-/// Chunk 16; lengths 1, 7, chunk - 1, chunk + 1, 3·chunk + 5; G 1 and 2; batch 1 and 3; d_state 16
-/// and 40 (not a multiple of the 32 lanes); head_dim 6 (not a multiple of the 4 rows).
-fn scan_cases() -> Vec<ScanCase> {
-    let chunk = 16;
+/// Lengths 1, 7, chunk - 1, chunk + 1, 3·chunk + 5; G 1 with batch 1 (d_state `d_states[0]`) and G 2 with
+/// batch 3 (`d_states[1]`); head_dim alternating between `head_dims`; a dt limit at length 7 and an
+/// initial state at every other length.
+fn odd_scan_cases(chunk: usize, head_dims: [usize; 2], d_states: [usize; 2]) -> Vec<ScanCase> {
     let mut cases = Vec::new();
     for (i, len) in [1, 7, chunk - 1, chunk + 1, 3 * chunk + 5].into_iter().enumerate() {
         for (groups, batch) in [(1, 1), (2, 3)] {
@@ -125,9 +125,9 @@ fn scan_cases() -> Vec<ScanCase> {
                 batch,
                 len,
                 heads: 4,
-                head_dim: if i % 2 == 0 { 8 } else { 6 },
+                head_dim: head_dims[i % 2],
                 groups,
-                d_state: if groups == 1 { 16 } else { 40 },
+                d_state: d_states[groups - 1],
                 chunk,
                 limit: (len == 7).then_some((0.05, 0.6)),
                 with_state: i % 2 == 1,
@@ -137,28 +137,17 @@ fn scan_cases() -> Vec<ScanCase> {
     cases
 }
 
+/// Chunk 16; d_state 16 and 40 (not a multiple of the 32 lanes); head_dim 6 (not a multiple of the 4 rows).
+fn scan_cases() -> Vec<ScanCase> {
+    odd_scan_cases(16, [8, 6], [16, 40])
+}
+
 /// Shapes the tensor-core scan takes (`cube/ssd_chunked.rs`: head_dim and d_state multiples of 16,
-/// chunk a multiple of 64), with the same odd lengths (1, 7, chunk ± 1, 3·chunk + 5), G 1 and 2, batch
-/// 1 and 3, plus one Bamba-like head (64 × 128, chunk 256, 600 positions: partial last chunk, 4 blocks
-/// of 64 per chunk). Elsewhere (wgpu, f32) they run the portable kernel.
+/// chunk a multiple of 64): chunk 64, head_dim 32/16, d_state 32/48, plus one Bamba-like head (64 × 128,
+/// chunk 256, 600 positions: partial last chunk, 4 blocks of 64 per chunk). Elsewhere (wgpu, f32) they
+/// run the portable kernel.
 fn tensor_core_scan_cases() -> Vec<ScanCase> {
-    let chunk = 64;
-    let mut cases = Vec::new();
-    for (i, len) in [1, 7, chunk - 1, chunk + 1, 3 * chunk + 5].into_iter().enumerate() {
-        for (groups, batch) in [(1, 1), (2, 3)] {
-            cases.push(ScanCase {
-                batch,
-                len,
-                heads: 4,
-                head_dim: if i % 2 == 0 { 32 } else { 16 },
-                groups,
-                d_state: if groups == 1 { 32 } else { 48 },
-                chunk,
-                limit: (len == 7).then_some((0.05, 0.6)),
-                with_state: i % 2 == 1,
-            });
-        }
-    }
+    let mut cases = odd_scan_cases(64, [32, 16], [32, 48]);
     cases.push(ScanCase {
         batch: 1,
         len: 600,

@@ -36,7 +36,7 @@ const TILE: usize = 16;
 /// Positions per block of the output kernel (one 16-row tile per plane, 4 planes).
 const BLOCK: usize = 64;
 /// Positions staged per step of the chunk-state product.
-const STATE_STEP: usize = 64;
+const STATE_STEP: usize = 32;
 /// d_state columns staged per step of the `C·Bᵀ` and `C·S_inᵀ` products.
 const STATE_COLS: usize = 64;
 /// Units per cube of the `cb` and `chunk_scan` kernels (one plane per 16-row tile of a block).
@@ -174,7 +174,7 @@ fn chunk_state_kernel<F: Float>(
     let b_ld = comptime!(state_cols + PAD);
     let mut xs = SharedMemory::<F>::new_aligned(STATE_STEP * x_ld, 32usize);
     let mut bs = SharedMemory::<F>::new_aligned(STATE_STEP * b_ld, 32usize);
-    let mut weight = SharedMemory::<f32>::new(STATE_STEP);
+    let mut weight = SharedMemory::<f32>::new(chunk);
     // strides read once: they live in a metadata buffer in global memory
     let x_base = b * x.stride(0) + h * x.stride(2);
     let x_t = x.stride(1);
@@ -194,26 +194,26 @@ fn chunk_state_kernel<F: Float>(
             0.0f32,
         ));
     }
+    // per-position weight dt·exp(cum_last − cum_t) of the whole chunk, zero past the end
+    let mut r = tid;
+    while r < chunk {
+        let t = start + r;
+        let mut w = 0.0f32;
+        if t < end {
+            w = dt[bh * len + t] * f32::exp(last - cum[bh * len + t]);
+        }
+        weight[r] = w;
+        r += threads;
+    }
+    sync_cube();
     let mut t0 = start;
     while t0 < end {
-        // per-position weight dt·exp(cum_last − cum_t), zero past the end (a cube may have fewer
-        // units than positions per step)
-        let mut r = tid;
-        while r < STATE_STEP {
-            let t = t0 + r;
-            let mut w = 0.0f32;
-            if t < end {
-                w = dt[bh * len + t] * f32::exp(last - cum[bh * len + t]);
-            }
-            weight[r] = w;
-            r += threads;
-        }
-        sync_cube();
         let rows = end - t0;
         stage_block::<F>(
             x,
             &mut xs,
             &weight,
+            t0 - start,
             x_base + t0 * x_t,
             x_t,
             x_p,
@@ -229,6 +229,7 @@ fn chunk_state_kernel<F: Float>(
             bmat,
             &mut bs,
             &weight,
+            0usize,
             b_base + t0 * b_t,
             b_t,
             b_n,
@@ -291,7 +292,8 @@ const PASS_UNROLL: usize = 8;
 /// The state entering each chunk: per state element, walk the chunks in order,
 /// `entering_c = S; S ← exp(cum_last(c))·S + own_c`, the last `S` being the final state. Unlike the
 /// portable kernel's pass it writes the entering states to their own buffer in the input dtype (what
-/// the output kernel's tensor cores take), so the loads of `PASS_UNROLL` chunks issue together.
+/// the output kernel's tensor cores take; f32 for the portable scan), so the loads of `PASS_UNROLL`
+/// chunks issue together.
 #[cube(launch_unchecked)]
 fn pass_kernel<F: Float>(
     initial: &Tensor<f32>,
@@ -346,8 +348,43 @@ fn pass_kernel<F: Float>(
     final_state[idx] = s;
 }
 
+/// Launches `pass_kernel`: `own` `[batch, heads, chunks, head_dim, d_state]` f32 (each chunk's own final
+/// state), `cum` `[batch·heads, len]` (within-chunk cumulative `dt·A`), `entering` like `own` in any float
+/// dtype (written), `initial` and `final_state` `[batch, heads, head_dim, d_state]` f32.
+///
+/// # Safety
+/// The shapes must agree as above (indices are not checked).
+pub(super) unsafe fn pass<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    initial: CubeTensor<R>,
+    cum: CubeTensor<R>,
+    own: CubeTensor<R>,
+    entering: CubeTensor<R>,
+    final_state: CubeTensor<R>,
+    chunk: usize,
+) {
+    let elems = final_state.meta.shape().num_elements();
+    let flat = CubeDim::new_1d(256);
+    let dtype = entering.dtype;
+    // SAFETY: the caller's shapes; idx is guarded against the final state's length.
+    unsafe {
+        pass_kernel::launch_unchecked::<R>(
+            client,
+            calculate_cube_count_elemwise(client, elems, flat),
+            flat,
+            initial.into_tensor_arg(),
+            cum.into_tensor_arg(),
+            own.into_tensor_arg(),
+            entering.into_tensor_arg(),
+            final_state.into_tensor_arg(),
+            chunk,
+            dtype.into(),
+        );
+    }
+}
+
 /// Copies a `rows × cols` block of a strided source into `stage` (row stride `ld`): element (r, k) is
-/// `src[base + r·row_stride + k·col_stride]`, times `scale[r]` when `scaled`, and zero where
+/// `src[base + r·row_stride + k·col_stride]`, times `scale[scale_base + r]` when `scaled`, and zero where
 /// `r ≥ valid_rows` or `k ≥ valid_cols`. Unrolled so that all of a unit's loads are in flight before
 /// its first store. Every unit of the cube (`threads` of them) must call it.
 #[cube]
@@ -356,6 +393,7 @@ fn stage_block<F: Float>(
     src: &Tensor<F>,
     stage: &mut SharedMemory<F>,
     scale: &SharedMemory<f32>,
+    scale_base: usize,
     base: usize,
     row_stride: usize,
     col_stride: usize,
@@ -382,7 +420,7 @@ fn stage_block<F: Float>(
         values[j] = v;
         if scaled {
             // read before the first store below (the compiler cannot tell the buffers apart)
-            factors[j] = scale[usize::min(r, rows - 1)];
+            factors[j] = scale[scale_base + usize::min(r, rows - 1)];
         }
     }
     #[unroll]
@@ -458,6 +496,7 @@ fn cb_kernel<F: Float>(
             cmat,
             &mut cs,
             &no_scale,
+            0usize,
             c_row + t0 * c_t + n0 * c_n,
             c_t,
             c_n,
@@ -473,6 +512,7 @@ fn cb_kernel<F: Float>(
             bmat,
             &mut bs,
             &no_scale,
+            0usize,
             b_row + s0 * b_t + n0 * b_n,
             b_t,
             b_n,
@@ -609,6 +649,7 @@ fn chunk_scan_kernel<F: Float>(
             cmat,
             &mut stage_a,
             &exp_t,
+            0usize,
             c_row + t0 * c_t + n0 * c_n,
             c_t,
             c_n,
@@ -624,6 +665,7 @@ fn chunk_scan_kernel<F: Float>(
             entering,
             &mut stage_b,
             &exp_t,
+            0usize,
             state_base + n0,
             d_state,
             1usize,
@@ -716,6 +758,7 @@ fn chunk_scan_kernel<F: Float>(
             x,
             &mut stage_b,
             &exp_t,
+            0usize,
             x_row + s0 * x_t,
             x_t,
             x_p,
@@ -868,19 +911,7 @@ pub fn launch<R: CubeRuntime>(
             state_cols,
             dtype.into(),
         );
-        let flat = CubeDim::new_1d(256);
-        pass_kernel::launch_unchecked::<R>(
-            &client,
-            calculate_cube_count_elemwise(&client, batch * heads * head_dim * d_state, flat),
-            flat,
-            initial.into_tensor_arg(),
-            cum.clone().into_tensor_arg(),
-            states.into_tensor_arg(),
-            entering.clone().into_tensor_arg(),
-            final_state.clone().into_tensor_arg(),
-            chunk,
-            dtype.into(),
-        );
+        pass(&client, initial, cum.clone(), states, entering.clone(), final_state.clone(), chunk);
         cb_kernel::launch_unchecked::<R>(
             &client,
             CubeCount::Static(chunks as u32, (batch * groups) as u32, (blocks * blocks) as u32),

@@ -5,8 +5,9 @@
 //!    a zero state, keeping the state in registers (a cube is `LANES × ROWS` units over
 //!    `(d_state, head_dim)`, each unit holding `RPU` rows): the within-chunk output plus `D·x`, the cumulative decay `Σ dt·A` of each
 //!    position since the chunk start, and the chunk's own final state.
-//! 2. `pass`: for every state element, walk the chunks in order: `S ← exp(Σ_chunk dt·A)·S + S_chunk`,
-//!    overwriting each chunk's state with the state entering it; the last `S` is the final state.
+//! 2. `pass` (shared with the tensor-core scan, `ssd_chunked::pass`): for every state element, walk the
+//!    chunks in order: `S ← exp(Σ_chunk dt·A)·S + S_chunk`, writing the state entering each chunk; the
+//!    last `S` is the final state.
 //! 3. `output`: add what the entering state contributes, `exp(cum_t)·C_t·S_in`, to every position.
 //!
 //! softplus, dt_bias, the clamp and the cumulative sum are fused into 1; all math is f32. The work
@@ -17,7 +18,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
-use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
+use cubecl::{CubeCount, CubeDim};
 
 use super::math::{discretize_dt, row_sum};
 use super::ssd_step::{rows_are_planes, LANES, ROWS};
@@ -155,40 +156,6 @@ fn local_kernel<F: Float>(
 }
 
 #[cube(launch_unchecked)]
-fn pass_kernel(
-    initial: &Tensor<f32>,
-    cum: &Tensor<f32>,
-    chunk_states: &mut Tensor<f32>,
-    final_state: &mut Tensor<f32>,
-    chunk: usize,
-) {
-    let idx = ABSOLUTE_POS;
-    if idx >= final_state.len() {
-        terminate!();
-    }
-    let heads = final_state.shape(1);
-    let head_dim = final_state.shape(2);
-    let d_state = final_state.shape(3);
-    let chunks = chunk_states.shape(2);
-    let len = cum.shape(1);
-    let n = idx % d_state;
-    let p = (idx / d_state) % head_dim;
-    let bh = idx / (d_state * head_dim);
-    let h = bh % heads;
-    let b = bh / heads;
-    let mut s = initial[b * initial.stride(0) + h * initial.stride(1) + p * initial.stride(2) + n * initial.stride(3)];
-    let cum_row = bh * len;
-    for ci in 0..chunks {
-        let at = ((bh * chunks + ci) * head_dim + p) * d_state + n;
-        let own = chunk_states[at];
-        chunk_states[at] = s;
-        let last = usize::min((ci + 1) * chunk, len) - 1;
-        s = f32::exp(cum[cum_row + last]) * s + own;
-    }
-    final_state[idx] = s;
-}
-
-#[cube(launch_unchecked)]
 fn output_kernel<F: Float>(
     cmat: &Tensor<F>,
     cum: &Tensor<f32>,
@@ -258,37 +225,6 @@ fn output_kernel<F: Float>(
     }
 }
 
-/// Launches `pass`: `states` `[batch, heads, chunks, head_dim, d_state]` (each chunk's own final state,
-/// overwritten with the state entering it), `cum` `[batch·heads, len]` (within-chunk cumulative `dt·A`),
-/// `initial` and `final_state` `[batch, heads, head_dim, d_state]`, all f32.
-///
-/// # Safety
-/// The shapes must agree as above (indices are not checked).
-pub(super) unsafe fn pass<R: CubeRuntime>(
-    client: &ComputeClient<R>,
-    initial: CubeTensor<R>,
-    cum: CubeTensor<R>,
-    states: CubeTensor<R>,
-    final_state: CubeTensor<R>,
-    chunk: usize,
-) {
-    let elems = final_state.meta.shape().num_elements();
-    let flat_dim = CubeDim::new_1d(256);
-    // SAFETY: the caller's shapes; idx is guarded against the final state's length.
-    unsafe {
-        pass_kernel::launch_unchecked::<R>(
-            client,
-            calculate_cube_count_elemwise(client, elems, flat_dim),
-            flat_dim,
-            initial.into_tensor_arg(),
-            cum.into_tensor_arg(),
-            states.into_tensor_arg(),
-            final_state.into_tensor_arg(),
-            chunk,
-        );
-    }
-}
-
 /// # Shapes
 /// - `x`: `[batch, len, heads, head_dim]`, `dt`: `[batch, len, heads]`, `b`, `c`: `[batch, len, groups, d_state]`
 ///   (one float dtype); `a_log`, `d`, `dt_bias`: `[heads]` f32; `initial`: `[batch, heads, head_dim, d_state]` f32
@@ -321,6 +257,7 @@ pub fn launch<R: CubeRuntime>(
     let y = empty(vec![batch, len, heads, head_dim]);
     let cum = empty(vec![batch * heads, len]);
     let states = empty(vec![batch, heads, chunks, head_dim, d_state]);
+    let entering = empty(vec![batch, heads, chunks, head_dim, d_state]);
     let final_state = empty(vec![batch, heads, head_dim, d_state]);
     let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
     let use_plane = rows_are_planes(&client);
@@ -351,14 +288,14 @@ pub fn launch<R: CubeRuntime>(
             use_plane,
             dtype.into(),
         );
-        pass(&client, initial, cum.clone(), states.clone(), final_state.clone(), chunk);
+        super::ssd_chunked::pass(&client, initial, cum.clone(), states, entering.clone(), final_state.clone(), chunk);
         output_kernel::launch_unchecked::<R>(
             &client,
             tiles,
             tile_dim,
             c.into_tensor_arg(),
             cum.into_tensor_arg(),
-            states.into_tensor_arg(),
+            entering.into_tensor_arg(),
             y.clone().into_tensor_arg(),
             chunk,
             per_lane,
