@@ -37,7 +37,8 @@ const TILE: usize = 16;
 const BLOCK: usize = 64;
 /// Positions staged per step of the chunk-state product.
 const STATE_STEP: usize = 32;
-/// d_state columns staged per step of the `C·Bᵀ` and `C·S_inᵀ` products.
+/// d_state columns staged per step of the `C·Bᵀ` and `C·S_inᵀ` products, and per cube of the
+/// chunk-state product.
 const STATE_COLS: usize = 64;
 /// Units per cube of the `cb` and `chunk_scan` kernels (one plane per 16-row tile of a block).
 const BLOCK_UNITS: usize = PLANE * (BLOCK / TILE);
@@ -46,8 +47,10 @@ const PAD: usize = 8;
 const PAD_F32: usize = 4;
 /// Threads per plane on the devices this path runs on.
 const PLANE: usize = 32;
-/// Most d_state (accumulators per plane in `chunk_state`) and head_dim this path takes.
+/// Most d_state this path takes: the same limit as the portable kernel (`MAX_KERNEL_D_STATE`).
 const MAX_D_STATE: usize = 256;
+/// Most head_dim this path takes: the output kernel's per-plane accumulators (head_dim / 16) and its
+/// shared-memory stages are sized for it.
 const MAX_HEAD_DIM: usize = 64;
 
 static SCANS_RUN: AtomicU64 = AtomicU64::new(0);
