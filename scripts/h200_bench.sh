@@ -21,9 +21,12 @@
 # mamba_ssm's Triton chain (needs the `mamba_ssm` package from the mamba-ssm sdist in .gpu/mm), our
 # criterion scan bench on both paths; `ssd_prefill`: prefill with and without the tensor-core scan.
 #
-# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill
+# `stream` (session 10): every CUDA test, then prefill and batch-64 decode with cuBLASLt on the legacy
+# stream, and prefill with the previous build.
+#
+# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -82,6 +85,9 @@ load)
     BAMBA=.gpu/$name bench "load_$name" 120 --model "$ckpt" -t tg4 -b 1 -r 1 --warmup 0
     grep -h '"load"' "$RAW/load_$name.jsonl"
   done
+  # Burn's from_data instead of the pinned upload (bamba-kernels/src/cube/upload.rs), same binary.
+  BAMBA_PINNED_UPLOAD=0 bench load_bamba_from_data 120 --model "$ckpt" -t tg4 -b 1 -r 1 --warmup 0
+  grep -h '"load"' "$RAW/load_bamba_from_data.jsonl"
   # The same with glibc's allocator kept off mmap: freed host buffers are reused instead of every
   # tensor's staging copy faulting in fresh pages.
   GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776 \
@@ -150,6 +156,19 @@ ssd)
   mv "$RAW/criterion-bencher.txt" "$RAW/ssd-bencher.txt"
   BAMBA_SSD_TENSOR_CORES=0 criterion "ssd_chunk_scan/kernel/(512|8192)"
   mv "$RAW/criterion-bencher.txt" "$RAW/ssd-portable-criterion.txt"
+  ;;
+stream)
+  # Session 10: cuBLASLt on the legacy stream (no host syncs, any row count) and pinned weight uploads.
+  # Every CUDA test in one process, then prefill and batch-64 decode; last, prefill with the previous
+  # build (a gzipped .gpu/bamba-s9, with host syncs around cuBLASLt from 2048 rows) for a same-call
+  # comparison.
+  timeout 260 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "tests rc=$?"
+  grep -E "panicked|test result|chained products" "$RAW/tests.log" | head -12
+  bench bamba_pp 150 --preset bamba-9b -t pp512,pp4096 -b 1 -r 2
+  bench bamba_b64 100 --preset bamba-9b -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
+  bench llama_b64 100 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
+  [ -x .gpu/bamba-s9 ] && BAMBA=.gpu/bamba-s9 bench bamba_pp_s9 120 --preset bamba-9b -t pp512,pp4096 -b 1 -r 2
   ;;
 ssd_prefill)
   bench bamba_pp 200 --preset bamba-9b -t pp512,pp4096 -b 1 -r 2

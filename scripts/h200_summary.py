@@ -83,7 +83,9 @@ def main():
     decode = next(iter(decode_records("bamba-9b", 0, 1)), None)
     # Loading a real (random-valued) Bamba-9B checkpoint directory from the page cache, default settings.
     loads = [r for r in bench if r.get("test") == "load" and r.get("weights") == "checkpoint"]
-    newest_load = next((r for r in loads if "heap" not in r["source"]), None)
+    # The binary under test with its defaults (`load_bamba.jsonl`), not a comparison run in the same call
+    # (an older build, `BAMBA_PINNED_UPLOAD=0`, glibc tunables).
+    newest_load = next((r for r in loads if r["source"].endswith("/load_bamba.jsonl")), None)
     # GEMV: in_proj shape, one row; bytes = weight + x + y (bf16).
     gemv_s = criterion.get("linear_no_bias/n16768_k4096/1")
     gemv_gbs = None if gemv_s is None else (16768 * 4096 + 4096 + 16768) * 2 / gemv_s / 1e9

@@ -731,6 +731,42 @@ fn check_tiny_model<B: BambaOps>(device: &B::Device, tolerance: f32) {
     }
 }
 
+/// `BambaOps::upload_weight` puts exactly the bytes `fill` writes on the device, in every dtype, for
+/// a tensor of one element, one of a few, and one of two pinned pieces on CUDA (32 + 8.04 MiB, not a
+/// multiple of anything; the tensors in turn cycle through all four pinned buffers), and a kernel
+/// launched right after the upload reads them (on CUDA
+/// the copy runs outside CubeCL's stream: `bamba-kernels/src/cube/upload.rs`). The values are whole
+/// numbers in [-125, 125], exact in every dtype, so the comparison is exact.
+fn check_upload<B: BambaOps>(device: &B::Device) {
+    let value = |i: usize| (i % 251) as f32 - 125.0;
+    for dtype in dtypes::<B>(device) {
+        let size = dtype.size();
+        for elements in [1, 7, (40 << 20) / size + 10_007] {
+            let mut fill = |offset: usize, out: &mut [u8]| {
+                let first = offset / size;
+                for (j, o) in out.chunks_exact_mut(size).enumerate() {
+                    let v = value(first + j);
+                    match dtype {
+                        DType::BF16 => o.copy_from_slice(&bf16::from_f32(v).to_ne_bytes()),
+                        DType::F16 => o.copy_from_slice(&f16::from_f32(v).to_ne_bytes()),
+                        _ => o.copy_from_slice(&v.to_ne_bytes()),
+                    }
+                }
+            };
+            let uploaded = B::upload_weight([elements], dtype, &mut fill, device);
+            assert_eq!(uploaded.dtype(), dtype);
+            let got = host(uploaded * 2.0);
+            let bad = got.iter().enumerate().find(|&(i, &g)| g != 2.0 * value(i));
+            assert!(bad.is_none(), "{dtype:?}, {elements} elements: first mismatch {bad:?} on {}", B::name(device));
+        }
+    }
+}
+
+#[test]
+fn host_upload_round_trips() {
+    check_upload::<Cpu>(&Default::default());
+}
+
 macro_rules! backend_tests {
     ($module:ident, $backend:ty, $device:expr, $model_tolerance:expr) => {
         mod $module {
@@ -754,6 +790,11 @@ macro_rules! backend_tests {
             #[test]
             fn causal_conv_matches_the_reference() {
                 check_conv::<$backend>(&$device);
+            }
+
+            #[test]
+            fn weight_upload_round_trips() {
+                check_upload::<$backend>(&$device);
             }
 
             #[test]
@@ -904,4 +945,42 @@ mod cuda_cublaslt {
         let ran = (cublaslt::products_run() - before) as usize;
         assert!(ran >= expected_runs && expected_runs == 10, "cuBLASLt ran {ran} products, expected ≥ {expected_runs}");
     }
+
+    /// cuBLASLt runs on the legacy stream and CubeCL on its own (blocking) streams, with no host sync in
+    /// between (`bamba-kernels/src/cube/legacy_stream.rs`). A chain of 32 dependent products, each
+    /// followed by CubeCL kernels that read its output and write the next input, is read back only at
+    /// the end and must equal the chain on the CPU. A product that started before the kernel writing its
+    /// input, or memory CubeCL reused while a product still read it, would give O(1) errors. In f32 with
+    /// full f32 compute each product adds ~1e-6 of rounding and tanh does not amplify it: 1e-4.
+    #[test]
+    fn products_and_cubecl_kernels_stay_in_order() {
+        let (device, cpu) = (burn::backend::cuda::CudaDevice::default(), Default::default());
+        let (m, k) = (2048, 512);
+        let x = uniform(m * k, 9200, -1.0, 1.0);
+        let w = uniform(k * k, 9201, -0.08, 0.08);
+        let before = cublaslt::products_run();
+        let mut got = tensor::<Gpu, 2>(&x, [m, k], &device, DType::F32);
+        let mut want = tensor::<Cpu, 2>(&x, [m, k], &cpu, DType::F32);
+        let (w_gpu, w_cpu) =
+            (tensor::<Gpu, 2>(&w, [k, k], &device, DType::F32), tensor::<Cpu, 2>(&w, [k, k], &cpu, DType::F32));
+        for _ in 0..32 {
+            got = (<Gpu as BambaOps>::linear_no_bias(got.clone(), w_gpu.clone()) + got * 0.5).tanh();
+            want = (want.clone().matmul(w_cpu.clone().transpose()) + want * 0.5).tanh();
+        }
+        let d = relative_diff(&host(got), &host(want));
+        println!("32 chained products: relative difference {d:e}");
+        assert!(d <= 1e-4, "chained products: {d:e}");
+        assert!(cublaslt::products_run() - before >= 32, "the products did not run through cuBLASLt");
+    }
+}
+
+/// On CUDA every weight upload of `weight_upload_round_trips` (three tensors per dtype) takes the
+/// pinned path.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_weights_upload_through_pinned_buffers() {
+    let before = bamba_kernels::cube::upload::tensors_uploaded();
+    check_upload::<burn::backend::Cuda>(&burn::backend::cuda::CudaDevice::default());
+    let uploaded = bamba_kernels::cube::upload::tensors_uploaded() - before;
+    assert!(uploaded >= 6, "pinned uploads: {uploaded} of 6");
 }

@@ -12,7 +12,7 @@
 pub mod reference;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, DType, Tensor, TensorData};
 
 pub use reference::conv::ConvOutput;
 pub use reference::mamba_step::{MambaStepConfig, MambaStepOutput, MambaStepWeights};
@@ -176,6 +176,34 @@ pub trait BambaOps: Backend {
     ) -> Tensor<Self, 4> {
         reference::attention::decode_attention(q, k, v, key_start, keys)
     }
+
+    /// A tensor made from host bytes, for weights: `fill(offset, out)` writes bytes
+    /// `offset..offset + out.len()` of its contents (little-endian `dtype` elements, row-major) into
+    /// `out`; it may be called once for the whole tensor or once per piece, in order. The default
+    /// fills one host buffer and calls `from_data`; CUDA streams the pieces through pinned buffers.
+    ///
+    /// # Shapes
+    /// - `shape` → a tensor of `shape` and `dtype`
+    fn upload_weight<const D: usize>(
+        shape: [usize; D],
+        dtype: DType,
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+        device: &Self::Device,
+    ) -> Tensor<Self, D> {
+        upload_through_host(shape, dtype, fill, device)
+    }
+}
+
+/// [`BambaOps::upload_weight`] through one host buffer and Burn's `from_data`.
+pub fn upload_through_host<B: Backend, const D: usize>(
+    shape: [usize; D],
+    dtype: DType,
+    fill: &mut dyn FnMut(usize, &mut [u8]),
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let mut bytes = vec![0u8; shape.iter().product::<usize>() * dtype.size()];
+    fill(0, &mut bytes);
+    Tensor::from_data(TensorData::from_bytes_vec(bytes, shape, dtype), (device, dtype))
 }
 
 #[cfg(feature = "ndarray")]

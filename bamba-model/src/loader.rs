@@ -11,8 +11,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Distribution, Tensor, TensorData};
+use bamba_kernels::BambaOps;
+use burn::tensor::{DType, Distribution, Tensor};
 use half::{bf16, f16};
 use memmap2::Mmap;
 use rayon::prelude::*;
@@ -203,57 +203,35 @@ impl Checkpoint {
 /// nothing and small enough that every core gets work on the largest tensors.
 const PIECE: usize = 1 << 21;
 
-/// Decodes little-endian float bytes of `dtype` into `T` through f32, in parallel pieces.
-fn decode<T: Copy + Default + Send>(bytes: &[u8], dtype: Dtype, from_f32: impl Fn(f32) -> T + Sync) -> Vec<T> {
-    let size = dtype.bitsize() / 8;
-    let mut out = vec![T::default(); bytes.len() / size];
-    out.par_chunks_mut(PIECE).zip(bytes.par_chunks(PIECE * size)).for_each(|(out, bytes)| {
-        let values = bytes.chunks_exact(size);
-        match dtype {
-            Dtype::F32 => out
-                .iter_mut()
-                .zip(values)
-                .for_each(|(o, c)| *o = from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-            Dtype::BF16 => {
-                out.iter_mut().zip(values).for_each(|(o, c)| *o = from_f32(bf16::from_le_bytes([c[0], c[1]]).to_f32()))
-            }
-            Dtype::F16 => {
-                out.iter_mut().zip(values).for_each(|(o, c)| *o = from_f32(f16::from_le_bytes([c[0], c[1]]).to_f32()))
-            }
-            _ => unreachable!("dtype checked by the caller"),
-        }
+/// Writes bytes `offset..offset + out.len()` of a tensor held in the checkpoint as `bytes` (dtype
+/// `from`, little-endian) and wanted as `target` (native-endian) into `out`, in parallel pieces: a
+/// copy when the dtypes match (on little-endian hosts), else a conversion through f32. `offset` and
+/// `out.len()` are whole `target` elements.
+fn convert_into(bytes: &[u8], from: Dtype, target: DType, offset: usize, out: &mut [u8]) {
+    let (from_size, to_size) = (from.bitsize() / 8, target.size());
+    let first = offset / to_size;
+    let source = &bytes[first * from_size..(first + out.len() / to_size) * from_size];
+    let same =
+        matches!((from, target), (Dtype::BF16, DType::BF16) | (Dtype::F16, DType::F16) | (Dtype::F32, DType::F32));
+    if same && cfg!(target_endian = "little") {
+        let piece = PIECE * to_size;
+        out.par_chunks_mut(piece).zip(source.par_chunks(piece)).for_each(|(out, source)| out.copy_from_slice(source));
+        return;
+    }
+    let read: fn(&[u8]) -> f32 = match from {
+        Dtype::F32 => |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+        Dtype::BF16 => |c| bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+        Dtype::F16 => |c| f16::from_le_bytes([c[0], c[1]]).to_f32(),
+        _ => unreachable!("dtype checked by the caller"),
+    };
+    let write: fn(f32, &mut [u8]) = match target {
+        DType::BF16 => |v, o| o.copy_from_slice(&bf16::from_f32(v).to_ne_bytes()),
+        DType::F16 => |v, o| o.copy_from_slice(&f16::from_f32(v).to_ne_bytes()),
+        _ => |v, o| o.copy_from_slice(&v.to_ne_bytes()),
+    };
+    out.par_chunks_mut(PIECE * to_size).zip(source.par_chunks(PIECE * from_size)).for_each(|(out, source)| {
+        out.chunks_exact_mut(to_size).zip(source.chunks_exact(from_size)).for_each(|(o, c)| write(read(c), o))
     });
-    out
-}
-
-/// Copies little-endian bytes that are already `T` into a `Vec<T>`: a parallel memcpy on
-/// little-endian hosts (the checkpoint's offsets need not be aligned for `T`, the output is).
-#[cfg(target_endian = "little")]
-fn copy_as<T: bytemuck::Pod + Send>(bytes: &[u8]) -> Vec<T> {
-    let mut out = vec![T::zeroed(); bytes.len() / std::mem::size_of::<T>()];
-    let piece = PIECE * std::mem::size_of::<T>();
-    bytemuck::cast_slice_mut::<T, u8>(&mut out)
-        .par_chunks_mut(piece)
-        .zip(bytes.par_chunks(piece))
-        .for_each(|(out, bytes)| out.copy_from_slice(bytes));
-    out
-}
-
-/// Builds host data of `target` dtype from checkpoint bytes: a parallel copy when the dtypes match,
-/// else one parallel conversion through f32.
-fn convert(bytes: &[u8], from: Dtype, target: DType, shape: Vec<usize>) -> TensorData {
-    #[cfg(target_endian = "little")]
-    match (from, target) {
-        (Dtype::BF16, DType::BF16) => return TensorData::new(copy_as::<bf16>(bytes), shape),
-        (Dtype::F16, DType::F16) => return TensorData::new(copy_as::<f16>(bytes), shape),
-        (Dtype::F32, DType::F32) => return TensorData::new(copy_as::<f32>(bytes), shape),
-        _ => {}
-    }
-    match target {
-        DType::BF16 => TensorData::new(decode(bytes, from, bf16::from_f32), shape),
-        DType::F16 => TensorData::new(decode(bytes, from, f16::from_f32), shape),
-        _ => TensorData::new(decode(bytes, from, |v| v), shape),
-    }
 }
 
 /// Where a [`WeightReader`] takes its tensors from.
@@ -284,7 +262,7 @@ fn random_range(name: &str, shape: &[usize]) -> (f64, f64) {
 
 /// Reads tensors out of a [`Checkpoint`] (or generates them, see [`WeightReader::random`]) onto a
 /// device, tracking which ones were used.
-pub struct WeightReader<'a, B: Backend> {
+pub struct WeightReader<'a, B: BambaOps> {
     source: Source<'a>,
     device: B::Device,
     dtype: DType,
@@ -293,7 +271,7 @@ pub struct WeightReader<'a, B: Backend> {
     on_read: Option<&'a mut dyn FnMut(u64)>,
 }
 
-impl<'a, B: Backend> WeightReader<'a, B> {
+impl<'a, B: BambaOps> WeightReader<'a, B> {
     pub fn new(checkpoint: &'a Checkpoint, device: B::Device, dtype: DType) -> Self {
         WeightReader { source: Source::Checkpoint(checkpoint), device, dtype, used: BTreeSet::new(), on_read: None }
     }
@@ -348,8 +326,8 @@ impl<'a, B: Backend> WeightReader<'a, B> {
         if let Some(on_read) = self.on_read.as_mut() {
             on_read(bytes.len() as u64);
         }
-        let data = convert(bytes, from, dtype, shape.to_vec());
-        Ok(Tensor::from_data(data, (&self.device, dtype)))
+        let mut fill = |offset: usize, out: &mut [u8]| convert_into(bytes, from, dtype, offset, out);
+        Ok(B::upload_weight(shape, dtype, &mut fill, &self.device))
     }
 
     /// A tensor of exactly `shape`, in the compute dtype.
@@ -394,9 +372,11 @@ impl<'a, B: Backend> WeightReader<'a, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
 
     /// Every dtype pair, on more elements than one parallel piece and from an odd byte offset (a
-    /// safetensors header can leave the data unaligned), against element-by-element conversion.
+    /// safetensors header can leave the data unaligned), whole and in pieces, against
+    /// element-by-element conversion.
     #[test]
     fn conversion_matches_element_by_element() {
         let n = PIECE + 3;
@@ -420,8 +400,17 @@ mod tests {
                 _ => values.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
             };
             for target in [DType::F32, DType::BF16, DType::F16] {
-                let data = convert(&bytes[1..], from, target, vec![n]);
-                assert_eq!(data.shape.to_vec(), vec![n]);
+                let size = target.size();
+                let mut whole = vec![0u8; n * size];
+                convert_into(&bytes[1..], from, target, 0, &mut whole);
+                // In two pieces, as the pinned upload asks for them, split off a parallel-piece boundary.
+                let mut pieces = vec![0u8; n * size];
+                let split = (PIECE / 2 + 1) * size;
+                let (first, second) = pieces.split_at_mut(split);
+                convert_into(&bytes[1..], from, target, 0, first);
+                convert_into(&bytes[1..], from, target, split, second);
+                assert!(pieces == whole, "{from:?} → {target:?}: pieces differ from the whole");
+                let data = TensorData::from_bytes_vec(whole, [n], target);
                 match target {
                     DType::F32 => assert_eq!(data.to_vec::<f32>().unwrap(), stored),
                     DType::BF16 => assert_eq!(

@@ -5,15 +5,11 @@
 //! product with at least [`min_rows`] rows and [`min_macs`] multiply-adds runs cuBLASLt (the issue
 //! allows this backend-specific path; backends.md says why).
 //!
-//! CubeCL 0.10 runs its kernels on private non-blocking streams: there is no stream handle to record
-//! an event on or to launch on. So each product waits on the host for CubeCL's stream
-//! (`client.sync()`), runs on a stream of our own, and waits for that before returning. Those two
-//! synchronizations drain the GPU's queue, and the host's per-op cost (~55 µs through Burn) is no
-//! longer hidden behind GPU work: measured on the H200 (benches/results/h200-2026-12-02-s8) this
-//! made a batch-64 decode step 21% slower and pp512 31% slower than Burn's kernels, and pp4096 18%
-//! faster. Hence the row threshold: only products of long prefills take the path. Ordering the
-//! streams on the device instead (flag words and spinning one-thread kernels on both streams) hung
-//! the GPU on the first product; `cuStreamWaitValue32` refused CubeCL's pool memory. f32 runs with
+//! Products run on the legacy default stream, which CUDA orders with CubeCL's (patched, blocking)
+//! streams: no host sync (`legacy_stream.rs`). Before that patch each product waited on the host for
+//! CubeCL's queue and then for its own stream; those two syncs drained the GPU, which made a
+//! batch-64 decode step 21% slower and pp512 31% slower than Burn's kernels
+//! (benches/results/h200-2026-12-02-s8), hence the 2048-row threshold of that time. f32 runs with
 //! full f32 compute (`CUBLAS_COMPUTE_32F`, not TF32); 16-bit operands accumulate in f32.
 //!
 //! Anything this path does not handle (another runtime, mixed dtypes, a layout that is neither row-
@@ -31,6 +27,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 
+use super::legacy_stream::{make_current, LEGACY_STREAM};
 use super::matmul::env_number;
 use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cudarc::cublaslt::result as lt;
@@ -39,10 +36,9 @@ use cudarc::driver::result as driver;
 
 /// Multiply-adds (over the whole batch) from which a product runs cuBLASLt: 2^24.
 const DEFAULT_MIN_MACS: usize = 1 << 24;
-/// Rows (per batch matrix) from which a product runs cuBLASLt: 2048. At 512 rows of the in_proj
-/// shape cuBLASLt with its two host syncs took 193 µs against cuBLAS's 95 µs in torch, and pp512 lost
-/// 31%; at 2048 rows 527 µs against Burn's 1,150 µs (criterion, H200, session 8).
-const DEFAULT_MIN_ROWS: usize = 2048;
+/// Rows (per batch matrix) from which a product runs cuBLASLt: any. With host syncs around each
+/// product (session 8) the threshold was 2048; without them the size threshold alone decides.
+const DEFAULT_MIN_ROWS: usize = 1;
 /// Workspace cuBLASLt may use (split-K, stream-K): 32 MiB, what PyTorch gives it on Hopper.
 const WORKSPACE_BYTES: usize = 32 << 20;
 /// Plans cached before the cache is cleared (attention's products change shape with the context).
@@ -62,7 +58,7 @@ fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("BAMBA_CUBLASLT").map(|v| v != "0").unwrap_or(true))
 }
 
-/// Rows from which a product runs cuBLASLt: `BAMBA_CUBLASLT_MIN_ROWS` if set, else 2048.
+/// Rows from which a product runs cuBLASLt: `BAMBA_CUBLASLT_MIN_ROWS` if set, else 1.
 pub fn min_rows() -> usize {
     static ROWS: OnceLock<usize> = OnceLock::new();
     *ROWS.get_or_init(|| env_number("BAMBA_CUBLASLT_MIN_ROWS", DEFAULT_MIN_ROWS))
@@ -148,7 +144,6 @@ struct State {
     device: usize,
     context: cudarc::driver::sys::CUcontext,
     handle: sys::cublasLtHandle_t,
-    stream: cudarc::driver::sys::CUstream,
     workspace: cudarc::driver::sys::CUdeviceptr,
     plans: HashMap<Problem, Plan>,
 }
@@ -161,16 +156,11 @@ type Failure = Box<dyn std::error::Error>;
 
 impl State {
     fn new(device: usize) -> Result<Self, Failure> {
-        driver::init()?;
-        let dev = driver::device::get(device as i32)?;
-        // SAFETY: `dev` is a valid device; CubeCL already retained the same primary context.
-        let context = unsafe { driver::primary_ctx::retain(dev)? };
-        unsafe { driver::ctx::set_current(context)? };
+        let context = make_current(device)?;
         let handle = lt::create_handle()?;
-        let stream = driver::stream::create(driver::stream::StreamKind::NonBlocking)?;
         // SAFETY: plain device allocation in the current context, never freed (process lifetime).
         let workspace = unsafe { driver::malloc_sync(WORKSPACE_BYTES)? };
-        Ok(Self { device, context, handle, stream, workspace, plans: HashMap::new() })
+        Ok(Self { device, context, handle, workspace, plans: HashMap::new() })
     }
 
     fn plan(&mut self, problem: Problem) -> Result<&Plan, Failure> {
@@ -364,13 +354,13 @@ fn run(
     let state = guard.as_mut().expect("just set");
     // SAFETY: the context is the device's primary context, retained in `State::new`.
     unsafe { driver::ctx::set_current(state.context)? };
-    let (handle, stream, workspace) = (state.handle, state.stream, state.workspace);
+    let (handle, workspace) = (state.handle, state.workspace);
     let plan = state.plan(problem)?;
-    // The kernels that wrote lhs and rhs (and last used out's memory) run on CubeCL's stream.
-    cubecl::future::block_on(client.sync()).map_err(|e| format!("device sync: {e:?}"))?;
     let (alpha, beta) = (1.0f32, 0.0f32);
     // SAFETY: the pointers address live CubeCL buffers (held by the tensors for the call) of the sizes
-    // the layouts describe; we wait for our stream before CubeCL can reuse or read them.
+    // the layouts describe. The legacy stream orders the product after the CubeCL kernels queued
+    // before it and before those queued after it (CubeCL's streams are blocking, see the module
+    // docs), so the buffers are written before it reads them and not reused before it is done.
     unsafe {
         lt::matmul(
             handle,
@@ -388,9 +378,8 @@ fn run(
             &plan.algo,
             workspace as *mut c_void,
             WORKSPACE_BYTES,
-            stream as sys::cudaStream_t,
+            LEGACY_STREAM as sys::cudaStream_t,
         )?;
-        driver::stream::synchronize(stream)?;
     }
     Ok(())
 }

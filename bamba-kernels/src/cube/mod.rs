@@ -7,6 +7,8 @@ mod conv;
 pub mod cublaslt;
 mod decode_attention;
 mod gemv;
+#[cfg(feature = "cuda")]
+mod legacy_stream;
 mod mamba_step;
 mod math;
 pub mod matmul;
@@ -14,6 +16,8 @@ mod rms_norm;
 mod ssd_chunked;
 mod ssd_scan;
 mod ssd_step;
+#[cfg(feature = "cuda")]
+pub mod upload;
 
 use core::marker::PhantomData;
 
@@ -22,8 +26,8 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_fusion::stream::{Operation, OperationStreams};
-use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use burn_fusion::{Fusion, FusionBackend, FusionRuntime, NoOp};
+use burn_ir::{CustomOpIr, HandleContainer, InitOperationIr, OperationIr, OperationOutput, TensorIr};
 
 use crate::{
     BambaOps, ConvOutput, MambaStepConfig, MambaStepOutput, MambaStepWeights, SsdConfig, SsdInputs, SsdOutput,
@@ -275,6 +279,19 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     ) -> Tensor<Self, 4> {
         let key_start = prim(key_start.cast(DType::F32));
         wrap(decode_attention::launch(prim(q), prim(k), prim(v), key_start, keys))
+    }
+
+    fn upload_weight<const D: usize>(
+        shape: [usize; D],
+        dtype: DType,
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+        device: &Self::Device,
+    ) -> Tensor<Self, D> {
+        #[cfg(feature = "cuda")]
+        if let Some(tensor) = upload::try_upload::<R>(shape.into(), dtype, fill, device) {
+            return wrap(tensor);
+        }
+        crate::upload_through_host(shape, dtype, fill, device)
     }
 }
 
@@ -567,5 +584,18 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         inputs.extend(mask.map(|m| prim(m.float())));
         let [y] = register::<B, 1>("bamba_causal_attention", kind, inputs, [out]);
         wrap(y)
+    }
+
+    // The inner backend's tensor, registered with the fusion client as Burn's own `from_data` does.
+    fn upload_weight<const D: usize>(
+        shape: [usize; D],
+        dtype: DType,
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+        device: &Self::Device,
+    ) -> Tensor<Self, D> {
+        let handle = B::float_tensor_handle(prim(B::upload_weight(shape, dtype, fill, device)));
+        let client = burn_fusion::get_client::<B>(device);
+        let init = InitOperationIr::create(shape.into(), dtype, || client.register_tensor_handle(handle));
+        wrap(client.register(OperationStreams::default(), OperationIr::Init(init), NoOp::<B>::new()).output())
     }
 }
