@@ -22,11 +22,12 @@
 # criterion scan bench on both paths; `ssd_prefill`: prefill with and without the tensor-core scan.
 #
 # `stream` (session 10): every CUDA test, then prefill and batch-64 decode with cuBLASLt on the legacy
-# stream, and prefill with the previous build.
+# stream, and prefill with the previous build. `attention`: every CUDA test, prefill attention in
+# criterion against SDPA, prefill of both shapes.
 #
-# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream
+# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -169,6 +170,19 @@ stream)
   bench bamba_b64 100 --preset bamba-9b -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
   bench llama_b64 100 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 2 --backend cuda-unfused
   [ -x .gpu/bamba-s9 ] && BAMBA=.gpu/bamba-s9 bench bamba_pp_s9 120 --preset bamba-9b -t pp512,pp4096 -b 1 -r 2
+  ;;
+attention)
+  # Session 10: the causal softmax kernel of prefill attention. Every CUDA test, criterion prefill
+  # attention against SDPA (torch, same call), prefill of both shapes.
+  timeout 260 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "tests rc=$?"
+  grep -E "panicked|test result|causal_attention on" "$RAW/tests.log" | head -12
+  criterion "attention/prefill"
+  timeout 90 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  echo "torch rc=$?"
+  grep -h sdpa_prefill "$RAW/torch.jsonl"
+  bench bamba_pp 150 --preset bamba-9b -t pp512,pp4096 -b 1 -r 2
+  bench llama_pp 150 --preset llama-8b-shape -t pp512,pp4096 -b 1 -r 2
   ;;
 ssd_prefill)
   bench bamba_pp 200 --preset bamba-9b -t pp512,pp4096 -b 1 -r 2

@@ -570,9 +570,14 @@ fn check_causal_attention<B: BambaOps>(device: &B::Device) {
     let mut worst = 0.0f32;
     for dtype in dtypes::<B>(device) {
         // (batch, heads, kv_heads, head_dim, q_len, k_len, left pads per row or none)
-        let cases: [(usize, usize, usize, usize, usize, usize, Option<&[usize]>); 5] = [
+        // The unmasked ones run the causal softmax kernel on GPU backends: key counts with vectors of
+        // 1, 4 and 8 elements, rows shorter and longer than a plane's stride, continuation offsets.
+        let cases: [(usize, usize, usize, usize, usize, usize, Option<&[usize]>); 8] = [
             (1, 4, 2, 8, 7, 7, None),
             (2, 4, 4, 48, 5, 12, None),
+            (1, 8, 2, 64, 40, 136, None),
+            (1, 4, 1, 32, 300, 300, None),
+            (2, 2, 2, 16, 64, 1000, None),
             (2, 6, 2, 20, 9, 9, Some(&[0, 3])),
             (1, 32, 8, 128, 70, 100, Some(&[30])),
             (3, 2, 1, 16, 1, 33, Some(&[0, 5, 32])),

@@ -175,7 +175,7 @@ fn vector_sum<N: Size>(v: Vector<f32, N>) -> f32 {
 }
 
 /// The widest vector (≤ 16 bytes) the device loads for `dtype` that divides `inner`.
-fn vector_size<R: CubeRuntime>(client: &ComputeClient<R>, elem_bytes: usize, inner: usize) -> usize {
+pub(super) fn vector_size<R: CubeRuntime>(client: &ComputeClient<R>, elem_bytes: usize, inner: usize) -> usize {
     client.io_optimized_vector_sizes(elem_bytes).filter(|&v| v * elem_bytes <= 16 && inner % v == 0).max().unwrap_or(1)
 }
 

@@ -1,4 +1,4 @@
-//! Device helpers shared by the SSD kernels: dt discretization and a sum across the lanes of a row.
+//! Device helpers shared by the kernels: dt discretization, and a sum or maximum across the lanes of a row.
 
 use cubecl::prelude::*;
 
@@ -43,11 +43,32 @@ pub fn cube_sum(
 /// to every lane. With `use_plane`, a row is exactly one plane and the plane sum does it; otherwise
 /// a shared-memory tree. Every unit of the cube must call it (it synchronizes the cube).
 #[cube]
-#[allow(unused_assignments)]
 pub fn row_sum(part: f32, smem: &mut SharedMemory<f32>, #[comptime] lanes: usize, #[comptime] use_plane: bool) -> f32 {
+    row_reduce(part, smem, lanes, use_plane, false)
+}
+
+/// [`row_sum`] with the maximum instead of the sum.
+#[cube]
+pub fn row_max(part: f32, smem: &mut SharedMemory<f32>, #[comptime] lanes: usize, #[comptime] use_plane: bool) -> f32 {
+    row_reduce(part, smem, lanes, use_plane, true)
+}
+
+#[cube]
+#[allow(unused_assignments)]
+fn row_reduce(
+    part: f32,
+    smem: &mut SharedMemory<f32>,
+    #[comptime] lanes: usize,
+    #[comptime] use_plane: bool,
+    #[comptime] max: bool,
+) -> f32 {
     let mut total = 0.0f32;
     if use_plane {
-        total = plane_sum(part);
+        if max {
+            total = plane_max(part);
+        } else {
+            total = plane_sum(part);
+        }
     } else {
         let lane = UNIT_POS_X as usize;
         let base = UNIT_POS_Y as usize * lanes;
@@ -57,7 +78,12 @@ pub fn row_sum(part: f32, smem: &mut SharedMemory<f32>, #[comptime] lanes: usize
         let mut stride = 1usize;
         while stride < lanes {
             if lane % (2 * stride) == 0 {
-                smem[base + lane] = smem[base + lane] + smem[base + lane + stride];
+                let (a, b) = (smem[base + lane], smem[base + lane + stride]);
+                if max {
+                    smem[base + lane] = f32::max(a, b);
+                } else {
+                    smem[base + lane] = a + b;
+                }
             }
             sync_cube();
             stride *= 2;

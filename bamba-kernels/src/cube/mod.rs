@@ -2,6 +2,7 @@
 //! on `CubeBackend`, and through a registered custom operation on the `Fusion` wrapper that burn's
 //! `fusion` feature puts around it (an impl on `CubeBackend` alone would not reach `burn::backend::Cuda`).
 
+mod attention_softmax;
 mod conv;
 #[cfg(feature = "cuda")]
 pub mod cublaslt;
@@ -255,8 +256,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         query_offset: usize,
         mask: Option<Tensor<Self, 4, Bool>>,
     ) -> Tensor<Self, 4> {
+        use crate::reference::attention::{causal_attention_with, masked_softmax, ScoreRows};
         let product = |a: Tensor<Self, 4>, b: Tensor<Self, 4>| wrap(matmul::launch(prim(a), prim(b), false));
-        crate::reference::attention::causal_attention_with(q, k, v, query_offset, mask, product)
+        // The causal softmax is one kernel; an explicit mask (left padding) takes the tensor ops.
+        let softmax = |scores: Tensor<Self, 4>, mask: Option<Tensor<Self, 4, Bool>>, layout: &ScoreRows| match mask {
+            None => wrap(attention_softmax::launch(prim(scores), layout)),
+            Some(mask) => masked_softmax(scores, Some(mask), layout),
+        };
+        causal_attention_with(q, k, v, query_offset, mask, product, softmax)
     }
 
     fn rms_norm(

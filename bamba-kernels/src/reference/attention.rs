@@ -23,11 +23,23 @@ pub fn causal_attention<B: Backend>(
     query_offset: usize,
     mask: Option<Tensor<B, 4, Bool>>,
 ) -> Tensor<B, 4> {
-    causal_attention_with(q, k, v, query_offset, mask, Tensor::matmul)
+    causal_attention_with(q, k, v, query_offset, mask, Tensor::matmul, masked_softmax)
 }
 
-/// [`causal_attention`] with its two batched products made by `matmul` (`[.., m, k] · [.., k, n]`),
-/// so that a backend can choose how they run.
+/// How [`causal_attention`] lays out its scores: the `rep` query heads of a KV group folded into the
+/// rows, so that row `r` of a group holds query `r % q_len`, at absolute position `query_offset + r % q_len`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreRows {
+    pub q_len: usize,
+    pub rep: usize,
+    pub query_offset: usize,
+    /// `1 / √head_dim`, applied to the raw scores.
+    pub scale: f64,
+}
+
+/// [`causal_attention`] with its two batched products made by `matmul` (`[.., m, k] · [.., k, n]`)
+/// and the softmax between them by `softmax` (as [`masked_softmax`] computes it), so that a backend
+/// can choose how they run.
 pub fn causal_attention_with<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -35,15 +47,32 @@ pub fn causal_attention_with<B: Backend>(
     query_offset: usize,
     mask: Option<Tensor<B, 4, Bool>>,
     matmul: impl Fn(Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 4>,
+    softmax: impl FnOnce(Tensor<B, 4>, Option<Tensor<B, 4, Bool>>, &ScoreRows) -> Tensor<B, 4>,
 ) -> Tensor<B, 4> {
-    let dtype = q.dtype();
     let [batch, heads, q_len, head_dim] = q.dims();
-    let [_, kv_heads, k_len, _] = k.dims();
+    let kv_heads = k.dims()[1];
     let rep = heads / kv_heads;
-    let scale = (head_dim as f64).powf(-0.5);
+    let layout = ScoreRows { q_len, rep, query_offset, scale: (head_dim as f64).powf(-0.5) };
     // Row r·q_len + i of a group is query i of the group's head r.
     let q = q.reshape([batch, kv_heads, rep * q_len, head_dim]);
-    let scores = matmul(q, k.swap_dims(2, 3)).cast(DType::F32) * scale;
+    let probs = softmax(matmul(q, k.swap_dims(2, 3)), mask, &layout);
+    matmul(probs, v).reshape([batch, heads, q_len, head_dim])
+}
+
+/// The softmax of [`causal_attention`]: raw scores (in the operands' dtype) scaled and masked in f32
+/// (by `mask`, else causally), normalized over the keys, returned in the scores' dtype.
+///
+/// # Shapes
+/// - `scores`: `[batch, kv_heads, rep·q_len, k_len]` → the same; `mask`: as in [`causal_attention`]
+pub fn masked_softmax<B: Backend>(
+    scores: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    layout: &ScoreRows,
+) -> Tensor<B, 4> {
+    let dtype = scores.dtype();
+    let k_len = scores.dims()[3];
+    let ScoreRows { q_len, rep, query_offset, scale } = *layout;
+    let scores = scores.cast(DType::F32) * scale;
     let mask = match mask {
         Some(mask) => Some(mask),
         // One query at the end of the keys sees them all: nothing to mask.
@@ -60,8 +89,7 @@ pub fn causal_attention_with<B: Backend>(
         }
         None => scores,
     };
-    let probs = softmax(scores, 3).cast(dtype);
-    matmul(probs, v).reshape([batch, heads, q_len, head_dim])
+    softmax(scores, 3).cast(dtype)
 }
 
 /// One new query per sequence against the first `keys` slots of a preallocated KV cache; row `b`
