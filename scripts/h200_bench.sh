@@ -23,11 +23,12 @@
 #
 # `stream` (session 10): every CUDA test, then prefill and batch-64 decode with cuBLASLt on the legacy
 # stream, and prefill with the previous build. `attention`: every CUDA test, prefill attention in
-# criterion against SDPA, prefill of both shapes.
+# criterion against SDPA, prefill of both shapes. `profile_s10`: CubeCL's per-kernel profile of a
+# batch-64 decode step at 8K.
 #
-# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention
+# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -48,6 +49,30 @@ criterion() { # filter
 overhead() { # backend: host overhead per decode step, Bamba-9B's 32-layer plan with tiny widths (kernels
   # take ~nothing; more of Burn's slices copy at these widths, so the launch count is not quite the 9B one)
   bench "overhead_$1" 90 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 3 --backend "$1"
+}
+# CubeCL's own per-kernel profile, unfused so that names are ours and Burn's (cuBLASLt's kernels are not
+# CubeCL's and do not appear). Each log (MBs) is reduced to the last full decode step or prefill (the stretch between the last two argmax reductions), grouped
+# by kernel name: launches and profiled GPU time (short kernels read ~12 us: each is timed with events).
+prof() { # name, bench args...
+  local name=$1; shift
+  CUBECL_DEBUG_LOG="$RAW/$name.log" CUBECL_DEBUG_OPTION=profile bench "$name" 150 "$@" --backend cuda-unfused
+  python3 - "$RAW/$name.log" <<'PY' | tee -a "$RAW/kernels-per-step.txt"
+import collections, re, sys
+lines = open(sys.argv[1]).read().splitlines()
+ends = [i for i, l in enumerate(lines) if l.startswith("|") and "ReduceKernel" in l]
+count, total = collections.Counter(), collections.Counter()
+for line in lines[ends[-2] + 1:ends[-1] + 1]:
+  m = re.match(r"\|\s*([\d.]+)(µs|ms|ns)\s*\|\s*(.*)", line)
+  if m:
+      name = m.group(3).replace("| CudaRuntime", "").strip()
+      name = name.split("|")[0].strip() if name.startswith("MatmulEntry") else name
+      count[name] += 1
+      total[name] += float(m.group(1)) * {"µs": 1, "ms": 1000, "ns": 0.001}[m.group(2)]
+print(f"== {sys.argv[1].rsplit('/', 1)[-1]}: {sum(count.values())} kernels/step, profiled {sum(total.values()) / 1e3:.2f} ms")
+for name, us in sorted(total.items(), key=lambda kv: -kv[1]):
+  print(f"  {count[name]:5d} {us / 1e3:8.2f} ms {us / count[name]:8.1f} us avg  {name}")
+PY
+  rm -f "$RAW/$name.log"
 }
 case $part in
 decode)
@@ -158,6 +183,12 @@ ssd)
   BAMBA_SSD_TENSOR_CORES=0 criterion "ssd_chunk_scan/kernel/(512|8192)"
   mv "$RAW/criterion-bencher.txt" "$RAW/ssd-portable-criterion.txt"
   ;;
+profile_s10)
+  # Where a batch-64 step at 8K spends its CubeCL time (session 10 build; cuBLASLt's products are not
+  # in CubeCL's profile). A prefill has no argmax between its warm-up and its run, so this reduction
+  # cannot separate them: prefill is not profiled here.
+  prof prof_bamba_b64 --preset bamba-9b -t tg4@d8192 -b 64 -r 1
+  ;;
 stream)
   # Session 10: cuBLASLt on the legacy stream (no host syncs, any row count) and pinned weight uploads.
   # Every CUDA test in one process, then prefill and batch-64 decode; last, prefill with the previous
@@ -202,30 +233,6 @@ for pinned in (False, True):
 PY
   overhead cuda
   overhead cuda-unfused
-  # CubeCL's own per-kernel profile, unfused so that names are ours and Burn's. Each log (MBs) is
-  # reduced to the last full decode step (the stretch between the last two argmax reductions), grouped
-  # by kernel name: launches and profiled GPU time (short kernels read ~12 us: each is timed with events).
-  prof() { # name, bench args...
-    local name=$1; shift
-    CUBECL_DEBUG_LOG="$RAW/$name.log" CUBECL_DEBUG_OPTION=profile bench "$name" 150 "$@" --backend cuda-unfused
-    python3 - "$RAW/$name.log" <<'PY' | tee -a "$RAW/kernels-per-step.txt"
-import collections, re, sys
-lines = open(sys.argv[1]).read().splitlines()
-ends = [i for i, l in enumerate(lines) if l.startswith("|") and "ReduceKernel" in l]
-count, total = collections.Counter(), collections.Counter()
-for line in lines[ends[-2] + 1:ends[-1] + 1]:
-    m = re.match(r"\|\s*([\d.]+)(µs|ms|ns)\s*\|\s*(.*)", line)
-    if m:
-        name = m.group(3).replace("| CudaRuntime", "").strip()
-        name = name.split("|")[0].strip() if name.startswith("MatmulEntry") else name
-        count[name] += 1
-        total[name] += float(m.group(1)) * {"µs": 1, "ms": 1000, "ns": 0.001}[m.group(2)]
-print(f"== {sys.argv[1].rsplit('/', 1)[-1]}: {sum(count.values())} kernels/step, profiled {sum(total.values()) / 1e3:.2f} ms")
-for name, us in sorted(total.items(), key=lambda kv: -kv[1]):
-    print(f"  {count[name]:5d} {us / 1e3:8.2f} ms {us / count[name]:8.1f} us avg  {name}")
-PY
-    rm -f "$RAW/$name.log"
-  }
   prof prof_bamba_b1 --preset bamba-9b -t tg16 -b 1 -r 1
   prof prof_bamba_b64 --preset bamba-9b -t tg4@d8192 -b 64 -r 1
   prof prof_llama_b64 --preset llama-8b-shape -t tg4@d8192 -b 64 -r 1

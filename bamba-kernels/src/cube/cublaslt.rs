@@ -27,7 +27,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 
-use super::legacy_stream::{make_current, LEGACY_STREAM};
+use super::legacy_stream::{device_address, make_current, with_state, DeviceState, Failure, LEGACY_STREAM};
 use super::matmul::env_number;
 use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cudarc::cublaslt::result as lt;
@@ -152,9 +152,17 @@ struct State {
 // calling thread first.
 unsafe impl Send for State {}
 
-type Failure = Box<dyn std::error::Error>;
+impl DeviceState for State {
+    const WHAT: &'static str = "cuBLASLt state";
 
-impl State {
+    fn device(&self) -> usize {
+        self.device
+    }
+
+    fn context(&self) -> cudarc::driver::sys::CUcontext {
+        self.context
+    }
+
     fn new(device: usize) -> Result<Self, Failure> {
         let context = make_current(device)?;
         let handle = lt::create_handle()?;
@@ -162,7 +170,9 @@ impl State {
         let workspace = unsafe { driver::malloc_sync(WORKSPACE_BYTES)? };
         Ok(Self { device, context, handle, workspace, plans: HashMap::new() })
     }
+}
 
+impl State {
     fn plan(&mut self, problem: Problem) -> Result<&Plan, Failure> {
         if !self.plans.contains_key(&problem) {
             if self.plans.len() >= MAX_PLANS {
@@ -336,26 +346,22 @@ fn run(
     batch: u64,
     data_type: sys::cudaDataType,
 ) -> Result<(), Failure> {
-    let client = &lhs.client;
-    let address = |t: &CubeTensor<CudaRuntime>| -> Result<u64, Failure> {
-        let resource = client.get_resource(t.handle.clone()).map_err(|e| format!("buffer: {e:?}"))?;
-        Ok(resource.resource().ptr)
-    };
-    let (rhs_ptr, lhs_ptr, out_ptr) = (address(rhs)?, address(lhs)?, address(out)?);
+    let (rhs_ptr, lhs_ptr, out_ptr) = (device_address(rhs)?, device_address(lhs)?, device_address(out)?);
     let problem = Problem { a, b, d, batch, data_type, alignment: alignment(&[rhs_ptr, lhs_ptr, out_ptr]) };
+    with_state(&STATE, device, |state: &mut State| {
+        let (handle, workspace) = (state.handle, state.workspace);
+        let plan = state.plan(problem)?;
+        matmul(handle, plan, workspace, [rhs_ptr, lhs_ptr, out_ptr])
+    })
+}
 
-    let mut guard = STATE.lock().map_err(|_| "cuBLASLt state poisoned")?;
-    if guard.as_ref().is_some_and(|s| s.device != device) {
-        return Err("cuBLASLt path serves one device per process".into());
-    }
-    if guard.is_none() {
-        *guard = Some(State::new(device)?);
-    }
-    let state = guard.as_mut().expect("just set");
-    // SAFETY: the context is the device's primary context, retained in `State::new`.
-    unsafe { driver::ctx::set_current(state.context)? };
-    let (handle, workspace) = (state.handle, state.workspace);
-    let plan = state.plan(problem)?;
+/// Queues `d = a·b` of `plan` on the legacy stream.
+fn matmul(
+    handle: sys::cublasLtHandle_t,
+    plan: &Plan,
+    workspace: cudarc::driver::sys::CUdeviceptr,
+    [rhs_ptr, lhs_ptr, out_ptr]: [u64; 3],
+) -> Result<(), Failure> {
     let (alpha, beta) = (1.0f32, 0.0f32);
     // SAFETY: the pointers address live CubeCL buffers (held by the tensors for the call) of the sizes
     // the layouts describe. The legacy stream orders the product after the CubeCL kernels queued

@@ -30,6 +30,7 @@ use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
 use super::math::discretize_dt;
+use super::ssd_step::plane_size_is;
 
 /// Tile edge of one `cmma` product (m = n = k).
 const TILE: usize = 16;
@@ -73,7 +74,6 @@ pub fn applies<R: CubeRuntime>(
     if !matches!(dtype, DType::BF16 | DType::F16) || std::env::var("BAMBA_SSD_TENSOR_CORES").as_deref() == Ok("0") {
         return false;
     }
-    let hw = &client.properties().hardware;
     let tile = MmaConfig {
         a_type: dtype.into(),
         b_type: dtype.into(),
@@ -82,8 +82,7 @@ pub fn applies<R: CubeRuntime>(
         n: TILE as u32,
         k: TILE as u32,
     };
-    hw.plane_size_min as usize == PLANE
-        && hw.plane_size_max as usize == PLANE
+    plane_size_is(client, PLANE)
         && client.features().matmul.cmma.contains(&tile)
         && head_dim % TILE == 0
         && head_dim <= MAX_HEAD_DIM

@@ -180,10 +180,13 @@ pub fn update_state_rows(
 
 /// Whether a row of `LANES` units is exactly one plane on this device (then plane sums are used).
 pub fn rows_are_planes<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
+    plane_size_is(client, LANES) && client.features().plane.contains(cubecl::features::Plane::Ops)
+}
+
+/// Whether every plane on this device has exactly `size` units.
+pub fn plane_size_is<R: CubeRuntime>(client: &ComputeClient<R>, size: usize) -> bool {
     let hw = &client.properties().hardware;
-    hw.plane_size_min as usize == LANES
-        && hw.plane_size_max as usize == LANES
-        && client.features().plane.contains(cubecl::features::Plane::Ops)
+    hw.plane_size_min as usize == size && hw.plane_size_max as usize == size
 }
 
 /// # Shapes

@@ -24,7 +24,7 @@ use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cudarc::driver::result as driver;
 use cudarc::driver::sys::{CUcontext, CUevent, CUevent_flags};
 
-use super::legacy_stream::{make_current, LEGACY_STREAM};
+use super::legacy_stream::{device_address, make_current, with_state, DeviceState, Failure, LEGACY_STREAM};
 
 /// Bytes per pinned buffer: 32 MiB, large enough that a copy runs at full PCIe speed, small
 /// enough that the pieces of one large tensor keep several copies in flight.
@@ -34,8 +34,6 @@ const BUFFERS: usize = 4;
 
 static UPLOADED: AtomicU64 = AtomicU64::new(0);
 static STAGING: Mutex<Option<Staging>> = Mutex::new(None);
-
-type Failure = Box<dyn std::error::Error>;
 
 /// Tensors uploaded through pinned buffers in this process (tests check the path was taken).
 pub fn tensors_uploaded() -> u64 {
@@ -65,7 +63,17 @@ struct Staging {
 // the calling thread first.
 unsafe impl Send for Staging {}
 
-impl Staging {
+impl DeviceState for Staging {
+    const WHAT: &'static str = "pinned upload buffers";
+
+    fn device(&self) -> usize {
+        self.device
+    }
+
+    fn context(&self) -> CUcontext {
+        self.context
+    }
+
     fn new(device: usize) -> Result<Self, Failure> {
         let context = make_current(device)?;
         let mut buffers = Vec::with_capacity(BUFFERS);
@@ -116,37 +124,27 @@ fn copy_in(
     fill: &mut dyn FnMut(usize, &mut [u8]),
 ) -> Result<(), Failure> {
     let bytes = out.meta.shape().num_elements() * out.dtype.size();
-    let resource = out.client.get_resource(out.handle.clone()).map_err(|e| format!("buffer: {e:?}"))?;
-    let address = resource.resource().ptr;
-
-    let mut guard = STAGING.lock().map_err(|_| "staging buffers poisoned")?;
-    if guard.as_ref().is_some_and(|s| s.device != device) {
-        return Err("pinned uploads serve one device per process".into());
-    }
-    if guard.is_none() {
-        *guard = Some(Staging::new(device)?);
-    }
-    let staging = guard.as_mut().expect("just set");
-    // SAFETY: the context is the device's primary context, retained in `Staging::new`.
-    unsafe { driver::ctx::set_current(staging.context)? };
-    for offset in (0..bytes).step_by(PIECE_BYTES) {
-        let len = PIECE_BYTES.min(bytes - offset);
-        let buffer = &staging.buffers[staging.next];
-        staging.next = (staging.next + 1) % BUFFERS;
-        // SAFETY: `copied` is a valid event (an event never recorded completes at once). Once it has
-        // completed no copy reads the buffer, so it may be written; `len` ≤ its size.
-        let host = unsafe {
-            driver::event::synchronize(buffer.copied)?;
-            std::slice::from_raw_parts_mut(buffer.host, len)
-        };
-        fill(offset, host);
-        // SAFETY: `address + offset .. + len` lies in the tensor's buffer, which CubeCL keeps while
-        // `out` lives and cannot reuse before this copy is done (the legacy stream is ordered with its
-        // streams); the pinned buffer is not written again before `copied` completes.
-        unsafe {
-            driver::memcpy_htod_async(address + offset as u64, host, LEGACY_STREAM)?;
-            driver::event::record(buffer.copied, LEGACY_STREAM)?;
+    let address = device_address(out)?;
+    with_state(&STAGING, device, |staging: &mut Staging| {
+        for offset in (0..bytes).step_by(PIECE_BYTES) {
+            let len = PIECE_BYTES.min(bytes - offset);
+            let buffer = &staging.buffers[staging.next];
+            staging.next = (staging.next + 1) % BUFFERS;
+            // SAFETY: `copied` is a valid event (an event never recorded completes at once). Once it
+            // has completed no copy reads the buffer, so it may be written; `len` ≤ its size.
+            let host = unsafe {
+                driver::event::synchronize(buffer.copied)?;
+                std::slice::from_raw_parts_mut(buffer.host, len)
+            };
+            fill(offset, host);
+            // SAFETY: `address + offset .. + len` lies in the tensor's buffer, which CubeCL keeps while
+            // `out` lives and cannot reuse before this copy is done (the legacy stream is ordered with
+            // its streams); the pinned buffer is not written again before `copied` completes.
+            unsafe {
+                driver::memcpy_htod_async(address + offset as u64, host, LEGACY_STREAM)?;
+                driver::event::record(buffer.copied, LEGACY_STREAM)?;
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
