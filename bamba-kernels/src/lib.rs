@@ -178,9 +178,11 @@ pub trait BambaOps: Backend {
     }
 
     /// A tensor made from host bytes, for weights: `fill(offset, out)` writes bytes
-    /// `offset..offset + out.len()` of its contents (little-endian `dtype` elements, row-major) into
-    /// `out`; it may be called once for the whole tensor or once per piece, in order. The default
-    /// fills one host buffer and calls `from_data`; CUDA streams the pieces through pinned buffers.
+    /// `offset..offset + out.len()` of its contents (native-endian `dtype` elements, row-major) into
+    /// `out`. It is called for whole-element ranges, possibly more than once for the same bytes (CUDA
+    /// asks for pieces in order, then for the whole tensor again if its pinned upload fails), so it
+    /// must not depend on call order. The default fills one host buffer and calls `from_data`; CUDA
+    /// streams the pieces through pinned buffers.
     ///
     /// # Shapes
     /// - `shape` → a tensor of `shape` and `dtype`
