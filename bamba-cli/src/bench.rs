@@ -25,6 +25,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::{json, Value};
 
 use crate::backend::{dispatch, BackendJob, BackendKind};
+use crate::cpu_profile::CpuProfile;
 use crate::info::human;
 use crate::BenchArgs;
 
@@ -331,7 +332,11 @@ impl Job<'_> {
         for i in 0..warmup {
             timed("warm-up", i, warmup)?;
         }
+        let profile = self.args.cpu_profile.as_deref().map(|prefix| CpuProfile::start(prefix, label)).transpose()?;
         let times = (0..repeats).map(|i| timed("run", i, repeats)).collect::<Result<Vec<_>>>()?;
+        if let Some(profile) = profile {
+            eprintln!("{label}: host profile in {}", profile.finish()?.display());
+        }
         Ok(median(times))
     }
 }

@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod cpu_profile;
 mod default_model;
 mod generate;
 mod info;
@@ -217,6 +218,10 @@ pub struct BenchArgs {
     /// autotuning go).
     #[arg(long)]
     pub progress: bool,
+    /// Sample the host's CPU during each test's timed runs and write PREFIX-<test>.svg (flame graph)
+    /// and .txt (top functions); needs the `cpu-profile` feature.
+    #[arg(long, value_name = "PREFIX")]
+    pub cpu_profile: Option<PathBuf>,
 }
 
 /// `--memory`: a size such as 141GB or 80GiB, in bytes.
