@@ -238,8 +238,16 @@ fn check_mamba_step<B: BambaOps>(device: &B::Device) {
         (1, 4, 8, 1, 16, 4, true, None),
         (3, 4, 6, 2, 40, 4, false, Some((0.05, 0.6))),
         (3, 8, 8, 2, 16, 2, true, None),
+        // d_state 128 and 64: the state moves as 16- and 8-byte vectors (4 and 2 f32 per access).
+        (2, 4, 16, 1, 128, 4, true, None),
+        (2, 3, 8, 1, 64, 4, false, Some((0.05, 0.6))),
     ];
-    for dtype in dtypes::<B>(device) {
+    // The state in f32, and in the model dtype too when that is 16-bit (kept in it, math in f32).
+    let runs = dtypes::<B>(device).into_iter().flat_map(|dtype| {
+        let states = if dtype == DType::F32 { vec![DType::F32] } else { vec![DType::F32, dtype] };
+        states.into_iter().map(move |state_dtype| (dtype, state_dtype))
+    });
+    for (dtype, state_dtype) in runs {
         for (i, &(batch, heads, head_dim, groups, d_state, kernel, has_bias, dt_limit)) in cases.iter().enumerate() {
             let config = MambaStepConfig { heads, head_dim, groups, d_state, norm_eps: 1e-5, dt_limit };
             let (d_inner, conv_dim) = (config.d_inner(), config.conv_dim());
@@ -258,7 +266,7 @@ fn check_mamba_step<B: BambaOps>(device: &B::Device) {
                 fn go<B: BambaOps>(
                     fused: bool,
                     device: &B::Device,
-                    dtype: DType,
+                    (dtype, state_dtype): (DType, DType),
                     host_data: [&[f32]; 9],
                     shapes: (usize, usize, usize, usize, usize),
                     has_bias: bool,
@@ -277,7 +285,7 @@ fn check_mamba_step<B: BambaOps>(device: &B::Device) {
                     };
                     let zxbcdt = tensor(zxbcdt, [batch, proj], device, dtype);
                     let window = tensor(window, [batch, conv_dim, kernel - 1], device, dtype);
-                    let state = tensor(state, [batch, h, p, n], device, DType::F32);
+                    let state = tensor(state, [batch, h, p, n], device, state_dtype);
                     let out = if fused {
                         B::mamba_decode_step(zxbcdt, weights, window, state, config)
                     } else {
@@ -289,9 +297,9 @@ fn check_mamba_step<B: BambaOps>(device: &B::Device) {
                     [&zxbcdt[..], &conv_weight, &conv_bias, &window, &a_log, &d, &dt_bias, &norm_weight, &state];
                 let shapes = (batch, proj, conv_dim, kernel, d_inner);
                 if on_cpu {
-                    go::<Cpu>(fused, &cpu, DType::F32, host_data, shapes, has_bias, config)
+                    go::<Cpu>(fused, &cpu, (DType::F32, DType::F32), host_data, shapes, has_bias, config)
                 } else {
-                    go::<B>(fused, device, dtype, host_data, shapes, has_bias, config)
+                    go::<B>(fused, device, (dtype, state_dtype), host_data, shapes, has_bias, config)
                 }
             };
             let got = run(true, false);
@@ -304,7 +312,10 @@ fn check_mamba_step<B: BambaOps>(device: &B::Device) {
                     [("y", &got[0], &expected[0]), ("window", &got[1], &expected[1]), ("state", &got[2], &expected[2])]
                 {
                     let diff = relative_diff(g, e);
-                    assert!(diff <= tolerance, "case {i} {dtype:?} {name} vs {against}: {diff:e}");
+                    assert!(
+                        diff <= tolerance,
+                        "case {i} {dtype:?} state {state_dtype:?} {name} vs {against}: {diff:e}"
+                    );
                     worst = worst.max(diff);
                 }
             }
@@ -414,8 +425,10 @@ fn check_fused_gemv<B: BambaOps>(device: &B::Device) {
     let mut worst = 0.0f32;
     for dtype in dtypes::<B>(device) {
         let round = |values: Vec<f32>| rounded(values, dtype);
+        // Past the GEMV's rows: two products and the SwiGLU kernel, and on CUDA from 2^24 multiply-adds
+        // (64x512x520) cuBLASLt with the residual added in its epilogue.
         for (seed, (rows, inner, outer)) in
-            [(1, 64, 37), (3, 4100, 300), (8, 36, 1), (9, 64, 33)].into_iter().enumerate()
+            [(1, 64, 37), (3, 4100, 300), (8, 36, 1), (9, 64, 33), (64, 512, 520)].into_iter().enumerate()
         {
             let seed = 9876 + 5 * seed as u64;
             let x = round(uniform(rows * inner, seed, -1.0, 1.0));
@@ -922,6 +935,22 @@ mod cuda_cublaslt {
                 assert!(m >= cublaslt::min_rows() && m * k * n >= cublaslt::min_macs());
                 expected_runs += 1;
             }
+            // A residual added in cuBLASLt's epilogue (beta·C, one rounding of product + residual).
+            let (m, k, n) = (256, 512, 256);
+            let x = rounded(uniform(m * k, 9050, -1.0, 1.0), dtype);
+            let w = rounded(uniform(n * k, 9051, -1.0, 1.0), dtype);
+            let r = rounded(uniform(m * n, 9052, -4.0, 4.0), dtype);
+            let got = <Gpu as BambaOps>::linear_residual(
+                tensor(&x, [m, k], &device, dtype),
+                tensor(&w, [n, k], &device, dtype),
+                tensor(&r, [m, n], &device, dtype),
+            );
+            let want = tensor::<Cpu, 2>(&x, [m, k], &cpu, DType::F32)
+                .matmul(tensor::<Cpu, 2>(&w, [n, k], &cpu, DType::F32).transpose())
+                + tensor::<Cpu, 2>(&r, [m, n], &cpu, DType::F32);
+            let d = relative_diff(&host(got), &host(want));
+            assert!(d <= tolerance, "linear_residual {m}x{k}x{n} {dtype:?}: {d:e}");
+            expected_runs += 1;
             // Batched [3, 2048, 64] · [3, 64, 256] and the same against one broadcast right-hand side,
             // through the launcher attention uses (on the unfused backend, whose primitives it takes).
             let (batch, m, k, n) = (3, 2048, 64, 256);
@@ -948,7 +977,7 @@ mod cuda_cublaslt {
             }
         }
         let ran = (cublaslt::products_run() - before) as usize;
-        assert!(ran >= expected_runs && expected_runs == 10, "cuBLASLt ran {ran} products, expected ≥ {expected_runs}");
+        assert!(ran >= expected_runs && expected_runs == 12, "cuBLASLt ran {ran} products, expected ≥ {expected_runs}");
     }
 
     /// cuBLASLt runs on the legacy stream and CubeCL on its own (blocking) streams, with no host sync in

@@ -279,12 +279,18 @@ fn alignment(addresses: &[u64]) -> u32 {
     (bits & bits.wrapping_neg()).min(256) as u32
 }
 
-/// `lhs · rhs` on cuBLASLt when `R` is CUDA and the product qualifies (see the module docs), else
-/// `None`.
+/// `lhs · rhs (+ addend)` on cuBLASLt when `R` is CUDA and the product qualifies (see the module docs),
+/// else `None`. cuBLASLt adds the addend to the f32 accumulator (its `beta · C`) and rounds once: a
+/// linear layer's residual add costs no launch and no pass over the output.
 ///
 /// # Shapes
 /// - `lhs`: `[..., m, k]`, `rhs`: `[..., k, n]` (batch dims equal, or all 1 in `rhs`) → `[..., m, n]`
-pub fn try_launch<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Option<CubeTensor<R>> {
+/// - `addend`: the output's shape, contiguous (else `None`)
+pub fn try_launch<R: CubeRuntime>(
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+    addend: Option<&CubeTensor<R>>,
+) -> Option<CubeTensor<R>> {
     let lhs_cuda = (lhs as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
     let rhs_cuda = (rhs as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
     if !enabled() || lhs.dtype != rhs.dtype {
@@ -318,11 +324,21 @@ pub fn try_launch<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> O
 
     let mut out_shape = lhs_dims;
     out_shape[rank - 1] = n;
+    let addend_cuda = match addend {
+        Some(c) => {
+            if c.dtype != lhs.dtype || c.meta.shape().as_slice() != out_shape.as_slice() || !c.is_contiguous() {
+                return None;
+            }
+            Some((c as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?)
+        }
+        None => None,
+    };
     let out = empty_device_contiguous_dtype(lhs.client.clone(), lhs.device.clone(), out_shape.into(), lhs.dtype);
     let out_cuda = (&out as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
     let device = (&lhs_cuda.device as &dyn Any).downcast_ref::<CudaDevice>()?.index;
 
-    let result = run(lhs_cuda, rhs_cuda, out_cuda, device, [a, b, d], lhs_batch as u64, data_type);
+    let operands = Operands { lhs: lhs_cuda, rhs: rhs_cuda, addend: addend_cuda, out: out_cuda };
+    let result = run(operands, device, [a, b, d], lhs_batch as u64, data_type);
     match result {
         Ok(()) => {
             PRODUCTS_RUN.fetch_add(1, Ordering::Relaxed);
@@ -336,33 +352,45 @@ pub fn try_launch<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> O
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The buffers of one product: `out = lhs · rhs (+ addend)`.
+struct Operands<'a> {
+    lhs: &'a CubeTensor<CudaRuntime>,
+    rhs: &'a CubeTensor<CudaRuntime>,
+    addend: Option<&'a CubeTensor<CudaRuntime>>,
+    out: &'a CubeTensor<CudaRuntime>,
+}
+
 fn run(
-    lhs: &CubeTensor<CudaRuntime>,
-    rhs: &CubeTensor<CudaRuntime>,
-    out: &CubeTensor<CudaRuntime>,
+    operands: Operands<'_>,
     device: usize,
     [a, b, d]: [Operand; 3],
     batch: u64,
     data_type: sys::cudaDataType,
 ) -> Result<(), Failure> {
-    let (rhs_ptr, lhs_ptr, out_ptr) = (device_address(rhs)?, device_address(lhs)?, device_address(out)?);
-    let problem = Problem { a, b, d, batch, data_type, alignment: alignment(&[rhs_ptr, lhs_ptr, out_ptr]) };
+    let (rhs_ptr, lhs_ptr, out_ptr) =
+        (device_address(operands.rhs)?, device_address(operands.lhs)?, device_address(operands.out)?);
+    let addend_ptr = operands.addend.map(device_address).transpose()?;
+    let mut addresses = vec![rhs_ptr, lhs_ptr, out_ptr];
+    addresses.extend(addend_ptr);
+    let problem = Problem { a, b, d, batch, data_type, alignment: alignment(&addresses) };
     with_state(&STATE, device, |state: &mut State| {
         let (handle, workspace) = (state.handle, state.workspace);
         let plan = state.plan(problem)?;
-        matmul(handle, plan, workspace, [rhs_ptr, lhs_ptr, out_ptr])
+        matmul(handle, plan, workspace, [rhs_ptr, lhs_ptr, out_ptr], addend_ptr)
     })
 }
 
-/// Queues `d = a·b` of `plan` on the legacy stream.
+/// Queues `d = a·b (+ c)` of `plan` on the legacy stream; `c` has `d`'s layout.
 fn matmul(
     handle: sys::cublasLtHandle_t,
     plan: &Plan,
     workspace: cudarc::driver::sys::CUdeviceptr,
     [rhs_ptr, lhs_ptr, out_ptr]: [u64; 3],
+    addend_ptr: Option<u64>,
 ) -> Result<(), Failure> {
-    let (alpha, beta) = (1.0f32, 0.0f32);
+    // With beta = 0 cuBLASLt does not read C; D stands in for it.
+    let (alpha, beta) = (1.0f32, if addend_ptr.is_some() { 1.0f32 } else { 0.0 });
+    let c_ptr = addend_ptr.unwrap_or(out_ptr);
     // SAFETY: the pointers address live CubeCL buffers (held by the tensors for the call) of the sizes
     // the layouts describe. The legacy stream orders the product after the CubeCL kernels queued
     // before it and before those queued after it (CubeCL's streams are blocking, see the module
@@ -377,7 +405,7 @@ fn matmul(
             plan.layouts[0],
             lhs_ptr as *const c_void,
             plan.layouts[1],
-            out_ptr as *const c_void,
+            c_ptr as *const c_void,
             plan.layouts[2],
             out_ptr as *mut c_void,
             plan.layouts[2],

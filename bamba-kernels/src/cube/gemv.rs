@@ -18,7 +18,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::math::{cube_sum, row_sum};
+use super::math::{cube_sum, row_sum, vector_sum};
 use super::ssd_step::{rows_are_planes, LANES};
 
 /// Output features per cube (rows of `LANES` units).
@@ -161,17 +161,6 @@ fn x_value<F: Float, N: Size>(
         ));
     }
     xf
-}
-
-/// The sum of a vector's elements.
-#[cube]
-fn vector_sum<N: Size>(v: Vector<f32, N>) -> f32 {
-    let mut sum = 0.0f32;
-    #[unroll]
-    for e in 0..N::value() {
-        sum += v[e];
-    }
-    sum
 }
 
 /// The widest vector (≤ 16 bytes) the device loads for `dtype` that divides `inner`.

@@ -11,6 +11,7 @@
 //! 2. The gated RMSNorm kernel, with z read straight out of `zxbcdt` (its first `d_inner` columns).
 
 use burn::tensor::DType;
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
@@ -18,7 +19,9 @@ use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 
 use super::math::discretize_dt;
-use super::ssd_step::{load_state_rows, rows_are_planes, update_state_rows, LANES, ROWS, RPU};
+use super::ssd_step::{
+    load_state_rows, rows_are_planes, state_column, state_vector_size, update_state_rows, LANES, ROWS, RPU,
+};
 
 /// Conv output of xBC channel `c` of sequence `b` for the new token: `SiLU(bias + Σ w·[window, x])`,
 /// in f32 after rounding to `F` (as the conv kernel stores it).
@@ -70,7 +73,7 @@ fn shift_window<F: Float>(
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn mamba_step_kernel<F: Float>(
+fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     zxbcdt: &Tensor<F>,
     weight: &Tensor<F>,
     bias: &Tensor<F>,
@@ -78,17 +81,19 @@ fn mamba_step_kernel<F: Float>(
     a_log: &Tensor<f32>,
     d: &Tensor<f32>,
     dt_bias: &Tensor<f32>,
-    state: &Tensor<f32>,
+    state: &Tensor<Vector<S, N>>,
     new_window: &mut Tensor<F>,
-    new_state: &mut Tensor<f32>,
+    new_state: &mut Tensor<Vector<S, N>>,
     y: &mut Tensor<f32>,
     lo: f32,
     hi: f32,
     #[comptime] per_lane: usize,
+    // d_state rounded up to the columns the lanes cover: B's and C's conv outputs in shared memory.
+    #[comptime] state_width: usize,
     #[comptime] has_bias: bool,
     #[comptime] has_limit: bool,
     #[comptime] use_plane: bool,
-    #[define(F)] _dtype: StorageType,
+    #[define(F, S)] _dtypes: [StorageType; 2],
 ) {
     let heads = state.shape(1);
     let head_dim = state.shape(2);
@@ -101,11 +106,10 @@ fn mamba_step_kernel<F: Float>(
     let b = bh / heads;
     let h = bh % heads;
     let g = h / heads_per_group;
-    let lane = UNIT_POS_X as usize;
     // xBC channels: x (d_inner), then B and C (groups · d_state each).
     let b_channel = d_inner + g * d_state;
     let c_channel = d_inner + groups * d_state + g * d_state;
-    let mut s = Array::<f32>::new(per_lane * RPU);
+    let mut s = Array::<Vector<f32, N>>::new(per_lane * RPU);
     load_state_rows(state, &mut s, bh, head_dim, d_state, per_lane);
 
     let raw_dt = zxbcdt[b * zxbcdt.stride(0) + (d_inner + conv_dim + h) * zxbcdt.stride(1)];
@@ -115,7 +119,7 @@ fn mamba_step_kernel<F: Float>(
     // unit that convolves it, B and C only in the first cube of the group's first head.
     let unit = UNIT_POS_Y as usize * LANES + UNIT_POS_X as usize;
     let shifts_bc = h % heads_per_group == 0 && CUBE_POS_X == 0;
-    let mut bc = SharedMemory::<f32>::new(2 * per_lane * LANES);
+    let mut bc = SharedMemory::<f32>::new(2 * state_width);
     let mut i = unit;
     while i < 2 * d_state {
         let mut c = b_channel + i;
@@ -139,18 +143,23 @@ fn mamba_step_kernel<F: Float>(
         }
     }
     sync_cube();
-    let mut bv = Array::<f32>::new(per_lane);
-    let mut cv = Array::<f32>::new(per_lane);
+    let mut bv = Array::<Vector<f32, N>>::new(per_lane);
+    let mut cv = Array::<Vector<f32, N>>::new(per_lane);
     let mut xv = Array::<f32>::new(RPU);
     #[unroll]
     for k in 0..per_lane {
-        let n = lane + k * LANES;
-        bv[k] = 0.0f32;
-        cv[k] = 0.0f32;
-        if n < d_state {
-            bv[k] = bc[n];
-            cv[k] = bc[d_state + n];
+        let mut bk = Vector::<f32, N>::new(0.0f32);
+        let mut ck = Vector::<f32, N>::new(0.0f32);
+        #[unroll]
+        for e in 0..N::value() {
+            let n = state_column::<N>(k, e);
+            if n < d_state {
+                bk[e] = bc[n];
+                ck[e] = bc[d_state + n];
+            }
         }
+        bv[k] = bk;
+        cv[k] = ck;
     }
     #[unroll]
     for r in 0..RPU {
@@ -165,7 +174,7 @@ pub struct MambaStep<R: CubeRuntime> {
     pub y: CubeTensor<R>,
     /// `[batch, conv_dim, kernel - 1]` in `zxbcdt`'s dtype.
     pub window: CubeTensor<R>,
-    /// `[batch, heads, head_dim, d_state]` f32.
+    /// `[batch, heads, head_dim, d_state]` in the input state's dtype.
     pub state: CubeTensor<R>,
 }
 
@@ -174,7 +183,8 @@ pub struct MambaStep<R: CubeRuntime> {
 /// # Shapes
 /// - `zxbcdt`: `[batch, d_inner + conv_dim + heads]`; `weight`: `[conv_dim, kernel]`; `bias`: `[conv_dim]`
 ///   (read only when `has_bias`); `window`: `[batch, conv_dim, kernel - 1]`, all one float dtype
-/// - `a_log`, `d`, `dt_bias`: `[heads]` f32; `state`: `[batch, heads, head_dim, d_state]` f32
+/// - `a_log`, `d`, `dt_bias`: `[heads]` f32; `state`: `[batch, heads, head_dim, d_state]` in f32 or a
+///   16-bit float dtype (kept in it)
 #[allow(clippy::too_many_arguments)]
 pub fn launch<R: CubeRuntime>(
     zxbcdt: CubeTensor<R>,
@@ -190,22 +200,26 @@ pub fn launch<R: CubeRuntime>(
 ) -> MambaStep<R> {
     let client = zxbcdt.client.clone();
     let device = zxbcdt.device.clone();
+    let state = into_contiguous(state);
     let [batch, heads, head_dim, d_state] = state.meta.shape().dims::<4>();
     let dtype = zxbcdt.dtype;
     let y = empty_device_contiguous_dtype(client.clone(), device.clone(), [batch, heads * head_dim].into(), DType::F32);
     let new_window = empty_device_contiguous_dtype(client.clone(), device.clone(), window.meta.shape().clone(), dtype);
-    let new_state = empty_device_contiguous_dtype(client.clone(), device, state.meta.shape().clone(), DType::F32);
+    let new_state = empty_device_contiguous_dtype(client.clone(), device, state.meta.shape().clone(), state.dtype);
     let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
     let count = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads) as u32, 1);
     let use_plane = rows_are_planes(&client);
+    let vector = state_vector_size(&client, state.dtype.size(), d_state);
+    let dtypes = [dtype.into(), state.dtype.into()];
     // SAFETY: indices derive from the shapes: p < head_dim and n < d_state are checked before use,
     // channels stay below conv_dim (x rows below d_inner, B/C columns below d_state), and the window
-    // and state outputs are contiguous with the inputs' shapes.
+    // and state outputs are contiguous with the inputs' shapes (`vector` divides d_state).
     unsafe {
         mamba_step_kernel::launch_unchecked::<R>(
             &client,
             count,
             CubeDim::new_2d(LANES as u32, ROWS as u32),
+            vector,
             zxbcdt.into_tensor_arg(),
             weight.into_tensor_arg(),
             bias.into_tensor_arg(),
@@ -219,11 +233,12 @@ pub fn launch<R: CubeRuntime>(
             y.clone().into_tensor_arg(),
             lo,
             hi,
-            d_state.div_ceil(LANES),
+            d_state.div_ceil(LANES * vector),
+            d_state.next_multiple_of(LANES * vector),
             has_bias,
             dt_limit.is_some(),
             use_plane,
-            dtype.into(),
+            dtypes,
         );
     }
     MambaStep { y, window: new_window, state: new_state }

@@ -1,4 +1,5 @@
-//! Device helpers shared by the kernels: dt discretization, and a sum or maximum across the lanes of a row.
+//! Device helpers shared by the kernels: dt discretization, a sum or maximum across the lanes of a
+//! row, the sum of a vector's elements.
 
 use cubecl::prelude::*;
 
@@ -92,4 +93,15 @@ fn row_reduce(
         sync_cube();
     }
     total
+}
+
+/// The sum of a vector's elements.
+#[cube]
+pub fn vector_sum<N: Size>(v: Vector<f32, N>) -> f32 {
+    let mut sum = 0.0f32;
+    #[unroll]
+    for e in 0..N::value() {
+        sum += v[e];
+    }
+    sum
 }

@@ -55,7 +55,7 @@ pub(super) fn env_number(name: &str, default: usize) -> usize {
 /// - `lhs`: `[..., m, k]`, `rhs`: `[..., k, n]` → `[..., m, n]`
 pub fn launch<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<R>, may_tune: bool) -> CubeTensor<R> {
     #[cfg(feature = "cuda")]
-    if let Some(out) = super::cublaslt::try_launch(&lhs, &rhs) {
+    if let Some(out) = super::cublaslt::try_launch(&lhs, &rhs, None) {
         return out;
     }
     let dtype: DType = lhs.dtype;

@@ -17,6 +17,7 @@ mod rms_norm;
 mod ssd_chunked;
 mod ssd_scan;
 mod ssd_step;
+mod swiglu;
 #[cfg(feature = "cuda")]
 pub mod upload;
 
@@ -104,7 +105,8 @@ fn conv_kernel_inputs<B: Backend>(
 }
 
 /// The fused Mamba step's inputs as the kernels take them, in order zxbcdt, conv weight, conv bias
-/// (zeros when absent), window (all in zxbcdt's dtype), A_log, D, dt_bias, state (f32), norm weight.
+/// (zeros when absent), window (all in zxbcdt's dtype), A_log, D, dt_bias (f32), state (in its own
+/// dtype: the kernel keeps it), norm weight.
 fn mamba_step_inputs<B: Backend>(
     zxbcdt: Tensor<B, 2>,
     weights: MambaStepWeights<B>,
@@ -122,7 +124,7 @@ fn mamba_step_inputs<B: Backend>(
         prim(weights.a_log.cast(DType::F32)),
         prim(weights.d.cast(DType::F32)),
         prim(weights.dt_bias.cast(DType::F32)),
-        prim(state.cast(DType::F32)),
+        prim(state),
         prim(weights.norm_weight),
     ]
 }
@@ -209,17 +211,33 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     }
 
     fn swiglu_linear(x: Tensor<Self, 2>, gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        if !gemv_applies(&x, &gate) || up.dtype() != gate.dtype() {
+        if x.dtype() != gate.dtype() || up.dtype() != gate.dtype() {
             return crate::reference::linear::swiglu_linear(x, gate, up);
         }
-        wrap(gemv::launch(prim(x), prim(gate), gemv::Epilogue::SwiGlu(prim(up)), None))
+        if gemv_applies(&x, &gate) {
+            return wrap(gemv::launch(prim(x), prim(gate), gemv::Epilogue::SwiGlu(prim(up)), None));
+        }
+        // Two products, then silu(gate)·up in one launch.
+        let (g, u) = (Self::linear_no_bias(x.clone(), gate), Self::linear_no_bias(x, up));
+        wrap(swiglu::launch(prim(g), prim(u)))
     }
 
     fn linear_residual(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, residual: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        if !gemv_applies(&x, &weight) || residual.dtype() != x.dtype() {
+        if x.dtype() != weight.dtype() || residual.dtype() != x.dtype() {
             return crate::reference::linear::linear_residual(x, weight, residual);
         }
-        wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::Residual(prim(residual)), None))
+        if gemv_applies(&x, &weight) {
+            return wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::Residual(prim(residual)), None));
+        }
+        // cuBLASLt adds the residual inside the product (no add launch).
+        #[cfg(feature = "cuda")]
+        {
+            let (lhs, rhs, addend) = (prim(x.clone()), prim(weight.clone().transpose()), prim(residual.clone()));
+            if let Some(y) = cublaslt::try_launch(&lhs, &rhs, Some(&addend)) {
+                return wrap(y);
+            }
+        }
+        crate::reference::linear::linear_residual(x, weight, residual)
     }
 
     fn rms_norm_linear(
@@ -456,9 +474,10 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         let (dtype, out_dtype) = (zxbcdt.dtype(), weights.norm_weight.dtype());
         let has_bias = weights.conv_bias.is_some();
         let window_shape = window.dims().to_vec();
+        let state_dtype = state.dtype();
         let state_shape = vec![batch, config.heads, config.head_dim, config.d_state];
         let ins = mamba_step_inputs(zxbcdt, weights, window, state).to_vec();
-        let outs = [(vec![batch, config.d_inner()], out_dtype), (window_shape, dtype), (state_shape, DType::F32)];
+        let outs = [(vec![batch, config.d_inner()], out_dtype), (window_shape, dtype), (state_shape, state_dtype)];
         let [y, window, state] = register::<B, 3>("bamba_mamba_step", Kind::MambaStep { has_bias, config }, ins, outs);
         MambaStepOutput { y: wrap(y), window: wrap(window), state: wrap(state) }
     }

@@ -3,7 +3,7 @@
 //! default of [`BambaOps::mamba_decode_step`] and what its fused kernel is tested against.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 
 use super::ssd::{SsdConfig, SsdInputs};
 use crate::BambaOps;
@@ -54,7 +54,8 @@ pub struct MambaStepOutput<B: Backend> {
     pub y: Tensor<B, 2>,
     /// `[batch, conv_dim, kernel - 1]`, the next conv window.
     pub window: Tensor<B, 3>,
-    /// `[batch, heads, head_dim, d_state]` f32, the next SSM state.
+    /// `[batch, heads, head_dim, d_state]`, the next SSM state, in the input state's dtype (f32, or
+    /// 16-bit to halve the bytes a step moves; the math is f32 either way).
     pub state: Tensor<B, 4>,
 }
 
@@ -69,7 +70,7 @@ pub fn mamba_decode_step<B: BambaOps>(
     state: Tensor<B, 4>,
     config: MambaStepConfig,
 ) -> MambaStepOutput<B> {
-    let batch = zxbcdt.dims()[0];
+    let (batch, state_dtype) = (zxbcdt.dims()[0], state.dtype());
     let (d_inner, conv_dim, gn) = (config.d_inner(), config.conv_dim(), config.groups * config.d_state);
     let z = zxbcdt.clone().narrow(1, 0, d_inner);
     let xbc = zxbcdt.clone().narrow(1, d_inner, conv_dim).reshape([batch, 1, conv_dim]);
@@ -90,5 +91,5 @@ pub fn mamba_decode_step<B: BambaOps>(
     };
     let scan = B::ssd_decode_step(inputs, SsdConfig { chunk_size: 1, dt_limit: config.dt_limit });
     let y = B::rms_norm(scan.y.reshape([batch, d_inner]), Some(z), weights.norm_weight, config.groups, config.norm_eps);
-    MambaStepOutput { y, window: conv.window, state: scan.final_state.cast(DType::F32) }
+    MambaStepOutput { y, window: conv.window, state: scan.final_state.cast(state_dtype) }
 }
