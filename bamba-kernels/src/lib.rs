@@ -177,6 +177,17 @@ pub trait BambaOps: Backend {
         reference::attention::decode_attention(q, k, v, key_start, keys)
     }
 
+    /// Runs `work` with the device's new buffers allocated in its persistent mode: each buffer has
+    /// exactly its size and, once freed, is reused by the next allocation of that size, instead of
+    /// being a slice of a shared page. For the weights (never freed) and for decode steps (the same
+    /// sizes every step): CubeCL's paged allocator merges and scans a page's slices on every
+    /// allocation, which was most of a decode step's host time (H200, session 11 profile). Calls may
+    /// nest. The default (ndarray) runs `work`.
+    fn with_persistent_allocations<T>(device: &Self::Device, work: impl FnOnce() -> T) -> T {
+        let _ = device;
+        work()
+    }
+
     /// A tensor made from host bytes, for weights: `fill(offset, out)` writes bytes
     /// `offset..offset + out.len()` of its contents (native-endian `dtype` elements, row-major) into
     /// `out`. It is called for whole-element ranges, possibly more than once for the same bytes (CUDA

@@ -101,7 +101,20 @@ impl<B: BambaOps> BambaModel<B> {
         Self::from_reader(config, WeightReader::random(device.clone(), dtype, seed), device, dtype)
     }
 
+    /// The weights are persistent allocations ([`BambaOps::with_persistent_allocations`]): exact-size
+    /// buffers outside the pages that activations share; then what loading left free is released.
     fn from_reader(
+        config: BambaConfig,
+        w: WeightReader<'_, B>,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, LoadError> {
+        let model = B::with_persistent_allocations(device, || Self::read_weights(config, w, device, dtype));
+        B::memory_cleanup(device);
+        model
+    }
+
+    fn read_weights(
         config: BambaConfig,
         mut w: WeightReader<'_, B>,
         device: &B::Device,
@@ -188,6 +201,19 @@ impl<B: BambaOps> BambaModel<B> {
     /// # Shapes
     /// - `ids`: `[batch, len]` → `[batch, len or 1, vocab]`
     pub fn forward_cached(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut HybridCache<B>,
+        last_only: bool,
+    ) -> Result<Tensor<B, 3>, CacheError> {
+        if ids.dims()[1] == 1 {
+            // A decode step allocates the same sizes every step: exact-size buffers, found again by size.
+            return B::with_persistent_allocations(&self.device, || self.run_cached(ids, cache, last_only));
+        }
+        self.run_cached(ids, cache, last_only)
+    }
+
+    fn run_cached(
         &self,
         ids: Tensor<B, 2, Int>,
         cache: &mut HybridCache<B>,

@@ -13,6 +13,7 @@ mod legacy_stream;
 mod mamba_step;
 mod math;
 pub mod matmul;
+mod persistent;
 mod rms_norm;
 mod ssd_chunked;
 mod ssd_scan;
@@ -304,6 +305,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     ) -> Tensor<Self, 4> {
         let key_start = prim(key_start.cast(DType::F32));
         wrap(decode_attention::launch(prim(q), prim(k), prim(v), key_start, keys))
+    }
+
+    fn with_persistent_allocations<T>(device: &Self::Device, work: impl FnOnce() -> T) -> T {
+        persistent::allocations(R::client(device), work)
     }
 
     fn upload_weight<const D: usize>(
@@ -610,6 +615,11 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         inputs.extend(mask.map(|m| prim(m.float())));
         let [y] = register::<B, 1>("bamba_causal_attention", kind, inputs, [out]);
         wrap(y)
+    }
+
+    // Allocations happen when the fusion stream executes: those inside `work` get the mode.
+    fn with_persistent_allocations<T>(device: &Self::Device, work: impl FnOnce() -> T) -> T {
+        B::with_persistent_allocations(device, work)
     }
 
     // The inner backend's tensor, registered with the fusion client as Burn's own `from_data` does.
