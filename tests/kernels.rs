@@ -497,18 +497,39 @@ fn check_norm<B: BambaOps>(device: &B::Device) {
     let cpu = Default::default();
     let mut worst = 0.0f32;
     for dtype in dtypes::<B>(device) {
-        for (seed, (rows, width, groups, gated)) in
-            [(1, 64, 1, false), (5, 4096, 1, false), (1, 96, 2, true), (3, 8192, 1, true)].into_iter().enumerate()
-        {
+        // Widths whose groups take 16-byte, narrower and scalar vectors; a gate that is a column
+        // window of a wider tensor (as z is of in_proj's output), on a vector boundary or not.
+        let cases = [
+            (1, 64, 1, false, None),
+            (5, 4096, 1, false, None),
+            (1, 96, 2, true, None),
+            (3, 8192, 1, true, None),
+            (2, 30, 1, false, None),
+            (1, 21, 3, true, None),
+            (3, 256, 2, true, Some(3)),
+            (2, 256, 1, true, Some(8)),
+        ];
+        for (seed, (rows, width, groups, gated, gate_offset)) in cases.into_iter().enumerate() {
             let seed = 777 + 4 * seed as u64;
             // The gated norm's input is the scan output, f32; the plain one's is in the model dtype.
             let x_dtype = if gated { DType::F32 } else { dtype };
             let x = rounded(uniform(rows * width, seed, -3.0, 3.0), x_dtype);
             let z = rounded(uniform(rows * width, seed + 1, -3.0, 3.0), dtype);
             let w = rounded(uniform(width, seed + 2, 0.5, 1.5), dtype);
+            let gate_on_device = || match gate_offset {
+                None => tensor::<B, 2>(&z, [rows, width], device, dtype),
+                Some(offset) => {
+                    // z in columns offset..offset + width of a [rows, width + 16] tensor.
+                    let mut wide = vec![9.0f32; rows * (width + 16)];
+                    for (r, row) in z.chunks(width).enumerate() {
+                        wide[r * (width + 16) + offset..][..width].copy_from_slice(row);
+                    }
+                    tensor::<B, 2>(&wide, [rows, width + 16], device, dtype).narrow(1, offset, width)
+                }
+            };
             let got = B::rms_norm(
                 tensor(&x, [rows, width], device, x_dtype),
-                gated.then(|| tensor(&z, [rows, width], device, dtype)),
+                gated.then(gate_on_device),
                 tensor(&w, [width], device, dtype),
                 groups,
                 1e-5,

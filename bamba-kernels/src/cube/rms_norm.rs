@@ -1,5 +1,6 @@
-//! RMSNorm (plain, and Mamba2's grouped gated form) as one CubeCL kernel: one cube of `PLANES` rows of
-//! `LANES` units per (row, group) sums the squares in f32, then writes the normalized, weighted values.
+//! RMSNorm (plain, and Mamba2's grouped gated form) as one CubeCL kernel: one cube of up to
+//! `MAX_PLANES` rows of `LANES` units per (row, group) sums the squares in f32, then writes the
+//! normalized, weighted values; operands move as vectors of up to 16 bytes.
 //!
 //! One launch instead of Burn's fused reduce + elementwise pair, and a way around a Burn 0.21 bug:
 //! its fused reduce, autotuned on a half-precision RMSNorm of a single row (every decode step),
@@ -7,43 +8,49 @@
 //! down on CUDA.
 
 use burn::tensor::DType;
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use super::math::cube_sum;
+use super::math::{cube_sum, vector_sum};
 use super::ssd_step::{rows_are_planes, LANES};
 
-/// Rows of `LANES` units in a cube: one cube per (row, group) of the input, so at decode (one row,
-/// one group) a single cube does all the work and must be wide. With 32 units, the gated norm of a
-/// decode step (8192 wide) took 200 µs on the H200.
-const PLANES: usize = 8;
+/// Most rows of `LANES` units in a cube. A cube takes one (row, group), so at decode (one row, one
+/// group) a single cube does all the work and must be wide: the gated norm of a Bamba-9B decode step
+/// (8192 wide) took 46 µs in 8 rows of scalar loads (H200, session 11 profile; 200 µs with one row).
+const MAX_PLANES: usize = 32;
 
-/// `x · silu(gate)` at one position (or `x` alone), in f32.
+/// `x · silu(gate)` (or `x` alone) at vector `i` of the row, in f32.
 #[cube]
-fn gated_value<X: Float, F: Float>(
-    x: &Tensor<X>,
-    gate: &Tensor<F>,
-    row: usize,
-    col: usize,
+fn gated_value<X: Float, F: Float, N: Size>(
+    x: &Tensor<Vector<X, N>>,
+    gate: &Tensor<Vector<F, N>>,
+    x_at: usize,
+    gate_at: usize,
     #[comptime] gated: bool,
-) -> f32 {
-    let mut v = f32::cast_from(x[row * x.stride(0) + col * x.stride(1)]);
+) -> Vector<f32, N> {
+    let mut v = Vector::<f32, N>::cast_from(x[x_at]);
     if gated {
-        let z = f32::cast_from(gate[row * gate.stride(0) + col * gate.stride(1)]);
-        v *= z / (1.0f32 + f32::exp(-z));
+        let z = Vector::<f32, N>::cast_from(gate[gate_at]);
+        #[unroll]
+        for e in 0..N::value() {
+            v[e] *= z[e] / (1.0f32 + f32::exp(-z[e]));
+        }
     }
     v
 }
 
 #[cube(launch_unchecked)]
-fn rms_norm_kernel<X: Float, F: Float>(
-    x: &Tensor<X>,
-    gate: &Tensor<F>,
-    weight: &Tensor<F>,
-    y: &mut Tensor<F>,
+#[allow(clippy::too_many_arguments)]
+fn rms_norm_kernel<X: Float, F: Float, N: Size>(
+    x: &Tensor<Vector<X, N>>,
+    gate: &Tensor<Vector<F, N>>,
+    weight: &Tensor<Vector<F, N>>,
+    y: &mut Tensor<Vector<F, N>>,
     eps: f32,
+    #[comptime] planes: usize,
     #[comptime] gated: bool,
     #[comptime] use_plane: bool,
     #[define(X, F)] _dtypes: [StorageType; 2],
@@ -51,32 +58,44 @@ fn rms_norm_kernel<X: Float, F: Float>(
     let row = CUBE_POS_X as usize;
     let width = y.shape(1);
     let size = width / CUBE_COUNT_Y as usize;
-    let start = CUBE_POS_Y as usize * size;
+    // In vectors: the group's size and first column; rows start at multiples of the vector size.
+    let vectors = size / N::value();
+    let start = CUBE_POS_Y as usize * vectors;
+    let x_row = row * x.stride(0) / N::value() + start;
+    let gate_row = row * gate.stride(0) / N::value() + start;
+    let y_row = row * width / N::value() + start;
     let unit = UNIT_POS_Y as usize * LANES + UNIT_POS_X as usize;
     let mut part = 0.0f32;
     let mut i = unit;
-    while i < size {
-        let v = gated_value(x, gate, row, start + i, gated);
-        part += v * v;
-        i += LANES * PLANES;
+    while i < vectors {
+        let v = gated_value(x, gate, x_row + i, gate_row + i, gated);
+        part += vector_sum(v * v);
+        i += LANES * planes;
     }
-    let mut smem = SharedMemory::<f32>::new(LANES * PLANES);
-    let mut partials = SharedMemory::<f32>::new(PLANES);
-    let total = cube_sum(part, &mut smem, &mut partials, LANES, PLANES, use_plane);
-    let inv = 1.0f32 / f32::sqrt(total / size as f32 + eps);
+    let mut smem = SharedMemory::<f32>::new(LANES * planes);
+    let mut partials = SharedMemory::<f32>::new(planes);
+    let total = cube_sum(part, &mut smem, &mut partials, LANES, planes, use_plane);
+    let inv = Vector::<f32, N>::new(1.0f32 / f32::sqrt(total / size as f32 + eps));
     let mut j = unit;
-    while j < size {
-        let col = start + j;
-        let normed = gated_value(x, gate, row, col, gated) * inv;
-        let w = f32::cast_from(weight[col * weight.stride(0)]);
+    while j < vectors {
+        let normed = gated_value(x, gate, x_row + j, gate_row + j, gated) * inv;
+        let w = Vector::<f32, N>::cast_from(weight[start + j]);
         // As transformers: the plain norm rounds to the model dtype before the weight, the gated one after.
         if gated {
-            y[row * width + col] = F::cast_from(normed * w);
+            y[y_row + j] = Vector::cast_from(normed * w);
         } else {
-            y[row * width + col] = F::cast_from(f32::cast_from(F::cast_from(normed)) * w);
+            y[y_row + j] = Vector::cast_from(Vector::<f32, N>::cast_from(Vector::<F, N>::cast_from(normed)) * w);
         }
-        j += LANES * PLANES;
+        j += LANES * planes;
     }
+}
+
+/// Whether `t` (`[rows, width]`) is indexable as rows of `vector`-element vectors: unit column
+/// stride, rows starting at multiples of the vector size, the view starting on a vector boundary.
+fn rows_of_vectors<R: CubeRuntime>(t: &CubeTensor<R>, vector: usize) -> bool {
+    let strides = t.meta.strides();
+    let offset = t.handle.offset_start.unwrap_or(0) as usize;
+    strides[1] == 1 && strides[0].is_multiple_of(vector) && offset.is_multiple_of(vector * t.dtype.size())
 }
 
 /// # Shapes
@@ -91,26 +110,46 @@ pub fn launch<R: CubeRuntime>(
     eps: f64,
 ) -> CubeTensor<R> {
     let gated = gate.is_some();
+    let client = x.client.clone();
+    let [rows, width] = x.meta.shape().dims::<2>();
+    let size = width / groups;
+    let dtype: DType = weight.dtype;
+    // Operands need unit column strides (a copy otherwise); the gate may be wider than x (z is read
+    // in place, the first columns of in_proj's output).
+    let unit_columns = |t: CubeTensor<R>| if t.meta.strides()[1] == 1 { t } else { into_contiguous(t) };
+    let (x, weight) = (unit_columns(x), into_contiguous(weight));
+    let gate = gate.map(unit_columns);
+    // Vectors of at most 16 bytes of the wider dtype, dividing the group size, where every operand's
+    // rows and view start on vector boundaries; else scalars.
+    let widest = x.dtype.size().max(dtype.size());
+    let vector = client
+        .io_optimized_vector_sizes(widest)
+        .filter(|&v| v * widest <= 16 && size.is_multiple_of(v))
+        .filter(|&v| rows_of_vectors(&x, v) && gate.as_ref().is_none_or(|g| rows_of_vectors(g, v)))
+        .max()
+        .unwrap_or(1);
     // Without a gate the kernel does not read its gate argument; the weight fills the slot.
     let gate = gate.unwrap_or_else(|| weight.clone());
-    let client = x.client.clone();
-    let [rows, _] = x.meta.shape().dims::<2>();
-    let dtype: DType = weight.dtype;
     let y = empty_device_contiguous_dtype(client.clone(), x.device.clone(), x.meta.shape().clone(), dtype);
+    let planes = (size / vector).div_ceil(2 * LANES).next_power_of_two().clamp(4, MAX_PLANES);
     let use_plane = rows_are_planes(&client);
     let dtypes = [x.dtype.into(), dtype.into()];
-    // SAFETY: a cube per (row, group) with rows and groups from the shapes; column indices stay below
-    // width (groups divides width, checked by the config); the gate is read only when `gated`.
+    // SAFETY: a cube per (row, group) with rows and groups from the shapes; vector indices stay below
+    // each row's width (groups divides width, checked by the config; the vector divides the group);
+    // every operand has unit column stride and rows at multiples of the vector; the gate is read
+    // only when `gated`.
     unsafe {
         rms_norm_kernel::launch_unchecked::<R>(
             &client,
             CubeCount::Static(rows as u32, groups as u32, 1),
-            CubeDim::new_2d(LANES as u32, PLANES as u32),
+            CubeDim::new_2d(LANES as u32, planes as u32),
+            vector,
             x.into_tensor_arg(),
             gate.into_tensor_arg(),
             weight.into_tensor_arg(),
             y.clone().into_tensor_arg(),
             eps as f32,
+            planes,
             gated,
             use_plane,
             dtypes,
