@@ -5,9 +5,7 @@
 //! 1. `mamba_step_kernel` reads the in_proj output `zxbcdt` of one token per sequence as it is and,
 //!    per (sequence, head), applies the causal conv + bias + SiLU to the channels it needs (its x
 //!    rows, its group's B and C: the conv is 4 taps, so recomputing B and C in every head's cube is
-//!    cheaper than a launch; the cube's units split that work through shared memory, and a cube
-//!    takes a whole head of up to 64 rows, each unit 16 of them, so that the conv is done once per
-//!    head and its latency hides behind many state loads in flight), shifts the conv
+//!    cheaper than a launch; the cube's units split that work through shared memory), shifts the conv
 //!    window (each channel written by exactly one unit), and runs the SSD state update of
 //!    [`super::ssd_step`], whose state loads are issued first.
 //! 2. The gated RMSNorm kernel, with z read straight out of `zxbcdt` (its first `d_inner` columns).
@@ -22,14 +20,8 @@ use cubecl::{CubeCount, CubeDim};
 
 use super::math::discretize_dt;
 use super::ssd_step::{
-    load_state_rows, rows_are_planes, state_column, state_vector_size, update_state_rows, LANES, ROWS,
+    load_state_rows, rows_are_planes, state_column, state_vector_size, update_state_rows, LANES, ROWS, RPU,
 };
-
-/// Most state rows (head_dim positions) a unit owns: a cube of `ROWS × LANES` units takes a head
-/// of up to 64 rows. Each unit then has 16 rows of state loads in flight, which is what hides the
-/// latency of the conv before the update (H200, Nsight Compute, batch 64, bf16 state: 16 rows of
-/// 512 units with 4 rows each moved the state at 1.2 TB/s, 212 µs per layer).
-const MAX_RPU: usize = 16;
 
 /// Conv output of xBC channel `c` of sequence `b` for the new token: `SiLU(bias + Σ w·[window, x])`,
 /// in f32 after rounding to `F` (as the conv kernel stores it).
@@ -220,8 +212,14 @@ pub fn launch<R: CubeRuntime>(
     let new_window = empty_device_contiguous_dtype(client.clone(), device.clone(), window.meta.shape().clone(), dtype);
     let new_state = empty_device_contiguous_dtype(client.clone(), device, state.meta.shape().clone(), state.dtype);
     let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
-    // One cube per head when it fits: the group's B and C conv is computed once per cube.
-    let (rows, rpu) = (ROWS, head_dim.div_ceil(ROWS).min(MAX_RPU));
+    // 16 state rows per cube (4 rows of lanes, 4 state rows per unit): 4 cubes per Bamba head. Tried
+    // on the H200 in session 11 (batch 64 at 8K), one cube per head does the B/C conv once per head:
+    // 16 rows of lanes × 4 state rows, or 4 × 16. With an f32 state both made the step slower end to
+    // end (19.05 and 21.76 ms per step, against 18.83 ms with this layout and the norm kernel before
+    // its speed-up; runs 4, 5 and 2 in benches/results/h200-2026-12-02-s11). With a
+    // bf16 state Nsight Compute put this kernel at 212 and 174 µs per layer, 1.2–1.5 TB/s: neither
+    // reaches the bandwidth, so the layout stays as it was.
+    let (rows, rpu) = (ROWS, RPU);
     let count = CubeCount::Static(head_dim.div_ceil(rows * rpu) as u32, (batch * heads) as u32, 1);
     let use_plane = rows_are_planes(&client);
     let vector = state_vector_size(&client, state.dtype.size(), d_state);
