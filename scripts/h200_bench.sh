@@ -26,9 +26,18 @@
 # criterion against SDPA, prefill of both shapes. `profile_s10`: CubeCL's per-kernel profile of a
 # batch-64 decode step at 8K.
 #
-# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10
+# `host_s11` (session 11): every CUDA test; a sampling profile of the host (`--cpu-profile`, a bamba
+# built with the `cpu-profile` feature, symbols kept) of batch-1 decode (9B shape and the tiny-width
+# plan) and of a batch-64 step at 8K; then batch-64 decode at 8K and pp4096 with this build and with
+# the previous one (a gzipped .gpu/bamba-s10), same call. `decode_s11`: every CUDA test, then
+# decode at batch 1 (with a host profile), batch 64 at 8K and 32K (f32 and bf16 SSM state) and pp4096,
+# Bamba and Llama shapes. `ncu_s11`: Nsight Compute's per-kernel GPU time and DRAM bytes of decode
+# steps (batch 1, and batch 64 at 8K with a bf16 state), grouped by kernel, then the `decode_s11` runs.
+# `final_s11`: every CUDA test and the Bamba-shape runs of `decode_s11` (the Llama shape did not change).
+#
+# Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -188,6 +197,60 @@ profile_s10)
   # in CubeCL's profile). A prefill has no argmax between its warm-up and its run, so this reduction
   # cannot separate them: prefill is not profiled here.
   prof prof_bamba_b64 --preset bamba-9b -t tg4@d8192 -b 64 -r 1
+  ;;
+host_s11)
+  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "tests rc=$?"
+  grep -E "panicked|test result|linear_residual|swiglu_linear" "$RAW/tests.log" | head -12
+  u=(--backend cuda-unfused)
+  bench host_b1 100 --preset bamba-9b -t tg128 -b 1 -r 3 "${u[@]}" --cpu-profile "$RAW/host_b1"
+  bench host_tiny 60 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 3 "${u[@]}" \
+    --cpu-profile "$RAW/host_tiny"
+  bench host_b64 100 --preset bamba-9b -t tg16@d8192 -b 64 -r 2 "${u[@]}" --cpu-profile "$RAW/host_b64"
+  for f in "$RAW"/host_*.txt; do echo "== $f"; sed -n '1p;/## self/,$p' "$f" | head -14; done
+  bench bamba_b64 100 --preset bamba-9b -t tg16@d8192 -b 64 -r 2 "${u[@]}"
+  bench llama_b64 100 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 2 "${u[@]}"
+  bench bamba_pp 100 --preset bamba-9b -t pp4096 -b 1 -r 2
+  BAMBA=.gpu/bamba-s10 bench bamba_b64_s10 100 --preset bamba-9b -t tg16@d8192 -b 64 -r 2 "${u[@]}"
+  BAMBA=.gpu/bamba-s10 bench bamba_pp_s10 100 --preset bamba-9b -t pp4096 -b 1 -r 2
+  ;;
+ncu_s11)
+  ncu_step() { # name, launches to skip, launches to profile, bench args...
+    local name=$1 skip=$2 count=$3; shift 3
+    timeout 150 /usr/local/cuda/bin/ncu --csv --page raw --launch-skip "$skip" --launch-count "$count" \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+      .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 "$@" > "$RAW/$name.csv" 2> "$RAW/$name.err"
+    echo "$name rc=$?"
+    python3 scripts/ncu_summary.py "$RAW/$name.csv" | tee "$RAW/$name.txt" | head -16
+  }
+  ncu_step ncu_b1 12000 580 --preset bamba-9b -t tg64 -b 1
+  ncu_step ncu_b64 8000 840 --preset bamba-9b -t tg32@d8192 -b 64 --state-dtype bf16
+  ;&
+final_s11)
+  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "tests rc=$?"
+  grep -E "panicked|test result|mamba_decode_step on" "$RAW/tests.log" | head -8
+  u=(--backend cuda-unfused)
+  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 "${u[@]}"
+  bench bamba_b64 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 "${u[@]}"
+  bench bamba_b64_bf16 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 --state-dtype bf16 "${u[@]}"
+  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+  ;;
+decode_s11)
+  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "tests rc=$?"
+  grep -E "panicked|test result|mamba_decode_step on|swiglu_linear" "$RAW/tests.log" | head -12
+  u=(--backend cuda-unfused)
+  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 "${u[@]}" --cpu-profile "$RAW/host_b1"
+  sed -n '1p;/## self/,$p' "$RAW"/host_b1-*.txt | head -8
+  bench bamba_tiny_b1 60 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 5 "${u[@]}"
+  bench llama_b1 60 --preset llama-8b-shape -t tg128 -b 1 -r 5 "${u[@]}"
+  bench bamba_b64 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 "${u[@]}"
+  bench bamba_b64_bf16 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 --state-dtype bf16 "${u[@]}"
+  bench llama_b64 60 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 3 "${u[@]}"
+  bench llama_b64_32k 60 --preset llama-8b-shape -t tg16@d32768 -b 64 -r 3 --memory 110GB "${u[@]}"
+  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+  bench llama_pp 60 --preset llama-8b-shape -t pp4096 -b 1 -r 5
   ;;
 stream)
   # Session 10: cuBLASLt on the legacy stream (no host syncs, any row count) and pinned weight uploads.

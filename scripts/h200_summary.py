@@ -118,7 +118,16 @@ def main():
         "prefill_attention_fraction_of_sdpa": ratio(sdpa["seconds"] if sdpa else None, pre_att),
         "load_gb_per_s": newest_load["gb_per_s"] if newest_load else None,
     }
-    pick = lambda r: r and {k: r.get(k) for k in ("batch", "tokens_per_s", "ms_per_step", "backend", "source")}
+    pick = lambda r: r and {
+        k: r.get(k) for k in ("batch", "tokens_per_s", "ms_per_step", "backend", "state_dtype", "source")
+    }
+
+    def bf16_state_ratio(context):
+        """The newest Bamba record with a bf16 SSM state (`--state-dtype bf16`) over the ratio's Llama record."""
+        rows = [r for r in decode_records("bamba-9b", context, 64) if r.get("state_dtype") == "bf16"]
+        llama = newest_decode("llama-8b-shape", context, 64)
+        return ratio(rows[0]["tokens_per_s"] if rows else None, llama and llama["tokens_per_s"])
+
     pick_load = lambda r: {k: r.get(k) for k in ("seconds", "gb_per_s", "source")}
     details = {
         "copy_gb_per_s": copy_gbs,
@@ -126,6 +135,7 @@ def main():
         "gemm_fraction_of_cublas_by_m": dict(zip((512, 2048, 8192), gemm)),
         "ssd_speedup_vs_mamba_ssm_by_len": scan,
         "load_records": [pick_load(r) for r in loads],
+        "bamba_over_llama_b64_bf16_state": {"8k": bf16_state_ratio(8192), "32k": bf16_state_ratio(32768)},
         "ratio_records": {"8k": {"bamba": pick(bamba_8k), "llama": pick(llama_8k)},
                           "32k": {"bamba": pick(bamba_32k), "llama": pick(llama_32k)}},
         "decode_attention_bandwidth_fraction_by_shape": {
