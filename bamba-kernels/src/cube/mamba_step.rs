@@ -90,9 +90,6 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     #[comptime] per_lane: usize,
     // d_state rounded up to the columns the lanes cover: B's and C's conv outputs in shared memory.
     #[comptime] state_width: usize,
-    // Rows of LANES units in the cube, each unit owning `rpu` state rows.
-    #[comptime] rows: usize,
-    #[comptime] rpu: usize,
     #[comptime] has_bias: bool,
     #[comptime] has_limit: bool,
     #[comptime] use_plane: bool,
@@ -112,13 +109,13 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     // xBC channels: x (d_inner), then B and C (groups · d_state each).
     let b_channel = d_inner + g * d_state;
     let c_channel = d_inner + groups * d_state + g * d_state;
-    let mut s = Array::<Vector<f32, N>>::new(per_lane * rpu);
-    load_state_rows(state, &mut s, bh, head_dim, d_state, per_lane, rows, rpu);
+    let mut s = Array::<Vector<f32, N>>::new(per_lane * RPU);
+    load_state_rows(state, &mut s, bh, head_dim, d_state, per_lane);
 
     let raw_dt = zxbcdt[b * zxbcdt.stride(0) + (d_inner + conv_dim + h) * zxbcdt.stride(1)];
     let dt_h = discretize_dt(f32::cast_from(raw_dt), dt_bias[h * dt_bias.stride(0)], lo, hi, has_limit);
     // The cube's units share the conv work through shared memory: first the group's B and C
-    // (2·d_state channels), then the cube's rows·rpu x rows. Each channel's window is shifted by the
+    // (2·d_state channels), then the cube's ROWS·RPU x rows. Each channel's window is shifted by the
     // unit that convolves it, B and C only in the first cube of the group's first head.
     let unit = UNIT_POS_Y as usize * LANES + UNIT_POS_X as usize;
     let shifts_bc = h % heads_per_group == 0 && CUBE_POS_X == 0;
@@ -133,11 +130,11 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
         if shifts_bc {
             shift_window(zxbcdt, window, new_window, b, c, d_inner);
         }
-        i += LANES * rows;
+        i += LANES * ROWS;
     }
-    let mut xs = SharedMemory::<f32>::new(rows * rpu);
-    if unit < rows * rpu {
-        let p = CUBE_POS_X as usize * rows * rpu + unit;
+    let mut xs = SharedMemory::<f32>::new(ROWS * RPU);
+    if unit < ROWS * RPU {
+        let p = CUBE_POS_X as usize * ROWS * RPU + unit;
         xs[unit] = 0.0f32;
         if p < head_dim {
             let c = h * head_dim + p;
@@ -148,7 +145,7 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     sync_cube();
     let mut bv = Array::<Vector<f32, N>>::new(per_lane);
     let mut cv = Array::<Vector<f32, N>>::new(per_lane);
-    let mut xv = Array::<f32>::new(rpu);
+    let mut xv = Array::<f32>::new(RPU);
     #[unroll]
     for k in 0..per_lane {
         let mut bk = Vector::<f32, N>::new(0.0f32);
@@ -165,12 +162,10 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
         cv[k] = ck;
     }
     #[unroll]
-    for r in 0..rpu {
-        xv[r] = xs[UNIT_POS_Y as usize * rpu + r];
+    for r in 0..RPU {
+        xv[r] = xs[UNIT_POS_Y as usize * RPU + r];
     }
-    update_state_rows(
-        &s, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, rows, rpu, use_plane,
-    );
+    update_state_rows(&s, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, use_plane);
 }
 
 /// The results of [`launch`].
@@ -219,8 +214,7 @@ pub fn launch<R: CubeRuntime>(
     // its speed-up; runs 4, 5 and 2 in benches/results/h200-2026-12-02-s11). With a
     // bf16 state Nsight Compute put this kernel at 212 and 174 µs per layer, 1.2–1.5 TB/s: neither
     // reaches the bandwidth, so the layout stays as it was.
-    let (rows, rpu) = (ROWS, RPU);
-    let count = CubeCount::Static(head_dim.div_ceil(rows * rpu) as u32, (batch * heads) as u32, 1);
+    let count = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads) as u32, 1);
     let use_plane = rows_are_planes(&client);
     let vector = state_vector_size(&client, state.dtype.size(), d_state);
     let dtypes = [dtype.into(), state.dtype.into()];
@@ -231,7 +225,7 @@ pub fn launch<R: CubeRuntime>(
         mamba_step_kernel::launch_unchecked::<R>(
             &client,
             count,
-            CubeDim::new_2d(LANES as u32, rows as u32),
+            CubeDim::new_2d(LANES as u32, ROWS as u32),
             vector,
             zxbcdt.into_tensor_arg(),
             weight.into_tensor_arg(),
@@ -248,8 +242,6 @@ pub fn launch<R: CubeRuntime>(
             hi,
             d_state.div_ceil(LANES * vector),
             d_state.next_multiple_of(LANES * vector),
-            rows,
-            rpu,
             has_bias,
             dt_limit.is_some(),
             use_plane,

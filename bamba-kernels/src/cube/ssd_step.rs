@@ -51,9 +51,9 @@ fn step_kernel<F: Float, S: Float, N: Size>(
     let b = bh / heads;
     let h = bh % heads;
     let g = h / heads_per_group;
-    let p0 = first_row(ROWS, RPU);
+    let p0 = first_row();
     let mut s = Array::<Vector<f32, N>>::new(per_lane * RPU);
-    load_state_rows(state, &mut s, bh, head_dim, d_state, per_lane, ROWS, RPU);
+    load_state_rows(state, &mut s, bh, head_dim, d_state, per_lane);
 
     let dt_h = discretize_dt(
         f32::cast_from(dt[b * dt.stride(0) + h * dt.stride(2)]),
@@ -95,16 +95,13 @@ fn step_kernel<F: Float, S: Float, N: Size>(
             xv[r] = f32::cast_from(x[xb + p * xs3]);
         }
     }
-    update_state_rows(
-        &s, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, ROWS, RPU, use_plane,
-    );
+    update_state_rows(&s, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, use_plane);
 }
 
-/// The first of the `rpu` state rows (`head_dim` positions) this unit owns, in a cube of `rows`
-/// rows of `LANES` units.
+/// The first of the `RPU` state rows (`head_dim` positions) this unit owns.
 #[cube]
-pub fn first_row(#[comptime] rows: usize, #[comptime] rpu: usize) -> usize {
-    (CUBE_POS_X as usize * rows + UNIT_POS_Y as usize) * rpu
+pub fn first_row() -> usize {
+    (CUBE_POS_X as usize * ROWS + UNIT_POS_Y as usize) * RPU
 }
 
 /// The state column (`d_state` index) of element `e` of this lane's `k`-th vector: lanes take
@@ -114,7 +111,7 @@ pub fn state_column<N: Size>(k: usize, e: usize) -> usize {
     (UNIT_POS_X as usize + k * LANES) * N::value() + e
 }
 
-/// Loads this unit's `rpu` rows × `per_lane` vectors of the state of (sequence, head) `bh` into `s`
+/// Loads this unit's `RPU` rows × `per_lane` vectors of the state of (sequence, head) `bh` into `s`
 /// in f32 (zeros past `head_dim` / `d_state`). Called before anything else the kernel loads or
 /// computes, so that these loads, the bulk of a step's bytes, are in flight while the rest happens.
 /// The state is contiguous `[batch, heads, head_dim, d_state]` and the vector size divides `d_state`.
@@ -126,15 +123,13 @@ pub fn load_state_rows<S: Float, N: Size>(
     head_dim: usize,
     d_state: usize,
     #[comptime] per_lane: usize,
-    #[comptime] rows: usize,
-    #[comptime] rpu: usize,
 ) {
-    let p0 = first_row(rows, rpu);
+    let p0 = first_row();
     let lane = UNIT_POS_X as usize;
     let vectors = d_state / N::value();
     let head_base = bh * head_dim * vectors;
     #[unroll]
-    for r in 0..rpu {
+    for r in 0..RPU {
         let p = p0 + r;
         #[unroll]
         for k in 0..per_lane {
@@ -168,18 +163,16 @@ pub fn update_state_rows<S: Float, N: Size>(
     head_dim: usize,
     d_state: usize,
     #[comptime] per_lane: usize,
-    #[comptime] rows: usize,
-    #[comptime] rpu: usize,
     #[comptime] use_plane: bool,
 ) {
-    let p0 = first_row(rows, rpu);
+    let p0 = first_row();
     let lane = UNIT_POS_X as usize;
     let vectors = d_state / N::value();
     let decay = Vector::<f32, N>::new(f32::exp(-f32::exp(a_log[h * a_log.stride(0)]) * dt_h));
     let d_h = d[h * d.stride(0)];
-    let mut smem = SharedMemory::<f32>::new(LANES * rows);
+    let mut smem = SharedMemory::<f32>::new(LANES * ROWS);
     #[unroll]
-    for r in 0..rpu {
+    for r in 0..RPU {
         let p = p0 + r;
         let dtx = Vector::<f32, N>::new(dt_h * xv[r]);
         let out_row = (bh * head_dim + p) * vectors;
