@@ -102,6 +102,19 @@ pub struct HybridCache<B: Backend> {
     pub state_dtype: DType,
     /// Leading pad tokens of each row (all zero unless the batch was left-padded).
     pub padding: LeftPadding,
+    /// What [`HybridCache::assume_filled`] needs to make zero Mamba states.
+    zero_state: ZeroState<B>,
+}
+
+/// The shapes, dtype and device of a Mamba layer's state for this cache.
+#[derive(Debug, Clone)]
+struct ZeroState<B: Backend> {
+    /// `[batch, conv_dim, d_conv - 1]`, in `dtype`.
+    window: [usize; 3],
+    /// `[batch, heads, head_dim, d_state]`, in the cache's `state_dtype`.
+    ssm: [usize; 4],
+    dtype: DType,
+    device: B::Device,
 }
 
 impl<B: Backend> HybridCache<B> {
@@ -136,6 +149,12 @@ impl<B: Backend> HybridCache<B> {
                 )),
             })
             .collect();
+        let zero_state = ZeroState {
+            window: [batch, config.conv_dim(), config.mamba_d_conv - 1],
+            ssm: [batch, config.mamba_n_heads, config.mamba_d_head, config.mamba_d_state],
+            dtype,
+            device: device.clone(),
+        };
         Ok(HybridCache {
             layers,
             position: 0,
@@ -143,6 +162,7 @@ impl<B: Backend> HybridCache<B> {
             batch,
             state_dtype,
             padding: LeftPadding { pads: vec![0; batch] },
+            zero_state,
         })
     }
 
@@ -169,15 +189,24 @@ impl<B: Backend> HybridCache<B> {
 
     /// Declares the first `context` positions of every row consumed without computing them, so that
     /// decode can be timed at a given context without its prefill (`bamba bench`'s `tg N @ dD`): KV
-    /// caches count them as filled (their contents stay as they are, zeros in a fresh cache) and
-    /// Mamba states stay as they are. Decode then reads exactly the bytes it would after a real
-    /// prefill; its outputs mean nothing.
+    /// caches count them as filled (their contents stay as they are, zeros in a fresh cache), and
+    /// Mamba layers without a state get a zero one, as every layer has one after a prefill (else the
+    /// first step would take the chunked path). Decode then runs and reads exactly what it would
+    /// after a real prefill; its outputs mean nothing.
     pub fn assume_filled(&mut self, context: usize) -> Result<(), CacheError> {
         self.check(self.batch, context)?;
         self.position = context;
+        let z = &self.zero_state;
         for layer in &mut self.layers {
-            if let LayerCache::Attention(kv) = layer {
-                kv.len = context;
+            match layer {
+                LayerCache::Attention(kv) => kv.len = context,
+                LayerCache::Mamba(state @ None) => {
+                    *state = Some(MambaState {
+                        conv_window: Tensor::zeros(z.window, (&z.device, z.dtype)),
+                        ssm: Tensor::zeros(z.ssm, (&z.device, self.state_dtype)),
+                    })
+                }
+                LayerCache::Mamba(_) => {}
             }
         }
         Ok(())
