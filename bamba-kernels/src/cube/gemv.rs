@@ -5,12 +5,19 @@
 //! One row of `LANES` units per output feature: the lanes walk that feature's weight row with the
 //! widest vector loads the device has (16 bytes: 8 bf16 or 4 f32), consecutive lanes on consecutive
 //! vectors so that each warp load is one coalesced 512-byte transaction, `UNROLL` loads issued before
-//! any is used, and reuse every weight vector for all rows of `x` (held in L1/L2; it is tiny).
-//! Products accumulate in f32; one sum across the lanes per output ends it. `FEATURES` rows of lanes
-//! share a cube. An [`Epilogue`] fuses what follows the product at decode (SwiGLU's gate·up, a
-//! residual add), each of which was several launches of its own: a decode step is launch-bound. A
-//! [`PreNorm`] applies the decoder layer's RMSNorm to x on the way in (one launch fewer per norm).
-//! Measured on the H200: 52% of the copy bandwidth on 4096×16768 (no split-K yet).
+//! any is used, and reuse every weight vector for all rows of `x`. Products accumulate in f32; one
+//! sum across the lanes per output ends it. `FEATURES` rows of lanes share a cube. An [`Epilogue`]
+//! fuses what follows the product at decode (SwiGLU's gate·up, a residual add), each of which was
+//! several launches of its own: a decode step is launch-bound. A [`PreNorm`] applies the decoder
+//! layer's RMSNorm to x on the way in (one launch fewer per norm); x, normalized, is then staged in
+//! shared memory once per cube (when it fits), where every row of lanes reads it: recomputing the
+//! norm per weight vector made in_proj issue-bound (Nsight Compute, session 12).
+//!
+//! Measured on the H200 in-model at batch 1 (Nsight Compute, session 12): 3.3 TB/s on in_proj and
+//! on SwiGLU's gate·up, 3.6 TB/s on the 4096-output projections, 4.5 TB/s on the LM head; what
+//! remains is latency (too few loads in flight for a grid of 512 cubes) and partial last waves.
+//! `BAMBA_GEMV_TUNE=features,unroll,stage,stage_limit,unroll_swiglu` overrides the launch shape for
+//! tuning on other devices (see [`tuning`]).
 
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -24,7 +31,7 @@ use super::ssd_step::{rows_are_planes, LANES};
 /// Output features per cube (rows of `LANES` units).
 const FEATURES: usize = 8;
 /// Weight vectors each lane loads before using them.
-const UNROLL: usize = 4;
+const UNROLL: usize = 8;
 
 /// The most rows of `x` one launch takes: each lane keeps one f32 vector accumulator per row.
 /// Larger batches are a (small) GEMM and go to the backend's matmul.
@@ -40,6 +47,9 @@ fn gemv_kernel<F: Float, N: Size>(
     norm_weight: &Tensor<Vector<F, N>>,
     y: &mut Tensor<F>,
     eps: f32,
+    #[comptime] features: usize,
+    #[comptime] unroll: usize,
+    #[comptime] staged: usize,
     #[comptime] rows: usize,
     #[comptime] swiglu: bool,
     #[comptime] add_residual: bool,
@@ -49,14 +59,14 @@ fn gemv_kernel<F: Float, N: Size>(
 ) {
     let lane = UNIT_POS_X as usize;
     let out_features = w.shape(0);
-    let feature = CUBE_POS_X as usize * FEATURES + UNIT_POS_Y as usize;
+    let feature = CUBE_POS_X as usize * features + UNIT_POS_Y as usize;
     // All operands are contiguous with the same inner size: `vectors` per row.
     let vectors = w.shape(1) / N::value();
-    let mut smem = SharedMemory::<f32>::new(LANES * FEATURES);
+    let mut smem = SharedMemory::<f32>::new(LANES * features);
     // With `normalize`, each row's 1 / rms: every cube sums the squares of the (small) x rows itself.
     let mut inv_rms = Array::<f32>::new(rows);
     if normalize {
-        let mut partials = SharedMemory::<f32>::new(FEATURES);
+        let mut partials = SharedMemory::<f32>::new(features);
         #[unroll]
         for r in 0..rows {
             let mut part = 0.0f32;
@@ -64,11 +74,24 @@ fn gemv_kernel<F: Float, N: Size>(
             while i < vectors {
                 let v = Vector::<f32, N>::cast_from(x[r * vectors + i]);
                 part += vector_sum(v * v);
-                i += LANES * FEATURES;
+                i += LANES * features;
             }
-            let total = cube_sum(part, &mut smem, &mut partials, LANES, FEATURES, use_plane);
+            let total = cube_sum(part, &mut smem, &mut partials, LANES, features, use_plane);
             inv_rms[r] = 1.0f32 / f32::sqrt(total / (vectors * N::value()) as f32 + eps);
         }
+    }
+    // With `staged > 0` (= rows · vectors), x (normalized, as the model dtype stores it) is computed
+    // once per cube into shared memory instead of once per weight vector by every row of lanes.
+    let mut x_staged = SharedMemory::<Vector<F, N>>::new(comptime!(staged.max(1)));
+    if staged > 0 {
+        let mut at = UNIT_POS_Y as usize * LANES + lane;
+        while at < staged {
+            let r = at / vectors;
+            let i = at - r * vectors;
+            x_staged[at] = Vector::<F, N>::cast_from(x_value(x, norm_weight, &inv_rms, r, vectors, i, normalize));
+            at += LANES * features;
+        }
+        sync_cube();
     }
     let mut acc = Array::<Vector<f32, N>>::new(rows);
     // With `swiglu`, the up projection's dot products (`w_up` is read only then).
@@ -82,37 +105,39 @@ fn gemv_kernel<F: Float, N: Size>(
     if feature < out_features {
         let base = feature * vectors;
         let mut i = lane;
-        // UNROLL weight loads issued before any is used: bytes in flight per lane, which is what a
-        // memory-bound loop needs (a plain loop waits on each load in turn).
-        let mut wv = Array::<Vector<F, N>>::new(UNROLL);
-        let mut uv = Array::<Vector<F, N>>::new(UNROLL);
-        while i + (UNROLL - 1) * LANES < vectors {
+        // `unroll` weight loads issued before any is used: bytes in flight per lane, which is what a
+        // memory-bound loop needs (a plain loop waits on each load in turn). Loads predicated on
+        // the row's end instead of the plain tail loop below made batch-1 decode 15% slower on the
+        // H200 (session 12); the Bamba and Llama widths never reach that loop at 8 loads.
+        let mut wv = Array::<Vector<F, N>>::new(unroll);
+        let mut uv = Array::<Vector<F, N>>::new(unroll);
+        while i + (unroll - 1) * LANES < vectors {
             #[unroll]
-            for u in 0..UNROLL {
+            for u in 0..unroll {
                 wv[u] = w[base + i + u * LANES];
                 if swiglu {
                     uv[u] = w_up[base + i + u * LANES];
                 }
             }
             #[unroll]
-            for u in 0..UNROLL {
+            for u in 0..unroll {
                 let wf = Vector::<f32, N>::cast_from(wv[u]);
                 #[unroll]
                 for r in 0..rows {
-                    let xf = x_value(x, norm_weight, &inv_rms, r, vectors, i + u * LANES, normalize);
+                    let xf = x_input(x, norm_weight, &inv_rms, &x_staged, r, vectors, i + u * LANES, normalize, staged);
                     acc[r] += wf * xf;
                     if swiglu {
                         acc_up[r] += Vector::<f32, N>::cast_from(uv[u]) * xf;
                     }
                 }
             }
-            i += UNROLL * LANES;
+            i += unroll * LANES;
         }
         while i < vectors {
             let wf = Vector::<f32, N>::cast_from(w[base + i]);
             #[unroll]
             for r in 0..rows {
-                let xf = x_value(x, norm_weight, &inv_rms, r, vectors, i, normalize);
+                let xf = x_input(x, norm_weight, &inv_rms, &x_staged, r, vectors, i, normalize, staged);
                 acc[r] += wf * xf;
                 if swiglu {
                     acc_up[r] += Vector::<f32, N>::cast_from(w_up[base + i]) * xf;
@@ -141,6 +166,29 @@ fn gemv_kernel<F: Float, N: Size>(
     }
 }
 
+/// Vector `i` of x's row `r` in f32 as the product uses it: from shared memory when staged.
+#[cube]
+#[allow(clippy::too_many_arguments, unused_assignments)]
+fn x_input<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    norm_weight: &Tensor<Vector<F, N>>,
+    inv_rms: &Array<f32>,
+    x_staged: &SharedMemory<Vector<F, N>>,
+    r: usize,
+    vectors: usize,
+    i: usize,
+    #[comptime] normalize: bool,
+    #[comptime] staged: usize,
+) -> Vector<f32, N> {
+    let mut xf = Vector::<f32, N>::new(0.0f32);
+    if staged > 0 {
+        xf = Vector::<f32, N>::cast_from(x_staged[r * vectors + i]);
+    } else {
+        xf = x_value(x, norm_weight, inv_rms, r, vectors, i, normalize);
+    }
+    xf
+}
+
 /// Vector `i` of x's row `r` in f32; with `normalize`, RMSNorm applied first, rounded as
 /// [`crate::reference::norm::rms_norm`] stores it (x̂ in the model dtype, then the weight product).
 #[cube]
@@ -166,6 +214,38 @@ fn x_value<F: Float, N: Size>(
 /// The widest vector (≤ 16 bytes) the device loads for `dtype` that divides `inner`.
 pub(super) fn vector_size<R: CubeRuntime>(client: &ComputeClient<R>, elem_bytes: usize, inner: usize) -> usize {
     client.io_optimized_vector_sizes(elem_bytes).filter(|&v| v * elem_bytes <= 16 && inner % v == 0).max().unwrap_or(1)
+}
+
+/// The launch shape: cube rows, loads in flight per lane (plain and SwiGLU), and when x is staged in
+/// shared memory (0 never, 1 with a pre-norm, 2 always; up to `stage_limit` bytes).
+struct Tuning {
+    features: usize,
+    unroll: usize,
+    stage: usize,
+    stage_limit: usize,
+    unroll_swiglu: usize,
+}
+
+/// The defaults, tuned on the H200 (session 12: 8 features, 8 loads, staging with a pre-norm was
+/// the fastest batch-1 decode of 8 shapes tried, 140 tok/s against 131 for session 11's 8, 4, none),
+/// or what `BAMBA_GEMV_TUNE=features,unroll,stage,stage_limit,unroll_swiglu` sets (values left out
+/// keep their default; out-of-range values are clamped).
+fn tuning() -> &'static Tuning {
+    static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
+    TUNING.get_or_init(|| {
+        let values: Vec<Option<usize>> =
+            std::env::var("BAMBA_GEMV_TUNE").unwrap_or_default().split(',').map(|s| s.trim().parse().ok()).collect();
+        let at = |i: usize, default: usize, lo: usize, hi: usize| {
+            values.get(i).copied().flatten().map_or(default, |x| x.clamp(lo, hi))
+        };
+        Tuning {
+            features: at(0, FEATURES, 1, 32),
+            unroll: at(1, UNROLL, 1, 32),
+            stage: at(2, 1, 0, 2),
+            stage_limit: at(3, 48 * 1024, 0, usize::MAX),
+            unroll_swiglu: at(4, UNROLL, 1, 32),
+        }
+    })
 }
 
 /// What a GEMV launch computes besides `x · Wᵀ`.
@@ -203,8 +283,17 @@ pub fn launch<R: CubeRuntime>(
     let dtype = x.dtype;
     let y = empty_device_contiguous_dtype(client.clone(), x.device.clone(), [rows, out_features].into(), dtype);
     let vector = vector_size(&client, dtype.size(), inner);
-    let count = CubeCount::Static(out_features.div_ceil(FEATURES) as u32, 1, 1);
+    let tune = tuning();
+    let features = tune.features;
+    let count = CubeCount::Static(out_features.div_ceil(features) as u32, 1, 1);
     let use_plane = rows_are_planes(&client);
+    let stage_bytes = rows * inner * dtype.size();
+    let stage_limit = tune.stage_limit.min(client.properties().hardware.max_shared_memory_size.saturating_sub(1024));
+    let staged = match tune.stage {
+        1 if norm.is_some() && stage_bytes <= stage_limit => rows * inner / vector,
+        2 if stage_bytes <= stage_limit => rows * inner / vector,
+        _ => 0,
+    };
     // Operands an epilogue does not use are never read; the weight and x fill their slots.
     let (w_up, residual, swiglu, add_residual) = match epilogue {
         Epilogue::None => (weight.clone(), x.clone(), false, false),
@@ -224,7 +313,7 @@ pub fn launch<R: CubeRuntime>(
         gemv_kernel::launch_unchecked::<R>(
             &client,
             count,
-            CubeDim::new_2d(LANES as u32, FEATURES as u32),
+            CubeDim::new_2d(LANES as u32, features as u32),
             vector,
             x.into_tensor_arg(),
             weight.into_tensor_arg(),
@@ -233,6 +322,9 @@ pub fn launch<R: CubeRuntime>(
             norm_weight.into_tensor_arg(),
             y.clone().into_tensor_arg(),
             eps,
+            features,
+            if swiglu { tune.unroll_swiglu } else { tune.unroll },
+            staged,
             rows,
             swiglu,
             add_residual,
