@@ -5,12 +5,18 @@
 //! product with at least [`min_rows`] rows and [`min_macs`] multiply-adds runs cuBLASLt (the issue
 //! allows this backend-specific path; backends.md says why).
 //!
-//! Products run on the legacy default stream, which CUDA orders with CubeCL's (patched, blocking)
-//! streams: no host sync (`legacy_stream.rs`). Before that patch each product waited on the host for
-//! CubeCL's queue and then for its own stream; those two syncs drained the GPU, which made a
-//! batch-64 decode step 21% slower and pp512 31% slower than Burn's kernels
-//! (benches/results/h200-2026-12-02-s8), hence the 2048-row threshold of that time. f32 runs with
-//! full f32 compute (`CUBLAS_COMPUTE_32F`, not TF32); 16-bit operands accumulate in f32.
+//! Each product is queued from CubeCL's server thread (`ComputeClient::exclusive`), after everything
+//! queued before it: its operands' addresses cost no round trip to that thread each (there were
+//! three or four per product), and it goes on the CUDA stream of CubeCL's last command there, the
+//! caller's stream (the patched `cubecl-cuda` exposes it, third_party/README.md), in order with
+//! CubeCL's kernels: no host sync, no barrier across streams. Sessions 9–11 queued products on the
+//! legacy default stream instead, which CUDA orders with CubeCL's (patched, blocking) streams
+//! (`legacy_stream.rs`); `BAMBA_CUBLASLT_STREAM=legacy` still does, for same-run comparisons. Before
+//! either, each product waited on the host for CubeCL's queue and then for its own stream; those two
+//! syncs drained the GPU, which made a batch-64 decode step 21% slower and pp512 31% slower than
+//! Burn's kernels (benches/results/h200-2026-12-02-s8), hence the 2048-row threshold of that time.
+//! f32 runs with full f32 compute (`CUBLAS_COMPUTE_32F`, not TF32); 16-bit operands accumulate in
+//! f32.
 //!
 //! Anything this path does not handle (another runtime, mixed dtypes, a layout that is neither row-
 //! nor column-major, a cuBLASLt error) returns `None` and the caller runs Burn's matmul; an error is
@@ -33,6 +39,7 @@ use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
 use cudarc::driver::result as driver;
+use cudarc::driver::sys::CUstream;
 
 /// Multiply-adds (over the whole batch) from which a product runs cuBLASLt: 2^24.
 const DEFAULT_MIN_MACS: usize = 1 << 24;
@@ -367,17 +374,38 @@ fn run(
     batch: u64,
     data_type: sys::cudaDataType,
 ) -> Result<(), Failure> {
-    let (rhs_ptr, lhs_ptr, out_ptr) =
-        (device_address(operands.rhs)?, device_address(operands.lhs)?, device_address(operands.out)?);
-    let addend_ptr = operands.addend.map(device_address).transpose()?;
-    let mut addresses = vec![rhs_ptr, lhs_ptr, out_ptr];
-    addresses.extend(addend_ptr);
-    let problem = Problem { a, b, d, batch, data_type, alignment: alignment(&addresses) };
-    with_state(&STATE, device, |state: &mut State| {
-        let (handle, workspace) = (state.handle, state.workspace);
-        let plan = state.plan(problem)?;
-        matmul(handle, plan, workspace, [rhs_ptr, lhs_ptr, out_ptr], addend_ptr)
-    })
+    let on_legacy_stream = legacy_stream_chosen();
+    // On CubeCL's server thread, after everything queued before: the operands' addresses cost no
+    // round trip each, and the product is queued on the CUDA stream of CubeCL's last command (the
+    // caller's), in order with its kernels.
+    let task = || -> Result<(), String> {
+        let product = || -> Result<(), Failure> {
+            let (rhs_ptr, lhs_ptr, out_ptr) =
+                (device_address(operands.rhs)?, device_address(operands.lhs)?, device_address(operands.out)?);
+            let addend_ptr = operands.addend.map(device_address).transpose()?;
+            let stream = if on_legacy_stream { LEGACY_STREAM } else { cubecl::cuda::last_command_stream() };
+            if stream.is_null() {
+                return Err("no CubeCL stream".into());
+            }
+            let mut addresses = vec![rhs_ptr, lhs_ptr, out_ptr];
+            addresses.extend(addend_ptr);
+            let problem = Problem { a, b, d, batch, data_type, alignment: alignment(&addresses) };
+            with_state(&STATE, device, |state: &mut State| {
+                let (handle, workspace) = (state.handle, state.workspace);
+                let plan = state.plan(problem)?;
+                matmul(handle, plan, workspace, [rhs_ptr, lhs_ptr, out_ptr], addend_ptr, stream)
+            })
+        };
+        product().map_err(|e| e.to_string())
+    };
+    operands.out.client.exclusive(task).map_err(|e| format!("{e:?}"))?.map_err(Into::into)
+}
+
+/// Whether products go on the legacy default stream (`BAMBA_CUBLASLT_STREAM=legacy`, session 10's
+/// way, kept for same-run comparisons) instead of CubeCL's own stream.
+fn legacy_stream_chosen() -> bool {
+    static LEGACY: OnceLock<bool> = OnceLock::new();
+    *LEGACY.get_or_init(|| std::env::var("BAMBA_CUBLASLT_STREAM").is_ok_and(|v| v == "legacy"))
 }
 
 /// Queues `d = a·b (+ c)` of `plan` on the legacy stream; `c` has `d`'s layout.
@@ -387,14 +415,16 @@ fn matmul(
     workspace: cudarc::driver::sys::CUdeviceptr,
     [rhs_ptr, lhs_ptr, out_ptr]: [u64; 3],
     addend_ptr: Option<u64>,
+    stream: CUstream,
 ) -> Result<(), Failure> {
     // With beta = 0 cuBLASLt does not read C; D stands in for it.
     let (alpha, beta) = (1.0f32, if addend_ptr.is_some() { 1.0f32 } else { 0.0 });
     let c_ptr = addend_ptr.unwrap_or(out_ptr);
     // SAFETY: the pointers address live CubeCL buffers (held by the tensors for the call) of the sizes
-    // the layouts describe. The legacy stream orders the product after the CubeCL kernels queued
-    // before it and before those queued after it (CubeCL's streams are blocking, see the module
-    // docs), so the buffers are written before it reads them and not reused before it is done.
+    // the layouts describe. On CubeCL's stream the product runs after the kernels queued before it
+    // and before those queued after it, like any CubeCL kernel, so its buffers are written before it
+    // reads them and not reused before it is done; on the legacy stream CUDA orders it the same way
+    // with CubeCL's blocking streams (`legacy_stream.rs`).
     unsafe {
         lt::matmul(
             handle,
@@ -412,7 +442,7 @@ fn matmul(
             &plan.algo,
             workspace as *mut c_void,
             WORKSPACE_BYTES,
-            LEGACY_STREAM as sys::cudaStream_t,
+            stream as sys::cudaStream_t,
         )?;
     }
     Ok(())

@@ -6,6 +6,7 @@ mod compute;
 mod device;
 mod runtime;
 
+pub use compute::last_command_stream;
 pub use device::*;
 pub use runtime::*;
 

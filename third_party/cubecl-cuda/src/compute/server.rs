@@ -605,7 +605,9 @@ impl CudaServer {
             }
         }
 
-        let streams = self.streams.resolve(stream_id, handles, !mode.ignore)?;
+        let mut streams = self.streams.resolve(stream_id, handles, !mode.ignore)?;
+        // bamba: remember the CUDA stream this command runs on (see `last_command_stream`).
+        LAST_COMMAND_STREAM.with(|last| last.set(streams.current().sys as usize));
         Ok(Command::new(&mut self.ctx, streams))
     }
 
@@ -1146,4 +1148,18 @@ fn check_tma_im2col(
     )?;
 
     Ok(())
+}
+
+// bamba: the CUDA stream of the last command this thread's server prepared. CubeCL 0.10 exposes no
+// handle to its streams; a task run on the server thread (`ComputeClient::exclusive`) that first
+// asks for its operands' resources (`ComputeClient::get_resource`, which prepares a command on the
+// caller's stream) can then queue its own work (cuBLASLt) on that stream, in order with CubeCL's.
+std::thread_local! {
+    static LAST_COMMAND_STREAM: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// bamba: the CUDA stream of the last command prepared on this thread (null before any): see
+/// `LAST_COMMAND_STREAM`. Meaningful only on a server thread, inside `ComputeClient::exclusive`.
+pub fn last_command_stream() -> cudarc::driver::sys::CUstream {
+    LAST_COMMAND_STREAM.with(|last| last.get()) as cudarc::driver::sys::CUstream
 }
