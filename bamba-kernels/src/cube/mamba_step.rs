@@ -3,11 +3,12 @@
 //! the SSD step, the gated norm):
 //!
 //! 1. `mamba_step_kernel` reads the in_proj output `zxbcdt` of one token per sequence as it is and,
-//!    per (sequence, head), applies the causal conv + bias + SiLU to the channels it needs (its x
-//!    rows, its group's B and C: the conv is 4 taps, so recomputing B and C in every head's cube is
-//!    cheaper than a launch; the cube's units split that work through shared memory), shifts the conv
-//!    window (each channel written by exactly one unit), and runs the SSD state update of
-//!    [`super::ssd_step`], whose state loads are issued first.
+//!    per (sequence, block of `HEADS_PER_CUBE` heads of one group), applies the causal conv + bias +
+//!    SiLU to the channels it needs (its x rows, the group's B and C: the conv is 4 taps, so
+//!    recomputing B and C in every cube is cheaper than a launch, and a cube's heads share them;
+//!    the cube's units split that work through shared memory), shifts the conv window (each
+//!    channel written by exactly one unit), and runs the SSD state update of [`super::ssd_step`]
+//!    for each of its heads in turn, whose state loads are issued first.
 //! 2. The gated RMSNorm kernel, with z read straight out of `zxbcdt` (its first `d_inner` columns).
 
 use burn::tensor::DType;
@@ -23,8 +24,10 @@ use super::ssd_step::{
     load_state_rows, rows_are_planes, state_column, state_vector_size, update_state_rows, LANES, ROWS, RPU,
 };
 
-/// Conv output of xBC channel `c` of sequence `b` for the new token: `SiLU(bias + Σ w·[window, x])`,
-/// in f32 after rounding to `F` (as the conv kernel stores it).
+/// Conv output of xBC channel `c` of the sequence whose `zxbcdt` row starts at `zx_row` and whose
+/// window of channel `c` starts at `win`: `SiLU(bias + Σ w·[window, x])`, in f32 after rounding to
+/// `F` (as the conv kernel stores it). Every operand is contiguous (indices computed here, not
+/// read from the tensors' metadata, which costs a load per stride).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn conv_channel<F: Float>(
@@ -32,43 +35,45 @@ fn conv_channel<F: Float>(
     weight: &Tensor<F>,
     bias: &Tensor<F>,
     window: &Tensor<F>,
-    b: usize,
+    zx_row: usize,
+    win: usize,
     c: usize,
     d_inner: usize,
+    #[comptime] taps: usize,
     #[comptime] has_bias: bool,
 ) -> f32 {
-    let taps = weight.shape(1);
-    let ws = c * weight.stride(0);
-    let wb = b * window.stride(0) + c * window.stride(1);
     let mut acc = 0.0f32;
+    #[unroll]
     for j in 0..taps - 1 {
-        acc += f32::cast_from(weight[ws + j * weight.stride(1)]) * f32::cast_from(window[wb + j * window.stride(2)]);
+        acc += f32::cast_from(weight[c * taps + j]) * f32::cast_from(window[win + j]);
     }
-    let new = f32::cast_from(zxbcdt[b * zxbcdt.stride(0) + (d_inner + c) * zxbcdt.stride(1)]);
-    acc += f32::cast_from(weight[ws + (taps - 1) * weight.stride(1)]) * new;
+    let new = f32::cast_from(zxbcdt[zx_row + d_inner + c]);
+    acc += f32::cast_from(weight[c * taps + taps - 1]) * new;
     if has_bias {
-        acc += f32::cast_from(bias[c * bias.stride(0)]);
+        acc += f32::cast_from(bias[c]);
     }
     f32::cast_from(F::cast_from(acc / (1.0f32 + f32::exp(-acc))))
 }
 
-/// Writes channel `c`'s next window: the old one shifted by one, the new pre-conv value last.
+/// Writes channel `c`'s next window (at `win`, as in the old one): the old one shifted by one,
+/// the new pre-conv value last.
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn shift_window<F: Float>(
     zxbcdt: &Tensor<F>,
     window: &Tensor<F>,
     new_window: &mut Tensor<F>,
-    b: usize,
+    zx_row: usize,
+    win: usize,
     c: usize,
     d_inner: usize,
+    #[comptime] taps: usize,
 ) {
-    let keep = new_window.shape(2);
-    let wb = b * window.stride(0) + c * window.stride(1);
-    let out = (b * new_window.shape(1) + c) * keep;
-    for j in 0..keep - 1 {
-        new_window[out + j] = window[wb + (j + 1) * window.stride(2)];
+    #[unroll]
+    for j in 0..taps - 2 {
+        new_window[win + j] = window[win + j + 1];
     }
-    new_window[out + keep - 1] = zxbcdt[b * zxbcdt.stride(0) + (d_inner + c) * zxbcdt.stride(1)];
+    new_window[win + taps - 2] = zxbcdt[zx_row + d_inner + c];
 }
 
 #[cube(launch_unchecked)]
@@ -87,6 +92,9 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     y: &mut Tensor<f32>,
     lo: f32,
     hi: f32,
+    groups: usize,
+    #[comptime] heads_per_cube: usize,
+    #[comptime] taps: usize,
     #[comptime] per_lane: usize,
     // d_state rounded up to the columns the lanes cover: B's and C's conv outputs in shared memory.
     #[comptime] state_width: usize,
@@ -99,26 +107,28 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     let head_dim = state.shape(2);
     let d_state = state.shape(3);
     let d_inner = heads * head_dim;
-    let conv_dim = weight.shape(0);
-    let groups = (conv_dim - d_inner) / (2 * d_state);
+    let conv_dim = d_inner + 2 * groups * d_state;
+    let proj = d_inner + conv_dim + heads;
     let heads_per_group = heads / groups;
-    let bh = CUBE_POS_Y as usize;
-    let b = bh / heads;
-    let h = bh % heads;
-    let g = h / heads_per_group;
+    let blocks = heads / heads_per_cube;
+    let b = CUBE_POS_Y as usize / blocks;
+    let h0 = (CUBE_POS_Y as usize % blocks) * heads_per_cube;
+    let g = h0 / heads_per_group;
+    let zx_row = b * proj;
+    // Channel c's window starts at win_row + c·(taps - 1) (contiguous [batch, conv_dim, taps - 1]).
+    let win_row = b * conv_dim * (taps - 1);
     // xBC channels: x (d_inner), then B and C (groups · d_state each).
     let b_channel = d_inner + g * d_state;
     let c_channel = d_inner + groups * d_state + g * d_state;
     let mut s = Array::<Vector<f32, N>>::new(per_lane * RPU);
-    load_state_rows(state, &mut s, bh, head_dim, d_state, per_lane);
+    load_state_rows(state, &mut s, b * heads + h0, head_dim, d_state, per_lane);
 
-    let raw_dt = zxbcdt[b * zxbcdt.stride(0) + (d_inner + conv_dim + h) * zxbcdt.stride(1)];
-    let dt_h = discretize_dt(f32::cast_from(raw_dt), dt_bias[h * dt_bias.stride(0)], lo, hi, has_limit);
     // The cube's units share the conv work through shared memory: first the group's B and C
-    // (2·d_state channels), then the cube's ROWS·RPU x rows. Each channel's window is shifted by the
-    // unit that convolves it, B and C only in the first cube of the group's first head.
+    // (2·d_state channels), then the ROWS·RPU x rows of each of its heads. Each channel's window
+    // is shifted by the unit that convolves it, B and C only in the first cube of the group's
+    // first head block.
     let unit = UNIT_POS_Y as usize * LANES + UNIT_POS_X as usize;
-    let shifts_bc = h % heads_per_group == 0 && CUBE_POS_X == 0;
+    let shifts_bc = h0 % heads_per_group == 0 && CUBE_POS_X == 0;
     let mut bc = SharedMemory::<f32>::new(2 * state_width);
     let mut i = unit;
     while i < 2 * d_state {
@@ -126,21 +136,26 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
         if i >= d_state {
             c = c_channel + i - d_state;
         }
-        bc[i] = conv_channel(zxbcdt, weight, bias, window, b, c, d_inner, has_bias);
+        let win = win_row + c * (taps - 1);
+        bc[i] = conv_channel(zxbcdt, weight, bias, window, zx_row, win, c, d_inner, taps, has_bias);
         if shifts_bc {
-            shift_window(zxbcdt, window, new_window, b, c, d_inner);
+            shift_window(zxbcdt, window, new_window, zx_row, win, c, d_inner, taps);
         }
         i += LANES * ROWS;
     }
-    let mut xs = SharedMemory::<f32>::new(ROWS * RPU);
-    if unit < ROWS * RPU {
-        let p = CUBE_POS_X as usize * ROWS * RPU + unit;
-        xs[unit] = 0.0f32;
+    let mut xs = SharedMemory::<f32>::new(heads_per_cube * ROWS * RPU);
+    let mut i = unit;
+    while i < heads_per_cube * ROWS * RPU {
+        let hh = i / (ROWS * RPU);
+        let p = CUBE_POS_X as usize * ROWS * RPU + i % (ROWS * RPU);
+        xs[i] = 0.0f32;
         if p < head_dim {
-            let c = h * head_dim + p;
-            xs[unit] = conv_channel(zxbcdt, weight, bias, window, b, c, d_inner, has_bias);
-            shift_window(zxbcdt, window, new_window, b, c, d_inner);
+            let c = (h0 + hh) * head_dim + p;
+            let win = win_row + c * (taps - 1);
+            xs[i] = conv_channel(zxbcdt, weight, bias, window, zx_row, win, c, d_inner, taps, has_bias);
+            shift_window(zxbcdt, window, new_window, zx_row, win, c, d_inner, taps);
         }
+        i += LANES * ROWS;
     }
     sync_cube();
     let mut bv = Array::<Vector<f32, N>>::new(per_lane);
@@ -161,11 +176,22 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
         bv[k] = bk;
         cv[k] = ck;
     }
-    #[unroll]
-    for r in 0..RPU {
-        xv[r] = xs[UNIT_POS_Y as usize * RPU + r];
+    for hh in 0..heads_per_cube {
+        let h = h0 + hh;
+        let bh = b * heads + h;
+        if hh > 0 {
+            load_state_rows(state, &mut s, bh, head_dim, d_state, per_lane);
+        }
+        let raw_dt = zxbcdt[zx_row + d_inner + conv_dim + h];
+        let dt_h = discretize_dt(f32::cast_from(raw_dt), dt_bias[h], lo, hi, has_limit);
+        #[unroll]
+        for r in 0..RPU {
+            xv[r] = xs[(hh * ROWS + UNIT_POS_Y as usize) * RPU + r];
+        }
+        update_state_rows(
+            &s, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, use_plane,
+        );
     }
-    update_state_rows(&s, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, use_plane);
 }
 
 /// The results of [`launch`].
@@ -200,27 +226,32 @@ pub fn launch<R: CubeRuntime>(
 ) -> MambaStep<R> {
     let client = zxbcdt.client.clone();
     let device = zxbcdt.device.clone();
-    let state = into_contiguous(state);
+    // Contiguous operands: the kernel computes their indices instead of loading strides.
+    let [zxbcdt, weight, bias, window, a_log, d, dt_bias, state] =
+        [zxbcdt, weight, bias, window, a_log, d, dt_bias, state].map(into_contiguous);
     let [batch, heads, head_dim, d_state] = state.meta.shape().dims::<4>();
+    let [conv_dim, taps] = weight.meta.shape().dims::<2>();
+    let groups = (conv_dim - heads * head_dim) / (2 * d_state);
     let dtype = zxbcdt.dtype;
     let y = empty_device_contiguous_dtype(client.clone(), device.clone(), [batch, heads * head_dim].into(), DType::F32);
     let new_window = empty_device_contiguous_dtype(client.clone(), device.clone(), window.meta.shape().clone(), dtype);
     let new_state = empty_device_contiguous_dtype(client.clone(), device, state.meta.shape().clone(), state.dtype);
     let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
-    // 16 state rows per cube (4 rows of lanes, 4 state rows per unit): 4 cubes per Bamba head. Tried
-    // on the H200 in session 11 (batch 64 at 8K), one cube per head does the B/C conv once per head:
-    // 16 rows of lanes × 4 state rows, or 4 × 16. With an f32 state both made the step slower end to
-    // end (19.05 and 21.76 ms per step, against 18.83 ms with this layout and the norm kernel before
-    // its speed-up; runs 4, 5 and 2 in benches/results/h200-2026-12-02-s11). With a
-    // bf16 state Nsight Compute put this kernel at 212 and 174 µs per layer, 1.2–1.5 TB/s: neither
-    // reaches the bandwidth, so the layout stays as it was.
-    let count = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads) as u32, 1);
+    // 16 state rows per cube (4 rows of lanes, 4 state rows per unit) and up to 4 heads of one group
+    // per cube, one after the other: the B/C conv, the same for every head of a group, is done once
+    // for 4 heads instead of once per head (session 12). Tried on the H200 in session 11 (batch 64
+    // at 8K), one cube per head with all 64 state rows at once (16 rows of lanes × 4 state rows, or
+    // 4 × 16) made the step slower end to end with an f32 state (19.05 and 21.76 ms per step, against
+    // 18.83 ms; runs 4, 5 and 2 in benches/results/h200-2026-12-02-s11).
+    let heads_per_cube = [4, 2, 1].into_iter().find(|&n| (heads / groups) % n == 0).unwrap_or(1);
+    let count = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads / heads_per_cube) as u32, 1);
     let use_plane = rows_are_planes(&client);
     let vector = state_vector_size(&client, state.dtype.size(), d_state);
     let dtypes = [dtype.into(), state.dtype.into()];
-    // SAFETY: indices derive from the shapes: p < head_dim and n < d_state are checked before use,
-    // channels stay below conv_dim (x rows below d_inner, B/C columns below d_state), and the window
-    // and state outputs are contiguous with the inputs' shapes (`vector` divides d_state).
+    // SAFETY: every operand is contiguous and indices derive from the shapes: p < head_dim and
+    // n < d_state are checked before use, channels stay below conv_dim (x rows below d_inner, B/C
+    // columns below d_state), heads_per_cube divides the heads of a group, and the window and state
+    // outputs are contiguous with the inputs' shapes (`vector` divides d_state).
     unsafe {
         mamba_step_kernel::launch_unchecked::<R>(
             &client,
@@ -240,6 +271,9 @@ pub fn launch<R: CubeRuntime>(
             y.clone().into_tensor_arg(),
             lo,
             hi,
+            groups,
+            heads_per_cube,
+            taps,
             d_state.div_ceil(LANES * vector),
             d_state.next_multiple_of(LANES * vector),
             has_bias,
