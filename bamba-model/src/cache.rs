@@ -8,6 +8,7 @@ use thiserror::Error;
 use crate::config::{BambaConfig, LayerKind};
 use crate::mamba2::MambaState;
 use crate::padding::LeftPadding;
+use crate::rope::RopeTables;
 
 /// Errors using a cache.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -104,6 +105,10 @@ pub struct HybridCache<B: Backend> {
     pub padding: LeftPadding,
     /// What [`HybridCache::assume_filled`] needs to make zero Mamba states.
     zero_state: ZeroState<B>,
+    /// RoPE's cos/sin for every position `0 .. capacity` (`[1, 1, capacity, rotary_dim]`), made on the
+    /// device once by [`crate::BambaModel::new_cache`]: a step without padding takes a view of its
+    /// positions instead of building and uploading its own tables (two uploads per decode step).
+    pub(crate) rope_tables: Option<RopeTables<B>>,
 }
 
 /// The shapes, dtype and device of a Mamba layer's state for this cache.
@@ -163,6 +168,7 @@ impl<B: Backend> HybridCache<B> {
             state_dtype,
             padding: LeftPadding { pads: vec![0; batch] },
             zero_state,
+            rope_tables: None,
         })
     }
 

@@ -223,10 +223,10 @@ impl<B: BambaOps> BambaModel<B> {
         cache.check(batch, len)?;
         let mut x = self.embed(ids);
         let (start, padding) = (cache.position, &cache.padding);
-        let tables = if padding.is_none() {
-            self.rope.tables::<B>(start, len, &self.device, self.dtype)
-        } else {
-            self.rope.tables_at::<B>(&padding.positions(start, len), &self.device, self.dtype)
+        let tables = match (&cache.rope_tables, padding.is_none()) {
+            (Some(all), true) => all.positions(start, len),
+            (None, true) => self.rope.tables::<B>(start, len, &self.device, self.dtype),
+            (_, false) => self.rope.tables_at::<B>(&padding.positions(start, len), &self.device, self.dtype),
         };
         let tokens = padding.token_mask(start, len, &self.device, self.dtype);
         let masks = if len == 1 {
@@ -252,7 +252,11 @@ impl<B: BambaOps> BambaModel<B> {
 
     /// A fresh cache for this model: `batch` sequences of up to `capacity` positions.
     pub fn new_cache(&self, batch: usize, capacity: usize, state_dtype: DType) -> Result<HybridCache<B>, CacheError> {
-        HybridCache::new(&self.config, batch, capacity, &self.device, self.dtype, state_dtype)
+        let mut cache = HybridCache::new(&self.config, batch, capacity, &self.device, self.dtype, state_dtype)?;
+        if capacity > 0 {
+            cache.rope_tables = Some(self.rope.tables::<B>(0, capacity, &self.device, self.dtype));
+        }
+        Ok(cache)
     }
 
     /// LM head over final hidden states.

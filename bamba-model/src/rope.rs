@@ -6,7 +6,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
-/// RoPE frequencies; cos/sin tables are built per call for the positions needed.
+/// RoPE frequencies; cos/sin tables are built for the positions needed, or once per cache for all of
+/// its positions ([`RopeTables::positions`] then takes views).
 #[derive(Debug, Clone)]
 pub struct Rope {
     inv_freq: Vec<f32>,
@@ -21,6 +22,13 @@ pub struct Rope {
 pub struct RopeTables<B: Backend> {
     pub cos: Tensor<B, 4>,
     pub sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// Views of positions `start .. start + len` of tables made for positions `0 ..` (no copy).
+    pub fn positions(&self, start: usize, len: usize) -> RopeTables<B> {
+        RopeTables { cos: self.cos.clone().narrow(2, start, len), sin: self.sin.clone().narrow(2, start, len) }
+    }
 }
 
 impl Rope {
