@@ -194,6 +194,12 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     }
 }
 
+/// The most heads one cube of the step takes: 4, or `BAMBA_STEP_HEADS_PER_CUBE` (for tuning).
+fn heads_per_cube_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| super::matmul::env_number("BAMBA_STEP_HEADS_PER_CUBE", 4).clamp(1, 64))
+}
+
 /// The results of [`launch`].
 pub struct MambaStep<R: CubeRuntime> {
     /// `[batch, heads · head_dim]`, the SSD output before the gated norm, f32.
@@ -243,7 +249,8 @@ pub fn launch<R: CubeRuntime>(
     // at 8K), one cube per head with all 64 state rows at once (16 rows of lanes × 4 state rows, or
     // 4 × 16) made the step slower end to end with an f32 state (19.05 and 21.76 ms per step, against
     // 18.83 ms; runs 4, 5 and 2 in benches/results/h200-2026-12-02-s11).
-    let heads_per_cube = [4, 2, 1].into_iter().find(|&n| (heads / groups) % n == 0).unwrap_or(1);
+    let most = heads_per_cube_limit();
+    let heads_per_cube = (1..=most).rev().find(|&n| (heads / groups).is_multiple_of(n)).unwrap_or(1);
     let count = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads / heads_per_cube) as u32, 1);
     let use_plane = rows_are_planes(&client);
     let vector = state_vector_size(&client, state.dtype.size(), d_state);
