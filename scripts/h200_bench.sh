@@ -35,13 +35,21 @@
 # steps (batch 1, and batch 64 at 8K with a bf16 state), grouped by kernel, then the `decode_s11` runs.
 # `final_s11`: every CUDA test and the Bamba-shape runs of `decode_s11` (the Llama shape did not change).
 #
+# `diag_s12` (session 12): the GEMV's tuning sweep at batch 1 (BAMBA_GEMV_TUNE), its tests with x
+# staged in shared memory, and Nsight Compute's per-shape GEMV times (scripts/ncu_launches.py) and
+# launch/occupancy/stall sections of the GEMV and the Mamba step. `round2_s12`: every CUDA test, the
+# GEMV's loads in flight, and cuBLASLt on CubeCL's stream vs the legacy stream (b64 decode, pp4096).
+# `final_s12`: every CUDA test, the `decode_s11` runs of both shapes with the landed build, and
+# Nsight Compute's kernel times of a batch-64 step at 8K. `final2_s12`: the same runs with RoPE tables
+# made once per cache, and the Mamba step's heads per cube (4, 8, 16) at batch 64.
+#
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
-RAW=$(mktemp -d)
+RAW=${RAW_DIR:-$(mktemp -d)}
 (cd .gpu && for f in *.gz; do gunzip -kf "$f"; done; chmod +x ./*[^z])
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RAW/gpu.txt"
 bench() { # name, timeout, args...
@@ -235,6 +243,133 @@ final_s11)
   bench bamba_b64 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 "${u[@]}"
   bench bamba_b64_bf16 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 --state-dtype bf16 "${u[@]}"
   bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+  ;;
+diag_s12)
+  # Session 12: the GEMV's tuning sweep (BAMBA_GEMV_TUNE=features,unroll,stage: cube rows, loads in
+  # flight per lane, x staged in shared memory: 1 with a pre-norm, 2 always) at batch 1, the GEMV
+  # tests with staging forced on, and Nsight Compute's launch/occupancy/stall sections of the GEMV
+  # (batch 1) and the Mamba step (batch 64 at 8K).
+  BAMBA_GEMV_TUNE=8,4,2 timeout 120 .gpu/kernel_tests cuda --test-threads 1 --nocapture gemv > "$RAW/tests_staged.log" 2>&1
+  echo "staged gemv tests rc=$?"
+  grep -E "panicked|test result|worst" "$RAW/tests_staged.log" | head -6
+  u=(--backend cuda-unfused)
+  for cfg in 8,4,0 8,4,1 8,4,2 8,8,1 8,8,2 4,8,1 16,8,1 4,4,1; do
+    BAMBA_GEMV_TUNE=$cfg bench "sweep_${cfg//,/_}" 40 --preset bamba-9b -t tg64 -b 1 -r 3 "${u[@]}"
+  done
+  for f in "$RAW"/sweep_*.jsonl; do
+    python3 - "$f" <<'PY'
+import json, sys
+rs = [json.loads(l) for l in open(sys.argv[1]) if "tokens_per_s" in l]
+print(sys.argv[1].split("/")[-1], *["%.1f tok/s %.3f ms" % (r["tokens_per_s"], r["ms_per_step"]) for r in rs])
+PY
+  done
+  metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active
+  for cfg in 8,4,0 8,8,1; do
+    BAMBA_GEMV_TUNE=$cfg timeout 120 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:gemv \
+      --launch-skip 270 --launch-count 135 --metrics "$metrics" .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 \
+      --preset bamba-9b -t tg8 -b 1 > "$RAW/ncu_gemv_${cfg//,/_}.csv" 2> "$RAW/ncu_gemv_${cfg//,/_}.err"
+    echo "ncu gemv $cfg rc=$?"
+    python3 scripts/ncu_launches.py "$RAW/ncu_gemv_${cfg//,/_}.csv" | tee "$RAW/ncu_gemv_${cfg//,/_}.txt"
+  done
+  sections="--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats"
+  timeout 120 /usr/local/cuda/bin/ncu --clock-control none --kernel-name regex:gemv --launch-skip 270 --launch-count 4 $sections \
+    .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 --preset bamba-9b -t tg8 -b 1 > "$RAW/ncu_sections_gemv.txt" 2>&1
+  echo "ncu gemv sections rc=$?"
+  for state in f32 bf16; do
+    timeout 150 /usr/local/cuda/bin/ncu --clock-control none --kernel-name regex:mamba_step --launch-skip 0 --launch-count 1 $sections \
+      --metrics "$metrics" .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 --preset bamba-9b -t tg2@d8192 -b 64 \
+      --state-dtype $state > "$RAW/ncu_sections_step_$state.txt" 2>&1
+    echo "ncu step $state rc=$?"
+  done
+  # The CUDA API calls of batch-64 decode steps at 8K: what the host waits on between kernels.
+  NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  if [ -n "$NSYS" ]; then
+    timeout 150 "$NSYS" profile -o "$RAW/nsys_b64" --force-overwrite true -t cuda --stats=true .gpu/bamba bench \
+      --backend cuda-unfused --warmup 1 -r 1 --preset bamba-9b -t tg8@d8192 -b 64 --state-dtype bf16 > "$RAW/nsys_b64.txt" 2>&1
+    echo "nsys rc=$?"
+    rm -f "$RAW"/nsys_b64.nsys-rep "$RAW"/nsys_b64.sqlite
+    grep -A14 "cuda_api_sum" "$RAW/nsys_b64.txt" | cut -c1-150
+  else
+    echo "no nsys"
+  fi
+  grep -hE "^  [a-z_]+kernel|Duration|DRAM Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit Reg|Issue Slots Busy|One or More Eligible|Warp Cycles Per Issued|Dynamic Shared" \
+    "$RAW"/ncu_sections_*.txt | head -70
+  ;;
+round2_s12)
+  # Session 12: every CUDA test; the GEMV's loads in flight (BAMBA_GEMV_TUNE, 5th value: SwiGLU's)
+  # at batch 1; cuBLASLt on CubeCL's stream against the legacy stream (BAMBA_CUBLASLT_STREAM=legacy)
+  # at batch 64 and in prefill, same call.
+  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "tests rc=$?"
+  grep -E "panicked|test result" "$RAW/tests.log" | head -8
+  u=(--backend cuda-unfused)
+  for cfg in 8,8,1,49152,8 8,16,1,49152,8 8,16,1,49152,4 8,12,1,49152,8 4,16,1,49152,8; do
+    BAMBA_GEMV_TUNE=$cfg bench "sweep_${cfg//,/_}" 40 --preset bamba-9b -t tg64 -b 1 -r 3 "${u[@]}"
+  done
+  for mode in cubecl legacy; do
+    BAMBA_CUBLASLT_STREAM=$mode bench "b64_$mode" 80 --preset bamba-9b -t tg16@d8192 -b 64 -r 3 --state-dtype bf16 "${u[@]}"
+    BAMBA_CUBLASLT_STREAM=$mode bench "pp_$mode" 60 --preset bamba-9b -t pp4096 -b 1 -r 3
+  done
+  for f in "$RAW"/sweep_*.jsonl "$RAW"/b64_*.jsonl "$RAW"/pp_*.jsonl; do
+    python3 - "$f" <<'PY'
+import json, sys
+rs = [json.loads(l) for l in open(sys.argv[1]) if "tokens_per_s" in l]
+print(sys.argv[1].split("/")[-1], *["%.1f tok/s %.3f ms" % (r["tokens_per_s"], r["ms_per_step"]) for r in rs])
+PY
+  done
+  ;;
+final_s12)
+  # Session 12's landed build: every CUDA test; decode at batch 1, batch 64 at 8K and 32K (f32 and
+  # bf16 SSM state) and pp4096, Bamba and Llama shapes; Nsight Compute's kernel times of one
+  # batch-64 step at 8K (bf16 state; clocks and caches left as they run).
+  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "tests rc=$?"
+  grep -E "panicked|test result|mamba_decode_step on" "$RAW/tests.log" | head -8
+  u=(--backend cuda-unfused)
+  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 "${u[@]}"
+  bench llama_b1 60 --preset llama-8b-shape -t tg128 -b 1 -r 5 "${u[@]}"
+  bench bamba_b64 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 "${u[@]}"
+  bench bamba_b64_bf16 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 --state-dtype bf16 "${u[@]}"
+  bench llama_b64 60 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 3 "${u[@]}"
+  bench llama_b64_32k 60 --preset llama-8b-shape -t tg16@d32768 -b 64 -r 3 --memory 110GB "${u[@]}"
+  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+  bench llama_pp 60 --preset llama-8b-shape -t pp4096 -b 1 -r 5
+  metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active
+  timeout 150 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --cache-control none --launch-skip 3000 \
+    --launch-count 420 --metrics "$metrics" .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 --preset bamba-9b \
+    -t tg12@d8192 -b 64 --state-dtype bf16 > "$RAW/ncu_b64.csv" 2> "$RAW/ncu_b64.err"
+  echo "ncu b64 rc=$?"
+  python3 scripts/ncu_summary.py "$RAW/ncu_b64.csv" | tee "$RAW/ncu_b64.txt" | head -8
+  python3 scripts/ncu_launches.py "$RAW/ncu_b64.csv" | grep -E "launches|mamba_step" | tee "$RAW/ncu_b64_step.txt"
+  ;;
+final2_s12)
+  # Session 12, second build: RoPE tables made once per cache; the Mamba step's heads per cube
+  # (BAMBA_STEP_HEADS_PER_CUBE 8 and 16 against the default 4) at batch 64; every CUDA test and the
+  # `final_s12` runs of both shapes.
+  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "tests rc=$?"
+  grep -E "panicked|test result|mamba_decode_step on" "$RAW/tests.log" | head -8
+  u=(--backend cuda-unfused)
+  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 "${u[@]}"
+  bench bamba_b64 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 "${u[@]}"
+  bench bamba_b64_bf16 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 --state-dtype bf16 "${u[@]}"
+  for n in 8 16; do
+    BAMBA_STEP_HEADS_PER_CUBE=$n bench sweep_b64_hpc$n 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 "${u[@]}"
+    BAMBA_STEP_HEADS_PER_CUBE=$n bench sweep_b64_bf16_hpc$n 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 \
+      --state-dtype bf16 "${u[@]}"
+  done
+  bench llama_b1 60 --preset llama-8b-shape -t tg128 -b 1 -r 5 "${u[@]}"
+  bench llama_b64 60 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 3 "${u[@]}"
+  bench llama_b64_32k 60 --preset llama-8b-shape -t tg16@d32768 -b 64 -r 3 --memory 110GB "${u[@]}"
+  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+  bench llama_pp 60 --preset llama-8b-shape -t pp4096 -b 1 -r 5
+  for f in "$RAW"/sweep_*.jsonl; do
+    python3 - "$f" <<'PY'
+import json, sys
+rs = [json.loads(l) for l in open(sys.argv[1]) if "tokens_per_s" in l]
+print(sys.argv[1].split("/")[-1], *["%s %.1f tok/s %.3f ms" % (r["test"], r["tokens_per_s"], r["ms_per_step"]) for r in rs])
+PY
+  done
   ;;
 decode_s11)
   timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
