@@ -58,6 +58,37 @@ bench() { # name, timeout, args...
   timeout "$limit" "${BAMBA:-.gpu/bamba}" bench --json --progress "$@" > "$RAW/$name.jsonl" 2> "$RAW/$name.err"
   echo "$name rc=$? ($(wc -l < "$RAW/$name.jsonl") records, $((SECONDS - t0)) s)"
 }
+# Nsight Compute's per-launch metrics that scripts/ncu_launches.py reads.
+NCU_METRICS=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active
+cuda_tests() { # every CUDA test, the log in $RAW/tests.log
+  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "tests rc=$?"
+  grep -E "panicked|test result|mamba_decode_step on" "$RAW/tests.log" | head -8
+}
+# The landed build's decode runs (batch 1; batch 64 at 8K and 32K), per shape, and pp4096 of both.
+bamba_decode() {
+  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 --backend cuda-unfused
+  bench bamba_b64 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 --backend cuda-unfused
+  bench bamba_b64_bf16 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 --state-dtype bf16 --backend cuda-unfused
+}
+llama_decode() {
+  bench llama_b1 60 --preset llama-8b-shape -t tg128 -b 1 -r 5 --backend cuda-unfused
+  bench llama_b64 60 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 3 --backend cuda-unfused
+  bench llama_b64_32k 60 --preset llama-8b-shape -t tg16@d32768 -b 64 -r 3 --memory 110GB --backend cuda-unfused
+}
+prefill_both() {
+  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+  bench llama_pp 60 --preset llama-8b-shape -t pp4096 -b 1 -r 5
+}
+sweep_table() { # jsonl files: one line each with its tests' tok/s and ms per step
+  for f; do
+    python3 - "$f" <<'PY'
+import json, sys
+rs = [json.loads(l) for l in open(sys.argv[1]) if "tokens_per_s" in l]
+print(sys.argv[1].split("/")[-1], *["%s %.1f tok/s %.3f ms" % (r["test"], r["tokens_per_s"], r["ms_per_step"]) for r in rs])
+PY
+  done
+}
 criterion() { # filter
   timeout 200 .gpu/kernel_bench --bench --output-format bencher "$1" > "$RAW/criterion-bencher.txt" 2>&1
   echo "criterion rc=$?"
@@ -235,13 +266,8 @@ ncu_s11)
   ncu_step ncu_b64 8000 840 --preset bamba-9b -t tg32@d8192 -b 64 --state-dtype bf16
   ;&
 final_s11)
-  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
-  echo "tests rc=$?"
-  grep -E "panicked|test result|mamba_decode_step on" "$RAW/tests.log" | head -8
-  u=(--backend cuda-unfused)
-  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 "${u[@]}"
-  bench bamba_b64 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 "${u[@]}"
-  bench bamba_b64_bf16 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 --state-dtype bf16 "${u[@]}"
+  cuda_tests
+  bamba_decode
   bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
   ;;
 diag_s12)
@@ -256,17 +282,10 @@ diag_s12)
   for cfg in 8,4,0 8,4,1 8,4,2 8,8,1 8,8,2 4,8,1 16,8,1 4,4,1; do
     BAMBA_GEMV_TUNE=$cfg bench "sweep_${cfg//,/_}" 40 --preset bamba-9b -t tg64 -b 1 -r 3 "${u[@]}"
   done
-  for f in "$RAW"/sweep_*.jsonl; do
-    python3 - "$f" <<'PY'
-import json, sys
-rs = [json.loads(l) for l in open(sys.argv[1]) if "tokens_per_s" in l]
-print(sys.argv[1].split("/")[-1], *["%.1f tok/s %.3f ms" % (r["tokens_per_s"], r["ms_per_step"]) for r in rs])
-PY
-  done
-  metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active
+  sweep_table "$RAW"/sweep_*.jsonl
   for cfg in 8,4,0 8,8,1; do
     BAMBA_GEMV_TUNE=$cfg timeout 120 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:gemv \
-      --launch-skip 270 --launch-count 135 --metrics "$metrics" .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 \
+      --launch-skip 270 --launch-count 135 --metrics "$NCU_METRICS" .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 \
       --preset bamba-9b -t tg8 -b 1 > "$RAW/ncu_gemv_${cfg//,/_}.csv" 2> "$RAW/ncu_gemv_${cfg//,/_}.err"
     echo "ncu gemv $cfg rc=$?"
     python3 scripts/ncu_launches.py "$RAW/ncu_gemv_${cfg//,/_}.csv" | tee "$RAW/ncu_gemv_${cfg//,/_}.txt"
@@ -277,7 +296,7 @@ PY
   echo "ncu gemv sections rc=$?"
   for state in f32 bf16; do
     timeout 150 /usr/local/cuda/bin/ncu --clock-control none --kernel-name regex:mamba_step --launch-skip 0 --launch-count 1 $sections \
-      --metrics "$metrics" .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 --preset bamba-9b -t tg2@d8192 -b 64 \
+      --metrics "$NCU_METRICS" .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 --preset bamba-9b -t tg2@d8192 -b 64 \
       --state-dtype $state > "$RAW/ncu_sections_step_$state.txt" 2>&1
     echo "ncu step $state rc=$?"
   done
@@ -299,9 +318,7 @@ round2_s12)
   # Session 12: every CUDA test; the GEMV's loads in flight (BAMBA_GEMV_TUNE, 5th value: SwiGLU's)
   # at batch 1; cuBLASLt on CubeCL's stream against the legacy stream (BAMBA_CUBLASLT_STREAM=legacy)
   # at batch 64 and in prefill, same call.
-  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
-  echo "tests rc=$?"
-  grep -E "panicked|test result" "$RAW/tests.log" | head -8
+  cuda_tests
   u=(--backend cuda-unfused)
   for cfg in 8,8,1,49152,8 8,16,1,49152,8 8,16,1,49152,4 8,12,1,49152,8 4,16,1,49152,8; do
     BAMBA_GEMV_TUNE=$cfg bench "sweep_${cfg//,/_}" 40 --preset bamba-9b -t tg64 -b 1 -r 3 "${u[@]}"
@@ -310,33 +327,18 @@ round2_s12)
     BAMBA_CUBLASLT_STREAM=$mode bench "b64_$mode" 80 --preset bamba-9b -t tg16@d8192 -b 64 -r 3 --state-dtype bf16 "${u[@]}"
     BAMBA_CUBLASLT_STREAM=$mode bench "pp_$mode" 60 --preset bamba-9b -t pp4096 -b 1 -r 3
   done
-  for f in "$RAW"/sweep_*.jsonl "$RAW"/b64_*.jsonl "$RAW"/pp_*.jsonl; do
-    python3 - "$f" <<'PY'
-import json, sys
-rs = [json.loads(l) for l in open(sys.argv[1]) if "tokens_per_s" in l]
-print(sys.argv[1].split("/")[-1], *["%.1f tok/s %.3f ms" % (r["tokens_per_s"], r["ms_per_step"]) for r in rs])
-PY
-  done
+  sweep_table "$RAW"/sweep_*.jsonl "$RAW"/b64_*.jsonl "$RAW"/pp_*.jsonl
   ;;
 final_s12)
   # Session 12's landed build: every CUDA test; decode at batch 1, batch 64 at 8K and 32K (f32 and
   # bf16 SSM state) and pp4096, Bamba and Llama shapes; Nsight Compute's kernel times of one
   # batch-64 step at 8K (bf16 state; clocks and caches left as they run).
-  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
-  echo "tests rc=$?"
-  grep -E "panicked|test result|mamba_decode_step on" "$RAW/tests.log" | head -8
-  u=(--backend cuda-unfused)
-  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 "${u[@]}"
-  bench llama_b1 60 --preset llama-8b-shape -t tg128 -b 1 -r 5 "${u[@]}"
-  bench bamba_b64 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 "${u[@]}"
-  bench bamba_b64_bf16 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 --state-dtype bf16 "${u[@]}"
-  bench llama_b64 60 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 3 "${u[@]}"
-  bench llama_b64_32k 60 --preset llama-8b-shape -t tg16@d32768 -b 64 -r 3 --memory 110GB "${u[@]}"
-  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
-  bench llama_pp 60 --preset llama-8b-shape -t pp4096 -b 1 -r 5
-  metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active
+  cuda_tests
+  bamba_decode
+  llama_decode
+  prefill_both
   timeout 150 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --cache-control none --launch-skip 3000 \
-    --launch-count 420 --metrics "$metrics" .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 --preset bamba-9b \
+    --launch-count 420 --metrics "$NCU_METRICS" .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 --preset bamba-9b \
     -t tg12@d8192 -b 64 --state-dtype bf16 > "$RAW/ncu_b64.csv" 2> "$RAW/ncu_b64.err"
   echo "ncu b64 rc=$?"
   python3 scripts/ncu_summary.py "$RAW/ncu_b64.csv" | tee "$RAW/ncu_b64.txt" | head -8
@@ -346,30 +348,17 @@ final2_s12)
   # Session 12, second build: RoPE tables made once per cache; the Mamba step's heads per cube
   # (BAMBA_STEP_HEADS_PER_CUBE 8 and 16 against the default 4) at batch 64; every CUDA test and the
   # `final_s12` runs of both shapes.
-  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
-  echo "tests rc=$?"
-  grep -E "panicked|test result|mamba_decode_step on" "$RAW/tests.log" | head -8
+  cuda_tests
+  bamba_decode
   u=(--backend cuda-unfused)
-  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 "${u[@]}"
-  bench bamba_b64 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 "${u[@]}"
-  bench bamba_b64_bf16 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 --state-dtype bf16 "${u[@]}"
   for n in 8 16; do
     BAMBA_STEP_HEADS_PER_CUBE=$n bench sweep_b64_hpc$n 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 "${u[@]}"
     BAMBA_STEP_HEADS_PER_CUBE=$n bench sweep_b64_bf16_hpc$n 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 \
       --state-dtype bf16 "${u[@]}"
   done
-  bench llama_b1 60 --preset llama-8b-shape -t tg128 -b 1 -r 5 "${u[@]}"
-  bench llama_b64 60 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 3 "${u[@]}"
-  bench llama_b64_32k 60 --preset llama-8b-shape -t tg16@d32768 -b 64 -r 3 --memory 110GB "${u[@]}"
-  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
-  bench llama_pp 60 --preset llama-8b-shape -t pp4096 -b 1 -r 5
-  for f in "$RAW"/sweep_*.jsonl; do
-    python3 - "$f" <<'PY'
-import json, sys
-rs = [json.loads(l) for l in open(sys.argv[1]) if "tokens_per_s" in l]
-print(sys.argv[1].split("/")[-1], *["%s %.1f tok/s %.3f ms" % (r["test"], r["tokens_per_s"], r["ms_per_step"]) for r in rs])
-PY
-  done
+  llama_decode
+  prefill_both
+  sweep_table "$RAW"/sweep_*.jsonl
   ;;
 decode_s11)
   timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1

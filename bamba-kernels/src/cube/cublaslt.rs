@@ -408,7 +408,7 @@ fn legacy_stream_chosen() -> bool {
     *LEGACY.get_or_init(|| std::env::var("BAMBA_CUBLASLT_STREAM").is_ok_and(|v| v == "legacy"))
 }
 
-/// Queues `d = a·b (+ c)` of `plan` on the legacy stream; `c` has `d`'s layout.
+/// Queues `d = a·b (+ c)` of `plan` on `stream`; `c` has `d`'s layout.
 fn matmul(
     handle: sys::cublasLtHandle_t,
     plan: &Plan,

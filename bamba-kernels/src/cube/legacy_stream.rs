@@ -1,5 +1,6 @@
-//! Work bamba queues on CUDA outside CubeCL (cuBLASLt products, pinned weight uploads) goes on the
-//! legacy default stream of the device's primary context, the context CubeCL runs in.
+//! Work bamba queues on CUDA outside CubeCL goes on the legacy default stream of the device's primary
+//! context, the context CubeCL runs in: pinned weight uploads, and cuBLASLt products when
+//! `BAMBA_CUBLASLT_STREAM=legacy` (by default they go on CubeCL's own stream, `cublaslt.rs`).
 //!
 //! CubeCL 0.10 exposes no handle to its streams; the workspace patches `cubecl-cuda` so that they
 //! are blocking streams (third_party/README.md). CUDA orders the legacy stream with every blocking
