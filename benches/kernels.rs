@@ -1,11 +1,12 @@
 //! Criterion benches of the Bamba kernels (SSD chunked scan, SSD decode step, the fused Mamba decode
 //! step, causal conv, decode GEMV, and the model's attention) on
-//! the backend the features pick (cuda > wgpu > ndarray), each op timed with a device sync.
+//! the backend the features pick (cuda > wgpu > ndarray; the GPU ones unfused), each op timed as 20 back-to-back calls
+//! between two device syncs on GPUs (as scripts/bench_torch.py times torch), one call per sync on the CPU.
 //!
 //! Shapes: `BAMBA_BENCH_SHAPES=bamba-9b` (default on GPUs: 128 heads × 64, d_state 128, one group,
 //! chunk 256, conv 8448 channels) or `small` (default on CPU). `BAMBA_BENCH_DTYPE=bf16|f16|f32`
-//! (default bf16 on CUDA, f32 elsewhere). The decode step reports bytes/s over the state it must read
-//! and write (f32), to compare with the HBM bandwidth.
+//! (default bf16 on CUDA, f32 elsewhere). The decode steps report bytes/s over the state they must read
+//! and write (f32, and bf16 for the fused Mamba step on GPUs), to compare with the HBM bandwidth.
 //!
 //! `cargo bench --bench kernels [--features cuda] -- [filter]`
 
@@ -17,10 +18,13 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
+// Without Burn's fusion wrapper, as `bamba bench --backend cuda-unfused` runs the model: the wrapper's
+// per-op host work (~100 µs per fused Mamba step call on the H200, session 13) would otherwise be
+// timed instead of the kernels at small batches.
 #[cfg(feature = "cuda")]
-type B = burn::backend::Cuda;
+type B = bamba_kernels::cube::unfused::Cuda;
 #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-type B = burn::backend::Wgpu;
+type B = bamba_kernels::cube::unfused::Wgpu;
 #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
 type B = burn::backend::NdArray<f32>;
 
@@ -93,8 +97,26 @@ fn ssd_inputs(s: &Shapes, batch: usize, len: usize, with_state: bool, device: &D
     }
 }
 
-fn sync(device: &Device) {
-    let _ = B::sync(device);
+/// Calls of an op between two device syncs on GPUs (one on the CPU).
+const PER_SYNC: u32 = if GPU { 20 } else { 1 };
+
+/// Times `op` as `PER_SYNC` back-to-back calls between two device syncs, per call, the way
+/// scripts/bench_torch.py times torch (CUDA events around back-to-back calls): with a sync after
+/// every call, the sync's host latency (~50 µs through Burn) would count in each.
+fn per_call<O>(bench: &mut criterion::Bencher, device: &Device, mut op: impl FnMut() -> O) {
+    bench.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let _ = B::sync(device);
+            let start = std::time::Instant::now();
+            for _ in 0..PER_SYNC {
+                std::hint::black_box(op());
+            }
+            let _ = B::sync(device);
+            total += start.elapsed() / PER_SYNC;
+        }
+        total
+    })
 }
 
 fn bench_scan(c: &mut Criterion) {
@@ -107,19 +129,11 @@ fn bench_scan(c: &mut Criterion) {
         let inputs = ssd_inputs(&s, 1, len, false, &device);
         group.throughput(Throughput::Elements(len as u64));
         group.bench_with_input(BenchmarkId::new("kernel", len), &inputs, |bench, inputs| {
-            bench.iter(|| {
-                let out = B::ssd_chunk_scan(inputs.clone(), config);
-                sync(&device);
-                out
-            })
+            per_call(bench, &device, || B::ssd_chunk_scan(inputs.clone(), config))
         });
         if s.reference_lens.contains(&len) {
             group.bench_with_input(BenchmarkId::new("reference", len), &inputs, |bench, inputs| {
-                bench.iter(|| {
-                    let out = reference::ssd::ssd_chunk_scan(inputs.clone(), config);
-                    sync(&device);
-                    out
-                })
+                per_call(bench, &device, || reference::ssd::ssd_chunk_scan(inputs.clone(), config))
             });
         }
     }
@@ -137,18 +151,10 @@ fn bench_step(c: &mut Criterion) {
         // the state is read once and written once, f32
         group.throughput(Throughput::Bytes((2 * batch * s.heads * s.head_dim * s.d_state * 4) as u64));
         group.bench_with_input(BenchmarkId::new("kernel", batch), &inputs, |bench, inputs| {
-            bench.iter(|| {
-                let out = B::ssd_decode_step(inputs.clone(), config);
-                sync(&device);
-                out
-            })
+            per_call(bench, &device, || B::ssd_decode_step(inputs.clone(), config))
         });
         group.bench_with_input(BenchmarkId::new("reference", batch), &inputs, |bench, inputs| {
-            bench.iter(|| {
-                let out = reference::ssd::ssd_recurrent(inputs.clone(), config);
-                sync(&device);
-                out
-            })
+            per_call(bench, &device, || reference::ssd::ssd_recurrent(inputs.clone(), config))
         });
     }
     group.finish();
@@ -179,26 +185,34 @@ fn bench_mamba_step(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("mamba_decode_step");
     group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    // The state in f32, and on GPUs also in bf16 (`--state-dtype bf16`, as vLLM keeps it in the model dtype).
+    let state_dtypes: &[DType] = if GPU { &[DType::F32, DType::BF16] } else { &[DType::F32] };
     for &batch in &s.batches {
         let zxbcdt = random([batch, d_inner + conv_dim + s.heads], -1.0, 1.0, dt, &device);
         let window = random([batch, conv_dim, 3], -1.0, 1.0, dt, &device);
-        let state = random([batch, s.heads, s.head_dim, s.d_state], -0.5, 0.5, DType::F32, &device);
-        // the f32 state is read once and written once
-        group.throughput(Throughput::Bytes((2 * batch * s.heads * s.head_dim * s.d_state * 4) as u64));
-        for fused in [true, false] {
-            let id = BenchmarkId::new(if fused { "fused" } else { "composition" }, batch);
-            group.bench_function(id, |bench| {
-                bench.iter(|| {
-                    let (z, w, win, st) = (zxbcdt.clone(), weights.clone(), window.clone(), state.clone());
-                    let out = if fused {
-                        B::mamba_decode_step(z, w, win, st, config)
-                    } else {
-                        reference::mamba_step::mamba_decode_step::<B>(z, w, win, st, config)
-                    };
-                    sync(&device);
-                    out
-                })
-            });
+        for &state_dtype in state_dtypes {
+            let state = random([batch, s.heads, s.head_dim, s.d_state], -0.5, 0.5, state_dtype, &device);
+            // the state is read once and written once
+            let state_bytes = batch * s.heads * s.head_dim * s.d_state * state_dtype.size();
+            group.throughput(Throughput::Bytes(2 * state_bytes as u64));
+            // The composition with the f32 state only (it is the reference, not a contender).
+            for fused in [true, false].into_iter().filter(|&f| f || state_dtype == DType::F32) {
+                let name = match (fused, state_dtype) {
+                    (false, _) => "composition",
+                    (true, DType::F32) => "fused",
+                    (true, _) => "fused_bf16_state",
+                };
+                group.bench_function(BenchmarkId::new(name, batch), |bench| {
+                    per_call(bench, &device, || {
+                        let (z, w, win, st) = (zxbcdt.clone(), weights.clone(), window.clone(), state.clone());
+                        if fused {
+                            B::mamba_decode_step(z, w, win, st, config)
+                        } else {
+                            reference::mamba_step::mamba_decode_step::<B>(z, w, win, st, config)
+                        }
+                    })
+                });
+            }
         }
     }
     group.finish();
@@ -216,17 +230,11 @@ fn bench_conv(c: &mut Criterion) {
         let bias = random([channels], -0.5, 0.5, dtype(), &device);
         group.throughput(Throughput::Bytes((2 * len * channels * dtype().size()) as u64));
         group.bench_function(BenchmarkId::new("kernel", len), |bench| {
-            bench.iter(|| {
-                let out = B::causal_conv1d_silu(x.clone(), w.clone(), Some(bias.clone()), None);
-                sync(&device);
-                out
-            })
+            per_call(bench, &device, || B::causal_conv1d_silu(x.clone(), w.clone(), Some(bias.clone()), None))
         });
         group.bench_function(BenchmarkId::new("reference", len), |bench| {
-            bench.iter(|| {
-                let out = reference::conv::causal_conv1d_silu(x.clone(), w.clone(), Some(bias.clone()), None);
-                sync(&device);
-                out
+            per_call(bench, &device, || {
+                reference::conv::causal_conv1d_silu(x.clone(), w.clone(), Some(bias.clone()), None)
             })
         });
     }
@@ -234,15 +242,13 @@ fn bench_conv(c: &mut Criterion) {
 }
 
 /// `x · Wᵀ` on the decode linear shapes of Bamba-9B / Llama-8B (`[m, k] × [n, k]ᵀ`, weights larger than
-/// L2 so they stream from HBM): the GEMV kernel for m ≤ 8, Burn's matmul above. 20 products per
-/// device sync, so the sync's host latency does not hide the ~40 µs a product takes.
+/// L2 so they stream from HBM): the GEMV kernel for m ≤ 8, Burn's matmul or cuBLASLt above.
 fn bench_linear(c: &mut Criterion) {
     let device = Default::default();
     let mut group = c.benchmark_group("linear_no_bias");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
     let shapes: &[(usize, usize)] =
         if GPU { &[(16768, 4096), (28672, 4096), (4096, 4096), (4096, 14336), (128256, 4096)] } else { &[(512, 256)] };
-    const PER_SYNC: u32 = 20;
     for &(n, k) in shapes {
         let w = random([n, k], -0.05, 0.05, dtype(), &device);
         // Prefill GEMMs too on the in_proj shape, to compare with cuBLAS (scripts/bench_torch.py).
@@ -251,19 +257,7 @@ fn bench_linear(c: &mut Criterion) {
             let x = random([m, k], -1.0, 1.0, dtype(), &device);
             group.throughput(Throughput::Bytes(((n * k + m * k + m * n) * dtype().size()) as u64));
             group.bench_function(BenchmarkId::new(format!("n{n}_k{k}"), m), |bench| {
-                bench.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        sync(&device);
-                        let start = std::time::Instant::now();
-                        for _ in 0..PER_SYNC {
-                            let _ = B::linear_no_bias(x.clone(), w.clone());
-                        }
-                        sync(&device);
-                        total += start.elapsed() / PER_SYNC;
-                    }
-                    total
-                })
+                per_call(bench, &device, || B::linear_no_bias(x.clone(), w.clone()))
             });
         }
     }
@@ -287,11 +281,7 @@ fn bench_attention(c: &mut Criterion) {
         let v = random([1, 8, len, 128], -1.0, 1.0, dtype(), &device);
         group.throughput(Throughput::Elements((2 * 32 * 128 * len * len) as u64)); // causal FLOPs
         group.bench_function(BenchmarkId::new("prefill", len), |bench| {
-            bench.iter(|| {
-                let out = B::causal_attention(q.clone(), k.clone(), v.clone(), 0, None);
-                sync(&device);
-                out
-            })
+            per_call(bench, &device, || B::causal_attention(q.clone(), k.clone(), v.clone(), 0, None))
         });
     }
     for &(batch, context) in decode {
@@ -301,19 +291,12 @@ fn bench_attention(c: &mut Criterion) {
         let start = Tensor::<B, 1>::zeros([batch], (&device, DType::F32));
         group.throughput(Throughput::Bytes((2 * batch * 8 * context * 128 * dtype().size()) as u64));
         group.bench_function(BenchmarkId::new(format!("decode_b{batch}"), context), |bench| {
-            bench.iter(|| {
-                let out = B::decode_attention(q.clone(), k.clone(), v.clone(), start.clone(), context);
-                sync(&device);
-                out
-            })
+            per_call(bench, &device, || B::decode_attention(q.clone(), k.clone(), v.clone(), start.clone(), context))
         });
         if !GPU || matches!((batch, context), (1, 4096) | (64, 8192)) {
             group.bench_function(BenchmarkId::new(format!("decode_reference_b{batch}"), context), |bench| {
-                bench.iter(|| {
-                    let out =
-                        reference::attention::decode_attention(q.clone(), k.clone(), v.clone(), start.clone(), context);
-                    sync(&device);
-                    out
+                per_call(bench, &device, || {
+                    reference::attention::decode_attention(q.clone(), k.clone(), v.clone(), start.clone(), context)
                 })
             });
         }

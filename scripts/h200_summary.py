@@ -101,6 +101,29 @@ def main():
             # the newest mamba_ssm record of each length (its times vary between sessions: compare within one)
             if ours and r["len"] not in scan:
                 scan[r["len"]] = r["seconds"] / ours
+    def gemv_fractions():
+        """Per decode shape and rows: our product's and cuBLAS's (torch, same records' call) bytes/s over the copy."""
+        rows = {}
+        for n, k in ((16768, 4096), (28672, 4096), (4096, 4096), (4096, 14336), (128256, 4096)):
+            for m in (1, 4, 16, 64):
+                t, ref = criterion.get(f"linear_no_bias/n{n}_k{k}/{m}"), find(torch, what="gemv", m=m, n=n, k=k)
+                moved = (n * k + m * k + m * n) * 2
+                rows[f"{m}x{k}x{n}"] = {
+                    "ours": ratio(None if t is None else moved / t / 1e9, copy_gbs),
+                    "cublas": ref and ref.get("fraction_of_copy"),
+                }
+        return rows
+
+    def step_fractions():
+        """The fused Mamba decode step's state bytes (read + write) per second over the copy, per state dtype and batch."""
+        rows = {}
+        for name, size in (("fused", 4), ("fused_bf16_state", 2)):
+            for batch in (1, 4, 16, 64, 256):
+                t = criterion.get(f"mamba_decode_step/{name}/{batch}")
+                moved = 2 * batch * 128 * 64 * 128 * size
+                rows[f"{name}/{batch}"] = ratio(None if t is None else moved / t / 1e9, copy_gbs)
+        return rows
+
     pre_att, sdpa = criterion.get("attention/prefill/4096"), find(torch, what="sdpa_prefill", length=4096)
     (ratio_8k, bamba_8k, llama_8k), (ratio_32k, bamba_32k, llama_32k) = ratio_at(8192), ratio_at(32768)
     summary = {
@@ -138,6 +161,8 @@ def main():
         "bamba_over_llama_b64_bf16_state": {"8k": bf16_state_ratio(8192), "32k": bf16_state_ratio(32768)},
         "ratio_records": {"8k": {"bamba": pick(bamba_8k), "llama": pick(llama_8k)},
                           "32k": {"bamba": pick(bamba_32k), "llama": pick(llama_32k)}},
+        "gemv_bandwidth_fraction_by_shape": gemv_fractions(),
+        "mamba_decode_step_bandwidth_fraction": step_fractions(),
         "decode_attention_bandwidth_fraction_by_shape": {
             f"b{b}@{c}": attention_fraction(b, c) for b, c in ((1, 4096), (16, 8192), (64, 8192), (64, 32768))
         },
