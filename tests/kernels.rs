@@ -606,7 +606,9 @@ fn check_causal_attention<B: BambaOps>(device: &B::Device) {
         // (batch, heads, kv_heads, head_dim, q_len, k_len, left pads per row or none)
         // The unmasked ones run the causal softmax kernel on GPU backends: key counts with vectors of
         // 1, 4 and 8 elements, rows shorter and longer than a plane's stride, continuation offsets.
-        let cases: [(usize, usize, usize, usize, usize, usize, Option<&[usize]>); 8] = [
+        // Prompts past 1024 queries run in blocks of 1024 on GPU backends (each against the keys its
+        // last query sees), a padded batch too.
+        let cases: [(usize, usize, usize, usize, usize, usize, Option<&[usize]>); 10] = [
             (1, 4, 2, 8, 7, 7, None),
             (2, 4, 4, 48, 5, 12, None),
             (1, 8, 2, 64, 40, 136, None),
@@ -615,6 +617,8 @@ fn check_causal_attention<B: BambaOps>(device: &B::Device) {
             (2, 6, 2, 20, 9, 9, Some(&[0, 3])),
             (1, 32, 8, 128, 70, 100, Some(&[30])),
             (3, 2, 1, 16, 1, 33, Some(&[0, 5, 32])),
+            (1, 4, 2, 16, 1100, 1100, None),
+            (2, 2, 1, 16, 1030, 1100, Some(&[0, 50])),
         ];
         for (seed, (batch, heads, kv_heads, head_dim, q_len, k_len, pads)) in cases.into_iter().enumerate() {
             let seed = 9500 + 4 * seed as u64;
@@ -654,6 +658,49 @@ fn check_causal_attention<B: BambaOps>(device: &B::Device) {
         }
     }
     println!("causal_attention on {}: worst relative difference {worst:e}", B::name(device));
+}
+
+/// Prefill attention in query blocks (what the GPU backends run past 1024 queries, each block against
+/// the keys its last query sees) equals the one-pass reference, on the CPU with blocks of 1, 3 and 5
+/// queries: from the start, continuing a cache, and with a left-padding mask.
+#[test]
+fn causal_attention_in_query_blocks_matches_one_pass() {
+    use reference::attention::{causal_attention, causal_attention_in_query_blocks, masked_softmax};
+    let cpu = Default::default();
+    // (batch, heads, kv_heads, head_dim, q_len, k_len, left pads per row or none)
+    let cases: [(usize, usize, usize, usize, usize, usize, Option<&[usize]>); 3] =
+        [(1, 4, 2, 8, 7, 7, None), (2, 4, 2, 8, 9, 13, None), (2, 2, 1, 8, 6, 10, Some(&[0, 3]))];
+    for (seed, (batch, heads, kv_heads, head_dim, q_len, k_len, pads)) in cases.into_iter().enumerate() {
+        let seed = 9700 + 4 * seed as u64;
+        let offset = k_len - q_len;
+        let (q_shape, kv_shape) = ([batch, heads, q_len, head_dim], [batch, kv_heads, k_len, head_dim]);
+        let q = tensor::<Cpu, 4>(&uniform(q_shape.iter().product(), seed, -1.0, 1.0), q_shape, &cpu, DType::F32);
+        let k = tensor::<Cpu, 4>(&uniform(kv_shape.iter().product(), seed + 1, -1.0, 1.0), kv_shape, &cpu, DType::F32);
+        let v = tensor::<Cpu, 4>(&uniform(kv_shape.iter().product(), seed + 2, -1.0, 1.0), kv_shape, &cpu, DType::F32);
+        let mask = pads.map(|pads| {
+            let masked = |b: usize, i: usize, j: usize| j < pads[b] || j > offset + i;
+            let values: Vec<f32> = (0..batch * q_len * k_len)
+                .map(|n| masked(n / (q_len * k_len), n / k_len % q_len, n % k_len) as u8 as f32)
+                .collect();
+            tensor::<Cpu, 4>(&values, [batch, 1, q_len, k_len], &cpu, DType::F32).bool()
+        });
+        let expected = host(causal_attention(q.clone(), k.clone(), v.clone(), offset, mask.clone()));
+        for block in [1, 3, 5] {
+            let got = causal_attention_in_query_blocks(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                offset,
+                mask.clone(),
+                block,
+                Tensor::matmul,
+                masked_softmax,
+            );
+            assert_eq!(got.dims(), q_shape);
+            let d = relative_diff(&host(got), &expected);
+            assert!(d <= 1e-6, "blocks of {block}, case {seed}: {d:e}");
+        }
+    }
 }
 
 /// Prefill attention stores the scores and the probabilities in the model dtype between its two

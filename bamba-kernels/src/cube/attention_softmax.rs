@@ -97,6 +97,15 @@ fn causal_softmax_kernel<F: Float, N: Size>(
     }
 }
 
+/// Queries per block of a causal prefill (`reference::attention::causal_attention_in_query_blocks`):
+/// 1024, or `BAMBA_ATTENTION_QUERY_BLOCK` (0: one block, for comparisons in one build). On the H200
+/// (session 13, run 2) prefill attention at 4096 tokens took 1.31 ms in one block, 1.45 / 1.21 /
+/// 1.14 ms in blocks of 256 / 512 / 1024: fewer score bytes, but smaller products and more launches.
+pub fn query_block() -> usize {
+    static BLOCK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| super::matmul::env_number("BAMBA_ATTENTION_QUERY_BLOCK", 1024))
+}
+
 /// Causally masked softmax over the last dim of attention scores laid out as [`ScoreRows`] says.
 ///
 /// # Shapes

@@ -275,14 +275,15 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         query_offset: usize,
         mask: Option<Tensor<Self, 4, Bool>>,
     ) -> Tensor<Self, 4> {
-        use crate::reference::attention::{causal_attention_with, masked_softmax, ScoreRows};
+        use crate::reference::attention::{causal_attention_in_query_blocks, masked_softmax, ScoreRows};
         let product = |a: Tensor<Self, 4>, b: Tensor<Self, 4>| wrap(matmul::launch(prim(a), prim(b), false));
         // The causal softmax is one kernel; an explicit mask (left padding) takes the tensor ops.
         let softmax = |scores: Tensor<Self, 4>, mask: Option<Tensor<Self, 4, Bool>>, layout: &ScoreRows| match mask {
             None => wrap(attention_softmax::launch(prim(scores), layout)),
             Some(mask) => masked_softmax(scores, Some(mask), layout),
         };
-        causal_attention_with(q, k, v, query_offset, mask, product, softmax)
+        let block = attention_softmax::query_block();
+        causal_attention_in_query_blocks(q, k, v, query_offset, mask, block, product, softmax)
     }
 
     fn rms_norm(

@@ -59,6 +59,53 @@ pub fn causal_attention_with<B: Backend>(
     matmul(probs, v).reshape([batch, heads, q_len, head_dim])
 }
 
+/// [`causal_attention_with`] for blocks of `block` queries in turn, each against only the keys its
+/// last query sees (the first `query_offset + end` of them): the scores of a causal prefill are a
+/// triangle, and one product over all keys computes, stores, normalizes and reads the masked half too.
+/// With `n` blocks the score traffic is `(n + 1) / 2n` of the one-block pass. `block == 0` or a
+/// prompt of at most one block runs one pass.
+///
+/// # Shapes
+/// - as [`causal_attention`]
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_in_query_blocks<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    query_offset: usize,
+    mask: Option<Tensor<B, 4, Bool>>,
+    block: usize,
+    matmul: impl Fn(Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 4>,
+    softmax: impl Fn(Tensor<B, 4>, Option<Tensor<B, 4, Bool>>, &ScoreRows) -> Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [batch, heads, q_len, head_dim] = q.dims();
+    let [_, kv_heads, k_len, _] = k.dims();
+    if block == 0 || q_len <= block {
+        return causal_attention_with(q, k, v, query_offset, mask, matmul, softmax);
+    }
+    let parts = (0..q_len)
+        .step_by(block)
+        .map(|start| {
+            let rows = start..(start + block).min(q_len);
+            let keys = (query_offset + rows.end).min(k_len);
+            let mask = mask.clone().map(|m| {
+                let [mask_batch, one, _, _] = m.dims();
+                m.slice([0..mask_batch, 0..one, rows.clone(), 0..keys])
+            });
+            causal_attention_with(
+                q.clone().slice([0..batch, 0..heads, rows.clone(), 0..head_dim]),
+                k.clone().slice([0..batch, 0..kv_heads, 0..keys, 0..head_dim]),
+                v.clone().slice([0..batch, 0..kv_heads, 0..keys, 0..head_dim]),
+                query_offset + rows.start,
+                mask,
+                &matmul,
+                &softmax,
+            )
+        })
+        .collect();
+    Tensor::cat(parts, 2)
+}
+
 /// The softmax of [`causal_attention`]: raw scores (in the operands' dtype) scaled and masked in f32
 /// (by `mask`, else causally), normalized over the keys, returned in the scores' dtype.
 ///
