@@ -979,6 +979,31 @@ mod cuda_cublaslt {
 
     type Gpu = burn::backend::Cuda;
 
+    /// Decode products of 3–8 rows that cuBLASLt takes run there instead of the GEMV (which slows
+    /// down with rows; session 13), 1 and 2 rows stay on the GEMV; both paths match the CPU.
+    #[test]
+    fn few_row_products_leave_the_gemv_from_three_rows() {
+        let (device, cpu) = (burn::backend::cuda::CudaDevice::default(), Default::default());
+        // 2^24 multiply-adds at one row: cuBLASLt takes every row count here.
+        let (k, n, dtype) = (1024, 16384, DType::BF16);
+        for (seed, rows) in [1usize, 2, 8].into_iter().enumerate() {
+            let seed = 9300 + 2 * seed as u64;
+            let x = rounded(uniform(rows * k, seed, -1.0, 1.0), dtype);
+            let w = rounded(uniform(n * k, seed + 1, -1.0, 1.0), dtype);
+            let before = cublaslt::products_run();
+            let got = <Gpu as BambaOps>::linear_no_bias(
+                tensor(&x, [rows, k], &device, dtype),
+                tensor(&w, [n, k], &device, dtype),
+            );
+            let want = tensor::<Cpu, 2>(&x, [rows, k], &cpu, DType::F32)
+                .matmul(tensor::<Cpu, 2>(&w, [n, k], &cpu, DType::F32).transpose());
+            let d = relative_diff(&host(got), &host(want));
+            assert!(d <= 1.6e-2, "linear {rows}x{k}x{n}: {d:e}");
+            let ran_cublaslt = cublaslt::products_run() > before;
+            assert_eq!(ran_cublaslt, rows >= cublaslt::gemv_rows_limit(), "{rows} rows: cuBLASLt {ran_cublaslt}");
+        }
+    }
+
     #[test]
     fn large_products_run_through_cublaslt() {
         let (device, cpu) = (burn::backend::cuda::CudaDevice::default(), Default::default());

@@ -205,7 +205,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         if x.dtype() != weight.dtype() {
             return crate::reference::linear::linear_no_bias(x, weight);
         }
-        if !gemv_applies(&x, &weight) {
+        if !gemv_applies::<R, _>(&x, &weight) {
             return wrap(matmul::launch(prim(x), prim(weight.transpose()), true));
         }
         wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::None, None))
@@ -215,7 +215,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         if x.dtype() != gate.dtype() || up.dtype() != gate.dtype() {
             return crate::reference::linear::swiglu_linear(x, gate, up);
         }
-        if gemv_applies(&x, &gate) {
+        if gemv_applies::<R, _>(&x, &gate) {
             return wrap(gemv::launch(prim(x), prim(gate), gemv::Epilogue::SwiGlu(prim(up)), None));
         }
         // Two products, then silu(gate)·up in one launch.
@@ -227,7 +227,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         if x.dtype() != weight.dtype() || residual.dtype() != x.dtype() {
             return crate::reference::linear::linear_residual(x, weight, residual);
         }
-        if gemv_applies(&x, &weight) {
+        if gemv_applies::<R, _>(&x, &weight) {
             return wrap(gemv::launch(prim(x), prim(weight), gemv::Epilogue::Residual(prim(residual)), None));
         }
         // cuBLASLt adds the residual inside the product (no add launch).
@@ -247,7 +247,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         eps: f64,
         weight: Tensor<Self, 2>,
     ) -> Tensor<Self, 2> {
-        if !gemv_applies(&x, &weight) || norm_weight.dtype() != x.dtype() {
+        if !gemv_applies::<R, _>(&x, &weight) || norm_weight.dtype() != x.dtype() {
             return crate::reference::linear::rms_norm_linear(x, norm_weight, eps, weight);
         }
         let norm = gemv::PreNorm { weight: prim(norm_weight), eps };
@@ -261,7 +261,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         gate: Tensor<Self, 2>,
         up: Tensor<Self, 2>,
     ) -> Tensor<Self, 2> {
-        if !gemv_applies(&x, &gate) || up.dtype() != gate.dtype() || norm_weight.dtype() != x.dtype() {
+        if !gemv_applies::<R, _>(&x, &gate) || up.dtype() != gate.dtype() || norm_weight.dtype() != x.dtype() {
             return crate::reference::linear::rms_norm_swiglu(x, norm_weight, eps, gate, up);
         }
         let norm = gemv::PreNorm { weight: prim(norm_weight), eps };
@@ -326,9 +326,17 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     }
 }
 
-/// Whether the GEMV kernel takes this product: few rows, one dtype (else Burn's matmul does).
-fn gemv_applies<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> bool {
-    x.dims()[0] <= MAX_GEMV_ROWS && x.dtype() == weight.dtype()
+/// Whether the GEMV kernel takes this product: few rows, one dtype (else the matmul path does:
+/// Burn's matmul, or cuBLASLt on CUDA). On CUDA, products cuBLASLt takes go there from
+/// `cublaslt::gemv_rows_limit()` rows (3), where the GEMV slows down.
+fn gemv_applies<R: CubeRuntime, B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> bool {
+    let (rows, [cols, inner]) = (x.dims()[0], weight.dims());
+    #[cfg(feature = "cuda")]
+    if rows >= cublaslt::gemv_rows_limit() && cublaslt::takes::<R>(rows, inner, cols) {
+        return false;
+    }
+    let _ = (inner, cols);
+    rows <= MAX_GEMV_ROWS && x.dtype() == weight.dtype()
 }
 
 /// Which `BambaOps` method a fused custom op runs.
