@@ -41,11 +41,19 @@
 # GEMV's loads in flight, and cuBLASLt on CubeCL's stream vs the legacy stream (b64 decode, pp4096).
 # `final_s12`: every CUDA test, the `decode_s11` runs of both shapes with the landed build, and
 # Nsight Compute's kernel times of a batch-64 step at 8K. `final2_s12`: the same runs with RoPE tables
-# made once per cache, and the Mamba step's heads per cube (4, 8, 16) at batch 64.
+# made once per cache, and the Mamba step's heads per cube (4, 8, 16) at batch 64. `step_s13`: every
+# CUDA test, the Mamba step with and without its state loads a head ahead (criterion and batch-64
+# decode); `kernels_s13`: every kernel bench with torch's and mamba_ssm's references in the same call,
+# prefill attention in query blocks of 0 (one block), 256, 512 and 1024, pp4096 of both shapes;
+# `final_s13`: every CUDA test and the end-to-end runs of the landed build, batch 4 with and without
+# the GEMV for 2–8 rows, Nsight Compute's instruction view of the Mamba step; `ratio_s13`: the
+# batch-64 ratios with 64-step runs, and a batch-4 step's kernels and host profile; `gemv_rows_s13`:
+# batch 2–8 decode with the GEMV per launch shape against cuBLASLt; `batches_s13`: batch 1–8 decode
+# in one call, 2–8-row products on cuBLASLt and on the GEMV; `landed_s13`: every CUDA test, batch 1–8.
 #
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -89,10 +97,11 @@ print(sys.argv[1].split("/")[-1], *["%s %.1f tok/s %.3f ms" % (r["test"], r["tok
 PY
   done
 }
-criterion() { # filter
-  timeout 200 .gpu/kernel_bench --bench --output-format bencher "$1" > "$RAW/criterion-bencher.txt" 2>&1
-  echo "criterion rc=$?"
-  grep "^test" "$RAW/criterion-bencher.txt"
+criterion() { # filter [file name prefix]: $RAW/PREFIX-bencher.txt (default criterion-bencher.txt)
+  local file="$RAW/${2:-criterion}-bencher.txt"
+  timeout 200 .gpu/kernel_bench --bench --output-format bencher "$1" > "$file" 2>&1
+  echo "criterion $1 rc=$?"
+  grep "^test" "$file"
 }
 overhead() { # backend: host overhead per decode step, Bamba-9B's 32-layer plan with tiny widths (kernels
   # take ~nothing; more of Burn's slices copy at these widths, so the launch count is not quite the 9B one)
@@ -359,6 +368,112 @@ final2_s12)
   llama_decode
   prefill_both
   sweep_table "$RAW"/sweep_*.jsonl
+  ;;
+step_s13)
+  # Session 13, call 1: the Mamba step with the next head's state rows loaded during the current
+  # head's update (BAMBA_STEP_PREFETCH=1, the default) against without (0), same build: every CUDA
+  # test, criterion `mamba_decode_step/fused` (f32 and bf16 states, batch 1…256) and batch-64 decode at 8K.
+  cuda_tests
+  for p in 1 0; do
+    BAMBA_STEP_PREFETCH=$p criterion "mamba_decode_step/fused" "step-prefetch$p"
+    BAMBA_STEP_PREFETCH=$p bench "sweep_b64_prefetch$p" 80 --preset bamba-9b -t tg16@d8192 -b 64 -r 3 --backend cuda-unfused
+    BAMBA_STEP_PREFETCH=$p bench "sweep_b64_bf16_prefetch$p" 80 --preset bamba-9b -t tg16@d8192 -b 64 -r 3 \
+      --state-dtype bf16 --backend cuda-unfused
+  done
+  sweep_table "$RAW"/sweep_*.jsonl
+  ;;
+kernels_s13)
+  # Session 13, call 2: every kernel bench (20 back-to-back calls between device syncs, as torch is
+  # timed), the kernels only, and torch's and mamba_ssm's references in the same call.
+  timeout 60 .gpu/kernel_tests cuda::causal_attention --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "causal attention test rc=$?"
+  grep -E "panicked|test result|worst" "$RAW/tests.log" | head -4
+  timeout 60 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  echo "torch rc=$?"
+  criterion "linear_no_bias" linear
+  criterion "attention/(prefill|decode_b)" attention
+  # Prefill attention in query blocks of 256 and 1024, and in one block (the default is 512).
+  for block in 0 256 1024; do
+    BAMBA_ATTENTION_QUERY_BLOCK=$block criterion "attention/prefill" "attention-block$block"
+    mv "$RAW/attention-block$block-bencher.txt" "$RAW/attention-block$block-criterion.txt"
+    BAMBA_ATTENTION_QUERY_BLOCK=$block bench "sweep_pp_block$block" 60 --preset bamba-9b -t pp4096 -b 1 -r 3
+    BAMBA_ATTENTION_QUERY_BLOCK=$block bench "sweep_llama_pp_block$block" 60 --preset llama-8b-shape -t pp4096 -b 1 -r 3
+  done
+  prefill_both
+  sweep_table "$RAW"/sweep_*.jsonl
+  criterion "mamba_decode_step/fused|ssd_decode_step/kernel|causal_conv1d_silu/kernel" step
+  timeout 150 python3 scripts/bench_mamba_ssm.py .gpu/mm > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
+  echo "mamba_ssm rc=$?"
+  criterion "ssd_chunk_scan/kernel" ssd
+  ;;
+final_s13)
+  # Session 13, the landed build (prefill attention in query blocks of 1024; 2–8-row products on
+  # cuBLASLt instead of the GEMV): every CUDA test, the `final_s12` runs of both shapes, batch-4
+  # decode with and without the GEMV for 2–8 rows (BAMBA_GEMV_CUBLASLT_FROM_ROWS=9), and what the
+  # Mamba step issues (its bf16-state form at batch 64 spent 74% of cycles issuing in session 12).
+  cuda_tests
+  bamba_decode
+  llama_decode
+  prefill_both
+  u=(--backend cuda-unfused)
+  bench bamba_b4 60 --preset bamba-9b -t tg64 -b 4 -r 3 "${u[@]}"
+  BAMBA_GEMV_CUBLASLT_FROM_ROWS=9 bench sweep_b4_gemv 60 --preset bamba-9b -t tg64 -b 4 -r 3 "${u[@]}"
+  bench llama_b4 60 --preset llama-8b-shape -t tg64 -b 4 -r 3 "${u[@]}"
+  sweep_table "$RAW"/bamba_b4.jsonl "$RAW"/sweep_b4_gemv.jsonl "$RAW"/llama_b4.jsonl
+  timeout 120 /usr/local/cuda/bin/ncu --clock-control none --kernel-name regex:mamba_step --launch-skip 0 --launch-count 1 \
+    --section SpeedOfLight --section InstructionStats --section SourceCounters --section WarpStateStats \
+    .gpu/bamba bench "${u[@]}" --warmup 0 -r 1 --preset bamba-9b -t tg2@d8192 -b 64 --state-dtype bf16 \
+    > "$RAW/ncu_step_instructions.txt" 2>&1
+  echo "ncu step instructions rc=$?"
+  ;;
+ratio_s13)
+  # Session 13, same build as `final_s13`: the batch-64 ratios again with 64 steps and 5 repeats per
+  # shape (16-step runs of ~0.2 s varied by 4% within one call), and where a batch-4 step goes:
+  # Nsight Compute's kernel times over two steps and the host's profile.
+  u=(--backend cuda-unfused)
+  bench bamba_b64 120 --preset bamba-9b -t tg64@d8192,tg64@d32768 -b 64 -r 5 "${u[@]}"
+  bench bamba_b64_bf16 120 --preset bamba-9b -t tg64@d8192,tg64@d32768 -b 64 -r 5 --state-dtype bf16 "${u[@]}"
+  bench llama_b64 120 --preset llama-8b-shape -t tg64@d8192 -b 64 -r 5 "${u[@]}"
+  bench llama_b64_32k 150 --preset llama-8b-shape -t tg64@d32768 -b 64 -r 5 --memory 110GB "${u[@]}"
+  bench host_b4 60 --preset bamba-9b -t tg64 -b 4 -r 3 "${u[@]}" --cpu-profile "$RAW/host_b4"
+  sed -n '1p;/## self/,$p' "$RAW"/host_b4-*.txt | head -14
+  timeout 150 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --launch-skip 6000 --launch-count 640 \
+    --metrics "$NCU_METRICS" .gpu/bamba bench "${u[@]}" --warmup 0 -r 1 --preset bamba-9b -t tg64 -b 4 \
+    > "$RAW/ncu_b4.csv" 2> "$RAW/ncu_b4.err"
+  echo "ncu b4 rc=$?"
+  python3 scripts/ncu_summary.py "$RAW/ncu_b4.csv" | tee "$RAW/ncu_b4.txt" | head -24
+  gzip -f "$RAW/ncu_b4.csv"
+  ;;
+gemv_rows_s13)
+  # Session 13, same build: batch 2, 4 and 8 decode with 2–8-row products on the GEMV
+  # (BAMBA_GEMV_CUBLASLT_FROM_ROWS=9) per launch shape (BAMBA_GEMV_TUNE=features,unroll,stage,
+  # stage_limit,unroll_swiglu: fewer loads in flight leave registers for the per-row accumulators),
+  # against cuBLASLt (the build's default).
+  u=(--backend cuda-unfused)
+  for cfg in 8,8,1,49152,8 8,4,1,49152,2 8,2,1,49152,2 8,2,1,49152,1 8,1,1,49152,1 4,2,1,49152,1 16,2,1,49152,1 8,2,2,49152,1; do
+    BAMBA_GEMV_CUBLASLT_FROM_ROWS=9 BAMBA_GEMV_TUNE=$cfg bench "sweep_b4_gemv_${cfg//,/_}" 40 --preset bamba-9b -t tg64 -b 4 -r 3 "${u[@]}"
+  done
+  for b in 2 8; do
+    bench "sweep_b${b}_cublaslt" 40 --preset bamba-9b -t tg64 -b $b -r 3 "${u[@]}"
+    BAMBA_GEMV_CUBLASLT_FROM_ROWS=9 BAMBA_GEMV_TUNE=8,2,1,49152,1 bench "sweep_b${b}_gemv_8_2_1" 40 --preset bamba-9b \
+      -t tg64 -b $b -r 3 "${u[@]}"
+  done
+  sweep_table "$RAW"/sweep_*.jsonl
+  ;;
+batches_s13)
+  # Session 13, same build: decode at batch 1, 2, 4 and 8 in one call (5 repeats of 64 steps), with
+  # 2–8-row products on cuBLASLt (the default) and on the GEMV (BAMBA_GEMV_CUBLASLT_FROM_ROWS=9).
+  u=(--backend cuda-unfused)
+  bench bamba_batches 150 --preset bamba-9b -t tg64 -b 1,2,4,8 -r 5 "${u[@]}"
+  BAMBA_GEMV_CUBLASLT_FROM_ROWS=9 bench sweep_batches_gemv 150 --preset bamba-9b -t tg64 -b 2,4,8 -r 5 "${u[@]}"
+  sweep_table "$RAW"/bamba_batches.jsonl "$RAW"/sweep_batches_gemv.jsonl
+  ;;
+landed_s13)
+  # Session 13, the landed build (GEMV at 1–2 rows, cuBLASLt from 3): every CUDA test, decode at
+  # batch 1, 2, 3, 4, 8 in one process (5 repeats of 64 steps).
+  cuda_tests
+  bench bamba_batches 200 --preset bamba-9b -t tg64 -b 1,2,3,4,8 -r 5 --backend cuda-unfused
+  sweep_table "$RAW"/bamba_batches.jsonl
   ;;
 decode_s11)
   timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
