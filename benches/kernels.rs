@@ -1,7 +1,7 @@
 //! Criterion benches of the Bamba kernels (SSD chunked scan, SSD decode step, the fused Mamba decode
-//! step, causal conv, decode GEMV, and the model's attention) on
-//! the backend the features pick (cuda > wgpu > ndarray; the GPU ones unfused), each op timed as 20 back-to-back calls
-//! between two device syncs on GPUs (as scripts/bench_torch.py times torch), one call per sync on the CPU.
+//! step, causal conv, decode GEMV, and the model's attention) on the backend the features pick
+//! (cuda > wgpu > ndarray; the GPU ones unfused), each op timed as 20 back-to-back calls between two
+//! device syncs on GPUs (as scripts/bench_torch.py times torch), one call per sync on the CPU.
 //!
 //! Shapes: `BAMBA_BENCH_SHAPES=bamba-9b` (default on GPUs: 128 heads × 64, d_state 128, one group,
 //! chunk 256, conv 8448 channels) or `small` (default on CPU). `BAMBA_BENCH_DTYPE=bf16|f16|f32`

@@ -78,11 +78,12 @@ pub fn min_macs() -> usize {
 }
 
 /// Rows from which a product the GEMV kernel could take (≤ `MAX_GEMV_ROWS`) runs cuBLASLt instead:
-/// 3, or `BAMBA_GEMV_CUBLASLT_FROM_ROWS` (9 keeps the GEMV up to its limit). The GEMV keeps one f32
-/// accumulator vector per row and lane, so it slows with rows: Bamba-9B decode steps of 7.2, 9.3,
-/// 15.0 and 36.9 ms at batch 1, 2, 4, 8 on the H200. With cuBLASLt the same steps took 8.8–13.3 ms at
-/// batch 2, 8.4–12.9 at 4 and 8.9–11.0 at 8 (host-bound, one round trip per product, and varying
-/// from call to call; session 13, runs 3–6 in benches/results/h200-2026-12-02-s13).
+/// 3, or `BAMBA_GEMV_CUBLASLT_FROM_ROWS` (9 keeps the GEMV up to its limit). The GEMV slows with
+/// rows (it keeps one f32 accumulator vector per row and lane; not profiled at these rows):
+/// Bamba-9B decode steps of 7.2, 9.3, 15.0 and 36.9 ms at batch 1, 2, 4, 8 on the H200. With
+/// cuBLASLt the same steps took 8.8–13.3 ms at batch 2, 8.4–12.9 at 4 and 8.9–11.0 at 8
+/// (host-bound, one round trip per product, and varying from call to call; session 13, runs 3–6
+/// in benches/results/h200-2026-12-02-s13).
 pub fn gemv_rows_limit() -> usize {
     static ROWS: OnceLock<usize> = OnceLock::new();
     *ROWS.get_or_init(|| env_number("BAMBA_GEMV_CUBLASLT_FROM_ROWS", 3))

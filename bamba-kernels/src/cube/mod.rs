@@ -327,15 +327,17 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
 }
 
 /// Whether the GEMV kernel takes this product: few rows, one dtype (else the matmul path does:
-/// Burn's matmul, or cuBLASLt on CUDA). On CUDA, products cuBLASLt takes go there from
-/// `cublaslt::gemv_rows_limit()` rows (3), where the GEMV slows down.
+/// Burn's matmul, or cuBLASLt on CUDA).
 fn gemv_applies<R: CubeRuntime, B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> bool {
-    let (rows, [cols, inner]) = (x.dims()[0], weight.dims());
+    let rows = x.dims()[0];
+    // On CUDA the GEMV's steps slow down past 2 rows; there cuBLASLt takes what it can.
     #[cfg(feature = "cuda")]
-    if rows >= cublaslt::gemv_rows_limit() && cublaslt::takes::<R>(rows, inner, cols) {
-        return false;
+    {
+        let [cols, inner] = weight.dims();
+        if rows >= cublaslt::gemv_rows_limit() && cublaslt::takes::<R>(rows, inner, cols) {
+            return false;
+        }
     }
-    let _ = (inner, cols);
     rows <= MAX_GEMV_ROWS && x.dtype() == weight.dtype()
 }
 
