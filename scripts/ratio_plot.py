@@ -4,7 +4,8 @@ and the ratios measured on the H200 (benches/results/h200.json). Writes an SVG w
 
 Roofline: a decode step streams the weights once, each sequence's KV cache, and its recurrent state read and
 written (the byte model of `bamba bench`), so tokens/s = batch / (bytes / bandwidth); the bandwidth cancels in
-the ratio. The Llama shape runs at the
+the ratio. Curves and filled points keep the Mamba state in f32 (`bamba bench`'s default); the dotted b64 curve
+and hollow points keep it in bf16 (`--state-dtype bf16`, as vLLM and transformers keep it). The Llama shape runs at the
 largest batch up to the requested one whose weights and caches fit in the memory budget (141 GB), as in
 the measurements (which shrink it further where the allocator needs room; see benches/results/README.md).
 
@@ -22,9 +23,10 @@ MEMORY = "141GB"
 COLORS = {1: "#1f77b4", 16: "#2ca02c", 64: "#d62728"}
 
 
-def info(binary, preset, context):
+def info(binary, preset, context, state_dtype="f32"):
     out = subprocess.run(
-        [binary, "info", "--preset", preset, "--json", "--context", str(context), "--memory", MEMORY],
+        [binary, "info", "--preset", preset, "--json", "--context", str(context), "--memory", MEMORY,
+         "--state-dtype", state_dtype],
         check=True, capture_output=True, text=True,
     ).stdout
     return json.loads(out)
@@ -40,21 +42,22 @@ def roofline_tok_s(shape, batch):
 
 
 def measured_points(results):
-    """(context, batch, ratio) of every context where both shapes ran at the same requested batch, from
-    each shape's newest record (h200.json lists them newest first; the summary's ratios use the same)."""
+    """(context, batch, state dtype, ratio) of every context where both shapes ran at the same requested batch,
+    from each shape's newest record per state dtype (h200.json lists them newest first; the summary's ratios use
+    the same)."""
     newest = {}
     for r in results["bench_records"]:
         test = r.get("test", "")
         if not test.startswith("tg") or "tokens_per_s" not in r:
             continue
         context = int(test.split("@d")[1]) if "@d" in test else 0
-        key = (r["model"], context, r.get("requested_batch", r["batch"]))
+        key = (r["model"], context, r.get("requested_batch", r["batch"]), r.get("state_dtype", "f32"))
         newest.setdefault(key, r["tokens_per_s"])
     points = []
-    for (model, context, batch), tok_s in newest.items():
-        llama = newest.get(("llama-8b-shape", context, batch))
+    for (model, context, batch, state), tok_s in newest.items():
+        llama = newest.get(("llama-8b-shape", context, batch, "f32"))
         if model == "bamba-9b" and llama and context >= CONTEXTS[0]:
-            points.append((context, batch, tok_s / llama))
+            points.append((context, batch, state, tok_s / llama))
     return sorted(points)
 
 
@@ -75,18 +78,25 @@ def svg(curves, points, path):
     out.append(f'<text x="{(left + width - right) / 2}" y="{height - 10}" text-anchor="middle">context (tokens per sequence)</text>')
     out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{height - bottom}" stroke="black"/>')
     out.append(f'<line x1="{left}" x2="{width - right}" y1="{height - bottom}" y2="{height - bottom}" stroke="black"/>')
-    for i, (batch, curve) in enumerate(curves.items()):
+    for i, ((batch, state), curve) in enumerate(curves.items()):
         pts = " ".join(f"{x(c):.1f},{y(r):.1f}" for c, r in curve)
-        out.append(f'<polyline points="{pts}" fill="none" stroke="{COLORS[batch]}" stroke-width="2" stroke-dasharray="6,4"/>')
-        out.append(f'<line x1="{width - right + 10}" x2="{width - right + 35}" y1="{top + 20 * i + 10}" y2="{top + 20 * i + 10}" stroke="{COLORS[batch]}" stroke-width="2" stroke-dasharray="6,4"/>')
-        out.append(f'<text x="{width - right + 40}" y="{top + 20 * i + 14}">roofline b{batch}</text>')
-    for i, (context, batch, ratio) in enumerate(points):
+        dash = "6,4" if state == "f32" else "2,3"
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{COLORS[batch]}" stroke-width="2" stroke-dasharray="{dash}"/>')
+        out.append(f'<line x1="{width - right + 10}" x2="{width - right + 35}" y1="{top + 20 * i + 10}" y2="{top + 20 * i + 10}" stroke="{COLORS[batch]}" stroke-width="2" stroke-dasharray="{dash}"/>')
+        label = f"roofline b{batch}" + ("" if state == "f32" else f", {state} state")
+        out.append(f'<text x="{width - right + 40}" y="{top + 20 * i + 14}">{label}</text>')
+    for context, batch, state, ratio in points:
         color = COLORS.get(batch, "black")
-        out.append(f'<circle cx="{x(context):.1f}" cy="{y(ratio):.1f}" r="5" fill="{color}"/>')
-        out.append(f'<text x="{x(context) + 8:.1f}" y="{y(ratio) - 6:.1f}">{ratio:.2f}</text>')
+        fill = f'fill="{color}"' if state == "f32" else f'fill="white" stroke="{color}" stroke-width="2"'
+        out.append(f'<circle cx="{x(context):.1f}" cy="{y(ratio):.1f}" r="5" {fill}/>')
+        anchor = "start" if state == "f32" else "end"
+        dx = 8 if state == "f32" else -8
+        out.append(f'<text x="{x(context) + dx:.1f}" y="{y(ratio) - 6:.1f}" text-anchor="{anchor}">{ratio:.2f}</text>')
     n = len(curves)
     out.append(f'<circle cx="{width - right + 22}" cy="{top + 20 * n + 10}" r="5" fill="#555"/>')
     out.append(f'<text x="{width - right + 40}" y="{top + 20 * n + 14}">measured</text>')
+    out.append(f'<circle cx="{width - right + 22}" cy="{top + 20 * n + 30}" r="5" fill="white" stroke="#555" stroke-width="2"/>')
+    out.append(f'<text x="{width - right + 40}" y="{top + 20 * n + 34}">measured, bf16 state</text>')
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
@@ -95,17 +105,17 @@ def svg(curves, points, path):
 def main():
     binary, results_path, out = sys.argv[1:4]
     shapes = {(p, c): info(binary, p, c) for p in ("bamba-9b", "llama-8b-shape") for c in CONTEXTS}
-    curves = {
-        b: [(c, roofline_tok_s(shapes["bamba-9b", c], b) / roofline_tok_s(shapes["llama-8b-shape", c], b)) for c in CONTEXTS]
-        for b in BATCHES
-    }
+    shapes.update({("bamba-9b-bf16-state", c): info(binary, "bamba-9b", c, "bf16") for c in CONTEXTS})
+    ratio = lambda bamba, b, c: roofline_tok_s(shapes[bamba, c], b) / roofline_tok_s(shapes["llama-8b-shape", c], b)
+    curves = {(b, "f32"): [(c, ratio("bamba-9b", b, c)) for c in CONTEXTS] for b in BATCHES}
+    curves[64, "bf16"] = [(c, ratio("bamba-9b-bf16-state", 64, c)) for c in CONTEXTS]
     with open(results_path) as f:
         points = measured_points(json.load(f))
     svg(curves, points, out)
-    for b, curve in curves.items():
-        print(f"roofline b{b}: " + ", ".join(f"{c // 1024}K {r:.2f}" for c, r in curve))
-    for context, batch, ratio in points:
-        print(f"measured b{batch} @ {context}: {ratio:.2f}")
+    for (b, state), curve in curves.items():
+        print(f"roofline b{b} ({state} state): " + ", ".join(f"{c // 1024}K {r:.2f}" for c, r in curve))
+    for context, batch, state, r in points:
+        print(f"measured b{batch} @ {context} ({state} state): {r:.2f}")
 
 
 if __name__ == "__main__":
