@@ -102,6 +102,21 @@ fn into_chunks<B: Backend>(t: Tensor<B, 4>, chunk: usize) -> Tensor<B, 5> {
     t.reshape([batch, len / chunk, chunk, heads, k]).permute([0, 3, 1, 2, 4])
 }
 
+/// `S[i, j] = Acs_i − Acs_j = Σ_{j < k ≤ i} a_k` for `i ≥ j`, −∞ above the diagonal: `[b,h,c,Q]` →
+/// `[b,h,c,Q,Q]`. Summed segment by segment (a masked cumsum, as transformers' `segment_sum`), not as the
+/// difference of two cumulative sums: over a long chunk those grow to hundreds, and their difference
+/// loses a short segment's decay to f32 cancellation (11× transformers' own f32 error on a 140-token
+/// chunk of a random config, `scripts/sweep_parity.py --backend ndarray --seed 1`).
+fn segment_sums<B: Backend>(a: Tensor<B, 4>) -> Tensor<B, 5> {
+    let [batch, heads, chunks, q] = a.dims();
+    let device = a.device();
+    // [.., i, j] = a_i where i > j, else 0; summed over i.
+    let at_or_above_diagonal: Tensor<B, 5, Bool> = Tensor::<B, 2, Bool>::tril_mask([q, q], -1, &device).unsqueeze();
+    let above_diagonal: Tensor<B, 5, Bool> = Tensor::<B, 2, Bool>::tril_mask([q, q], 0, &device).unsqueeze();
+    let terms = a.unsqueeze_dim::<5>(4).expand([batch, heads, chunks, q, q]).mask_fill(at_or_above_diagonal, 0.0);
+    terms.cumsum(3).mask_fill(above_diagonal, f32::NEG_INFINITY)
+}
+
 /// Reference chunked SSD scan (see the module docs for the math).
 pub fn ssd_chunk_scan<B: Backend>(inputs: SsdInputs<B>, config: SsdConfig) -> SsdOutput<B> {
     let SsdInputs { x, dt, a_log, b, c, d, dt_bias, initial_state } = inputs;
@@ -125,18 +140,17 @@ pub fn ssd_chunk_scan<B: Backend>(inputs: SsdInputs<B>, config: SsdConfig) -> Ss
     let b = into_chunks(pad_len(b, padded), q); // [b,h,c,Q,n]
     let c = into_chunks(pad_len(c, padded), q); // [b,h,c,Q,n]
     let a_dt = pad_len(dt * a.reshape([1, 1, heads]), padded).reshape([batch, chunks, q, heads]).permute([0, 3, 1, 2]); // [b,h,c,Q]
-    let a_cumsum = a_dt.cumsum(3); // [b,h,c,Q]
+    let a_cumsum = a_dt.clone().cumsum(3); // [b,h,c,Q]
 
     // 1. Intra-chunk (diagonal blocks): (C·Bᵀ ∘ L)·x with L[i,j] = exp(Acs_i − Acs_j) for i ≥ j.
-    let upper: Tensor<B, 5, Bool> = Tensor::<B, 2, Bool>::tril_mask([q, q], 0, &device).unsqueeze();
-    let segsum = a_cumsum.clone().unsqueeze_dim::<5>(4) - a_cumsum.clone().unsqueeze_dim::<5>(3);
-    let decay_mask = segsum.mask_fill(upper, f32::NEG_INFINITY).exp(); // [b,h,c,Q,Q]
+    let segsum = segment_sums(a_dt); // [b,h,c,Q,Q]
+    let decay_mask = segsum.clone().exp();
     let scores = c.clone().matmul(b.clone().swap_dims(3, 4)) * decay_mask;
     let y_diag = scores.matmul(x_dt.clone()); // [b,h,c,Q,p]
 
     // 2. Each chunk's own contribution to the state at its end: Σ_l x_l ⊗ B_l · exp(Acs_last − Acs_l).
     let a_last = a_cumsum.clone().narrow(3, q - 1, 1); // [b,h,c,1]
-    let decay_to_end = (a_last.clone() - a_cumsum.clone()).exp().unsqueeze_dim::<5>(4);
+    let decay_to_end = segsum.narrow(3, q - 1, 1).swap_dims(3, 4).exp(); // [b,h,c,Q,1]
     let chunk_states = x_dt.swap_dims(3, 4).matmul(b * decay_to_end); // [b,h,c,p,n]
 
     // 3. Pass states across chunks, sequentially: S ← S·exp(Acs_last) + chunk_state.
