@@ -4,12 +4,16 @@
 Each fixture is a tiny random Bamba checkpoint directory (config.json + safetensors, as
 save_pretrained writes them) plus `reference.safetensors` holding prompts and the logits
 transformers computes for them in float64 (the reference), and the float32 logits, whose
-distance from the float64 ones is the noise floor recorded in `manifest.json`.
+distance from the float64 ones is the noise floor recorded in `manifest.json`. The manifest also
+records transformers' own distance from its float64 logits when it computes in bfloat16 and in
+float16 (the noise floors of a 16-bit engine).
 
 Parameters are re-randomised away from transformers' init (ones, zeros, arange) so that a
 wrong norm weight, a dropped bias or a swapped A/D shows up in the logits.
 
 Usage: python3 scripts/make_fixtures.py [OUT_DIR]   (needs torch, transformers, safetensors)
+       python3 scripts/make_fixtures.py --half-floors [OUT_DIR]   (only the 16-bit floors of the
+       fixtures already there, written into their manifest; the checkpoints are left as they are)
 """
 import json
 import re
@@ -22,7 +26,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import BambaConfig, BambaForCausalLM
 
-OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+HALF_FLOORS_ONLY = "--half-floors" in sys.argv[1:]
+ARGS = [a for a in sys.argv[1:] if a != "--half-floors"]
+OUT = ARGS[0] if ARGS else os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
 
 BASE = dict(
     vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
@@ -33,7 +39,7 @@ BASE = dict(
 )
 
 # name -> (config overrides, options). Options: dialect ("5.x" as saved, "4.x" rewritten,
-# "bare-infinity"), dtype (torch dtype of the saved weights), shard (max_shard_size).
+# "bare-infinity"), dtype (torch dtype of the saved weights), shard (max_shard_size), prompts (lengths).
 FIXTURES = {
     # attention in the middle, GQA, chunk 8 does not divide the prompt lengths 13 and 5
     "base": ({}, {}),
@@ -54,9 +60,13 @@ FIXTURES = {
     # every optional bias, a head_dim key that differs from hidden / heads, d_state 8, d_conv 3
     "biases_head_dim": (dict(attention_bias=True, mlp_bias=True, mamba_proj_bias=True, head_dim=12,
                              mamba_d_state=8, mamba_d_conv=3, attn_layer_indices=[0, 2]), {}),
+    # Bamba-9B's chunk of 256 and a prompt of 150 in one chunk: decays over long segments, where a
+    # scan that subtracts cumulative sums loses precision (found by scripts/sweep_parity.py)
+    "long_chunk": (dict(mamba_chunk_size=256, mamba_d_state=64, attn_layer_indices=[1]),
+                   {"prompts": [150, 13, 1]}),
 }
 
-PROMPT_LENGTHS = [13, 5, 1]
+PROMPT_LENGTHS = [13, 5, 1]  # unless a fixture's options name its own
 
 
 def rerandomise(model, generator):
@@ -106,12 +116,35 @@ MAX_NEW_TOKENS = 10
 
 
 def generate_of(model, ids):
-    """transformers' greedy generate() with its cache: new ids and the logits of every step."""
+    """transformers' greedy generate() with its cache: new ids and the logits of every step. The attention
+    mask is explicit: without one, generate() takes every prompt token equal to pad_token_id (0 here, and
+    random prompts hold some) for padding, masks it and shifts the positions after it."""
+    ids_t = torch.tensor([ids])
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False, use_cache=True,
-                             output_logits=True, return_dict_in_generate=True)
+        out = model.generate(ids_t, attention_mask=torch.ones_like(ids_t), max_new_tokens=MAX_NEW_TOKENS,
+                             do_sample=False, use_cache=True, output_logits=True, return_dict_in_generate=True)
     new = out.sequences[0, len(ids):]
     return new, torch.stack([step[0] for step in out.logits]).to(torch.float64)
+
+
+HALF_DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def reload(path, dtype):
+    """The checkpoint on disk as transformers loads it in `dtype`. Reloading matters: reusing an
+    in-memory model would carry buffers such as RoPE's inv_freq rounded to the save dtype."""
+    return BambaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager").eval()
+
+
+def half_floors(path, prompts):
+    """For each 16-bit dtype, the largest |logit - float64 logit| of transformers computing the
+    prompts in that dtype (weights, activations and its Mamba scan in 16 bits, as torch_forward does
+    on the CPU): how far a 16-bit engine may honestly be from the reference."""
+    floors = {}
+    for key, dtype in HALF_DTYPES.items():
+        model = reload(path, dtype)
+        floors[f"{key}_vs_f64_max_abs"] = max((logits_of(model, ids) - ref).abs().max().item() for ids, ref in prompts)
+    return floors
 
 
 def build(name, overrides, options, seed):
@@ -145,19 +178,17 @@ def build(name, overrides, options, seed):
             f.write(text)
 
     # Reference: what transformers computes from the files on disk, reloaded in float64 (and in
-    # float32 for the noise floor). Reloading matters: reusing the in-memory model would carry
-    # buffers such as RoPE's inv_freq rounded to the save dtype.
-    def reload(dtype):
-        return BambaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager").eval()
-
-    ref_model, f32_model = reload(torch.float64), reload(torch.float32)
+    # float32 for the noise floor).
+    ref_model, f32_model = reload(path, torch.float64), reload(path, torch.float32)
     gen_ids = torch.Generator().manual_seed(seed + 1000)
-    tensors, floors, generate_note = {}, [], None
-    for i, n in enumerate(PROMPT_LENGTHS):
+    tensors, floors, generate_note, prompts = {}, [], None, []
+    prompt_lengths = options.get("prompts", PROMPT_LENGTHS)
+    for i, n in enumerate(prompt_lengths):
         ids = torch.randint(0, config.vocab_size, (n,), generator=gen_ids).tolist()
         ref = logits_of(ref_model, ids)
         f32 = logits_of(f32_model, ids)
         floors.append((f32 - ref).abs().max().item())
+        prompts.append((ids, ref))
         tensors[f"prompt_{i}.ids"] = torch.tensor(ids, dtype=torch.int64)
         tensors[f"prompt_{i}.logits"] = ref.to(torch.float32).contiguous()
         tensors[f"prompt_{i}.logits_f32_torch"] = f32.to(torch.float32).contiguous()
@@ -176,19 +207,40 @@ def build(name, overrides, options, seed):
             tensors[f"generate_{i}.logits"] = step_logits.to(torch.float32).contiguous()
     save_file(tensors, os.path.join(path, "reference.safetensors"))
     return {
-        "prompts": len(PROMPT_LENGTHS),
+        "prompts": len(prompt_lengths),
         "generate": {"prompts": 0 if generate_note else GENERATE_PROMPTS, "max_new_tokens": MAX_NEW_TOKENS,
                      "greedy": True, "cache": True, "note": generate_note},
         "weights_dtype": str(save_dtype).replace("torch.", ""),
         "dialect": dialect,
         "sharded": "shard" in options,
         "f32_vs_f64_max_abs": max(floors),
+        **half_floors(path, prompts),
         "parameters": sum(p.numel() for p in model.parameters()),  # tied weights counted once
         "max_abs_logit": max(t.abs().max().item() for k, t in tensors.items() if k.endswith(".logits")),
     }
 
 
+def update_half_floors():
+    """Adds the 16-bit floors to the manifest of the fixtures under OUT, from their reference prompts."""
+    from safetensors.torch import load_file
+    manifest_path = os.path.join(OUT, "manifest.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    assert manifest["transformers"] == __import__("transformers").__version__, "fixtures made by another transformers"
+    for name, record in manifest["fixtures"].items():
+        path = os.path.join(OUT, name)
+        ref = load_file(os.path.join(path, "reference.safetensors"))
+        prompts = [(ref[f"prompt_{i}.ids"].tolist(), ref[f"prompt_{i}.logits"].to(torch.float64))
+                   for i in range(record["prompts"])]
+        record.update(half_floors(path, prompts))
+        print(name, {k: v for k, v in record.items() if k.endswith("_max_abs")})
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+
+
 def main():
+    if HALF_FLOORS_ONLY:
+        return update_half_floors()
     os.makedirs(OUT, exist_ok=True)
     manifest = {"transformers": __import__("transformers").__version__, "torch": torch.__version__,
                 "fixtures": {}}
