@@ -227,9 +227,18 @@ fn record<B: BambaOps>(
 
 /// Prefill and decode tokens per second of a run whose batch prefilled `prompt_tokens` in all.
 fn rates(out: &Generation, prompt_tokens: usize) -> (f64, f64) {
-    let prefill = prompt_tokens as f64 / out.prefill_time.as_secs_f64().max(1e-9);
     let decode_steps = out.ids.len().saturating_sub(1);
-    (prefill, decode_steps as f64 / out.decode_time.as_secs_f64().max(1e-9))
+    (per_second(prompt_tokens, out.prefill_time), per_second(decode_steps, out.decode_time))
+}
+
+/// `count` per second of `time`; 0 for a phase that did not run (`--max-new-tokens 0` skips the
+/// prefill: its time is zero, and a rate of tokens over no time would be a made-up number).
+fn per_second(count: usize, time: std::time::Duration) -> f64 {
+    if time.is_zero() {
+        0.0
+    } else {
+        count as f64 / time.as_secs_f64()
+    }
 }
 
 /// The stats line of a batch on stderr.
@@ -239,7 +248,7 @@ fn stats<B: BambaOps>(batch: &[Prompt], outs: &[Generation], load_secs: f64, dev
     let longest = outs.iter().max_by_key(|o| o.ids.len()).expect("a batch has rows");
     let (prefill, _) = rates(longest, prompt_tokens);
     let decode_steps: usize = outs.iter().map(|o| o.ids.len().saturating_sub(1)).sum();
-    let decode = decode_steps as f64 / longest.decode_time.as_secs_f64().max(1e-9);
+    let decode = per_second(decode_steps, longest.decode_time);
     let finish: Vec<&str> = outs.iter().map(|o| o.finish.as_str()).collect();
     eprintln!(
         "[{} prompt{}, {prompt_tokens} prompt tokens, {new_tokens} new ({}) | prefill {prefill:.1} tok/s | decode {decode:.1} tok/s | load {load_secs:.2} s | {} {dtype}]",

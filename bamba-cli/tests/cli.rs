@@ -192,6 +192,32 @@ fn generate_bad_input_is_a_clear_error() {
     fails_with(&["generate", "--model", broken.path().to_str().unwrap(), "--prompt", "hi"], "malformed tokenizer");
 }
 
+/// `--max-new-tokens 0` runs nothing: no tokens, and rates of 0 rather than tokens over no time.
+#[test]
+fn zero_new_tokens_reports_no_made_up_rates() {
+    let run = bamba(&[
+        "generate",
+        "--model",
+        "tests/fixtures/base",
+        "--prompt-ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "0",
+        "--json",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(record["generated_ids"], serde_json::json!([]));
+    assert_eq!(record["finish_reason"], "length");
+    assert_eq!(record["prefill_tokens_per_second"], 0.0);
+    assert_eq!(record["decode_tokens_per_second"], 0.0);
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("prefill 0.0 tok/s"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
 fn tiny_reference() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(repo().join("tests/fixtures/tiny_reference.json")).unwrap()).unwrap()
 }
