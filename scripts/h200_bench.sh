@@ -50,10 +50,11 @@
 # batch-64 ratios with 64-step runs, and a batch-4 step's kernels and host profile; `gemv_rows_s13`:
 # batch 2–8 decode with the GEMV per launch shape against cuBLASLt; `batches_s13`: batch 1–8 decode
 # in one call, 2–8-row products on cuBLASLt and on the GEMV; `landed_s13`: every CUDA test, batch 1–8.
+# `parity_s14` (session 14, not yet run): bf16 and f32 end to end against transformers on CUDA.
 #
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -474,6 +475,20 @@ landed_s13)
   cuda_tests
   bench bamba_batches 200 --preset bamba-9b -t tg64 -b 1,2,3,4,8 -r 5 --backend cuda-unfused
   sweep_table "$RAW"/bamba_batches.jsonl
+  ;;
+parity_s14)
+  # Session 14: bf16 end to end against transformers. Every CUDA test (among them the fixtures in bf16
+  # within 2.5x transformers' own bf16 error), the fixtures through `bamba logits|generate` in bf16 and
+  # f32, and random configs (scripts/sweep_parity.py, transformers on this machine's CPU) in bf16 and f32.
+  cuda_tests
+  grep -E "in BF16 on" "$RAW/tests.log" | sort -t= -k2 | tail -4
+  for dt in bf16 f32; do
+    timeout 120 python3 scripts/check_parity.py .gpu/bamba --backend cuda --dtype $dt > "$RAW/fixtures_$dt.txt" 2>&1
+    echo "fixtures $dt rc=$?"; tail -4 "$RAW/fixtures_$dt.txt"
+    timeout 150 python3 scripts/sweep_parity.py .gpu/bamba --backend cuda --dtype $dt --configs 8 \
+      > "$RAW/sweep_$dt.txt" 2>&1
+    echo "sweep $dt rc=$?"; grep -E "FAIL|^sweep" "$RAW/sweep_$dt.txt" | tail -4
+  done
   ;;
 decode_s11)
   timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
