@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Parity on checkpoints the test fixtures do not cover: random Bamba configs, built and run by transformers.
 
-  python3 scripts/sweep_parity.py BIN [--backend wgpu] [--dtype f32|f16|bf16] [--configs 8] [--seed 0] [--keep DIR]
+  python3 scripts/sweep_parity.py BIN [--backend wgpu] [--dtype f32|f16|bf16] [--configs 8] [--seed 0]
+                                     [--lengths 1,7,1100] [--keep DIR]
 
 For each of `--configs` configs drawn from `--seed` (sizes, head and group counts, d_state up to 128,
 d_conv 2-4, chunk sizes that do and do not divide the prompts, attention layers anywhere or none,
 every optional bias, tied embeddings, partial or full RoPE, a time-step clamp), it saves a random
 `BambaForCausalLM` with `save_pretrained`, computes transformers' float64 logits (the reference) and
-float32 logits (the noise floor) for prompts of 1, 7 and 60-300 tokens, then runs `BIN logits` and
+float32 logits (the noise floor) for prompts of 1, 7 and 60-300 tokens (or `--lengths`), then runs `BIN logits` and
 `BIN generate` (greedy, against transformers' `generate()`; see `greedy_reference`) on the directory. A prompt passes when
 max |logits - reference| <= max(10 x floor, 2e-5), the bound `tests/kernels.rs` puts on wgpu. With
 `--dtype f16` or `bf16` the floor is transformers computing in that dtype and the bound 2.5 x floor (as
@@ -86,6 +87,7 @@ def main():
     ap.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"])
     ap.add_argument("--configs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lengths", help="prompt lengths, comma-separated (default 1, 7 and one of 60-300)")
     ap.add_argument("--keep", help="write the checkpoints here instead of a temporary folder")
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -104,7 +106,11 @@ def main():
         ref_model, floor_model = reload(path, torch.float64), reload(path, floor_dtype)
         plan = "".join("A" if i in (cfg["attn_layer_indices"] or []) else "M" for i in range(cfg["num_hidden_layers"]))
         common = ["--model", path, "--backend", args.backend, "--dtype", args.dtype]
-        for length in (1, 7, rng.randint(60, 300)):
+        singles = []  # (prompt ids, greedy reference) of the prompts whose generation was compared
+        lengths = [1, 7, rng.randint(60, 300)]
+        if args.lengths:
+            lengths = [int(n) for n in args.lengths.split(",")]
+        for length in lengths:
             ids = [rng.randrange(3, cfg["vocab_size"]) for _ in range(length)]
             ref = logits_of(ref_model, ids).numpy()
             floor = float(np.abs(logits_of(floor_model, ids).numpy() - ref).max())
@@ -131,9 +137,23 @@ def main():
                     gen = "equal" if got == want else f"{sum(a == b for a, b in zip(got, want))}/{len(want)}"
                     gen += "" if source == "generate()" else "*"
                     failed |= got != want
+                    singles.append((ids, want))
             print(f"{k:>6} {plan:14} {cfg['mamba_d_state']:>7} {cfg['mamba_n_groups']:>2} {cfg['mamba_d_conv']:>4} "
                   f"{cfg['mamba_chunk_size']:>5} {length:>4} {diff:10.2e} {floor:9.1e} {gen:>9}"
                   + ("" if ok else "  FAIL"))
+        if len(singles) > 1:
+            # The same prompts in one left-padded batch: each row must generate what it did alone.
+            prompts_file = os.path.join(path, "prompts.txt")
+            with open(prompts_file, "w") as f:
+                f.write("".join(",".join(map(str, ids)) + "\n" for ids, _ in singles))
+            rc, stdout, err = run([args.bin, "generate", "--prompts-file", prompts_file, "--prompts-format", "ids",
+                                   "--batch-size", str(len(singles)), "--max-new-tokens", "8", "--json"] + common)
+            rows = [] if rc else [json.loads(line)["generated_ids"] for line in stdout.strip().splitlines()]
+            same = rows == [want for _, want in singles]
+            failed |= not same
+            lens = "+".join(str(len(ids)) for ids, _ in singles)
+            print(f"{k:>6} {plan:14} batch of {len(singles)} ({lens} tokens, left-padded): "
+                  + ("every row equal to the reference" if same else f"FAIL {err.strip()[-300:]} {rows}"))
     if args.dtype == "f32":
         print("* generation against transformers' uncached argmax chain (time_step_limit set: see greedy_reference)")
     bound = "10x the f32 floor" if args.dtype == "f32" else f"2.5x transformers' {args.dtype} floor"
