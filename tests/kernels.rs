@@ -597,6 +597,16 @@ fn check_decode_attention<B: BambaOps>(device: &B::Device) {
     println!("decode_attention on {}: worst relative difference {worst:e}", B::name(device));
 }
 
+/// An attention mask `[batch, 1, q_len, k_len]` (1.0 = masked) for `q_len` queries that end a cache of
+/// `k_len` keys: row b masks its first `pads[b]` keys and, causally, every key after its query's position.
+fn left_padded_causal_mask(pads: &[usize], q_len: usize, k_len: usize) -> Vec<f32> {
+    let offset = k_len - q_len;
+    let masked = |b: usize, i: usize, j: usize| j < pads[b] || j > offset + i;
+    (0..pads.len() * q_len * k_len)
+        .map(|n| masked(n / (q_len * k_len), n / k_len % q_len, n % k_len) as u8 as f32)
+        .collect()
+}
+
 /// Prefill attention (causal, GQA folded into the query rows) against the CPU reference in f32: from
 /// the start and continuing a cache (`query_offset`), with and without an explicit left-padding mask.
 fn check_causal_attention<B: BambaOps>(device: &B::Device) {
@@ -628,13 +638,7 @@ fn check_causal_attention<B: BambaOps>(device: &B::Device) {
             let k = rounded(uniform(kv_len, seed + 1, -1.0, 1.0), dtype);
             let v = rounded(uniform(kv_len, seed + 2, -1.0, 1.0), dtype);
             let (q_shape, kv_shape) = ([batch, heads, q_len, head_dim], [batch, kv_heads, k_len, head_dim]);
-            // Row b masks its first pads[b] keys and, causally, every key after its query's position.
-            let mask_values: Option<Vec<f32>> = pads.map(|pads| {
-                let masked = |b: usize, i: usize, j: usize| j < pads[b] || j > offset + i;
-                (0..batch * q_len * k_len)
-                    .map(|n| masked(n / (q_len * k_len), n / k_len % q_len, n % k_len) as u8 as f32)
-                    .collect()
-            });
+            let mask_values = pads.map(|pads| left_padded_causal_mask(pads, q_len, k_len));
             let mask_shape = [batch, 1, q_len, k_len];
             let got = B::causal_attention(
                 tensor(&q, q_shape, device, dtype),
@@ -678,11 +682,8 @@ fn causal_attention_in_query_blocks_matches_one_pass() {
         let k = tensor::<Cpu, 4>(&uniform(kv_shape.iter().product(), seed + 1, -1.0, 1.0), kv_shape, &cpu, DType::F32);
         let v = tensor::<Cpu, 4>(&uniform(kv_shape.iter().product(), seed + 2, -1.0, 1.0), kv_shape, &cpu, DType::F32);
         let mask = pads.map(|pads| {
-            let masked = |b: usize, i: usize, j: usize| j < pads[b] || j > offset + i;
-            let values: Vec<f32> = (0..batch * q_len * k_len)
-                .map(|n| masked(n / (q_len * k_len), n / k_len % q_len, n % k_len) as u8 as f32)
-                .collect();
-            tensor::<Cpu, 4>(&values, [batch, 1, q_len, k_len], &cpu, DType::F32).bool()
+            tensor::<Cpu, 4>(&left_padded_causal_mask(pads, q_len, k_len), [batch, 1, q_len, k_len], &cpu, DType::F32)
+                .bool()
         });
         let expected = host(causal_attention(q.clone(), k.clone(), v.clone(), offset, mask.clone()));
         for block in [1, 3, 5] {
@@ -1022,25 +1023,28 @@ mod cuda_cublaslt {
 
     type Gpu = burn::backend::Cuda;
 
+    /// `linear_no_bias` of random `x [m, k]` and `w [n, k]` (rounded to `dtype`) on the GPU against
+    /// `x · wᵀ` in f32 on the CPU: the relative difference.
+    fn linear_vs_cpu(m: usize, k: usize, n: usize, dtype: DType, seed: u64) -> f32 {
+        let (device, cpu) = (burn::backend::cuda::CudaDevice::default(), Default::default());
+        let x = rounded(uniform(m * k, seed, -1.0, 1.0), dtype);
+        let w = rounded(uniform(n * k, seed + 1, -1.0, 1.0), dtype);
+        let got =
+            <Gpu as BambaOps>::linear_no_bias(tensor(&x, [m, k], &device, dtype), tensor(&w, [n, k], &device, dtype));
+        let want = tensor::<Cpu, 2>(&x, [m, k], &cpu, DType::F32)
+            .matmul(tensor::<Cpu, 2>(&w, [n, k], &cpu, DType::F32).transpose());
+        relative_diff(&host(got), &host(want))
+    }
+
     /// Decode products of 3–8 rows that cuBLASLt takes run there instead of the GEMV (which slows
     /// down with rows; session 13), 1 and 2 rows stay on the GEMV; both paths match the CPU.
     #[test]
     fn few_row_products_leave_the_gemv_from_three_rows() {
-        let (device, cpu) = (burn::backend::cuda::CudaDevice::default(), Default::default());
         // 2^24 multiply-adds at one row: cuBLASLt takes every row count here.
         let (k, n, dtype) = (1024, 16384, DType::BF16);
         for (seed, rows) in [1usize, 2, 8].into_iter().enumerate() {
-            let seed = 9300 + 2 * seed as u64;
-            let x = rounded(uniform(rows * k, seed, -1.0, 1.0), dtype);
-            let w = rounded(uniform(n * k, seed + 1, -1.0, 1.0), dtype);
             let before = cublaslt::products_run();
-            let got = <Gpu as BambaOps>::linear_no_bias(
-                tensor(&x, [rows, k], &device, dtype),
-                tensor(&w, [n, k], &device, dtype),
-            );
-            let want = tensor::<Cpu, 2>(&x, [rows, k], &cpu, DType::F32)
-                .matmul(tensor::<Cpu, 2>(&w, [n, k], &cpu, DType::F32).transpose());
-            let d = relative_diff(&host(got), &host(want));
+            let d = linear_vs_cpu(rows, k, n, dtype, 9300 + 2 * seed as u64);
             assert!(d <= 1.6e-2, "linear {rows}x{k}x{n}: {d:e}");
             let ran_cublaslt = cublaslt::products_run() > before;
             assert_eq!(ran_cublaslt, rows >= cublaslt::gemv_rows_limit(), "{rows} rows: cuBLASLt {ran_cublaslt}");
@@ -1057,16 +1061,7 @@ mod cuda_cublaslt {
             // Linear: x [m, k] · wᵀ with w [n, k], all past the size thresholds (smaller ones run Burn's
             // matmul: `gemv_matches_the_reference`); 2057×1000×130: odd rows, outputs 4-byte aligned in bf16.
             for (seed, (m, k, n)) in [(2048, 512, 64), (2057, 1000, 130), (4096, 256, 256)].into_iter().enumerate() {
-                let seed = 9000 + 2 * seed as u64;
-                let x = rounded(uniform(m * k, seed, -1.0, 1.0), dtype);
-                let w = rounded(uniform(n * k, seed + 1, -1.0, 1.0), dtype);
-                let got = <Gpu as BambaOps>::linear_no_bias(
-                    tensor(&x, [m, k], &device, dtype),
-                    tensor(&w, [n, k], &device, dtype),
-                );
-                let want = tensor::<Cpu, 2>(&x, [m, k], &cpu, DType::F32)
-                    .matmul(tensor::<Cpu, 2>(&w, [n, k], &cpu, DType::F32).transpose());
-                let d = relative_diff(&host(got), &host(want));
+                let d = linear_vs_cpu(m, k, n, dtype, 9000 + 2 * seed as u64);
                 assert!(d <= tolerance, "linear {m}x{k}x{n} {dtype:?}: {d:e}");
                 assert!(m >= cublaslt::min_rows() && m * k * n >= cublaslt::min_macs());
                 expected_runs += 1;

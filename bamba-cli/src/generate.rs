@@ -246,7 +246,7 @@ fn stats<B: BambaOps>(batch: &[Prompt], outs: &[Generation], load_secs: f64, dev
     let prompt_tokens: usize = batch.iter().map(|p| p.ids.len()).sum();
     let new_tokens: usize = outs.iter().map(|o| o.ids.len()).sum();
     let longest = outs.iter().max_by_key(|o| o.ids.len()).expect("a batch has rows");
-    let (prefill, _) = rates(longest, prompt_tokens);
+    let prefill = per_second(prompt_tokens, longest.prefill_time);
     let decode_steps: usize = outs.iter().map(|o| o.ids.len().saturating_sub(1)).sum();
     let decode = per_second(decode_steps, longest.decode_time);
     let finish: Vec<&str> = outs.iter().map(|o| o.finish.as_str()).collect();
