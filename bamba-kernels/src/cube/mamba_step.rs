@@ -96,8 +96,8 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     #[comptime] heads_per_cube: usize,
     #[comptime] taps: usize,
     #[comptime] per_lane: usize,
-    // d_state rounded up to the columns the lanes cover: B's and C's conv outputs in shared memory.
-    #[comptime] state_width: usize,
+    // B's (then C's) conv outputs in shared memory: `N` rows of `bc_side / N` columns, see below.
+    #[comptime] bc_side: usize,
     #[comptime] has_bias: bool,
     #[comptime] has_limit: bool,
     #[comptime] use_plane: bool,
@@ -129,15 +129,25 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     // first head block.
     let unit = UNIT_POS_Y as usize * LANES + UNIT_POS_X as usize;
     let shifts_bc = h0 % heads_per_group == 0 && CUBE_POS_X == 0;
-    let mut bc = SharedMemory::<f32>::new(2 * state_width);
+    // Column n of B sits at bc[(n % N)·cols + n / N] (C's a side further): a lane reads element e of
+    // its vectors from row e, consecutive lanes on consecutive words. Stored plainly (n at n), those
+    // reads were N-way bank conflicts, 56% of the step's shared wavefronts (Nsight Compute, session
+    // 13); `cols` is padded by 8 so that the writes of consecutive columns spread over the banks too.
+    let cols = bc_side / N::value();
+    let mut bc = SharedMemory::<f32>::new(2 * bc_side);
     let mut i = unit;
     while i < 2 * d_state {
         let mut c = b_channel + i;
+        let mut n = i;
+        let mut side = 0usize;
         if i >= d_state {
             c = c_channel + i - d_state;
+            n = i - d_state;
+            side = bc_side;
         }
         let win = win_row + c * (taps - 1);
-        bc[i] = conv_channel(zxbcdt, weight, bias, window, zx_row, win, c, d_inner, taps, has_bias);
+        let slot = side + (n % N::value()) * cols + n / N::value();
+        bc[slot] = conv_channel(zxbcdt, weight, bias, window, zx_row, win, c, d_inner, taps, has_bias);
         if shifts_bc {
             shift_window(zxbcdt, window, new_window, zx_row, win, c, d_inner, taps);
         }
@@ -169,8 +179,9 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
         for e in 0..N::value() {
             let n = state_column::<N>(k, e);
             if n < d_state {
-                bk[e] = bc[n];
-                ck[e] = bc[d_state + n];
+                let slot = e * cols + UNIT_POS_X as usize + k * LANES;
+                bk[e] = bc[slot];
+                ck[e] = bc[bc_side + slot];
             }
         }
         bv[k] = bk;
@@ -282,7 +293,7 @@ pub fn launch<R: CubeRuntime>(
             heads_per_cube,
             taps,
             d_state.div_ceil(LANES * vector),
-            d_state.next_multiple_of(LANES * vector),
+            vector * (d_state.div_ceil(LANES * vector) * LANES + 8),
             has_bias,
             dt_limit.is_some(),
             use_plane,
