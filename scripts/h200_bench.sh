@@ -54,7 +54,7 @@
 #
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -475,6 +475,79 @@ landed_s13)
   cuda_tests
   bench bamba_batches 200 --preset bamba-9b -t tg64 -b 1,2,3,4,8 -r 5 --backend cuda-unfused
   sweep_table "$RAW"/bamba_batches.jsonl
+  ;;
+flash_s15)
+  # Session 15: prefill attention in one flash kernel (16-bit, tensor cores). Every CUDA test (the flash
+  # kernel against the reference; the bf16 fixtures against transformers), prefill attention with it,
+  # without it (BAMBA_FLASH_ATTENTION=0) and SDPA in the same call, pp4096 of both shapes with and
+  # without it, then parity_s14's fixtures through the CLI in bf16 and f32 and a short bf16 sweep.
+  cuda_tests
+  grep -E "in BF16 on|causal_attention on" "$RAW/tests.log" | head -6
+  timeout 60 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  echo "torch rc=$?"; grep -i "sdpa" "$RAW/torch.jsonl" | grep -v decode | head -3
+  criterion "attention/prefill" attention
+  BAMBA_FLASH_ATTENTION=0 criterion "attention/prefill" attention-materialized
+  prefill_both
+  BAMBA_FLASH_ATTENTION=0 bench sweep_pp_materialized 60 --preset bamba-9b -t pp4096 -b 1 -r 3
+  BAMBA_FLASH_ATTENTION=0 bench sweep_llama_pp_materialized 60 --preset llama-8b-shape -t pp4096 -b 1 -r 3
+  sweep_table "$RAW"/bamba_pp.jsonl "$RAW"/llama_pp.jsonl "$RAW"/sweep_*.jsonl
+  criterion "mamba_decode_step/fused" step
+  for dt in bf16 f32; do
+    timeout 60 python3 scripts/check_parity.py .gpu/bamba --backend cuda --dtype $dt > "$RAW/fixtures_$dt.txt" 2>&1
+    echo "fixtures $dt rc=$?"; tail -3 "$RAW/fixtures_$dt.txt"
+  done
+  timeout 90 python3 scripts/sweep_parity.py .gpu/bamba --backend cuda --dtype bf16 --configs 3 > "$RAW/sweep_bf16.txt" 2>&1
+  echo "sweep bf16 rc=$?"; grep -E "FAIL|^sweep" "$RAW/sweep_bf16.txt" | tail -4
+  ;;
+diag_s15)
+  # Session 15, call 2: the flash kernel with a lazily moved row maximum (its tests, prefill attention
+  # with and without it beside SDPA, pp4096 of both shapes), then where random configs in bf16 lose
+  # parity on CUDA (flash_s15's sweep: 30x transformers' bf16 floor): one 7-token prompt of two
+  # configs per variant (fused, unfused, without cuBLASLt/flash/tensor-core scan, f16, f32).
+  timeout 120 .gpu/kernel_tests cuda::causal_attention cuda_prefill --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "attention tests rc=$?"; grep -E "panicked|test result|worst|growing" "$RAW/tests.log" | head -6
+  criterion "attention/prefill" attention
+  prefill_both
+  sweep_table "$RAW"/bamba_pp.jsonl "$RAW"/llama_pp.jsonl
+  variant() { # name, dtype, backend, env...
+    local name=$1 dt=$2 be=$3; shift 3
+    env "$@" timeout 60 python3 scripts/sweep_parity.py .gpu/bamba --backend $be --dtype $dt --configs 2 --lengths 7 \
+      --keep "$RAW/ckpt_$name" > "$RAW/variant_$name.txt" 2>&1
+    echo "variant $name rc=$?"; grep -E "^ +[0-9]+ [AM]+ " "$RAW/variant_$name.txt"
+  }
+  variant bf16 bf16 cuda
+  variant bf16_unfused bf16 cuda-unfused
+  variant bf16_plain bf16 cuda BAMBA_CUBLASLT=0 BAMBA_FLASH_ATTENTION=0 BAMBA_SSD_TENSOR_CORES=0
+  variant f16 f16 cuda
+  variant f32 f32 cuda
+  rm -rf "$RAW"/ckpt_bf16_* "$RAW"/ckpt_f*
+  timeout 60 .gpu/kernel_tests cuda::half_precision_model --test-threads 1 --nocapture > "$RAW/half.log" 2>&1
+  echo "half precision test rc=$?"; grep -E "bf16_sharded|panicked" "$RAW/half.log" | head -4
+  BAMBA_CUBLASLT=0 timeout 60 .gpu/kernel_tests cuda::half_precision_model --test-threads 1 --nocapture > "$RAW/half_nolt.log" 2>&1
+  echo "half precision test without cuBLASLt rc=$?"; grep -E "bf16_sharded|panicked" "$RAW/half_nolt.log" | head -4
+  ;;
+final_s15)
+  # Session 15, call 3: the flash kernel with 16-byte stages. Every CUDA test; SDPA, prefill attention
+  # with the flash kernel and without it, pp4096 of both shapes each way (same call); batch-1 decode;
+  # random configs in bf16 and f32 against this machine's transformers (5.17: G = 1 configs only).
+  cuda_tests
+  grep -E "causal_attention on|growing|in BF16 on" "$RAW/tests.log" | sort -t= -k2 | tail -5
+  timeout 60 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  echo "torch rc=$?"; grep "sdpa_prefill" "$RAW/torch.jsonl" | head -3
+  BAMBA_FLASH_ATTENTION=1 criterion "attention/prefill" attention-flash
+  BAMBA_FLASH_ATTENTION=0 criterion "attention/prefill" attention-materialized
+  for flash in 1 0; do
+    BAMBA_FLASH_ATTENTION=$flash bench "sweep_pp_flash$flash" 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+    BAMBA_FLASH_ATTENTION=$flash bench "sweep_llama_pp_flash$flash" 60 --preset llama-8b-shape -t pp4096 -b 1 -r 5
+  done
+  sweep_table "$RAW"/sweep_*.jsonl
+  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 --backend cuda-unfused
+  sweep_table "$RAW"/bamba_b1.jsonl
+  for dt in bf16 f32; do
+    timeout 90 python3 scripts/sweep_parity.py .gpu/bamba --backend cuda --dtype $dt --configs 3 --lengths 7,150 \
+      > "$RAW/sweep_$dt.txt" 2>&1
+    echo "sweep $dt rc=$?"; grep -E "^ +[0-9]+ [AM]+ |^sweep|G = 1" "$RAW/sweep_$dt.txt" | tail -8
+  done
   ;;
 parity_s14)
   # Session 14: bf16 end to end against transformers. Every CUDA test (among them the fixtures in bf16

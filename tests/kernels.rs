@@ -609,28 +609,40 @@ fn left_padded_causal_mask(pads: &[usize], q_len: usize, k_len: usize) -> Vec<f3
 
 /// Prefill attention (causal, GQA folded into the query rows) against the CPU reference in f32: from
 /// the start and continuing a cache (`query_offset`), with and without an explicit left-padding mask.
+/// (batch, heads, kv_heads, head_dim, q_len, k_len, left pads per row or none) of
+/// `causal_attention_matches_the_reference`. On GPU backends the unmasked ones run the causal softmax
+/// kernel (key counts with vectors of 1, 4 and 8 elements, rows shorter and longer than a plane's
+/// stride, continuation offsets), or, in 16-bit on CUDA with head_dim a multiple of 16 and the flash
+/// path turned on, the flash kernel (query blocks of 64 cut short, key blocks past the cache, GQA,
+/// Bamba's 32/8 heads of 128, a head_dim that is not a multiple of 64).
+/// Prompts past 1024 queries run in blocks of 1024 on the materialized path (each against the keys
+/// its last query sees), a padded batch too.
+#[allow(clippy::type_complexity)]
+fn causal_attention_cases() -> Vec<(usize, usize, usize, usize, usize, usize, Option<&'static [usize]>)> {
+    vec![
+        (1, 4, 2, 8, 7, 7, None),
+        (2, 4, 4, 48, 5, 12, None),
+        (1, 8, 2, 64, 40, 136, None),
+        (1, 4, 1, 32, 300, 300, None),
+        (2, 2, 2, 16, 64, 1000, None),
+        (2, 6, 2, 20, 9, 9, Some(&[0, 3])),
+        (1, 32, 8, 128, 70, 100, Some(&[30])),
+        (3, 2, 1, 16, 1, 33, Some(&[0, 5, 32])),
+        (1, 4, 2, 16, 1100, 1100, None),
+        (2, 2, 1, 16, 1030, 1100, Some(&[0, 50])),
+        (1, 32, 8, 128, 300, 300, None),
+        (2, 4, 2, 64, 130, 200, None),
+        (1, 2, 1, 128, 1, 65, None),
+        (1, 2, 1, 80, 70, 90, None),
+    ]
+}
+
 fn check_causal_attention<B: BambaOps>(device: &B::Device) {
     let cpu = Default::default();
     let mut worst = 0.0f32;
     for dtype in dtypes::<B>(device) {
-        // (batch, heads, kv_heads, head_dim, q_len, k_len, left pads per row or none)
-        // The unmasked ones run the causal softmax kernel on GPU backends: key counts with vectors of
-        // 1, 4 and 8 elements, rows shorter and longer than a plane's stride, continuation offsets.
-        // Prompts past 1024 queries run in blocks of 1024 on GPU backends (each against the keys its
-        // last query sees), a padded batch too.
-        let cases: [(usize, usize, usize, usize, usize, usize, Option<&[usize]>); 10] = [
-            (1, 4, 2, 8, 7, 7, None),
-            (2, 4, 4, 48, 5, 12, None),
-            (1, 8, 2, 64, 40, 136, None),
-            (1, 4, 1, 32, 300, 300, None),
-            (2, 2, 2, 16, 64, 1000, None),
-            (2, 6, 2, 20, 9, 9, Some(&[0, 3])),
-            (1, 32, 8, 128, 70, 100, Some(&[30])),
-            (3, 2, 1, 16, 1, 33, Some(&[0, 5, 32])),
-            (1, 4, 2, 16, 1100, 1100, None),
-            (2, 2, 1, 16, 1030, 1100, Some(&[0, 50])),
-        ];
-        for (seed, (batch, heads, kv_heads, head_dim, q_len, k_len, pads)) in cases.into_iter().enumerate() {
+        let cases = causal_attention_cases();
+        for (seed, &(batch, heads, kv_heads, head_dim, q_len, k_len, pads)) in cases.iter().enumerate() {
             let seed = 9500 + 4 * seed as u64;
             let offset = k_len - q_len;
             let q = rounded(uniform(batch * heads * q_len * head_dim, seed, -1.0, 1.0), dtype);
@@ -1010,6 +1022,55 @@ fn cuda_scan_runs_on_tensor_cores() {
     }
     let ran = (bamba_kernels::cube::tensor_core_scans_run() - before) as usize;
     assert!(ran >= cases.len(), "tensor-core scans run: {ran} of {}", cases.len());
+}
+
+/// The flash kernel (`bamba-kernels/src/cube/flash_attention.rs`) takes every unmasked 16-bit case of
+/// `causal_attention_cases` with head_dim a multiple of 16 up to 128 on CUDA, once turned on
+/// (`causal_attention_matches_the_reference` checks the values, this that they came from there).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_prefill_attention_runs_flash() {
+    let device = burn::backend::cuda::CudaDevice::default();
+    // opt-in while it is slower than the materialized path (flash_attention.rs)
+    bamba_kernels::cube::use_flash_attention(true);
+    let before = bamba_kernels::cube::flash_attentions_run();
+    check_causal_attention::<burn::backend::Cuda>(&device);
+    // Keys that grow along the sequence: each row's maximum keeps moving past the kernel's margin,
+    // so the output accumulated so far is rescaled again and again (random keys of one scale never
+    // move it after the first block).
+    let cpu = Default::default();
+    let (heads, kv_heads, head_dim, len) = (4, 2, 64, 700);
+    let q = rounded(uniform(heads * len * head_dim, 9900, -1.0, 1.0), DType::BF16);
+    let grow = |values: Vec<f32>| -> Vec<f32> {
+        values.iter().enumerate().map(|(i, x)| x * (1.0 + ((i / head_dim) % len) as f32 / 16.0)).collect()
+    };
+    let k = rounded(grow(uniform(kv_heads * len * head_dim, 9901, -1.0, 1.0)), DType::BF16);
+    let v = rounded(uniform(kv_heads * len * head_dim, 9902, -1.0, 1.0), DType::BF16);
+    let (q_shape, kv_shape) = ([1, heads, len, head_dim], [1, kv_heads, len, head_dim]);
+    let got = <burn::backend::Cuda as BambaOps>::causal_attention(
+        tensor(&q, q_shape, &device, DType::BF16),
+        tensor(&k, kv_shape, &device, DType::BF16),
+        tensor(&v, kv_shape, &device, DType::BF16),
+        0,
+        None,
+    );
+    let expected = reference::attention::causal_attention::<Cpu>(
+        tensor(&q, q_shape, &cpu, DType::F32),
+        tensor(&k, kv_shape, &cpu, DType::F32),
+        tensor(&v, kv_shape, &cpu, DType::F32),
+        0,
+        None,
+    );
+    let d = relative_diff(&host(got), &host(expected));
+    println!("flash attention with growing keys: relative difference {d:e}");
+    assert!(d <= attention_tolerance(DType::BF16), "growing keys: {d:e}");
+    let ran = (bamba_kernels::cube::flash_attentions_run() - before) as usize;
+    let expected = 1 + causal_attention_cases()
+        .iter()
+        .filter(|case| case.6.is_none() && case.3 % 16 == 0 && case.3 <= 128)
+        .count();
+    bamba_kernels::cube::use_flash_attention(false);
+    assert!(ran >= expected, "flash attentions run: {ran} of {expected}");
 }
 
 /// The cuBLASLt path (`bamba-kernels/src/cube/cublaslt.rs`) on products large enough to take it: plain,

@@ -7,6 +7,7 @@ mod conv;
 #[cfg(feature = "cuda")]
 pub mod cublaslt;
 mod decode_attention;
+mod flash_attention;
 mod gemv;
 #[cfg(feature = "cuda")]
 mod legacy_stream;
@@ -48,6 +49,7 @@ pub mod unfused {
     #[cfg(feature = "wgpu")]
     pub type Wgpu = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
 }
+pub use flash_attention::{runs as flash_attentions_run, set_enabled as use_flash_attention};
 pub use ssd_chunked::scans_run as tensor_core_scans_run;
 pub use ssd_scan::MAX_STATE_PER_LANE;
 pub use ssd_step::LANES;
@@ -276,6 +278,13 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         mask: Option<Tensor<Self, 4, Bool>>,
     ) -> Tensor<Self, 4> {
         use crate::reference::attention::{causal_attention_in_query_blocks, masked_softmax, ScoreRows};
+        if mask.is_none() {
+            let client = prim(q.clone()).client;
+            if flash_attention::applies(&client, q.dtype(), q.dims()[3]) {
+                // 16-bit on tensor cores: the scores stay on chip
+                return wrap(flash_attention::launch(prim(q), prim(k), prim(v), query_offset));
+            }
+        }
         let product = |a: Tensor<Self, 4>, b: Tensor<Self, 4>| wrap(matmul::launch(prim(a), prim(b), false));
         // The causal softmax is one kernel; an explicit mask (left padding) takes the tensor ops.
         let softmax = |scores: Tensor<Self, 4>, mask: Option<Tensor<Self, 4, Bool>>, layout: &ScoreRows| match mask {
