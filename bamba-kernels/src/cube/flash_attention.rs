@@ -32,11 +32,10 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
-use cubecl::features::MmaConfig;
 use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 
-use super::ssd_step::plane_size_is;
+use super::ssd_chunked::has_f32_tiles;
 
 /// Tile edge of one `cmma` product (m = n = k).
 const TILE: usize = 16;
@@ -90,16 +89,7 @@ pub fn applies<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, head_dim
     if !matches!(dtype, DType::BF16 | DType::F16) || !enabled() {
         return false;
     }
-    let tile = MmaConfig {
-        a_type: dtype.into(),
-        b_type: dtype.into(),
-        cd_type: DType::F32.into(),
-        m: TILE as u32,
-        n: TILE as u32,
-        k: TILE as u32,
-    };
-    plane_size_is(client, PLANE)
-        && client.features().matmul.cmma.contains(&tile)
+    has_f32_tiles(client, dtype)
         && client.features().plane.contains(cubecl::features::Plane::Ops)
         && head_dim % TILE == 0
         && head_dim <= MAX_HEAD_DIM
@@ -363,18 +353,7 @@ fn flash_attention_kernel<F: Float, N: Size>(
     #[unroll]
     for part in 0..comptime!(tiles.div_ceil(BLOCK / TILE)) {
         sync_plane();
-        #[unroll]
-        for j in 0..BLOCK / TILE {
-            let t = part * (BLOCK / TILE) + j;
-            if t < tiles {
-                cmma::store(
-                    &mut ss.slice_mut(plane * TILE * s_ld + j * TILE, BLOCK * s_ld),
-                    acc.index(t),
-                    s_ld as u32,
-                    cmma::MatrixLayout::RowMajor,
-                );
-            }
-        }
+        store_tiles(&acc, &mut ss, plane, part, s_ld, tiles);
         sync_plane();
         let cols = comptime!(usize::min(BLOCK, head_dim));
         #[unroll]
@@ -386,6 +365,31 @@ fn flash_attention_kernel<F: Float, N: Size>(
                 out[(bh * q_len + q0 + row) * head_dim + col] =
                     F::cast_from(ss[row * s_ld + at % cols] * row_factor[row]);
             }
+        }
+    }
+}
+
+/// Stores output tiles `4·part .. 4·part + 4` (those below `tiles`) side by side into the plane's 16
+/// rows of `stage` (row stride `ld`).
+#[cube]
+fn store_tiles(
+    acc: &Sequence<cmma::Matrix<f32>>,
+    stage: &mut SharedMemory<f32>,
+    plane: usize,
+    #[comptime] part: usize,
+    #[comptime] ld: usize,
+    #[comptime] tiles: usize,
+) {
+    #[unroll]
+    for j in 0..BLOCK / TILE {
+        let t = part * (BLOCK / TILE) + j;
+        if t < tiles {
+            cmma::store(
+                &mut stage.slice_mut(plane * TILE * ld + j * TILE, BLOCK * ld),
+                acc.index(t),
+                ld as u32,
+                cmma::MatrixLayout::RowMajor,
+            );
         }
     }
 }
@@ -404,18 +408,7 @@ fn scale_rows(
     let lane = UNIT_POS_X as usize;
     #[unroll]
     for part in 0..comptime!(tiles.div_ceil(BLOCK / TILE)) {
-        #[unroll]
-        for j in 0..BLOCK / TILE {
-            let t = part * (BLOCK / TILE) + j;
-            if t < tiles {
-                cmma::store(
-                    &mut stage.slice_mut(plane * TILE * ld + j * TILE, BLOCK * ld),
-                    acc.index(t),
-                    ld as u32,
-                    cmma::MatrixLayout::RowMajor,
-                );
-            }
-        }
+        store_tiles(acc, stage, plane, part, ld, tiles);
         sync_plane();
         #[unroll]
         for i in 0..TILE * BLOCK / PLANE {

@@ -74,6 +74,18 @@ pub fn applies<R: CubeRuntime>(
     if !matches!(dtype, DType::BF16 | DType::F16) || std::env::var("BAMBA_SSD_TENSOR_CORES").as_deref() == Ok("0") {
         return false;
     }
+    has_f32_tiles(client, dtype)
+        && head_dim % TILE == 0
+        && head_dim <= MAX_HEAD_DIM
+        && d_state % TILE == 0
+        && d_state <= MAX_D_STATE
+        && chunk % BLOCK == 0
+        && chunk <= 1024
+}
+
+/// Whether this device multiplies 16×16×16 tiles of `dtype` accumulating in f32 (`cmma`) and has
+/// 32-unit planes: what the tensor-core kernels here and in `flash_attention.rs` are written for.
+pub(super) fn has_f32_tiles<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
     let tile = MmaConfig {
         a_type: dtype.into(),
         b_type: dtype.into(),
@@ -82,14 +94,7 @@ pub fn applies<R: CubeRuntime>(
         n: TILE as u32,
         k: TILE as u32,
     };
-    plane_size_is(client, PLANE)
-        && client.features().matmul.cmma.contains(&tile)
-        && head_dim % TILE == 0
-        && head_dim <= MAX_HEAD_DIM
-        && d_state % TILE == 0
-        && d_state <= MAX_D_STATE
-        && chunk % BLOCK == 0
-        && chunk <= 1024
+    plane_size_is(client, PLANE) && client.features().matmul.cmma.contains(&tile)
 }
 
 #[cube(launch_unchecked)]
