@@ -50,7 +50,10 @@
 # batch-64 ratios with 64-step runs, and a batch-4 step's kernels and host profile; `gemv_rows_s13`:
 # batch 2–8 decode with the GEMV per launch shape against cuBLASLt; `batches_s13`: batch 1–8 decode
 # in one call, 2–8-row products on cuBLASLt and on the GEMV; `landed_s13`: every CUDA test, batch 1–8.
-# `parity_s14` (session 14, not yet run): bf16 and f32 end to end against transformers on CUDA.
+# `parity_s14` (session 14; never run, superseded by session 15's parts): bf16 and f32 end to end on CUDA.
+# `flash_s15`, `diag_s15`, `final_s15`: the flash prefill kernel against the materialized path and SDPA,
+# pp4096 each way, every CUDA test, and bf16/f32 parity on random configs (the H200's transformers is
+# 5.17: see scripts/sweep_parity.py).
 #
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
