@@ -607,8 +607,6 @@ fn left_padded_causal_mask(pads: &[usize], q_len: usize, k_len: usize) -> Vec<f3
         .collect()
 }
 
-/// Prefill attention (causal, GQA folded into the query rows) against the CPU reference in f32: from
-/// the start and continuing a cache (`query_offset`), with and without an explicit left-padding mask.
 /// (batch, heads, kv_heads, head_dim, q_len, k_len, left pads per row or none) of
 /// `causal_attention_matches_the_reference`. On GPU backends the unmasked ones run the causal softmax
 /// kernel (key counts with vectors of 1, 4 and 8 elements, rows shorter and longer than a plane's
@@ -637,43 +635,58 @@ fn causal_attention_cases() -> Vec<(usize, usize, usize, usize, usize, usize, Op
     ]
 }
 
+/// Prefill attention (causal, GQA folded into the query rows) against the CPU reference in f32: from
+/// the start and continuing a cache (`query_offset`), with and without an explicit left-padding mask.
 fn check_causal_attention<B: BambaOps>(device: &B::Device) {
-    let cpu = Default::default();
     let mut worst = 0.0f32;
     for dtype in dtypes::<B>(device) {
         let cases = causal_attention_cases();
         for (seed, &(batch, heads, kv_heads, head_dim, q_len, k_len, pads)) in cases.iter().enumerate() {
             let seed = 9500 + 4 * seed as u64;
-            let offset = k_len - q_len;
             let q = rounded(uniform(batch * heads * q_len * head_dim, seed, -1.0, 1.0), dtype);
             let kv_len = batch * kv_heads * k_len * head_dim;
             let k = rounded(uniform(kv_len, seed + 1, -1.0, 1.0), dtype);
             let v = rounded(uniform(kv_len, seed + 2, -1.0, 1.0), dtype);
-            let (q_shape, kv_shape) = ([batch, heads, q_len, head_dim], [batch, kv_heads, k_len, head_dim]);
-            let mask_values = pads.map(|pads| left_padded_causal_mask(pads, q_len, k_len));
-            let mask_shape = [batch, 1, q_len, k_len];
-            let got = B::causal_attention(
-                tensor(&q, q_shape, device, dtype),
-                tensor(&k, kv_shape, device, dtype),
-                tensor(&v, kv_shape, device, dtype),
-                offset,
-                mask_values.as_ref().map(|m| tensor::<B, 4>(m, mask_shape, device, DType::F32).bool()),
-            );
-            assert_eq!(got.dims(), q_shape);
-            let expected = reference::attention::causal_attention::<Cpu>(
-                tensor(&q, q_shape, &cpu, DType::F32),
-                tensor(&k, kv_shape, &cpu, DType::F32),
-                tensor(&v, kv_shape, &cpu, DType::F32),
-                offset,
-                mask_values.as_ref().map(|m| tensor::<Cpu, 4>(m, mask_shape, &cpu, DType::F32).bool()),
-            );
-            let d = relative_diff(&host(got), &host(expected));
+            let shapes = ([batch, heads, q_len, head_dim], [batch, kv_heads, k_len, head_dim]);
+            let mask = pads.map(|pads| left_padded_causal_mask(pads, q_len, k_len));
+            let d = causal_attention_vs_cpu::<B>(device, [&q, &k, &v], shapes, mask.as_deref(), dtype);
             let case = format!("causal attention b{batch} h{heads}/{kv_heads} d{head_dim} {q_len}/{k_len} {dtype:?}");
             assert!(d <= attention_tolerance(dtype), "{case}: {d:e}");
             worst = worst.max(d);
         }
     }
     println!("causal_attention on {}: worst relative difference {worst:e}", B::name(device));
+}
+
+/// `B::causal_attention` of `q`, `k`, `v` (already rounded to `dtype`; queries ending the keys, with an
+/// optional `[batch, 1, q_len, k_len]` mask, 1.0 = masked) against the CPU reference in f32: the
+/// relative difference.
+fn causal_attention_vs_cpu<B: BambaOps>(
+    device: &B::Device,
+    [q, k, v]: [&[f32]; 3],
+    (q_shape, kv_shape): ([usize; 4], [usize; 4]),
+    mask: Option<&[f32]>,
+    dtype: DType,
+) -> f32 {
+    let cpu = Default::default();
+    let offset = kv_shape[2] - q_shape[2];
+    let mask_shape = [q_shape[0], 1, q_shape[2], kv_shape[2]];
+    let got = B::causal_attention(
+        tensor(q, q_shape, device, dtype),
+        tensor(k, kv_shape, device, dtype),
+        tensor(v, kv_shape, device, dtype),
+        offset,
+        mask.map(|m| tensor::<B, 4>(m, mask_shape, device, DType::F32).bool()),
+    );
+    assert_eq!(got.dims(), q_shape);
+    let expected = reference::attention::causal_attention::<Cpu>(
+        tensor(q, q_shape, &cpu, DType::F32),
+        tensor(k, kv_shape, &cpu, DType::F32),
+        tensor(v, kv_shape, &cpu, DType::F32),
+        offset,
+        mask.map(|m| tensor::<Cpu, 4>(m, mask_shape, &cpu, DType::F32).bool()),
+    );
+    relative_diff(&host(got), &host(expected))
 }
 
 /// Prefill attention in query blocks (what the GPU backends run past 1024 queries, each block against
@@ -1038,7 +1051,6 @@ fn cuda_prefill_attention_runs_flash() {
     // Keys that grow along the sequence: each row's maximum keeps moving past the kernel's margin,
     // so the output accumulated so far is rescaled again and again (random keys of one scale never
     // move it after the first block).
-    let cpu = Default::default();
     let (heads, kv_heads, head_dim, len) = (4, 2, 64, 700);
     let q = rounded(uniform(heads * len * head_dim, 9900, -1.0, 1.0), DType::BF16);
     let grow = |values: Vec<f32>| -> Vec<f32> {
@@ -1046,22 +1058,8 @@ fn cuda_prefill_attention_runs_flash() {
     };
     let k = rounded(grow(uniform(kv_heads * len * head_dim, 9901, -1.0, 1.0)), DType::BF16);
     let v = rounded(uniform(kv_heads * len * head_dim, 9902, -1.0, 1.0), DType::BF16);
-    let (q_shape, kv_shape) = ([1, heads, len, head_dim], [1, kv_heads, len, head_dim]);
-    let got = <burn::backend::Cuda as BambaOps>::causal_attention(
-        tensor(&q, q_shape, &device, DType::BF16),
-        tensor(&k, kv_shape, &device, DType::BF16),
-        tensor(&v, kv_shape, &device, DType::BF16),
-        0,
-        None,
-    );
-    let expected = reference::attention::causal_attention::<Cpu>(
-        tensor(&q, q_shape, &cpu, DType::F32),
-        tensor(&k, kv_shape, &cpu, DType::F32),
-        tensor(&v, kv_shape, &cpu, DType::F32),
-        0,
-        None,
-    );
-    let d = relative_diff(&host(got), &host(expected));
+    let shapes = ([1, heads, len, head_dim], [1, kv_heads, len, head_dim]);
+    let d = causal_attention_vs_cpu::<burn::backend::Cuda>(&device, [&q, &k, &v], shapes, None, DType::BF16);
     println!("flash attention with growing keys: relative difference {d:e}");
     assert!(d <= attention_tolerance(DType::BF16), "growing keys: {d:e}");
     let ran = (bamba_kernels::cube::flash_attentions_run() - before) as usize;
