@@ -20,6 +20,7 @@ mod ssd_chunked;
 mod ssd_scan;
 mod ssd_step;
 mod swiglu;
+mod tiles;
 #[cfg(feature = "cuda")]
 pub mod upload;
 
@@ -278,12 +279,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         mask: Option<Tensor<Self, 4, Bool>>,
     ) -> Tensor<Self, 4> {
         use crate::reference::attention::{causal_attention_in_query_blocks, masked_softmax, ScoreRows};
-        if mask.is_none() {
-            let client = prim(q.clone()).client;
-            if flash_attention::applies(&client, q.dtype(), q.dims()[3]) {
-                // 16-bit on tensor cores: the scores stay on chip
-                return wrap(flash_attention::launch(prim(q), prim(k), prim(v), query_offset));
-            }
+        if mask.is_none() && flash_attention::applies(&R::client(&q.device()), q.dtype(), q.dims()[3]) {
+            // 16-bit on tensor cores: the scores stay on chip
+            return wrap(flash_attention::launch(prim(q), prim(k), prim(v), query_offset));
         }
         let product = |a: Tensor<Self, 4>, b: Tensor<Self, 4>| wrap(matmul::launch(prim(a), prim(b), false));
         // The causal softmax is one kernel; an explicit mask (left padding) takes the tensor ops.
