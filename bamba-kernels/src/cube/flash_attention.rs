@@ -35,20 +35,12 @@ use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 
-use super::ssd_chunked::has_f32_tiles;
+use super::tiles::{has_f32_tiles, zero_accumulator, PAD, PAD_F32, PLANE, TILE};
 
-/// Tile edge of one `cmma` product (m = n = k).
-const TILE: usize = 16;
 /// Queries per cube (one 16-row tile per plane) and keys per step.
 const BLOCK: usize = 64;
-/// Threads per plane on the devices this path runs on.
-const PLANE: usize = 32;
 /// Units per cube.
 const UNITS: usize = PLANE * (BLOCK / TILE);
-/// Padding of a staged row: 16 bytes of 16-bit values, 16 bytes of f32 (rows of consecutive tiles
-/// fall on different banks; 16-element tile offsets keep `wmma`'s 32-byte alignment).
-const PAD: usize = 8;
-const PAD_F32: usize = 4;
 /// Most head_dim this path takes: each plane keeps `head_dim / 16` output accumulators.
 const MAX_HEAD_DIM: usize = 128;
 /// How far (in scaled-score units) a row's scores may pass its reference maximum before the
@@ -146,19 +138,6 @@ fn stage_fragment<F: Float, N: Size>(
     let fragment = unsafe { cmma::Matrix::<F>::uninitialized(ident, TILE, TILE, TILE, layout) };
     cmma::load(&fragment, &stage.slice(start / VECTOR, BLOCK * ld / VECTOR), ld as u32);
     fragment
-}
-
-/// A 16×16 f32 accumulator of zeros.
-#[cube]
-fn zero_accumulator() -> cmma::Matrix<f32> {
-    cmma::Matrix::<f32>::from_value(
-        cmma::MatrixIdent::Accumulator,
-        TILE,
-        TILE,
-        TILE,
-        cmma::MatrixLayout::Undefined,
-        0.0f32,
-    )
 }
 
 #[cube(launch_unchecked)]

@@ -25,15 +25,12 @@ use burn::tensor::DType;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
-use cubecl::features::MmaConfig;
 use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
 use super::math::discretize_dt;
-use super::ssd_step::plane_size_is;
+use super::tiles::{has_f32_tiles, zero_accumulator, PAD, PAD_F32, PLANE, TILE};
 
-/// Tile edge of one `cmma` product (m = n = k).
-const TILE: usize = 16;
 /// Positions per block of the output kernel (one 16-row tile per plane, 4 planes).
 const BLOCK: usize = 64;
 /// Positions staged per step of the chunk-state product.
@@ -43,11 +40,6 @@ const STATE_STEP: usize = 32;
 const STATE_COLS: usize = 64;
 /// Units per cube of the `cb` and `chunk_scan` kernels (one plane per 16-row tile of a block).
 const BLOCK_UNITS: usize = PLANE * (BLOCK / TILE);
-/// Padding of a staged row of 16-bit values (16 bytes), and of an f32 row (16 bytes).
-const PAD: usize = 8;
-const PAD_F32: usize = 4;
-/// Threads per plane on the devices this path runs on.
-const PLANE: usize = 32;
 /// Most d_state this path takes: the same limit as the portable kernel (`MAX_KERNEL_D_STATE`).
 const MAX_D_STATE: usize = 256;
 /// Most head_dim this path takes: the output kernel's per-plane accumulators (head_dim / 16) and its
@@ -81,20 +73,6 @@ pub fn applies<R: CubeRuntime>(
         && d_state <= MAX_D_STATE
         && chunk % BLOCK == 0
         && chunk <= 1024
-}
-
-/// Whether this device multiplies 16×16×16 tiles of `dtype` accumulating in f32 (`cmma`) and has
-/// 32-unit planes: what the tensor-core kernels here and in `flash_attention.rs` are written for.
-pub(super) fn has_f32_tiles<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
-    let tile = MmaConfig {
-        a_type: dtype.into(),
-        b_type: dtype.into(),
-        cd_type: DType::F32.into(),
-        m: TILE as u32,
-        n: TILE as u32,
-        k: TILE as u32,
-    };
-    plane_size_is(client, PLANE) && client.features().matmul.cmma.contains(&tile)
 }
 
 #[cube(launch_unchecked)]
@@ -192,14 +170,7 @@ fn chunk_state_kernel<F: Float>(
     let mut acc = Sequence::<cmma::Matrix<f32>>::new();
     #[unroll]
     for _ in 0..state_cols / TILE {
-        acc.push(cmma::Matrix::<f32>::from_value(
-            cmma::MatrixIdent::Accumulator,
-            TILE,
-            TILE,
-            TILE,
-            cmma::MatrixLayout::Undefined,
-            0.0f32,
-        ));
+        acc.push(zero_accumulator());
     }
     // per-position weight dt·exp(cum_last − cum_t) of the whole chunk, zero past the end
     let mut r = tid;
@@ -487,14 +458,7 @@ fn cb_kernel<F: Float>(
     let mut acc = Sequence::<cmma::Matrix<f32>>::new();
     #[unroll]
     for _ in 0..BLOCK / TILE {
-        acc.push(cmma::Matrix::<f32>::from_value(
-            cmma::MatrixIdent::Accumulator,
-            TILE,
-            TILE,
-            TILE,
-            cmma::MatrixLayout::Undefined,
-            0.0f32,
-        ));
+        acc.push(zero_accumulator());
     }
     let mut n0 = 0usize;
     while n0 < d_state {
@@ -636,14 +600,7 @@ fn chunk_scan_kernel<F: Float>(
     let mut acc = Sequence::<cmma::Matrix<f32>>::new();
     #[unroll]
     for _ in 0..head_dim / TILE {
-        acc.push(cmma::Matrix::<f32>::from_value(
-            cmma::MatrixIdent::Accumulator,
-            TILE,
-            TILE,
-            TILE,
-            cmma::MatrixLayout::Undefined,
-            0.0f32,
-        ));
+        acc.push(zero_accumulator());
     }
     sync_cube();
 

@@ -1,0 +1,47 @@
+//! What the tensor-core (`cmma`) kernels share: the 16×16×16 tile, the 32-unit plane they are
+//! written for, the padding of rows staged in shared memory, the check that a device has such tiles,
+//! and a zeroed f32 accumulator. Used by the SSD scan's matmul form (`ssd_chunked.rs`) and the flash
+//! prefill attention (`flash_attention.rs`).
+
+use burn::tensor::DType;
+use burn_cubecl::CubeRuntime;
+use cubecl::features::MmaConfig;
+use cubecl::prelude::*;
+
+use super::ssd_step::plane_size_is;
+
+/// Tile edge of one `cmma` product (m = n = k).
+pub const TILE: usize = 16;
+/// Threads per plane on the devices these kernels run on.
+pub const PLANE: usize = 32;
+/// Padding of a staged row: 16 bytes of 16-bit values, 16 bytes of f32 (rows of consecutive tiles
+/// fall on different banks; 16-element tile offsets keep `wmma`'s 32-byte alignment).
+pub const PAD: usize = 8;
+pub const PAD_F32: usize = 4;
+
+/// Whether this device multiplies 16×16×16 tiles of `dtype` accumulating in f32 and has 32-unit
+/// planes: what the tensor-core kernels are written for.
+pub fn has_f32_tiles<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
+    let tile = MmaConfig {
+        a_type: dtype.into(),
+        b_type: dtype.into(),
+        cd_type: DType::F32.into(),
+        m: TILE as u32,
+        n: TILE as u32,
+        k: TILE as u32,
+    };
+    plane_size_is(client, PLANE) && client.features().matmul.cmma.contains(&tile)
+}
+
+/// A 16×16 f32 accumulator of zeros.
+#[cube]
+pub fn zero_accumulator() -> cmma::Matrix<f32> {
+    cmma::Matrix::<f32>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        TILE,
+        TILE,
+        TILE,
+        cmma::MatrixLayout::Undefined,
+        0.0f32,
+    )
+}
