@@ -83,6 +83,10 @@ pub struct LogitsArgs {
     /// Output safetensors file.
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write the hidden states: `hidden.0` the embeddings, `hidden.N` the output of layer N-1,
+    /// each `[len, hidden]` f32 (to find the layer where logits part from a reference).
+    #[arg(long)]
+    pub hidden_states: bool,
 }
 
 #[derive(Args)]

@@ -57,6 +57,47 @@ fn logits_command_writes_transformers_logits() {
     assert!(diff < 2.1e-4, "max |diff| {diff}");
 }
 
+/// `--hidden-states` writes the embeddings (the checkpoint's rows for the prompt, exactly, in f32) and one
+/// state per decoder layer, each `[len, hidden]`.
+#[test]
+fn logits_command_writes_hidden_states() {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("hidden.safetensors");
+    let ids = [5usize, 0, 17, 5];
+    let ids_arg: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    let model = "tests/fixtures/groups2_tied";
+    let run = bamba(&[
+        "logits",
+        "--model",
+        model,
+        "--prompt-ids",
+        &ids_arg.join(","),
+        "--out",
+        file.to_str().unwrap(),
+        "--backend",
+        "ndarray",
+        "--hidden-states",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let written = std::fs::read(&file).unwrap();
+    let written = SafeTensors::deserialize(&written).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join(model).join("config.json")).unwrap()).unwrap();
+    let (layers, hidden) =
+        (config["num_hidden_layers"].as_u64().unwrap() as usize, config["hidden_size"].as_u64().unwrap() as usize);
+    assert_eq!(written.len(), layers + 2, "logits and {} hidden states: {:?}", layers + 1, written.names());
+    for i in 0..=layers {
+        assert_eq!(written.tensor(&format!("hidden.{i}")).unwrap().shape(), [ids.len(), hidden]);
+    }
+    let checkpoint = std::fs::read(repo().join(model).join("model.safetensors")).unwrap();
+    let checkpoint = SafeTensors::deserialize(&checkpoint).unwrap();
+    let table = f32s(checkpoint.tensor("model.embed_tokens.weight").unwrap().data());
+    let expected: Vec<f32> = ids.iter().flat_map(|&i| table[i * hidden..(i + 1) * hidden].to_vec()).collect();
+    assert_eq!(f32s(written.tensor("hidden.0").unwrap().data()), expected);
+    let last = f32s(written.tensor(&format!("hidden.{layers}")).unwrap().data());
+    assert!(last.iter().all(|v| v.is_finite()) && last != expected);
+}
+
 #[test]
 fn info_json_reports_bamba_9b() {
     let run =

@@ -267,6 +267,22 @@ impl<B: BambaOps> BambaModel<B> {
         self.lm_head.forward(h)
     }
 
+    /// The hidden states of one prompt as f32 on the host, each `[len, hidden]` row-major: the
+    /// embeddings, then the output of every decoder layer (what transformers' `output_hidden_states`
+    /// holds before the final norm). For finding the layer where a mismatch with a reference starts.
+    pub fn prompt_hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, InputError> {
+        let t = self.ids_tensor(&[ids.to_vec()])?;
+        let mut x = self.embed(t);
+        let tables = self.rope.tables::<B>(0, ids.len(), &self.device, self.dtype);
+        let host = |x: &Tensor<B, 3>| x.clone().cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
+        let mut states = vec![host(&x)];
+        for layer in &self.layers {
+            x = layer.forward(x, &self.rope, &tables, &ChunkMasks::none(), None);
+            states.push(host(&x));
+        }
+        Ok(states)
+    }
+
     /// Validates one prompt and returns its logits `[len, vocab]` as f32 on the host (row-major).
     pub fn prompt_logits(&self, ids: &[u32]) -> Result<(Vec<f32>, [usize; 2]), InputError> {
         let t = self.ids_tensor(&[ids.to_vec()])?;
