@@ -775,14 +775,15 @@ fn check_half_precision_decode<B: BambaOps>(device: &B::Device) {
 /// Logits of every fixture prompt with the model in the device's 16-bit dtype (weights, activations and
 /// products in 16 bits; dt, the scan, the state and the norms' sums in f32) against transformers' float64
 /// logits, within a multiple of transformers' own distance from them when it computes in that dtype on the
-/// CPU (`bf16_vs_f64_max_abs`, `f16_vs_f64_max_abs` in the manifest, `scripts/make_fixtures.py`): the
-/// 16-bit noise floor. Those floors are 9e-3…9.5e-2 in f16 and 5.8e-2…0.76 in bf16 for logits of at most
-/// 4.9, so an error that is not rounding (a wrong dtype cast, a kernel reading 16-bit data as f32) shows up.
+/// CPU, taken over slightly different roundings (`bf16_spread_p90`, `f16_spread_p90` in the manifest,
+/// `scripts/make_fixtures.py`): the 16-bit noise floor. Those floors are 1.3e-2…0.14 in f16 and 0.11…1.2 in
+/// bf16 (0.11…0.31 but for groups2_tied and long_chunk) for logits of at most 4.9, so an error that is
+/// not rounding (a wrong dtype cast, a kernel reading 16-bit data as f32) shows up.
 fn check_half_precision_model<B: BambaOps>(device: &B::Device) {
     let Some(half) = half_dtype::<B>(device) else { return };
     let (precision, key) = match half {
-        DType::BF16 => (Precision::Bf16, "bf16_vs_f64_max_abs"),
-        _ => (Precision::F16, "f16_vs_f64_max_abs"),
+        DType::BF16 => (Precision::Bf16, "bf16_spread_p90"),
+        _ => (Precision::F16, "f16_spread_p90"),
     };
     let manifest = manifest();
     let mut failures = Vec::new();
@@ -793,7 +794,7 @@ fn check_half_precision_model<B: BambaOps>(device: &B::Device) {
             let (logits, _) = model.prompt_logits(&r.ids).unwrap();
             let diff = max_abs_diff(&logits, &r.logits);
             println!(
-                "{name} prompt {i} in {half:?} on {}: max |logits - transformers f64| = {diff:e}, {:.2} of transformers' own {half:?} floor {floor:e}",
+                "{name} prompt {i} in {half:?} on {}: max |logits - transformers f64| = {diff:e}, {:.2} of transformers' own {half:?} spread {floor:e}",
                 B::name(device),
                 diff / floor
             );
@@ -805,10 +806,14 @@ fn check_half_precision_model<B: BambaOps>(device: &B::Device) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// How far past transformers' own 16-bit floor `check_half_precision_model` lets us be: measured in f16 on
-/// lavapipe, 0.08…1.24 of it over the 24 prompts (our scan and state stay in f32, transformers' CPU path
-/// runs them in f16); 2.5 is twice the worst. bf16 on CUDA is held to the same multiple of the bf16 floor.
-const HALF_MODEL_FLOOR_MULTIPLE: f32 = 2.5;
+/// How far past transformers' own 16-bit floor `check_half_precision_model` lets us be. The floor is the
+/// spread of transformers' 16-bit error over slightly different roundings (`bf16_spread_p90`,
+/// `f16_spread_p90`; scripts/make_fixtures.py `half_spread_floors`), not one run of it: on
+/// bf16_sharded prompt 1 a single run gave 0.056 (eager) or 0.131 (SDPA) while every one of our
+/// layers, given the same input, is as close to float64 as transformers' own (scripts/layer_diffs.py).
+/// Measured against it: f16 on lavapipe at most 0.72 of it over the 24 prompts, bf16 on the H200 at most
+/// 1.13 (that prompt; session 15's logits). 2 leaves 1.8x room over the worst.
+const HALF_MODEL_FLOOR_MULTIPLE: f32 = 2.0;
 
 /// Max |difference| of the hidden states after each layer between `model` and the same checkpoint on
 /// the CPU: where a mismatch with transformers starts.
