@@ -29,7 +29,7 @@ use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
 use super::math::discretize_dt;
-use super::tiles::{has_f32_tiles, zero_accumulator, PAD, PAD_F32, PLANE, TILE};
+use super::tiles::{has_f32_tiles, mma_staged, zero_accumulator, StagedTiles, PAD, PAD_F32, PLANE, TILE};
 
 /// Positions per block of the output kernel (one 16-row tile per plane, 4 planes).
 const BLOCK: usize = 64;
@@ -220,32 +220,28 @@ fn chunk_state_kernel<F: Float>(
             false,
         );
         sync_cube();
-        #[unroll]
-        for kk in 0..STATE_STEP / TILE {
-            // A = (weighted x)ᵀ: element (p, t) sits at xs[t·x_ld + p], column-major
-            let a = cmma::Matrix::<F>::from_slice(
-                cmma::MatrixIdent::A,
-                TILE,
-                TILE,
-                TILE,
-                cmma::MatrixLayout::ColMajor,
-                &xs.slice(kk * TILE * x_ld + plane * TILE, STATE_STEP * x_ld),
-                x_ld as u32,
-            );
-            #[unroll]
-            for j in 0..state_cols / TILE {
-                let bt = cmma::Matrix::<F>::from_slice(
-                    cmma::MatrixIdent::B,
-                    TILE,
-                    TILE,
-                    TILE,
-                    cmma::MatrixLayout::RowMajor,
-                    &bs.slice(kk * TILE * b_ld + j * TILE, STATE_STEP * b_ld),
-                    b_ld as u32,
-                );
-                cmma::execute::<F, F, f32, f32>(&a, &bt, acc.index(j), acc.index(j));
-            }
-        }
+        // A = (weighted x)ᵀ: element (p, t) sits at xs[t·x_ld + p], column-major
+        mma_staged::<F>(
+            &mut acc,
+            &xs,
+            StagedTiles {
+                start: plane * TILE,
+                step_k: TILE * x_ld,
+                step_n: 0usize,
+                ld: x_ld,
+                layout: cmma::MatrixLayout::ColMajor,
+            },
+            &bs,
+            StagedTiles {
+                start: 0usize,
+                step_k: TILE * b_ld,
+                step_n: TILE,
+                ld: b_ld,
+                layout: cmma::MatrixLayout::RowMajor,
+            },
+            STATE_STEP / TILE,
+            state_cols / TILE,
+        );
         sync_cube();
         t0 += STATE_STEP;
     }
@@ -496,32 +492,22 @@ fn cb_kernel<F: Float>(
             false,
         );
         sync_cube();
-        #[unroll]
-        for kk in 0..STATE_COLS / TILE {
-            let a = cmma::Matrix::<F>::from_slice(
-                cmma::MatrixIdent::A,
-                TILE,
-                TILE,
-                TILE,
-                cmma::MatrixLayout::RowMajor,
-                &cs.slice(plane * TILE * ld + kk * TILE, BLOCK * ld),
-                ld as u32,
-            );
-            #[unroll]
-            for j in 0..BLOCK / TILE {
-                // Bᵀ: element (n, s) sits at bs[s·ld + n], column-major
-                let bt = cmma::Matrix::<F>::from_slice(
-                    cmma::MatrixIdent::B,
-                    TILE,
-                    TILE,
-                    TILE,
-                    cmma::MatrixLayout::ColMajor,
-                    &bs.slice(j * TILE * ld + kk * TILE, BLOCK * ld),
-                    ld as u32,
-                );
-                cmma::execute::<F, F, f32, f32>(&a, &bt, acc.index(j), acc.index(j));
-            }
-        }
+        // Bᵀ: element (n, s) sits at bs[s·ld + n], column-major
+        mma_staged::<F>(
+            &mut acc,
+            &cs,
+            StagedTiles {
+                start: plane * TILE * ld,
+                step_k: TILE,
+                step_n: 0usize,
+                ld,
+                layout: cmma::MatrixLayout::RowMajor,
+            },
+            &bs,
+            StagedTiles { start: 0usize, step_k: TILE, step_n: TILE * ld, ld, layout: cmma::MatrixLayout::ColMajor },
+            STATE_COLS / TILE,
+            BLOCK / TILE,
+        );
         sync_cube();
         n0 += STATE_COLS;
     }
@@ -642,32 +628,28 @@ fn chunk_scan_kernel<F: Float>(
             false,
         );
         sync_cube();
-        #[unroll]
-        for kk in 0..STATE_COLS / TILE {
-            let a = cmma::Matrix::<F>::from_slice(
-                cmma::MatrixIdent::A,
-                TILE,
-                TILE,
-                TILE,
-                cmma::MatrixLayout::RowMajor,
-                &stage_a.slice(plane * TILE * s_ld + kk * TILE, BLOCK * a_ld),
-                s_ld as u32,
-            );
-            #[unroll]
-            for j in 0..head_dim / TILE {
-                // S_inᵀ: element (n, p) sits at stage_b[p·s_ld + n], column-major
-                let st = cmma::Matrix::<F>::from_slice(
-                    cmma::MatrixIdent::B,
-                    TILE,
-                    TILE,
-                    TILE,
-                    cmma::MatrixLayout::ColMajor,
-                    &stage_b.slice(j * TILE * s_ld + kk * TILE, BLOCK * x_ld),
-                    s_ld as u32,
-                );
-                cmma::execute::<F, F, f32, f32>(&a, &st, acc.index(j), acc.index(j));
-            }
-        }
+        // S_inᵀ: element (n, p) sits at stage_b[p·s_ld + n], column-major
+        mma_staged::<F>(
+            &mut acc,
+            &stage_a,
+            StagedTiles {
+                start: plane * TILE * s_ld,
+                step_k: TILE,
+                step_n: 0usize,
+                ld: s_ld,
+                layout: cmma::MatrixLayout::RowMajor,
+            },
+            &stage_b,
+            StagedTiles {
+                start: 0usize,
+                step_k: TILE,
+                step_n: TILE * s_ld,
+                ld: s_ld,
+                layout: cmma::MatrixLayout::ColMajor,
+            },
+            STATE_COLS / TILE,
+            head_dim / TILE,
+        );
         sync_cube();
         n0 += STATE_COLS;
     }
@@ -735,31 +717,27 @@ fn chunk_scan_kernel<F: Float>(
             false,
         );
         sync_cube();
-        #[unroll]
-        for kk in 0..BLOCK / TILE {
-            let a = cmma::Matrix::<F>::from_slice(
-                cmma::MatrixIdent::A,
-                TILE,
-                TILE,
-                TILE,
-                cmma::MatrixLayout::RowMajor,
-                &stage_a.slice(plane * TILE * a_ld + kk * TILE, BLOCK * a_ld),
-                a_ld as u32,
-            );
-            #[unroll]
-            for j in 0..head_dim / TILE {
-                let xt = cmma::Matrix::<F>::from_slice(
-                    cmma::MatrixIdent::B,
-                    TILE,
-                    TILE,
-                    TILE,
-                    cmma::MatrixLayout::RowMajor,
-                    &stage_b.slice(kk * TILE * x_ld + j * TILE, BLOCK * x_ld),
-                    x_ld as u32,
-                );
-                cmma::execute::<F, F, f32, f32>(&a, &xt, acc.index(j), acc.index(j));
-            }
-        }
+        mma_staged::<F>(
+            &mut acc,
+            &stage_a,
+            StagedTiles {
+                start: plane * TILE * a_ld,
+                step_k: TILE,
+                step_n: 0usize,
+                ld: a_ld,
+                layout: cmma::MatrixLayout::RowMajor,
+            },
+            &stage_b,
+            StagedTiles {
+                start: 0usize,
+                step_k: TILE * x_ld,
+                step_n: TILE,
+                ld: x_ld,
+                layout: cmma::MatrixLayout::RowMajor,
+            },
+            BLOCK / TILE,
+            head_dim / TILE,
+        );
         sync_cube();
     }
 

@@ -45,3 +45,57 @@ pub fn zero_accumulator() -> cmma::Matrix<f32> {
         0.0f32,
     )
 }
+
+/// Where a product's tiles sit in a shared-memory stage: tile `(kk, j)` (k step `kk`, output column
+/// tile `j`) starts at element `start + kk·step_k + j·step_n`, rows `ld` elements apart, in `layout`.
+#[derive(CubeType, Clone, Copy)]
+pub struct StagedTiles {
+    pub start: usize,
+    #[cube(comptime)]
+    pub step_k: usize,
+    #[cube(comptime)]
+    pub step_n: usize,
+    #[cube(comptime)]
+    pub ld: usize,
+    #[cube(comptime)]
+    pub layout: cmma::MatrixLayout,
+}
+
+/// `acc[j] += Σ_kk A(kk) · B(kk, j)` for `kk < k_tiles`, `j < n_tiles`: a plane's block product
+/// from two staged operands (A's tiles do not depend on `j`, so its `step_n` is unused).
+#[cube]
+pub fn mma_staged<F: Float>(
+    acc: &mut Sequence<cmma::Matrix<f32>>,
+    a_stage: &SharedMemory<F>,
+    a: StagedTiles,
+    b_stage: &SharedMemory<F>,
+    b: StagedTiles,
+    #[comptime] k_tiles: usize,
+    #[comptime] n_tiles: usize,
+) {
+    #[unroll]
+    for kk in 0..k_tiles {
+        let at = cmma::Matrix::<F>::from_slice(
+            cmma::MatrixIdent::A,
+            TILE,
+            TILE,
+            TILE,
+            a.layout,
+            &a_stage.slice(a.start + kk * a.step_k, a_stage.len()),
+            a.ld as u32,
+        );
+        #[unroll]
+        for j in 0..n_tiles {
+            let bt = cmma::Matrix::<F>::from_slice(
+                cmma::MatrixIdent::B,
+                TILE,
+                TILE,
+                TILE,
+                b.layout,
+                &b_stage.slice(b.start + kk * b.step_k + j * b.step_n, b_stage.len()),
+                b.ld as u32,
+            );
+            cmma::execute::<F, F, f32, f32>(&at, &bt, acc.index(j), acc.index(j));
+        }
+    }
+}
