@@ -54,10 +54,15 @@
 # `flash_s15`, `diag_s15`, `final_s15`: the flash prefill kernel against the materialized path and SDPA,
 # pp4096 each way, every CUDA test, and bf16/f32 parity on random configs (the H200's transformers is
 # 5.17: see scripts/sweep_parity.py).
+# `diag_s16`: the hidden states after every layer of the bf16_sharded fixture's three prompts on CUDA
+# (bf16, f16, f32; `bamba logits --hidden-states`, compared here by scripts/layer_diffs.py), and
+# Nsight Compute's sections of one flash prefill attention launch (4096 tokens, Bamba-9B shape).
+# `check_s16`: every CUDA test (the tensor-core scan after its loops became one helper; the bf16
+# fixtures against the rounding-spread floors).
 #
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -501,6 +506,28 @@ flash_s15)
   done
   timeout 90 python3 scripts/sweep_parity.py .gpu/bamba --backend cuda --dtype bf16 --configs 3 > "$RAW/sweep_bf16.txt" 2>&1
   echo "sweep bf16 rc=$?"; grep -E "FAIL|^sweep" "$RAW/sweep_bf16.txt" | tail -4
+  ;;
+diag_s16)
+  m=tests/fixtures/bf16_sharded
+  i=0
+  for ids in $(python3 -c "from safetensors import safe_open; f = safe_open('$m/reference.safetensors', 'pt'); [print(','.join(map(str, f.get_tensor(f'prompt_{i}.ids').tolist()))) for i in range(3)]"); do
+    for v in cuda:bf16 cuda-unfused:bf16 cuda:f16 cuda:f32; do
+      timeout 60 .gpu/bamba logits --model $m --backend ${v%%:*} --dtype ${v##*:} --prompt-ids $ids --hidden-states \
+        --out "$RAW/hidden_p${i}_${v%%:*}_${v##*:}.safetensors" 2>> "$RAW/hidden.err"
+      echo "hidden p$i $v rc=$?"
+    done
+    i=$((i + 1))
+  done
+  sections="--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section InstructionStats"
+  BAMBA_FLASH_ATTENTION=1 timeout 200 /usr/local/cuda/bin/ncu --kernel-name regex:flash --launch-skip 1 --launch-count 1 $sections \
+    .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 --preset bamba-9b -t pp4096 -b 1 > "$RAW/ncu_flash.txt" 2>&1
+  echo "ncu flash rc=$?"
+  grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Issue Slots Busy|One or More Eligible|Warp Cycles Per Issued|Shared Memory Configuration|Dynamic Shared|Static Shared|Compute \(SM\) Throughput|Memory Throughput|Executed Ipc|Local" "$RAW/ncu_flash.txt" | head -40
+  ;;
+check_s16)
+  cuda_tests
+  grep -E "in BF16 on" "$RAW/tests.log" | grep -o "[0-9.]* of transformers" | sort -n | tail -3
+  grep -E "^test .*(ok|FAILED)$" "$RAW/tests.log" | sed 's/^test //' | tail -25
   ;;
 diag_s15)
   # Session 15, call 2: the flash kernel with a lazily moved row maximum (its tests, prefill attention
