@@ -1,28 +1,35 @@
-//! Causal prefill attention in one launch on tensor cores (`cmma`), flash-attention style: the
-//! scores never leave the chip. For 16-bit operands on devices with 16×16×16 tiles accumulating in
-//! f32 and 32-unit planes (CUDA).
+//! Causal prefill attention in one launch on tensor cores, flash-attention style: the scores never
+//! leave the chip. For 16-bit operands on CUDA (`mma.sync` m16n8k16 with f32 accumulation, `ldmatrix`).
 //!
 //! The materialized path (two batched products around a softmax kernel, in query blocks) writes,
 //! normalizes and reads back `rep · q_len × k_len` scores per KV head: at 4096 tokens and 32 heads
-//! about 0.7 GB in 16-bit, 1.14 ms on the H200 against SDPA's 0.26 ms (benches/results, session 13).
-//! Here a cube takes 64 queries of one head (a 16-row tile per plane) and walks the keys its last
-//! query sees in blocks of 64:
+//! about 0.7 GB in 16-bit, 1.15 ms on the H200 against SDPA's 0.26 ms (benches/results, session 15).
+//! Here a cube takes 64 queries of one head (16 rows per plane) and walks the keys its last query
+//! sees in blocks of 64, as FlashAttention-2 does:
 //!
 //! 1. stage the key and value block in shared memory (16-byte loads and stores);
-//! 2. `S = Q · Kᵀ` on tensor cores, into shared memory in f32 (each plane only its own 16 rows);
-//! 3. softmax in f32 (two units per row, interleaved columns) against a reference row maximum `m`:
-//!    `P = exp(scale·S − m)`, rounded to the operands' dtype as the materialized path rounds its
-//!    probabilities, and the row sum `l` in f32;
-//! 4. `O += P · V` on tensor cores, the output accumulating in f32 fragments across key blocks.
+//! 2. `S = Q · Kᵀ` with the plane's query fragments kept in registers, the key fragments loaded by
+//!    `ldmatrix` straight from the staged rows;
+//! 3. softmax on the accumulators themselves: a lane holds 2 rows × 16 of the block's columns, so a
+//!    row's maximum is 16 local comparisons and two shuffles across its 4 lanes. The running maximum
+//!    moves, the output so far is scaled in registers, `P = exp(scale·S − m)` in f32;
+//! 4. `O += P · V`: the accumulators of two 8-key tiles are, element for element, the A fragment of a
+//!    16-key step, so `P` is rounded to the operands' dtype (as the materialized path rounds its
+//!    probabilities) without leaving registers; V's fragments come from `ldmatrix .trans`.
 //!
-//! `m` moves only when a block's scores pass it by more than [`RESCALE_MARGIN`] (so probabilities
-//! stay below e^8); then the rows' output so far is scaled by `exp(m_old − m)` through shared memory
-//! (`wmma` fragments have no row layout to scale in place). After the first block that is rare.
-//! At the end each row is divided by `l`.
+//! At the end each row is divided by its sum (kept per lane, added across the 4 lanes once).
+//!
+//! Step 4 and the softmax rely on where `mma.sync` keeps each element (PTX ISA, "Matrix Fragments
+//! for mma.m16n8k16"). [`applies`] checks that layout once per process by asking the runtime
+//! (`MmaDefinition::position_of_nth`) for every lane's elements.
 //!
 //! Cubes take query blocks from the last one down, so that the longest (they see the most keys) start
 //! first. Rows of the last block past the prompt, and keys past the cache, are staged as zeros
 //! and never written or weighted.
+//!
+//! The previous version (session 15) ran on `wmma` tiles, whose layout is opaque: the scores went
+//! through shared memory in f32 and back, and the kernel held 255 registers per thread (12.5%
+//! occupancy, Nsight Compute, session 16): 2.06 ms at 4096 tokens.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -32,22 +39,29 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
+use cubecl::cmma::{MatrixIdent, MmaDefinition};
+use cubecl::features::MmaConfig;
+use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 
-use super::tiles::{has_f32_tiles, zero_accumulator, PAD, PAD_F32, PLANE, TILE};
+use super::ssd_step::plane_size_is;
+use super::tiles::{PAD, PLANE};
 
-/// Queries per cube (one 16-row tile per plane) and keys per step.
+/// Queries per cube and keys per step.
 const BLOCK: usize = 64;
+/// The `mma.sync` shape: 16 query rows (one plane's), 8 keys or output columns, 16 deep.
+const ROWS: usize = 16;
+const COLS: usize = 8;
+const DEPTH: usize = 16;
 /// Units per cube.
-const UNITS: usize = PLANE * (BLOCK / TILE);
-/// Most head_dim this path takes: each plane keeps `head_dim / 16` output accumulators.
+const UNITS: usize = PLANE * (BLOCK / ROWS);
+/// Most head_dim this path takes: each lane keeps `head_dim / 2` output accumulators.
 const MAX_HEAD_DIM: usize = 128;
-/// How far (in scaled-score units) a row's scores may pass its reference maximum before the
-/// maximum moves and the output accumulated so far is rescaled: probabilities stay below e^8.
-const RESCALE_MARGIN: f32 = 8.0;
 /// Elements per 16-byte load of a 16-bit operand.
 const VECTOR: usize = 8;
+/// A masked score: below any real one, and recognized before `exp`.
+const MASKED: f32 = -1.0e30;
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
 
@@ -56,10 +70,7 @@ pub fn runs() -> u64 {
     RUNS.load(Ordering::Relaxed)
 }
 
-/// Whether the flash path is on: off unless `BAMBA_FLASH_ATTENTION=1` or [`set_enabled`]. On the
-/// H200 it is still slower than the materialized path it would replace (4096 tokens, 32/8 heads ×
-/// 128: 2.06 ms against 1.15 ms; pp4096 of the Llama shape 27,311 against 31,468 tok/s; session 15),
-/// so it is opt-in until it is faster.
+/// Whether the flash path is on: off unless `BAMBA_FLASH_ATTENTION=1` or [`set_enabled`].
 fn enabled() -> bool {
     switch().load(Ordering::Relaxed)
 }
@@ -70,28 +81,115 @@ fn switch() -> &'static AtomicBool {
 }
 
 /// Turns the flash path on or off for this process (tests and benches; the default is the environment's).
-pub fn set_enabled(on: bool) {
-    switch().store(on, Ordering::Relaxed);
+/// Returns whether it was on.
+pub fn set_enabled(on: bool) -> bool {
+    switch().swap(on, Ordering::Relaxed)
 }
 
-/// Whether a causal attention of this dtype and head_dim runs here: the path enabled ([`set_enabled`]), 16-bit
-/// operands with f32-accumulating 16×16×16 tiles, 32-unit planes, and `head_dim` a multiple of 16
-/// up to 128. (An explicit mask, i.e. left padding, takes the materialized path.)
+/// Whether a causal attention of this dtype and head_dim runs here: the path enabled ([`set_enabled`]),
+/// 16-bit operands with m16n8k16 `mma` accumulating in f32 and `ldmatrix`, 32-unit planes, the fragment
+/// layout this kernel is written for ([`layout_is_ptx`]), and `head_dim` a multiple of 16 up to 128.
+/// (An explicit mask, i.e. left padding, takes the materialized path.)
 pub fn applies<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, head_dim: usize) -> bool {
-    if !matches!(dtype, DType::BF16 | DType::F16) || !enabled() {
+    if !matches!(dtype, DType::BF16 | DType::F16) || !enabled() || head_dim % DEPTH != 0 || head_dim > MAX_HEAD_DIM {
         return false;
     }
-    has_f32_tiles(client, dtype)
-        && client.features().plane.contains(cubecl::features::Plane::Ops)
-        && head_dim % TILE == 0
-        && head_dim <= MAX_HEAD_DIM
+    let kind = if dtype == DType::BF16 { FloatKind::BF16 } else { FloatKind::F16 };
+    let mma = MmaConfig {
+        a_type: dtype.into(),
+        b_type: dtype.into(),
+        cd_type: DType::F32.into(),
+        m: ROWS as u32,
+        n: COLS as u32,
+        k: DEPTH as u32,
+    };
+    let features = client.features();
+    plane_size_is(client, PLANE)
+        && features.plane.contains(cubecl::features::Plane::Ops)
+        && features.matmul.mma.contains(&mma)
+        && features.matmul.ldmatrix.contains(&ElemType::Float(kind).into())
+        && layout_is_ptx(client, dtype)
+}
+
+/// Every lane's (row, column) of the A (16×16), B (16×8) and accumulator (16×8) fragments, as the
+/// runtime places them: 16 pairs per lane.
+#[cube(launch)]
+fn layout_probe_kernel<F: Float>(positions: &mut Array<u32>, #[define(F)] _dtype: StorageType) {
+    let mma = MmaDefinition::<F, F, f32>::new(ROWS, COLS, DEPTH);
+    let lane = UNIT_POS_PLANE;
+    let base = lane as usize * 32;
+    #[unroll]
+    for n in 0..mma.elems_per_lane(MatrixIdent::A) {
+        let (r, c) = mma.position_of_nth(lane, n as u32, MatrixIdent::A);
+        positions[base + 2 * n] = r;
+        positions[base + 2 * n + 1] = c;
+    }
+    #[unroll]
+    for n in 0..mma.elems_per_lane(MatrixIdent::B) {
+        let (r, c) = mma.position_of_nth(lane, n as u32, MatrixIdent::B);
+        positions[base + 16 + 2 * n] = r;
+        positions[base + 16 + 2 * n + 1] = c;
+    }
+    #[unroll]
+    for n in 0..mma.elems_per_lane(MatrixIdent::Accumulator) {
+        let (r, c) = mma.position_of_nth(lane, n as u32, MatrixIdent::Accumulator);
+        positions[base + 24 + 2 * n] = r;
+        positions[base + 24 + 2 * n + 1] = c;
+    }
+}
+
+/// The PTX fragment layout of m16n8k16 with 16-bit A/B and f32 accumulators, lane `l` = 4g + t:
+/// A element n at (g + 8·⌊n/2⌋ mod 2, 2t + n mod 2 + 8·⌊n/4⌋), B element n at (2t + n mod 2 + 8·⌊n/2⌋, g),
+/// accumulator element n at (g + 8·⌊n/2⌋, 2t + n mod 2).
+fn ptx_positions() -> Vec<u32> {
+    let mut out = vec![0u32; PLANE * 32];
+    for lane in 0..PLANE {
+        let (g, t) = (lane / 4, lane % 4);
+        let base = lane * 32;
+        for n in 0..8 {
+            out[base + 2 * n] = (g + 8 * ((n / 2) % 2)) as u32;
+            out[base + 2 * n + 1] = (2 * t + n % 2 + 8 * (n / 4)) as u32;
+        }
+        for n in 0..4 {
+            out[base + 16 + 2 * n] = (2 * t + n % 2 + 8 * (n / 2)) as u32;
+            out[base + 16 + 2 * n + 1] = g as u32;
+            out[base + 24 + 2 * n] = (g + 8 * (n / 2)) as u32;
+            out[base + 24 + 2 * n + 1] = (2 * t + n % 2) as u32;
+        }
+    }
+    out
+}
+
+/// Whether the runtime's m16n8k16 fragments are laid out as PTX documents them (checked once per
+/// process and dtype on the device itself).
+fn layout_is_ptx<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
+    static BF16: OnceLock<bool> = OnceLock::new();
+    static F16: OnceLock<bool> = OnceLock::new();
+    let cell = if dtype == DType::BF16 { &BF16 } else { &F16 };
+    *cell.get_or_init(|| {
+        let len = PLANE * 32;
+        let unset: Vec<u8> = vec![0xff; len * 4];
+        let handle = client.create_from_slice(&unset);
+        layout_probe_kernel::launch::<R>(
+            client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(PLANE as u32),
+            // SAFETY: the buffer holds `len` u32
+            unsafe { ArrayArg::from_raw_parts(handle.clone(), len) },
+            dtype.into(),
+        );
+        let Ok(bytes) = client.read_one(handle) else { return false };
+        let positions: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        positions == ptx_positions()
+    })
 }
 
 /// Copies `64 × head_dim` of a contiguous `[.., len, head_dim]` operand, from row `first`, into
 /// `stage` (row stride `ld` elements), 16 bytes per load and per store (consecutive lanes on
-/// consecutive 16 bytes: no bank conflicts; scalar 2-byte stores had four-way conflicts); rows at or
-/// past `len` become zeros. Unrolled so that all of a unit's loads are in flight before its first
-/// store. Every unit of the cube calls it.
+/// consecutive 16 bytes: no bank conflicts). Rows at or past `len` repeat row `len − 1`: finite values
+/// that the causal mask, the key mask and the output guard all ignore, loaded without a branch or a
+/// select per element. Unrolled so that all of a unit's loads are in flight before its first store.
+/// Every unit of the cube calls it.
 #[cube]
 fn stage_rows<F: Float, N: Size>(
     src: &Tensor<Vector<F, N>>,
@@ -103,40 +201,54 @@ fn stage_rows<F: Float, N: Size>(
     #[comptime] ld: usize,
 ) {
     let per_row = comptime!(head_dim / VECTOR);
-    let per_unit = comptime!((BLOCK * head_dim / VECTOR).div_ceil(UNITS));
+    let total = comptime!(BLOCK * head_dim / VECTOR);
+    let per_unit = comptime!(total.div_ceil(UNITS));
+    // head_dims whose block is not a whole number of passes (80: 640 vectors) guard the last one
+    let exact = comptime!(total % UNITS == 0);
+    let last = len - 1;
     let mut values = Array::<Vector<F, N>>::new(per_unit);
     #[unroll]
     for j in 0..per_unit {
-        let i = UNIT_POS as usize + j * UNITS;
-        let r = i / per_row;
-        let mut v = Vector::<F, N>::new(F::new(0.0));
-        if i < BLOCK * per_row && first + r < len {
-            v = src[(base + (first + r) * head_dim) / VECTOR + i % per_row];
+        let mut i = UNIT_POS as usize + j * UNITS;
+        if !exact {
+            i = usize::min(i, total - 1);
         }
-        values[j] = v;
+        let row = usize::min(first + i / per_row, last);
+        values[j] = src[(base + row * head_dim) / VECTOR + i % per_row];
     }
     #[unroll]
     for j in 0..per_unit {
         let i = UNIT_POS as usize + j * UNITS;
-        if i < BLOCK * per_row {
+        if exact || i < total {
             stage[(i / per_row) * (ld / VECTOR) + i % per_row] = values[j];
         }
     }
 }
 
-/// The 16×16 fragment at element `start` of a stage of 16-byte vectors whose rows are `ld`
-/// elements apart (`start` a multiple of the vector).
+/// The two B fragments an `ldmatrix` ×4 returned, as separate operands.
 #[cube]
-fn stage_fragment<F: Float, N: Size>(
-    stage: &SharedMemory<Vector<F, N>>,
-    start: usize,
-    #[comptime] ident: cmma::MatrixIdent,
-    #[comptime] layout: cmma::MatrixLayout,
-    #[comptime] ld: usize,
-) -> cmma::Matrix<F> {
-    // SAFETY: loaded in full below
-    let fragment = unsafe { cmma::Matrix::<F>::uninitialized(ident, TILE, TILE, TILE, layout) };
-    cmma::load(&fragment, &stage.slice(start / VECTOR, BLOCK * ld / VECTOR), ld as u32);
+fn split_pair<F: Float, NB: Size>(
+    pair: &Array<Vector<F, NB>>,
+    #[comptime] vectors: usize,
+) -> (Array<Vector<F, NB>>, Array<Vector<F, NB>>) {
+    let mut first = Array::<Vector<F, NB>>::new(vectors);
+    let mut second = Array::<Vector<F, NB>>::new(vectors);
+    #[unroll]
+    for i in 0..vectors {
+        first[i] = pair[i];
+        second[i] = pair[vectors + i];
+    }
+    (first, second)
+}
+
+/// `Array` of accumulator vectors holding zeros.
+#[cube]
+fn zero_fragment<NC: Size>(#[comptime] vectors: usize) -> Array<Vector<f32, NC>> {
+    let mut fragment = Array::<Vector<f32, NC>>::new(vectors);
+    #[unroll]
+    for i in 0..vectors {
+        fragment[i] = Vector::<f32, NC>::new(0.0f32);
+    }
     fragment
 }
 
@@ -152,6 +264,16 @@ fn flash_attention_kernel<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[define(F)] _dtype: StorageType,
 ) {
+    let mma = MmaDefinition::<F, F, f32>::new(ROWS, COLS, DEPTH);
+    let a_width = mma.vector_size(MatrixIdent::A);
+    let c_width = mma.vector_size(MatrixIdent::Accumulator);
+    let size!(NA) = a_width;
+    let size!(NB) = mma.vector_size(MatrixIdent::B);
+    let size!(NC) = c_width;
+    let a_vectors = mma.vectors_per_lane(MatrixIdent::A);
+    let b_vectors = mma.vectors_per_lane(MatrixIdent::B);
+    let c_vectors = mma.vectors_per_lane(MatrixIdent::Accumulator);
+
     let heads = q.shape(1);
     let q_len = q.shape(2);
     let kv_heads = k.shape(1);
@@ -165,250 +287,211 @@ fn flash_attention_kernel<F: Float, N: Size>(
     let plane = UNIT_POS_Y as usize;
     let lane = UNIT_POS_X as usize;
     let q0 = qb * BLOCK;
-    let kv_ld = comptime!(head_dim + PAD);
-    let s_ld = comptime!(BLOCK + PAD_F32);
-    let p_ld = comptime!(BLOCK + PAD);
-    let tiles = comptime!(head_dim / TILE);
-    // Key and value stages hold 16-byte vectors; fragments load from them with strides in elements.
-    let mut ks = SharedMemory::<Vector<F, N>>::new_aligned(BLOCK * kv_ld / VECTOR, 32usize);
-    let mut vs = SharedMemory::<Vector<F, N>>::new_aligned(BLOCK * kv_ld / VECTOR, 32usize);
-    let mut ss = SharedMemory::<f32>::new_aligned(BLOCK * s_ld, 32usize);
-    let mut ps = SharedMemory::<F>::new_aligned(BLOCK * p_ld, 32usize);
-    let mut row_factor = SharedMemory::<f32>::new(BLOCK);
+    // staged rows: `ld` elements, `ldv` 16-byte vectors apart (the padding puts the 8 rows one
+    // `ldmatrix` reads on different banks)
+    let ld = comptime!(head_dim + PAD);
+    let ldv = comptime!(ld / VECTOR);
+    let dim_steps = comptime!(head_dim / DEPTH);
+    let dim_tiles = comptime!(head_dim / COLS);
+    let key_tiles = comptime!(BLOCK / COLS);
+    let mut ks = SharedMemory::<Vector<F, N>>::new_aligned(BLOCK * ldv, 16usize);
+    let mut vs = SharedMemory::<Vector<F, N>>::new_aligned(BLOCK * ldv, 16usize);
 
-    // This plane's 16 query rows as A fragments, staged through the key buffer.
-    stage_rows::<F, N>(q, &mut ks, bh * q_len * head_dim, q0, q_len, head_dim, kv_ld);
+    // This plane's 16 query rows as A fragments, staged through the key buffer (`ldmatrix` ×4:
+    // lanes 0–15 give rows 0–15 at column 0, lanes 16–31 the same rows at column 8).
+    stage_rows::<F, N>(q, &mut ks, bh * q_len * head_dim, q0, q_len, head_dim, ld);
     sync_cube();
-    let mut qf = Sequence::<cmma::Matrix<F>>::new();
+    let mut qf = Sequence::<Array<Vector<F, NA>>>::new();
     #[unroll]
-    for kk in 0..tiles {
-        qf.push(stage_fragment::<F, N>(
-            &ks,
-            plane * TILE * kv_ld + kk * TILE,
-            cmma::MatrixIdent::A,
-            cmma::MatrixLayout::RowMajor,
-            kv_ld,
-        ));
+    for kk in 0..dim_steps {
+        let at = (plane * ROWS + lane % 16usize) * ldv + (kk * DEPTH + (lane / 16) * 8usize) / VECTOR;
+        qf.push(mma.load_matrix::<Vector<F, N>, NA>(&ks.slice(at, at + 1), MatrixIdent::A, a_vectors, false));
     }
     sync_cube();
 
-    // Softmax roles: unit (row r, half) reads columns 2j + half of row r.
-    let r = lane % TILE;
-    let half = lane / TILE;
-    let my_row = plane * TILE + r;
-    let q_pos = query_offset as usize + q0 + my_row;
-    // The row's reference maximum (probabilities are exp(scale·s − m)) and its sum of them.
-    let mut m = f32::new(-1.0e30);
-    let mut l = 0.0f32;
+    // A lane holds rows g and g + 8 of the plane's 16 (slots 0 and 1), columns 2t and 2t + 1 of
+    // every 8-wide tile.
+    let g = lane / 4usize;
+    let t = lane % 4usize;
+    let row_pos = query_offset as usize + q0 + plane * ROWS + g;
+    // per slot: the running maximum of scale·s and this lane's share of the row sum
+    let mut m = Array::<f32>::new(2usize);
+    let mut l = Array::<f32>::new(2usize);
+    #[unroll]
+    for slot in 0..2usize {
+        m[slot] = MASKED;
+        l[slot] = 0.0f32;
+    }
     let last_query = query_offset as usize + usize::min(q0 + BLOCK, q_len);
     let key_end = usize::min(k_len, last_query);
     let kv_base = kv * k_len * head_dim;
-    // S's accumulators (a 16×64 block of scores, cleared per key block) and the output's (16 × head_dim)
-    let mut sacc = Sequence::<cmma::Matrix<f32>>::new();
+    let mut o = Sequence::<Array<Vector<f32, NC>>>::new();
     #[unroll]
-    for _ in 0..BLOCK / TILE {
-        sacc.push(zero_accumulator());
-    }
-    let mut acc = Sequence::<cmma::Matrix<f32>>::new();
-    #[unroll]
-    for _ in 0..tiles {
-        acc.push(zero_accumulator());
+    for _ in 0..dim_tiles {
+        o.push(zero_fragment::<NC>(c_vectors));
     }
     let mut k0 = 0usize;
     while k0 < key_end {
-        stage_rows::<F, N>(k, &mut ks, kv_base, k0, k_len, head_dim, kv_ld);
-        stage_rows::<F, N>(v, &mut vs, kv_base, k0, k_len, head_dim, kv_ld);
+        stage_rows::<F, N>(k, &mut ks, kv_base, k0, k_len, head_dim, ld);
+        stage_rows::<F, N>(v, &mut vs, kv_base, k0, k_len, head_dim, ld);
         sync_cube();
 
-        // S = Q · Kᵀ for the plane's 16 rows: Kᵀ's element (d, key) sits at ks[key·kv_ld + d]
+        // S = Q · Kᵀ, 8 keys per tile. Kᵀ's B fragments are K's rows as they are, two 16-deep steps
+        // per `ldmatrix` ×4 (lanes 0–7 give keys 0–7 at column 0, lanes 8–15 at 8, 16–23 at 16,
+        // 24–31 at 24).
+        let mut s = Sequence::<Array<Vector<f32, NC>>>::new();
         #[unroll]
-        for j in 0..BLOCK / TILE {
-            cmma::fill(sacc.index(j), 0.0f32);
-        }
-        #[unroll]
-        for kk in 0..tiles {
+        for j in 0..key_tiles {
+            let mut acc = zero_fragment::<NC>(c_vectors);
             #[unroll]
-            for j in 0..BLOCK / TILE {
-                let kt = stage_fragment::<F, N>(
-                    &ks,
-                    j * TILE * kv_ld + kk * TILE,
-                    cmma::MatrixIdent::B,
-                    cmma::MatrixLayout::ColMajor,
-                    kv_ld,
+            for kk in 0..dim_steps / 2 {
+                let at = (j * COLS + lane % 8usize) * ldv + (kk * 2 * DEPTH + (lane / 8usize) * 8usize) / VECTOR;
+                let pair = mma.load_matrix::<Vector<F, N>, NB>(
+                    &ks.slice(at, at + 1),
+                    MatrixIdent::B,
+                    comptime!(2 * b_vectors),
+                    false,
                 );
-                cmma::execute::<F, F, f32, f32>(qf.index(kk), &kt, sacc.index(j), sacc.index(j));
+                let (first, second) = split_pair::<F, NB>(&pair, b_vectors);
+                mma.execute_inplace(qf.index(comptime!(2 * kk)), &first, &mut acc);
+                mma.execute_inplace(qf.index(comptime!(2 * kk + 1)), &second, &mut acc);
             }
+            if comptime!(dim_steps % 2 == 1) {
+                // an odd step count (head_dim 80): the last step alone, `ldmatrix` ×2
+                let kk = comptime!(dim_steps - 1);
+                let at = (j * COLS + lane % 8usize) * ldv + (kk * DEPTH + ((lane / 8usize) % 2usize) * 8usize) / VECTOR;
+                let kt = mma.load_matrix::<Vector<F, N>, NB>(&ks.slice(at, at + 1), MatrixIdent::B, b_vectors, false);
+                mma.execute_inplace(qf.index(kk), &kt, &mut acc);
+            }
+            s.push(acc);
         }
-        #[unroll]
-        for j in 0..BLOCK / TILE {
-            cmma::store(
-                &mut ss.slice_mut(plane * TILE * s_ld + j * TILE, BLOCK * s_ld),
-                sacc.index(j),
-                s_ld as u32,
-                cmma::MatrixLayout::RowMajor,
-            );
-        }
-        sync_plane();
 
-        // Softmax against the reference maximum. It moves only when a score passes it by more than
-        // RESCALE_MARGIN (probabilities up to e^8 are exact enough in f32 sums and 16-bit operands),
-        // so that the accumulated output rarely needs rescaling (as FlashAttention-3 does).
-        let mut scores = Array::<f32>::new(comptime!(BLOCK / 2));
-        let mut block_max = f32::new(-1.0e30);
-        #[unroll]
-        for j in 0..BLOCK / 2 {
-            let key = k0 + 2 * j + half;
-            let mut s = f32::new(-1.0e30);
-            if key <= q_pos && key < k_len {
-                s = ss[my_row * s_ld + 2 * j + half] * scale;
-            }
-            scores[j] = s;
-            block_max = f32::max(block_max, s);
-        }
-        block_max = f32::max(block_max, plane_shuffle_xor(block_max, TILE as u32));
-        let mut factor = 1.0f32;
-        let moves = block_max > m + RESCALE_MARGIN;
-        if moves {
-            factor = f32::exp(m - block_max);
-            m = block_max;
-        }
-        let mut sum = 0.0f32;
-        #[unroll]
-        for j in 0..BLOCK / 2 {
-            let key = k0 + 2 * j + half;
-            let mut p = 0.0f32;
-            if key <= q_pos && key < k_len {
-                p = f32::exp(scores[j] - m);
-            }
-            sum += p;
-            ps[my_row * p_ld + 2 * j + half] = F::cast_from(p);
-        }
-        sum += plane_shuffle_xor(sum, TILE as u32);
-        l = l * factor + sum;
-        if half == 0 {
-            row_factor[my_row] = factor;
-        }
-        // the plane's rows whose maximum moved: their output so far scaled by `factor`, through
-        // shared memory (the score stage, free now) half a row of tiles at a time
-        if plane_any(moves) && k0 > 0 {
-            sync_plane();
-            scale_rows(&mut acc, &mut ss, &row_factor, plane, s_ld, tiles);
-        }
-        sync_plane();
-
-        // O += P · V
-        #[unroll]
-        for kk in 0..BLOCK / TILE {
-            let a = cmma::Matrix::<F>::from_slice(
-                cmma::MatrixIdent::A,
-                TILE,
-                TILE,
-                TILE,
-                cmma::MatrixLayout::RowMajor,
-                &ps.slice(plane * TILE * p_ld + kk * TILE, BLOCK * p_ld),
-                p_ld as u32,
-            );
+        // Blocks that reach past the cube's first query or past the keys: masked scores to MASKED.
+        // Most blocks do not, and skip this.
+        if k0 + BLOCK > query_offset as usize + q0 || k0 + BLOCK > k_len {
             #[unroll]
-            for j in 0..tiles {
-                let vt = stage_fragment::<F, N>(
-                    &vs,
-                    kk * TILE * kv_ld + j * TILE,
-                    cmma::MatrixIdent::B,
-                    cmma::MatrixLayout::RowMajor,
-                    kv_ld,
-                );
-                cmma::execute::<F, F, f32, f32>(&a, &vt, acc.index(j), acc.index(j));
+            for j in 0..key_tiles {
+                #[unroll]
+                for i in 0..c_vectors {
+                    let mut values = s.index(j)[i];
+                    #[unroll]
+                    for e in 0..c_width {
+                        let n = comptime!(i * c_width + e);
+                        let key = k0 + j * COLS + 2usize * t + comptime!(n % 2);
+                        let outside = key > row_pos + comptime!(n / 2) * 8usize || key >= k_len;
+                        values[e] = select(outside, MASKED, values[e]);
+                    }
+                    s.index_mut(j)[i] = values;
+                }
             }
         }
-        // the next block overwrites every stage
+        // Each slot's block maximum across the row's 4 lanes, the running maximum (scaled) and the
+        // factor that takes what was summed so far to it. A row with every key so far masked sums
+        // exp(0) of its masked scores, which the first real maximum multiplies by exp(MASKED·scale − m) = 0.
+        let mut block_max = Array::<f32>::new(2usize);
+        block_max[0usize] = MASKED;
+        block_max[1usize] = MASKED;
+        #[unroll]
+        for j in 0..key_tiles {
+            #[unroll]
+            for i in 0..c_vectors {
+                let values = s.index(j)[i];
+                #[unroll]
+                for e in 0..c_width {
+                    let slot = comptime!((i * c_width + e) / 2);
+                    block_max[slot] = f32::max(block_max[slot], values[e]);
+                }
+            }
+        }
+        let mut factor = Array::<f32>::new(2usize);
+        #[unroll]
+        for slot in 0..2usize {
+            let mut x = block_max[slot];
+            x = f32::max(x, plane_shuffle_xor(x, 1u32));
+            x = f32::max(x, plane_shuffle_xor(x, 2u32));
+            let moved = f32::max(m[slot], x * scale);
+            factor[slot] = f32::exp(m[slot] - moved);
+            m[slot] = moved;
+            l[slot] *= factor[slot];
+        }
+        // the output so far, at the new maximum
+        #[unroll]
+        for j in 0..dim_tiles {
+            #[unroll]
+            for i in 0..c_vectors {
+                let mut values = o.index(j)[i];
+                #[unroll]
+                for e in 0..c_width {
+                    values[e] *= factor[comptime!((i * c_width + e) / 2)];
+                }
+                o.index_mut(j)[i] = values;
+            }
+        }
+
+        // O += P · V, 16 keys per step: A element n of step kk is element n mod 4 of score tile
+        // 2kk + ⌊n/4⌋, P = exp(scale·s − m). V's B fragments: `ldmatrix .trans` ×4 for two 8-wide
+        // output tiles (lanes 0–15 give keys 0–15 at the first tile's column, 16–31 at the second's).
+        #[unroll]
+        for kk in 0..BLOCK / DEPTH {
+            let mut p = Array::<Vector<F, NA>>::new(a_vectors);
+            #[unroll]
+            for i in 0..a_vectors {
+                let mut values = Vector::<F, NA>::empty();
+                #[unroll]
+                for e in 0..a_width {
+                    let n = comptime!(i * a_width + e);
+                    let cn = comptime!(n % 4);
+                    let slot = comptime!(cn / 2);
+                    let x = s.index(comptime!(2 * kk + n / 4))[comptime!(cn / c_width)][comptime!(cn % c_width)];
+                    let prob = f32::exp(x * scale - m[slot]);
+                    l[slot] += prob;
+                    values[e] = F::cast_from(prob);
+                }
+                p[i] = values;
+            }
+            #[unroll]
+            for j in 0..dim_tiles / 2 {
+                let at = (kk * DEPTH + lane % 16usize) * ldv + (j * 2 + lane / 16usize) * COLS / VECTOR;
+                let pair = mma.load_matrix::<Vector<F, N>, NB>(
+                    &vs.slice(at, at + 1),
+                    MatrixIdent::B,
+                    comptime!(2 * b_vectors),
+                    true,
+                );
+                let (first, second) = split_pair::<F, NB>(&pair, b_vectors);
+                mma.execute_inplace(&p, &first, o.index_mut(comptime!(2 * j)));
+                mma.execute_inplace(&p, &second, o.index_mut(comptime!(2 * j + 1)));
+            }
+        }
+        // the next block overwrites both stages
         sync_cube();
         k0 += BLOCK;
     }
 
-    // normalize by each row's sum and write the rows inside the prompt, 4 tiles at a time
-    if half == 0 {
-        row_factor[my_row] = 1.0f32 / l;
+    // each row's sum across its 4 lanes, then the rows inside the prompt divided by it
+    let mut inverse = Array::<f32>::new(2usize);
+    #[unroll]
+    for slot in 0..2usize {
+        let mut sum = l[slot];
+        sum += plane_shuffle_xor(sum, 1u32);
+        sum += plane_shuffle_xor(sum, 2u32);
+        inverse[slot] = 1.0f32 / sum;
     }
     #[unroll]
-    for part in 0..comptime!(tiles.div_ceil(BLOCK / TILE)) {
-        sync_plane();
-        store_tiles(&acc, &mut ss, plane, part, s_ld, tiles);
-        sync_plane();
-        let cols = comptime!(usize::min(BLOCK, head_dim));
+    for j in 0..dim_tiles {
         #[unroll]
-        for i in 0..TILE * cols / PLANE {
-            let at = lane + i * PLANE;
-            let row = plane * TILE + at / cols;
-            let col = part * BLOCK + at % cols;
-            if q0 + row < q_len && col < head_dim {
-                out[(bh * q_len + q0 + row) * head_dim + col] =
-                    F::cast_from(ss[row * s_ld + at % cols] * row_factor[row]);
+        for i in 0..c_vectors {
+            let values = o.index(j)[i];
+            #[unroll]
+            for e in 0..c_width {
+                let n = comptime!(i * c_width + e);
+                let row = plane * ROWS + g + comptime!(n / 2) * 8;
+                if q0 + row < q_len {
+                    out[(bh * q_len + q0 + row) * head_dim + j * COLS + 2usize * t + comptime!(n % 2)] =
+                        F::cast_from(values[e] * inverse[comptime!(n / 2)]);
+                }
             }
         }
-    }
-}
-
-/// Stores output tiles `4·part .. 4·part + 4` (those below `tiles`) side by side into the plane's 16
-/// rows of `stage` (row stride `ld`).
-#[cube]
-fn store_tiles(
-    acc: &Sequence<cmma::Matrix<f32>>,
-    stage: &mut SharedMemory<f32>,
-    plane: usize,
-    #[comptime] part: usize,
-    #[comptime] ld: usize,
-    #[comptime] tiles: usize,
-) {
-    #[unroll]
-    for j in 0..BLOCK / TILE {
-        let t = part * (BLOCK / TILE) + j;
-        if t < tiles {
-            cmma::store(
-                &mut stage.slice_mut(plane * TILE * ld + j * TILE, BLOCK * ld),
-                acc.index(t),
-                ld as u32,
-                cmma::MatrixLayout::RowMajor,
-            );
-        }
-    }
-}
-
-/// Multiplies row `r` of the plane's output accumulators by `row_factor[plane·16 + r]`: `wmma`
-/// fragments have no row layout to scale in place, so 4 tiles at a time go through `stage`.
-#[cube]
-fn scale_rows(
-    acc: &mut Sequence<cmma::Matrix<f32>>,
-    stage: &mut SharedMemory<f32>,
-    row_factor: &SharedMemory<f32>,
-    plane: usize,
-    #[comptime] ld: usize,
-    #[comptime] tiles: usize,
-) {
-    let lane = UNIT_POS_X as usize;
-    #[unroll]
-    for part in 0..comptime!(tiles.div_ceil(BLOCK / TILE)) {
-        store_tiles(acc, stage, plane, part, ld, tiles);
-        sync_plane();
-        #[unroll]
-        for i in 0..TILE * BLOCK / PLANE {
-            let at = lane + i * PLANE;
-            let row = plane * TILE + at / BLOCK;
-            stage[row * ld + at % BLOCK] *= row_factor[row];
-        }
-        sync_plane();
-        #[unroll]
-        for j in 0..BLOCK / TILE {
-            let t = part * (BLOCK / TILE) + j;
-            if t < tiles {
-                cmma::load_with_layout(
-                    acc.index(t),
-                    &stage.slice(plane * TILE * ld + j * TILE, BLOCK * ld),
-                    ld as u32,
-                    cmma::MatrixLayout::RowMajor,
-                );
-            }
-        }
-        sync_plane();
     }
 }
 
@@ -440,7 +523,7 @@ pub fn launch<R: CubeRuntime>(
         flash_attention_kernel::launch_unchecked::<R>(
             &client,
             CubeCount::Static(q_len.div_ceil(BLOCK) as u32, (batch * heads) as u32, 1),
-            CubeDim::new_2d(PLANE as u32, (BLOCK / TILE) as u32),
+            CubeDim::new_2d(PLANE as u32, (BLOCK / ROWS) as u32),
             VECTOR,
             q.into_tensor_arg(),
             k.into_tensor_arg(),

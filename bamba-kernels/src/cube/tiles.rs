@@ -1,7 +1,8 @@
-//! What the tensor-core (`cmma`) kernels share: the 16×16×16 tile, the 32-unit plane they are
-//! written for, the padding of rows staged in shared memory, the check that a device has such tiles,
-//! and a zeroed f32 accumulator. Used by the SSD scan's matmul form (`ssd_chunked.rs`) and the flash
-//! prefill attention (`flash_attention.rs`).
+//! What the tensor-core kernels share: the 16×16×16 `cmma` tile, the 32-unit plane they are written
+//! for, the padding of rows staged in shared memory, the check that a device has such tiles, a zeroed
+//! f32 accumulator and the block product over two staged operands. The SSD scan's matmul form
+//! (`ssd_chunked.rs`) uses all of it; the flash prefill attention (`flash_attention.rs`, on `mma.sync`
+//! fragments instead) the plane and the padding.
 
 use burn::tensor::DType;
 use burn_cubecl::CubeRuntime;
