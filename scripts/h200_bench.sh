@@ -58,11 +58,15 @@
 # (bf16, f16, f32; `bamba logits --hidden-states`, compared here by scripts/layer_diffs.py), and
 # Nsight Compute's sections of one flash prefill attention launch (4096 tokens, Bamba-9B shape).
 # `check_s16`: every CUDA test (the tensor-core scan after its loops became one helper; the bf16
-# fixtures against the rounding-spread floors).
+# fixtures against the rounding-spread floors). `flash_s16`: the flash kernel on `mma.sync` fragments
+# (softmax in registers): its tests, prefill attention with it and without it beside SDPA, pp4096 of
+# both shapes each way, and Nsight Compute's sections of one launch. `final_s16`: the landed build (flash
+# on by default): every CUDA test, SDPA, prefill attention (flash; the materialized path beside it in
+# `attention-materialized.txt`, a name the summary does not read), pp4096 of both shapes, batch-1 decode.
 #
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -111,6 +115,17 @@ criterion() { # filter [file name prefix]: $RAW/PREFIX-bencher.txt (default crit
   timeout 200 .gpu/kernel_bench --bench --output-format bencher "$1" > "$file" 2>&1
   echo "criterion $1 rc=$?"
   grep "^test" "$file"
+}
+flash_comparison() { # SDPA, prefill attention with the flash kernel and without it, pp4096 of both shapes each way
+  timeout 60 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  echo "torch rc=$?"; grep "sdpa_prefill" "$RAW/torch.jsonl" | head -3
+  BAMBA_FLASH_ATTENTION=1 criterion "attention/prefill" attention-flash
+  BAMBA_FLASH_ATTENTION=0 criterion "attention/prefill" attention-materialized
+  for flash in 1 0; do
+    BAMBA_FLASH_ATTENTION=$flash bench "sweep_pp_flash$flash" 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+    BAMBA_FLASH_ATTENTION=$flash bench "sweep_llama_pp_flash$flash" 60 --preset llama-8b-shape -t pp4096 -b 1 -r 5
+  done
+  sweep_table "$RAW"/sweep_*.jsonl
 }
 overhead() { # backend: host overhead per decode step, Bamba-9B's 32-layer plan with tiny widths (kernels
   # take ~nothing; more of Burn's slices copy at these widths, so the launch count is not quite the 9B one)
@@ -524,6 +539,34 @@ diag_s16)
   echo "ncu flash rc=$?"
   grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Issue Slots Busy|One or More Eligible|Warp Cycles Per Issued|Shared Memory Configuration|Dynamic Shared|Static Shared|Compute \(SM\) Throughput|Memory Throughput|Executed Ipc|Local" "$RAW/ncu_flash.txt" | head -40
   ;;
+flash_s16)
+  timeout 150 .gpu/kernel_tests cuda_prefill cuda::causal_attention --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "attention tests rc=$?"; grep -E "panicked|test result|worst|growing" "$RAW/tests.log" | head -8
+  flash_comparison
+  sections="--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats"
+  BAMBA_FLASH_ATTENTION=1 timeout 150 /usr/local/cuda/bin/ncu --kernel-name regex:flash --launch-skip 1 --launch-count 1 $sections \
+    .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 --preset bamba-9b -t pp4096 -b 1 > "$RAW/ncu_flash.txt" 2>&1
+  echo "ncu flash rc=$?"
+  grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit Reg|Block Limit Shared|Issue Slots Busy|Warp Cycles Per Issued|Compute \(SM\) Throughput" "$RAW/ncu_flash.txt" | head -12
+  # the CUDA source CubeCL generated for it, ptxas' registers and the SASS opcode counts
+  BAMBA_FLASH_ATTENTION=1 CUBECL_DEBUG_LOG=/tmp/cubecl.log timeout 120 .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 \
+    --preset bamba-9b -t pp512 -b 1 > /dev/null 2>&1
+  python3 scripts/kernel_sass.py /tmp/cubecl.log flash_attention_kernel "$RAW/sass" 2>&1 | tail -4
+  rm -f "$RAW"/sass/*.cubin
+  ;;
+final_s16)
+  cuda_tests
+  grep -E "in BF16 on" "$RAW/tests.log" | grep -o "[0-9.]* of transformers" | sort -n | tail -2
+  grep -E "causal_attention on|growing" "$RAW/tests.log" | head -4
+  timeout 60 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  echo "torch rc=$?"; grep "sdpa_prefill" "$RAW/torch.jsonl" | head -3
+  criterion "attention/prefill" attention
+  BAMBA_FLASH_ATTENTION=0 timeout 200 .gpu/kernel_bench --bench --output-format bencher "attention/prefill" > "$RAW/attention-materialized.txt" 2>&1
+  grep "^test" "$RAW/attention-materialized.txt"
+  prefill_both
+  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 --backend cuda-unfused
+  sweep_table "$RAW"/bamba_pp.jsonl "$RAW"/llama_pp.jsonl "$RAW"/bamba_b1.jsonl
+  ;;
 check_s16)
   cuda_tests
   grep -E "in BF16 on" "$RAW/tests.log" | grep -o "[0-9.]* of transformers" | sort -n | tail -3
@@ -562,15 +605,7 @@ final_s15)
   # random configs in bf16 and f32 against this machine's transformers (5.17: G = 1 configs only).
   cuda_tests
   grep -E "causal_attention on|growing|in BF16 on" "$RAW/tests.log" | sort -t= -k2 | tail -5
-  timeout 60 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
-  echo "torch rc=$?"; grep "sdpa_prefill" "$RAW/torch.jsonl" | head -3
-  BAMBA_FLASH_ATTENTION=1 criterion "attention/prefill" attention-flash
-  BAMBA_FLASH_ATTENTION=0 criterion "attention/prefill" attention-materialized
-  for flash in 1 0; do
-    BAMBA_FLASH_ATTENTION=$flash bench "sweep_pp_flash$flash" 60 --preset bamba-9b -t pp4096 -b 1 -r 5
-    BAMBA_FLASH_ATTENTION=$flash bench "sweep_llama_pp_flash$flash" 60 --preset llama-8b-shape -t pp4096 -b 1 -r 5
-  done
-  sweep_table "$RAW"/sweep_*.jsonl
+  flash_comparison
   bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 --backend cuda-unfused
   sweep_table "$RAW"/bamba_b1.jsonl
   for dt in bf16 f32; do

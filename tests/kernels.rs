@@ -1049,13 +1049,16 @@ fn cuda_scan_runs_on_tensor_cores() {
 #[test]
 fn cuda_prefill_attention_runs_flash() {
     let device = burn::backend::cuda::CudaDevice::default();
-    // opt-in while it is slower than the materialized path (flash_attention.rs)
-    bamba_kernels::cube::use_flash_attention(true);
+    // The materialized path (still what a padded batch takes) on every case first, then the flash
+    // path, the default (flash_attention.rs; `BAMBA_FLASH_ATTENTION=0` turns it off).
+    let was_on = bamba_kernels::cube::use_flash_attention(false);
     let before = bamba_kernels::cube::flash_attentions_run();
     check_causal_attention::<burn::backend::Cuda>(&device);
-    // Keys that grow along the sequence: each row's maximum keeps moving past the kernel's margin,
-    // so the output accumulated so far is rescaled again and again (random keys of one scale never
-    // move it after the first block).
+    assert_eq!(bamba_kernels::cube::flash_attentions_run(), before, "flash ran while turned off");
+    bamba_kernels::cube::use_flash_attention(true);
+    check_causal_attention::<burn::backend::Cuda>(&device);
+    // Keys that grow along the sequence: each row's maximum keeps moving, so the output accumulated
+    // so far is rescaled again and again (random keys of one scale rarely move it after the first block).
     let (heads, kv_heads, head_dim, len) = (4, 2, 64, 700);
     let q = rounded(uniform(heads * len * head_dim, 9900, -1.0, 1.0), DType::BF16);
     let grow = |values: Vec<f32>| -> Vec<f32> {
@@ -1072,7 +1075,7 @@ fn cuda_prefill_attention_runs_flash() {
         .iter()
         .filter(|case| case.6.is_none() && case.3 % 16 == 0 && case.3 <= 128)
         .count();
-    bamba_kernels::cube::use_flash_attention(false);
+    bamba_kernels::cube::use_flash_attention(was_on);
     assert!(ran >= expected, "flash attentions run: {ran} of {expected}");
 }
 

@@ -70,14 +70,17 @@ pub fn runs() -> u64 {
     RUNS.load(Ordering::Relaxed)
 }
 
-/// Whether the flash path is on: off unless `BAMBA_FLASH_ATTENTION=1` or [`set_enabled`].
+/// Whether the flash path is on: on unless `BAMBA_FLASH_ATTENTION=0` or [`set_enabled`]`(false)` (the
+/// materialized path stays for comparison and for padded batches). On the H200 at 4096 tokens, 32/8
+/// heads × 128, bf16: 0.682 ms against 1.135 ms for the materialized path and 0.257 ms for SDPA, all
+/// in one call (session 16).
 fn enabled() -> bool {
     switch().load(Ordering::Relaxed)
 }
 
 fn switch() -> &'static AtomicBool {
     static ON: OnceLock<AtomicBool> = OnceLock::new();
-    ON.get_or_init(|| AtomicBool::new(std::env::var("BAMBA_FLASH_ATTENTION").as_deref() == Ok("1")))
+    ON.get_or_init(|| AtomicBool::new(std::env::var("BAMBA_FLASH_ATTENTION").as_deref() != Ok("0")))
 }
 
 /// Turns the flash path on or off for this process (tests and benches; the default is the environment's).
@@ -225,12 +228,17 @@ fn stage_rows<F: Float, N: Size>(
     }
 }
 
-/// The two B fragments an `ldmatrix` ×4 returned, as separate operands.
+/// Two B fragments from one `ldmatrix` ×4 of `stage` (this lane's row at vector `at`; `.trans` when
+/// `transpose`), as separate operands.
 #[cube]
-fn split_pair<F: Float, NB: Size>(
-    pair: &Array<Vector<F, NB>>,
+fn load_b_pair<F: Float, N: Size, NB: Size>(
+    mma: &MmaDefinition<F, F, f32>,
+    stage: &SharedMemory<Vector<F, N>>,
+    at: usize,
     #[comptime] vectors: usize,
+    #[comptime] transpose: bool,
 ) -> (Array<Vector<F, NB>>, Array<Vector<F, NB>>) {
+    let pair = mma.load_matrix::<Vector<F, N>, NB>(&stage.slice(at, at + 1), MatrixIdent::B, 2 * vectors, transpose);
     let mut first = Array::<Vector<F, NB>>::new(vectors);
     let mut second = Array::<Vector<F, NB>>::new(vectors);
     #[unroll]
@@ -346,13 +354,7 @@ fn flash_attention_kernel<F: Float, N: Size>(
             #[unroll]
             for kk in 0..dim_steps / 2 {
                 let at = (j * COLS + lane % 8usize) * ldv + (kk * 2 * DEPTH + (lane / 8usize) * 8usize) / VECTOR;
-                let pair = mma.load_matrix::<Vector<F, N>, NB>(
-                    &ks.slice(at, at + 1),
-                    MatrixIdent::B,
-                    comptime!(2 * b_vectors),
-                    false,
-                );
-                let (first, second) = split_pair::<F, NB>(&pair, b_vectors);
+                let (first, second) = load_b_pair::<F, N, NB>(&mma, &ks, at, b_vectors, false);
                 mma.execute_inplace(qf.index(comptime!(2 * kk)), &first, &mut acc);
                 mma.execute_inplace(qf.index(comptime!(2 * kk + 1)), &second, &mut acc);
             }
@@ -452,13 +454,7 @@ fn flash_attention_kernel<F: Float, N: Size>(
             #[unroll]
             for j in 0..dim_tiles / 2 {
                 let at = (kk * DEPTH + lane % 16usize) * ldv + (j * 2 + lane / 16usize) * COLS / VECTOR;
-                let pair = mma.load_matrix::<Vector<F, N>, NB>(
-                    &vs.slice(at, at + 1),
-                    MatrixIdent::B,
-                    comptime!(2 * b_vectors),
-                    true,
-                );
-                let (first, second) = split_pair::<F, NB>(&pair, b_vectors);
+                let (first, second) = load_b_pair::<F, N, NB>(&mma, &vs, at, b_vectors, true);
                 mma.execute_inplace(&p, &first, o.index_mut(comptime!(2 * j)));
                 mma.execute_inplace(&p, &second, o.index_mut(comptime!(2 * j + 1)));
             }
