@@ -116,6 +116,15 @@ criterion() { # filter [file name prefix]: $RAW/PREFIX-bencher.txt (default crit
   echo "criterion $1 rc=$?"
   grep "^test" "$file"
 }
+ncu_flash() { # [more ncu sections]: Nsight Compute's launch, occupancy and stall sections of one flash prefill
+  # attention launch (pp4096, Bamba-9B shape) into $RAW/ncu_flash.txt
+  BAMBA_FLASH_ATTENTION=1 timeout 200 /usr/local/cuda/bin/ncu --kernel-name regex:flash --launch-skip 1 --launch-count 1 \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats "$@" \
+    .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 --preset bamba-9b -t pp4096 -b 1 > "$RAW/ncu_flash.txt" 2>&1
+  echo "ncu flash rc=$?"
+  grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit (Reg|Shared)|Issue Slots Busy|Warp Cycles Per Issued|Compute \(SM\) Throughput|Local Memory Spilling Requests " \
+    "$RAW/ncu_flash.txt" | head -14
+}
 flash_comparison() { # SDPA, prefill attention with the flash kernel and without it, pp4096 of both shapes each way
   timeout 60 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
   echo "torch rc=$?"; grep "sdpa_prefill" "$RAW/torch.jsonl" | head -3
@@ -533,21 +542,13 @@ diag_s16)
     done
     i=$((i + 1))
   done
-  sections="--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section InstructionStats"
-  BAMBA_FLASH_ATTENTION=1 timeout 200 /usr/local/cuda/bin/ncu --kernel-name regex:flash --launch-skip 1 --launch-count 1 $sections \
-    .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 --preset bamba-9b -t pp4096 -b 1 > "$RAW/ncu_flash.txt" 2>&1
-  echo "ncu flash rc=$?"
-  grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Issue Slots Busy|One or More Eligible|Warp Cycles Per Issued|Shared Memory Configuration|Dynamic Shared|Static Shared|Compute \(SM\) Throughput|Memory Throughput|Executed Ipc|Local" "$RAW/ncu_flash.txt" | head -40
+  ncu_flash --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section InstructionStats
   ;;
 flash_s16)
   timeout 150 .gpu/kernel_tests cuda_prefill cuda::causal_attention --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
   echo "attention tests rc=$?"; grep -E "panicked|test result|worst|growing" "$RAW/tests.log" | head -8
   flash_comparison
-  sections="--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats"
-  BAMBA_FLASH_ATTENTION=1 timeout 150 /usr/local/cuda/bin/ncu --kernel-name regex:flash --launch-skip 1 --launch-count 1 $sections \
-    .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 --preset bamba-9b -t pp4096 -b 1 > "$RAW/ncu_flash.txt" 2>&1
-  echo "ncu flash rc=$?"
-  grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit Reg|Block Limit Shared|Issue Slots Busy|Warp Cycles Per Issued|Compute \(SM\) Throughput" "$RAW/ncu_flash.txt" | head -12
+  ncu_flash
   # the CUDA source CubeCL generated for it, ptxas' registers and the SASS opcode counts
   BAMBA_FLASH_ATTENTION=1 CUBECL_DEBUG_LOG=/tmp/cubecl.log timeout 120 .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 \
     --preset bamba-9b -t pp512 -b 1 > /dev/null 2>&1
