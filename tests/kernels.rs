@@ -819,19 +819,8 @@ const HALF_MODEL_FLOOR_MULTIPLE: f32 = 2.0;
 /// the CPU: where a mismatch with transformers starts.
 fn layer_diffs<B: BambaOps>(dir: &std::path::Path, model: &BambaModel<B>, ids: &[u32]) -> Vec<f32> {
     let cpu_model = BambaModel::<Cpu>::load(dir, &Default::default(), Precision::F32).unwrap();
-    fn hidden<X: BambaOps>(m: &BambaModel<X>, ids: &[u32]) -> Vec<Vec<f32>> {
-        let t = m.ids_tensor(&[ids.to_vec()]).unwrap();
-        let mut x = m.embed_tokens.clone().select(0, t.reshape([ids.len()])).unsqueeze::<3>();
-        let tables = m.rope.tables::<X>(0, ids.len(), &m.device, m.dtype);
-        let masks = bamba::model::padding::ChunkMasks::none();
-        let mut out = vec![host(x.clone())];
-        for layer in &m.layers {
-            x = layer.forward(x, &m.rope, &tables, &masks, None);
-            out.push(host(x.clone()));
-        }
-        out
-    }
-    hidden(model, ids).iter().zip(hidden(&cpu_model, ids)).map(|(a, b)| max_abs_diff(a, &b)).collect()
+    let (ours, cpu) = (model.prompt_hidden_states(ids).unwrap(), cpu_model.prompt_hidden_states(ids).unwrap());
+    ours.iter().zip(&cpu).map(|(a, b)| max_abs_diff(a, b)).collect()
 }
 
 /// Logits of every fixture prompt within the f32 parity tolerance of transformers (plus TF32 room on
