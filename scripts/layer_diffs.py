@@ -12,15 +12,23 @@ layer adds is told apart from one it only amplifies.
         --dtypes bfloat16,float16 --ours bf16=cuda_bf16.safetensors f16=wgpu_f16.safetensors
 """
 import argparse
+import functools
 
 import torch
 from safetensors.torch import load_file
 from transformers import BambaForCausalLM
 
 
+@functools.lru_cache(maxsize=None)
+def load(path, dtype, attn):
+    """The checkpoint as transformers loads it in `dtype` with `attn` attention, once per process
+    (`--local` runs every layer of it)."""
+    return BambaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn).eval()
+
+
 def run(path, dtype, attn, ids):
     """Embeddings, every layer's output and the logits, as f64 tensors `[len, width]`."""
-    model = BambaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn).eval()
+    model = load(path, dtype, attn)
     states = []
     hooks = [layer.register_forward_hook(lambda m, i, o: states.append(o[0] if isinstance(o, tuple) else o))
              for layer in model.model.layers]
@@ -34,7 +42,7 @@ def run(path, dtype, attn, ids):
 
 def layer_on(path, dtype, attn, ids, i, x):
     """Layer `i`'s output when its input is replaced by `x` (`[len, hidden]`), as f64."""
-    model = BambaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn).eval()
+    model = load(path, dtype, attn)
     out = {}
 
     def replace_input(module, args, kwargs):
