@@ -63,10 +63,16 @@
 # both shapes each way, and Nsight Compute's sections of one launch. `final_s16`: the landed build (flash
 # on by default): every CUDA test, SDPA, prefill attention (flash; the materialized path beside it in
 # `attention-materialized.txt`, a name the summary does not read), pp4096 of both shapes, batch-1 decode.
+# `ssd_s17`: the scan's chunk-state and output kernels on `mma.sync` fragments: the scan tests, mamba_ssm's
+# chain beside this build's and the previous build's scan bench (.gpu/kernel_bench-old), pp4096 with both
+# builds (.gpu/bamba-old), Nsight Compute's sections of the two kernels at 32K. `ssd2_s17`: the landed
+# candidate (`C·Bᵀ` on fragments too) beside the intermediate and previous builds' scan benches.
+# `final_s17`: the landed build: every CUDA test, the scan and flash benches beside mamba_ssm and SDPA,
+# pp4096 of both shapes, batch-1 decode.
 #
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -135,6 +141,25 @@ flash_comparison() { # SDPA, prefill attention with the flash kernel and without
     BAMBA_FLASH_ATTENTION=$flash bench "sweep_llama_pp_flash$flash" 60 --preset llama-8b-shape -t pp4096 -b 1 -r 5
   done
   sweep_table "$RAW"/sweep_*.jsonl
+}
+ssd_tests() { # the scan's CUDA tests, the log in $RAW/tests.log
+  for t in cuda_scan_runs_on_tensor_cores cuda::ssd_chunk_scan_matches_the_reference; do
+    local t0=$SECONDS
+    timeout 120 .gpu/kernel_tests "$t" --exact --test-threads 1 --nocapture >> "$RAW/tests.log" 2>&1
+    echo "$t rc=$? ($((SECONDS - t0)) s)"
+  done
+  grep -E "worst|panicked" -A1 "$RAW/tests.log" | head -12
+}
+ncu_ssd() { # [suffix]: Nsight Compute's sections of one launch of the scan's chunk-state, C·Bᵀ and output kernels at
+  # 32K (criterion's bench exits with a segfault after printing, rc 139/11: known, results are complete)
+  local file="$RAW/ncu_ssd${1:+-$1}.txt"
+  timeout 120 /usr/local/cuda/bin/ncu --kernel-name regex:"chunk_state|chunk_scan|cb_kernel" --launch-skip 3 --launch-count 3 \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats \
+    --section MemoryWorkloadAnalysis .gpu/kernel_bench --bench --output-format bencher "ssd_chunk_scan/kernel/32768" \
+    > "$file" 2>&1
+  echo "ncu ssd ${1:-} rc=$?"
+  grep -E "^  [a-z_]+kernel|Duration|Registers Per|Achieved Occupancy|L1/TEX Cache Throughput|Compute \(SM\) Throughput|DRAM Throughput" \
+    "$file" | head -24
 }
 overhead() { # backend: host overhead per decode step, Bamba-9B's 32-layer plan with tiny widths (kernels
   # take ~nothing; more of Burn's slices copy at these widths, so the launch count is not quite the 9B one)
@@ -554,6 +579,63 @@ flash_s16)
     --preset bamba-9b -t pp512 -b 1 > /dev/null 2>&1
   python3 scripts/kernel_sass.py /tmp/cubecl.log flash_attention_kernel "$RAW/sass" 2>&1 | tail -4
   rm -f "$RAW"/sass/*.cubin
+  ;;
+ssd_s17)
+  # Session 17: the scan's chunk-state and output kernels on `mma.sync` fragments. Its tests, then
+  # mamba_ssm's chain, this build's and the previous build's (.gpu/kernel_bench-old) criterion scan
+  # bench in the same call, pp4096 with this build and the previous one (.gpu/bamba-old), and Nsight
+  # Compute's sections of one launch of each new kernel at 32K.
+  ssd_tests
+  timeout 150 python3 scripts/bench_mamba_ssm.py .gpu/mm > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
+  echo "mamba_ssm rc=$?"
+  grep -h chunk_scan "$RAW/mamba_ssm.jsonl" | cut -c1-100
+  criterion "ssd_chunk_scan/kernel" ssd
+  timeout 200 .gpu/kernel_bench-old --bench --output-format bencher "ssd_chunk_scan/kernel" > "$RAW/ssd-old-criterion.txt" 2>&1
+  grep "^test" "$RAW/ssd-old-criterion.txt"
+  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+  BAMBA=.gpu/bamba-old bench bamba_pp_old 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+  sweep_table "$RAW"/bamba_pp.jsonl "$RAW"/bamba_pp_old.jsonl
+  ncu_ssd
+  ;;
+ssd2_s17)
+  # Session 17, call 2: the landed candidate (`C·Bᵀ` on fragments too, stored in fragment order; pair
+  # loads and stores in the output kernel; the chunk-state kernel's next step loaded during the
+  # products, BAMBA_SSD_PREFETCH=0 turns that off): the scan tests, mamba_ssm's chain, then the scan
+  # bench of this build (prefetch on and off), of the intermediate build (.gpu/kernel_bench-b: pairs and
+  # prefetch, `C·Bᵀ` still on `wmma`) and of session 16's (.gpu/kernel_bench-old) in the same call;
+  # pp4096; Nsight Compute's sections of the three fragment kernels at 32K.
+  ssd_tests
+  timeout 150 python3 scripts/bench_mamba_ssm.py .gpu/mm > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
+  echo "mamba_ssm rc=$?"
+  grep -h chunk_scan "$RAW/mamba_ssm.jsonl" | cut -c1-100
+  criterion "ssd_chunk_scan/kernel" ssd
+  # a name the summary does not read (it takes every *bencher*.txt)
+  BAMBA_SSD_PREFETCH=0 criterion "ssd_chunk_scan/kernel" ssd-no-prefetch
+  mv "$RAW/ssd-no-prefetch-bencher.txt" "$RAW/ssd-no-prefetch-criterion.txt"
+  for build in b old; do
+    timeout 200 ".gpu/kernel_bench-$build" --bench --output-format bencher "ssd_chunk_scan/kernel" > "$RAW/ssd-$build-criterion.txt" 2>&1
+    echo "build $build:"; grep "^test" "$RAW/ssd-$build-criterion.txt"
+  done
+  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+  sweep_table "$RAW"/bamba_pp.jsonl
+  ncu_ssd
+  ;;
+final_s17)
+  # Session 17, call 3: the landed build (chunk-state without the prefetch, staging shared with the flash
+  # kernel): every CUDA test, mamba_ssm's chain beside the scan bench, the flash prefill bench beside
+  # SDPA, pp4096 of both shapes, batch-1 decode.
+  cuda_tests
+  grep -E "ssd_chunk_scan on|causal_attention on|growing|in BF16 on" "$RAW/tests.log" | cut -c1-150 | head -8
+  timeout 150 python3 scripts/bench_mamba_ssm.py .gpu/mm > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
+  echo "mamba_ssm rc=$?"
+  grep -h chunk_scan "$RAW/mamba_ssm.jsonl" | cut -c1-100
+  criterion "ssd_chunk_scan/kernel" ssd
+  timeout 60 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  echo "torch rc=$?"; grep "sdpa_prefill" "$RAW/torch.jsonl" | cut -c1-100 | head -3
+  criterion "attention/prefill" attention
+  prefill_both
+  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 --backend cuda-unfused
+  sweep_table "$RAW"/bamba_pp.jsonl "$RAW"/llama_pp.jsonl "$RAW"/bamba_b1.jsonl
   ;;
 final_s16)
   cuda_tests

@@ -168,8 +168,8 @@ fn tensor_core_scan_cases() -> Vec<ScanCase> {
 /// math (a wrong decay or a missing D·x term moves results by > 1e-2).
 const SCAN_TOLERANCE: f32 = 2e-5;
 
-/// The tensor-core scan rounds its matmul operands (decay-weighted x, the masked decay matrix,
-/// exp(cum)·C and the entering state) to the input dtype, as mamba_ssm does: one more rounding per
+/// The tensor-core scan rounds its matmul operands (decay-weighted x, the masked decay matrix and
+/// the entering state) to the input dtype, as mamba_ssm does: one more rounding per
 /// operand than the inputs carry, so the dtype's rounding tolerance (measured on the H200: see
 /// `check_scan`'s printout in benches/results).
 fn scan_tolerance(dtype: DType, tensor_core_shape: bool) -> f32 {

@@ -20,8 +20,7 @@
 //! At the end each row is divided by its sum (kept per lane, added across the 4 lanes once).
 //!
 //! Step 4 and the softmax rely on where `mma.sync` keeps each element (PTX ISA, "Matrix Fragments
-//! for mma.m16n8k16"). [`applies`] checks that layout once per process by asking the runtime
-//! (`MmaDefinition::position_of_nth`) for every lane's elements.
+//! for mma.m16n8k16", restated in `fragments.rs`), which [`applies`] checks once per process.
 //!
 //! Cubes take query blocks from the last one down, so that the longest (they see the most keys) start
 //! first. Rows of the last block past the prompt, and keys past the cache, are staged as copies of
@@ -42,26 +41,19 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::cmma::{MatrixIdent, MmaDefinition};
-use cubecl::features::MmaConfig;
-use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim};
 
-use super::ssd_step::plane_size_is;
-use super::tiles::{PAD, PLANE};
+use super::fragments::{
+    has_fragments, load_b_pair, stage_vectors, zero_fragment, COLS, DEPTH, PAD, PLANE, ROWS, VECTOR,
+};
 
 /// Queries per cube and keys per step.
 const BLOCK: usize = 64;
-/// The `mma.sync` shape: 16 query rows (one plane's), 8 keys or output columns, 16 deep.
-const ROWS: usize = 16;
-const COLS: usize = 8;
-const DEPTH: usize = 16;
 /// Units per cube.
 const UNITS: usize = PLANE * (BLOCK / ROWS);
 /// Most head_dim this path takes: each lane keeps `head_dim / 2` output accumulators.
 const MAX_HEAD_DIM: usize = 128;
-/// Elements per 16-byte load of a 16-bit operand.
-const VECTOR: usize = 8;
 /// A masked score: below any real one. `exp` of it against a real maximum is 0; a row whose keys so
 /// far were all masked sums exp(0) of them, which the first real maximum's factor zeroes.
 const MASKED: f32 = -1.0e30;
@@ -92,108 +84,15 @@ pub fn set_enabled(on: bool) -> bool {
 
 /// Whether a causal attention of this dtype and head_dim runs here: the path enabled ([`set_enabled`]),
 /// 16-bit operands with m16n8k16 `mma` accumulating in f32 and `ldmatrix`, 32-unit planes, the fragment
-/// layout this kernel is written for ([`layout_is_ptx`]), and `head_dim` a multiple of 16 up to 128.
+/// layout this kernel is written for ([`has_fragments`]), and `head_dim` a multiple of 16 up to 128.
 /// (An explicit mask, i.e. left padding, takes the materialized path.)
 pub fn applies<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, head_dim: usize) -> bool {
-    if !matches!(dtype, DType::BF16 | DType::F16) || !enabled() || head_dim % DEPTH != 0 || head_dim > MAX_HEAD_DIM {
-        return false;
-    }
-    let kind = if dtype == DType::BF16 { FloatKind::BF16 } else { FloatKind::F16 };
-    let mma = MmaConfig {
-        a_type: dtype.into(),
-        b_type: dtype.into(),
-        cd_type: DType::F32.into(),
-        m: ROWS as u32,
-        n: COLS as u32,
-        k: DEPTH as u32,
-    };
-    let features = client.features();
-    plane_size_is(client, PLANE)
-        && features.plane.contains(cubecl::features::Plane::Ops)
-        && features.matmul.mma.contains(&mma)
-        && features.matmul.ldmatrix.contains(&ElemType::Float(kind).into())
-        && layout_is_ptx(client, dtype)
+    enabled() && head_dim % DEPTH == 0 && head_dim <= MAX_HEAD_DIM && has_fragments(client, dtype)
 }
 
-/// Every lane's (row, column) of the A (16×16), B (16×8) and accumulator (16×8) fragments, as the
-/// runtime places them: 16 pairs per lane.
-#[cube(launch)]
-fn layout_probe_kernel<F: Float>(positions: &mut Array<u32>, #[define(F)] _dtype: StorageType) {
-    let mma = MmaDefinition::<F, F, f32>::new(ROWS, COLS, DEPTH);
-    let lane = UNIT_POS_PLANE;
-    let base = lane as usize * 32;
-    #[unroll]
-    for n in 0..mma.elems_per_lane(MatrixIdent::A) {
-        let (r, c) = mma.position_of_nth(lane, n as u32, MatrixIdent::A);
-        positions[base + 2 * n] = r;
-        positions[base + 2 * n + 1] = c;
-    }
-    #[unroll]
-    for n in 0..mma.elems_per_lane(MatrixIdent::B) {
-        let (r, c) = mma.position_of_nth(lane, n as u32, MatrixIdent::B);
-        positions[base + 16 + 2 * n] = r;
-        positions[base + 16 + 2 * n + 1] = c;
-    }
-    #[unroll]
-    for n in 0..mma.elems_per_lane(MatrixIdent::Accumulator) {
-        let (r, c) = mma.position_of_nth(lane, n as u32, MatrixIdent::Accumulator);
-        positions[base + 24 + 2 * n] = r;
-        positions[base + 24 + 2 * n + 1] = c;
-    }
-}
-
-/// The PTX fragment layout of m16n8k16 with 16-bit A/B and f32 accumulators, lane `l` = 4g + t:
-/// A element n at (g + 8·⌊n/2⌋ mod 2, 2t + n mod 2 + 8·⌊n/4⌋), B element n at (2t + n mod 2 + 8·⌊n/2⌋, g),
-/// accumulator element n at (g + 8·⌊n/2⌋, 2t + n mod 2).
-fn ptx_positions() -> Vec<u32> {
-    let mut out = vec![0u32; PLANE * 32];
-    for lane in 0..PLANE {
-        let (g, t) = (lane / 4, lane % 4);
-        let base = lane * 32;
-        for n in 0..8 {
-            out[base + 2 * n] = (g + 8 * ((n / 2) % 2)) as u32;
-            out[base + 2 * n + 1] = (2 * t + n % 2 + 8 * (n / 4)) as u32;
-        }
-        for n in 0..4 {
-            out[base + 16 + 2 * n] = (2 * t + n % 2 + 8 * (n / 2)) as u32;
-            out[base + 16 + 2 * n + 1] = g as u32;
-            out[base + 24 + 2 * n] = (g + 8 * (n / 2)) as u32;
-            out[base + 24 + 2 * n + 1] = (2 * t + n % 2) as u32;
-        }
-    }
-    out
-}
-
-/// Whether the runtime's m16n8k16 fragments are laid out as PTX documents them (checked once per
-/// process and dtype on the device itself).
-fn layout_is_ptx<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
-    static BF16: OnceLock<bool> = OnceLock::new();
-    static F16: OnceLock<bool> = OnceLock::new();
-    let cell = if dtype == DType::BF16 { &BF16 } else { &F16 };
-    *cell.get_or_init(|| {
-        let len = PLANE * 32;
-        let unset: Vec<u8> = vec![0xff; len * 4];
-        let handle = client.create_from_slice(&unset);
-        layout_probe_kernel::launch::<R>(
-            client,
-            CubeCount::Static(1, 1, 1),
-            CubeDim::new_1d(PLANE as u32),
-            // SAFETY: the buffer holds `len` u32
-            unsafe { ArrayArg::from_raw_parts(handle.clone(), len) },
-            dtype.into(),
-        );
-        let Ok(bytes) = client.read_one(handle) else { return false };
-        let positions: Vec<u32> = bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        positions == ptx_positions()
-    })
-}
-
-/// Copies `64 × head_dim` of a contiguous `[.., len, head_dim]` operand, from row `first`, into
-/// `stage` (row stride `ld` elements), 16 bytes per load and per store (consecutive lanes on
-/// consecutive 16 bytes: no bank conflicts). Rows at or past `len` repeat row `len − 1`: finite values
-/// that the causal mask, the key mask and the output guard all ignore, loaded without a branch or a
-/// select per element. Unrolled so that all of a unit's loads are in flight before its first store.
-/// Every unit of the cube calls it.
+/// Stages `64 × head_dim` of a contiguous `[.., len, head_dim]` operand from row `first` (rows at or
+/// past `len` repeat row `len − 1`: finite values that the causal mask, the key mask and the output
+/// guard all ignore), rows `ldv` vectors apart. Every unit of the cube calls it.
 #[cube]
 fn stage_rows<F: Float, N: Size>(
     src: &Tensor<Vector<F, N>>,
@@ -202,63 +101,9 @@ fn stage_rows<F: Float, N: Size>(
     first: usize,
     len: usize,
     #[comptime] head_dim: usize,
-    #[comptime] ld: usize,
+    #[comptime] ldv: usize,
 ) {
-    let per_row = comptime!(head_dim / VECTOR);
-    let total = comptime!(BLOCK * head_dim / VECTOR);
-    let per_unit = comptime!(total.div_ceil(UNITS));
-    // head_dims whose block is not a whole number of passes (80: 640 vectors) guard the last one
-    let exact = comptime!(total % UNITS == 0);
-    let last = len - 1;
-    let mut values = Array::<Vector<F, N>>::new(per_unit);
-    #[unroll]
-    for j in 0..per_unit {
-        let mut i = UNIT_POS as usize + j * UNITS;
-        if !exact {
-            i = usize::min(i, total - 1);
-        }
-        let row = usize::min(first + i / per_row, last);
-        values[j] = src[(base + row * head_dim) / VECTOR + i % per_row];
-    }
-    #[unroll]
-    for j in 0..per_unit {
-        let i = UNIT_POS as usize + j * UNITS;
-        if exact || i < total {
-            stage[(i / per_row) * (ld / VECTOR) + i % per_row] = values[j];
-        }
-    }
-}
-
-/// Two B fragments from one `ldmatrix` ×4 of `stage` (this lane's row at vector `at`; `.trans` when
-/// `transpose`), as separate operands.
-#[cube]
-fn load_b_pair<F: Float, N: Size, NB: Size>(
-    mma: &MmaDefinition<F, F, f32>,
-    stage: &SharedMemory<Vector<F, N>>,
-    at: usize,
-    #[comptime] vectors: usize,
-    #[comptime] transpose: bool,
-) -> (Array<Vector<F, NB>>, Array<Vector<F, NB>>) {
-    let pair = mma.load_matrix::<Vector<F, N>, NB>(&stage.slice(at, at + 1), MatrixIdent::B, 2 * vectors, transpose);
-    let mut first = Array::<Vector<F, NB>>::new(vectors);
-    let mut second = Array::<Vector<F, NB>>::new(vectors);
-    #[unroll]
-    for i in 0..vectors {
-        first[i] = pair[i];
-        second[i] = pair[vectors + i];
-    }
-    (first, second)
-}
-
-/// `Array` of accumulator vectors holding zeros.
-#[cube]
-fn zero_fragment<NC: Size>(#[comptime] vectors: usize) -> Array<Vector<f32, NC>> {
-    let mut fragment = Array::<Vector<f32, NC>>::new(vectors);
-    #[unroll]
-    for i in 0..vectors {
-        fragment[i] = Vector::<f32, NC>::new(0.0f32);
-    }
-    fragment
+    stage_vectors::<F, N>(src, stage, base + first * head_dim, head_dim, len - first, BLOCK, head_dim, ldv, UNITS);
 }
 
 #[cube(launch_unchecked)]
@@ -308,7 +153,7 @@ fn flash_attention_kernel<F: Float, N: Size>(
 
     // This plane's 16 query rows as A fragments, staged through the key buffer (`ldmatrix` ×4:
     // lanes 0–15 give rows 0–15 at column 0, lanes 16–31 the same rows at column 8).
-    stage_rows::<F, N>(q, &mut ks, bh * q_len * head_dim, q0, q_len, head_dim, ld);
+    stage_rows::<F, N>(q, &mut ks, bh * q_len * head_dim, q0, q_len, head_dim, ldv);
     sync_cube();
     let mut qf = Sequence::<Array<Vector<F, NA>>>::new();
     #[unroll]
@@ -341,8 +186,8 @@ fn flash_attention_kernel<F: Float, N: Size>(
     }
     let mut k0 = 0usize;
     while k0 < key_end {
-        stage_rows::<F, N>(k, &mut ks, kv_base, k0, k_len, head_dim, ld);
-        stage_rows::<F, N>(v, &mut vs, kv_base, k0, k_len, head_dim, ld);
+        stage_rows::<F, N>(k, &mut ks, kv_base, k0, k_len, head_dim, ldv);
+        stage_rows::<F, N>(v, &mut vs, kv_base, k0, k_len, head_dim, ldv);
         sync_cube();
 
         // S = Q · Kᵀ, 8 keys per tile. Kᵀ's B fragments are K's rows as they are, two 16-deep steps

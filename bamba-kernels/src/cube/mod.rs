@@ -8,6 +8,7 @@ mod conv;
 pub mod cublaslt;
 mod decode_attention;
 mod flash_attention;
+mod fragments;
 mod gemv;
 #[cfg(feature = "cuda")]
 mod legacy_stream;
@@ -20,7 +21,6 @@ mod ssd_chunked;
 mod ssd_scan;
 mod ssd_step;
 mod swiglu;
-mod tiles;
 #[cfg(feature = "cuda")]
 pub mod upload;
 

@@ -1,45 +1,57 @@
-//! The SSD chunked scan in matmul form on tensor cores (`cmma`), for 16-bit inputs on devices that
-//! have 16×16×16 tiles with f32 accumulation (CUDA). The same algorithm as mamba_ssm's Triton chain,
-//! in five launches:
+//! The SSD chunked scan in matmul form on tensor cores, for 16-bit inputs on CUDA. The same algorithm
+//! as mamba_ssm's Triton chain, in five launches:
 //!
 //! 1. `cumsum`: per (sequence, head, chunk), softplus/dt_bias/clamp and the within-chunk cumulative
 //!    sum of `dt·A` (a shared-memory scan), into `dt` and `cum` (`[batch·heads, len]`, f32).
 //! 2. `chunk_state`: each chunk's own final state from a zero state,
 //!    `S_c = (x · dt · exp(cum_last − cum))ᵀ · B` (`head_dim × chunk` by `chunk × d_state`), one cube
-//!    per 64 columns of the state.
+//!    per (chunk, head) and up to 64 columns of the state.
 //! 3. `pass` (f32 on CUDA cores): per state element, the state entering each chunk, written in the
 //!    input dtype for step 5, and the final state.
-//! 4. `cb`: `C · Bᵀ` for every pair of positions of a chunk, once per group (heads share it).
+//! 4. `cb`: `C · Bᵀ` for every pair of positions of a chunk, once per group (heads share it), stored
+//!    in the order step 5's fragments take it.
 //! 5. `chunk_scan`: for each block of 64 positions,
-//!    `Y = (CB ∘ exp(cum_t − cum_s) · dt_s, causal, + D on the diagonal) · X + exp(cum_t) · C · S_inᵀ`.
+//!    `Y = exp(cum_t) · C · S_inᵀ + (CB ∘ exp(cum_t − cum_s) · dt_s, causal) · X + D · x`.
+//!
+//! Steps 2, 4 and 5 run on `mma.sync` fragments (m16n8k16, `fragments.rs`): operands staged in
+//! shared memory with 16-byte loads and read by `ldmatrix` (`.trans` where the staged rows are the
+//! product's depth). Step 4 stores each lane's accumulators as the A fragment it will be in step 5
+//! (pairs of f32, a plane's 32 pairs contiguous), and step 5 turns them into the decay matrix in
+//! registers (a lane knows which rows and columns it holds): that matrix never goes through shared
+//! memory. Session 9's version staged every operand element by element on `wmma` tiles, whose
+//! layout is opaque (times in backends.md, "SSD scan on `mma.sync` fragments").
 //!
 //! Operands are rounded to the input dtype for the tensor cores (as mamba_ssm does), products
-//! accumulate in f32, and the decay math and the states are f32 (the final state never leaves f32).
-//! Staging buffers in shared memory have their rows padded by 16 bytes so that the fragment loads of
-//! consecutive rows fall on different banks; 16-element tile offsets keep the 32-byte alignment
-//! `wmma` needs.
+//! accumulate in f32, and the decay math, `D·x` and the states are f32 (the final state never leaves
+//! f32). Staging buffers in shared memory have their rows padded by 16 bytes so that the 8 rows an
+//! `ldmatrix` reads fall on different banks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::tensor::DType;
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
+use cubecl::cmma::{MatrixIdent, MmaDefinition};
 use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
+use super::fragments::{
+    has_fragments, load_b_pair, load_vectors, stage_vectors, store_vectors, zero_fragment, COLS, DEPTH, PAD, PLANE,
+    ROWS, VECTOR,
+};
 use super::math::discretize_dt;
-use super::tiles::{has_f32_tiles, mma_staged, zero_accumulator, StagedTiles, PAD, PAD_F32, PLANE, TILE};
 
 /// Positions per block of the output kernel (one 16-row tile per plane, 4 planes).
 const BLOCK: usize = 64;
 /// Positions staged per step of the chunk-state product.
-const STATE_STEP: usize = 32;
-/// d_state columns staged per step of the `C·Bᵀ` and `C·S_inᵀ` products, and per cube of the
-/// chunk-state product.
+const STEP: usize = 64;
+/// d_state columns staged per step of the `C·Bᵀ` product; the chunk-state and output kernels take
+/// the largest multiple of 16 up to this that divides d_state ([`state_cols`]).
 const STATE_COLS: usize = 64;
 /// Units per cube of the `cb` and `chunk_scan` kernels (one plane per 16-row tile of a block).
-const BLOCK_UNITS: usize = PLANE * (BLOCK / TILE);
+const BLOCK_UNITS: usize = PLANE * (BLOCK / ROWS);
 /// Most d_state this path takes: the same limit as the portable kernel (`MAX_KERNEL_D_STATE`).
 const MAX_D_STATE: usize = 256;
 /// Most head_dim this path takes: the output kernel's per-plane accumulators (head_dim / 16) and its
@@ -53,8 +65,8 @@ pub fn scans_run() -> u64 {
     SCANS_RUN.load(Ordering::Relaxed)
 }
 
-/// Whether a scan of this dtype and these sizes runs here: 16-bit operands with f32-accumulating
-/// 16×16×16 tiles on this device, 32-unit planes, `head_dim` and `d_state` multiples of 16
+/// Whether a scan of this dtype and these sizes runs here: 16-bit operands with m16n8k16 `mma.sync`
+/// fragments on this device ([`has_fragments`]), `head_dim` and `d_state` multiples of 16
 /// (≤ 64 and ≤ 256), a chunk that is a multiple of 64 up to 1024, and `BAMBA_SSD_TENSOR_CORES` not 0.
 pub fn applies<R: CubeRuntime>(
     client: &ComputeClient<R>,
@@ -66,10 +78,10 @@ pub fn applies<R: CubeRuntime>(
     if !matches!(dtype, DType::BF16 | DType::F16) || std::env::var("BAMBA_SSD_TENSOR_CORES").as_deref() == Ok("0") {
         return false;
     }
-    has_f32_tiles(client, dtype)
-        && head_dim % TILE == 0
+    has_fragments(client, dtype)
+        && head_dim % DEPTH == 0
         && head_dim <= MAX_HEAD_DIM
-        && d_state % TILE == 0
+        && d_state % DEPTH == 0
         && d_state <= MAX_D_STATE
         && chunk % BLOCK == 0
         && chunk <= 1024
@@ -126,17 +138,26 @@ fn cumsum_kernel<F: Float>(
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn chunk_state_kernel<F: Float>(
-    x: &Tensor<F>,
-    bmat: &Tensor<F>,
+fn chunk_state_kernel<F: Float, N: Size, N2: Size>(
+    x: &Tensor<Vector<F, N>>,
+    bmat: &Tensor<Vector<F, N>>,
     dt: &Tensor<f32>,
     cum: &Tensor<f32>,
-    states: &mut Tensor<f32>,
+    states: &mut Tensor<Vector<f32, N2>>,
     #[comptime] chunk: usize,
     #[comptime] head_dim: usize,
     #[comptime] state_cols: usize,
     #[define(F)] _dtype: StorageType,
 ) {
+    let mma = MmaDefinition::<F, F, f32>::new(ROWS, COLS, DEPTH);
+    let size!(NA) = mma.vector_size(MatrixIdent::A);
+    let size!(NB) = mma.vector_size(MatrixIdent::B);
+    let c_width = mma.vector_size(MatrixIdent::Accumulator);
+    let size!(NC) = c_width;
+    let a_vectors = mma.vectors_per_lane(MatrixIdent::A);
+    let b_vectors = mma.vectors_per_lane(MatrixIdent::B);
+    let c_vectors = mma.vectors_per_lane(MatrixIdent::Accumulator);
+
     let len = x.shape(1);
     let heads = x.shape(2);
     let groups = bmat.shape(2);
@@ -150,112 +171,78 @@ fn chunk_state_kernel<F: Float>(
     let h = bh % heads;
     let g = h / (heads / groups);
     let plane = UNIT_POS_Y as usize;
-    let tid = UNIT_POS as usize;
-    let threads = comptime!(PLANE * (head_dim / TILE));
+    let lane = UNIT_POS_X as usize;
+    let threads = comptime!(PLANE * (head_dim / ROWS));
     let start = ci * chunk;
     let end = usize::min(start + chunk, len);
     let last = cum[bh * len + end - 1];
-    let x_ld = comptime!(head_dim + PAD);
-    let b_ld = comptime!(state_cols + PAD);
-    let mut xs = SharedMemory::<F>::new_aligned(STATE_STEP * x_ld, 32usize);
-    let mut bs = SharedMemory::<F>::new_aligned(STATE_STEP * b_ld, 32usize);
-    let mut weight = SharedMemory::<f32>::new(chunk);
+    let x_ldv = comptime!((head_dim + PAD) / VECTOR);
+    let b_ldv = comptime!((state_cols + PAD) / VECTOR);
+    let mut xs = SharedMemory::<Vector<F, N>>::new_aligned(STEP * x_ldv, 16usize);
+    let mut bs = SharedMemory::<Vector<F, N>>::new_aligned(STEP * b_ldv, 16usize);
     // strides read once: they live in a metadata buffer in global memory
     let x_base = b * x.stride(0) + h * x.stride(2);
     let x_t = x.stride(1);
-    let x_p = x.stride(3);
+    let b_base = b * bmat.stride(0) + g * bmat.stride(2) + n0;
     let b_t = bmat.stride(1);
-    let b_n = bmat.stride(3);
-    let b_base = b * bmat.stride(0) + g * bmat.stride(2) + n0 * b_n;
-    let mut acc = Sequence::<cmma::Matrix<f32>>::new();
+    let n_tiles = comptime!(state_cols / COLS);
+    let mut acc = Sequence::<Array<Vector<f32, NC>>>::new();
     #[unroll]
-    for _ in 0..state_cols / TILE {
-        acc.push(zero_accumulator());
+    for _ in 0..n_tiles {
+        acc.push(zero_fragment::<NC>(c_vectors));
     }
-    // per-position weight dt·exp(cum_last − cum_t) of the whole chunk, zero past the end
-    let mut r = tid;
-    while r < chunk {
-        let t = start + r;
-        let mut w = 0.0f32;
-        if t < end {
-            w = dt[bh * len + t] * f32::exp(last - cum[bh * len + t]);
-        }
-        weight[r] = w;
-        r += threads;
-    }
-    sync_cube();
+    // this unit's vectors of a step: x with its positions' weights, and B
+    let x_vectors = comptime!((STEP * head_dim / VECTOR).div_ceil(threads));
+    let mut xv = Array::<Vector<F, N>>::new(x_vectors);
+    let mut weights = Array::<f32>::new(x_vectors);
+    let mut bv = Array::<Vector<F, N>>::new(comptime!((STEP * state_cols / VECTOR).div_ceil(threads)));
+    let no_scale = Array::<f32>::new(1usize);
     let mut t0 = start;
     while t0 < end {
-        let rows = end - t0;
-        stage_block::<F>(
-            x,
-            &mut xs,
-            &weight,
-            t0 - start,
-            x_base + t0 * x_t,
-            x_t,
-            x_p,
-            rows,
-            head_dim,
-            STATE_STEP,
-            head_dim,
-            x_ld,
-            threads,
-            true,
-        );
-        stage_block::<F>(
-            bmat,
-            &mut bs,
-            &weight,
-            0usize,
-            b_base + t0 * b_t,
-            b_t,
-            b_n,
-            rows,
-            d_state - n0,
-            STATE_STEP,
-            state_cols,
-            b_ld,
-            threads,
-            false,
-        );
+        load_vectors::<F, N>(x, &mut xv, x_base + t0 * x_t, x_t, end - t0, STEP, head_dim, threads);
+        load_vectors::<F, N>(bmat, &mut bv, b_base + t0 * b_t, b_t, end - t0, STEP, state_cols, threads);
+        position_weights(dt, cum, &mut weights, bh * len, t0, end, last, head_dim, threads);
+        // x weighted (zero past the end), rounded to the input dtype
+        store_vectors::<F, N>(&xv, &mut xs, &weights, STEP, head_dim, x_ldv, threads, true);
+        store_vectors::<F, N>(&bv, &mut bs, &no_scale, STEP, state_cols, b_ldv, threads, false);
         sync_cube();
-        // A = (weighted x)ᵀ: element (p, t) sits at xs[t·x_ld + p], column-major
-        mma_staged::<F>(
-            &mut acc,
-            &xs,
-            StagedTiles {
-                start: plane * TILE,
-                step_k: TILE * x_ld,
-                step_n: 0usize,
-                ld: x_ld,
-                layout: cmma::MatrixLayout::ColMajor,
-            },
-            &bs,
-            StagedTiles {
-                start: 0usize,
-                step_k: TILE * b_ld,
-                step_n: TILE,
-                ld: b_ld,
-                layout: cmma::MatrixLayout::RowMajor,
-            },
-            STATE_STEP / TILE,
-            state_cols / TILE,
-        );
+        #[unroll]
+        for kk in 0..STEP / DEPTH {
+            // A = (weighted x)ᵀ, rows p of this plane, 16 positions deep: `ldmatrix .trans` ×4 of the
+            // staged rows (lanes 0–7 give positions 0–7 at column 0, 8–15 the same at column 8,
+            // 16–23 positions 8–15 at column 0, 24–31 at column 8)
+            let quarter = lane / 8usize;
+            let at = (kk * DEPTH + lane % 8usize + (quarter / 2usize) * 8usize) * x_ldv
+                + (plane * ROWS + (quarter % 2usize) * 8usize) / VECTOR;
+            let xa = mma.load_matrix::<Vector<F, N>, NA>(&xs.slice(at, at + 1), MatrixIdent::A, a_vectors, true);
+            // B's rows are the staged rows as they are: `ldmatrix .trans`, two 8-column tiles each
+            #[unroll]
+            for j in 0..n_tiles / 2 {
+                let at = (kk * DEPTH + lane % 16usize) * b_ldv + (j * 2 + lane / 16usize) * COLS / VECTOR;
+                let (first, second) = load_b_pair::<F, N, NB>(&mma, &bs, at, b_vectors, true);
+                mma.execute_inplace(&xa, &first, acc.index_mut(comptime!(2 * j)));
+                mma.execute_inplace(&xa, &second, acc.index_mut(comptime!(2 * j + 1)));
+            }
+        }
         sync_cube();
-        t0 += STATE_STEP;
+        t0 += STEP;
     }
-    let base = ((bh * chunks + ci) * head_dim + plane * TILE) * d_state + n0;
-    let total = states.len();
+    // a lane holds rows g and g + 8 of the plane's 16 head_dim rows, columns 2t and 2t + 1 of each
+    // tile: one 8-byte store per row and tile
+    let row = plane * ROWS + lane / 4usize;
+    let col = n0 + 2usize * (lane % 4usize);
+    let base = (bh * chunks + ci) * head_dim * d_state;
     #[unroll]
-    for j in 0..state_cols / TILE {
-        if n0 + j * TILE < d_state {
-            cmma::store(
-                &mut states.slice_mut(base + j * TILE, total),
-                acc.index(j),
-                d_state as u32,
-                cmma::MatrixLayout::RowMajor,
-            );
+    for j in 0..n_tiles {
+        #[unroll]
+        for q in 0..2usize {
+            let mut out = Vector::<f32, N2>::empty();
+            #[unroll]
+            for e in 0..2usize {
+                let n = comptime!(2 * q + e);
+                out[e] = acc.index(j)[comptime!(n / c_width)][comptime!(n % c_width)];
+            }
+            states[(base + (row + comptime!(q * 8)) * d_state + col + comptime!(j * COLS)) / 2usize] = out;
         }
     }
 }
@@ -357,69 +344,110 @@ pub(super) unsafe fn pass<R: CubeRuntime>(
     }
 }
 
-/// Copies a `rows × cols` block of a strided source into `stage` (row stride `ld`): element (r, k) is
-/// `src[base + r·row_stride + k·col_stride]`, times `scale[scale_base + r]` when `scaled`, and zero where
-/// `r ≥ valid_rows` or `k ≥ valid_cols`. Unrolled so that all of a unit's loads are in flight before
-/// its first store. Every unit of the cube (`threads` of them) must call it.
+/// For this unit's vectors of `STEP` positions from `t0` × `cols` columns (as [`load_vectors`] deals
+/// them), each one's position's chunk-state weight `dt·exp(cum_last − cum)`, zero at or past `end`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn stage_block<F: Float>(
-    src: &Tensor<F>,
-    stage: &mut SharedMemory<F>,
-    scale: &SharedMemory<f32>,
-    scale_base: usize,
-    base: usize,
-    row_stride: usize,
-    col_stride: usize,
-    valid_rows: usize,
-    valid_cols: usize,
-    #[comptime] rows: usize,
+fn position_weights(
+    dt: &Tensor<f32>,
+    cum: &Tensor<f32>,
+    weights: &mut Array<f32>,
+    row: usize,
+    t0: usize,
+    end: usize,
+    last: f32,
     #[comptime] cols: usize,
-    #[comptime] ld: usize,
     #[comptime] threads: usize,
-    #[comptime] scaled: bool,
 ) {
-    let per_unit = comptime!((rows * cols).div_ceil(threads));
-    let mut values = Array::<F>::new(per_unit);
-    let mut factors = Array::<f32>::new(comptime!(if scaled { per_unit } else { 1 }));
+    let per_row = comptime!(cols / VECTOR);
+    let total = comptime!(STEP * cols / VECTOR);
     #[unroll]
-    for j in 0..per_unit {
-        let i = UNIT_POS as usize + j * threads;
-        let r = i / cols;
-        let k = i % cols;
-        let mut v = F::new(0.0);
-        if i < rows * cols && r < valid_rows && k < valid_cols {
-            v = src[base + r * row_stride + k * col_stride];
-        }
-        values[j] = v;
-        if scaled {
-            // read before the first store below (the compiler cannot tell the buffers apart)
-            factors[j] = scale[scale_base + usize::min(r, rows - 1)];
-        }
+    for j in 0..comptime!(total.div_ceil(threads)) {
+        let t = t0 + usize::min(UNIT_POS as usize + j * threads, total - 1) / per_row;
+        let read = usize::min(t, end - 1);
+        weights[j] = select(t < end, dt[row + read] * f32::exp(last - cum[row + read]), 0.0f32);
     }
+}
+
+/// `acc[j] += A · Bᵀ` for this plane: A is 16 staged rows of `a_stage` from row `a_row`, B's rows
+/// (`tiles` × 8 of them) are `b_stage`'s, both with the product's `depth` along the row (`ldv` vectors
+/// apart). A's fragments come from `ldmatrix` ×4 of its rows as they are (lanes 0–15 give rows 0–15
+/// at column 0, 16–31 the same at 8); B's two 8-row tiles at a time (lanes 0–7 give a tile's rows at
+/// depth 0, 8–15 at depth 8, 16–31 the next tile's).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn mma_rows_by_rows<F: Float, N: Size, NA: Size, NB: Size, NC: Size>(
+    mma: &MmaDefinition<F, F, f32>,
+    acc: &mut Sequence<Array<Vector<f32, NC>>>,
+    a_stage: &SharedMemory<Vector<F, N>>,
+    b_stage: &SharedMemory<Vector<F, N>>,
+    a_row: usize,
+    #[comptime] depth: usize,
+    #[comptime] tiles: usize,
+    #[comptime] ldv: usize,
+    #[comptime] a_vectors: usize,
+    #[comptime] b_vectors: usize,
+) {
+    let lane = UNIT_POS_X as usize;
     #[unroll]
-    for j in 0..per_unit {
-        let i = UNIT_POS as usize + j * threads;
-        let r = i / cols;
-        if i < rows * cols {
-            let mut v = values[j];
-            if scaled {
-                v = F::cast_from(f32::cast_from(v) * factors[j]);
-            }
-            stage[r * ld + i % cols] = v;
+    for kk in 0..depth / DEPTH {
+        let at = (a_row + lane % 16usize) * ldv + (kk * DEPTH + (lane / 16usize) * 8usize) / VECTOR;
+        let a = mma.load_matrix::<Vector<F, N>, NA>(&a_stage.slice(at, at + 1), MatrixIdent::A, a_vectors, false);
+        #[unroll]
+        for j in 0..tiles / 2 {
+            let at = (j * 16usize + (lane / 16usize) * 8usize + lane % 8usize) * ldv
+                + (kk * DEPTH + ((lane / 8usize) % 2usize) * 8usize) / VECTOR;
+            let (first, second) = load_b_pair::<F, N, NB>(mma, b_stage, at, b_vectors, false);
+            mma.execute_inplace(&a, &first, acc.index_mut(comptime!(2 * j)));
+            mma.execute_inplace(&a, &second, acc.index_mut(comptime!(2 * j + 1)));
         }
     }
 }
 
+/// Where `cb_kernel` puts, and `chunk_scan_kernel` finds, the pair `q` (of 4) of lane `lane`'s A
+/// fragment for 16 positions `t` (plane `plane` of block `tb`) × 16 positions `s` (step `kk` of block
+/// `sb`) of chunk `ci` of sequence-group `bg`, in pairs of f32: each (tile, q) is 32 lanes' pairs in a
+/// row, so a plane's load of one is 256 contiguous bytes.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn cb_pair_index(
+    bg: usize,
+    chunks: usize,
+    ci: usize,
+    tb: usize,
+    sb: usize,
+    plane: usize,
+    kk: usize,
+    q: usize,
+    lane: usize,
+    #[comptime] blocks: usize,
+) -> usize {
+    let tile = ((((bg * chunks + ci) * blocks + tb) * blocks + sb) * (BLOCK / ROWS) + plane) * (BLOCK / DEPTH) + kk;
+    (tile * 4usize + q) * PLANE + lane
+}
+
+/// `C · Bᵀ` of positions `t` (block `tb`) by `s` (block `sb`) of a chunk, for one group: a cube per
+/// 64 × 64 block on or below the diagonal, stored in the A-fragment order the output kernel reads.
 #[cube(launch_unchecked)]
-fn cb_kernel<F: Float>(
-    bmat: &Tensor<F>,
-    cmat: &Tensor<F>,
-    cb: &mut Tensor<f32>,
+#[allow(clippy::too_many_arguments)]
+fn cb_kernel<F: Float, N: Size, N2: Size>(
+    bmat: &Tensor<Vector<F, N>>,
+    cmat: &Tensor<Vector<F, N>>,
+    cb: &mut Tensor<Vector<f32, N2>>,
     #[comptime] chunk: usize,
+    #[comptime] state_cols: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    let blocks = chunk / BLOCK;
+    let mma = MmaDefinition::<F, F, f32>::new(ROWS, COLS, DEPTH);
+    let size!(NA) = mma.vector_size(MatrixIdent::A);
+    let size!(NB) = mma.vector_size(MatrixIdent::B);
+    let c_width = mma.vector_size(MatrixIdent::Accumulator);
+    let size!(NC) = c_width;
+    let a_vectors = mma.vectors_per_lane(MatrixIdent::A);
+    let b_vectors = mma.vectors_per_lane(MatrixIdent::B);
+    let c_vectors = mma.vectors_per_lane(MatrixIdent::Accumulator);
+
+    let blocks = comptime!(chunk / BLOCK);
     let tb = CUBE_POS_Z as usize / blocks;
     let sb = CUBE_POS_Z as usize % blocks;
     if sb > tb {
@@ -434,6 +462,7 @@ fn cb_kernel<F: Float>(
     let b = bg / groups;
     let g = bg % groups;
     let plane = UNIT_POS_Y as usize;
+    let lane = UNIT_POS_X as usize;
     let chunk_end = usize::min((ci + 1) * chunk, len);
     let t0 = ci * chunk + tb * BLOCK;
     let s0 = ci * chunk + sb * BLOCK;
@@ -441,106 +470,109 @@ fn cb_kernel<F: Float>(
         // past the sequence: the output kernel skips these rows
         terminate!();
     }
-    let ld = comptime!(STATE_COLS + PAD);
-    let mut cs = SharedMemory::<F>::new_aligned(BLOCK * ld, 32usize);
-    let mut bs = SharedMemory::<F>::new_aligned(BLOCK * ld, 32usize);
-    let no_scale = SharedMemory::<f32>::new(1usize);
+    let ldv = comptime!((state_cols + PAD) / VECTOR);
+    let mut cs = SharedMemory::<Vector<F, N>>::new_aligned(BLOCK * ldv, 16usize);
+    let mut bs = SharedMemory::<Vector<F, N>>::new_aligned(BLOCK * ldv, 16usize);
     let c_row = b * cmat.stride(0) + g * cmat.stride(2);
     let c_t = cmat.stride(1);
-    let c_n = cmat.stride(3);
     let b_row = b * bmat.stride(0) + g * bmat.stride(2);
     let b_t = bmat.stride(1);
-    let b_n = bmat.stride(3);
-    let mut acc = Sequence::<cmma::Matrix<f32>>::new();
+    let mut acc = Sequence::<Array<Vector<f32, NC>>>::new();
     #[unroll]
-    for _ in 0..BLOCK / TILE {
-        acc.push(zero_accumulator());
+    for _ in 0..BLOCK / COLS {
+        acc.push(zero_fragment::<NC>(c_vectors));
     }
     let mut n0 = 0usize;
     while n0 < d_state {
-        let cols = d_state - n0;
-        stage_block::<F>(
+        stage_vectors::<F, N>(
             cmat,
             &mut cs,
-            &no_scale,
-            0usize,
-            c_row + t0 * c_t + n0 * c_n,
+            c_row + t0 * c_t + n0,
             c_t,
-            c_n,
             chunk_end - t0,
-            cols,
             BLOCK,
-            STATE_COLS,
-            ld,
+            state_cols,
+            ldv,
             BLOCK_UNITS,
-            false,
         );
-        stage_block::<F>(
+        stage_vectors::<F, N>(
             bmat,
             &mut bs,
-            &no_scale,
-            0usize,
-            b_row + s0 * b_t + n0 * b_n,
+            b_row + s0 * b_t + n0,
             b_t,
-            b_n,
             chunk_end - s0,
-            cols,
             BLOCK,
-            STATE_COLS,
-            ld,
+            state_cols,
+            ldv,
             BLOCK_UNITS,
-            false,
         );
         sync_cube();
-        // Bᵀ: element (n, s) sits at bs[s·ld + n], column-major
-        mma_staged::<F>(
+        mma_rows_by_rows::<F, N, NA, NB, NC>(
+            &mma,
             &mut acc,
             &cs,
-            StagedTiles {
-                start: plane * TILE * ld,
-                step_k: TILE,
-                step_n: 0usize,
-                ld,
-                layout: cmma::MatrixLayout::RowMajor,
-            },
             &bs,
-            StagedTiles { start: 0usize, step_k: TILE, step_n: TILE * ld, ld, layout: cmma::MatrixLayout::ColMajor },
-            STATE_COLS / TILE,
-            BLOCK / TILE,
+            plane * ROWS,
+            state_cols,
+            BLOCK / COLS,
+            ldv,
+            a_vectors,
+            b_vectors,
         );
         sync_cube();
-        n0 += STATE_COLS;
+        n0 += state_cols;
     }
+    // The A fragment of 16 positions s (step kk) is, element for element, the accumulators of the two
+    // 8-column tiles 2kk and 2kk + 1: its pair q is tile 2kk + ⌊q/2⌋'s elements 2(q mod 2) and + 1.
     let chunks = cb.shape(1);
-    let row = ((bg * chunks + ci) * chunk + tb * BLOCK + plane * TILE) * chunk + sb * BLOCK;
-    let total = cb.len();
     #[unroll]
-    for j in 0..BLOCK / TILE {
-        cmma::store(&mut cb.slice_mut(row + j * TILE, total), acc.index(j), chunk as u32, cmma::MatrixLayout::RowMajor);
+    for kk in 0..BLOCK / DEPTH {
+        #[unroll]
+        for q in 0..4usize {
+            let mut pair = Vector::<f32, N2>::empty();
+            #[unroll]
+            for e in 0..2usize {
+                let n = comptime!(2 * (q % 2) + e);
+                pair[e] = acc.index(comptime!(2 * kk + q / 2))[comptime!(n / c_width)][comptime!(n % c_width)];
+            }
+            cb[cb_pair_index(bg, chunks, ci, tb, sb, plane, kk, q, lane, blocks)] = pair;
+        }
     }
 }
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn chunk_scan_kernel<F: Float>(
-    x: &Tensor<F>,
-    cmat: &Tensor<F>,
+fn chunk_scan_kernel<F: Float, N: Size, N2: Size>(
+    x: &Tensor<Vector<F, N>>,
+    x_pairs: &Tensor<Vector<F, N2>>,
+    cmat: &Tensor<Vector<F, N>>,
     d: &Tensor<f32>,
     dt: &Tensor<f32>,
     cum: &Tensor<f32>,
-    cb: &Tensor<f32>,
-    entering: &Tensor<F>,
-    y: &mut Tensor<f32>,
+    cb: &Tensor<Vector<f32, N2>>,
+    entering: &Tensor<Vector<F, N>>,
+    y: &mut Tensor<Vector<f32, N2>>,
     #[comptime] chunk: usize,
     #[comptime] head_dim: usize,
+    #[comptime] state_cols: usize,
     #[define(F)] _dtype: StorageType,
 ) {
+    let mma = MmaDefinition::<F, F, f32>::new(ROWS, COLS, DEPTH);
+    let a_width = mma.vector_size(MatrixIdent::A);
+    let size!(NA) = a_width;
+    let size!(NB) = mma.vector_size(MatrixIdent::B);
+    let c_width = mma.vector_size(MatrixIdent::Accumulator);
+    let size!(NC) = c_width;
+    let a_vectors = mma.vectors_per_lane(MatrixIdent::A);
+    let b_vectors = mma.vectors_per_lane(MatrixIdent::B);
+    let c_vectors = mma.vectors_per_lane(MatrixIdent::Accumulator);
+
     let len = x.shape(1);
     let heads = x.shape(2);
     let groups = cmat.shape(2);
     let d_state = cmat.shape(3);
     let chunks = entering.shape(2);
-    let blocks = chunk / BLOCK;
+    let blocks = comptime!(chunk / BLOCK);
     let ci = CUBE_POS_X as usize / blocks;
     let tb = CUBE_POS_X as usize % blocks;
     let bh = CUBE_POS_Y as usize;
@@ -553,228 +585,199 @@ fn chunk_scan_kernel<F: Float>(
     }
     let chunk_end = usize::min((ci + 1) * chunk, len);
     let plane = UNIT_POS_Y as usize;
+    let lane = UNIT_POS_X as usize;
     let tid = UNIT_POS as usize;
     let threads = comptime!(BLOCK_UNITS);
-    let a_ld = comptime!(BLOCK + PAD);
-    let s_ld = comptime!(STATE_COLS + PAD);
-    let x_ld = comptime!(head_dim + PAD);
-    let y_ld = comptime!(head_dim + PAD_F32);
+    let s_ldv = comptime!((state_cols + PAD) / VECTOR);
+    let x_ldv = comptime!((head_dim + PAD) / VECTOR);
+    let dim_tiles = comptime!(head_dim / COLS);
     // strides read once: they live in a metadata buffer in global memory
     let x_row = b * x.stride(0) + h * x.stride(2);
     let x_t = x.stride(1);
-    let x_p = x.stride(3);
     let c_row = b * cmat.stride(0) + g * cmat.stride(2);
     let c_t = cmat.stride(1);
-    let c_n = cmat.stride(3);
-    let d_h = d[h * d.stride(0)];
-    // stage_a holds C·exp(cum_t) (BLOCK × STATE_COLS) or the masked decay matrix (BLOCK × BLOCK);
-    // stage_b holds S_in (head_dim × STATE_COLS) or x (BLOCK × head_dim)
-    let mut stage_a = SharedMemory::<F>::new_aligned(BLOCK * a_ld, 32usize);
-    let mut stage_b = SharedMemory::<F>::new_aligned(BLOCK * x_ld, 32usize);
-    let mut cum_t = SharedMemory::<f32>::new(BLOCK);
-    let mut exp_t = SharedMemory::<f32>::new(BLOCK);
+    let mut c_stage = SharedMemory::<Vector<F, N>>::new_aligned(BLOCK * s_ldv, 16usize);
+    let mut s_stage = SharedMemory::<Vector<F, N>>::new_aligned(head_dim * s_ldv, 16usize);
+    let mut x_stage = SharedMemory::<Vector<F, N>>::new_aligned(BLOCK * x_ldv, 16usize);
     let mut cum_s = SharedMemory::<f32>::new(BLOCK);
     let mut dt_s = SharedMemory::<f32>::new(BLOCK);
-    if tid < BLOCK {
-        let mut c = 0.0f32;
-        if t0 + tid < chunk_end {
-            c = cum[bh * len + t0 + tid];
-        }
-        cum_t[tid] = c;
-        exp_t[tid] = f32::exp(c);
-    }
-    let mut acc = Sequence::<cmma::Matrix<f32>>::new();
-    #[unroll]
-    for _ in 0..head_dim / TILE {
-        acc.push(zero_accumulator());
-    }
-    sync_cube();
 
-    // what the entering state contributes: exp(cum_t)·C_t · S_inᵀ
+    // A lane holds rows g and g + 8 of its plane's 16 (slots 0 and 1), columns 2t and 2t + 1 of each
+    // 8-wide output tile. Rows past the chunk read the last row's cum (they are never stored).
+    let quad = lane / 4usize;
+    let pair = 2usize * (lane % 4usize);
+    let first_row = plane * ROWS + quad;
+    let mut cum_row = Array::<f32>::new(2usize);
+    #[unroll]
+    for slot in 0..2usize {
+        cum_row[slot] = cum[bh * len + usize::min(t0 + first_row + slot * 8usize, chunk_end - 1)];
+    }
+    let mut acc = Sequence::<Array<Vector<f32, NC>>>::new();
+    #[unroll]
+    for _ in 0..dim_tiles {
+        acc.push(zero_fragment::<NC>(c_vectors));
+    }
+
+    // what the entering state contributes: exp(cum_t) · C_t · S_inᵀ, state_cols of d_state at a time
     let state_base = (bh * chunks + ci) * head_dim * d_state;
     let mut n0 = 0usize;
     while n0 < d_state {
-        let cols = d_state - n0;
-        stage_block::<F>(
+        stage_vectors::<F, N>(
             cmat,
-            &mut stage_a,
-            &exp_t,
-            0usize,
-            c_row + t0 * c_t + n0 * c_n,
+            &mut c_stage,
+            c_row + t0 * c_t + n0,
             c_t,
-            c_n,
             chunk_end - t0,
-            cols,
             BLOCK,
-            STATE_COLS,
-            s_ld,
+            state_cols,
+            s_ldv,
             threads,
-            true,
         );
-        stage_block::<F>(
+        stage_vectors::<F, N>(
             entering,
-            &mut stage_b,
-            &exp_t,
-            0usize,
+            &mut s_stage,
             state_base + n0,
             d_state,
-            1usize,
             head_dim,
-            cols,
             head_dim,
-            STATE_COLS,
-            s_ld,
+            state_cols,
+            s_ldv,
             threads,
-            false,
         );
         sync_cube();
-        // S_inᵀ: element (n, p) sits at stage_b[p·s_ld + n], column-major
-        mma_staged::<F>(
+        // S_inᵀ: S_in's rows (head_dim of them) are B's columns
+        mma_rows_by_rows::<F, N, NA, NB, NC>(
+            &mma,
             &mut acc,
-            &stage_a,
-            StagedTiles {
-                start: plane * TILE * s_ld,
-                step_k: TILE,
-                step_n: 0usize,
-                ld: s_ld,
-                layout: cmma::MatrixLayout::RowMajor,
-            },
-            &stage_b,
-            StagedTiles {
-                start: 0usize,
-                step_k: TILE,
-                step_n: TILE * s_ld,
-                ld: s_ld,
-                layout: cmma::MatrixLayout::ColMajor,
-            },
-            STATE_COLS / TILE,
-            head_dim / TILE,
+            &c_stage,
+            &s_stage,
+            plane * ROWS,
+            state_cols,
+            dim_tiles,
+            s_ldv,
+            a_vectors,
+            b_vectors,
         );
         sync_cube();
-        n0 += STATE_COLS;
+        n0 += state_cols;
+    }
+    let mut decay_row = Array::<f32>::new(2usize);
+    decay_row[0usize] = f32::exp(cum_row[0usize]);
+    decay_row[1usize] = f32::exp(cum_row[1usize]);
+    #[unroll]
+    for j in 0..dim_tiles {
+        #[unroll]
+        for i in 0..c_vectors {
+            let mut values = acc.index(j)[i];
+            #[unroll]
+            for e in 0..c_width {
+                values[e] *= decay_row[comptime!((i * c_width + e) / 2)];
+            }
+            acc.index_mut(j)[i] = values;
+        }
     }
 
-    // within the chunk: (C_t·B_s · exp(cum_t − cum_s) · dt_s for s ≤ t) · x_s, block by block
+    // within the chunk: (C_t·B_s · exp(cum_t − cum_s) · dt_s for s ≤ t) · x_s, 64 positions s at a
+    // time. The decay matrix goes from `cb` straight into A fragments: a lane's 8 elements of each
+    // 16-deep step sit at rows g, g + 8 and columns 2t, 2t + 1, 2t + 8, 2t + 9.
     let chunks_cb = cb.shape(1);
-    let cb_base = (((b * groups + g) * chunks_cb + ci) * chunk + tb * BLOCK) * chunk;
+    let bg = b * groups + g;
     for sb in 0..tb + 1 {
         let s0 = ci * chunk + sb * BLOCK;
         if tid < BLOCK {
-            let mut c = 0.0f32;
-            let mut w = 0.0f32;
-            if s0 + tid < chunk_end {
-                c = cum[bh * len + s0 + tid];
-                w = dt[bh * len + s0 + tid];
-            }
-            cum_s[tid] = c;
-            dt_s[tid] = w;
+            let s = usize::min(s0 + tid, chunk_end - 1);
+            cum_s[tid] = cum[bh * len + s];
+            dt_s[tid] = dt[bh * len + s];
         }
+        stage_vectors::<F, N>(x, &mut x_stage, x_row + s0 * x_t, x_t, chunk_end - s0, BLOCK, head_dim, x_ldv, threads);
         sync_cube();
-        let per_unit = comptime!(BLOCK * BLOCK / BLOCK_UNITS);
-        let mut values = Array::<f32>::new(per_unit);
         #[unroll]
-        for j in 0..per_unit {
-            let i = tid + j * threads;
-            values[j] = cb[cb_base + (i / BLOCK) * chunk + sb * BLOCK + i % BLOCK];
-        }
-        // a unit's column k is the same for every j (`threads` is a multiple of BLOCK): its cum and dt
-        // are read once, and every row's cum before the first store to shared memory
-        let k = tid % BLOCK;
-        let cum_k = cum_s[k];
-        let dt_k = dt_s[k];
-        let mut cum_r = Array::<f32>::new(per_unit);
-        #[unroll]
-        for j in 0..per_unit {
-            cum_r[j] = cum_t[(tid + j * threads) / BLOCK];
-        }
-        #[unroll]
-        for j in 0..per_unit {
-            let r = (tid + j * threads) / BLOCK;
-            let mut v = 0.0f32;
-            if sb * BLOCK + k <= tb * BLOCK + r {
-                v = values[j] * f32::exp(cum_r[j] - cum_k) * dt_k;
+        for kk in 0..BLOCK / DEPTH {
+            // the 8 elements in fragment order: `cb` holds them so (pairs of adjacent columns, a plane's
+            // load of a pair 256 contiguous bytes)
+            let mut elements = Array::<f32>::new(8usize);
+            #[unroll]
+            for q in 0..4usize {
+                let slot = comptime!(q % 2);
+                let r = first_row + comptime!(slot * 8);
+                let k = kk * DEPTH + pair + comptime!(8 * (q / 2));
+                let products = cb[cb_pair_index(bg, chunks_cb, ci, tb, sb, plane, kk, q, lane, blocks)];
+                #[unroll]
+                for e in 0..2usize {
+                    let v = products[e] * f32::exp(cum_row[slot] - cum_s[k + e]) * dt_s[k + e];
+                    // causal: s ≤ t (the masked values may be inf·0; the select drops them)
+                    elements[comptime!(2 * q + e)] = select(sb * BLOCK + k + e <= tb * BLOCK + r, v, 0.0f32);
+                }
             }
-            if sb == tb && k == r {
-                // D·x as part of the product: D on the diagonal
-                v += d_h;
+            let mut decay = Array::<Vector<F, NA>>::new(a_vectors);
+            #[unroll]
+            for i in 0..a_vectors {
+                let mut values = Vector::<F, NA>::empty();
+                #[unroll]
+                for e in 0..a_width {
+                    values[e] = F::cast_from(elements[comptime!(i * a_width + e)]);
+                }
+                decay[i] = values;
             }
-            stage_a[r * a_ld + k] = F::cast_from(v);
+            // x's rows are B's rows: `ldmatrix .trans`, two 8-column tiles each
+            #[unroll]
+            for j in 0..dim_tiles / 2 {
+                let at = (kk * DEPTH + lane % 16usize) * x_ldv + (j * 2 + lane / 16usize) * COLS / VECTOR;
+                let (first, second) = load_b_pair::<F, N, NB>(&mma, &x_stage, at, b_vectors, true);
+                mma.execute_inplace(&decay, &first, acc.index_mut(comptime!(2 * j)));
+                mma.execute_inplace(&decay, &second, acc.index_mut(comptime!(2 * j + 1)));
+            }
         }
-        stage_block::<F>(
-            x,
-            &mut stage_b,
-            &exp_t,
-            0usize,
-            x_row + s0 * x_t,
-            x_t,
-            x_p,
-            chunk_end - s0,
-            head_dim,
-            BLOCK,
-            head_dim,
-            x_ld,
-            threads,
-            false,
-        );
-        sync_cube();
-        mma_staged::<F>(
-            &mut acc,
-            &stage_a,
-            StagedTiles {
-                start: plane * TILE * a_ld,
-                step_k: TILE,
-                step_n: 0usize,
-                ld: a_ld,
-                layout: cmma::MatrixLayout::RowMajor,
-            },
-            &stage_b,
-            StagedTiles {
-                start: 0usize,
-                step_k: TILE * x_ld,
-                step_n: TILE,
-                ld: x_ld,
-                layout: cmma::MatrixLayout::RowMajor,
-            },
-            BLOCK / TILE,
-            head_dim / TILE,
-        );
         sync_cube();
     }
 
-    // A full block goes straight from the accumulators to y; the last block of a sequence that stops
-    // short of 64 rows goes through shared memory.
-    if t0 + BLOCK <= chunk_end {
-        let row = ((b * len + t0 + plane * TILE) * heads + h) * head_dim;
-        let total = y.len();
+    // + D·x in f32 (as mamba_ssm), then the rows inside the chunk to y: a lane's two adjacent columns
+    // of a row as one 8-byte store
+    let d_h = d[h * d.stride(0)];
+    let x_base = b * x_pairs.stride(0) + h * x_pairs.stride(2);
+    let x_t = x_pairs.stride(1);
+    #[unroll]
+    for j in 0..dim_tiles {
         #[unroll]
-        for j in 0..head_dim / TILE {
-            cmma::store(
-                &mut y.slice_mut(row + j * TILE, total),
-                acc.index(j),
-                (heads * head_dim) as u32,
-                cmma::MatrixLayout::RowMajor,
-            );
-        }
-    } else {
-        let mut ys = SharedMemory::<f32>::new_aligned(BLOCK * y_ld, 32usize);
-        #[unroll]
-        for j in 0..head_dim / TILE {
-            cmma::store(
-                &mut ys.slice_mut(plane * TILE * y_ld + j * TILE, BLOCK * y_ld),
-                acc.index(j),
-                y_ld as u32,
-                cmma::MatrixLayout::RowMajor,
-            );
-        }
-        sync_cube();
-        #[unroll]
-        for j in 0..comptime!(BLOCK * head_dim / BLOCK_UNITS) {
-            let i = tid + j * threads;
-            let r = i / head_dim;
-            if t0 + r < chunk_end {
-                y[((b * len + t0 + r) * heads + h) * head_dim + i % head_dim] = ys[r * y_ld + i % head_dim];
+        for q in 0..2usize {
+            let t = t0 + first_row + comptime!(q * 8);
+            if t < chunk_end {
+                let p = pair + comptime!(j * COLS);
+                let xv = x_pairs[(x_base + t * x_t + p) / 2usize];
+                let mut out = Vector::<f32, N2>::empty();
+                #[unroll]
+                for e in 0..2usize {
+                    let n = comptime!(2 * q + e);
+                    out[e] = acc.index(j)[comptime!(n / c_width)][comptime!(n % c_width)] + d_h * f32::cast_from(xv[e]);
+                }
+                y[(((b * len + t) * heads + h) * head_dim + p) / 2usize] = out;
             }
         }
+    }
+}
+
+/// d_state columns per step of the chunk-state and output products: the largest multiple of 16 up to
+/// 64 dividing `d_state` (a multiple of 16), so that no staged row reads past its own columns.
+fn state_cols(d_state: usize) -> usize {
+    (1..=STATE_COLS / DEPTH)
+        .rev()
+        .map(|steps| steps * DEPTH)
+        .find(|cols| d_state.is_multiple_of(*cols))
+        .unwrap_or(DEPTH)
+}
+
+/// `t` (`[batch, len, rows, cols]`) as the kernels read it in 16-byte vectors: unit column stride,
+/// every other stride and the view's start on a vector boundary; a contiguous copy otherwise.
+fn rows_of_vectors<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    let strides = t.meta.strides();
+    let offset = t.handle.offset_start.unwrap_or(0) as usize;
+    let vectors = strides[3] == 1
+        && strides[..3].iter().all(|s| s.is_multiple_of(VECTOR))
+        && offset.is_multiple_of(VECTOR * t.dtype.size());
+    if vectors {
+        t
+    } else {
+        into_contiguous(t)
     }
 }
 
@@ -798,6 +801,8 @@ pub fn launch<R: CubeRuntime>(
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let client = x.client.clone();
     let device = x.device.clone();
+    // x, B and C are read as 16-byte vectors: views that are not rows of vectors are copied
+    let (x, b, c) = (rows_of_vectors(x), rows_of_vectors(b), rows_of_vectors(c));
     let [batch, len, heads, head_dim] = x.meta.shape().dims::<4>();
     let [_, _, groups, d_state] = b.meta.shape().dims::<4>();
     let chunks = len.div_ceil(chunk);
@@ -818,8 +823,8 @@ pub fn launch<R: CubeRuntime>(
     let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
     let dtype = x.dtype;
     let blocks = chunk / BLOCK;
-    let state_cols = d_state.min(STATE_COLS);
-    let planes_of = |rows: usize| CubeDim::new_2d(PLANE as u32, (rows / TILE) as u32);
+    let state_cols = state_cols(d_state);
+    let planes_of = |rows: usize| CubeDim::new_2d(PLANE as u32, (rows / ROWS) as u32);
     SCANS_RUN.fetch_add(1, Ordering::Relaxed);
     // SAFETY: every index derives from the shapes and is guarded against len, d_state and the chunk;
     // `applies` holds (tile-multiple head_dim/d_state, chunk a multiple of BLOCK).
@@ -843,6 +848,8 @@ pub fn launch<R: CubeRuntime>(
             &client,
             CubeCount::Static(chunks as u32, (batch * heads) as u32, d_state.div_ceil(state_cols) as u32),
             planes_of(head_dim),
+            VECTOR,
+            2,
             x.clone().into_tensor_arg(),
             b.clone().into_tensor_arg(),
             dt_out.clone().into_tensor_arg(),
@@ -858,16 +865,22 @@ pub fn launch<R: CubeRuntime>(
             &client,
             CubeCount::Static(chunks as u32, (batch * groups) as u32, (blocks * blocks) as u32),
             planes_of(BLOCK),
+            VECTOR,
+            2,
             b.into_tensor_arg(),
             c.clone().into_tensor_arg(),
             cb.clone().into_tensor_arg(),
             chunk,
+            state_cols,
             dtype.into(),
         );
         chunk_scan_kernel::launch_unchecked::<R>(
             &client,
             CubeCount::Static((chunks * blocks) as u32, (batch * heads) as u32, 1),
             planes_of(BLOCK),
+            VECTOR,
+            2,
+            x.clone().into_tensor_arg(),
             x.into_tensor_arg(),
             c.into_tensor_arg(),
             d.into_tensor_arg(),
@@ -878,6 +891,7 @@ pub fn launch<R: CubeRuntime>(
             y.clone().into_tensor_arg(),
             chunk,
             head_dim,
+            state_cols,
             dtype.into(),
         );
     }
