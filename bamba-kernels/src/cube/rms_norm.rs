@@ -90,12 +90,14 @@ fn rms_norm_kernel<X: Float, F: Float, N: Size>(
     }
 }
 
-/// Whether `t` (`[rows, width]`) is indexable as rows of `vector`-element vectors: unit column
-/// stride, rows starting at multiples of the vector size, the view starting on a vector boundary.
-fn rows_of_vectors<R: CubeRuntime>(t: &CubeTensor<R>, vector: usize) -> bool {
+/// Whether `t` (any rank, its last dimension the row) is indexable as rows of `vector`-element
+/// vectors: unit stride along the row, every other stride a multiple of the vector size, the view
+/// starting on a vector boundary (the RMSNorm's operands, the tensor-core scan's x, B and C).
+pub(super) fn rows_of_vectors<R: CubeRuntime>(t: &CubeTensor<R>, vector: usize) -> bool {
     let strides = t.meta.strides();
+    let Some((last, outer)) = strides.split_last() else { return false };
     let offset = t.handle.offset_start.unwrap_or(0) as usize;
-    strides[1] == 1 && strides[0].is_multiple_of(vector) && offset.is_multiple_of(vector * t.dtype.size())
+    *last == 1 && outer.iter().all(|s| s.is_multiple_of(vector)) && offset.is_multiple_of(vector * t.dtype.size())
 }
 
 /// # Shapes

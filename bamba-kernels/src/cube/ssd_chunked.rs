@@ -42,6 +42,7 @@ use super::fragments::{
     ROWS, VECTOR,
 };
 use super::math::discretize_dt;
+use super::rms_norm::rows_of_vectors;
 
 /// Positions per block of the output kernel (one 16-row tile per plane, 4 planes).
 const BLOCK: usize = 64;
@@ -766,21 +767,6 @@ fn state_cols(d_state: usize) -> usize {
         .unwrap_or(DEPTH)
 }
 
-/// `t` (`[batch, len, rows, cols]`) as the kernels read it in 16-byte vectors: unit column stride,
-/// every other stride and the view's start on a vector boundary; a contiguous copy otherwise.
-fn rows_of_vectors<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    let strides = t.meta.strides();
-    let offset = t.handle.offset_start.unwrap_or(0) as usize;
-    let vectors = strides[3] == 1
-        && strides[..3].iter().all(|s| s.is_multiple_of(VECTOR))
-        && offset.is_multiple_of(VECTOR * t.dtype.size());
-    if vectors {
-        t
-    } else {
-        into_contiguous(t)
-    }
-}
-
 /// # Shapes
 /// As [`super::ssd_scan::launch`]: `x` `[batch, len, heads, head_dim]`, `dt` `[batch, len, heads]`, `b`, `c`
 /// `[batch, len, groups, d_state]` (bf16 or f16); `a_log`, `d`, `dt_bias` `[heads]` f32; `initial`
@@ -802,7 +788,8 @@ pub fn launch<R: CubeRuntime>(
     let client = x.client.clone();
     let device = x.device.clone();
     // x, B and C are read as 16-byte vectors: views that are not rows of vectors are copied
-    let (x, b, c) = (rows_of_vectors(x), rows_of_vectors(b), rows_of_vectors(c));
+    let in_vectors = |t: CubeTensor<R>| if rows_of_vectors(&t, VECTOR) { t } else { into_contiguous(t) };
+    let (x, b, c) = (in_vectors(x), in_vectors(b), in_vectors(c));
     let [batch, len, heads, head_dim] = x.meta.shape().dims::<4>();
     let [_, _, groups, d_state] = b.meta.shape().dims::<4>();
     let chunks = len.div_ceil(chunk);
