@@ -142,6 +142,13 @@ flash_comparison() { # SDPA, prefill attention with the flash kernel and without
   done
   sweep_table "$RAW"/sweep_*.jsonl
 }
+scan_vs_mamba_ssm() { # mamba_ssm's Triton chain ($RAW/mamba_ssm.jsonl), then our criterion scan bench
+  # ($RAW/ssd-bencher.txt) in the same call
+  timeout 150 python3 scripts/bench_mamba_ssm.py .gpu/mm > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
+  echo "mamba_ssm rc=$?"
+  grep -h chunk_scan "$RAW/mamba_ssm.jsonl" | cut -c1-100
+  criterion "ssd_chunk_scan/kernel" ssd
+}
 ssd_tests() { # the scan's CUDA tests, the log in $RAW/tests.log
   for t in cuda_scan_runs_on_tensor_cores cuda::ssd_chunk_scan_matches_the_reference; do
     local t0=$SECONDS
@@ -290,11 +297,7 @@ ssd)
     echo "$t rc=$? ($((SECONDS - t0)) s)"
   done
   grep -E "worst|panicked" -A1 "$RAW/tests.log" | head -12
-  timeout 150 python3 scripts/bench_mamba_ssm.py .gpu/mm > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
-  echo "mamba_ssm rc=$?"
-  grep -h chunk_scan "$RAW/mamba_ssm.jsonl"
-  criterion "ssd_chunk_scan/kernel"
-  mv "$RAW/criterion-bencher.txt" "$RAW/ssd-bencher.txt"
+  scan_vs_mamba_ssm
   BAMBA_SSD_TENSOR_CORES=0 criterion "ssd_chunk_scan/kernel/(512|8192)"
   mv "$RAW/criterion-bencher.txt" "$RAW/ssd-portable-criterion.txt"
   ;;
@@ -460,9 +463,7 @@ kernels_s13)
   prefill_both
   sweep_table "$RAW"/sweep_*.jsonl
   criterion "mamba_decode_step/fused|ssd_decode_step/kernel|causal_conv1d_silu/kernel" step
-  timeout 150 python3 scripts/bench_mamba_ssm.py .gpu/mm > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
-  echo "mamba_ssm rc=$?"
-  criterion "ssd_chunk_scan/kernel" ssd
+  scan_vs_mamba_ssm
   ;;
 final_s13)
   # Session 13, the landed build (prefill attention in query blocks of 1024; 2–8-row products on
@@ -586,10 +587,7 @@ ssd_s17)
   # bench in the same call, pp4096 with this build and the previous one (.gpu/bamba-old), and Nsight
   # Compute's sections of one launch of each new kernel at 32K.
   ssd_tests
-  timeout 150 python3 scripts/bench_mamba_ssm.py .gpu/mm > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
-  echo "mamba_ssm rc=$?"
-  grep -h chunk_scan "$RAW/mamba_ssm.jsonl" | cut -c1-100
-  criterion "ssd_chunk_scan/kernel" ssd
+  scan_vs_mamba_ssm
   timeout 200 .gpu/kernel_bench-old --bench --output-format bencher "ssd_chunk_scan/kernel" > "$RAW/ssd-old-criterion.txt" 2>&1
   grep "^test" "$RAW/ssd-old-criterion.txt"
   bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
@@ -605,10 +603,7 @@ ssd2_s17)
   # prefetch, `C·Bᵀ` still on `wmma`) and of session 16's (.gpu/kernel_bench-old) in the same call;
   # pp4096; Nsight Compute's sections of the three fragment kernels at 32K.
   ssd_tests
-  timeout 150 python3 scripts/bench_mamba_ssm.py .gpu/mm > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
-  echo "mamba_ssm rc=$?"
-  grep -h chunk_scan "$RAW/mamba_ssm.jsonl" | cut -c1-100
-  criterion "ssd_chunk_scan/kernel" ssd
+  scan_vs_mamba_ssm
   # a name the summary does not read (it takes every *bencher*.txt)
   BAMBA_SSD_PREFETCH=0 criterion "ssd_chunk_scan/kernel" ssd-no-prefetch
   mv "$RAW/ssd-no-prefetch-bencher.txt" "$RAW/ssd-no-prefetch-criterion.txt"
@@ -626,10 +621,7 @@ final_s17)
   # SDPA, pp4096 of both shapes, batch-1 decode.
   cuda_tests
   grep -E "ssd_chunk_scan on|causal_attention on|growing|in BF16 on" "$RAW/tests.log" | cut -c1-150 | head -8
-  timeout 150 python3 scripts/bench_mamba_ssm.py .gpu/mm > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
-  echo "mamba_ssm rc=$?"
-  grep -h chunk_scan "$RAW/mamba_ssm.jsonl" | cut -c1-100
-  criterion "ssd_chunk_scan/kernel" ssd
+  scan_vs_mamba_ssm
   timeout 60 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
   echo "torch rc=$?"; grep "sdpa_prefill" "$RAW/torch.jsonl" | cut -c1-100 | head -3
   criterion "attention/prefill" attention
