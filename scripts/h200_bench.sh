@@ -149,6 +149,16 @@ scan_vs_mamba_ssm() { # mamba_ssm's Triton chain ($RAW/mamba_ssm.jsonl), then ou
   grep -h chunk_scan "$RAW/mamba_ssm.jsonl" | cut -c1-100
   criterion "ssd_chunk_scan/kernel" ssd
 }
+scan_of_builds() { # build…: the criterion scan bench of .gpu/kernel_bench-BUILD each ($RAW/ssd-BUILD-criterion.txt,
+  # a name the summary does not read), then pp4096 of this build and Nsight Compute's scan sections at 32K
+  for build in "$@"; do
+    timeout 200 ".gpu/kernel_bench-$build" --bench --output-format bencher "ssd_chunk_scan/kernel" > "$RAW/ssd-$build-criterion.txt" 2>&1
+    echo "build $build:"; grep "^test" "$RAW/ssd-$build-criterion.txt"
+  done
+  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+  sweep_table "$RAW"/bamba_pp.jsonl
+  ncu_ssd
+}
 ssd_tests() { # the scan's CUDA tests, the log in $RAW/tests.log
   for t in cuda_scan_runs_on_tensor_cores cuda::ssd_chunk_scan_matches_the_reference; do
     local t0=$SECONDS
@@ -607,13 +617,19 @@ ssd2_s17)
   # a name the summary does not read (it takes every *bencher*.txt)
   BAMBA_SSD_PREFETCH=0 criterion "ssd_chunk_scan/kernel" ssd-no-prefetch
   mv "$RAW/ssd-no-prefetch-bencher.txt" "$RAW/ssd-no-prefetch-criterion.txt"
-  for build in b old; do
-    timeout 200 ".gpu/kernel_bench-$build" --bench --output-format bencher "ssd_chunk_scan/kernel" > "$RAW/ssd-$build-criterion.txt" 2>&1
-    echo "build $build:"; grep "^test" "$RAW/ssd-$build-criterion.txt"
-  done
-  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
-  sweep_table "$RAW"/bamba_pp.jsonl
-  ncu_ssd
+  scan_of_builds b old
+  ;;
+ssd_s18)
+  # Session 18: the scan with its chunk-state column blocks adjacent in the grid (x read once from
+  # DRAM), the decay below the output kernel's diagonal block as row × column factors (one exp per
+  # row and column instead of per element), and y stored in the input dtype (bf16: half the bytes).
+  # Every CUDA test (y's dtype reaches the model), mamba_ssm's chain, then the scan bench of this
+  # build, of the build without the bf16 y (.gpu/kernel_bench-a) and of session 17's
+  # (.gpu/kernel_bench-old) in the same call; pp4096; Nsight Compute at 32K.
+  cuda_tests
+  grep -E "ssd_chunk_scan on|in BF16 on" "$RAW/tests.log" | grep -oE "ssd_chunk_scan on.*|[0-9.]+ of transformers" | sort | tail -4
+  scan_vs_mamba_ssm
+  scan_of_builds a old
   ;;
 final_s17)
   # Session 17, call 3: the landed build (chunk-state without the prefetch, staging shared with the flash

@@ -26,7 +26,8 @@ pub trait BambaOps: Backend {
     ///
     /// # Shapes
     /// - inputs: see [`SsdInputs`]
-    /// - output `y`: `[batch, len, heads, head_dim]` f32; `final_state`: `[batch, heads, head_dim, d_state]` f32
+    /// - output `y`: `[batch, len, heads, head_dim]` in x's dtype (f32 math rounded once, as mamba_ssm
+    ///   writes it); `final_state`: `[batch, heads, head_dim, d_state]` f32
     fn ssd_chunk_scan(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
         reference::ssd::ssd_chunk_scan(inputs, config)
     }
@@ -35,7 +36,7 @@ pub trait BambaOps: Backend {
     /// (`len == 1`) continuing from `inputs.initial_state`.
     ///
     /// # Shapes
-    /// - inputs as [`SsdInputs`] with `len == 1`; outputs as [`Self::ssd_chunk_scan`]
+    /// - inputs as [`SsdInputs`] with `len == 1`; outputs as [`Self::ssd_chunk_scan`], but `y` in f32
     fn ssd_decode_step(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
         reference::ssd::ssd_recurrent(inputs, config)
     }

@@ -165,6 +165,24 @@ pub fn zero_fragment<NC: Size>(#[comptime] vectors: usize) -> Array<Vector<f32, 
     fragment
 }
 
+/// A lane's accumulator elements `first` and `first + 1` of one 16×8 tile (`first` even: the lane's
+/// two adjacent columns `2t`, `2t + 1` of row `g` for 0, of row `g + 8` for 2), as one pair to
+/// store 8 bytes at a time. `width` is the accumulator's vector size.
+#[cube]
+pub fn accumulator_pair<NC: Size, N2: Size>(
+    tile: &Array<Vector<f32, NC>>,
+    #[comptime] first: usize,
+    #[comptime] width: usize,
+) -> Vector<f32, N2> {
+    let mut pair = Vector::<f32, N2>::empty();
+    #[unroll]
+    for e in 0..2usize {
+        let n = comptime!(first + e);
+        pair[e] = tile[comptime!(n / width)][comptime!(n % width)];
+    }
+    pair
+}
+
 /// Loads this unit's share of `rows × cols` of a 16-bit operand as 16-byte vectors (consecutive units
 /// on consecutive vectors) into `values`, for staging where `ldmatrix` reads it: vector `j` is unit
 /// `UNIT_POS + j·threads`'s, element

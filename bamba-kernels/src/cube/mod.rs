@@ -476,8 +476,10 @@ fn ssd_on_fusion<B: FusionBackend + BambaOps>(
 ) -> SsdOutput<Fusion<B>> {
     let [batch, len, heads, head_dim] = inputs.x.dims();
     let state_shape = vec![batch, heads, head_dim, inputs.b.dims()[3]];
+    // the scan's y is in x's dtype, the step's in f32 (`BambaOps`)
+    let y_dtype = if matches!(kind, Kind::Scan(_)) { inputs.x.dtype() } else { DType::F32 };
     let ins = ssd_kernel_inputs(inputs).to_vec();
-    let outs = [(vec![batch, len, heads, head_dim], DType::F32), (state_shape, DType::F32)];
+    let outs = [(vec![batch, len, heads, head_dim], y_dtype), (state_shape, DType::F32)];
     let [y, state] = register::<B, 2>(name, kind, ins, outs);
     SsdOutput { y: wrap(y), final_state: wrap(state) }
 }

@@ -23,7 +23,7 @@
 //!
 //! Operands are rounded to the input dtype for the tensor cores (as mamba_ssm does), products
 //! accumulate in f32, and the decay math, `D·x` and the states are f32 (the final state never leaves
-//! f32). Staging buffers in shared memory have their rows padded by 16 bytes so that the 8 rows an
+//! f32); y is rounded to the input dtype once, when stored (as mamba_ssm writes it). Staging buffers in shared memory have their rows padded by 16 bytes so that the 8 rows an
 //! `ldmatrix` reads fall on different banks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,8 +38,8 @@ use cubecl::prelude::*;
 use cubecl::{calculate_cube_count_elemwise, CubeCount, CubeDim};
 
 use super::fragments::{
-    has_fragments, load_b_pair, load_vectors, stage_vectors, store_vectors, zero_fragment, COLS, DEPTH, PAD, PLANE,
-    ROWS, VECTOR,
+    accumulator_pair, has_fragments, load_b_pair, load_vectors, stage_vectors, store_vectors, zero_fragment, COLS,
+    DEPTH, PAD, PLANE, ROWS, VECTOR,
 };
 use super::math::discretize_dt;
 use super::rms_norm::rows_of_vectors;
@@ -164,9 +164,11 @@ fn chunk_state_kernel<F: Float, N: Size, N2: Size>(
     let groups = bmat.shape(2);
     let d_state = bmat.shape(3);
     let chunks = states.shape(2);
-    // this cube's columns of the state: n0 .. n0 + state_cols
-    let n0 = CUBE_POS_Z as usize * state_cols;
-    let ci = CUBE_POS_X as usize;
+    // this cube's columns of the state: n0 .. n0 + state_cols. The column blocks of a chunk are
+    // neighbours in the grid, so they run together and read x once from DRAM (the second from L2).
+    let col_blocks = d_state / state_cols;
+    let n0 = (CUBE_POS_X as usize % col_blocks) * state_cols;
+    let ci = CUBE_POS_X as usize / col_blocks;
     let bh = CUBE_POS_Y as usize;
     let b = bh / heads;
     let h = bh % heads;
@@ -237,12 +239,7 @@ fn chunk_state_kernel<F: Float, N: Size, N2: Size>(
     for j in 0..n_tiles {
         #[unroll]
         for q in 0..2usize {
-            let mut out = Vector::<f32, N2>::empty();
-            #[unroll]
-            for e in 0..2usize {
-                let n = comptime!(2 * q + e);
-                out[e] = acc.index(j)[comptime!(n / c_width)][comptime!(n % c_width)];
-            }
+            let out = accumulator_pair::<NC, N2>(acc.index(j), comptime!(2 * q), c_width);
             states[(base + (row + comptime!(q * 8)) * d_state + col + comptime!(j * COLS)) / 2usize] = out;
         }
     }
@@ -530,12 +527,8 @@ fn cb_kernel<F: Float, N: Size, N2: Size>(
     for kk in 0..BLOCK / DEPTH {
         #[unroll]
         for q in 0..4usize {
-            let mut pair = Vector::<f32, N2>::empty();
-            #[unroll]
-            for e in 0..2usize {
-                let n = comptime!(2 * (q % 2) + e);
-                pair[e] = acc.index(comptime!(2 * kk + q / 2))[comptime!(n / c_width)][comptime!(n % c_width)];
-            }
+            let pair =
+                accumulator_pair::<NC, N2>(acc.index(comptime!(2 * kk + q / 2)), comptime!(2 * (q % 2)), c_width);
             cb[cb_pair_index(bg, chunks, ci, tb, sb, plane, kk, q, lane, blocks)] = pair;
         }
     }
@@ -552,7 +545,7 @@ fn chunk_scan_kernel<F: Float, N: Size, N2: Size>(
     cum: &Tensor<f32>,
     cb: &Tensor<Vector<f32, N2>>,
     entering: &Tensor<Vector<F, N>>,
-    y: &mut Tensor<Vector<f32, N2>>,
+    y: &mut Tensor<Vector<F, N2>>,
     #[comptime] chunk: usize,
     #[comptime] head_dim: usize,
     #[comptime] state_cols: usize,
@@ -681,14 +674,30 @@ fn chunk_scan_kernel<F: Float, N: Size, N2: Size>(
     // within the chunk: (C_t·B_s · exp(cum_t − cum_s) · dt_s for s ≤ t) · x_s, 64 positions s at a
     // time. The decay matrix goes from `cb` straight into A fragments: a lane's 8 elements of each
     // 16-deep step sit at rows g, g + 8 and columns 2t, 2t + 1, 2t + 8, 2t + 9.
+    //
+    // Below the diagonal block, exp(cum_t − cum_s) = exp(cum_t − cum_m) · exp(cum_m − cum_s) with m the
+    // last position of the s block: cum falls along the chunk, so s ≤ m < t makes both factors ≤ 1 (no
+    // overflow; a factor that underflows leaves a product below f32's range anyway). That is one exp
+    // per row and one per column (`weight_s`) instead of one per element; the diagonal block, where
+    // no such m exists, takes one per element.
     let chunks_cb = cb.shape(1);
     let bg = b * groups + g;
+    let mut weight_s = SharedMemory::<f32>::new(BLOCK);
+    let mut row_factor = Array::<f32>::new(2usize);
     for sb in 0..tb + 1 {
         let s0 = ci * chunk + sb * BLOCK;
+        let cum_m = cum[bh * len + usize::min(s0 + BLOCK - 1, chunk_end - 1)];
         if tid < BLOCK {
             let s = usize::min(s0 + tid, chunk_end - 1);
-            cum_s[tid] = cum[bh * len + s];
-            dt_s[tid] = dt[bh * len + s];
+            let cum_here = cum[bh * len + s];
+            let dt_here = dt[bh * len + s];
+            cum_s[tid] = cum_here;
+            dt_s[tid] = dt_here;
+            weight_s[tid] = f32::exp(cum_m - cum_here) * dt_here;
+        }
+        #[unroll]
+        for slot in 0..2usize {
+            row_factor[slot] = f32::exp(cum_row[slot] - cum_m);
         }
         stage_vectors::<F, N>(x, &mut x_stage, x_row + s0 * x_t, x_t, chunk_end - s0, BLOCK, head_dim, x_ldv, threads);
         sync_cube();
@@ -703,11 +712,18 @@ fn chunk_scan_kernel<F: Float, N: Size, N2: Size>(
                 let r = first_row + comptime!(slot * 8);
                 let k = kk * DEPTH + pair + comptime!(8 * (q / 2));
                 let products = cb[cb_pair_index(bg, chunks_cb, ci, tb, sb, plane, kk, q, lane, blocks)];
-                #[unroll]
-                for e in 0..2usize {
-                    let v = products[e] * f32::exp(cum_row[slot] - cum_s[k + e]) * dt_s[k + e];
-                    // causal: s ≤ t (the masked values may be inf·0; the select drops them)
-                    elements[comptime!(2 * q + e)] = select(sb * BLOCK + k + e <= tb * BLOCK + r, v, 0.0f32);
+                if sb == tb {
+                    #[unroll]
+                    for e in 0..2usize {
+                        let v = products[e] * f32::exp(cum_row[slot] - cum_s[k + e]) * dt_s[k + e];
+                        // causal: s ≤ t (the masked values may be inf·0; the select drops them)
+                        elements[comptime!(2 * q + e)] = select(k + e <= r, v, 0.0f32);
+                    }
+                } else {
+                    #[unroll]
+                    for e in 0..2usize {
+                        elements[comptime!(2 * q + e)] = products[e] * row_factor[slot] * weight_s[k + e];
+                    }
                 }
             }
             let mut decay = Array::<Vector<F, NA>>::new(a_vectors);
@@ -732,8 +748,8 @@ fn chunk_scan_kernel<F: Float, N: Size, N2: Size>(
         sync_cube();
     }
 
-    // + D·x in f32 (as mamba_ssm), then the rows inside the chunk to y: a lane's two adjacent columns
-    // of a row as one 8-byte store
+    // + D·x in f32 (as mamba_ssm), then the rows inside the chunk to y in the input dtype: a lane's two
+    // adjacent columns of a row as one 4-byte store
     let d_h = d[h * d.stride(0)];
     let x_base = b * x_pairs.stride(0) + h * x_pairs.stride(2);
     let x_t = x_pairs.stride(1);
@@ -745,11 +761,11 @@ fn chunk_scan_kernel<F: Float, N: Size, N2: Size>(
             if t < chunk_end {
                 let p = pair + comptime!(j * COLS);
                 let xv = x_pairs[(x_base + t * x_t + p) / 2usize];
-                let mut out = Vector::<f32, N2>::empty();
+                let sums = accumulator_pair::<NC, N2>(acc.index(j), comptime!(2 * q), c_width);
+                let mut out = Vector::<F, N2>::empty();
                 #[unroll]
                 for e in 0..2usize {
-                    let n = comptime!(2 * q + e);
-                    out[e] = acc.index(j)[comptime!(n / c_width)][comptime!(n % c_width)] + d_h * f32::cast_from(xv[e]);
+                    out[e] = F::cast_from(sums[e] + d_h * f32::cast_from(xv[e]));
                 }
                 y[(((b * len + t) * heads + h) * head_dim + p) / 2usize] = out;
             }
@@ -770,7 +786,7 @@ fn state_cols(d_state: usize) -> usize {
 /// # Shapes
 /// As [`super::ssd_scan::launch`]: `x` `[batch, len, heads, head_dim]`, `dt` `[batch, len, heads]`, `b`, `c`
 /// `[batch, len, groups, d_state]` (bf16 or f16); `a_log`, `d`, `dt_bias` `[heads]` f32; `initial`
-/// `[batch, heads, head_dim, d_state]` f32. Returns `y` `[batch, len, heads, head_dim]` f32 and the final
+/// `[batch, heads, head_dim, d_state]` f32. Returns `y` `[batch, len, heads, head_dim]` in x's dtype and the final
 /// state, contiguous. Call only where [`applies`] holds.
 #[allow(clippy::too_many_arguments)]
 pub fn launch<R: CubeRuntime>(
@@ -795,7 +811,12 @@ pub fn launch<R: CubeRuntime>(
     let chunks = len.div_ceil(chunk);
     let empty =
         |shape: Vec<usize>| empty_device_contiguous_dtype(client.clone(), device.clone(), shape.into(), DType::F32);
-    let y = empty(vec![batch, len, heads, head_dim]);
+    let y = empty_device_contiguous_dtype(
+        client.clone(),
+        device.clone(),
+        vec![batch, len, heads, head_dim].into(),
+        x.dtype,
+    );
     let dt_out = empty(vec![batch * heads, len]);
     let cum = empty(vec![batch * heads, len]);
     let states = empty(vec![batch, heads, chunks, head_dim, d_state]);
@@ -833,7 +854,7 @@ pub fn launch<R: CubeRuntime>(
         );
         chunk_state_kernel::launch_unchecked::<R>(
             &client,
-            CubeCount::Static(chunks as u32, (batch * heads) as u32, d_state.div_ceil(state_cols) as u32),
+            CubeCount::Static((chunks * (d_state / state_cols)) as u32, (batch * heads) as u32, 1),
             planes_of(head_dim),
             VECTOR,
             2,

@@ -8,7 +8,8 @@
 //! 2. `pass` (shared with the tensor-core scan, `ssd_chunked::pass`): for every state element, walk the
 //!    chunks in order: `S ← exp(Σ_chunk dt·A)·S + S_chunk`, writing the state entering each chunk; the
 //!    last `S` is the final state.
-//! 3. `output`: add what the entering state contributes, `exp(cum_t)·C_t·S_in`, to every position.
+//! 3. `output`: add what the entering state contributes, `exp(cum_t)·C_t·S_in`, to every position,
+//!    writing y in the input dtype (1 writes it in f32).
 //!
 //! softplus, dt_bias, the clamp and the cumulative sum are fused into 1; all math is f32. The work
 //! is `O(len · head_dim · d_state)` with a sequential depth of one chunk plus the number of chunks.
@@ -160,7 +161,8 @@ fn output_kernel<F: Float>(
     cmat: &Tensor<F>,
     cum: &Tensor<f32>,
     entering: &Tensor<f32>,
-    y: &mut Tensor<f32>,
+    y_local: &Tensor<f32>,
+    y: &mut Tensor<F>,
     chunk: usize,
     #[comptime] per_lane: usize,
     #[comptime] use_plane: bool,
@@ -219,7 +221,7 @@ fn output_kernel<F: Float>(
             let total = row_sum(part, &mut smem, LANES, use_plane);
             if p0 + r < head_dim && lane == 0 {
                 let at = ((b * len + t) * heads + h) * head_dim + p0 + r;
-                y[at] = y[at] + decay * total;
+                y[at] = F::cast_from(y_local[at] + decay * total);
             }
         }
     }
@@ -228,7 +230,7 @@ fn output_kernel<F: Float>(
 /// # Shapes
 /// - `x`: `[batch, len, heads, head_dim]`, `dt`: `[batch, len, heads]`, `b`, `c`: `[batch, len, groups, d_state]`
 ///   (one float dtype); `a_log`, `d`, `dt_bias`: `[heads]` f32; `initial`: `[batch, heads, head_dim, d_state]` f32
-/// - returns `y` `[batch, len, heads, head_dim]` f32 and the final state, contiguous
+/// - returns `y` `[batch, len, heads, head_dim]` in x's dtype and the final state (f32), contiguous
 ///
 /// # Panics
 /// If `d_state > MAX_STATE_PER_LANE · LANES` (the caller falls back to the reference).
@@ -254,7 +256,14 @@ pub fn launch<R: CubeRuntime>(
     let chunks = len.div_ceil(chunk);
     let empty =
         |shape: Vec<usize>| empty_device_contiguous_dtype(client.clone(), device.clone(), shape.into(), DType::F32);
-    let y = empty(vec![batch, len, heads, head_dim]);
+    // the within-chunk output in f32 (kernel 1), then y in x's dtype (kernel 3)
+    let y_local = empty(vec![batch, len, heads, head_dim]);
+    let y = empty_device_contiguous_dtype(
+        client.clone(),
+        device.clone(),
+        vec![batch, len, heads, head_dim].into(),
+        x.dtype,
+    );
     let cum = empty(vec![batch * heads, len]);
     let states = empty(vec![batch, heads, chunks, head_dim, d_state]);
     let entering = empty(vec![batch, heads, chunks, head_dim, d_state]);
@@ -277,7 +286,7 @@ pub fn launch<R: CubeRuntime>(
             dt_bias.into_tensor_arg(),
             b.into_tensor_arg(),
             c.clone().into_tensor_arg(),
-            y.clone().into_tensor_arg(),
+            y_local.clone().into_tensor_arg(),
             cum.clone().into_tensor_arg(),
             states.clone().into_tensor_arg(),
             chunk,
@@ -296,6 +305,7 @@ pub fn launch<R: CubeRuntime>(
             c.into_tensor_arg(),
             cum.into_tensor_arg(),
             entering.into_tensor_arg(),
+            y_local.into_tensor_arg(),
             y.clone().into_tensor_arg(),
             chunk,
             per_lane,

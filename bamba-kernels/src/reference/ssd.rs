@@ -42,7 +42,9 @@ pub struct SsdConfig {
 /// Output of one SSD scan.
 #[derive(Debug, Clone)]
 pub struct SsdOutput<B: Backend> {
-    /// `[batch, len, heads, head_dim]`, f32, including the `D·x` skip term.
+    /// `[batch, len, heads, head_dim]`, including the `D·x` skip term: from the chunk scan in x's dtype
+    /// (the f32 result rounded once, as mamba_ssm's chain writes it: half the bytes of f32 for the
+    /// gated norm to read), from the recurrence (the decode step's math) in f32.
     pub y: Tensor<B, 4>,
     /// `[batch, heads, head_dim, d_state]`, f32, the state after the last position.
     pub final_state: Tensor<B, 4>,
@@ -125,6 +127,7 @@ pub fn ssd_chunk_scan<B: Backend>(inputs: SsdInputs<B>, config: SsdConfig) -> Ss
     let q = config.chunk_size.max(1);
     let device = x.device();
     let f32 = DType::F32;
+    let out_dtype = x.dtype();
 
     let x = x.cast(f32);
     let dt = discretize_dt(dt, dt_bias, config.dt_limit); // [b, l, h]
@@ -172,7 +175,7 @@ pub fn ssd_chunk_scan<B: Backend>(inputs: SsdInputs<B>, config: SsdConfig) -> Ss
 
     let y =
         (y_diag + y_off).permute([0, 2, 3, 1, 4]).reshape([batch, padded, heads, head_dim]).narrow(1, 0, len) + d_skip;
-    SsdOutput { y, final_state: state }
+    SsdOutput { y: y.cast(out_dtype), final_state: state }
 }
 
 /// The step-by-step recurrence `S_t = exp(dt_t·A)·S_{t-1} + dt_t·x_t⊗B_t`, `y_t = S_t·C_t + D·x_t`.
