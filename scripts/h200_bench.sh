@@ -631,6 +631,19 @@ ssd_s18)
   scan_vs_mamba_ssm
   scan_of_builds a old
   ;;
+ssd2_s18)
+  # Session 18, call 2: a build (not landed: slower) whose output kernel took two 16-row tiles per plane
+  # (each B fragment loaded from shared memory serving two products); BAMBA_SSD_ROW_TILES=1 ran the
+  # landed one-tile kernel.
+  # Every CUDA test, mamba_ssm's chain, the scan bench with 2 and 1 tiles and of session 17's binary in
+  # the same call, pp4096, Nsight Compute at 32K.
+  cuda_tests
+  grep -E "ssd_chunk_scan on|in BF16 on" "$RAW/tests.log" | grep -oE "ssd_chunk_scan on.*|[0-9.]+ of transformers" | sort | tail -4
+  scan_vs_mamba_ssm
+  BAMBA_SSD_ROW_TILES=1 criterion "ssd_chunk_scan/kernel" ssd-one-tile
+  mv "$RAW/ssd-one-tile-bencher.txt" "$RAW/ssd-one-tile-criterion.txt"
+  scan_of_builds old
+  ;;
 final_s17)
   # Session 17, call 3: the landed build (chunk-state without the prefetch, staging shared with the flash
   # kernel): every CUDA test, mamba_ssm's chain beside the scan bench, the flash prefill bench beside
