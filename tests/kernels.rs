@@ -201,6 +201,7 @@ fn check_scan<B: BambaOps>(device: &B::Device) {
                 let expected =
                     reference::ssd::ssd_chunk_scan::<Cpu>(case.inputs(&data, &cpu, DType::F32), case.config());
                 let got = B::ssd_chunk_scan(case.inputs(&data, device, dtype), case.config());
+                assert_eq!(got.y.dtype(), dtype, "y is stored in x's dtype");
                 let dy = relative_diff(&host(got.y), &host(expected.y));
                 let ds = relative_diff(&host(got.final_state), &host(expected.final_state));
                 let tolerance = scan_tolerance(dtype, tensor_core_shape);
