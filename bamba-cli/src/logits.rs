@@ -24,13 +24,12 @@ impl BackendJob for LogitsJob<'_> {
         let dir = args.common.model_dir()?;
         let (model, load_time) = load_model::<B>(&dir, &device, precision)?;
         eprintln!("loaded {} on {} as {precision} in {load_time:.2?}", dir.display(), B::name(&device));
-        let (logits, shape) = model.prompt_logits(&args.prompt_ids)?;
-        let mut outputs = vec![("logits".to_string(), logits, shape.to_vec())];
-        if args.hidden_states {
-            let shape = vec![args.prompt_ids.len(), model.config.hidden_size];
-            for (i, state) in model.prompt_hidden_states(&args.prompt_ids)?.into_iter().enumerate() {
-                outputs.push((format!("hidden.{i}"), state, shape.clone()));
-            }
+        // one pass for both (the hidden states are read back after each layer)
+        let run = model.prompt_outputs(&args.prompt_ids, args.hidden_states)?;
+        let mut outputs = vec![("logits".to_string(), run.logits, run.shape.to_vec())];
+        let shape = vec![args.prompt_ids.len(), model.config.hidden_size];
+        for (i, state) in run.hidden_states.into_iter().enumerate() {
+            outputs.push((format!("hidden.{i}"), state, shape.clone()));
         }
         Ok(outputs)
     }

@@ -58,7 +58,9 @@ fn logits_command_writes_transformers_logits() {
 }
 
 /// `--hidden-states` writes the embeddings (the checkpoint's rows for the prompt, exactly, in f32) and one
-/// state per decoder layer, each `[len, hidden]`.
+/// state per decoder layer, each `[len, hidden]`, beside the same logits as a run without it (the one
+/// pass that gives both runs the same ops; the logits themselves are checked against transformers in
+/// tests/parity.rs).
 #[test]
 fn logits_command_writes_hidden_states() {
     let out = tempfile::tempdir().unwrap();
@@ -66,21 +68,30 @@ fn logits_command_writes_hidden_states() {
     let ids = [5usize, 0, 17, 5];
     let ids_arg: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     let model = "tests/fixtures/groups2_tied";
-    let run = bamba(&[
-        "logits",
-        "--model",
-        model,
-        "--prompt-ids",
-        &ids_arg.join(","),
-        "--out",
-        file.to_str().unwrap(),
-        "--backend",
-        "ndarray",
-        "--hidden-states",
-    ]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let written = std::fs::read(&file).unwrap();
+    let plain_file = out.path().join("plain.safetensors");
+    let ids_arg = ids_arg.join(",");
+    let logits_run = |file: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "logits",
+            "--model",
+            model,
+            "--prompt-ids",
+            &ids_arg,
+            "--out",
+            file.to_str().unwrap(),
+            "--backend",
+            "ndarray",
+        ];
+        args.extend_from_slice(extra);
+        let run = bamba(&args);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        std::fs::read(file).unwrap()
+    };
+    let written = logits_run(&file, &["--hidden-states"]);
     let written = SafeTensors::deserialize(&written).unwrap();
+    let plain = logits_run(&plain_file, &[]);
+    let plain = SafeTensors::deserialize(&plain).unwrap();
+    assert_eq!(written.tensor("logits").unwrap().data(), plain.tensor("logits").unwrap().data());
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(repo().join(model).join("config.json")).unwrap()).unwrap();
     let (layers, hidden) =

@@ -27,7 +27,7 @@ pub use cache::{CacheError, HybridCache};
 pub use config::{BambaConfig, ConfigError, LayerKind};
 pub use generate::{FinishReason, GenerateError, GenerateParams, Generation};
 pub use loader::{Checkpoint, LoadError, Precision};
-pub use model::{BambaModel, InputError};
+pub use model::{BambaModel, InputError, PromptOutputs};
 pub use padding::LeftPadding;
 pub use sampling::{Sampler, SamplingError, SamplingParams};
 pub use sizes::{MemoryModel, ParameterCounts};

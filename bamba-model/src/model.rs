@@ -45,6 +45,17 @@ pub struct BambaModel<B: BambaOps> {
     pub device: B::Device,
 }
 
+/// What [`BambaModel::prompt_outputs`] returns, f32 on the host, row-major.
+#[derive(Debug, Clone)]
+pub struct PromptOutputs {
+    /// `[len, vocab]`.
+    pub logits: Vec<f32>,
+    /// `[len, vocab]`.
+    pub shape: [usize; 2],
+    /// Empty unless asked for: the embeddings, then every decoder layer's output, each `[len, hidden]`.
+    pub hidden_states: Vec<Vec<f32>>,
+}
+
 impl<B: BambaOps> BambaModel<B> {
     /// Loads a Hugging Face checkpoint directory (config.json + safetensors, single or sharded),
     /// converting every weight once to `precision`. Fails on missing, unexpected, mis-shaped or
@@ -271,25 +282,34 @@ impl<B: BambaOps> BambaModel<B> {
     /// embeddings, then the output of every decoder layer (what transformers' `output_hidden_states`
     /// holds before the final norm). For finding the layer where a mismatch with a reference starts.
     pub fn prompt_hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, InputError> {
-        let t = self.ids_tensor(&[ids.to_vec()])?;
-        let mut x = self.embed(t);
-        let tables = self.rope.tables::<B>(0, ids.len(), &self.device, self.dtype);
-        let host = |x: &Tensor<B, 3>| x.clone().cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
-        let mut states = vec![host(&x)];
-        for layer in &self.layers {
-            x = layer.forward(x, &self.rope, &tables, &ChunkMasks::none(), None);
-            states.push(host(&x));
-        }
-        Ok(states)
+        Ok(self.prompt_outputs(ids, true)?.hidden_states)
     }
 
     /// Validates one prompt and returns its logits `[len, vocab]` as f32 on the host (row-major).
     pub fn prompt_logits(&self, ids: &[u32]) -> Result<(Vec<f32>, [usize; 2]), InputError> {
+        let out = self.prompt_outputs(ids, false)?;
+        Ok((out.logits, out.shape))
+    }
+
+    /// Validates one prompt and runs it once: its logits and, with `hidden_states`, every hidden
+    /// state as [`Self::prompt_hidden_states`] gives them (read back after each layer).
+    pub fn prompt_outputs(&self, ids: &[u32], hidden_states: bool) -> Result<PromptOutputs, InputError> {
         let t = self.ids_tensor(&[ids.to_vec()])?;
-        let logits = self.forward(t).cast(DType::F32);
+        let mut x = self.embed(t);
+        let tables = self.rope.tables::<B>(0, ids.len(), &self.device, self.dtype);
+        let host = |x: &Tensor<B, 3>| x.clone().cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
+        let mut states = Vec::new();
+        if hidden_states {
+            states.push(host(&x));
+        }
+        for layer in &self.layers {
+            x = layer.forward(x, &self.rope, &tables, &ChunkMasks::none(), None);
+            if hidden_states {
+                states.push(host(&x));
+            }
+        }
+        let logits = self.logits(self.final_layernorm.forward(x));
         let [_, len, vocab] = logits.dims();
-        let data = logits.reshape([len, vocab]).into_data();
-        let values = data.to_vec::<f32>().expect("f32 logits after cast");
-        Ok((values, [len, vocab]))
+        Ok(PromptOutputs { logits: host(&logits), shape: [len, vocab], hidden_states: states })
     }
 }
