@@ -644,6 +644,17 @@ ssd2_s18)
   mv "$RAW/ssd-one-tile-bencher.txt" "$RAW/ssd-one-tile-criterion.txt"
   scan_of_builds old
   ;;
+repeat_s18)
+  # Session 18, call 3: the landed scan against mamba_ssm's chain three times in turn in one call (their
+  # 32K times moved 12% between calls 1 and 2): $RAW/rN/mamba_ssm.jsonl and ssd-bencher.txt. Run with the
+  # landed build's kernel_bench only.
+  base=$RAW
+  for n in 1 2 3; do
+    RAW=$base/r$n; mkdir -p "$RAW"
+    scan_vs_mamba_ssm
+  done
+  RAW=$base
+  ;;
 final_s17)
   # Session 17, call 3: the landed build (chunk-state without the prefetch, staging shared with the flash
   # kernel): every CUDA test, mamba_ssm's chain beside the scan bench, the flash prefill bench beside
