@@ -195,11 +195,18 @@ impl<B: BambaOps> BambaModel<B> {
     /// # Shapes
     /// - `ids`: `[batch, len]` → `[batch, len, vocab]` in the model dtype
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_observed(ids, |_| {})
+    }
+
+    /// [`Self::forward`], handing `observe` the embeddings and then every decoder layer's output.
+    fn forward_observed(&self, ids: Tensor<B, 2, Int>, mut observe: impl FnMut(&Tensor<B, 3>)) -> Tensor<B, 3> {
         let len = ids.dims()[1];
         let mut x = self.embed(ids);
+        observe(&x);
         let tables = self.rope.tables::<B>(0, len, &self.device, self.dtype);
         for layer in &self.layers {
             x = layer.forward(x, &self.rope, &tables, &ChunkMasks::none(), None);
+            observe(&x);
         }
         self.logits(self.final_layernorm.forward(x))
     }
@@ -295,20 +302,13 @@ impl<B: BambaOps> BambaModel<B> {
     /// state as [`Self::prompt_hidden_states`] gives them (read back after each layer).
     pub fn prompt_outputs(&self, ids: &[u32], hidden_states: bool) -> Result<PromptOutputs, InputError> {
         let t = self.ids_tensor(&[ids.to_vec()])?;
-        let mut x = self.embed(t);
-        let tables = self.rope.tables::<B>(0, ids.len(), &self.device, self.dtype);
         let host = |x: &Tensor<B, 3>| x.clone().cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
         let mut states = Vec::new();
-        if hidden_states {
-            states.push(host(&x));
-        }
-        for layer in &self.layers {
-            x = layer.forward(x, &self.rope, &tables, &ChunkMasks::none(), None);
+        let logits = self.forward_observed(t, |x| {
             if hidden_states {
-                states.push(host(&x));
+                states.push(host(x));
             }
-        }
-        let logits = self.logits(self.final_layernorm.forward(x));
+        });
         let [_, len, vocab] = logits.dims();
         Ok(PromptOutputs { logits: host(&logits), shape: [len, vocab], hidden_states: states })
     }

@@ -23,8 +23,9 @@
 //!
 //! Operands are rounded to the input dtype for the tensor cores (as mamba_ssm does), products
 //! accumulate in f32, and the decay math, `D·x` and the states are f32 (the final state never leaves
-//! f32); y is rounded to the input dtype once, when stored (as mamba_ssm writes it). Staging buffers in shared memory have their rows padded by 16 bytes so that the 8 rows an
-//! `ldmatrix` reads fall on different banks.
+//! f32); y is rounded to the input dtype once, when stored (as mamba_ssm writes it). Staging buffers
+//! in shared memory have their rows padded by 16 bytes so that the 8 rows an `ldmatrix` reads fall
+//! on different banks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -809,27 +810,19 @@ pub fn launch<R: CubeRuntime>(
     let [batch, len, heads, head_dim] = x.meta.shape().dims::<4>();
     let [_, _, groups, d_state] = b.meta.shape().dims::<4>();
     let chunks = len.div_ceil(chunk);
-    let empty =
-        |shape: Vec<usize>| empty_device_contiguous_dtype(client.clone(), device.clone(), shape.into(), DType::F32);
-    let y = empty_device_contiguous_dtype(
-        client.clone(),
-        device.clone(),
-        vec![batch, len, heads, head_dim].into(),
-        x.dtype,
-    );
+    let dtype = x.dtype;
+    let empty_of = |shape: Vec<usize>, dtype: DType| {
+        empty_device_contiguous_dtype(client.clone(), device.clone(), shape.into(), dtype)
+    };
+    let empty = |shape: Vec<usize>| empty_of(shape, DType::F32);
+    let y = empty_of(vec![batch, len, heads, head_dim], dtype);
     let dt_out = empty(vec![batch * heads, len]);
     let cum = empty(vec![batch * heads, len]);
     let states = empty(vec![batch, heads, chunks, head_dim, d_state]);
-    let entering = empty_device_contiguous_dtype(
-        client.clone(),
-        device.clone(),
-        vec![batch, heads, chunks, head_dim, d_state].into(),
-        x.dtype,
-    );
+    let entering = empty_of(vec![batch, heads, chunks, head_dim, d_state], dtype);
     let final_state = empty(vec![batch, heads, head_dim, d_state]);
     let cb = empty(vec![batch * groups, chunks, chunk, chunk]);
     let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
-    let dtype = x.dtype;
     let blocks = chunk / BLOCK;
     let state_cols = state_cols(d_state);
     let planes_of = |rows: usize| CubeDim::new_2d(PLANE as u32, (rows / ROWS) as u32);

@@ -254,16 +254,14 @@ pub fn launch<R: CubeRuntime>(
     let per_lane = d_state.div_ceil(LANES);
     assert!(per_lane <= MAX_STATE_PER_LANE, "d_state {d_state} exceeds the kernel's register budget");
     let chunks = len.div_ceil(chunk);
-    let empty =
-        |shape: Vec<usize>| empty_device_contiguous_dtype(client.clone(), device.clone(), shape.into(), DType::F32);
+    let dtype = x.dtype;
+    let empty_of = |shape: Vec<usize>, dtype: DType| {
+        empty_device_contiguous_dtype(client.clone(), device.clone(), shape.into(), dtype)
+    };
+    let empty = |shape: Vec<usize>| empty_of(shape, DType::F32);
     // the within-chunk output in f32 (kernel 1), then y in x's dtype (kernel 3)
     let y_local = empty(vec![batch, len, heads, head_dim]);
-    let y = empty_device_contiguous_dtype(
-        client.clone(),
-        device.clone(),
-        vec![batch, len, heads, head_dim].into(),
-        x.dtype,
-    );
+    let y = empty_of(vec![batch, len, heads, head_dim], dtype);
     let cum = empty(vec![batch * heads, len]);
     let states = empty(vec![batch, heads, chunks, head_dim, d_state]);
     let entering = empty(vec![batch, heads, chunks, head_dim, d_state]);
@@ -272,7 +270,6 @@ pub fn launch<R: CubeRuntime>(
     let use_plane = rows_are_planes(&client);
     let tiles = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads) as u32, chunks as u32);
     let tile_dim = CubeDim::new_2d(LANES as u32, ROWS as u32);
-    let dtype = x.dtype;
     // SAFETY: indices derive from the shapes; p, n and t are guarded against their extents.
     unsafe {
         local_kernel::launch_unchecked::<R>(
