@@ -247,8 +247,11 @@ fn bench_linear(c: &mut Criterion) {
     let device = Default::default();
     let mut group = c.benchmark_group("linear_no_bias");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
-    let shapes: &[(usize, usize)] =
-        if GPU { &[(16768, 4096), (28672, 4096), (4096, 4096), (4096, 14336), (128256, 4096)] } else { &[(512, 256)] };
+    let shapes: &[(usize, usize)] = if GPU {
+        &[(16768, 4096), (28672, 4096), (4096, 4096), (4096, 8192), (4096, 14336), (128256, 4096)]
+    } else {
+        &[(512, 256)]
+    };
     for &(n, k) in shapes {
         let w = random([n, k], -0.05, 0.05, dtype(), &device);
         // Prefill GEMMs too on the in_proj shape, to compare with cuBLAS (scripts/bench_torch.py).

@@ -48,7 +48,7 @@ def main():
     del a, b
 
     # Decode linear layers: x [m, k] times W [n, k] transposed (weights stay [out, in]).
-    for n_out, k in [(16768, 4096), (28672, 4096), (4096, 4096), (4096, 14336), (128256, 4096)]:
+    for n_out, k in [(16768, 4096), (28672, 4096), (4096, 4096), (4096, 8192), (4096, 14336), (128256, 4096)]:
         w = torch.randn(n_out, k, dtype=bf16, device=dev)
         for m in [1, 4, 16, 64]:
             x = torch.randn(m, k, dtype=bf16, device=dev)

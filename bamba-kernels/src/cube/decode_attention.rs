@@ -8,7 +8,7 @@
 //!    them. The dot products end in a butterfly of `log2(group)` shuffles inside the group; softmax is
 //!    online (running max and sum in f32). Each split writes its partial output and its (max, sum).
 //! 2. **Combine**: one cube per (sequence, query head) rescales the partials to the global max and
-//!    sums them.
+//!    sums them, its units sharing the splits.
 //!
 //! Only the filled keys are read (the grid follows `keys`; the launch shape changes per step, the
 //! compiled kernel does not), unlike Burn's matmul path, which reads the whole capacity to keep its
@@ -24,6 +24,8 @@ use cubecl::prelude::*;
 
 /// Units per cube of the split kernel.
 const CUBE_UNITS: usize = 128;
+/// Units per cube of the combine kernel (a power of two: its max is a tree over them).
+const COMBINE_UNITS: usize = 256;
 /// Keys a group loads before using them (loads in flight per lane).
 const UNROLL: usize = 4;
 /// Upper bound on the number of splits of one launch: enough groups to fill an H200 many times
@@ -34,6 +36,21 @@ const MIN_SPLIT_KEYS: usize = 16;
 /// Score of a key outside the valid range; finite so that an all-masked split computes no NaN
 /// (its max stays at this value and the combine weighs it `exp(-1e30 - max) = 0`).
 const MASKED: f32 = -1e30;
+
+/// The split target and the keys in flight per group: [`TARGET_SPLITS`] and [`UNROLL`], or what
+/// `BAMBA_DECODE_ATTENTION_TUNE=splits,unroll` sets (for tuning; values left out keep their default).
+fn tuning() -> (usize, usize) {
+    static TUNING: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *TUNING.get_or_init(|| {
+        let values: Vec<Option<usize>> = std::env::var("BAMBA_DECODE_ATTENTION_TUNE")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().parse().ok())
+            .collect();
+        let at = |i: usize, default: usize| values.get(i).copied().flatten().unwrap_or(default);
+        (at(0, TARGET_SPLITS).clamp(1, 1 << 20), at(1, UNROLL).clamp(1, 16))
+    })
+}
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -51,6 +68,7 @@ fn split_kernel<F: Float, N: Size>(
     #[comptime] group: usize,
     #[comptime] levels: usize,
     #[comptime] per_lane: usize,
+    #[comptime] unroll: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let batch = k.shape(0);
@@ -89,14 +107,14 @@ fn split_kernel<F: Float, N: Size>(
     }
 
     // Rows as loaded (16-bit stays 16-bit in registers until used: fewer registers, more groups per SM).
-    let mut kv = Array::<Vector<F, N>>::new(UNROLL * per_lane);
-    let mut vv = Array::<Vector<F, N>>::new(UNROLL * per_lane);
-    let mut score = Array::<f32>::new(UNROLL * rep);
+    let mut kv = Array::<Vector<F, N>>::new(unroll * per_lane);
+    let mut vv = Array::<Vector<F, N>>::new(unroll * per_lane);
+    let mut score = Array::<f32>::new(unroll * rep);
     let mut t = 0usize;
     while t < split_keys as usize {
-        // All loads first: UNROLL rows of K and V in flight per lane.
+        // All loads first: unroll rows of K and V in flight per lane.
         #[unroll]
-        for u in 0..UNROLL {
+        for u in 0..unroll {
             let key = first + t + u;
             let row = (bh * capacity + min(key, capacity - 1)) * row_vectors;
             #[unroll]
@@ -106,7 +124,7 @@ fn split_kernel<F: Float, N: Size>(
             }
         }
         #[unroll]
-        for u in 0..UNROLL {
+        for u in 0..unroll {
             let key = first + t + u;
             #[unroll]
             for r in 0..rep {
@@ -133,7 +151,7 @@ fn split_kernel<F: Float, N: Size>(
         for r in 0..rep {
             let mut new_max = run_max[r];
             #[unroll]
-            for u in 0..UNROLL {
+            for u in 0..unroll {
                 new_max = max(new_max, score[u * rep + r]);
             }
             let correction = f32::exp(run_max[r] - new_max);
@@ -143,7 +161,7 @@ fn split_kernel<F: Float, N: Size>(
                 acc[r * per_lane + i] *= Vector::new(correction);
             }
             #[unroll]
-            for u in 0..UNROLL {
+            for u in 0..unroll {
                 let p = f32::exp(score[u * rep + r] - new_max);
                 run_sum[r] += p;
                 #[unroll]
@@ -153,7 +171,7 @@ fn split_kernel<F: Float, N: Size>(
             }
             run_max[r] = new_max;
         }
-        t += UNROLL;
+        t += unroll;
     }
 
     if active {
@@ -181,28 +199,69 @@ fn combine_kernel<F: Float, N: Size>(
     #[comptime] rep: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    // One cube per (sequence, query head); its units walk the head's vectors.
+    // One cube per (sequence, query head). Its units share the head's splits: with one unit per
+    // output vector walking all of them in turn (up to session 18), the combine's loads waited on
+    // one another, split after split, and the combine was slower the more splits a launch had.
     let query_head = CUBE_POS_X as usize;
     let row_vectors = out.shape(out.rank() - 1) / N::value();
     let (bh, r) = (query_head / rep, query_head % rep);
     let splits = splits as usize;
-    // Split 0 always exists.
-    let mut global = stats[bh * splits * rep * 2 + r * 2];
-    for s in 1..splits {
-        global = max(global, stats[((bh * splits + s) * rep + r) * 2]);
+    let unit = UNIT_POS as usize;
+    let first_slot = bh * splits * rep + r;
+    // 1. The global max: every unit over a stride of the splits, then a tree in shared memory.
+    let mut red = SharedMemory::<f32>::new(COMBINE_UNITS);
+    // (split 0 always exists)
+    let mut most = stats[first_slot * 2];
+    let mut s = unit;
+    while s < splits {
+        most = max(most, stats[(first_slot + s * rep) * 2]);
+        s += COMBINE_UNITS;
     }
-    let mut j = UNIT_POS as usize;
-    while j < row_vectors {
+    red[unit] = most;
+    sync_cube();
+    let mut half = CUBE_DIM as usize / 2;
+    while half > 0 {
+        if unit < half {
+            red[unit] = max(red[unit], red[unit + half]);
+        }
+        sync_cube();
+        half /= 2;
+    }
+    let global = red[0];
+    // 2. The weighted sums: `cols` output vectors at a time, each summed over the splits by `ways`
+    //    units (split `way`, `way + ways`, ...), whose partial sums then meet in shared memory.
+    let cols = min(row_vectors, COMBINE_UNITS);
+    let ways = COMBINE_UNITS / cols;
+    let (way, col) = (unit / cols, unit % cols);
+    let mut sums = SharedMemory::<Vector<f32, N>>::new(COMBINE_UNITS);
+    let mut totals = SharedMemory::<f32>::new(COMBINE_UNITS);
+    let mut j0 = 0usize;
+    while j0 < row_vectors {
+        let j = j0 + col;
         let mut total = 0.0f32;
         let mut acc = Vector::<f32, N>::new(0.0f32);
-        for s in 0..splits {
-            let slot = (bh * splits + s) * rep + r;
-            let weight = f32::exp(stats[slot * 2] - global);
-            total += stats[slot * 2 + 1] * weight;
-            acc += partial[slot * row_vectors + j] * Vector::new(weight);
+        if way < ways && j < row_vectors {
+            let mut s = way;
+            while s < splits {
+                let slot = first_slot + s * rep;
+                let weight = f32::exp(stats[slot * 2] - global);
+                total += stats[slot * 2 + 1] * weight;
+                acc += partial[slot * row_vectors + j] * Vector::new(weight);
+                s += ways;
+            }
         }
-        out[query_head * row_vectors + j] = Vector::<F, N>::cast_from(acc / Vector::new(total));
-        j += CUBE_DIM as usize;
+        sums[unit] = acc;
+        totals[unit] = total;
+        sync_cube();
+        if way == 0 && j < row_vectors {
+            for w in 1..ways {
+                acc += sums[w * cols + col];
+                total += totals[w * cols + col];
+            }
+            out[query_head * row_vectors + j] = Vector::<F, N>::cast_from(acc / Vector::new(total));
+        }
+        sync_cube();
+        j0 += cols;
     }
 }
 
@@ -240,9 +299,10 @@ pub fn launch<R: CubeRuntime>(
         .max()
         .unwrap_or(1);
     let per_lane = per_group / vector;
-    // Splits of a multiple of UNROLL keys: about TARGET_SPLITS in all, at least MIN_SPLIT_KEYS each.
+    // Splits of a multiple of `unroll` keys: about `target` in all, at least MIN_SPLIT_KEYS each.
+    let (target, unroll) = tuning();
     let work = batch * kv_heads * keys;
-    let split_keys = work.div_ceil(TARGET_SPLITS).max(MIN_SPLIT_KEYS).min(keys.max(1)).next_multiple_of(UNROLL);
+    let split_keys = work.div_ceil(target).max(MIN_SPLIT_KEYS).min(keys.max(1)).next_multiple_of(unroll);
     let splits = keys.div_ceil(split_keys);
     let slots = batch * kv_heads * splits * rep;
     let device = q.device.clone();
@@ -273,12 +333,13 @@ pub fn launch<R: CubeRuntime>(
             group,
             group.trailing_zeros() as usize,
             per_lane,
+            unroll,
             dtype.into(),
         );
         combine_kernel::launch_unchecked::<R>(
             &client,
             CubeCount::Static((batch * heads) as u32, 1, 1),
-            CubeDim::new_1d(32),
+            CubeDim::new_1d(COMBINE_UNITS as u32),
             vector,
             partial.into_tensor_arg(),
             stats.into_tensor_arg(),
