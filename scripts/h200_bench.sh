@@ -72,7 +72,7 @@
 #
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -643,6 +643,120 @@ ssd2_s18)
   BAMBA_SSD_ROW_TILES=1 criterion "ssd_chunk_scan/kernel" ssd-one-tile
   mv "$RAW/ssd-one-tile-bencher.txt" "$RAW/ssd-one-tile-criterion.txt"
   scan_of_builds old
+  ;;
+step_s19)
+  # Session 19: the Mamba step with the state loads of several heads in flight (a ring of
+  # BAMBA_STEP_SLOTS heads, default 2; session 18 loaded one head at a time) and kept in the state's
+  # dtype until used. The step's CUDA tests; criterion's fused step (f32 and bf16 state, batch 16 / 64
+  # / 256) of session 18's build (.gpu/kernel_bench-s18) and of this one at several slot counts and
+  # heads per cube, in one call; Nsight Compute's GPU time of the step and norm kernels (criterion's
+  # batch-16 time is the host's); then the decode GEMV's launch shapes (BAMBA_GEMV_TUNE) on the
+  # batch-1 shapes beside cuBLAS, and decode attention's split target and keys in flight
+  # (BAMBA_DECODE_ATTENTION_TUNE) at batch 16 and 64, 8K keys.
+  for t in cuda::mamba_decode_step_matches_the_composition cuda::ssd_decode_step_matches_the_reference; do
+    timeout 100 .gpu/kernel_tests "$t" --exact --test-threads 1 --nocapture >> "$RAW/tests.log" 2>&1
+    echo "$t rc=$?"
+  done
+  grep -E "panicked|test result" "$RAW/tests.log" | head -6
+  steps='mamba_decode_step/fused.*/(16|64|256)$'
+  step_variant() { # name, kernel_bench build, env...
+    local name=$1 exe=$2; shift 2
+    env "$@" timeout 80 "$exe" --bench --output-format bencher "$steps" > "$RAW/step-$name-criterion.txt" 2>&1
+    echo "step $name:"; grep "^test" "$RAW/step-$name-criterion.txt" | sed -E 's/ \(\+\/- [0-9]+\)//'
+  }
+  step_variant s18 .gpu/kernel_bench-s18
+  step_variant slots1 .gpu/kernel_bench BAMBA_STEP_SLOTS=1
+  step_variant slots2 .gpu/kernel_bench BAMBA_STEP_SLOTS=2
+  step_variant slots4 .gpu/kernel_bench BAMBA_STEP_SLOTS=4
+  step_variant hpc8_slots4 .gpu/kernel_bench BAMBA_STEP_HEADS_PER_CUBE=8 BAMBA_STEP_SLOTS=4
+  ncu_step_kernel() { # name, kernel_bench build, criterion bench, env...
+    local name=$1 exe=$2 which=$3; shift 3
+    env "$@" timeout 60 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:"mamba_step|rms_norm" \
+      --launch-skip 20 --launch-count 6 --metrics "$NCU_METRICS" "$exe" --bench --output-format bencher "$which\$" \
+      > "$RAW/ncu-$name.csv" 2> "$RAW/ncu-$name.err"
+    echo "ncu $name rc=$?"; python3 scripts/ncu_launches.py "$RAW/ncu-$name.csv" | tee "$RAW/ncu-$name.txt"
+  }
+  ncu_step_kernel s18-b16 .gpu/kernel_bench-s18 "mamba_decode_step/fused/16"
+  ncu_step_kernel new-b16 .gpu/kernel_bench "mamba_decode_step/fused/16"
+  for tune in 8192,4 16384,4 8192,8 16384,8 32768,4; do
+    BAMBA_DECODE_ATTENTION_TUNE=$tune timeout 60 .gpu/kernel_bench --bench --output-format bencher 'attention/decode_b(16|64)/8192$' \
+      > "$RAW/attention-$tune-criterion.txt" 2>&1
+    echo "decode attention $tune:"; grep "^test" "$RAW/attention-$tune-criterion.txt" | sed -E 's/ \(\+\/- [0-9]+\)//'
+  done
+  gemv='linear_no_bias/n[0-9]+_k[0-9]+/1$'
+  for tune in 8,8 8,12 8,16 4,16; do
+    BAMBA_GEMV_TUNE=$tune timeout 80 .gpu/kernel_bench --bench --output-format bencher "$gemv" > "$RAW/gemv-$tune-criterion.txt" 2>&1
+    echo "gemv $tune:"; grep "^test" "$RAW/gemv-$tune-criterion.txt" | sed -E 's/ \(\+\/- [0-9]+\)//'
+  done
+  timeout 90 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  echo "torch rc=$?"
+  grep -hE '"copy"|"gemv", "m": 1,|sdpa_decode' "$RAW/torch.jsonl" | cut -c1-150
+  ;;
+kernels_s19)
+  # Session 19, call 2: decode attention's combine with the splits shared by a cube's units (one
+  # unit per output vector walked every split before), and the GEMV with the features of products
+  # with few outputs split over several rows of lanes (BAMBA_GEMV_TUNE's 6th value, the rows a launch
+  # aims at: 1 turns it off). Every CUDA test; criterion's decode attention and batch-1 GEMV shapes of
+  # session 18's build (.gpu/kernel_bench-s18) and of this one, without and with the split; cuBLAS and
+  # SDPA; Nsight Compute's times of the attention kernels at batch 16; batch-1 decode with and
+  # without the split, in turn.
+  cuda_tests
+  attn='attention/decode_b[0-9]+/'
+  gemv='linear_no_bias/n[0-9]+_k[0-9]+/1$'
+  of_build() { # name, kernel_bench build, filter, env...
+    local name=$1 exe=$2 filter=$3; shift 3
+    env "$@" timeout 80 "$exe" --bench --output-format bencher "$filter" > "$RAW/$name-criterion.txt" 2>&1
+    echo "$name:"; grep "^test" "$RAW/$name-criterion.txt" | sed -E 's/ \(\+\/- [0-9]+\)//'
+  }
+  of_build attention-s18 .gpu/kernel_bench-s18 "$attn"
+  of_build attention-new .gpu/kernel_bench "$attn"
+  of_build gemv-s18 .gpu/kernel_bench-s18 "$gemv"
+  of_build gemv-new .gpu/kernel_bench "$gemv"
+  of_build gemv-new-nosplit .gpu/kernel_bench "$gemv" BAMBA_GEMV_TUNE=,,,,,1
+  of_build gemv-new-16k .gpu/kernel_bench "$gemv" BAMBA_GEMV_TUNE=,,,,,16384
+  timeout 60 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:"split_kernel|combine_kernel" \
+    --launch-skip 20 --launch-count 6 --metrics "$NCU_METRICS" .gpu/kernel_bench --bench --output-format bencher \
+    'attention/decode_b16/8192$' > "$RAW/ncu-attention-b16.csv" 2> "$RAW/ncu-attention-b16.err"
+  echo "ncu attention rc=$?"; python3 scripts/ncu_launches.py "$RAW/ncu-attention-b16.csv" | tee "$RAW/ncu-attention-b16.txt"
+  timeout 90 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  echo "torch rc=$?"
+  grep -hE '"copy"|"gemv", "m": 1,|sdpa_decode' "$RAW/torch.jsonl" | cut -c1-150
+  for n in 1 2; do
+    bench "bamba_b1_split_$n" 60 --preset bamba-9b -t tg128 -b 1 -r 5 --backend cuda-unfused
+    BAMBA_GEMV_TUNE=,,,,,1 bench "bamba_b1_nosplit_$n" 60 --preset bamba-9b -t tg128 -b 1 -r 5 --backend cuda-unfused
+  done
+  sweep_table "$RAW"/bamba_b1_*.jsonl
+  ;;
+final_s19)
+  # Session 19, call 3, the landed build: decode attention's combine sharing the splits among a cube's
+  # units and its split kernel holding the query as loaded (fewer registers). Every CUDA test;
+  # criterion's decode attention of session 18's build and of this one beside SDPA; Nsight Compute's
+  # GPU time of the attention kernels (batch 16) and of the fused Mamba step and its gated norm
+  # (batch 16, 64, 256); batch-1 decode of both shapes.
+  cuda_tests
+  attn='attention/decode_b[0-9]+/'
+  # (session 18's under a name the summary does not read; this build's as attention-bencher.txt)
+  for build in s18 ""; do
+    file=$RAW/attention-bencher.txt
+    [ -n "$build" ] && file=$RAW/attention-$build-criterion.txt
+    timeout 80 ".gpu/kernel_bench${build:+-$build}" --bench --output-format bencher "$attn" > "$file" 2>&1
+    echo "attention ${build:-new}:"; grep "^test" "$file" | sed -E 's/ \(\+\/- [0-9]+\)//'
+  done
+  timeout 60 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:"split_kernel|combine_kernel" \
+    --launch-skip 20 --launch-count 6 --metrics "$NCU_METRICS" .gpu/kernel_bench --bench --output-format bencher \
+    'attention/decode_b16/8192$' > "$RAW/ncu-attention-b16.csv" 2> "$RAW/ncu-attention-b16.err"
+  echo "ncu attention rc=$?"; python3 scripts/ncu_launches.py "$RAW/ncu-attention-b16.csv" | tee "$RAW/ncu-attention-b16.txt"
+  for b in 16 64 256; do # the fused Mamba step's GPU time (criterion's batch-16 time is the host's)
+    timeout 60 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:"mamba_step|rms_norm" \
+      --launch-skip 20 --launch-count 6 --metrics "$NCU_METRICS" .gpu/kernel_bench --bench --output-format bencher \
+      "mamba_decode_step/fused/$b\$" > "$RAW/ncu-step-b$b.csv" 2> "$RAW/ncu-step-b$b.err"
+    echo "ncu step b$b rc=$?"; python3 scripts/ncu_launches.py "$RAW/ncu-step-b$b.csv" | tee "$RAW/ncu-step-b$b.txt"
+  done
+  timeout 90 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  echo "torch rc=$?"
+  grep -hE '"copy"|sdpa_decode' "$RAW/torch.jsonl" | cut -c1-150
+  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 --backend cuda-unfused
+  bench llama_b1 60 --preset llama-8b-shape -t tg128 -b 1 -r 5 --backend cuda-unfused
   ;;
 repeat_s18)
   # Session 18, call 3: the landed scan against mamba_ssm's chain three times in turn in one call (their

@@ -15,8 +15,11 @@ import sys
 
 
 def load(dirs):
-    """Records of later directories come first (a lookup finds the newest); later criterion times win."""
+    """Records of later directories come first (a lookup finds the newest); later criterion times win.
+    Also each criterion time's directory and each directory's torch records, to pair a time with the
+    references (copy, cuBLAS, SDPA) of the same call."""
     bench, torch, criterion, mamba = [], [], {}, []
+    criterion_dir, torch_of = {}, {}
     for d in map(pathlib.Path, dirs):
         newer_bench, newer_torch, newer_mamba = [], [], []
         for f in sorted(d.glob("*.jsonl")):
@@ -25,13 +28,15 @@ def load(dirs):
                 newer_bench += [dict(r, source=f"{d.parent.name}/{d.name}/{f.name}") for r in rows]
             elif f.name.startswith("torch"):
                 newer_torch += rows
+                torch_of.setdefault(d, []).extend(rows)
             elif "mamba_ssm" in f.name:
                 newer_mamba += rows
         bench, torch, mamba = newer_bench + bench, newer_torch + torch, newer_mamba + mamba
         for f in sorted(d.glob("*bencher*.txt")):
             for m in re.finditer(r"^test (\S+) \.\.\. bench:\s+(\d+) ns/iter", f.read_text(), re.M):
                 criterion[m.group(1)] = int(m.group(2)) * 1e-9
-    return bench, torch, criterion, mamba
+                criterion_dir[m.group(1)] = d
+    return bench, torch, criterion, mamba, criterion_dir, torch_of
 
 
 def find(records, **match):
@@ -47,9 +52,17 @@ def ratio(a, b):
 
 def main():
     out, dirs = sys.argv[1], sys.argv[2:]
-    bench, torch, criterion, mamba = load(dirs)
+    bench, torch, criterion, mamba, criterion_dir, torch_of = load(dirs)
     copy = find(torch, what="copy")
     copy_gbs = copy["gb_per_s"] if copy else None
+
+    def same_call(key, **match):
+        """The torch record matching `match` from the call (directory) of criterion time `key`, else the newest."""
+        return find(torch_of.get(criterion_dir.get(key), []), **match) or find(torch, **match)
+
+    def copy_for(key):
+        r = same_call(key, what="copy")
+        return r["gb_per_s"] if r else None
 
     def tok_s(model, test, batch):
         r = find(bench, model=model, test=test, batch=batch)
@@ -78,7 +91,8 @@ def main():
 
     def attention_fraction(batch, context):
         t = criterion.get(f"attention/decode_b{batch}/{context}")
-        return ratio(None if t is None else 2 * batch * 8 * context * 128 * 2 / t / 1e9, copy_gbs)
+        key = f"attention/decode_b{batch}/{context}"
+        return ratio(None if t is None else 2 * batch * 8 * context * 128 * 2 / t / 1e9, copy_for(key))
 
     decode = next(iter(decode_records("bamba-9b", 0, 1)), None)
     # Loading a real (random-valued) Bamba-9B checkpoint directory from the page cache, default settings.
@@ -91,7 +105,8 @@ def main():
     gemv_gbs = None if gemv_s is None else (16768 * 4096 + 4096 + 16768) * 2 / gemv_s / 1e9
     gemm = []
     for m in (512, 2048, 8192):
-        ours, ref = criterion.get(f"linear_no_bias/n16768_k4096/{m}"), find(torch, what="gemm", m=m)
+        key = f"linear_no_bias/n16768_k4096/{m}"
+        ours, ref = criterion.get(key), same_call(key, what="gemm", m=m)
         if ours and ref:
             gemm.append(ref["seconds"] / ours)
     scan = {}
@@ -106,10 +121,11 @@ def main():
         rows = {}
         for n, k in ((16768, 4096), (28672, 4096), (4096, 4096), (4096, 14336), (128256, 4096)):
             for m in (1, 4, 16, 64):
-                t, ref = criterion.get(f"linear_no_bias/n{n}_k{k}/{m}"), find(torch, what="gemv", m=m, n=n, k=k)
+                key = f"linear_no_bias/n{n}_k{k}/{m}"
+                t, ref = criterion.get(key), same_call(key, what="gemv", m=m, n=n, k=k)
                 moved = (n * k + m * k + m * n) * 2
                 rows[f"{m}x{k}x{n}"] = {
-                    "ours": ratio(None if t is None else moved / t / 1e9, copy_gbs),
+                    "ours": ratio(None if t is None else moved / t / 1e9, copy_for(key)),
                     "cublas": ref and ref.get("fraction_of_copy"),
                 }
         return rows
@@ -119,18 +135,20 @@ def main():
         rows = {}
         for name, size in (("fused", 4), ("fused_bf16_state", 2)):
             for batch in (1, 4, 16, 64, 256):
-                t = criterion.get(f"mamba_decode_step/{name}/{batch}")
+                key = f"mamba_decode_step/{name}/{batch}"
+                t = criterion.get(key)
                 moved = 2 * batch * 128 * 64 * 128 * size
-                rows[f"{name}/{batch}"] = ratio(None if t is None else moved / t / 1e9, copy_gbs)
+                rows[f"{name}/{batch}"] = ratio(None if t is None else moved / t / 1e9, copy_for(key))
         return rows
 
-    pre_att, sdpa = criterion.get("attention/prefill/4096"), find(torch, what="sdpa_prefill", length=4096)
+    pre_att = criterion.get("attention/prefill/4096")
+    sdpa = same_call("attention/prefill/4096", what="sdpa_prefill", length=4096)
     (ratio_8k, bamba_8k, llama_8k), (ratio_32k, bamba_32k, llama_32k) = ratio_at(8192), ratio_at(32768)
     summary = {
         "decode_b1_tok_s": decode["tokens_per_s"] if decode else None,
         "decode_b1_roofline_fraction": decode["roofline_fraction"] if decode else None,
         "prefill_pp4096_tok_s": tok_s("bamba-9b", "pp4096", 1),
-        "gemv_bandwidth_fraction": ratio(gemv_gbs, copy_gbs),
+        "gemv_bandwidth_fraction": ratio(gemv_gbs, copy_for("linear_no_bias/n16768_k4096/1")),
         "gemm_fraction_of_cublas": min(gemm) if gemm else None,
         "bamba_over_llama_b64_8k": ratio_8k,
         # The Llama shape at 32K: the largest batch that ran (see benches/results/README.md).
