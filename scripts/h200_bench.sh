@@ -72,7 +72,7 @@
 #
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19|host_s19}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -757,6 +757,18 @@ final_s19)
   grep -hE '"copy"|sdpa_decode' "$RAW/torch.jsonl" | cut -c1-150
   bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 --backend cuda-unfused
   bench llama_b1 60 --preset llama-8b-shape -t tg128 -b 1 -r 5 --backend cuda-unfused
+  ;;
+host_s19)
+  # Session 19, call 4 (run 3's binaries): is the Llama shape's batch-1 decode (65.8 tok/s in run 3, 105.4 in
+  # session 13) bound by the host here? Host time per decode step of the 32-layer plans with tiny widths
+  # (Bamba's layout and the Llama shape's, kernels taking ~nothing) beside both shapes' batch-1 decode.
+  for n in 1 2; do
+    bench "overhead_bamba_$n" 60 --config benches/configs/bamba-9b-layout-tiny-widths.json -t tg128 -b 1 -r 3 --backend cuda-unfused
+    bench "overhead_llama_$n" 60 --config benches/configs/llama-8b-layout-tiny-widths.json -t tg128 -b 1 -r 3 --backend cuda-unfused
+    bench "llama_b1_$n" 60 --preset llama-8b-shape -t tg128 -b 1 -r 3 --backend cuda-unfused
+  done
+  bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 3 --backend cuda-unfused
+  sweep_table "$RAW"/*.jsonl
   ;;
 repeat_s18)
   # Session 18, call 3: the landed scan against mamba_ssm's chain three times in turn in one call (their
