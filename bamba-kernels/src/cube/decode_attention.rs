@@ -42,11 +42,7 @@ const MASKED: f32 = -1e30;
 fn tuning() -> (usize, usize) {
     static TUNING: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
     *TUNING.get_or_init(|| {
-        let values: Vec<Option<usize>> = std::env::var("BAMBA_DECODE_ATTENTION_TUNE")
-            .unwrap_or_default()
-            .split(',')
-            .map(|s| s.trim().parse().ok())
-            .collect();
+        let values = super::matmul::env_numbers("BAMBA_DECODE_ATTENTION_TUNE");
         let at = |i: usize, default: usize| values.get(i).copied().flatten().unwrap_or(default);
         (at(0, TARGET_SPLITS).clamp(1, 1 << 20), at(1, UNROLL).clamp(1, 16))
     })
@@ -219,6 +215,7 @@ fn combine_kernel<F: Float, N: Size>(
     }
     red[unit] = most;
     sync_cube();
+    // (COMBINE_UNITS read as CUBE_DIM: a loop variable cannot start from a compile-time constant)
     let mut half = CUBE_DIM as usize / 2;
     while half > 0 {
         if unit < half {

@@ -233,8 +233,7 @@ struct Tuning {
 fn tuning() -> &'static Tuning {
     static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
     TUNING.get_or_init(|| {
-        let values: Vec<Option<usize>> =
-            std::env::var("BAMBA_GEMV_TUNE").unwrap_or_default().split(',').map(|s| s.trim().parse().ok()).collect();
+        let values = super::matmul::env_numbers("BAMBA_GEMV_TUNE");
         let at = |i: usize, default: usize, lo: usize, hi: usize| {
             values.get(i).copied().flatten().map_or(default, |x| x.clamp(lo, hi))
         };

@@ -46,6 +46,12 @@ pub(super) fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The comma-separated numbers in environment variable `name`, position by position: `None` where a
+/// value is left out or is not a number; empty when the variable is unset (for `*_TUNE` variables).
+pub(super) fn env_numbers(name: &str) -> Vec<Option<usize>> {
+    std::env::var(name).unwrap_or_default().split(',').map(|s| s.trim().parse().ok()).collect()
+}
+
 /// `lhs · rhs` over the last two dims (batch dims broadcast as in Burn), in `lhs`'s dtype. With
 /// `may_tune` false the default kernel runs whatever the size: attention's products change shape
 /// with every prompt length and context (a tuning each: 2 shapes, ~20 s on the H200 at pp512) and
