@@ -122,6 +122,25 @@ criterion() { # filter [file name prefix]: $RAW/PREFIX-bencher.txt (default crit
   echo "criterion $1 rc=$?"
   grep "^test" "$file"
 }
+criterion_of() { # name, kernel_bench build, filter, env...: criterion of that build (under those variables) into
+  # $RAW/NAME-criterion.txt (a name the summary does not read), printed without the spreads
+  local name=$1 exe=$2 filter=$3; shift 3
+  env "$@" timeout 80 "$exe" --bench --output-format bencher "$filter" > "$RAW/$name-criterion.txt" 2>&1
+  echo "$name:"; grep "^test" "$RAW/$name-criterion.txt" | sed -E 's/ \(\+\/- [0-9]+\)//'
+}
+ncu_times() { # name, kernel regex, criterion filter, [kernel_bench build]: Nsight Compute's GPU time, DRAM rate,
+  # registers and occupancy of six launches (clocks unlocked) into $RAW/ncu-NAME.{csv,txt}
+  local name=$1 kernels=$2 filter=$3 exe=${4:-.gpu/kernel_bench}
+  timeout 60 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:"$kernels" \
+    --launch-skip 20 --launch-count 6 --metrics "$NCU_METRICS" "$exe" --bench --output-format bencher "$filter" \
+    > "$RAW/ncu-$name.csv" 2> "$RAW/ncu-$name.err"
+  echo "ncu $name rc=$?"; python3 scripts/ncu_launches.py "$RAW/ncu-$name.csv" | tee "$RAW/ncu-$name.txt"
+}
+torch_refs() { # grep pattern: scripts/bench_torch.py into $RAW/torch.jsonl, the matching records printed
+  timeout 90 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  echo "torch rc=$?"
+  grep -hE "$1" "$RAW/torch.jsonl" | cut -c1-150
+}
 ncu_flash() { # [more ncu sections]: Nsight Compute's launch, occupancy and stall sections of one flash prefill
   # attention launch (pp4096, Bamba-9B shape) into $RAW/ncu_flash.txt
   BAMBA_FLASH_ATTENTION=1 timeout 200 /usr/local/cuda/bin/ncu --kernel-name regex:flash --launch-skip 1 --launch-count 1 \
@@ -659,38 +678,20 @@ step_s19)
   done
   grep -E "panicked|test result" "$RAW/tests.log" | head -6
   steps='mamba_decode_step/fused.*/(16|64|256)$'
-  step_variant() { # name, kernel_bench build, env...
-    local name=$1 exe=$2; shift 2
-    env "$@" timeout 80 "$exe" --bench --output-format bencher "$steps" > "$RAW/step-$name-criterion.txt" 2>&1
-    echo "step $name:"; grep "^test" "$RAW/step-$name-criterion.txt" | sed -E 's/ \(\+\/- [0-9]+\)//'
-  }
-  step_variant s18 .gpu/kernel_bench-s18
-  step_variant slots1 .gpu/kernel_bench BAMBA_STEP_SLOTS=1
-  step_variant slots2 .gpu/kernel_bench BAMBA_STEP_SLOTS=2
-  step_variant slots4 .gpu/kernel_bench BAMBA_STEP_SLOTS=4
-  step_variant hpc8_slots4 .gpu/kernel_bench BAMBA_STEP_HEADS_PER_CUBE=8 BAMBA_STEP_SLOTS=4
-  ncu_step_kernel() { # name, kernel_bench build, criterion bench, env...
-    local name=$1 exe=$2 which=$3; shift 3
-    env "$@" timeout 60 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:"mamba_step|rms_norm" \
-      --launch-skip 20 --launch-count 6 --metrics "$NCU_METRICS" "$exe" --bench --output-format bencher "$which\$" \
-      > "$RAW/ncu-$name.csv" 2> "$RAW/ncu-$name.err"
-    echo "ncu $name rc=$?"; python3 scripts/ncu_launches.py "$RAW/ncu-$name.csv" | tee "$RAW/ncu-$name.txt"
-  }
-  ncu_step_kernel s18-b16 .gpu/kernel_bench-s18 "mamba_decode_step/fused/16"
-  ncu_step_kernel new-b16 .gpu/kernel_bench "mamba_decode_step/fused/16"
+  criterion_of step-s18 .gpu/kernel_bench-s18 "$steps"
+  criterion_of step-slots1 .gpu/kernel_bench "$steps" BAMBA_STEP_SLOTS=1
+  criterion_of step-slots2 .gpu/kernel_bench "$steps" BAMBA_STEP_SLOTS=2
+  criterion_of step-slots4 .gpu/kernel_bench "$steps" BAMBA_STEP_SLOTS=4
+  criterion_of step-hpc8_slots4 .gpu/kernel_bench "$steps" BAMBA_STEP_HEADS_PER_CUBE=8 BAMBA_STEP_SLOTS=4
+  ncu_times s18-b16 "mamba_step|rms_norm" 'mamba_decode_step/fused/16$' .gpu/kernel_bench-s18
+  ncu_times new-b16 "mamba_step|rms_norm" 'mamba_decode_step/fused/16$'
   for tune in 8192,4 16384,4 8192,8 16384,8 32768,4; do
-    BAMBA_DECODE_ATTENTION_TUNE=$tune timeout 60 .gpu/kernel_bench --bench --output-format bencher 'attention/decode_b(16|64)/8192$' \
-      > "$RAW/attention-$tune-criterion.txt" 2>&1
-    echo "decode attention $tune:"; grep "^test" "$RAW/attention-$tune-criterion.txt" | sed -E 's/ \(\+\/- [0-9]+\)//'
+    criterion_of "attention-$tune" .gpu/kernel_bench 'attention/decode_b(16|64)/8192$' BAMBA_DECODE_ATTENTION_TUNE=$tune
   done
-  gemv='linear_no_bias/n[0-9]+_k[0-9]+/1$'
   for tune in 8,8 8,12 8,16 4,16; do
-    BAMBA_GEMV_TUNE=$tune timeout 80 .gpu/kernel_bench --bench --output-format bencher "$gemv" > "$RAW/gemv-$tune-criterion.txt" 2>&1
-    echo "gemv $tune:"; grep "^test" "$RAW/gemv-$tune-criterion.txt" | sed -E 's/ \(\+\/- [0-9]+\)//'
+    criterion_of "gemv-$tune" .gpu/kernel_bench 'linear_no_bias/n[0-9]+_k[0-9]+/1$' BAMBA_GEMV_TUNE=$tune
   done
-  timeout 90 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
-  echo "torch rc=$?"
-  grep -hE '"copy"|"gemv", "m": 1,|sdpa_decode' "$RAW/torch.jsonl" | cut -c1-150
+  torch_refs '"copy"|"gemv", "m": 1,|sdpa_decode'
   ;;
 kernels_s19)
   # Session 19, call 2: decode attention's combine with the splits shared by a cube's units (one
@@ -703,24 +704,14 @@ kernels_s19)
   cuda_tests
   attn='attention/decode_b[0-9]+/'
   gemv='linear_no_bias/n[0-9]+_k[0-9]+/1$'
-  of_build() { # name, kernel_bench build, filter, env...
-    local name=$1 exe=$2 filter=$3; shift 3
-    env "$@" timeout 80 "$exe" --bench --output-format bencher "$filter" > "$RAW/$name-criterion.txt" 2>&1
-    echo "$name:"; grep "^test" "$RAW/$name-criterion.txt" | sed -E 's/ \(\+\/- [0-9]+\)//'
-  }
-  of_build attention-s18 .gpu/kernel_bench-s18 "$attn"
-  of_build attention-new .gpu/kernel_bench "$attn"
-  of_build gemv-s18 .gpu/kernel_bench-s18 "$gemv"
-  of_build gemv-new .gpu/kernel_bench "$gemv"
-  of_build gemv-new-nosplit .gpu/kernel_bench "$gemv" BAMBA_GEMV_TUNE=,,,,,1
-  of_build gemv-new-16k .gpu/kernel_bench "$gemv" BAMBA_GEMV_TUNE=,,,,,16384
-  timeout 60 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:"split_kernel|combine_kernel" \
-    --launch-skip 20 --launch-count 6 --metrics "$NCU_METRICS" .gpu/kernel_bench --bench --output-format bencher \
-    'attention/decode_b16/8192$' > "$RAW/ncu-attention-b16.csv" 2> "$RAW/ncu-attention-b16.err"
-  echo "ncu attention rc=$?"; python3 scripts/ncu_launches.py "$RAW/ncu-attention-b16.csv" | tee "$RAW/ncu-attention-b16.txt"
-  timeout 90 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
-  echo "torch rc=$?"
-  grep -hE '"copy"|"gemv", "m": 1,|sdpa_decode' "$RAW/torch.jsonl" | cut -c1-150
+  criterion_of attention-s18 .gpu/kernel_bench-s18 "$attn"
+  criterion_of attention-new .gpu/kernel_bench "$attn"
+  criterion_of gemv-s18 .gpu/kernel_bench-s18 "$gemv"
+  criterion_of gemv-new .gpu/kernel_bench "$gemv"
+  criterion_of gemv-new-nosplit .gpu/kernel_bench "$gemv" BAMBA_GEMV_TUNE=,,,,,1
+  criterion_of gemv-new-16k .gpu/kernel_bench "$gemv" BAMBA_GEMV_TUNE=,,,,,16384
+  ncu_times attention-b16 "split_kernel|combine_kernel" 'attention/decode_b16/8192$'
+  torch_refs '"copy"|"gemv", "m": 1,|sdpa_decode'
   for n in 1 2; do
     bench "bamba_b1_split_$n" 60 --preset bamba-9b -t tg128 -b 1 -r 5 --backend cuda-unfused
     BAMBA_GEMV_TUNE=,,,,,1 bench "bamba_b1_nosplit_$n" 60 --preset bamba-9b -t tg128 -b 1 -r 5 --backend cuda-unfused
@@ -728,33 +719,21 @@ kernels_s19)
   sweep_table "$RAW"/bamba_b1_*.jsonl
   ;;
 final_s19)
-  # Session 19, call 3, the landed build: decode attention's combine sharing the splits among a cube's
-  # units and its split kernel holding the query as loaded (fewer registers). Every CUDA test;
+  # Session 19, call 3: a build (not landed: no register or time change) whose decode attention split
+  # kernel held the query as loaded (bf16) beside the landed combine. Every CUDA test;
   # criterion's decode attention of session 18's build and of this one beside SDPA; Nsight Compute's
   # GPU time of the attention kernels (batch 16) and of the fused Mamba step and its gated norm
   # (batch 16, 64, 256); batch-1 decode of both shapes.
   cuda_tests
   attn='attention/decode_b[0-9]+/'
   # (session 18's under a name the summary does not read; this build's as attention-bencher.txt)
-  for build in s18 ""; do
-    file=$RAW/attention-bencher.txt
-    [ -n "$build" ] && file=$RAW/attention-$build-criterion.txt
-    timeout 80 ".gpu/kernel_bench${build:+-$build}" --bench --output-format bencher "$attn" > "$file" 2>&1
-    echo "attention ${build:-new}:"; grep "^test" "$file" | sed -E 's/ \(\+\/- [0-9]+\)//'
-  done
-  timeout 60 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:"split_kernel|combine_kernel" \
-    --launch-skip 20 --launch-count 6 --metrics "$NCU_METRICS" .gpu/kernel_bench --bench --output-format bencher \
-    'attention/decode_b16/8192$' > "$RAW/ncu-attention-b16.csv" 2> "$RAW/ncu-attention-b16.err"
-  echo "ncu attention rc=$?"; python3 scripts/ncu_launches.py "$RAW/ncu-attention-b16.csv" | tee "$RAW/ncu-attention-b16.txt"
+  criterion_of attention-s18 .gpu/kernel_bench-s18 "$attn"
+  criterion "$attn" attention
+  ncu_times attention-b16 "split_kernel|combine_kernel" 'attention/decode_b16/8192$'
   for b in 16 64 256; do # the fused Mamba step's GPU time (criterion's batch-16 time is the host's)
-    timeout 60 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:"mamba_step|rms_norm" \
-      --launch-skip 20 --launch-count 6 --metrics "$NCU_METRICS" .gpu/kernel_bench --bench --output-format bencher \
-      "mamba_decode_step/fused/$b\$" > "$RAW/ncu-step-b$b.csv" 2> "$RAW/ncu-step-b$b.err"
-    echo "ncu step b$b rc=$?"; python3 scripts/ncu_launches.py "$RAW/ncu-step-b$b.csv" | tee "$RAW/ncu-step-b$b.txt"
+    ncu_times "step-b$b" "mamba_step|rms_norm" "mamba_decode_step/fused/$b\$"
   done
-  timeout 90 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
-  echo "torch rc=$?"
-  grep -hE '"copy"|sdpa_decode' "$RAW/torch.jsonl" | cut -c1-150
+  torch_refs '"copy"|sdpa_decode'
   bench bamba_b1 60 --preset bamba-9b -t tg128 -b 1 -r 5 --backend cuda-unfused
   bench llama_b1 60 --preset llama-8b-shape -t tg128 -b 1 -r 5 --backend cuda-unfused
   ;;
