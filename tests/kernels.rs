@@ -609,6 +609,60 @@ fn check_decode_attention<B: BambaOps>(device: &B::Device) {
     println!("decode_attention on {}: worst relative difference {worst:e}", B::name(device));
 }
 
+/// RoPE against the reference, reading q/k as the model does (a strided head view of the
+/// projection's `[batch, len, heads · head_dim]` output) and the tables as views of later positions
+/// of larger tables (an offset), shared by the batch or one per row (left padding), partial and full
+/// rotation, one position (decode) and several (prefill).
+fn check_rope<B: BambaOps>(device: &B::Device) {
+    let cpu = Default::default();
+    let mut worst = 0.0f32;
+    for dtype in dtypes::<B>(device) {
+        // (batch, heads, len, head_dim, rotary_dim, table rows)
+        let cases = [(1, 32, 1, 128, 64, 1), (3, 4, 7, 16, 8, 3), (2, 8, 1, 128, 128, 2), (2, 3, 5, 12, 12, 1)];
+        for (seed, (batch, heads, len, head_dim, rot, rows)) in cases.into_iter().enumerate() {
+            let seed = 9500 + 3 * seed as u64;
+            let x = rounded(uniform(batch * len * heads * head_dim, seed, -3.0, 3.0), dtype);
+            // Tables for positions 0 .. len + 5, of which the last `len` are used.
+            let positions = len + 5;
+            let cos = rounded(uniform(rows * positions * rot, seed + 1, -1.0, 1.0), dtype);
+            let sin = rounded(uniform(rows * positions * rot, seed + 2, -1.0, 1.0), dtype);
+            let heads_view = |t: Tensor<_, 3>| t.reshape([batch, len, heads, head_dim]).swap_dims(1, 2);
+            let got = B::rope(
+                heads_view(tensor(&x, [batch, len, heads * head_dim], device, dtype)),
+                rope_table::<B>(&cos, [rows, positions, rot], len, device, dtype),
+                rope_table::<B>(&sin, [rows, positions, rot], len, device, dtype),
+                rot,
+            );
+            assert_eq!(got.dims(), [batch, heads, len, head_dim]);
+            let expected = reference::rope::rope::<Cpu>(
+                tensor(&x, [batch, len, heads * head_dim], &cpu, DType::F32)
+                    .reshape([batch, len, heads, head_dim])
+                    .swap_dims(1, 2),
+                rope_table::<Cpu>(&cos, [rows, positions, rot], len, &cpu, DType::F32),
+                rope_table::<Cpu>(&sin, [rows, positions, rot], len, &cpu, DType::F32),
+                rot,
+            );
+            let d = relative_diff(&host(got), &host(expected));
+            let case = format!("rope b{batch} h{heads} l{len} d{head_dim} rot{rot} rows{rows} {dtype:?}");
+            assert!(d <= rounding_tolerance(dtype), "{case}: {d:e}");
+            worst = worst.max(d);
+        }
+    }
+    println!("rope on {}: worst relative difference {worst:e}", B::name(device));
+}
+
+/// The last `len` positions of a `[rows, 1, positions, rot]` table: a view at an offset, as
+/// `RopeTables::positions` takes it.
+fn rope_table<B: Backend>(
+    v: &[f32],
+    [rows, positions, rot]: [usize; 3],
+    len: usize,
+    device: &B::Device,
+    dtype: DType,
+) -> Tensor<B, 4> {
+    tensor(v, [rows, 1, positions, rot], device, dtype).narrow(2, positions - len, len)
+}
+
 /// An attention mask `[batch, 1, q_len, k_len]` (1.0 = masked) for `q_len` queries that end a cache of
 /// `k_len` keys: row b masks its first `pads[b]` keys and, causally, every key after its query's position.
 fn left_padded_causal_mask(pads: &[usize], q_len: usize, k_len: usize) -> Vec<f32> {
@@ -971,6 +1025,11 @@ macro_rules! backend_tests {
             #[test]
             fn decode_attention_matches_the_reference() {
                 check_decode_attention::<$backend>(&$device);
+            }
+
+            #[test]
+            fn rope_matches_the_reference() {
+                check_rope::<$backend>(&$device);
             }
 
             #[test]

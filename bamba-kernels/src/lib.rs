@@ -178,6 +178,16 @@ pub trait BambaOps: Backend {
         reference::attention::decode_attention(q, k, v, key_start, keys)
     }
 
+    /// Rotary position embedding of the first `rotary_dim` dims of every head (partial RoPE, NeoX
+    /// `rotate_half`); see [`reference::rope::rope`] for the rounding.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, heads, len, head_dim]` (a strided head view is fine); `cos`, `sin`: `[1 or batch,
+    ///   1, len, rotary_dim]` in x's dtype → `[batch, heads, len, head_dim]`
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>, rotary_dim: usize) -> Tensor<Self, 4> {
+        reference::rope::rope(x, cos, sin, rotary_dim)
+    }
+
     /// Runs `work` with the device's new buffers allocated in its persistent mode: each buffer has
     /// exactly its size and, once freed, is reused by the next allocation of that size, instead of
     /// being a slice of a shared page. For the weights (never freed) and for decode steps (the same

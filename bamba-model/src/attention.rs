@@ -78,7 +78,13 @@ impl<B: BambaOps> Attention<B> {
             }
             (_, None) => B::causal_attention(q, k, v, 0, masks.attention.clone()),
         };
-        let out = out.swap_dims(1, 2).reshape([batch, len, self.num_heads * self.head_dim]);
+        // [batch, heads, len, head_dim] → [batch, len, heads · head_dim]; one position is already in
+        // that order (no transpose, so no copy launch).
+        let out = if len == 1 {
+            out.reshape([batch, 1, self.num_heads * self.head_dim])
+        } else {
+            out.swap_dims(1, 2).reshape([batch, len, self.num_heads * self.head_dim])
+        };
         self.o_proj.forward_residual(out, residual)
     }
 }

@@ -3,6 +3,7 @@
 //! The first `rotary_dim` dims of each q/k head rotate in pairs `(j, j + rotary_dim/2)` with
 //! `inv_freq[j] = theta^(-2j/rotary_dim)`; the remaining dims pass through.
 
+use bamba_kernels::BambaOps;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
@@ -68,22 +69,11 @@ impl Rope {
         RopeTables { cos: make(cos), sin: make(sin) }
     }
 
-    /// Rotates the first `rotary_dim` dims of every head.
+    /// Rotates the first `rotary_dim` dims of every head ([`BambaOps::rope`]: one kernel on GPUs).
     ///
     /// # Shapes
     /// - `x`: `[batch, heads, len, head_dim]` → same
-    pub fn apply<B: Backend>(&self, x: Tensor<B, 4>, t: &RopeTables<B>) -> Tensor<B, 4> {
-        let head_dim = x.dims()[3];
-        let rot = self.rotary_dim;
-        let half = rot / 2;
-        let x_rot = x.clone().narrow(3, 0, rot);
-        let rotated_half =
-            Tensor::cat(vec![x_rot.clone().narrow(3, half, half).neg(), x_rot.clone().narrow(3, 0, half)], 3);
-        let embedded = x_rot * t.cos.clone() + rotated_half * t.sin.clone();
-        if rot == head_dim {
-            embedded
-        } else {
-            Tensor::cat(vec![embedded, x.narrow(3, rot, head_dim - rot)], 3)
-        }
+    pub fn apply<B: BambaOps>(&self, x: Tensor<B, 4>, t: &RopeTables<B>) -> Tensor<B, 4> {
+        B::rope(x, t.cos.clone(), t.sin.clone(), self.rotary_dim)
     }
 }

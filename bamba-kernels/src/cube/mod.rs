@@ -17,6 +17,7 @@ mod math;
 pub mod matmul;
 mod persistent;
 mod rms_norm;
+mod rope;
 mod ssd_chunked;
 mod ssd_scan;
 mod ssd_step;
@@ -315,6 +316,13 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         wrap(decode_attention::launch(prim(q), prim(k), prim(v), key_start, keys))
     }
 
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>, rotary_dim: usize) -> Tensor<Self, 4> {
+        if !rope_applies(&x, &cos, &sin, rotary_dim) {
+            return crate::reference::rope::rope(x, cos, sin, rotary_dim);
+        }
+        wrap(rope::launch(prim(x), prim(cos), prim(sin), rotary_dim))
+    }
+
     fn with_persistent_allocations<T>(device: &Self::Device, work: impl FnOnce() -> T) -> T {
         persistent::allocations(R::client(device), work)
     }
@@ -348,6 +356,18 @@ fn gemv_applies<R: CubeRuntime, B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B,
     rows <= MAX_GEMV_ROWS && x.dtype() == weight.dtype()
 }
 
+/// Whether the RoPE kernel takes these operands: one dtype, an even `rotary_dim` within the head,
+/// tables covering the positions (else the reference's broadcasting rules and errors apply), and
+/// not turned off by `BAMBA_ROPE_KERNEL=0` (for same-call comparisons).
+fn rope_applies<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, rotary_dim: usize) -> bool {
+    let [batch, _, len, head_dim] = x.dims();
+    let table_fits = |t: &Tensor<B, 4>| {
+        let [rows, one, positions, width] = t.dims();
+        (rows == 1 || rows == batch) && one == 1 && positions == len && width == rotary_dim && t.dtype() == x.dtype()
+    };
+    rotary_dim.is_multiple_of(2) && rotary_dim <= head_dim && table_fits(cos) && table_fits(sin) && rope::enabled()
+}
+
 /// Which `BambaOps` method a fused custom op runs.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -363,6 +383,7 @@ enum Kind {
     DecodeAttention { keys: usize },
     CausalAttention { query_offset: usize, masked: bool },
     MambaStep { has_bias: bool, config: MambaStepConfig },
+    Rope { rotary_dim: usize },
 }
 
 /// A `BambaOps` call recorded in the fusion stream; runs the inner backend's method when executed.
@@ -436,6 +457,10 @@ impl<B: FusionBackend + BambaOps> Operation<B::FusionRuntime> for CustomOp<B> {
             Kind::DecodeAttention { keys } => {
                 let (q, k, v, start) = (wrap(next()), wrap(next()), wrap(next()), wrap(next()));
                 vec![prim(B::decode_attention(q, k, v, start, keys))]
+            }
+            Kind::Rope { rotary_dim } => {
+                let (x, cos, sin) = (wrap(next()), wrap(next()), wrap(next()));
+                vec![prim(B::rope(x, cos, sin, rotary_dim))]
             }
             Kind::CausalAttention { query_offset, masked } => {
                 let (q, k, v) = (wrap(next()), wrap(next()), wrap(next()));
@@ -618,6 +643,15 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         let out = (q.dims().to_vec(), q.dtype());
         let inputs = vec![prim(q), prim(k), prim(v), prim(key_start.cast(DType::F32))];
         let [y] = register::<B, 1>("bamba_decode_attention", Kind::DecodeAttention { keys }, inputs, [out]);
+        wrap(y)
+    }
+
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>, rotary_dim: usize) -> Tensor<Self, 4> {
+        if !rope_applies(&x, &cos, &sin, rotary_dim) {
+            return crate::reference::rope::rope(x, cos, sin, rotary_dim);
+        }
+        let out = (x.dims().to_vec(), x.dtype());
+        let [y] = register::<B, 1>("bamba_rope", Kind::Rope { rotary_dim }, vec![prim(x), prim(cos), prim(sin)], [out]);
         wrap(y)
     }
 

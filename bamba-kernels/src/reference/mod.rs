@@ -6,4 +6,5 @@ pub mod conv;
 pub mod linear;
 pub mod mamba_step;
 pub mod norm;
+pub mod rope;
 pub mod ssd;
