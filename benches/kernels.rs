@@ -97,12 +97,14 @@ fn ssd_inputs(s: &Shapes, batch: usize, len: usize, with_state: bool, device: &D
     }
 }
 
-/// Calls of an op between two device syncs on GPUs (one on the CPU).
-const PER_SYNC: u32 = if GPU { 20 } else { 1 };
+/// Calls of an op between two device syncs on GPUs (one on the CPU). 100 since session 20: with
+/// 20, the sync's host latency (~50 µs through Burn) still added ~2.5 µs to each call, 6% of a
+/// 40 µs GEMV, which torch's CUDA events do not count.
+const PER_SYNC: u32 = if GPU { 100 } else { 1 };
 
 /// Times `op` as `PER_SYNC` back-to-back calls between two device syncs, per call, the way
 /// scripts/bench_torch.py times torch (CUDA events around back-to-back calls): with a sync after
-/// every call, the sync's host latency (~50 µs through Burn) would count in each.
+/// every call, the sync's host latency would count in each.
 fn per_call<O>(bench: &mut criterion::Bencher, device: &Device, mut op: impl FnMut() -> O) {
     bench.iter_custom(|iters| {
         let mut total = Duration::ZERO;

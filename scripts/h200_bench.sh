@@ -72,7 +72,7 @@
 #
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19|host_s19}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19|host_s19|gemv_s20|rope_s20|ratio_s20}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -88,7 +88,7 @@ bench() { # name, timeout, args...
 # Nsight Compute's per-launch metrics that scripts/ncu_launches.py reads.
 NCU_METRICS=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active
 cuda_tests() { # every CUDA test, the log in $RAW/tests.log
-  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  timeout 260 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
   echo "tests rc=$?"
   grep -E "panicked|test result|mamba_decode_step on" "$RAW/tests.log" | head -8
 }
@@ -337,7 +337,7 @@ profile_s10)
   prof prof_bamba_b64 --preset bamba-9b -t tg4@d8192 -b 64 -r 1
   ;;
 host_s11)
-  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  timeout 260 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
   echo "tests rc=$?"
   grep -E "panicked|test result|linear_residual|swiglu_linear" "$RAW/tests.log" | head -12
   u=(--backend cuda-unfused)
@@ -663,6 +663,92 @@ ssd2_s18)
   mv "$RAW/ssd-one-tile-bencher.txt" "$RAW/ssd-one-tile-criterion.txt"
   scan_of_builds old
   ;;
+ratio_s20)
+  # Session 20, call 3 (call 2's binaries): the CUDA test call 2's 200 s limit cut (the pinned weight
+  # upload), and batch-64 decode of both shapes at 8K and 32K with RoPE as one kernel.
+  timeout 100 .gpu/kernel_tests cuda_weights_upload_through_pinned_buffers --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  echo "upload test rc=$?"; grep -E "panicked|test result" "$RAW/tests.log"
+  bamba_decode
+  llama_decode
+  sweep_table "$RAW"/*.jsonl
+  ;;
+rope_s20)
+  # Session 20, call 2: RoPE as one kernel per tensor (BambaOps::rope; BAMBA_ROPE_KERNEL=0 runs the ten
+  # Burn ops as before) and no copy of decode attention's output. Every CUDA test; batch-1 decode of
+  # both shapes each way in turn and the host's time per step (the 32-layer plans at tiny widths);
+  # the launch order of a decode step (CubeCL's profile log); the GEMV's criterion (100 calls per
+  # sync) with the copy rate of this call; batch-64 decode at 8K of both shapes.
+  cuda_tests
+  u=(--backend cuda-unfused)
+  for n in 1 2; do
+    for shape in bamba-9b llama-8b-shape; do
+      bench "${shape%%-*}_b1_rope_$n" 40 --preset $shape -t tg128 -b 1 -r 3 "${u[@]}"
+      BAMBA_ROPE_KERNEL=0 bench "${shape%%-*}_b1_ops_$n" 40 --preset $shape -t tg128 -b 1 -r 3 "${u[@]}"
+    done
+  done
+  for layout in bamba llama; do
+    bench "overhead_${layout}_rope" 40 --config benches/configs/$layout-*-layout-tiny-widths.json -t tg128 -b 1 -r 3 "${u[@]}"
+    BAMBA_ROPE_KERNEL=0 bench "overhead_${layout}_ops" 40 --config benches/configs/$layout-*-layout-tiny-widths.json -t tg128 -b 1 -r 3 "${u[@]}"
+  done
+  CUBECL_DEBUG_LOG=/tmp/launches.log CUBECL_DEBUG_OPTION=profile timeout 60 .gpu/bamba bench "${u[@]}" --warmup 0 -r 1 \
+    --preset bamba-9b -t tg2 -b 1 > /dev/null 2>&1
+  echo "launch log rc=$?"
+  grep "^|" /tmp/launches.log | awk -F'|' '{gsub(/ +$/, "", $3); print $3}' | tail -330 | uniq -c > "$RAW/launch-order.txt"
+  sed -n 1,60p "$RAW/launch-order.txt" | tr -s ' ' | paste -sd' ' | cut -c1-1500
+  torch_refs '"copy"|"gemv", "m": 1,'
+  criterion 'linear_no_bias/n[0-9]+_k[0-9]+/1$' gemv
+  bench bamba_b64 60 --preset bamba-9b -t tg16@d8192 -b 64 -r 3 "${u[@]}"
+  bench bamba_b64_bf16 60 --preset bamba-9b -t tg16@d8192 -b 64 -r 3 --state-dtype bf16 "${u[@]}"
+  bench llama_b64 60 --preset llama-8b-shape -t tg16@d8192 -b 64 -r 3 "${u[@]}"
+  sweep_table "$RAW"/*.jsonl
+  ;;
+gemv_s20)
+  # Session 20: the decode GEMV issuing its first weight loads before the pre-norm and the staging of x
+  # (BAMBA_GEMV_TUNE's 6th value: 1 prefetch, the new default; 0 as before). The GEMV tests; batch-1
+  # decode each way in turn, and with x staged for every GEMV (`,,2`); Nsight Compute's in-model GEMV
+  # time per launch shape each way, its stall sections (in_proj, out_proj), and every kernel of two
+  # batch-1 decode steps (the GPU time a step pays, against its measured time); the plain GEMV's GPU time
+  # per decode shape beside cuBLAS's (Nsight Compute both), torch's references, criterion (now 100
+  # calls per sync).
+  timeout 120 .gpu/kernel_tests cuda --test-threads 1 --nocapture gemv > "$RAW/tests.log" 2>&1
+  echo "gemv tests rc=$?"
+  grep -E "panicked|test result" "$RAW/tests.log" | head -4
+  u=(--backend cuda-unfused)
+  for n in 1 2; do
+    bench "bamba_b1_prefetch_$n" 40 --preset bamba-9b -t tg128 -b 1 -r 3 "${u[@]}"
+    BAMBA_GEMV_TUNE=,,,,,0 bench "bamba_b1_noprefetch_$n" 40 --preset bamba-9b -t tg128 -b 1 -r 3 "${u[@]}"
+    BAMBA_GEMV_TUNE=,,2 bench "bamba_b1_stage2_$n" 40 --preset bamba-9b -t tg128 -b 1 -r 3 "${u[@]}"
+  done
+  for cfg in prefetch:,,,,,1 noprefetch:,,,,,0; do
+    BAMBA_GEMV_TUNE=${cfg#*:} timeout 100 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:gemv \
+      --launch-skip 270 --launch-count 135 --metrics "$NCU_METRICS" .gpu/bamba bench "${u[@]}" --warmup 0 -r 1 \
+      --preset bamba-9b -t tg8 -b 1 > "$RAW/ncu_gemv_${cfg%%:*}.csv" 2> "$RAW/ncu_gemv_${cfg%%:*}.err"
+    echo "ncu gemv ${cfg%%:*} rc=$?"
+    python3 scripts/ncu_launches.py "$RAW/ncu_gemv_${cfg%%:*}.csv" | tee "$RAW/ncu_gemv_${cfg%%:*}.txt"
+  done
+  sections="--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats"
+  timeout 100 /usr/local/cuda/bin/ncu --clock-control none --kernel-name regex:gemv --launch-skip 270 --launch-count 4 $sections \
+    .gpu/bamba bench "${u[@]}" --warmup 0 -r 1 --preset bamba-9b -t tg8 -b 1 > "$RAW/ncu_sections_gemv.txt" 2>&1
+  echo "ncu gemv sections rc=$?"
+  grep -E "^  gemv|Duration|DRAM Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|This stall type" "$RAW/ncu_sections_gemv.txt" | head -32
+  timeout 150 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --launch-skip 3000 --launch-count 600 \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum .gpu/bamba bench "${u[@]}" --warmup 0 -r 1 \
+    --preset bamba-9b -t tg64 -b 1 > "$RAW/ncu_b1.csv" 2> "$RAW/ncu_b1.err"
+  echo "ncu b1 rc=$?"
+  python3 scripts/ncu_summary.py "$RAW/ncu_b1.csv" | tee "$RAW/ncu_b1.txt" | head -20
+  # The plain GEMV's GPU time per decode shape beside cuBLAS's, both by Nsight Compute (clocks unlocked).
+  for shape in n16768_k4096 n28672_k4096 n4096_k4096 n4096_k8192 n4096_k14336 n128256_k4096; do
+    ncu_times "gemv-$shape" gemv "linear_no_bias/$shape/1\$" > /dev/null
+    tail -n +2 "$RAW/ncu-gemv-$shape.txt"
+  done
+  timeout 100 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --metrics "$NCU_METRICS" \
+    python3 scripts/torch_gemv_launches.py > "$RAW/ncu-cublas-gemv.csv" 2> "$RAW/ncu-cublas-gemv.err"
+  echo "ncu cublas rc=$?"
+  python3 scripts/ncu_launches.py "$RAW/ncu-cublas-gemv.csv" | tee "$RAW/ncu-cublas-gemv.txt" | head -12
+  torch_refs '"copy"|"gemv", "m": 1,'
+  criterion_of gemv-per-sync-100 .gpu/kernel_bench 'linear_no_bias/n[0-9]+_k[0-9]+/1$'
+  sweep_table "$RAW"/bamba_b1_*.jsonl
+  ;;
 step_s19)
   # Session 19: the Mamba step with the state loads of several heads in flight (a ring of
   # BAMBA_STEP_SLOTS heads, default 2; session 18 loaded one head at a time) and kept in the state's
@@ -849,7 +935,7 @@ parity_s14)
   done
   ;;
 decode_s11)
-  timeout 200 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
+  timeout 260 .gpu/kernel_tests cuda --test-threads 1 --nocapture > "$RAW/tests.log" 2>&1
   echo "tests rc=$?"
   grep -E "panicked|test result|mamba_decode_step on|swiglu_linear" "$RAW/tests.log" | head -12
   u=(--backend cuda-unfused)
