@@ -287,8 +287,12 @@ fn check_mamba_step<B: BambaOps>(device: &B::Device) {
                     let (batch, proj, conv_dim, kernel, d_inner) = shapes;
                     let [zxbcdt, conv_weight, conv_bias, window, a_log, d, dt_bias, norm_weight, state] = host_data;
                     let (h, p, n) = (config.heads, config.head_dim, config.d_state);
+                    // The conv weight as a view with padded rows (junk the kernel must not read), the
+                    // way CUDA's allocator pitches rows narrower than 16 bytes.
+                    let padded: Vec<f32> =
+                        conv_weight.chunks(kernel).flat_map(|row| row.iter().copied().chain([9.0; 3])).collect();
                     let weights = MambaStepWeights {
-                        conv_weight: tensor(conv_weight, [conv_dim, kernel], device, dtype),
+                        conv_weight: tensor(&padded, [conv_dim, kernel + 3], device, dtype).narrow(1, 0, kernel),
                         conv_bias: has_bias.then(|| tensor(conv_bias, [conv_dim], device, dtype)),
                         a_log: tensor(a_log, [h], device, DType::F32),
                         d: tensor(d, [h], device, DType::F32),

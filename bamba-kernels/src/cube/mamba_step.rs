@@ -26,8 +26,9 @@ use super::ssd_step::{
 
 /// Conv output of xBC channel `c` of the sequence whose `zxbcdt` row starts at `zx_row` and whose
 /// window of channel `c` starts at `win`: `SiLU(bias + Σ w·[window, x])`, in f32 after rounding to
-/// `F` (as the conv kernel stores it). Every operand is contiguous (indices computed here, not
-/// read from the tensors' metadata, which costs a load per stride).
+/// `F` (as the conv kernel stores it). Every operand but the weight is contiguous (indices computed
+/// here, not read from the tensors' metadata, which costs a load per stride); the weight's rows may
+/// be pitched (one stride load).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn conv_channel<F: Float>(
@@ -43,12 +44,13 @@ fn conv_channel<F: Float>(
     #[comptime] has_bias: bool,
 ) -> f32 {
     let mut acc = 0.0f32;
+    let row = c * weight.stride(0);
     #[unroll]
     for j in 0..taps - 1 {
-        acc += f32::cast_from(weight[c * taps + j]) * f32::cast_from(window[win + j]);
+        acc += f32::cast_from(weight[row + j]) * f32::cast_from(window[win + j]);
     }
     let new = f32::cast_from(zxbcdt[zx_row + d_inner + c]);
-    acc += f32::cast_from(weight[c * taps + taps - 1]) * new;
+    acc += f32::cast_from(weight[row + taps - 1]) * new;
     if has_bias {
         acc += f32::cast_from(bias[c]);
     }
@@ -243,9 +245,12 @@ pub fn launch<R: CubeRuntime>(
 ) -> MambaStep<R> {
     let client = zxbcdt.client.clone();
     let device = zxbcdt.device.clone();
-    // Contiguous operands: the kernel computes their indices instead of loading strides.
-    let [zxbcdt, weight, bias, window, a_log, d, dt_bias, state] =
-        [zxbcdt, weight, bias, window, a_log, d, dt_bias, state].map(into_contiguous);
+    // Contiguous operands: the kernel computes their indices instead of loading strides. The conv
+    // weight only needs unit column strides: CUDA pitches rows narrower than 16 bytes (4 bf16 taps),
+    // and copying it to contiguous was a launch per layer and step (session 20's launch profile).
+    let weight = if weight.meta.strides()[1] == 1 { weight } else { into_contiguous(weight) };
+    let [zxbcdt, bias, window, a_log, d, dt_bias, state] =
+        [zxbcdt, bias, window, a_log, d, dt_bias, state].map(into_contiguous);
     let [batch, heads, head_dim, d_state] = state.meta.shape().dims::<4>();
     let [conv_dim, taps] = weight.meta.shape().dims::<2>();
     let groups = (conv_dim - heads * head_dim) / (2 * d_state);
@@ -266,7 +271,8 @@ pub fn launch<R: CubeRuntime>(
     let use_plane = rows_are_planes(&client);
     let vector = state_vector_size(&client, state.dtype.size(), d_state);
     let dtypes = [dtype.into(), state.dtype.into()];
-    // SAFETY: every operand is contiguous and indices derive from the shapes: p < head_dim and
+    // SAFETY: every operand is contiguous (the weight's rows at its row stride, columns unit-strided)
+    // and indices derive from the shapes: p < head_dim and
     // n < d_state are checked before use, channels stay below conv_dim (x rows below d_inner, B/C
     // columns below d_state), heads_per_cube divides the heads of a group, and the window and state
     // outputs are contiguous with the inputs' shapes (`vector` divides d_state).
