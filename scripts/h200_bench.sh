@@ -72,7 +72,7 @@
 #
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19|host_s19|gemv_s20|rope_s20|ratio_s20}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19|host_s19|gemv_s20|rope_s20|ratio_s20|step_s20}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -662,6 +662,27 @@ ssd2_s18)
   BAMBA_SSD_ROW_TILES=1 criterion "ssd_chunk_scan/kernel" ssd-one-tile
   mv "$RAW/ssd-one-tile-bencher.txt" "$RAW/ssd-one-tile-criterion.txt"
   scan_of_builds old
+  ;;
+step_s20)
+  # Session 20, call 4: the Mamba step reading the conv weight at its row stride (CUDA pitches its 8-byte
+  # rows; it was copied every layer and step). The step's and the models' CUDA tests; the launch order of
+  # a decode step; batch-1 decode of both shapes; Bamba's batch-64 decode at 8K and 32K.
+  for t in cuda::mamba_decode_step_matches_the_composition cuda::model_matches_transformers cuda::half_precision_model_matches_transformers cuda::tiny_model_generates_like_transformers; do
+    timeout 100 .gpu/kernel_tests "$t" --exact --test-threads 1 --nocapture >> "$RAW/tests.log" 2>&1
+    echo "$t rc=$?"
+  done
+  grep -E "panicked|test result|on fusion" "$RAW/tests.log" | cut -c1-200
+  CUBECL_DEBUG_LOG=/tmp/launches.log CUBECL_DEBUG_OPTION=profile timeout 60 .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 \
+    --preset bamba-9b -t tg2 -b 1 > /dev/null 2>&1
+  grep "^|" /tmp/launches.log | awk -F'|' '{gsub(/ +$/, "", $3); print $3}' | tail -330 | uniq -c > "$RAW/launch-order.txt"
+  sed -n 1,40p "$RAW/launch-order.txt" | tr -s ' ' | paste -sd' ' | cut -c1-800
+  for n in 1 2; do
+    bench "bamba_b1_$n" 40 --preset bamba-9b -t tg128 -b 1 -r 3 --backend cuda-unfused
+    bench "llama_b1_$n" 40 --preset llama-8b-shape -t tg128 -b 1 -r 3 --backend cuda-unfused
+  done
+  bench bamba_b64 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 --backend cuda-unfused
+  bench bamba_b64_bf16 80 --preset bamba-9b -t tg16@d8192,tg16@d32768 -b 64 -r 3 --state-dtype bf16 --backend cuda-unfused
+  sweep_table "$RAW"/*.jsonl
   ;;
 ratio_s20)
   # Session 20, call 3 (call 2's binaries): the CUDA test call 2's 200 s limit cut (the pinned weight
