@@ -70,6 +70,12 @@
 # `final_s17`: the landed build: every CUDA test, the scan and flash benches beside mamba_ssm and SDPA,
 # pp4096 of both shapes, batch-1 decode.
 #
+# `gemv_s20`: the GEMV with its first loads before its pre-norm (not landed), in-model GEMV times each way,
+# every kernel of two batch-1 steps, cuBLAS's GEMV kernels under Nsight Compute. `rope_s20`: RoPE as one
+# kernel against the Burn ops (BAMBA_ROPE_KERNEL=0) in one call, a decode step's launch order, criterion's
+# GEMV at 100 calls per sync. `ratio_s20`: the batch-64 ratios. `step_s20`: the Mamba step without its
+# conv-weight copy.
+#
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
 part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19|host_s19|gemv_s20|rope_s20|ratio_s20|step_s20}
@@ -140,6 +146,22 @@ torch_refs() { # grep pattern: scripts/bench_torch.py into $RAW/torch.jsonl, the
   timeout 90 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
   echo "torch rc=$?"
   grep -hE "$1" "$RAW/torch.jsonl" | cut -c1-150
+}
+ncu_gemv_b1() { # name, env...: Nsight Compute's per-shape GEMV times of batch-1 decode (one step's 135 launches
+  # after two) into $RAW/ncu_gemv_NAME.{csv,txt}
+  local name=$1; shift
+  env "$@" timeout 120 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:gemv \
+    --launch-skip 270 --launch-count 135 --metrics "$NCU_METRICS" .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 \
+    --preset bamba-9b -t tg8 -b 1 > "$RAW/ncu_gemv_$name.csv" 2> "$RAW/ncu_gemv_$name.err"
+  echo "ncu gemv $name rc=$?"
+  python3 scripts/ncu_launches.py "$RAW/ncu_gemv_$name.csv" | tee "$RAW/ncu_gemv_$name.txt"
+}
+launch_order() { # CubeCL's profile log of two batch-1 decode steps, as runs of kernel names, into $RAW/launch-order.txt
+  CUBECL_DEBUG_LOG=/tmp/launches.log CUBECL_DEBUG_OPTION=profile timeout 60 .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 \
+    --preset bamba-9b -t tg2 -b 1 > /dev/null 2>&1
+  echo "launch log rc=$?"
+  grep "^|" /tmp/launches.log | awk -F'|' '{gsub(/ +$/, "", $3); print $3}' | tail -330 | uniq -c > "$RAW/launch-order.txt"
+  sed -n 1,60p "$RAW/launch-order.txt" | tr -s ' ' | paste -sd' ' | cut -c1-1500
 }
 ncu_flash() { # [more ncu sections]: Nsight Compute's launch, occupancy and stall sections of one flash prefill
   # attention launch (pp4096, Bamba-9B shape) into $RAW/ncu_flash.txt
@@ -383,11 +405,7 @@ diag_s12)
   done
   sweep_table "$RAW"/sweep_*.jsonl
   for cfg in 8,4,0 8,8,1; do
-    BAMBA_GEMV_TUNE=$cfg timeout 120 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:gemv \
-      --launch-skip 270 --launch-count 135 --metrics "$NCU_METRICS" .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 \
-      --preset bamba-9b -t tg8 -b 1 > "$RAW/ncu_gemv_${cfg//,/_}.csv" 2> "$RAW/ncu_gemv_${cfg//,/_}.err"
-    echo "ncu gemv $cfg rc=$?"
-    python3 scripts/ncu_launches.py "$RAW/ncu_gemv_${cfg//,/_}.csv" | tee "$RAW/ncu_gemv_${cfg//,/_}.txt"
+    ncu_gemv_b1 "${cfg//,/_}" BAMBA_GEMV_TUNE=$cfg
   done
   sections="--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats"
   timeout 120 /usr/local/cuda/bin/ncu --clock-control none --kernel-name regex:gemv --launch-skip 270 --launch-count 4 $sections \
@@ -672,10 +690,7 @@ step_s20)
     echo "$t rc=$?"
   done
   grep -E "panicked|test result|on fusion" "$RAW/tests.log" | cut -c1-200
-  CUBECL_DEBUG_LOG=/tmp/launches.log CUBECL_DEBUG_OPTION=profile timeout 60 .gpu/bamba bench --backend cuda-unfused --warmup 0 -r 1 \
-    --preset bamba-9b -t tg2 -b 1 > /dev/null 2>&1
-  grep "^|" /tmp/launches.log | awk -F'|' '{gsub(/ +$/, "", $3); print $3}' | tail -330 | uniq -c > "$RAW/launch-order.txt"
-  sed -n 1,40p "$RAW/launch-order.txt" | tr -s ' ' | paste -sd' ' | cut -c1-800
+  launch_order
   for n in 1 2; do
     bench "bamba_b1_$n" 40 --preset bamba-9b -t tg128 -b 1 -r 3 --backend cuda-unfused
     bench "llama_b1_$n" 40 --preset llama-8b-shape -t tg128 -b 1 -r 3 --backend cuda-unfused
@@ -711,11 +726,7 @@ rope_s20)
     bench "overhead_${layout}_rope" 40 --config benches/configs/$layout-*-layout-tiny-widths.json -t tg128 -b 1 -r 3 "${u[@]}"
     BAMBA_ROPE_KERNEL=0 bench "overhead_${layout}_ops" 40 --config benches/configs/$layout-*-layout-tiny-widths.json -t tg128 -b 1 -r 3 "${u[@]}"
   done
-  CUBECL_DEBUG_LOG=/tmp/launches.log CUBECL_DEBUG_OPTION=profile timeout 60 .gpu/bamba bench "${u[@]}" --warmup 0 -r 1 \
-    --preset bamba-9b -t tg2 -b 1 > /dev/null 2>&1
-  echo "launch log rc=$?"
-  grep "^|" /tmp/launches.log | awk -F'|' '{gsub(/ +$/, "", $3); print $3}' | tail -330 | uniq -c > "$RAW/launch-order.txt"
-  sed -n 1,60p "$RAW/launch-order.txt" | tr -s ' ' | paste -sd' ' | cut -c1-1500
+  launch_order
   torch_refs '"copy"|"gemv", "m": 1,'
   criterion 'linear_no_bias/n[0-9]+_k[0-9]+/1$' gemv
   bench bamba_b64 60 --preset bamba-9b -t tg16@d8192 -b 64 -r 3 "${u[@]}"
@@ -741,11 +752,7 @@ gemv_s20)
     BAMBA_GEMV_TUNE=,,2 bench "bamba_b1_stage2_$n" 40 --preset bamba-9b -t tg128 -b 1 -r 3 "${u[@]}"
   done
   for cfg in prefetch:,,,,,1 noprefetch:,,,,,0; do
-    BAMBA_GEMV_TUNE=${cfg#*:} timeout 100 /usr/local/cuda/bin/ncu --csv --page raw --clock-control none --kernel-name regex:gemv \
-      --launch-skip 270 --launch-count 135 --metrics "$NCU_METRICS" .gpu/bamba bench "${u[@]}" --warmup 0 -r 1 \
-      --preset bamba-9b -t tg8 -b 1 > "$RAW/ncu_gemv_${cfg%%:*}.csv" 2> "$RAW/ncu_gemv_${cfg%%:*}.err"
-    echo "ncu gemv ${cfg%%:*} rc=$?"
-    python3 scripts/ncu_launches.py "$RAW/ncu_gemv_${cfg%%:*}.csv" | tee "$RAW/ncu_gemv_${cfg%%:*}.txt"
+    ncu_gemv_b1 "${cfg%%:*}" BAMBA_GEMV_TUNE=${cfg#*:}
   done
   sections="--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats"
   timeout 100 /usr/local/cuda/bin/ncu --clock-control none --kernel-name regex:gemv --launch-skip 270 --launch-count 4 $sections \
