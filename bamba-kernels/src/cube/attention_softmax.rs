@@ -18,14 +18,12 @@ use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
 use super::gemv::vector_size;
-use super::math::{row_max, row_sum};
+use super::math::{row_max, row_sum, wrapped_cube, wrapped_cube_count};
 use super::ssd_step::{rows_are_planes, LANES};
 use crate::reference::attention::ScoreRows;
 
 /// Score rows per cube (one row of `LANES` units each).
 const ROWS: usize = 8;
-/// Cubes along x before the grid wraps to y (wgpu's limit per dimension).
-const MAX_CUBES_X: usize = 65_535;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -40,7 +38,7 @@ fn causal_softmax_kernel<F: Float, N: Size>(
     #[define(F)] _dtype: StorageType,
 ) {
     let lane = UNIT_POS_X as usize;
-    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * ROWS + UNIT_POS_Y as usize;
+    let row = wrapped_cube() * ROWS + UNIT_POS_Y as usize;
     let keys = scores.shape(scores.rank() - 1);
     let vectors = keys / N::value();
     let base = row * vectors;
@@ -120,8 +118,6 @@ pub fn launch<R: CubeRuntime>(scores: CubeTensor<R>, layout: &ScoreRows) -> Cube
     if total_rows == 0 || keys == 0 {
         return probs;
     }
-    let cubes = total_rows.div_ceil(ROWS);
-    let (x, y) = (cubes.min(MAX_CUBES_X), cubes.div_ceil(MAX_CUBES_X));
     let vector = vector_size(&client, scores.dtype.size(), keys);
     let dtype = scores.dtype;
     // SAFETY: both tensors are contiguous `[.., keys]` with `keys` a multiple of the vector size; a
@@ -130,7 +126,7 @@ pub fn launch<R: CubeRuntime>(scores: CubeTensor<R>, layout: &ScoreRows) -> Cube
     unsafe {
         causal_softmax_kernel::launch_unchecked::<R>(
             &client,
-            CubeCount::Static(x as u32, y as u32, 1),
+            wrapped_cube_count(total_rows.div_ceil(ROWS)),
             CubeDim::new_2d(LANES as u32, ROWS as u32),
             vector,
             scores.into_tensor_arg(),

@@ -1,7 +1,22 @@
 //! Device helpers shared by the kernels: dt discretization, a sum or maximum across the lanes of a
-//! row, the sum of a vector's elements.
+//! row, the sum of a vector's elements, and the cube grid that wraps past wgpu's per-dimension limit.
 
 use cubecl::prelude::*;
+
+/// Cubes along x before a grid wraps to y (wgpu's limit per dimension).
+const MAX_CUBES_X: usize = 65_535;
+
+/// A grid of `cubes` cubes, wrapped to a second dimension past [`MAX_CUBES_X`]; kernels launched on
+/// it number their cube with [`wrapped_cube`] (cubes past `cubes` in the last row must check bounds).
+pub fn wrapped_cube_count(cubes: usize) -> CubeCount {
+    CubeCount::Static(cubes.min(MAX_CUBES_X) as u32, cubes.div_ceil(MAX_CUBES_X) as u32, 1)
+}
+
+/// This cube's index in a grid made by [`wrapped_cube_count`].
+#[cube]
+pub fn wrapped_cube() -> usize {
+    (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize
+}
 
 /// `clamp(softplus(raw + bias), lo, hi)` in f32, softplus in the overflow-free form of the reference.
 #[cube]

@@ -13,10 +13,10 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
+use super::math::{wrapped_cube, wrapped_cube_count};
+
 /// Units per cube.
 const UNITS: usize = 256;
-/// Cubes along x before the grid wraps to y (wgpu's limit per dimension).
-const MAX_CUBES_X: usize = 65_535;
 
 /// One unit per output element `(b, h, l, j)` of the contiguous `[batch, heads, len, head_dim]`
 /// output; `x`, `cos` and `sin` are read through their strides (the tables' batch dim broadcasts
@@ -31,7 +31,7 @@ fn rope_kernel<F: Float>(
     rotary_dim: u32,
     #[define(F)] _dtype: StorageType,
 ) {
-    let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * UNITS as u32 + UNIT_POS_X) as usize;
+    let i = wrapped_cube() * UNITS + UNIT_POS_X as usize;
     if i < y.len() {
         let head_dim = y.shape(3);
         let len = y.shape(2);
@@ -52,17 +52,8 @@ fn rope_kernel<F: Float>(
             } else {
                 partner = x[row + (j - half) * x.stride(3)];
             }
-            // The tables' row: b, or 0 when they are shared by the batch (stride 0 broadcasts).
-            let mut cos_row = b * cos.stride(0);
-            if cos.shape(0) == 1 {
-                cos_row = 0;
-            }
-            let c = cos[cos_row + l * cos.stride(2) + j * cos.stride(3)];
-            let mut sin_row = b * sin.stride(0);
-            if sin.shape(0) == 1 {
-                sin_row = 0;
-            }
-            let s = sin[sin_row + l * sin.stride(2) + j * sin.stride(3)];
+            let c = table_value(cos, b, l, j);
+            let s = table_value(sin, b, l, j);
             // Each product rounded to the dtype, then the sum, as the tensor ops store them.
             let xc = f32::cast_from(F::cast_from(f32::cast_from(value) * f32::cast_from(c)));
             let ps = f32::cast_from(F::cast_from(f32::cast_from(partner) * f32::cast_from(s)));
@@ -71,6 +62,18 @@ fn rope_kernel<F: Float>(
             y[i] = value;
         }
     }
+}
+
+/// Entry `(b, l, j)` of a `[1 or batch, 1, len, rotary_dim]` table: row b, or row 0 when the
+/// table is shared by the batch.
+#[cube]
+#[allow(unused_assignments)]
+fn table_value<F: Float>(table: &Tensor<F>, b: usize, l: usize, j: usize) -> F {
+    let mut row = b * table.stride(0);
+    if table.shape(0) == 1 {
+        row = 0;
+    }
+    table[row + l * table.stride(2) + j * table.stride(3)]
 }
 
 /// Whether the kernel runs: unless `BAMBA_ROPE_KERNEL=0` (then the tensor-op reference does, to
@@ -98,15 +101,13 @@ pub fn launch<R: CubeRuntime>(
     if elements == 0 {
         return y;
     }
-    let cubes = elements.div_ceil(UNITS);
-    let (cx, cy) = (cubes.min(MAX_CUBES_X), cubes.div_ceil(MAX_CUBES_X));
     // SAFETY: units write element `i < y.len()` of the contiguous output; x is read at its own
     // strides within its shape (the output's), the tables at positions `l < len` and dims
     // `j < rotary_dim ≤ head_dim` of their shapes (row 0 when their batch dim is 1).
     unsafe {
         rope_kernel::launch_unchecked::<R>(
             &client,
-            CubeCount::Static(cx as u32, cy as u32, 1),
+            wrapped_cube_count(elements.div_ceil(UNITS)),
             CubeDim::new_1d(UNITS as u32),
             x.into_tensor_arg(),
             cos.into_tensor_arg(),

@@ -13,11 +13,10 @@ use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
 use super::gemv::vector_size;
+use super::math::{wrapped_cube, wrapped_cube_count};
 
 /// Units per cube.
 const UNITS: usize = 256;
-/// Cubes along x before the grid wraps to y (wgpu's limit per dimension).
-const MAX_CUBES_X: usize = 65_535;
 
 #[cube(launch_unchecked)]
 fn silu_mul_kernel<F: Float, N: Size>(
@@ -27,7 +26,7 @@ fn silu_mul_kernel<F: Float, N: Size>(
     vectors: u32,
     #[define(F)] _dtype: StorageType,
 ) {
-    let i = ((CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * UNITS as u32 + UNIT_POS_X) as usize;
+    let i = wrapped_cube() * UNITS + UNIT_POS_X as usize;
     if i < vectors as usize {
         let g = Vector::<f32, N>::cast_from(gate[i]);
         let mut silu = Vector::<f32, N>::new(0.0f32);
@@ -55,14 +54,12 @@ pub fn launch<R: CubeRuntime>(gate: CubeTensor<R>, up: CubeTensor<R>) -> CubeTen
     if vectors == 0 {
         return y;
     }
-    let cubes = vectors.div_ceil(UNITS);
-    let (x, yc) = (cubes.min(MAX_CUBES_X), cubes.div_ceil(MAX_CUBES_X));
     // SAFETY: the three tensors are contiguous with `elements` values, a multiple of the vector
     // size (it divides the inner dim); units touch vector `i` only for `i < vectors`.
     unsafe {
         silu_mul_kernel::launch_unchecked::<R>(
             &client,
-            CubeCount::Static(x as u32, yc as u32, 1),
+            wrapped_cube_count(vectors.div_ceil(UNITS)),
             CubeDim::new_1d(UNITS as u32),
             vector,
             gate.into_tensor_arg(),
