@@ -76,9 +76,12 @@
 # GEMV at 100 calls per sync. `ratio_s20`: the batch-64 ratios. `step_s20`: the Mamba step without its
 # conv-weight copy.
 #
+# `ssd_s21`: the SSD output kernel's loads a stage ahead against the previous build's scan, beside
+# mamba_ssm. `step_s21`: the Mamba step's heads per cube by batch, batch-1 decode each way.
+#
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19|host_s19|gemv_s20|rope_s20|ratio_s20|step_s20}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19|host_s19|gemv_s20|rope_s20|ratio_s20|step_s20|ssd_s21|step_s21}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -680,6 +683,33 @@ ssd2_s18)
   BAMBA_SSD_ROW_TILES=1 criterion "ssd_chunk_scan/kernel" ssd-one-tile
   mv "$RAW/ssd-one-tile-bencher.txt" "$RAW/ssd-one-tile-criterion.txt"
   scan_of_builds old
+  ;;
+ssd_s21)
+  # Session 21, call 2 (a build not landed: 168 registers, slower): the SSD output kernel with every stage's global loads issued one stage ahead
+  # (software pipelining: C and S_in's next columns, x's next block with its dt/cum, the next 16
+  # positions' C·Bᵀ pairs). The scan tests; mamba_ssm's chain beside this build's scan bench and the
+  # previous build's (.gpu/kernel_bench-old, same scan as session 18) in the same call; pp4096;
+  # Nsight Compute's sections at 32K.
+  ssd_tests
+  scan_vs_mamba_ssm
+  scan_of_builds old
+  ;;
+step_s21)
+  # Session 21, call 1: the Mamba step's heads per cube chosen by batch (1 at batch 1, where 4 left 128
+  # cubes for 132 SMs). Every CUDA test; batch-1 decode with the new choice and
+  # with 4 and 2 heads per cube (BAMBA_STEP_HEADS_PER_CUBE) in turn; Nsight Compute's GPU time of the
+  # step kernel at batch 1, 4 and 16 each way.
+  cuda_tests
+  for n in 1 2; do
+    bench "bamba_b1_$n" 40 --preset bamba-9b -t tg128 -b 1 -r 3 --backend cuda-unfused
+    BAMBA_STEP_HEADS_PER_CUBE=4 bench "bamba_b1_hpc4_$n" 40 --preset bamba-9b -t tg128 -b 1 -r 3 --backend cuda-unfused
+    BAMBA_STEP_HEADS_PER_CUBE=2 bench "bamba_b1_hpc2_$n" 40 --preset bamba-9b -t tg128 -b 1 -r 3 --backend cuda-unfused
+  done
+  sweep_table "$RAW"/bamba_b1*.jsonl
+  for b in 1 4 16; do
+    ncu_times "step-b$b" "mamba_step" "mamba_decode_step/fused/$b\$"
+    BAMBA_STEP_HEADS_PER_CUBE=4 ncu_times "step-b$b-hpc4" "mamba_step" "mamba_decode_step/fused/$b\$"
+  done
   ;;
 step_s20)
   # Session 20, call 4: the Mamba step reading the conv weight at its row stride (CUDA pitches its 8-byte

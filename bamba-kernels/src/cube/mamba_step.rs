@@ -3,7 +3,7 @@
 //! the SSD step, the gated norm):
 //!
 //! 1. `mamba_step_kernel` reads the in_proj output `zxbcdt` of one token per sequence as it is and,
-//!    per (sequence, block of `HEADS_PER_CUBE` heads of one group), applies the causal conv + bias +
+//!    per (sequence, block of up to `MAX_HEADS_PER_CUBE` heads of one group), applies the causal conv + bias +
 //!    SiLU to the channels it needs (its x rows, the group's B and C: the conv is 4 taps, so
 //!    recomputing B and C in every cube is cheaper than a launch, and a cube's heads share them;
 //!    the cube's units split that work through shared memory), shifts the conv window (each
@@ -207,10 +207,35 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     }
 }
 
-/// The most heads one cube of the step takes: 4, or `BAMBA_STEP_HEADS_PER_CUBE` (for tuning).
-fn heads_per_cube_limit() -> usize {
-    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| super::matmul::env_number("BAMBA_STEP_HEADS_PER_CUBE", 4).clamp(1, 64))
+/// Most heads one cube of the step takes: the B/C conv, the same for every head of a group, is done
+/// once for them all (session 12).
+const MAX_HEADS_PER_CUBE: usize = 4;
+/// Cubes per SM the step's grid keeps, where the batch allows, before cubes take several heads.
+const STEP_CUBES_PER_SM: usize = 4;
+
+/// Heads per cube: up to [`MAX_HEADS_PER_CUBE`] (dividing a group's heads) while the grid still has
+/// [`STEP_CUBES_PER_SM`] cubes per SM. At batch 1 of Bamba-9B, 4 heads per cube left 128 cubes of 128
+/// units for 132 SMs, each cube streaming its heads' states one after another (10.2 µs per layer for
+/// 8 MB, Nsight Compute, session 20). `BAMBA_STEP_HEADS_PER_CUBE` sets the most (tuning).
+fn heads_per_cube<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    batch: usize,
+    heads: usize,
+    groups: usize,
+    head_dim: usize,
+) -> usize {
+    static LIMIT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let limit = *LIMIT.get_or_init(|| {
+        let value = std::env::var("BAMBA_STEP_HEADS_PER_CUBE").ok()?;
+        value.trim().parse::<usize>().ok().map(|n| n.clamp(1, 64))
+    });
+    let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(1) as usize;
+    let cubes_of = |n: usize| head_dim.div_ceil(ROWS * RPU) * batch * heads / n;
+    (1..=limit.unwrap_or(MAX_HEADS_PER_CUBE))
+        .rev()
+        .filter(|&n| (heads / groups).is_multiple_of(n))
+        .find(|&n| limit.is_some() || n == 1 || cubes_of(n) >= STEP_CUBES_PER_SM * sms)
+        .unwrap_or(1)
 }
 
 /// The results of [`launch`].
@@ -260,13 +285,11 @@ pub fn launch<R: CubeRuntime>(
     let new_state = empty_device_contiguous_dtype(client.clone(), device, state.meta.shape().clone(), state.dtype);
     let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
     // 16 state rows per cube (4 rows of lanes, 4 state rows per unit) and up to 4 heads of one group
-    // per cube, one after the other: the B/C conv, the same for every head of a group, is done once
-    // for 4 heads instead of once per head (session 12). Tried on the H200 in session 11 (batch 64
+    // per cube ([`heads_per_cube`]), one after the other. Tried on the H200 in session 11 (batch 64
     // at 8K), one cube per head with all 64 state rows at once (16 rows of lanes × 4 state rows, or
     // 4 × 16) made the step slower end to end with an f32 state (19.05 and 21.76 ms per step, against
     // 18.83 ms; runs 4, 5 and 2 in benches/results/h200-2026-12-02-s11).
-    let most = heads_per_cube_limit();
-    let heads_per_cube = (1..=most).rev().find(|&n| (heads / groups).is_multiple_of(n)).unwrap_or(1);
+    let heads_per_cube = heads_per_cube(&client, batch, heads, groups, head_dim);
     let count = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads / heads_per_cube) as u32, 1);
     let use_plane = rows_are_planes(&client);
     let vector = state_vector_size(&client, state.dtype.size(), d_state);
