@@ -77,11 +77,12 @@
 # conv-weight copy.
 #
 # `ssd_s21`: the SSD output kernel's loads a stage ahead against the previous build's scan, beside
-# mamba_ssm. `step_s21`: the Mamba step's heads per cube by batch, batch-1 decode each way.
+# mamba_ssm. `step_s21`: the Mamba step's heads per cube by batch, batch-1 decode each way; `batches_s21`:
+# batch 2 and 4 each way.
 #
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19|host_s19|gemv_s20|rope_s20|ratio_s20|step_s20|ssd_s21|step_s21}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19|host_s19|gemv_s20|rope_s20|ratio_s20|step_s20|ssd_s21|step_s21|batches_s21}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -710,6 +711,17 @@ step_s21)
     ncu_times "step-b$b" "mamba_step" "mamba_decode_step/fused/$b\$"
     BAMBA_STEP_HEADS_PER_CUBE=4 ncu_times "step-b$b-hpc4" "mamba_step" "mamba_decode_step/fused/$b\$"
   done
+  ;;
+batches_s21)
+  # Session 21, call 3: batch 2 and 4 decode (Bamba-9B) with the heads per cube chosen by batch (1 at batch 2,
+  # 2 at batch 4) and with the old 4 (BAMBA_STEP_HEADS_PER_CUBE=4), in turn, two rounds.
+  for n in 1 2; do
+    for b in 2 4; do
+      bench "bamba_b${b}_$n" 40 --preset bamba-9b -t tg128 -b "$b" -r 3 --backend cuda-unfused
+      BAMBA_STEP_HEADS_PER_CUBE=4 bench "bamba_b${b}_hpc4_$n" 40 --preset bamba-9b -t tg128 -b "$b" -r 3 --backend cuda-unfused
+    done
+  done
+  sweep_table "$RAW"/bamba_b*.jsonl
   ;;
 step_s20)
   # Session 20, call 4: the Mamba step reading the conv weight at its row stride (CUDA pitches its 8-byte
