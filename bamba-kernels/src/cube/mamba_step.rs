@@ -226,15 +226,15 @@ fn heads_per_cube<R: CubeRuntime>(
 ) -> usize {
     static LIMIT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let limit = *LIMIT.get_or_init(|| {
-        let value = std::env::var("BAMBA_STEP_HEADS_PER_CUBE").ok()?;
-        value.trim().parse::<usize>().ok().map(|n| n.clamp(1, 64))
+        let value = super::matmul::env_numbers("BAMBA_STEP_HEADS_PER_CUBE").first().copied().flatten();
+        value.map(|n| n.clamp(1, 64))
     });
     let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(1) as usize;
     let cubes_of = |n: usize| head_dim.div_ceil(ROWS * RPU) * batch * heads / n;
     (1..=limit.unwrap_or(MAX_HEADS_PER_CUBE))
         .rev()
         .filter(|&n| (heads / groups).is_multiple_of(n))
-        .find(|&n| limit.is_some() || n == 1 || cubes_of(n) >= STEP_CUBES_PER_SM * sms)
+        .find(|&n| limit.is_some() || cubes_of(n) >= STEP_CUBES_PER_SM * sms)
         .unwrap_or(1)
 }
 
