@@ -144,10 +144,22 @@ fn scan_cases() -> Vec<ScanCase> {
 
 /// Shapes the tensor-core scan takes (`cube/ssd_chunked.rs`: head_dim and d_state multiples of 16,
 /// chunk a multiple of 64): chunk 64, head_dim 32/16, d_state 32/48, plus one Bamba-like head (64 × 128,
-/// chunk 256, 600 positions: partial last chunk, 4 blocks of 64 per chunk). Elsewhere (wgpu, f32) they
-/// run the portable kernel.
+/// chunk 256, 600 positions: partial last chunk, 4 blocks of 64 per chunk), and 3 heads to a group (the
+/// output kernel takes heads in pairs where they pair up, else one per cube). Elsewhere (wgpu, f32)
+/// they run the portable kernel.
 fn tensor_core_scan_cases() -> Vec<ScanCase> {
     let mut cases = odd_scan_cases(64, [32, 16], [32, 48]);
+    cases.push(ScanCase {
+        batch: 2,
+        len: 150,
+        heads: 3,
+        head_dim: 32,
+        groups: 1,
+        d_state: 64,
+        chunk: 64,
+        limit: None,
+        with_state: true,
+    });
     cases.push(ScanCase {
         batch: 1,
         len: 600,
@@ -514,7 +526,8 @@ fn check_norm<B: BambaOps>(device: &B::Device) {
     let mut worst = 0.0f32;
     for dtype in dtypes::<B>(device) {
         // Widths whose groups take 16-byte, narrower and scalar vectors; a gate that is a column
-        // window of a wider tensor (as z is of in_proj's output), on a vector boundary or not.
+        // window of a wider tensor (as z is of in_proj's output), on a vector boundary or not; a row
+        // of scalars longer than the cube's units hold in registers (4099: 5 per unit, 2 held).
         let cases = [
             (1, 64, 1, false, None),
             (5, 4096, 1, false, None),
@@ -524,6 +537,7 @@ fn check_norm<B: BambaOps>(device: &B::Device) {
             (1, 21, 3, true, None),
             (3, 256, 2, true, Some(3)),
             (2, 256, 1, true, Some(8)),
+            (1, 4099, 1, true, None),
         ];
         for (seed, (rows, width, groups, gated, gate_offset)) in cases.into_iter().enumerate() {
             let seed = 777 + 4 * seed as u64;

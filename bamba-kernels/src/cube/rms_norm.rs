@@ -1,6 +1,7 @@
 //! RMSNorm (plain, and Mamba2's grouped gated form) as one CubeCL kernel: one cube of up to
 //! `MAX_PLANES` rows of `LANES` units per (row, group) sums the squares in f32, then writes the
-//! normalized, weighted values; operands move as vectors of up to 16 bytes.
+//! normalized, weighted values (a unit's first `HELD` vectors kept in registers between the two);
+//! operands move as vectors of up to 16 bytes.
 //!
 //! One launch instead of Burn's fused reduce + elementwise pair, and a way around a Burn 0.21 bug:
 //! its fused reduce, autotuned on a half-precision RMSNorm of a single row (every decode step),
@@ -21,6 +22,9 @@ use super::ssd_step::{rows_are_planes, LANES};
 /// group) a single cube does all the work and must be wide: the gated norm of a Bamba-9B decode step
 /// (8192 wide) took 46 µs in 8 rows of scalar loads (H200, session 11 profile; 200 µs with one row).
 const MAX_PLANES: usize = 32;
+/// Vectors per unit held in registers between the sum of squares and the writes, so that the second
+/// pass neither reads them again nor recomputes their gate (a 8192-wide decode row is 2 per unit).
+const HELD: usize = 2;
 
 /// `x · silu(gate)` (or `x` alone) at vector `i` of the row, in f32.
 #[cube]
@@ -65,28 +69,60 @@ fn rms_norm_kernel<X: Float, F: Float, N: Size>(
     let gate_row = row * gate.stride(0) / N::value() + start;
     let y_row = row * width / N::value() + start;
     let unit = UNIT_POS_Y as usize * LANES + UNIT_POS_X as usize;
+    let stride = LANES * planes;
     let mut part = 0.0f32;
-    let mut i = unit;
+    let mut held = Array::<Vector<f32, N>>::new(HELD);
+    #[unroll]
+    for k in 0..HELD {
+        let i = unit + k * stride;
+        let mut v = Vector::<f32, N>::new(0.0f32);
+        if i < vectors {
+            v = gated_value(x, gate, x_row + i, gate_row + i, gated);
+        }
+        part += vector_sum(v * v);
+        held[k] = v;
+    }
+    let mut i = unit + HELD * stride;
     while i < vectors {
         let v = gated_value(x, gate, x_row + i, gate_row + i, gated);
         part += vector_sum(v * v);
-        i += LANES * planes;
+        i += stride;
     }
     let mut smem = SharedMemory::<f32>::new(LANES * planes);
     let mut partials = SharedMemory::<f32>::new(planes);
     let total = cube_sum(part, &mut smem, &mut partials, LANES, planes, use_plane);
     let inv = Vector::<f32, N>::new(1.0f32 / f32::sqrt(total / size as f32 + eps));
-    let mut j = unit;
+    #[unroll]
+    for k in 0..HELD {
+        let j = unit + k * stride;
+        if j < vectors {
+            store_normed(y, weight, held[k] * inv, y_row + j, start + j, gated);
+        }
+    }
+    let mut j = unit + HELD * stride;
     while j < vectors {
         let normed = gated_value(x, gate, x_row + j, gate_row + j, gated) * inv;
-        let w = Vector::<f32, N>::cast_from(weight[start + j]);
-        // As transformers: the plain norm rounds to the model dtype before the weight, the gated one after.
-        if gated {
-            y[y_row + j] = Vector::cast_from(normed * w);
-        } else {
-            y[y_row + j] = Vector::cast_from(Vector::<f32, N>::cast_from(Vector::<F, N>::cast_from(normed)) * w);
-        }
-        j += LANES * planes;
+        store_normed(y, weight, normed, y_row + j, start + j, gated);
+        j += stride;
+    }
+}
+
+/// `normed · weight` into `y` at vector `y_at`. As transformers: the plain norm rounds to the model
+/// dtype before the weight, the gated one after.
+#[cube]
+fn store_normed<F: Float, N: Size>(
+    y: &mut Tensor<Vector<F, N>>,
+    weight: &Tensor<Vector<F, N>>,
+    normed: Vector<f32, N>,
+    y_at: usize,
+    weight_at: usize,
+    #[comptime] gated: bool,
+) {
+    let w = Vector::<f32, N>::cast_from(weight[weight_at]);
+    if gated {
+        y[y_at] = Vector::cast_from(normed * w);
+    } else {
+        y[y_at] = Vector::cast_from(Vector::<f32, N>::cast_from(Vector::<F, N>::cast_from(normed)) * w);
     }
 }
 
