@@ -80,9 +80,13 @@
 # mamba_ssm. `step_s21`: the Mamba step's heads per cube by batch, batch-1 decode each way; `batches_s21`:
 # batch 2 and 4 each way.
 #
+# `ssd_s22`: the SSD output kernel on asynchronous copies (two stages in flight) against the landed
+# build's scan, beside mamba_ssm, two rounds; `ssd2_s22`, `ssd3_s22`: the same with two heads per cube;
+# `tests_s22`: every CUDA test, the RMSNorm holding vectors in registers (GPU time, batch-1 decode).
+#
 # Usage: [CRITERION_FILTER=regex] scripts/h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11
 set -u
-part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19|host_s19|gemv_s20|rope_s20|ratio_s20|step_s20|ssd_s21|step_s21|batches_s21}
+part=${1:?usage: h200_bench.sh decode|kernels|load|profile|quick|prefill|gemm|ssd|ssd_prefill|stream|attention|profile_s10|host_s11|decode_s11|ncu_s11|final_s11|diag_s12|round2_s12|final_s12|final2_s12|step_s13|kernels_s13|final_s13|ratio_s13|gemv_rows_s13|batches_s13|landed_s13|parity_s14|flash_s15|diag_s15|final_s15|diag_s16|check_s16|flash_s16|final_s16|ssd_s17|ssd2_s17|final_s17|ssd_s18|ssd2_s18|repeat_s18|step_s19|kernels_s19|final_s19|host_s19|gemv_s20|rope_s20|ratio_s20|step_s20|ssd_s21|step_s21|batches_s21|ssd_s22|ssd2_s22|ssd3_s22|tests_s22}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export BAMBA_REPO=$PWD
 OUT=${OUT:-/tmp/bamba-out}
@@ -684,6 +688,59 @@ ssd2_s18)
   BAMBA_SSD_ROW_TILES=1 criterion "ssd_chunk_scan/kernel" ssd-one-tile
   mv "$RAW/ssd-one-tile-bencher.txt" "$RAW/ssd-one-tile-criterion.txt"
   scan_of_builds old
+  ;;
+tests_s22)
+  # Session 22, call 4: every CUDA test (the landed scan, with the tensor-core scan's new case of 3 heads to
+  # a group; the RMSNorm holding a unit's first two vectors in registers, with a new 4099-wide case);
+  # Nsight Compute's GPU time of the gated norm in criterion's batch-1 fused step, this build's and the
+  # landed build's (.gpu/kernel_bench-landed); batch-1 decode with this build and the landed one
+  # (.gpu/bamba-landed) in turn, two rounds.
+  cuda_tests
+  ncu_times norm-b1 "rms_norm" "mamba_decode_step/fused/1\$"
+  ncu_times norm-b1-landed "rms_norm" "mamba_decode_step/fused/1\$" .gpu/kernel_bench-landed
+  for n in 1 2; do
+    bench "bamba_b1_$n" 40 --preset bamba-9b -t tg128 -b 1 -r 3 --backend cuda-unfused
+    BAMBA=.gpu/bamba-landed bench "bamba_b1_landed_$n" 40 --preset bamba-9b -t tg128 -b 1 -r 3 --backend cuda-unfused
+  done
+  sweep_table "$RAW"/bamba_b1*.jsonl
+  ;;
+ssd2_s22|ssd3_s22)
+  # Session 22, calls 2 and 3: the asynchronous-copy output kernel with two heads of a group per cube
+  # (the staged C and C·Bᵀ pairs shared; call 3: state stages of 64 columns at two heads per cube, the
+  # column weights read in pairs). The scan tests; two rounds ($RAW/r1, r2) of mamba_ssm's chain, this
+  # build's scan bench, the same with one head per cube (BAMBA_SSD_HEADS_PER_CUBE=1: call 1's kernel)
+  # and the landed build's, in turn; pp4096; Nsight Compute's sections at 32K.
+  ssd_tests
+  base=$RAW
+  for n in 1 2; do
+    RAW=$base/r$n; mkdir -p "$RAW"
+    scan_vs_mamba_ssm
+    criterion_of ssd-hpc1 .gpu/kernel_bench "ssd_chunk_scan/kernel" BAMBA_SSD_HEADS_PER_CUBE=1
+    criterion_of ssd-landed .gpu/kernel_bench-landed "ssd_chunk_scan/kernel"
+  done
+  RAW=$base
+  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+  sweep_table "$RAW"/bamba_pp.jsonl
+  ncu_ssd
+  ;;
+ssd_s22)
+  # Session 22, call 1: the SSD output kernel's operands through a two-stage pipeline of asynchronous
+  # copies (cp.async into shared memory, a barrier per buffer; state stages of 32 d_state columns). The
+  # scan tests; two rounds ($RAW/r1, r2) of mamba_ssm's chain, this build's scan bench and the landed
+  # build's (.gpu/kernel_bench-landed, session 18's output kernel) in turn; pp4096; Nsight Compute's
+  # sections at 32K.
+  ssd_tests
+  base=$RAW
+  for n in 1 2; do
+    RAW=$base/r$n; mkdir -p "$RAW"
+    scan_vs_mamba_ssm
+    timeout 200 .gpu/kernel_bench-landed --bench --output-format bencher "ssd_chunk_scan/kernel" > "$RAW/ssd-landed-criterion.txt" 2>&1
+    echo "build landed:"; grep "^test" "$RAW/ssd-landed-criterion.txt"
+  done
+  RAW=$base
+  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
+  sweep_table "$RAW"/bamba_pp.jsonl
+  ncu_ssd
   ;;
 ssd_s21)
   # Session 21, call 2 (a build not landed: 168 registers, slower): the SSD output kernel with every stage's global loads issued one stage ahead
