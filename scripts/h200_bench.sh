@@ -704,38 +704,22 @@ tests_s22)
   done
   sweep_table "$RAW"/bamba_b1*.jsonl
   ;;
-ssd2_s22|ssd3_s22)
-  # Session 22, calls 2 and 3: the asynchronous-copy output kernel with two heads of a group per cube
-  # (the staged C and C·Bᵀ pairs shared; call 3: state stages of 64 columns at two heads per cube, the
-  # column weights read in pairs). The scan tests; two rounds ($RAW/r1, r2) of mamba_ssm's chain, this
-  # build's scan bench, the same with one head per cube (BAMBA_SSD_HEADS_PER_CUBE=1: call 1's kernel)
-  # and the landed build's, in turn; pp4096; Nsight Compute's sections at 32K.
+ssd_s22|ssd2_s22|ssd3_s22)
+  # Session 22, calls 1–3 (builds not landed): the SSD output kernel's operands through a two-stage
+  # pipeline of asynchronous copies (cp.async into shared memory, a barrier per buffer; call 1: one head
+  # per cube, state stages of 32 d_state columns), with two heads of a group per cube (call 2: the staged
+  # C and C·Bᵀ pairs shared; call 3: state stages of 64 columns at two heads per cube, the column weights
+  # read in pairs). The scan tests; two rounds ($RAW/r1, r2) of mamba_ssm's chain, this build's scan
+  # bench, from call 2 the same with one head per cube (BAMBA_SSD_HEADS_PER_CUBE=1: call 1's kernel),
+  # and the landed build's (.gpu/kernel_bench-landed, session 18's output kernel), in turn; pp4096;
+  # Nsight Compute's sections at 32K.
   ssd_tests
   base=$RAW
   for n in 1 2; do
     RAW=$base/r$n; mkdir -p "$RAW"
     scan_vs_mamba_ssm
-    criterion_of ssd-hpc1 .gpu/kernel_bench "ssd_chunk_scan/kernel" BAMBA_SSD_HEADS_PER_CUBE=1
+    [ "$part" = ssd_s22 ] || criterion_of ssd-hpc1 .gpu/kernel_bench "ssd_chunk_scan/kernel" BAMBA_SSD_HEADS_PER_CUBE=1
     criterion_of ssd-landed .gpu/kernel_bench-landed "ssd_chunk_scan/kernel"
-  done
-  RAW=$base
-  bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
-  sweep_table "$RAW"/bamba_pp.jsonl
-  ncu_ssd
-  ;;
-ssd_s22)
-  # Session 22, call 1: the SSD output kernel's operands through a two-stage pipeline of asynchronous
-  # copies (cp.async into shared memory, a barrier per buffer; state stages of 32 d_state columns). The
-  # scan tests; two rounds ($RAW/r1, r2) of mamba_ssm's chain, this build's scan bench and the landed
-  # build's (.gpu/kernel_bench-landed, session 18's output kernel) in turn; pp4096; Nsight Compute's
-  # sections at 32K.
-  ssd_tests
-  base=$RAW
-  for n in 1 2; do
-    RAW=$base/r$n; mkdir -p "$RAW"
-    scan_vs_mamba_ssm
-    timeout 200 .gpu/kernel_bench-landed --bench --output-format bencher "ssd_chunk_scan/kernel" > "$RAW/ssd-landed-criterion.txt" 2>&1
-    echo "build landed:"; grep "^test" "$RAW/ssd-landed-criterion.txt"
   done
   RAW=$base
   bench bamba_pp 60 --preset bamba-9b -t pp4096 -b 1 -r 5
