@@ -144,9 +144,8 @@ fn scan_cases() -> Vec<ScanCase> {
 
 /// Shapes the tensor-core scan takes (`cube/ssd_chunked.rs`: head_dim and d_state multiples of 16,
 /// chunk a multiple of 64): chunk 64, head_dim 32/16, d_state 32/48, plus one Bamba-like head (64 × 128,
-/// chunk 256, 600 positions: partial last chunk, 4 blocks of 64 per chunk), and 3 heads to a group (the
-/// output kernel takes heads in pairs where they pair up, else one per cube). Elsewhere (wgpu, f32)
-/// they run the portable kernel.
+/// chunk 256, 600 positions: partial last chunk, 4 blocks of 64 per chunk), and 3 heads to a group (an
+/// odd count of heads per group). Elsewhere (wgpu, f32) they run the portable kernel.
 fn tensor_core_scan_cases() -> Vec<ScanCase> {
     let mut cases = odd_scan_cases(64, [32, 16], [32, 48]);
     cases.push(ScanCase {
@@ -527,7 +526,7 @@ fn check_norm<B: BambaOps>(device: &B::Device) {
     for dtype in dtypes::<B>(device) {
         // Widths whose groups take 16-byte, narrower and scalar vectors; a gate that is a column
         // window of a wider tensor (as z is of in_proj's output), on a vector boundary or not; a row
-        // of scalars longer than the cube's units hold in registers (4099: 5 per unit, 2 held).
+        // of scalars longer than the cube's units hold in registers (4099 over 1024 units: 4 or 5 each, 2 held).
         let cases = [
             (1, 64, 1, false, None),
             (5, 4096, 1, false, None),

@@ -23,7 +23,7 @@ use super::ssd_step::{rows_are_planes, LANES};
 /// (8192 wide) took 46 µs in 8 rows of scalar loads (H200, session 11 profile; 200 µs with one row).
 const MAX_PLANES: usize = 32;
 /// Vectors per unit held in registers between the sum of squares and the writes, so that the second
-/// pass neither reads them again nor recomputes their gate (a 8192-wide decode row is 2 per unit).
+/// pass neither reads them again nor recomputes their gate (an 8192-wide decode row is 2 per unit).
 const HELD: usize = 2;
 
 /// `x · silu(gate)` (or `x` alone) at vector `i` of the row, in f32.
