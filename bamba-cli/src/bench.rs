@@ -108,6 +108,7 @@ impl Job<'_> {
             "dtype": self.precision.to_string(),
             "state_dtype": self.args.state_dtype.to_string(),
             "weights": if self.checkpoint.is_some() { "checkpoint" } else { "random" },
+            "threads": rayon::current_num_threads(),
         })
     }
 }

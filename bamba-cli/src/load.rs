@@ -38,8 +38,7 @@ pub fn load_model<B: BambaOps>(
 /// CubeCL 0.10 copies every uploaded tensor into a new host `Vec` before the driver copies it to the
 /// device. glibc serves each of these large buffers with a fresh mmap and unmaps it when freed, so
 /// every tensor faults in new pages: 4.3 GB/s on the H200 machine, and loading ran at 0.50 GB/s. With
-/// freed buffers reused it ran at 0.92 GB/s (`GLIBC_TUNABLES`, benches/results/h200-2026-12-01-s5,
-/// `load_bamba_heap`). The defaults come back, and the heap is trimmed, when loading ends.
+/// freed buffers reused it ran at 0.92 GB/s. The defaults come back, and the heap is trimmed, when loading ends.
 struct ReuseFreedHostMemory;
 
 impl ReuseFreedHostMemory {

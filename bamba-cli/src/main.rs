@@ -10,6 +10,7 @@ mod load;
 mod logits;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use bamba_model::Precision;
@@ -20,6 +21,9 @@ use backend::BackendKind;
 #[derive(Parser)]
 #[command(name = "bamba", version, about = "Inference engine for IBM's Bamba hybrid Mamba2/attention models")]
 struct Cli {
+    /// Threads of the CPU (ndarray) backend (default: every core).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -233,8 +237,33 @@ fn memory_bytes(text: &str) -> Result<u64, String> {
     bamba_model::sizes::parse_memory(text).ok_or_else(|| format!("cannot parse {text:?} (try 141GB or 80GiB)"))
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    // Writing to a closed pipe (`bamba generate … | head`) ends the process quietly, as for any Unix tool,
+    // instead of failing every later write.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: the error and its causes, no backtrace.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    // The CPU backend's threads (this one and rayon's) flush subnormals to zero (see the function).
+    #[cfg(feature = "ndarray")]
+    bamba_model::bamba_kernels::cpu::flush_subnormals_on_this_thread();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(cli.threads.map_or(0, usize::from));
+    #[cfg(feature = "ndarray")]
+    let pool = pool.start_handler(|_| bamba_model::bamba_kernels::cpu::flush_subnormals_on_this_thread());
+    pool.build_global()?;
+    match cli.command {
         Command::Logits(args) => logits::run(&args),
         Command::Info(args) => info::run(&args),
         Command::Generate(args) => generate::run(&args),

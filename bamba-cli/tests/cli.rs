@@ -410,3 +410,43 @@ fn bench_bad_arguments_are_clear_errors() {
     fails_with(&["bench", "--preset", "bamba-9b", "--model", "tests/fixtures/base"], "cannot be used with");
     fails_with(&["bench", "--preset", "bamba-9b", "--backend", "tpu"], "unknown backend");
 }
+
+/// An error is one line on stderr (the error and its causes), without a backtrace even when
+/// `RUST_BACKTRACE` asks for one, and the exit status is a failure.
+#[test]
+fn errors_are_one_line_without_backtrace() {
+    let run = Command::new(env!("CARGO_BIN_EXE_bamba"))
+        .args(["info", "--model", "tests/no-such-directory"])
+        .env("RUST_BACKTRACE", "1")
+        .current_dir(repo())
+        .output()
+        .expect("run bamba");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("backtrace") && !stderr.contains("Caused by"), "{stderr}");
+}
+
+/// `bamba generate … | head -c 1`: the reader goes away after one byte; bamba ends quietly (killed by
+/// SIGPIPE as Unix tools are, or successfully), never with a panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_generation_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bamba"))
+        .args(["generate", "--prompt", "Phileas Fogg", "--max-new-tokens", "200", "--ignore-eos"])
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run bamba");
+    let mut byte = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut byte).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
+}

@@ -192,7 +192,7 @@ pub trait BambaOps: Backend {
     /// exactly its size and, once freed, is reused by the next allocation of that size, instead of
     /// being a slice of a shared page. For the weights (never freed) and for decode steps (the same
     /// sizes every step): CubeCL's paged allocator merges and scans a page's slices on every
-    /// allocation, which was most of a decode step's host time (H200, session 11 profile). Calls may
+    /// allocation, which was most of a decode step's host time (H200 host profile). Calls may
     /// nest. The default (ndarray) runs `work`.
     fn with_persistent_allocations<T>(device: &Self::Device, work: impl FnOnce() -> T) -> T {
         let _ = device;
@@ -231,19 +231,7 @@ pub fn upload_through_host<B: Backend, const D: usize>(
 }
 
 #[cfg(feature = "ndarray")]
-mod ndarray_impl {
-    use burn::backend::ndarray::{
-        FloatNdArrayElement, IntNdArrayElement, NdArray, NdArrayTensor, QuantElement, SharedArray,
-    };
-
-    /// ndarray runs the tensor-op references.
-    impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> super::BambaOps for NdArray<E, I, Q>
-    where
-        NdArrayTensor: From<SharedArray<E>>,
-        NdArrayTensor: From<SharedArray<I>>,
-    {
-    }
-}
+pub mod cpu;
 
 #[cfg(feature = "cubecl")]
 pub mod cube;
