@@ -19,7 +19,7 @@ use burn::tensor::{DType, Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 // Without Burn's fusion wrapper, as `bamba bench --backend cuda-unfused` runs the model: the wrapper's
-// per-op host work (~100 µs per fused Mamba step call on the H200, session 13) would otherwise be
+// per-op host work (~100 µs per fused Mamba step call on the H200) would otherwise be
 // timed instead of the kernels at small batches.
 #[cfg(feature = "cuda")]
 type B = bamba_kernels::cube::unfused::Cuda;
@@ -97,8 +97,8 @@ fn ssd_inputs(s: &Shapes, batch: usize, len: usize, with_state: bool, device: &D
     }
 }
 
-/// Calls of an op between two device syncs on GPUs (one on the CPU). 100 since session 20: with
-/// 20, the sync's host latency (~50 µs through Burn) still added ~2.5 µs to each call, 6% of a
+/// Calls of an op between two device syncs on GPUs (one on the CPU): 100. With 20, the sync's host
+/// latency (~50 µs through Burn) still added ~2.5 µs to each call, 6% of a
 /// 40 µs GEMV, which torch's CUDA events do not count.
 const PER_SYNC: u32 = if GPU { 100 } else { 1 };
 

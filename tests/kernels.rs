@@ -895,7 +895,7 @@ fn check_half_precision_model<B: BambaOps>(device: &B::Device) {
 /// bf16_sharded prompt 1 a single run gave 0.056 (eager) or 0.131 (SDPA) while every one of our
 /// layers, given the same input, is as close to float64 as transformers' own (scripts/layer_diffs.py).
 /// Measured against it: f16 on lavapipe at most 0.72 of it over the 24 prompts, bf16 on the H200 at most
-/// 1.13 (that prompt; session 15's logits). 2 leaves 1.8x room over the worst.
+/// 1.13 (that prompt). 2 leaves 1.8x room over the worst.
 const HALF_MODEL_FLOOR_MULTIPLE: f32 = 2.0;
 
 /// Max |difference| of the hidden states after each layer between `model` and the same checkpoint on
@@ -1092,10 +1092,10 @@ backend_tests!(
 );
 
 // On CUDA Burn runs f32 matmuls as TF32 (10-bit mantissa). Measured on the H200: max |logits - cpu| 1.1e-2
-// on the tiny model (benches/results/h200-2026-11-30-kernel-tests.txt); max |logits - transformers| on the
+// on the tiny model; max |logits - transformers| on the
 // fixtures ≤ 6.7e-3, except 3.4e-2 for groups2_tied, its difference from the CPU path growing layer by
 // layer (2.2e-3 after the first, 1.4e-2 after the fourth: rounding, not a fault, which gives O(1) errors
-// here; benches/results/h200-2026-12-01-s6). 6e-2 leaves about 2x room over the worst.
+// here). 6e-2 leaves about 2x room over the worst.
 #[cfg(feature = "cuda")]
 backend_tests!(cuda, burn::backend::Cuda, burn::backend::cuda::CudaDevice::default(), |_floor: f32| 6e-2);
 
@@ -1127,7 +1127,7 @@ fn cuda_scan_runs_on_tensor_cores() {
 fn cuda_prefill_attention_runs_flash() {
     let device = burn::backend::cuda::CudaDevice::default();
     // The materialized path (still what a padded batch takes) on every case first, then the flash
-    // path, the default (flash_attention.rs; `BAMBA_FLASH_ATTENTION=0` turns it off).
+    // path, the default (flash_attention.rs; `use_flash_attention(false)` turns it off).
     let was_on = bamba_kernels::cube::use_flash_attention(false);
     let before = bamba_kernels::cube::flash_attentions_run();
     check_causal_attention::<burn::backend::Cuda>(&device);
@@ -1181,7 +1181,7 @@ mod cuda_cublaslt {
     }
 
     /// Decode products of 3–8 rows that cuBLASLt takes run there instead of the GEMV (which slows
-    /// down with rows; session 13), 1 and 2 rows stay on the GEMV; both paths match the CPU.
+    /// down with rows), 1 and 2 rows stay on the GEMV; both paths match the CPU.
     #[test]
     fn few_row_products_leave_the_gemv_from_three_rows() {
         // 2^24 multiply-adds at one row: cuBLASLt takes every row count here.
@@ -1191,7 +1191,7 @@ mod cuda_cublaslt {
             let d = linear_vs_cpu(rows, k, n, dtype, 9300 + 2 * seed as u64);
             assert!(d <= 1.6e-2, "linear {rows}x{k}x{n}: {d:e}");
             let ran_cublaslt = cublaslt::products_run() > before;
-            assert_eq!(ran_cublaslt, rows >= cublaslt::gemv_rows_limit(), "{rows} rows: cuBLASLt {ran_cublaslt}");
+            assert_eq!(ran_cublaslt, rows >= cublaslt::GEMV_CUBLASLT_FROM_ROWS, "{rows} rows: cuBLASLt {ran_cublaslt}");
         }
     }
 
@@ -1207,7 +1207,7 @@ mod cuda_cublaslt {
             for (seed, (m, k, n)) in [(2048, 512, 64), (2057, 1000, 130), (4096, 256, 256)].into_iter().enumerate() {
                 let d = linear_vs_cpu(m, k, n, dtype, 9000 + 2 * seed as u64);
                 assert!(d <= tolerance, "linear {m}x{k}x{n} {dtype:?}: {d:e}");
-                assert!(m >= cublaslt::min_rows() && m * k * n >= cublaslt::min_macs());
+                assert!(m * k * n >= cublaslt::MIN_MACS);
                 expected_runs += 1;
             }
             // A residual added in cuBLASLt's epilogue (beta·C, one rounding of product + residual).
@@ -1255,8 +1255,8 @@ mod cuda_cublaslt {
         assert!(ran >= expected_runs && expected_runs == 12, "cuBLASLt ran {ran} products, expected ≥ {expected_runs}");
     }
 
-    /// cuBLASLt runs on the legacy stream and CubeCL on its own (blocking) streams, with no host sync in
-    /// between (`bamba-kernels/src/cube/legacy_stream.rs`). A chain of 32 dependent products, each
+    /// cuBLASLt runs on the stream of CubeCL's last command, queued from CubeCL's server thread, with no
+    /// host sync in between (`bamba-kernels/src/cube/cublaslt.rs`). A chain of 32 dependent products, each
     /// followed by CubeCL kernels that read its output and write the next input, is read back only at
     /// the end and must equal the chain on the CPU. A product that started before the kernel writing its
     /// input, or memory CubeCL reused while a product still read it, would give O(1) errors. In f32 with

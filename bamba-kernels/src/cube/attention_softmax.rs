@@ -5,7 +5,7 @@
 //! As Burn ops this is a cast, a scale, a mask fill over an expanded mask, a softmax (max, subtract,
 //! exp, sum, divide) and a cast: about ten passes over scores that are 2 GB in f32 at 4096 tokens and
 //! 32 heads, which made the softmax most of prefill attention's 10.9 ms on the H200 while its two
-//! products took well under 1 ms (benches/results, session 10). Here one plane walks one row:
+//! products took well under 1 ms. Here one plane walks one row:
 //! a pass over the keys the row sees keeps a running maximum and sum (online softmax), one plane
 //! reduction combines the lanes, and a second pass writes the probabilities (zeros past the
 //! causal limit, which the first pass never reads). Rows are contiguous, read as vectors of up to
@@ -95,14 +95,10 @@ fn causal_softmax_kernel<F: Float, N: Size>(
     }
 }
 
-/// Queries per block of a causal prefill (`reference::attention::causal_attention_in_query_blocks`):
-/// 1024, or `BAMBA_ATTENTION_QUERY_BLOCK` (0: one block, for comparisons in one build). On the H200
-/// (session 13, run 2) prefill attention at 4096 tokens took 1.31 ms in one block, 1.45 / 1.21 /
-/// 1.14 ms in blocks of 256 / 512 / 1024: fewer score bytes, but smaller products and more launches.
-pub fn query_block() -> usize {
-    static BLOCK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BLOCK.get_or_init(|| super::matmul::env_number("BAMBA_ATTENTION_QUERY_BLOCK", 1024))
-}
+/// Queries per block of a causal prefill (`reference::attention::causal_attention_in_query_blocks`).
+/// Smaller blocks write fewer score bytes but run smaller products and more launches; 1024 was the
+/// fastest of 256, 512, 1024 and one block at 4096 tokens on the H200.
+pub const QUERY_BLOCK: usize = 1024;
 
 /// Causally masked softmax over the last dim of attention scores laid out as [`ScoreRows`] says.
 ///

@@ -1,31 +1,26 @@
 //! The CUDA fast path for large products: cuBLASLt through `cudarc`, on the buffers CubeCL owns.
 //!
-//! Burn 0.21's matmul reaches ~30% of cuBLAS on the prefill GEMMs of the Bamba-9B shape
-//! (`benches/results`, H200). No CubeCL tensor-core kernel of ours gets closer yet, so on CUDA a
-//! product with at least [`min_rows`] rows and [`min_macs`] multiply-adds runs cuBLASLt (the issue
-//! allows this backend-specific path; backends.md says why).
+//! Burn 0.21's matmul reaches ~30% of cuBLAS on the prefill GEMMs of the Bamba-9B shape on the H200.
+//! No CubeCL tensor-core kernel of ours gets closer yet, so on CUDA a product of at least
+//! [`MIN_MACS`] multiply-adds runs cuBLASLt.
 //!
 //! Each product is queued from CubeCL's server thread (`ComputeClient::exclusive`), after everything
-//! queued before it: its operands' addresses cost no round trip to that thread each (there were
-//! three or four per product), and it goes on the CUDA stream of CubeCL's last command there, the
-//! caller's stream (the patched `cubecl-cuda` exposes it, third_party/README.md), in order with
-//! CubeCL's kernels: no host sync, no barrier across streams. Sessions 9–11 queued products on the
-//! legacy default stream instead, which CUDA orders with CubeCL's (patched, blocking) streams
-//! (`legacy_stream.rs`); `BAMBA_CUBLASLT_STREAM=legacy` still does, for same-run comparisons. Before
-//! either, each product waited on the host for CubeCL's queue and then for its own stream; those two
-//! syncs drained the GPU, which made a batch-64 decode step 21% slower and pp512 31% slower than
-//! Burn's kernels (benches/results/h200-2026-12-02-s8), hence the 2048-row threshold of that time.
+//! queued before it: its operands' addresses cost no round trip to that thread each, and it goes on
+//! the CUDA stream of CubeCL's last command there, the caller's stream (the patched `cubecl-cuda`
+//! exposes it, third_party/README.md), in order with CubeCL's kernels: no host sync, no barrier across
+//! streams. (Waiting on the host for CubeCL's queue and then for a stream of our own around each
+//! product drains the GPU: decode batches and short prompts then ran slower than Burn's kernels.)
 //! f32 runs with full f32 compute (`CUBLAS_COMPUTE_32F`, not TF32); 16-bit operands accumulate in
 //! f32.
 //!
 //! Anything this path does not handle (another runtime, mixed dtypes, a layout that is neither row-
 //! nor column-major, a cuBLASLt error) returns `None` and the caller runs Burn's matmul; an error is
-//! reported once on stderr. `BAMBA_CUBLASLT=0` turns the path off (for same-run comparisons).
+//! reported once on stderr. [`set_enabled`]`(false)` turns the path off (for same-run comparisons).
 
 use core::any::Any;
 use core::ffi::c_void;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use burn::tensor::DType;
@@ -33,8 +28,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 
-use super::legacy_stream::{device_address, make_current, with_state, DeviceState, Failure, LEGACY_STREAM};
-use super::matmul::env_number;
+use super::legacy_stream::{device_address, make_current, with_state, DeviceState, Failure};
 use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
@@ -42,10 +36,12 @@ use cudarc::driver::result as driver;
 use cudarc::driver::sys::CUstream;
 
 /// Multiply-adds (over the whole batch) from which a product runs cuBLASLt: 2^24.
-const DEFAULT_MIN_MACS: usize = 1 << 24;
-/// Rows (per batch matrix) from which a product runs cuBLASLt: any. With host syncs around each
-/// product (session 8) the threshold was 2048; without them the size threshold alone decides.
-const DEFAULT_MIN_ROWS: usize = 1;
+pub const MIN_MACS: usize = 1 << 24;
+/// Rows from which a product the GEMV kernel could take (≤ `MAX_GEMV_ROWS`) runs cuBLASLt instead.
+/// The GEMV slows down with rows (it keeps one f32 accumulator vector per row and lane): Bamba-9B
+/// decode steps of 7.2, 9.3, 15.0 and 36.9 ms at batch 1, 2, 4, 8 on the H200 against 8.4–13.3 ms
+/// on cuBLASLt from 2 rows (host-bound there: one round trip per product).
+pub const GEMV_CUBLASLT_FROM_ROWS: usize = 3;
 /// Workspace cuBLASLt may use (split-K, stream-K): 32 MiB, what PyTorch gives it on Hopper.
 const WORKSPACE_BYTES: usize = 32 << 20;
 /// Plans cached before the cache is cleared (attention's products change shape with the context).
@@ -59,34 +55,15 @@ pub fn products_run() -> u64 {
     PRODUCTS_RUN.load(Ordering::Relaxed)
 }
 
-/// Whether the path is on: unless `BAMBA_CUBLASLT=0`.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the cuBLASLt path on or off for this process (on by default); returns whether it was on.
+pub fn set_enabled(on: bool) -> bool {
+    ENABLED.swap(on, Ordering::Relaxed)
+}
+
 fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BAMBA_CUBLASLT").map(|v| v != "0").unwrap_or(true))
-}
-
-/// Rows from which a product runs cuBLASLt: `BAMBA_CUBLASLT_MIN_ROWS` if set, else 1.
-pub fn min_rows() -> usize {
-    static ROWS: OnceLock<usize> = OnceLock::new();
-    *ROWS.get_or_init(|| env_number("BAMBA_CUBLASLT_MIN_ROWS", DEFAULT_MIN_ROWS))
-}
-
-/// Multiply-adds from which a product runs cuBLASLt: `BAMBA_CUBLASLT_MIN_MACS` if set, else 2^24.
-pub fn min_macs() -> usize {
-    static MACS: OnceLock<usize> = OnceLock::new();
-    *MACS.get_or_init(|| env_number("BAMBA_CUBLASLT_MIN_MACS", DEFAULT_MIN_MACS))
-}
-
-/// Rows from which a product the GEMV kernel could take (≤ `MAX_GEMV_ROWS`) runs cuBLASLt instead:
-/// 3, or `BAMBA_GEMV_CUBLASLT_FROM_ROWS` (9 keeps the GEMV up to its limit). The GEMV slows with
-/// rows (it keeps one f32 accumulator vector per row and lane; not profiled at these rows):
-/// Bamba-9B decode steps of 7.2, 9.3, 15.0 and 36.9 ms at batch 1, 2, 4, 8 on the H200. With
-/// cuBLASLt the same steps took 8.8–13.3 ms at batch 2, 8.4–12.9 at 4 and 8.9–11.0 at 8
-/// (host-bound, one round trip per product, and varying from call to call; session 13, runs 3–6
-/// in benches/results/h200-2026-12-02-s13).
-pub fn gemv_rows_limit() -> usize {
-    static ROWS: OnceLock<usize> = OnceLock::new();
-    *ROWS.get_or_init(|| env_number("BAMBA_GEMV_CUBLASLT_FROM_ROWS", 3))
+    ENABLED.load(Ordering::Relaxed)
 }
 
 /// Whether [`try_launch`] would run an unbatched `[rows, inner] · [inner, cols]` product of a
@@ -94,8 +71,7 @@ pub fn gemv_rows_limit() -> usize {
 pub fn takes<R: CubeRuntime>(rows: usize, inner: usize, cols: usize) -> bool {
     core::any::TypeId::of::<R>() == core::any::TypeId::of::<CudaRuntime>()
         && enabled()
-        && rows >= min_rows()
-        && rows * inner * cols >= min_macs()
+        && rows * inner * cols >= MIN_MACS
 }
 
 /// One operand as cuBLASLt sees it: a column-major matrix, maybe transposed, with its leading
@@ -339,7 +315,7 @@ pub fn try_launch<R: CubeRuntime>(
     let (m, k, n) = (lhs_dims[rank - 2], lhs_dims[rank - 1], rhs_dims[rank - 1]);
     let lhs_batch: usize = lhs_dims[..rank - 2].iter().product();
     let rhs_batch: usize = rhs_dims[..rank - 2].iter().product();
-    if rhs_dims[rank - 2] != k || m * n * k == 0 || m < min_rows() || lhs_batch * m * n * k < min_macs() {
+    if rhs_dims[rank - 2] != k || m * n * k == 0 || lhs_batch * m * n * k < MIN_MACS {
         return None;
     }
     if rhs_batch != 1 && rhs_dims[..rank - 2] != lhs_dims[..rank - 2] {
@@ -395,7 +371,6 @@ fn run(
     batch: u64,
     data_type: sys::cudaDataType,
 ) -> Result<(), Failure> {
-    let on_legacy_stream = legacy_stream_chosen();
     // On CubeCL's server thread, after everything queued before: the operands' addresses cost no
     // round trip each, and the product is queued on the CUDA stream of CubeCL's last command (the
     // caller's), in order with its kernels.
@@ -404,7 +379,7 @@ fn run(
             let (rhs_ptr, lhs_ptr, out_ptr) =
                 (device_address(operands.rhs)?, device_address(operands.lhs)?, device_address(operands.out)?);
             let addend_ptr = operands.addend.map(device_address).transpose()?;
-            let stream = if on_legacy_stream { LEGACY_STREAM } else { cubecl::cuda::last_command_stream() };
+            let stream = cubecl::cuda::last_command_stream();
             if stream.is_null() {
                 return Err("no CubeCL stream".into());
             }
@@ -420,13 +395,6 @@ fn run(
         product().map_err(|e| e.to_string())
     };
     operands.out.client.exclusive(task).map_err(|e| format!("{e:?}"))?.map_err(Into::into)
-}
-
-/// Whether products go on the legacy default stream (`BAMBA_CUBLASLT_STREAM=legacy`, session 10's
-/// way, kept for same-run comparisons) instead of CubeCL's own stream.
-fn legacy_stream_chosen() -> bool {
-    static LEGACY: OnceLock<bool> = OnceLock::new();
-    *LEGACY.get_or_init(|| std::env::var("BAMBA_CUBLASLT_STREAM").is_ok_and(|v| v == "legacy"))
 }
 
 /// Queues `d = a·b (+ c)` of `plan` on `stream`; `c` has `d`'s layout.

@@ -37,17 +37,6 @@ const MIN_SPLIT_KEYS: usize = 16;
 /// (its max stays at this value and the combine weighs it `exp(-1e30 - max) = 0`).
 const MASKED: f32 = -1e30;
 
-/// The split target and the keys in flight per group: [`TARGET_SPLITS`] and [`UNROLL`], or what
-/// `BAMBA_DECODE_ATTENTION_TUNE=splits,unroll` sets (for tuning; values left out keep their default).
-fn tuning() -> (usize, usize) {
-    static TUNING: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
-    *TUNING.get_or_init(|| {
-        let values = super::matmul::env_numbers("BAMBA_DECODE_ATTENTION_TUNE");
-        let at = |i: usize, default: usize| values.get(i).copied().flatten().unwrap_or(default);
-        (at(0, TARGET_SPLITS).clamp(1, 1 << 20), at(1, UNROLL).clamp(1, 16))
-    })
-}
-
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn split_kernel<F: Float, N: Size>(
@@ -196,8 +185,8 @@ fn combine_kernel<F: Float, N: Size>(
     #[define(F)] _dtype: StorageType,
 ) {
     // One cube per (sequence, query head). Its units share the head's splits: with one unit per
-    // output vector walking all of them in turn (up to session 18), the combine's loads waited on
-    // one another, split after split, and the combine was slower the more splits a launch had.
+    // output vector walking all of them in turn, the combine's loads would wait on one another,
+    // split after split, and the combine would slow down the more splits a launch had.
     let query_head = CUBE_POS_X as usize;
     let row_vectors = out.shape(out.rank() - 1) / N::value();
     let (bh, r) = (query_head / rep, query_head % rep);
@@ -297,7 +286,7 @@ pub fn launch<R: CubeRuntime>(
         .unwrap_or(1);
     let per_lane = per_group / vector;
     // Splits of a multiple of `unroll` keys: about `target` in all, at least MIN_SPLIT_KEYS each.
-    let (target, unroll) = tuning();
+    let (target, unroll) = (TARGET_SPLITS, UNROLL);
     let work = batch * kv_heads * keys;
     let split_keys = work.div_ceil(target).max(MIN_SPLIT_KEYS).min(keys.max(1)).next_multiple_of(unroll);
     let splits = keys.div_ceil(split_keys);

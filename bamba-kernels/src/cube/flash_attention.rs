@@ -3,7 +3,7 @@
 //!
 //! The materialized path (two batched products around a softmax kernel, in query blocks) writes,
 //! normalizes and reads back `rep · q_len × k_len` scores per KV head: at 4096 tokens and 32 heads
-//! about 0.7 GB in 16-bit, 1.15 ms on the H200 against SDPA's 0.26 ms (benches/results, session 15).
+//! about 0.7 GB in 16-bit.
 //! Here a cube takes 64 queries of one head (16 rows per plane) and walks the keys its last query
 //! sees in blocks of 64, as FlashAttention-2 does:
 //!
@@ -26,11 +26,9 @@
 //! first. Rows of the last block past the prompt, and keys past the cache, are staged as copies of
 //! the last row (no per-element select) and never written or weighted.
 //!
-//! On the H200 (32/8 heads × 128, bf16, session 16): 0.686 ms at 4096 tokens against 1.146 ms for the
-//! materialized path and 0.262 ms for SDPA in the same call. It holds 229 registers per thread, so 2
-//! cubes per SM: latency-bound (issue slots 36% busy), with the key/value loads not yet overlapping
-//! the math. The previous version (session 15) ran on `wmma` tiles, whose layout is opaque: the
-//! scores went through shared memory in f32 and back (2.06 ms).
+//! It holds 229 registers per thread, so 2 cubes per SM: latency-bound, with the key/value loads not
+//! yet overlapping the math (times in backends.md). `mma.sync` fragments, unlike `wmma` tiles, have a
+//! documented layout, which is what lets the softmax work on the accumulators in registers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -65,18 +63,18 @@ pub fn runs() -> u64 {
     RUNS.load(Ordering::Relaxed)
 }
 
-/// Whether the flash path is on: on unless `BAMBA_FLASH_ATTENTION=0` or [`set_enabled`]`(false)` (the
-/// materialized path stays for comparison and for padded batches; the times are in the module header).
+/// Whether the flash path is on: on unless [`set_enabled`]`(false)` (the materialized path stays for
+/// comparison and for padded batches).
 fn enabled() -> bool {
     switch().load(Ordering::Relaxed)
 }
 
 fn switch() -> &'static AtomicBool {
     static ON: OnceLock<AtomicBool> = OnceLock::new();
-    ON.get_or_init(|| AtomicBool::new(std::env::var("BAMBA_FLASH_ATTENTION").as_deref() != Ok("0")))
+    ON.get_or_init(|| AtomicBool::new(true))
 }
 
-/// Turns the flash path on or off for this process (tests and benches; the default is the environment's).
+/// Turns the flash path on or off for this process (on by default).
 /// Returns whether it was on.
 pub fn set_enabled(on: bool) -> bool {
     switch().swap(on, Ordering::Relaxed)

@@ -11,13 +11,10 @@
 //! several launches of its own: a decode step is launch-bound. A [`PreNorm`] applies the decoder
 //! layer's RMSNorm to x on the way in (one launch fewer per norm); x, normalized, is then staged in
 //! shared memory once per cube (when it fits), where every row of lanes reads it: recomputing the
-//! norm per weight vector made in_proj issue-bound (Nsight Compute, session 12).
+//! norm per weight vector made in_proj issue-bound.
 //!
-//! Measured on the H200 in-model at batch 1 (Nsight Compute, session 12): 3.3 TB/s on in_proj and
-//! on SwiGLU's gate·up, 3.6 TB/s on the 4096-output projections, 4.5 TB/s on the LM head; what
-//! remains is latency (too few loads in flight for a grid of 512 cubes) and partial last waves.
-//! `BAMBA_GEMV_TUNE=features,unroll,stage,stage_limit,unroll_swiglu` overrides the launch shape for
-//! tuning on other devices (see [`tuning`]).
+//! In-model at batch 1 on the H200 what keeps it below the copy rate is latency (too few loads in
+//! flight for a grid of 512 cubes) and partial last waves (numbers in backends.md).
 
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -107,8 +104,8 @@ fn gemv_kernel<F: Float, N: Size>(
         let mut i = lane;
         // `unroll` weight loads issued before any is used: bytes in flight per lane, which is what a
         // memory-bound loop needs (a plain loop waits on each load in turn). Loads predicated on
-        // the row's end instead of the plain tail loop below made batch-1 decode 15% slower on the
-        // H200 (session 12); the Bamba and Llama widths never reach that loop at 8 loads.
+        // the row's end instead of the plain tail loop below make batch-1 decode 15% slower on the
+        // H200; the Bamba and Llama widths never reach that loop at 8 loads.
         let mut wv = Array::<Vector<F, N>>::new(unroll);
         let mut uv = Array::<Vector<F, N>>::new(unroll);
         while i + (unroll - 1) * LANES < vectors {
@@ -226,26 +223,10 @@ struct Tuning {
     unroll_swiglu: usize,
 }
 
-/// The defaults, tuned on the H200 (session 12: 8 features, 8 loads, staging with a pre-norm was
-/// the fastest batch-1 decode of 8 shapes tried, 140 tok/s against 131 for session 11's 8, 4, none),
-/// or what `BAMBA_GEMV_TUNE=features,unroll,stage,stage_limit,unroll_swiglu` sets (values left out
-/// keep their default; out-of-range values are clamped).
-fn tuning() -> &'static Tuning {
-    static TUNING: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
-    TUNING.get_or_init(|| {
-        let values = super::matmul::env_numbers("BAMBA_GEMV_TUNE");
-        let at = |i: usize, default: usize, lo: usize, hi: usize| {
-            values.get(i).copied().flatten().map_or(default, |x| x.clamp(lo, hi))
-        };
-        Tuning {
-            features: at(0, FEATURES, 1, 32),
-            unroll: at(1, UNROLL, 1, 32),
-            stage: at(2, 1, 0, 2),
-            stage_limit: at(3, 48 * 1024, 0, usize::MAX),
-            unroll_swiglu: at(4, UNROLL, 1, 32),
-        }
-    })
-}
+/// The launch shape: 8 features per cube, 8 loads in flight, x staged with a pre-norm, the fastest
+/// batch-1 decode of the 8 shapes tried on the H200.
+const TUNING: Tuning =
+    Tuning { features: FEATURES, unroll: UNROLL, stage: 1, stage_limit: 48 * 1024, unroll_swiglu: UNROLL };
 
 /// What a GEMV launch computes besides `x · Wᵀ`.
 pub enum Epilogue<R: CubeRuntime> {
@@ -282,7 +263,7 @@ pub fn launch<R: CubeRuntime>(
     let dtype = x.dtype;
     let y = empty_device_contiguous_dtype(client.clone(), x.device.clone(), [rows, out_features].into(), dtype);
     let vector = vector_size(&client, dtype.size(), inner);
-    let tune = tuning();
+    let tune = &TUNING;
     let features = tune.features;
     let count = CubeCount::Static(out_features.div_ceil(features) as u32, 1, 1);
     let use_plane = rows_are_planes(&client);

@@ -1,6 +1,6 @@
 //! Work bamba queues on CUDA outside CubeCL goes on the legacy default stream of the device's primary
-//! context, the context CubeCL runs in: pinned weight uploads, and cuBLASLt products when
-//! `BAMBA_CUBLASLT_STREAM=legacy` (by default they go on CubeCL's own stream, `cublaslt.rs`).
+//! context, the context CubeCL runs in: pinned weight uploads (cuBLASLt products go on CubeCL's own
+//! stream, `cublaslt.rs`; this module gives them the device state and addresses they share).
 //!
 //! CubeCL 0.10 exposes no handle to its streams; the workspace patches `cubecl-cuda` so that they
 //! are blocking streams (third_party/README.md). CUDA orders the legacy stream with every blocking

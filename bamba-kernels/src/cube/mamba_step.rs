@@ -133,8 +133,7 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     let shifts_bc = h0 % heads_per_group == 0 && CUBE_POS_X == 0;
     // Column n of B sits at bc[(n % N)·cols + n / N] (C's a side further): a lane reads element e of
     // its vectors from row e, consecutive lanes on consecutive words. Stored plainly (n at n), those
-    // reads were N-way bank conflicts, 56% of the step's shared wavefronts (Nsight Compute, session
-    // 13); `cols` is padded by 8 so that the writes of consecutive columns spread over the banks too.
+    // reads were N-way bank conflicts, 56% of the step's shared wavefronts (Nsight Compute); `cols` is padded by 8 so that the writes of consecutive columns spread over the banks too.
     let cols = bc_side / N::value();
     let mut bc = SharedMemory::<f32>::new(2 * bc_side);
     let mut i = unit;
@@ -208,7 +207,7 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
 }
 
 /// Most heads one cube of the step takes: the B/C conv, the same for every head of a group, is done
-/// once for them all (session 12).
+/// once for them all.
 const MAX_HEADS_PER_CUBE: usize = 4;
 /// Cubes per SM the step's grid keeps, where the batch allows, before cubes take several heads.
 const STEP_CUBES_PER_SM: usize = 4;
@@ -216,7 +215,7 @@ const STEP_CUBES_PER_SM: usize = 4;
 /// Heads per cube: up to [`MAX_HEADS_PER_CUBE`] (dividing a group's heads) while the grid still has
 /// [`STEP_CUBES_PER_SM`] cubes per SM. At batch 1 of Bamba-9B, 4 heads per cube left 128 cubes of 128
 /// units for 132 SMs, each cube streaming its heads' states one after another (10.2 µs per layer for
-/// 8 MB, Nsight Compute, session 20). `BAMBA_STEP_HEADS_PER_CUBE` sets the most (tuning).
+/// 8 MB on the H200, against 7.3 µs with one head per cube).
 fn heads_per_cube<R: CubeRuntime>(
     client: &ComputeClient<R>,
     batch: usize,
@@ -224,17 +223,12 @@ fn heads_per_cube<R: CubeRuntime>(
     groups: usize,
     head_dim: usize,
 ) -> usize {
-    static LIMIT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let limit = *LIMIT.get_or_init(|| {
-        let value = super::matmul::env_numbers("BAMBA_STEP_HEADS_PER_CUBE").first().copied().flatten();
-        value.map(|n| n.clamp(1, 64))
-    });
     let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(1) as usize;
     let cubes_of = |n: usize| head_dim.div_ceil(ROWS * RPU) * batch * heads / n;
-    (1..=limit.unwrap_or(MAX_HEADS_PER_CUBE))
+    (1..=MAX_HEADS_PER_CUBE)
         .rev()
         .filter(|&n| (heads / groups).is_multiple_of(n))
-        .find(|&n| limit.is_some() || cubes_of(n) >= STEP_CUBES_PER_SM * sms)
+        .find(|&n| cubes_of(n) >= STEP_CUBES_PER_SM * sms)
         .unwrap_or(1)
 }
 
@@ -272,7 +266,7 @@ pub fn launch<R: CubeRuntime>(
     let device = zxbcdt.device.clone();
     // Contiguous operands: the kernel computes their indices instead of loading strides. The conv
     // weight only needs unit column strides: CUDA pitches rows narrower than 16 bytes (4 bf16 taps),
-    // and copying it to contiguous was a launch per layer and step (session 20's launch profile).
+    // and copying it to contiguous would be a launch per layer and step.
     let weight = if weight.meta.strides()[1] == 1 { weight } else { into_contiguous(weight) };
     let [zxbcdt, bias, window, a_log, d, dt_bias, state] =
         [zxbcdt, bias, window, a_log, d, dt_bias, state].map(into_contiguous);
@@ -285,10 +279,8 @@ pub fn launch<R: CubeRuntime>(
     let new_state = empty_device_contiguous_dtype(client.clone(), device, state.meta.shape().clone(), state.dtype);
     let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
     // 16 state rows per cube (4 rows of lanes, 4 state rows per unit) and up to 4 heads of one group
-    // per cube ([`heads_per_cube`]), one after the other. Tried on the H200 in session 11 (batch 64
-    // at 8K), one cube per head with all 64 state rows at once (16 rows of lanes × 4 state rows, or
-    // 4 × 16) made the step slower end to end with an f32 state (19.05 and 21.76 ms per step, against
-    // 18.83 ms; runs 4, 5 and 2 in benches/results/h200-2026-12-02-s11).
+    // per cube ([`heads_per_cube`]), one after the other. One cube per head with all 64 state rows at
+    // once (16 rows of lanes × 4 state rows, or 4 × 16) is slower end to end with an f32 state.
     let heads_per_cube = heads_per_cube(&client, batch, heads, groups, head_dim);
     let count = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads / heads_per_cube) as u32, 1);
     let use_plane = rows_are_planes(&client);

@@ -4,8 +4,7 @@
 //! CubeCL's default pools hand out slices of shared pages; each allocation merges the free slices
 //! of every page of its pool and scans them for a fit. A Bamba-9B decode step makes hundreds of
 //! allocations into pages that also held the small weights (norms, conv, A_log...), and that work
-//! was 80% of CubeCL's server thread and the bound of batch-1 decode (H200 host profile, session
-//! 11). In the persistent mode a buffer has exactly its size and is found again by size, which suits
+//! was 80% of CubeCL's server thread and the bound of batch-1 decode (H200 host profile). In the persistent mode a buffer has exactly its size and is found again by size, which suits
 //! weights (never freed) and decode steps (the same sizes every step).
 
 use std::cell::Cell;

@@ -20,7 +20,7 @@ use super::ssd_step::{rows_are_planes, LANES};
 
 /// Most rows of `LANES` units in a cube. A cube takes one (row, group), so at decode (one row, one
 /// group) a single cube does all the work and must be wide: the gated norm of a Bamba-9B decode step
-/// (8192 wide) took 46 µs in 8 rows of scalar loads (H200, session 11 profile; 200 µs with one row).
+/// (8192 wide) took 46 µs in 8 rows of scalar loads on the H200, and 200 µs in one row.
 const MAX_PLANES: usize = 32;
 /// Vectors per unit held in registers between the sum of squares and the writes, so that the second
 /// pass neither reads them again nor recomputes their gate (an 8192-wide decode row is 2 per unit).

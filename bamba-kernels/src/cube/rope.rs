@@ -5,7 +5,7 @@
 //! As Burn ops this was ten launches per tensor (two slices, a negation, two concatenations of two
 //! slice writes each, two products and a sum), twenty per attention layer: at a batch-1 decode step
 //! each launch costs a few µs of GPU time and as much again of gap and host time, and the
-//! Llama-shaped baseline (32 attention layers) was bound by that host time (session 19). Rounding
+//! Llama-shaped baseline (32 attention layers) was bound by that host time. Rounding
 //! is the reference's (`reference::rope`): each product rounded to the dtype, then their sum.
 
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -74,13 +74,6 @@ fn table_value<F: Float>(table: &Tensor<F>, b: usize, l: usize, j: usize) -> F {
         row = 0;
     }
     table[row + l * table.stride(2) + j * table.stride(3)]
-}
-
-/// Whether the kernel runs: unless `BAMBA_ROPE_KERNEL=0` (then the tensor-op reference does, to
-/// compare the two in one call).
-pub(super) fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| super::matmul::env_number("BAMBA_ROPE_KERNEL", 1) != 0)
 }
 
 /// # Shapes

@@ -18,8 +18,7 @@
 //! product's depth). Step 4 stores each lane's accumulators as the A fragment it will be in step 5
 //! (pairs of f32, a plane's 32 pairs contiguous), and step 5 turns them into the decay matrix in
 //! registers (a lane knows which rows and columns it holds): that matrix never goes through shared
-//! memory. Session 9's version staged every operand element by element on `wmma` tiles, whose
-//! layout is opaque (times in backends.md, "SSD scan on `mma.sync` fragments").
+//! memory, which `wmma` tiles (whose layout is opaque) would not allow.
 //!
 //! Operands are rounded to the input dtype for the tensor cores (as mamba_ssm does), products
 //! accumulate in f32, and the decay math, `D·x` and the states are f32 (the final state never leaves
@@ -69,7 +68,7 @@ pub fn scans_run() -> u64 {
 
 /// Whether a scan of this dtype and these sizes runs here: 16-bit operands with m16n8k16 `mma.sync`
 /// fragments on this device ([`has_fragments`]), `head_dim` and `d_state` multiples of 16
-/// (≤ 64 and ≤ 256), a chunk that is a multiple of 64 up to 1024, and `BAMBA_SSD_TENSOR_CORES` not 0.
+/// (≤ 64 and ≤ 256), and a chunk that is a multiple of 64 up to 1024.
 pub fn applies<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
@@ -77,7 +76,7 @@ pub fn applies<R: CubeRuntime>(
     d_state: usize,
     chunk: usize,
 ) -> bool {
-    if !matches!(dtype, DType::BF16 | DType::F16) || std::env::var("BAMBA_SSD_TENSOR_CORES").as_deref() == Ok("0") {
+    if !matches!(dtype, DType::BF16 | DType::F16) {
         return false;
     }
     has_fragments(client, dtype)

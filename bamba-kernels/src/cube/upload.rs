@@ -2,15 +2,15 @@
 //!
 //! CubeCL 0.10's `create_tensor` copies every tensor into a fresh pageable `Vec` and copies that
 //! with `cuMemcpyHtoDAsync` from pageable memory: Bamba-9B's 19.6 GB loaded at 0.5–0.9 GB/s on the
-//! H200 (fresh pages fault at 4.3 GB/s there, pageable copies run at 7.5 GB/s, pinned ones at 55;
-//! benches/results/h200-2026-12-01-s5). Here a tensor is allocated by CubeCL, and its bytes go
+//! H200 (fresh pages fault at 4.3 GB/s there, pageable copies run at 7.5 GB/s, pinned ones at 55).
+//! Here a tensor is allocated by CubeCL, and its bytes go
 //! piece by piece into one of [`BUFFERS`] pinned buffers (the caller's `fill` writes them straight
 //! from the checkpoint's mapping) and from there to the device on the legacy stream
 //! (`legacy_stream.rs`: ordered with CubeCL's kernels, no host sync). A buffer is refilled once the
 //! event recorded after its last copy has completed, so filling one overlaps copying the others.
 //!
 //! Any failure (an allocation or copy error) is reported once on stderr and the tensor goes through
-//! Burn's `from_data` instead. `BAMBA_PINNED_UPLOAD=0` turns the path off (for same-run comparisons).
+//! Burn's `from_data` instead.
 
 use core::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,12 +38,6 @@ static STAGING: Mutex<Option<Staging>> = Mutex::new(None);
 /// Tensors uploaded through pinned buffers in this process (tests check the path was taken).
 pub fn tensors_uploaded() -> u64 {
     UPLOADED.load(Ordering::Relaxed)
-}
-
-/// Whether the path is on: unless `BAMBA_PINNED_UPLOAD=0`.
-fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BAMBA_PINNED_UPLOAD").map(|v| v != "0").unwrap_or(true))
 }
 
 /// One pinned buffer and the event recorded after the last copy that reads it.
@@ -100,9 +94,6 @@ pub fn try_upload<R: CubeRuntime>(
     device: &R::Device,
 ) -> Option<CubeTensor<R>> {
     let index = (device as &dyn Any).downcast_ref::<CudaDevice>()?.index;
-    if !enabled() {
-        return None;
-    }
     let out = empty_device_contiguous_dtype(R::client(device), device.clone(), shape, dtype);
     let out_cuda = (&out as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
     match copy_in(out_cuda, index, fill) {
