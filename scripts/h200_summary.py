@@ -1,4 +1,5 @@
-"""Builds benches/results/h200.json from the raw files of H200 runs (benches/results/README.md).
+"""Builds benches/results/h200.json from the raw directories of scripts/h200_bench.sh runs (each part writes
+$OUT/raw.tar.gz; unpack each into a directory).
 
 Reads, from the directories given: `bamba_*.jsonl` / `llama_*.jsonl` (`bamba bench --json`), `torch.jsonl`
 (scripts/bench_torch.py), `*bencher*.txt` (criterion `--output-format bencher`), `mamba_ssm*.jsonl`

@@ -7,7 +7,7 @@ written (the byte model of `bamba bench`), so tokens/s = batch / (bytes / bandwi
 the ratio. Curves and filled points keep the Mamba state in f32 (`bamba bench`'s default); the dotted b64 curve
 and hollow points keep it in bf16 (`--state-dtype bf16`, as vLLM and transformers keep it). The Llama shape runs at the
 largest batch up to the requested one whose weights and caches fit in the memory budget (141 GB), as in
-the measurements (which shrink it further where the allocator needs room; see benches/results/README.md).
+the measurements (which shrink it further where the allocator needs room; see backends.md, "Known limits").
 
 Usage: python3 scripts/ratio_plot.py BAMBA_BINARY benches/results/h200.json benches/results/ratio.svg
 """
