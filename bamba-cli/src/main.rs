@@ -48,12 +48,12 @@ pub struct ModelArgs {
     /// tiny model embedded in this binary.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// ndarray, wgpu or cuda (default: the fastest compiled in).
-    #[arg(long)]
-    pub backend: Option<String>,
-    /// Compute dtype: f32, bf16 or f16 (default: bf16 on cuda, f32 elsewhere).
-    #[arg(long)]
-    pub dtype: Option<String>,
+    /// Backend (default: the fastest compiled in; the `-unfused` forms run without Burn's fusion stream).
+    #[arg(long, value_parser = backend_values())]
+    pub backend: Option<BackendKind>,
+    /// Compute dtype (default: bf16 on cuda, f32 elsewhere).
+    #[arg(long, value_parser = dtype_values())]
+    pub dtype: Option<Precision>,
 }
 
 impl ModelArgs {
@@ -64,14 +64,14 @@ impl ModelArgs {
         }
     }
     pub fn backend(&self) -> Result<BackendKind> {
-        match &self.backend {
-            Some(name) => name.parse().map_err(anyhow::Error::msg),
+        match self.backend {
+            Some(kind) => Ok(kind),
             None => BackendKind::best_compiled(),
         }
     }
     pub fn precision(&self) -> Result<Precision> {
-        match &self.dtype {
-            Some(name) => name.parse().map_err(anyhow::Error::msg),
+        match self.dtype {
+            Some(precision) => Ok(precision),
             None => Ok(self.backend()?.default_precision()),
         }
     }
@@ -143,7 +143,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub prefill_chunk: Option<usize>,
     /// Storage dtype of the SSM state between steps (f32 or, where the backend has it, bf16).
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = dtype_values())]
     pub state_dtype: Precision,
     /// One JSON object per prompt on stdout instead of streamed text.
     #[arg(long)]
@@ -168,10 +168,10 @@ pub struct InfoArgs {
     #[arg(long, default_value_t = 4096)]
     pub context: u64,
     /// Weight and KV dtype for byte counts.
-    #[arg(long, default_value = "bf16")]
+    #[arg(long, default_value = "bf16", value_parser = dtype_values())]
     pub dtype: Precision,
     /// SSM state dtype for byte counts.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = dtype_values())]
     pub state_dtype: Precision,
 }
 
@@ -188,7 +188,7 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "model")]
     pub config: Option<PathBuf>,
     /// Storage dtype of the SSM state between steps.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = dtype_values())]
     pub state_dtype: Precision,
     /// Tests, comma-separated: ppN (prefill N tokens), tgN (N decode steps), tgN@dD (after D tokens of context).
     #[arg(short = 't', long, value_delimiter = ',', default_value = "pp512,tg128")]
@@ -230,6 +230,25 @@ pub struct BenchArgs {
     /// and .txt (top functions); needs the `cpu-profile` feature.
     #[arg(long, value_name = "PREFIX")]
     pub cpu_profile: Option<PathBuf>,
+}
+
+/// `--backend`'s values, listed in `--help` (`cpu` and `vulkan` are accepted as aliases).
+fn backend_values() -> impl clap::builder::TypedValueParser<Value = BackendKind> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let names = BackendKind::ALL.map(|kind| match kind {
+        BackendKind::Ndarray => PossibleValue::new("ndarray").alias("cpu"),
+        BackendKind::Wgpu => PossibleValue::new("wgpu").alias("vulkan"),
+        BackendKind::Cuda => PossibleValue::new("cuda"),
+        BackendKind::WgpuUnfused => PossibleValue::new("wgpu-unfused"),
+        BackendKind::CudaUnfused => PossibleValue::new("cuda-unfused"),
+    });
+    PossibleValuesParser::new(names).map(|name| name.parse::<BackendKind>().expect("a listed backend"))
+}
+
+/// `--dtype`'s and `--state-dtype`'s values, listed in `--help`.
+fn dtype_values() -> impl clap::builder::TypedValueParser<Value = Precision> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(["f32", "bf16", "f16"]).map(|name| name.parse::<Precision>().expect("a listed dtype"))
 }
 
 /// `--memory`: a size such as 141GB or 80GiB, in bytes.

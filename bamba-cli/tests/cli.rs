@@ -141,8 +141,8 @@ fn fails_with(args: &[&str], needle: &str) {
 fn bad_arguments_are_clear_errors() {
     let base = ["logits", "--model", "tests/fixtures/base", "--out", "/tmp/bamba-never-written.safetensors"];
     let with = |extra: &[&'static str]| -> Vec<&str> { base.iter().copied().chain(extra.iter().copied()).collect() };
-    fails_with(&with(&["--prompt-ids", "1,2", "--backend", "tpu"]), "unknown backend");
-    fails_with(&with(&["--prompt-ids", "1,2", "--dtype", "f8"]), "unknown dtype");
+    fails_with(&with(&["--prompt-ids", "1,2", "--backend", "tpu"]), "invalid value 'tpu' for '--backend");
+    fails_with(&with(&["--prompt-ids", "1,2", "--dtype", "f8"]), "invalid value 'f8' for '--dtype");
     fails_with(&with(&["--prompt-ids", "1,96,2"]), "outside the vocabulary");
     fails_with(&with(&["--prompt-ids", "1,x"]), "invalid");
     fails_with(&["logits", "--model", "/nonexistent", "--prompt-ids", "1", "--out", "/tmp/x"], "/nonexistent");
@@ -408,7 +408,7 @@ fn bench_bad_arguments_are_clear_errors() {
     fails_with(&["bench", "--preset", "bamba-9b", "-t", "tg8@x"], "unknown test");
     fails_with(&["bench", "--preset", "bamba-9b", "-b", "0"], "at least 1");
     fails_with(&["bench", "--preset", "bamba-9b", "--model", "tests/fixtures/base"], "cannot be used with");
-    fails_with(&["bench", "--preset", "bamba-9b", "--backend", "tpu"], "unknown backend");
+    fails_with(&["bench", "--preset", "bamba-9b", "--backend", "tpu"], "invalid value 'tpu' for '--backend");
 }
 
 /// An error is one line on stderr (the error and its causes), without a backtrace even when
