@@ -98,8 +98,7 @@ def main():
     decode = next(iter(decode_records("bamba-9b", 0, 1)), None)
     # Loading a real (random-valued) Bamba-9B checkpoint directory from the page cache, default settings.
     loads = [r for r in bench if r.get("test") == "load" and r.get("weights") == "checkpoint"]
-    # The binary under test with its defaults (`load_bamba.jsonl`), not a comparison run in the same call
-    # (an older build, `BAMBA_PINNED_UPLOAD=0`, glibc tunables).
+    # The binary under test with its defaults (`load_bamba.jsonl`), not another run of the same call.
     newest_load = next((r for r in loads if r["source"].endswith("/load_bamba.jsonl")), None)
     # GEMV: in_proj shape, one row; bytes = weight + x + y (bf16).
     gemv_s = criterion.get("linear_no_bias/n16768_k4096/1")
@@ -114,7 +113,7 @@ def main():
     for r in mamba:
         if r.get("op") == "mamba_chunk_scan_combined":
             ours = criterion.get(f"ssd_chunk_scan/kernel/{r['len']}")
-            # the newest mamba_ssm record of each length (its times vary between sessions: compare within one)
+            # the newest mamba_ssm record of each length (its times vary between machines: compare within one call)
             if ours and r["len"] not in scan:
                 scan[r["len"]] = r["seconds"] / ours
     def gemv_fractions():
