@@ -44,6 +44,12 @@ fn prompts(args: &GenerateArgs, tokenizer: Option<&TextTokenizer>, dir: &Path) -
         Ok(Prompt { ids: tokenizer.encode(text)?, text: Some(text.to_string()) })
     };
     match (&args.prompt, &args.prompt_ids, &args.prompts_file) {
+        (Some(text), None, None) if text == "-" => {
+            let text = std::io::read_to_string(std::io::stdin()).context("reading the prompt from stdin")?;
+            // `echo TEXT | bamba generate --prompt -`: the line's end is not part of the prompt.
+            let text = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+            Ok(vec![encode(text)?])
+        }
         (Some(text), None, None) => Ok(vec![encode(text)?]),
         (None, Some(ids), None) => Ok(vec![Prompt { ids: ids.clone(), text: None }]),
         (None, None, Some(file)) => {
@@ -111,10 +117,6 @@ impl BackendJob for GenerateJob<'_> {
         if args.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
-        let prompts = prompts(args, tokenizer.as_ref(), &dir)?;
-        let precision = args.common.precision()?;
-        let (model, load_time) = load_model::<B>(&dir, &device, precision)?;
-        let load_secs = load_time.as_secs_f64();
         let sampling = SamplingParams {
             temperature: args.temperature,
             top_k: args.top_k,
@@ -123,7 +125,11 @@ impl BackendJob for GenerateJob<'_> {
             repetition_penalty: args.repetition_penalty,
             seed: args.seed,
         };
-        Sampler::new(sampling.clone())?;
+        sampling.validate()?; // before the weights load, which can take minutes
+        let prompts = prompts(args, tokenizer.as_ref(), &dir)?;
+        let precision = args.common.precision()?;
+        let (model, load_time) = load_model::<B>(&dir, &device, precision)?;
+        let load_secs = load_time.as_secs_f64();
         let params = GenerateParams {
             max_new_tokens: args.max_new_tokens,
             eos_ids: eos_ids(&dir, &model.config.eos_token_ids),

@@ -97,7 +97,7 @@ pub struct LogitsArgs {
 pub struct GenerateArgs {
     #[command(flatten)]
     pub common: ModelArgs,
-    /// Prompt text (needs the model's tokenizer.json).
+    /// Prompt text (needs the model's tokenizer.json); `-` reads it from stdin.
     #[arg(long, conflicts_with_all = ["prompt_ids", "prompts_file"])]
     pub prompt: Option<String>,
     /// Prompt as comma-separated token ids, e.g. 1,2,3.

@@ -450,3 +450,41 @@ fn a_closed_stdout_ends_generation_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
 }
+
+/// Sampling options are checked before the weights load: a checkpoint directory without weights
+/// still reports the bad temperature, not the missing safetensors.
+#[test]
+fn sampling_options_are_checked_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo().join("tests/fixtures/base/config.json"), dir.path().join("config.json")).unwrap();
+    let model = dir.path().to_str().unwrap();
+    fails_with(&["generate", "--model", model, "--prompt-ids", "1", "--temperature", "-1"], "temperature must be");
+    fails_with(&["generate", "--model", model, "--prompt-ids", "1", "--top-p", "0"], "top-p must be");
+}
+
+/// `--prompt -` reads the prompt from stdin (without the line's end): the same tokens as the
+/// prompt given inline.
+#[test]
+fn prompt_from_stdin_equals_the_inline_prompt() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let args = ["generate", "--max-new-tokens", "6", "--json", "--prompt"];
+    let inline = bamba(&[&args[..], &["Phileas Fogg"]].concat());
+    assert!(inline.status.success(), "{}", String::from_utf8_lossy(&inline.stderr));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bamba"))
+        .args([&args[..], &["-"]].concat())
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run bamba");
+    child.stdin.take().unwrap().write_all(b"Phileas Fogg\n").unwrap();
+    let piped = child.wait_with_output().unwrap();
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+    let field = |out: &[u8], name: &str| serde_json::from_slice::<serde_json::Value>(out).unwrap()[name].clone();
+    for name in ["prompt_ids", "generated_ids"] {
+        assert_eq!(field(&piped.stdout, name), field(&inline.stdout, name), "{name}");
+    }
+    assert!(field(&piped.stdout, "generated_ids").as_array().is_some_and(|a| !a.is_empty()));
+}
