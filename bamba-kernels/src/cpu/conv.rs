@@ -2,6 +2,11 @@
 //! [`crate::reference::conv::causal_conv1d_silu`] (taps summed oldest first, then the bias) in one pass
 //! over rows of channels, without the reference's strided slices.
 
+/// `x · sigmoid(x)`.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
 /// # Shapes
 /// - `x`: `[batch, len, channels]`, `weight`: `[channels, kernel]`, `bias`: `[channels]`, `window`:
 ///   `[batch, channels, kernel - 1]` (zeros when `None`) → `y` like `x`, the next window like `window`
@@ -48,7 +53,7 @@ pub fn conv(
             let out = &mut y[(b * len + t) * channels..(b * len + t + 1) * channels];
             for (c, (o, &a)) in out.iter_mut().zip(&acc).enumerate() {
                 let v = a + bias.map_or(0.0, |bias| bias[c]);
-                *o = v / (1.0 + (-v).exp());
+                *o = silu(v);
             }
         }
         for i in 0..taps {

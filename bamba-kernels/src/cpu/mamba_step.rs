@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use super::conv::silu;
+use super::scan::discretize;
 use crate::reference::mamba_step::MambaStepConfig;
 
 /// One layer's step weights as f32 slices.
@@ -29,15 +31,6 @@ pub struct StepOutput {
     pub window: Vec<f32>,
     /// `[batch, heads, head_dim, d_state]`.
     pub state: Vec<f32>,
-}
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-/// `softplus(x)` as the reference computes it: `relu(x) + log1p(exp(-|x|))`.
-fn softplus(x: f32) -> f32 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
 }
 
 /// # Shapes
@@ -96,10 +89,7 @@ pub fn step(
             .for_each(|(h, (next, y_h))| {
                 let g = h / heads_per_group;
                 let (b_g, c_g) = (&b_all[g * d_state..(g + 1) * d_state], &c_all[g * d_state..(g + 1) * d_state]);
-                let mut dt_h = softplus(dt[h] + weights.dt_bias[h]);
-                if let Some((lo, hi)) = config.dt_limit {
-                    dt_h = dt_h.clamp(lo, hi);
-                }
+                let dt_h = discretize(dt[h], weights.dt_bias[h], config.dt_limit);
                 let decay = (dt_h * -weights.a_log[h].exp()).exp();
                 let previous = &state[(b * heads + h) * head_state..(b * heads + h + 1) * head_state];
                 for p in 0..head_dim {
