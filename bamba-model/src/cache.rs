@@ -10,6 +10,8 @@ use crate::mamba2::MambaState;
 use crate::padding::LeftPadding;
 use crate::rope::RopeTables;
 
+mod rows;
+
 /// Errors using a cache.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CacheError {
@@ -29,11 +31,11 @@ pub enum CacheError {
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     /// `[batch, kv_heads, capacity, head_dim]`, rotated keys.
-    k: Tensor<B, 4>,
+    pub(crate) k: Tensor<B, 4>,
     /// `[batch, kv_heads, capacity, head_dim]`.
-    v: Tensor<B, 4>,
+    pub(crate) v: Tensor<B, 4>,
     /// Filled positions.
-    len: usize,
+    pub(crate) len: usize,
 }
 
 impl<B: Backend> KvCache<B> {

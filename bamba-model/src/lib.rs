@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod cache;
 pub mod config;
+pub mod engine;
 pub mod generate;
 pub mod layer;
 pub mod linear;

@@ -1,0 +1,222 @@
+//! The serving engine: continuous batching of concurrent requests over one model, with no HTTP in
+//! it (the `bamba serve` command puts it behind an OpenAI-compatible API; a Rust program can embed it).
+//!
+//! An [`Engine`] owns the model and runs on its own thread, one step at a time: requests join the
+//! decode batch at the next step and leave it the step they finish. Prompts are prefilled in chunks
+//! under a per-step token budget beside the running decodes, so a long prompt does not freeze the
+//! other streams. A request is admitted only when the cache it can grow to fits the memory budget;
+//! until then it waits in a bounded queue. Each request samples with its own RNG, and its tokens
+//! are those it would get alone (the batch is a left-padded batch, see `cache/rows.rs`).
+//!
+//! [`EngineHandle`] is the thread-safe side: it validates and submits requests and reads
+//! [`EngineStats`]. Dropping a request's [`RequestStream`] cancels it within one step.
+
+mod memory;
+mod request;
+mod scheduler;
+mod stats;
+
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+
+use thiserror::Error;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+pub use memory::{CacheCosts, SequenceSpan};
+pub use request::{Event, RequestParams, TokenEvent};
+pub use scheduler::Engine;
+pub use stats::EngineStats;
+
+use crate::sampling::SamplingError;
+
+/// Limits of an engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Sequences decoded together at most (prefilling ones included).
+    pub max_num_seqs: usize,
+    /// Tokens one step processes at most: one per running sequence plus prefill chunks.
+    pub max_num_batched_tokens: usize,
+    /// Prompt plus new tokens of one request at most.
+    pub max_model_len: usize,
+    /// Requests waiting for admission at most; more are refused.
+    pub max_queue: usize,
+    /// Bytes of KV cache and recurrent state the engine may hold (`None`: unbounded).
+    pub cache_budget: Option<u64>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_num_seqs: 64,
+            max_num_batched_tokens: 2048,
+            max_model_len: 4096,
+            max_queue: 1024,
+            cache_budget: None,
+        }
+    }
+}
+
+/// Why an engine cannot be built with a config.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EngineConfigError {
+    #[error("max_num_seqs must be at least 1")]
+    NoSequences,
+    #[error(
+        "max_num_batched_tokens ({tokens}) must exceed max_num_seqs ({seqs}): every step decodes one token per \
+         sequence and needs room for prefill"
+    )]
+    TokenBudget { tokens: usize, seqs: usize },
+    #[error("max_model_len must be at least 2 (a prompt token and a new one)")]
+    ModelLen,
+    #[error("max_model_len {len} is more than the model's max_position_embeddings ({limit})")]
+    ModelLenOverLimit { len: usize, limit: usize },
+    #[error("the cache budget of {budget} bytes does not hold one sequence of max_model_len ({needed} bytes)")]
+    Budget { budget: u64, needed: u64 },
+}
+
+/// Why a request was refused before it was queued.
+#[derive(Debug, Error, PartialEq)]
+pub enum SubmitError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("token id {token} at position {position} is outside the vocabulary (size {vocab})")]
+    TokenOutOfRange { token: u32, position: usize, vocab: usize },
+    #[error("max_tokens must be at least 1")]
+    NoNewTokens,
+    #[error(
+        "This model's maximum context length is {limit} tokens. However, you requested {max_tokens} output tokens \
+         and your prompt contains at least {prompt} input tokens, for a total of at least {total} tokens. Please \
+         reduce the length of the input prompt or the number of requested output tokens."
+    )]
+    ContextLength { limit: usize, max_tokens: usize, prompt: usize, total: usize },
+    #[error("the request needs {needed} bytes of cache, more than the engine's whole budget ({budget} bytes)")]
+    TooLarge { needed: u64, budget: u64 },
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+    #[error("the queue is full ({0} requests waiting); retry later")]
+    QueueFull(usize),
+    #[error("the engine is shutting down and accepts no new requests")]
+    Draining,
+}
+
+/// A request for [`EngineHandle::submit`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub params: RequestParams,
+}
+
+/// The events of one submitted request; dropping it cancels the request.
+#[derive(Debug)]
+pub struct RequestStream {
+    pub id: u64,
+    events: UnboundedReceiver<Event>,
+}
+
+impl RequestStream {
+    /// The next event (async); `None` once the engine has sent everything.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The next event, blocking the thread (not inside an async runtime).
+    pub fn next_blocking(&mut self) -> Option<Event> {
+        self.events.blocking_recv()
+    }
+}
+
+pub(crate) struct Submission {
+    request: Request,
+    events: UnboundedSender<Event>,
+}
+
+/// The shape facts [`EngineHandle::submit`] validates against.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    vocab: usize,
+    costs: CacheCosts,
+}
+
+/// Submits requests to an [`Engine`] from any thread; cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    submissions: mpsc::Sender<Submission>,
+    stats: Arc<EngineStats>,
+    config: Arc<EngineConfig>,
+    limits: Limits,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl EngineHandle {
+    /// Validates `request` and queues it. Errors are the caller's to report (bad request, overload).
+    pub fn submit(&self, request: Request) -> Result<RequestStream, SubmitError> {
+        let result = self.check(&request);
+        if result.is_err() {
+            EngineStats::add(&self.stats.rejected, 1);
+        }
+        result?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events, receiver) = unbounded_channel();
+        if self.submissions.send(Submission { request, events }).is_err() {
+            return Err(SubmitError::Draining);
+        }
+        // counted as waiting at once, so that a burst of submissions sees its own queue
+        self.stats.submitted.fetch_add(1, Ordering::Relaxed);
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        Ok(RequestStream { id, events: receiver })
+    }
+
+    fn check(&self, request: &Request) -> Result<(), SubmitError> {
+        if self.stats.draining.load(Ordering::Relaxed) {
+            return Err(SubmitError::Draining);
+        }
+        let (prompt, params) = (&request.prompt, &request.params);
+        if prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        let vocab = self.limits.vocab;
+        if let Some((position, &token)) = prompt.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+            return Err(SubmitError::TokenOutOfRange { token, position, vocab });
+        }
+        if params.max_tokens == 0 {
+            return Err(SubmitError::NoNewTokens);
+        }
+        let total = prompt.len().saturating_add(params.max_tokens);
+        let limit = self.config.max_model_len;
+        if total > limit {
+            return Err(SubmitError::ContextLength {
+                limit,
+                max_tokens: params.max_tokens,
+                prompt: prompt.len(),
+                total,
+            });
+        }
+        params.sampling.validate()?;
+        if let Some(budget) = self.config.cache_budget {
+            let alone = [SequenceSpan { cached: prompt.len(), steps_left: params.max_tokens }];
+            let needed =
+                self.limits.costs.batch_bytes(&alone).saturating_add(self.limits.costs.prefill_bytes(prompt.len()));
+            if needed > budget {
+                return Err(SubmitError::TooLarge { needed, budget });
+            }
+        }
+        let waiting = self.stats.waiting.load(Ordering::Relaxed) as usize;
+        if waiting >= self.config.max_queue {
+            return Err(SubmitError::QueueFull(waiting));
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Refuses new requests from now on; running and queued ones finish.
+    pub fn drain(&self) {
+        self.stats.draining.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,369 @@
+//! The engine loop: admit, prefill in chunks, join, decode one step for every running sequence,
+//! send tokens, drop finished and cancelled sequences. One step at a time on the engine's thread.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::{mpsc, Arc};
+
+use bamba_kernels::BambaOps;
+use burn::tensor::DType;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::memory::{CacheCosts, SequenceSpan};
+use super::request::{token_event, Event};
+use super::stats::EngineStats;
+use super::{EngineConfig, EngineConfigError, EngineHandle, Limits, Request, Submission};
+use crate::cache::HybridCache;
+use crate::generate::{FinishReason, GenerateError};
+use crate::model::BambaModel;
+use crate::sampling::Sampler;
+
+/// One request inside the engine.
+struct Sequence<B: BambaOps> {
+    request: Request,
+    sampler: Sampler,
+    /// Prompt, then every token generated.
+    history: Vec<u32>,
+    events: UnboundedSender<Event>,
+    /// The prompt's own cache while it is prefilled (`None` once it joined the batch).
+    prefill: Option<HybridCache<B>>,
+}
+
+impl<B: BambaOps> Sequence<B> {
+    fn generated(&self) -> usize {
+        self.history.len() - self.request.prompt.len()
+    }
+
+    /// Decode steps it may still take: each step feeds its last token and yields one new token.
+    fn steps_left(&self) -> usize {
+        self.request.params.max_tokens - self.generated()
+    }
+
+    fn cancelled(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Samples from one row of logits and sends the token; `Some(reason)` when the sequence ends.
+    fn take_token(&mut self, logits: &[f32]) -> Option<FinishReason> {
+        let params = &self.request.params;
+        let id = self.sampler.sample(logits, &self.history);
+        self.history.push(id);
+        let event = token_event(id, logits, params.logprobs);
+        let reason = if !params.ignore_eos && params.eos_ids.contains(&id) {
+            Some(FinishReason::Eos)
+        } else if params.stop_token_ids.contains(&id) {
+            Some(FinishReason::Stop)
+        } else if self.generated() >= params.max_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        let _ = self.events.send(Event::Token(event));
+        reason
+    }
+
+    fn finish(&self, reason: FinishReason) {
+        let _ = self.events.send(Event::Finished {
+            reason,
+            prompt_tokens: self.request.prompt.len(),
+            completion_tokens: self.generated(),
+        });
+    }
+}
+
+/// Runs requests on one model; see the module docs. Built with its [`EngineHandle`] by
+/// [`Engine::new`], then [`Engine::run`] on a thread of its own.
+pub struct Engine<B: BambaOps> {
+    model: BambaModel<B>,
+    config: Arc<EngineConfig>,
+    state_dtype: DType,
+    costs: CacheCosts,
+    submissions: mpsc::Receiver<Submission>,
+    stats: Arc<EngineStats>,
+    /// Submitted, not admitted, in arrival order.
+    queued: VecDeque<Sequence<B>>,
+    /// Admitted, prompt being prefilled, in admission order.
+    prefilling: VecDeque<Sequence<B>>,
+    /// The decode batch: `running[r]` is row `r` of `batch`.
+    running: Vec<Sequence<B>>,
+    batch: Option<HybridCache<B>>,
+    /// Submissions taken from the channel.
+    accepted: u64,
+}
+
+impl<B: BambaOps> Engine<B> {
+    /// An engine for `model`, SSM states kept in `state_dtype`, and the handle that feeds it.
+    pub fn new(
+        model: BambaModel<B>,
+        config: EngineConfig,
+        state_dtype: DType,
+    ) -> Result<(Self, EngineHandle), EngineConfigError> {
+        if config.max_num_seqs == 0 {
+            return Err(EngineConfigError::NoSequences);
+        }
+        if config.max_num_batched_tokens <= config.max_num_seqs {
+            return Err(EngineConfigError::TokenBudget {
+                tokens: config.max_num_batched_tokens,
+                seqs: config.max_num_seqs,
+            });
+        }
+        if config.max_model_len < 2 {
+            return Err(EngineConfigError::ModelLen);
+        }
+        let limit = model.config.max_position_embeddings;
+        if config.max_model_len > limit {
+            return Err(EngineConfigError::ModelLenOverLimit { len: config.max_model_len, limit });
+        }
+        let costs = CacheCosts::new(&model.config, model.dtype, state_dtype);
+        if let Some(budget) = config.cache_budget {
+            let one = [SequenceSpan { cached: config.max_model_len - 1, steps_left: 1 }];
+            let needed = costs.batch_bytes(&one).saturating_add(costs.prefill_bytes(config.max_model_len - 1));
+            if needed > budget {
+                return Err(EngineConfigError::Budget { budget, needed });
+            }
+        }
+        let stats = Arc::new(EngineStats::default());
+        stats.cache_budget.store(config.cache_budget.unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+        stats.max_num_seqs.store(config.max_num_seqs as u64, std::sync::atomic::Ordering::Relaxed);
+        let config = Arc::new(config);
+        let (sender, submissions) = mpsc::channel();
+        let handle = EngineHandle {
+            submissions: sender,
+            stats: stats.clone(),
+            config: config.clone(),
+            limits: Limits { vocab: model.config.vocab_size, costs },
+            next_id: Arc::new(AtomicU64::new(0)),
+        };
+        let engine = Engine {
+            model,
+            config,
+            state_dtype,
+            costs,
+            submissions,
+            stats,
+            queued: VecDeque::new(),
+            prefilling: VecDeque::new(),
+            running: Vec::new(),
+            batch: None,
+            accepted: 0,
+        };
+        Ok((engine, handle))
+    }
+
+    /// Serves until every handle is dropped and no request is left. A backend error fails the
+    /// requests in flight and is returned.
+    pub fn run(mut self) -> Result<(), GenerateError> {
+        loop {
+            if self.idle() {
+                match self.submissions.recv() {
+                    Ok(s) => self.accept(s),
+                    Err(_) => return Ok(()),
+                }
+            }
+            while let Ok(s) = self.submissions.try_recv() {
+                self.accept(s);
+            }
+            if let Err(e) = self.step() {
+                for seq in self.queued.iter().chain(&self.prefilling).chain(&self.running) {
+                    let _ = seq.events.send(Event::Failed(e.to_string()));
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.queued.is_empty() && self.prefilling.is_empty() && self.running.is_empty()
+    }
+
+    fn accept(&mut self, s: Submission) {
+        // Validated by the handle; a sampler cannot fail after that.
+        let Ok(sampler) = Sampler::new(s.request.params.sampling.clone()) else {
+            let _ = s.events.send(Event::Failed("invalid sampling settings".into()));
+            return;
+        };
+        self.accepted += 1;
+        let history = s.request.prompt.clone();
+        self.queued.push_back(Sequence { request: s.request, sampler, history, events: s.events, prefill: None });
+    }
+
+    /// One engine step.
+    fn step(&mut self) -> Result<(), GenerateError> {
+        self.drop_cancelled();
+        self.admit();
+        let joining = self.prefill_chunks()?;
+        self.join(joining);
+        self.decode()?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Forgets requests whose receiver is gone, wherever they are.
+    fn drop_cancelled(&mut self) {
+        let before = self.queued.len() + self.prefilling.len();
+        self.queued.retain(|s| !s.cancelled());
+        self.prefilling.retain(|s| !s.cancelled());
+        let mut gone = before - self.queued.len() - self.prefilling.len();
+        let keep: Vec<usize> = (0..self.running.len()).filter(|&r| !self.running[r].cancelled()).collect();
+        gone += self.running.len() - keep.len();
+        self.keep_rows(&keep);
+        EngineStats::add(&self.stats.cancelled, gone);
+        EngineStats::add(&self.stats.finished, gone);
+    }
+
+    /// What the sequences admitted so far occupy, as spans of a decode batch, plus prefill caches.
+    fn spans(&self) -> (Vec<SequenceSpan>, u64) {
+        let lens = self.batch.as_ref().map(HybridCache::row_lens).unwrap_or_default();
+        let mut spans: Vec<SequenceSpan> = self
+            .running
+            .iter()
+            .zip(lens)
+            .map(|(s, cached)| SequenceSpan { cached, steps_left: s.steps_left() })
+            .collect();
+        let mut prefill = 0u64;
+        for s in &self.prefilling {
+            spans.push(SequenceSpan { cached: s.request.prompt.len(), steps_left: s.request.params.max_tokens });
+            prefill = prefill.saturating_add(self.costs.prefill_bytes(s.request.prompt.len()));
+        }
+        (spans, prefill)
+    }
+
+    /// Moves queued requests to prefill, first come first served, while they fit.
+    fn admit(&mut self) {
+        while let Some(next) = self.queued.front() {
+            if self.running.len() + self.prefilling.len() >= self.config.max_num_seqs {
+                return;
+            }
+            if let Some(budget) = self.config.cache_budget {
+                let (mut spans, prefill) = self.spans();
+                let len = next.request.prompt.len();
+                spans.push(SequenceSpan { cached: len, steps_left: next.request.params.max_tokens });
+                let bytes = self
+                    .costs
+                    .batch_bytes(&spans)
+                    .saturating_add(prefill)
+                    .saturating_add(self.costs.prefill_bytes(len));
+                if bytes > budget {
+                    return;
+                }
+            }
+            let seq = self.queued.pop_front().expect("front exists");
+            self.prefilling.push_back(seq);
+        }
+    }
+
+    /// Prefills prompt chunks under the step's token budget, oldest first. Returns the sequences
+    /// whose prompt is done and whose first token did not end them.
+    fn prefill_chunks(&mut self) -> Result<Vec<Sequence<B>>, GenerateError> {
+        let mut budget = self.config.max_num_batched_tokens - self.running.len();
+        let mut ready = Vec::new();
+        while budget > 0 {
+            let Some(seq) = self.prefilling.front_mut() else { break };
+            let len = seq.request.prompt.len();
+            if seq.prefill.is_none() {
+                seq.prefill = Some(self.model.new_cache(1, len, self.state_dtype)?);
+            }
+            let cache = seq.prefill.as_mut().expect("made above");
+            let done = cache.position;
+            let chunk = budget.min(len - done);
+            let ids = self.model.ids_tensor(&[seq.request.prompt[done..done + chunk].to_vec()])?;
+            let logits = self.model.forward_cached(ids, cache, true)?;
+            budget -= chunk;
+            EngineStats::add(&self.stats.prompt_tokens, chunk);
+            if done + chunk < len {
+                continue;
+            }
+            let logits = logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
+            let mut seq = self.prefilling.pop_front().expect("front exists");
+            EngineStats::add(&self.stats.generation_tokens, 1);
+            match seq.take_token(&logits) {
+                Some(reason) => {
+                    seq.finish(reason);
+                    EngineStats::add(&self.stats.finished, 1);
+                }
+                None => ready.push(seq),
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Adds prefilled sequences to the decode batch, realigning every row to the longest one.
+    fn join(&mut self, joining: Vec<Sequence<B>>) {
+        if joining.is_empty() {
+            return;
+        }
+        let mut lens = self.batch.as_ref().map(HybridCache::row_lens).unwrap_or_default();
+        lens.extend(joining.iter().map(|s| s.request.prompt.len()));
+        let position = lens.iter().copied().max().expect("rows joining");
+        let steps = self.running.iter().chain(&joining).map(Sequence::steps_left).max().unwrap_or(0);
+        let capacity = position + steps;
+        for mut seq in joining {
+            let mut row = seq.prefill.take().expect("prefilled");
+            row.realign(position, capacity);
+            match &mut self.batch {
+                Some(batch) => {
+                    if (batch.position, batch.capacity) != (position, capacity) {
+                        batch.realign(position, capacity);
+                    }
+                    batch.append_rows(row);
+                }
+                None => self.batch = Some(row),
+            }
+            self.running.push(seq);
+        }
+    }
+
+    /// One decode step for every running sequence.
+    fn decode(&mut self) -> Result<(), GenerateError> {
+        let Some(batch) = self.batch.as_mut() else { return Ok(()) };
+        let column: Vec<Vec<u32>> = self.running.iter().map(|s| vec![*s.history.last().expect("a token")]).collect();
+        let ids = self.model.ids_tensor(&column)?;
+        let logits = self.model.forward_cached(ids, batch, true)?;
+        let flat = logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
+        let mut keep = Vec::with_capacity(self.running.len());
+        for (r, (seq, row)) in self.running.iter_mut().zip(flat.chunks_exact(self.model.config.vocab_size)).enumerate()
+        {
+            match seq.take_token(row) {
+                Some(reason) => {
+                    seq.finish(reason);
+                    EngineStats::add(&self.stats.finished, 1);
+                }
+                None => keep.push(r),
+            }
+        }
+        EngineStats::add(&self.stats.generation_tokens, self.running.len());
+        self.keep_rows(&keep);
+        Ok(())
+    }
+
+    /// Keeps running rows `keep` (ascending) in the batch and drops the others.
+    fn keep_rows(&mut self, keep: &[usize]) {
+        if keep.len() == self.running.len() {
+            return;
+        }
+        let mut index = 0;
+        self.running.retain(|_| {
+            index += 1;
+            keep.contains(&(index - 1))
+        });
+        if keep.is_empty() {
+            self.batch = None;
+        } else if let Some(batch) = self.batch.as_mut() {
+            batch.select_rows(keep);
+        }
+    }
+
+    fn publish(&self) {
+        let s = &self.stats;
+        EngineStats::set(&s.running, self.running.len());
+        let prefill: u64 = self.prefilling.iter().map(|q| self.costs.prefill_bytes(q.request.prompt.len())).sum();
+        let batch = self
+            .batch
+            .as_ref()
+            .map_or(0, |b| (b.batch as u64) * (b.capacity as u64 * self.costs.kv_per_slot + self.costs.state));
+        s.cache_bytes.store(batch + prefill, std::sync::atomic::Ordering::Relaxed);
+        // submissions still in the channel count as waiting too
+        let pending = s.submitted.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(self.accepted) as usize;
+        EngineStats::set(&s.waiting, self.queued.len() + self.prefilling.len() + pending);
+    }
+}

@@ -1,0 +1,61 @@
+//! Live counters of the engine, written by its thread and read by anyone (the server's `/metrics`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Gauges and counters of one engine. Gauges are set after every step.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Sequences in the decode batch.
+    pub running: AtomicU64,
+    /// Requests queued or being prefilled.
+    pub waiting: AtomicU64,
+    /// Requests submitted through handles (the engine may not have taken them yet).
+    pub submitted: AtomicU64,
+    /// Sequences the engine runs together at most.
+    pub max_num_seqs: AtomicU64,
+    /// Bytes of KV cache and recurrent state held now (the layout's real size).
+    pub cache_bytes: AtomicU64,
+    /// Cache bytes the engine may hold (`u64::MAX`: unbounded).
+    pub cache_budget: AtomicU64,
+    /// Prompt tokens prefilled.
+    pub prompt_tokens: AtomicU64,
+    /// Tokens generated.
+    pub generation_tokens: AtomicU64,
+    /// Requests finished (any reason, cancellations included).
+    pub finished: AtomicU64,
+    /// Requests cancelled because their receiver went away.
+    pub cancelled: AtomicU64,
+    /// Requests refused at submission.
+    pub rejected: AtomicU64,
+    /// No new requests are accepted.
+    pub draining: AtomicBool,
+}
+
+impl EngineStats {
+    pub(crate) fn set(gauge: &AtomicU64, value: usize) {
+        gauge.store(value as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, value: usize) {
+        counter.fetch_add(value as u64, Ordering::Relaxed);
+    }
+
+    /// Requests running or waiting.
+    pub fn in_flight(&self) -> u64 {
+        self.running.load(Ordering::Relaxed) + self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Share of the cache in use, 0 to 1: the larger of the share of sequence slots taken and the
+    /// share of the cache byte budget held (slots alone when unbounded).
+    pub fn cache_usage(&self) -> f64 {
+        let seqs = self.max_num_seqs.load(Ordering::Relaxed).max(1) as f64;
+        let slots = self.running.load(Ordering::Relaxed) as f64 / seqs;
+        let budget = self.cache_budget.load(Ordering::Relaxed);
+        let bytes = if budget == u64::MAX || budget == 0 {
+            0.0
+        } else {
+            self.cache_bytes.load(Ordering::Relaxed) as f64 / budget as f64
+        };
+        slots.max(bytes).min(1.0)
+    }
+}
