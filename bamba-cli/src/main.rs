@@ -8,6 +8,7 @@ mod generate;
 mod info;
 mod load;
 mod logits;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     /// Throughput in the style of llama-bench: prefill (ppN) and decode (tgN, tgN@dD) at given batch
     /// sizes, with the fraction of the roofline reached; random weights need no checkpoint.
     Bench(BenchArgs),
+    /// An OpenAI-compatible HTTP server (completions, chat, streaming) with continuous batching.
+    Serve(serve::ServeArgs),
 }
 
 /// Options shared by commands that run the model.
@@ -287,5 +290,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info(args) => info::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Serve(args) => serve::run(&args),
     }
 }

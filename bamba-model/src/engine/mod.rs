@@ -119,6 +119,16 @@ impl RequestStream {
         self.events.recv().await
     }
 
+    /// Polls for the next event (for merging several streams by hand).
+    pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Event>> {
+        self.events.poll_recv(cx)
+    }
+
+    /// Cancels the request: the engine frees it within one step; events already sent stay readable.
+    pub fn cancel(&mut self) {
+        self.events.close();
+    }
+
     /// The next event, blocking the thread (not inside an async runtime).
     pub fn next_blocking(&mut self) -> Option<Event> {
         self.events.blocking_recv()

@@ -1,0 +1,147 @@
+//! Prometheus metrics of `bamba serve`, under `bamba:` names and, where the meaning is the same,
+//! vLLM's names too (routers such as the Gateway API Inference Extension scrape those).
+
+use bamba_model::engine::EngineStats;
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, Opts, Registry, TextEncoder};
+use std::sync::atomic::Ordering;
+
+/// Latency buckets in seconds (vLLM's time-to-first-token buckets, which cover the others too).
+const BUCKETS: [f64; 18] =
+    [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0];
+
+/// A metric kept under two names.
+struct Pair<T> {
+    ours: T,
+    vllm: T,
+}
+
+impl Pair<Histogram> {
+    fn observe(&self, v: f64) {
+        self.ours.observe(v);
+        self.vllm.observe(v);
+    }
+}
+
+impl Pair<IntCounter> {
+    fn add(&self, v: u64) {
+        self.ours.inc_by(v);
+        self.vllm.inc_by(v);
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    ttft: Pair<Histogram>,
+    itl: Pair<Histogram>,
+    e2e: Pair<Histogram>,
+    prompt_tokens: Pair<IntCounter>,
+    generation_tokens: Pair<IntCounter>,
+    requests: IntCounter,
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec())).expect("valid histogram");
+    registry.register(Box::new(h.clone())).expect("unique metric name");
+    h
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name, help)).expect("valid counter");
+    registry.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn pair<T>(make: impl Fn(&str) -> T, ours: &str, vllm: &str) -> Pair<T> {
+    Pair { ours: make(ours), vllm: make(vllm) }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        Metrics {
+            ttft: pair(
+                |n| histogram(r, n, "Time from request arrival to its first token, seconds"),
+                "bamba:time_to_first_token_seconds",
+                "vllm:time_to_first_token_seconds",
+            ),
+            itl: pair(
+                |n| histogram(r, n, "Time between two tokens of one request, seconds"),
+                "bamba:inter_token_latency_seconds",
+                "vllm:inter_token_latency_seconds",
+            ),
+            e2e: pair(
+                |n| histogram(r, n, "Time from request arrival to its last token, seconds"),
+                "bamba:e2e_request_latency_seconds",
+                "vllm:e2e_request_latency_seconds",
+            ),
+            prompt_tokens: pair(
+                |n| counter(r, n, "Prompt tokens of finished requests"),
+                "bamba:prompt_tokens_total",
+                "vllm:prompt_tokens_total",
+            ),
+            generation_tokens: pair(
+                |n| counter(r, n, "Tokens generated for finished requests"),
+                "bamba:generation_tokens_total",
+                "vllm:generation_tokens_total",
+            ),
+            requests: counter(r, "bamba:requests_total", "Requests finished, cancelled ones included"),
+            registry,
+        }
+    }
+
+    pub fn first_token(&self, seconds: f64) {
+        self.ttft.observe(seconds);
+    }
+
+    pub fn inter_token(&self, seconds: f64) {
+        self.itl.observe(seconds);
+    }
+
+    pub fn finished(&self, seconds: f64, prompt_tokens: usize, generated: usize) {
+        self.e2e.observe(seconds);
+        self.prompt_tokens.add(prompt_tokens as u64);
+        self.generation_tokens.add(generated as u64);
+        self.requests.inc();
+    }
+
+    /// The text exposition: the histograms and counters above, then the engine's gauges.
+    pub fn render(&self, stats: Option<&EngineStats>) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
+        let mut text = String::from_utf8(out).expect("utf-8 exposition");
+        let load = |g: &std::sync::atomic::AtomicU64| g.load(Ordering::Relaxed);
+        let s = stats;
+        let gauges: [(&str, &str, f64); 8] = [
+            ("bamba:num_requests_running", "Sequences in the decode batch", s.map_or(0, |s| load(&s.running)) as f64),
+            ("vllm:num_requests_running", "Sequences in the decode batch", s.map_or(0, |s| load(&s.running)) as f64),
+            ("bamba:num_requests_waiting", "Requests queued or prefilling", s.map_or(0, |s| load(&s.waiting)) as f64),
+            ("vllm:num_requests_waiting", "Requests queued or prefilling", s.map_or(0, |s| load(&s.waiting)) as f64),
+            (
+                "bamba:cache_bytes",
+                "Bytes of KV cache and recurrent state held",
+                s.map_or(0, |s| load(&s.cache_bytes)) as f64,
+            ),
+            (
+                "bamba:kv_cache_usage_perc",
+                "Share of sequence slots or cache bytes in use (the larger), 0 to 1",
+                s.map_or(0.0, EngineStats::cache_usage),
+            ),
+            (
+                "vllm:kv_cache_usage_perc",
+                "Share of sequence slots or cache bytes in use (the larger), 0 to 1",
+                s.map_or(0.0, EngineStats::cache_usage),
+            ),
+            (
+                "bamba:requests_rejected_total",
+                "Requests refused at submission",
+                s.map_or(0, |s| load(&s.rejected)) as f64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+            text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+        }
+        text
+    }
+}

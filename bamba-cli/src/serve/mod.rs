@@ -1,0 +1,312 @@
+//! `bamba serve`: the serving engine behind an OpenAI-compatible HTTP API (axum on tokio).
+//!
+//! The HTTP side starts first (`/health` answers 503 while the model loads); the engine then runs
+//! on the thread that loaded the model, and requests reach it through an [`EngineHandle`]. SIGTERM
+//! or Ctrl-C drains: no new requests, running ones finish (up to `--drain-timeout`), exit 0.
+
+mod api;
+mod chat_template;
+mod error;
+mod generation;
+mod metrics;
+mod routes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bamba_model::bamba_kernels::BambaOps;
+use bamba_model::engine::{CacheCosts, Engine, EngineConfig, EngineHandle};
+use bamba_model::generate::eos_ids;
+use bamba_model::sizes::MemoryModel;
+use bamba_model::{BambaConfig, Precision, TextTokenizer};
+use clap::Args;
+
+use crate::backend::{dispatch, BackendJob};
+use crate::load::load_model;
+use crate::ModelArgs;
+use chat_template::ChatTemplate;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port, printed at start-up).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The model name clients send and `/v1/models` lists (default: the checkpoint directory's name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Require `Authorization: Bearer KEY` on /v1 routes.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Sequences decoded together at most.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_num_seqs: u32,
+    /// Prompt plus new tokens of one request at most (default: the model's max_position_embeddings, at most 32768).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
+    pub max_model_len: Option<u32>,
+    /// Tokens one engine step processes at most (decodes plus prefill chunks).
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(2..=1_048_576))]
+    pub max_num_batched_tokens: u32,
+    /// Memory for weights and caches, e.g. 70GB (default: no limit beyond --max-num-seqs).
+    #[arg(long, value_parser = crate::memory_bytes)]
+    pub memory: Option<u64>,
+    /// Requests waiting for admission at most; more get 429.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queue: u32,
+    /// A Jinja chat template file (overrides the checkpoint's).
+    #[arg(long)]
+    pub chat_template: Option<PathBuf>,
+    /// Storage dtype of the SSM state between steps.
+    #[arg(long, default_value = "f32", value_parser = crate::dtype_values())]
+    pub state_dtype: Precision,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds running requests get to finish after SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout: u64,
+}
+
+/// What routes need to know of the options.
+pub struct ServeOptions {
+    pub served_model_name: String,
+    pub api_key: Option<String>,
+    pub max_model_len: usize,
+    pub max_body_bytes: usize,
+}
+
+/// Shared by every request.
+pub struct AppState {
+    pub options: ServeOptions,
+    /// Set once the model is loaded.
+    pub engine: OnceLock<EngineHandle>,
+    pub tokenizer: Option<Arc<TextTokenizer>>,
+    pub template: Option<ChatTemplate>,
+    pub eos_ids: Vec<u32>,
+    pub vocab_size: usize,
+    pub metrics: metrics::Metrics,
+    pub created: u64,
+    request_ids: AtomicU64,
+}
+
+impl AppState {
+    pub fn next_request_id(&self) -> u64 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The embedded tiny model's chat template (it was trained on plain text; this only frames turns).
+const TINY_CHAT_TEMPLATE: &str = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}\
+{% if add_generation_prompt %}assistant:{% endif %}";
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let dir = args.common.model_dir()?;
+    let config = BambaConfig::from_path(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let tokenizer = TextTokenizer::from_dir(&dir)?.map(Arc::new);
+    let template = match ChatTemplate::load(&dir, args.chat_template.as_deref())? {
+        Some(t) => Some(t),
+        None if args.common.model.is_none() => {
+            Some(ChatTemplate::new(TINY_CHAT_TEMPLATE.into(), String::new(), String::new())?)
+        }
+        None => None,
+    };
+    let limit = config.max_position_embeddings;
+    let max_model_len = match args.max_model_len {
+        Some(len) if len as usize > limit => {
+            bail!("--max-model-len {len} is more than the model's max_position_embeddings ({limit})")
+        }
+        Some(len) => len as usize,
+        None => limit.min(32768),
+    };
+    if args.max_num_batched_tokens <= args.max_num_seqs {
+        bail!(
+            "--max-num-batched-tokens ({}) must exceed --max-num-seqs ({}): each step decodes one token per sequence",
+            args.max_num_batched_tokens,
+            args.max_num_seqs
+        );
+    }
+    let precision = args.common.precision()?;
+    let served_model_name = args.served_model_name.clone().unwrap_or_else(|| match &args.common.model {
+        Some(d) => d.file_name().map_or("bamba".into(), |n| n.to_string_lossy().into_owned()),
+        None => "bamba-tiny".into(),
+    });
+    let costs = CacheCosts::new(&config, precision.dtype(), args.state_dtype.dtype());
+    let weights = MemoryModel::new(&config, precision.dtype().size() as u64, 0, 0).weight_bytes;
+    let cache_budget = match args.memory {
+        Some(memory) if memory <= weights => {
+            bail!("--memory {memory} bytes does not even hold the weights ({weights} bytes)")
+        }
+        Some(memory) => Some(memory - weights),
+        None => None,
+    };
+    print_memory_plan(weights, costs, cache_budget, args.max_num_seqs as u64, max_model_len as u64);
+    let engine_config = EngineConfig {
+        max_num_seqs: args.max_num_seqs as usize,
+        max_num_batched_tokens: args.max_num_batched_tokens as usize,
+        max_model_len,
+        max_queue: args.max_queue as usize,
+        cache_budget,
+    };
+    let state = Arc::new(AppState {
+        options: ServeOptions {
+            served_model_name,
+            api_key: args.api_key.clone(),
+            max_model_len,
+            max_body_bytes: args.max_body_bytes,
+        },
+        engine: OnceLock::new(),
+        tokenizer,
+        template,
+        eos_ids: eos_ids(&dir, &config.eos_token_ids),
+        vocab_size: config.vocab_size,
+        metrics: metrics::Metrics::new(),
+        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        request_ids: AtomicU64::new(0),
+    });
+    let address: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .or_else(|_| {
+            use std::net::ToSocketAddrs;
+            (args.host.as_str(), args.port).to_socket_addrs().map(|mut a| a.next()).ok().flatten().ok_or(())
+        })
+        .map_err(|_| anyhow::anyhow!("cannot resolve --host {:?}", args.host))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let listener =
+        runtime.block_on(tokio::net::TcpListener::bind(address)).with_context(|| format!("listening on {address}"))?;
+    let bound = listener.local_addr()?;
+    eprintln!("listening on http://{bound}");
+    let drain_timeout = Duration::from_secs(args.drain_timeout);
+    let server_state = state.clone();
+    let server = std::thread::spawn(move || -> Result<()> {
+        runtime.block_on(serve_until_drained(listener, server_state, drain_timeout))
+    });
+    let job = ServeJob { dir, precision, state_dtype: args.state_dtype, config: engine_config, state };
+    let engine_result = dispatch(args.common.backend()?, job);
+    let server_result = server.join().map_err(|_| anyhow::anyhow!("the HTTP thread panicked"))?;
+    engine_result?;
+    server_result
+}
+
+/// Serves until SIGTERM or Ctrl-C, then drains: new requests get 503, running ones finish (at most
+/// `drain_timeout`), and the engine handle is dropped so that the engine thread returns.
+async fn serve_until_drained(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    drain_timeout: Duration,
+) -> Result<()> {
+    let app = routes::router(state.clone());
+    let drain_state = state.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        tracing::info!("draining: no new requests");
+        if let Some(handle) = drain_state.engine.get() {
+            handle.drain();
+        }
+    };
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    // Connections finish within the timeout; after it, the process exits anyway.
+    let state_for_wait = state.clone();
+    let result = tokio::select! {
+        result = served => result.map_err(anyhow::Error::from),
+        _ = async {
+            // wait for the signal, then the timeout
+            loop {
+                if state_for_wait.engine.get().is_some_and(|h| h.stats().draining.load(Ordering::Relaxed)) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(drain_timeout).await;
+        } => {
+            tracing::warn!("drain timeout: closing the remaining connections");
+            Ok(())
+        }
+    };
+    tracing::info!("stopped");
+    std::process::exit(if result.is_ok() { 0 } else { 1 });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn gb(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1_000_000_000 => format!("{:.2} GB", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.2} MB", b as f64 / 1e6),
+        b => format!("{:.1} KB", b as f64 / 1e3),
+    }
+}
+
+fn print_memory_plan(weights: u64, costs: CacheCosts, budget: Option<u64>, max_num_seqs: u64, max_model_len: u64) {
+    eprintln!("memory plan:");
+    eprintln!("  weights            {}", gb(weights));
+    eprintln!("  state per sequence {}", gb(costs.state));
+    eprintln!("  KV per token       {} bytes", costs.kv_per_slot);
+    match budget {
+        Some(b) => eprintln!("  cache budget       {}", gb(b)),
+        None => eprintln!("  cache budget       unbounded (--memory not given); {max_num_seqs} sequences at most"),
+    }
+    for context in [4096u64, 32768] {
+        if context > max_model_len {
+            continue;
+        }
+        let per = costs.state + context * costs.kv_per_slot;
+        let fit = budget.map_or(max_num_seqs, |b| (b / per.max(1)).min(max_num_seqs));
+        eprintln!("  sequences at {context:>5} tokens: {fit} ({} each)", gb(per));
+    }
+}
+
+struct ServeJob {
+    dir: PathBuf,
+    precision: Precision,
+    state_dtype: Precision,
+    config: EngineConfig,
+    state: Arc<AppState>,
+}
+
+impl BackendJob for ServeJob {
+    type Output = ();
+    fn run<B: BambaOps>(self, device: B::Device) -> Result<()> {
+        let (model, took) = load_model::<B>(&self.dir, &device, self.precision)?;
+        tracing::info!(seconds = took.as_secs_f64(), "model loaded");
+        let (engine, handle) = Engine::new(model, self.config, self.state_dtype.dtype())?;
+        if self.state.engine.set(handle).is_err() {
+            bail!("the engine was started twice");
+        }
+        drop(self.state);
+        tracing::info!("ready");
+        engine.run()?;
+        Ok(())
+    }
+}

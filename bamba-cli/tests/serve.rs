@@ -1,0 +1,376 @@
+//! `bamba serve` end to end: a real process on 127.0.0.1 with an ephemeral port and a real HTTP
+//! client. Concurrent streamed requests get transformers' greedy tokens (fixture references) however
+//! they are batched; chat, stop strings, logprobs; every error status; cancellation on disconnect;
+//! overload; drain on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use safetensors::SafeTensors;
+use serde_json::{json, Value};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A `bamba serve` process, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bamba"))
+            .args(["serve", "--port", "0", "--backend", "ndarray"])
+            .args(args)
+            .current_dir(repo())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bamba serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut url = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            log.lock().unwrap().push_str(&format!("{line}\n"));
+            if let Some(address) = line.strip_prefix("listening on ") {
+                url = Some(address.to_string());
+                break;
+            }
+        }
+        let url = url.unwrap_or_else(|| panic!("no address printed: {}", log.lock().unwrap()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        let server = Server { child, url, log };
+        server.wait_for(|s| s.get("/health").status() == StatusCode::OK, "healthy");
+        server
+    }
+
+    fn wait_for(&self, ready: impl Fn(&Server) -> bool, what: &str) {
+        let start = Instant::now();
+        while !ready(self) {
+            assert!(start.elapsed() < Duration::from_secs(60), "not {what} after 60 s: {}", self.log.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn get(&self, path: &str) -> reqwest::blocking::Response {
+        Client::new().get(format!("{}{path}", self.url)).send().unwrap()
+    }
+
+    fn post(&self, path: &str, body: &Value) -> reqwest::blocking::Response {
+        Client::new().post(format!("{}{path}", self.url)).json(body).send().unwrap()
+    }
+
+    /// A gauge or counter from `/metrics`.
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").text().unwrap();
+        let line = text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    fn idle(&self) -> bool {
+        self.metric("vllm:num_requests_running") == 0.0
+            && self.metric("vllm:num_requests_waiting") == 0.0
+            && self.metric("bamba:cache_bytes") == 0.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `data:` payloads of an SSE body, `[DONE]` last.
+fn sse_events(body: impl Read) -> Vec<String> {
+    BufReader::new(body)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+        .collect()
+}
+
+/// Prompts and transformers' greedy continuations of a fixture (generate_i in reference.safetensors).
+fn generate_references(fixture: &str) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let bytes = std::fs::read(repo().join("tests/fixtures").join(fixture).join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ints = |name: &str| -> Vec<u32> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
+    };
+    (0..)
+        .map_while(|i| st.tensor(&format!("generate_{i}.ids")).ok().map(|_| i))
+        .map(|i| (ints(&format!("prompt_{i}.ids")), ints(&format!("generate_{i}.ids"))))
+        .collect()
+}
+
+#[test]
+fn concurrent_streams_get_transformers_tokens() {
+    let server =
+        Server::start(&["--model", "tests/fixtures/base", "--max-num-seqs", "6", "--max-num-batched-tokens", "12"]);
+    let refs = generate_references("base");
+    let jobs: Vec<(usize, usize)> =
+        (0..32).map(|i| (i % refs.len(), 1 + (i * 7) % refs[i % refs.len()].1.len())).collect();
+    let threads: Vec<_> = jobs
+        .iter()
+        .map(|&(r, max_tokens)| {
+            let (url, prompt) = (server.url.clone(), refs[r].0.clone());
+            std::thread::spawn(move || {
+                let body = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true, "ignore_eos": true});
+                let response = Client::new().post(format!("{url}/v1/completions")).json(&body).send().unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                let events = sse_events(response);
+                assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+                let mut ids = Vec::new();
+                for e in &events[..events.len() - 1] {
+                    let v: Value = serde_json::from_str(e).unwrap();
+                    for id in v["choices"][0]["token_ids"].as_array().into_iter().flatten() {
+                        ids.push(id.as_u64().unwrap() as u32);
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    for ((r, max_tokens), thread) in jobs.into_iter().zip(threads) {
+        assert_eq!(thread.join().unwrap(), refs[r].1[..max_tokens], "prompt {r}, max_tokens {max_tokens}");
+    }
+    server.wait_for(Server::idle, "idle");
+    assert_eq!(
+        server.metric("vllm:generation_tokens_total") as usize,
+        (0..32).map(|i| 1 + (i * 7) % refs[i % refs.len()].1.len()).sum::<usize>()
+    );
+}
+
+#[test]
+fn text_completion_chat_stop_strings_and_logprobs() {
+    let server = Server::start(&["--served-model-name", "tiny"]);
+    let models = server.get("/v1/models").json::<Value>().unwrap();
+    assert_eq!(models["data"][0]["id"], "tiny");
+    let body = json!({"model": "tiny", "prompt": "Phileas Fogg", "max_tokens": 12, "temperature": 0, "logprobs": 3, "return_token_ids": true});
+    let out: Value = server.post("/v1/completions", &body).json().unwrap();
+    let choice = &out["choices"][0];
+    let text = choice["text"].as_str().unwrap();
+    assert_eq!(out["usage"]["completion_tokens"], 12);
+    assert_eq!(choice["token_ids"].as_array().unwrap().len(), 12);
+    let lps = &choice["logprobs"];
+    assert_eq!(lps["token_logprobs"].as_array().unwrap().len(), 12);
+    // greedy: the chosen token is the most likely one, and its log-probability is the top one
+    for (lp, top) in lps["token_logprobs"].as_array().unwrap().iter().zip(lps["top_logprobs"].as_array().unwrap()) {
+        let best = top.as_object().unwrap().values().map(|v| v.as_f64().unwrap()).fold(f64::MIN, f64::max);
+        assert!((lp.as_f64().unwrap() - best).abs() < 1e-6 && best <= 0.0);
+    }
+    // the same request through /tokenize + token ids gives the same tokens
+    let ids = server.post("/tokenize", &json!({"prompt": "Phileas Fogg"})).json::<Value>().unwrap()["tokens"].clone();
+    let by_ids: Value = server
+        .post("/v1/completions", &json!({"prompt": ids, "max_tokens": 12, "temperature": 0, "return_token_ids": true}))
+        .json()
+        .unwrap();
+    assert_eq!(by_ids["choices"][0]["token_ids"], choice["token_ids"]);
+    let detok = server.post("/detokenize", &json!({"tokens": choice["token_ids"]})).json::<Value>().unwrap();
+    assert_eq!(detok["prompt"], text);
+    // a stop string taken from the greedy text ends the output just before it
+    let stop: String = text.chars().skip(4).take(3).collect();
+    let cut = text.find(&stop).unwrap();
+    let stopped: Value = server
+        .post("/v1/completions", &json!({"prompt": "Phileas Fogg", "max_tokens": 12, "temperature": 0, "stop": [stop]}))
+        .json()
+        .unwrap();
+    assert_eq!(stopped["choices"][0]["text"], &text[..cut]);
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+    // chat, one-shot and streamed, n = 2 with a seed
+    let chat =
+        json!({"messages": [{"role": "user", "content": "Who is Passepartout?"}], "max_tokens": 8, "n": 2, "seed": 7});
+    let one: Value = server.post("/v1/chat/completions", &chat).json().unwrap();
+    assert_eq!(one["object"], "chat.completion");
+    assert_eq!(one["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(one["choices"][1]["message"]["role"], "assistant");
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let events = sse_events(server.post("/v1/chat/completions", &streamed));
+    let mut texts = [String::new(), String::new()];
+    let mut usage = Value::Null;
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        if let Some(c) = v["choices"].as_array().and_then(|c| c.first()) {
+            texts[c["index"].as_u64().unwrap() as usize].push_str(c["delta"]["content"].as_str().unwrap_or(""));
+        } else {
+            usage = v["usage"].clone();
+        }
+    }
+    for i in 0..2 {
+        assert_eq!(
+            texts[i],
+            one["choices"][i]["message"]["content"].as_str().unwrap(),
+            "choice {i}: same seed, same text"
+        );
+    }
+    assert_eq!(usage["completion_tokens"], one["usage"]["completion_tokens"]);
+}
+
+#[test]
+fn bad_requests_get_openai_errors() {
+    let server = Server::start(&["--api-key", "sesame", "--max-model-len", "64", "--max-body-bytes", "2000"]);
+    let client = Client::new();
+    let post = |path: &str, body: String, key: Option<&str>| {
+        let mut r = client.post(format!("{}{path}", server.url)).header("content-type", "application/json").body(body);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send().unwrap()
+    };
+    let ok = json!({"prompt": "Fogg", "max_tokens": 2}).to_string();
+    let check = |response: reqwest::blocking::Response, status: StatusCode, needle: &str| {
+        assert_eq!(response.status(), status, "{needle}");
+        let v: Value = response.json().unwrap();
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+        assert_eq!(v["error"]["code"], status.as_u16());
+    };
+    check(post("/v1/completions", ok.clone(), None), StatusCode::UNAUTHORIZED, "API key");
+    check(post("/v1/completions", ok.clone(), Some("wrong")), StatusCode::UNAUTHORIZED, "API key");
+    assert_eq!(post("/v1/completions", ok.clone(), Some("sesame")).status(), StatusCode::OK);
+    let key = Some("sesame");
+    check(post("/v1/completions", "{\"prompt\": ".into(), key), StatusCode::BAD_REQUEST, "malformed JSON");
+    check(
+        post("/v1/completions", json!({"prompt": "x", "max_tokens": "many"}).to_string(), key),
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
+    check(post("/v1/completions", json!({"prompt": {"a": 1}}).to_string(), key), StatusCode::BAD_REQUEST, "invalid");
+    check(
+        post("/v1/completions", json!({"prompt": "x", "max_tokens": 100}).to_string(), key),
+        StatusCode::BAD_REQUEST,
+        "This model's maximum context length is 64 tokens",
+    );
+    check(
+        post("/v1/completions", json!({"prompt": [1, 999999]}).to_string(), key),
+        StatusCode::BAD_REQUEST,
+        "outside the vocabulary",
+    );
+    check(
+        post("/v1/completions", json!({"prompt": "x", "temperature": -1}).to_string(), key),
+        StatusCode::BAD_REQUEST,
+        "temperature",
+    );
+    check(
+        post("/v1/completions", json!({"prompt": "x", "top_p": 0}).to_string(), key),
+        StatusCode::BAD_REQUEST,
+        "top-p",
+    );
+    check(post("/v1/completions", json!({"prompt": "x", "n": 0}).to_string(), key), StatusCode::BAD_REQUEST, "n must");
+    check(
+        post("/v1/completions", json!({"prompt": "x", "stop": [""]}).to_string(), key),
+        StatusCode::BAD_REQUEST,
+        "stop",
+    );
+    check(post("/v1/completions", json!({"prompt": []}).to_string(), key), StatusCode::BAD_REQUEST, "empty");
+    check(
+        post("/v1/completions", json!({"prompt": "x", "model": "gpt-4"}).to_string(), key),
+        StatusCode::NOT_FOUND,
+        "does not exist",
+    );
+    check(post("/v1/chat/completions", json!({"messages": []}).to_string(), key), StatusCode::BAD_REQUEST, "messages");
+    check(
+        post("/v1/chat/completions", json!({"messages": [{"content": "no role"}]}).to_string(), key),
+        StatusCode::BAD_REQUEST,
+        "role",
+    );
+    check(post("/v1/completions", "x".repeat(5000), key), StatusCode::PAYLOAD_TOO_LARGE, "larger than 2000 bytes");
+    // a body without Content-Length that runs past the limit
+    let chunks = chunked_body(5000);
+    let response =
+        client.post(format!("{}/v1/completions", server.url)).bearer_auth("sesame").body(chunks).send().unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(server.metric("bamba:num_requests_running"), 0.0);
+}
+
+/// A streamed (chunked, no Content-Length) body of `len` bytes.
+fn chunked_body(len: usize) -> reqwest::blocking::Body {
+    reqwest::blocking::Body::new(std::io::Cursor::new(vec![b' '; len]))
+}
+
+#[test]
+fn a_checkpoint_without_chat_template_refuses_chat() {
+    let server = Server::start(&["--model", "tests/fixtures/base"]);
+    let r = server.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = server.post("/v1/completions", &json!({"prompt": "text needs a tokenizer"}));
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().unwrap().contains("no tokenizer.json"));
+}
+
+#[test]
+fn a_disconnected_stream_is_cancelled_and_overload_gets_429() {
+    let server = Server::start(&["--max-num-seqs", "1", "--max-num-batched-tokens", "64", "--max-queue", "1"]);
+    let long = json!({"prompt": "Fogg", "max_tokens": 2000, "ignore_eos": true, "stream": true});
+    let mut running = server.post("/v1/completions", &long);
+    let mut first = [0u8; 64];
+    running.read_exact(&mut first).unwrap();
+    drop(running);
+    server.wait_for(Server::idle, "idle after the client left");
+    assert!(server.metric("vllm:generation_tokens_total") < 2000.0, "the cancelled request ran on");
+    // one sequence runs and one request may wait: of 8 at once, some are refused with 429
+    let url = server.url.clone();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let body = json!({"prompt": "Fogg", "max_tokens": 300, "ignore_eos": true});
+                let r = Client::new().post(format!("{url}/v1/completions")).json(&body).send().unwrap();
+                let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                (r.status(), retry)
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let refused = results.iter().filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert!(refused >= 1, "{results:?}");
+    for (status, retry) in &results {
+        match *status {
+            StatusCode::OK => {}
+            StatusCode::TOO_MANY_REQUESTS => assert_eq!(retry.as_deref(), Some("1")),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(server.metric("bamba:requests_rejected_total") >= refused as f64);
+    server.wait_for(Server::idle, "idle");
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_drains_running_requests_and_exits_zero() {
+    let mut server = Server::start(&[]);
+    let url = server.url.clone();
+    let request = std::thread::spawn(move || {
+        let body = json!({"prompt": "Fogg", "max_tokens": 400, "ignore_eos": true, "temperature": 0});
+        Client::new().post(format!("{url}/v1/completions")).json(&body).send().unwrap().json::<Value>().unwrap()
+    });
+    server.wait_for(|s| s.metric("vllm:num_requests_running") == 1.0, "running");
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let done = request.join().unwrap();
+    assert_eq!(done["usage"]["completion_tokens"], 400, "the running request finished");
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+}
