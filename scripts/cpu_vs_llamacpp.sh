@@ -16,22 +16,7 @@ rounds=${2:-2}
 threads=$(nproc)
 mkdir -p "$work"
 
-python3 -c "import torch, transformers, safetensors, cmake, ninja" 2>/dev/null ||
-  python3 -m pip install -q torch transformers safetensors cmake ninja
-
-llama=$(python3 scripts/fetch_llama_cpp.py "$work")
-if [ ! -x "$llama/build/bin/llama-batched-bench" ]; then
-  cmake -S "$llama" -B "$llama/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF >/dev/null
-  cmake --build "$llama/build" --target llama-bench llama-batched-bench -j "$threads" >/dev/null
-fi
-
-checkpoint="$work/cpu-bamba-114m"
-if [ ! -f "$checkpoint.gguf" ]; then
-  python3 scripts/random_checkpoint.py benches/configs/cpu-bamba-114m.json "$checkpoint" --dtype f32 \
-    --tokenizer bamba-cli/assets/tiny-bamba
-  python3 scripts/gguf_convert.py "$llama" "$checkpoint" "$checkpoint.gguf" --outtype f32 >/dev/null 2>&1
-fi
+source scripts/llamacpp_setup.sh "$work" llama-bench llama-batched-bench
 
 cargo build --release -q -p bamba-cli
 bamba=target/release/bamba

@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod bench_serve;
 mod cpu_profile;
 mod default_model;
 mod generate;
@@ -40,6 +41,8 @@ enum Command {
     /// Throughput in the style of llama-bench: prefill (ppN) and decode (tgN, tgN@dD) at given batch
     /// sizes, with the fraction of the roofline reached; random weights need no checkpoint.
     Bench(BenchArgs),
+    /// A serving benchmark against an OpenAI-compatible server (throughput, TTFT, TPOT, ITL, latency).
+    BenchServe(bench_serve::BenchServeArgs),
     /// An OpenAI-compatible HTTP server (completions, chat, streaming) with continuous batching.
     Serve(serve::ServeArgs),
 }
@@ -291,5 +294,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::BenchServe(args) => bench_serve::run(args),
     }
 }

@@ -21,8 +21,9 @@ use anyhow::{bail, Context, Result};
 use bamba_model::bamba_kernels::BambaOps;
 use bamba_model::engine::{CacheCosts, Engine, EngineConfig, EngineHandle};
 use bamba_model::generate::eos_ids;
+use bamba_model::presets::preset;
 use bamba_model::sizes::MemoryModel;
-use bamba_model::{BambaConfig, Precision, TextTokenizer};
+use bamba_model::{BambaConfig, BambaModel, Precision, TextTokenizer};
 use clap::Args;
 
 use crate::backend::{dispatch, BackendJob};
@@ -34,6 +35,13 @@ use chat_template::ChatTemplate;
 pub struct ServeArgs {
     #[command(flatten)]
     pub common: ModelArgs,
+    /// Serve a named shape (bamba-9b, llama-8b-shape) with seeded random weights on token-id prompts
+    /// (for serving benchmarks without a checkpoint).
+    #[arg(long, conflicts_with_all = ["model", "config"])]
+    pub preset: Option<String>,
+    /// Serve the shape of this config.json with seeded random weights, like --preset.
+    #[arg(long, conflicts_with = "model")]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -113,14 +121,29 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let dir = args.common.model_dir()?;
-    let config = BambaConfig::from_path(&dir).with_context(|| format!("reading {}", dir.display()))?;
-    let tokenizer = TextTokenizer::from_dir(&dir)?.map(Arc::new);
-    let template = match ChatTemplate::load(&dir, args.chat_template.as_deref())? {
-        Some(t) => Some(t),
-        None if args.common.model.is_none() => {
-            Some(ChatTemplate::new(TINY_CHAT_TEMPLATE.into(), String::new(), String::new())?)
+    let (dir, config) = match (&args.preset, &args.config) {
+        (Some(name), _) => (None, preset(name)?),
+        (None, Some(file)) => {
+            (None, BambaConfig::from_path(file).with_context(|| format!("reading {}", file.display()))?)
         }
+        (None, None) => {
+            let dir = args.common.model_dir()?;
+            let config = BambaConfig::from_path(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            (Some(dir), config)
+        }
+    };
+    let tokenizer = match &dir {
+        Some(dir) => TextTokenizer::from_dir(dir)?.map(Arc::new),
+        None => None,
+    };
+    let template = match &dir {
+        Some(dir) => match ChatTemplate::load(dir, args.chat_template.as_deref())? {
+            Some(t) => Some(t),
+            None if args.common.model.is_none() => {
+                Some(ChatTemplate::new(TINY_CHAT_TEMPLATE.into(), String::new(), String::new())?)
+            }
+            None => None,
+        },
         None => None,
     };
     let limit = config.max_position_embeddings;
@@ -139,10 +162,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         );
     }
     let precision = args.common.precision()?;
-    let served_model_name = args.served_model_name.clone().unwrap_or_else(|| match &args.common.model {
-        Some(d) => d.file_name().map_or("bamba".into(), |n| n.to_string_lossy().into_owned()),
-        None => "bamba-tiny".into(),
-    });
+    let served_model_name =
+        args.served_model_name.clone().unwrap_or_else(|| match (&args.common.model, &args.preset, &args.config) {
+            (Some(d), _, _) => d.file_name().map_or("bamba".into(), |n| n.to_string_lossy().into_owned()),
+            (None, Some(name), _) => name.clone(),
+            (None, None, Some(file)) => file.file_stem().map_or("bamba".into(), |n| n.to_string_lossy().into_owned()),
+            (None, None, None) => "bamba-tiny".into(),
+        });
     let costs = CacheCosts::new(&config, precision.dtype(), args.state_dtype.dtype());
     let weights = MemoryModel::new(&config, precision.dtype().size() as u64, 0, 0).weight_bytes;
     let cache_budget = match args.memory {
@@ -170,7 +196,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         engine: OnceLock::new(),
         tokenizer,
         template,
-        eos_ids: eos_ids(&dir, &config.eos_token_ids),
+        eos_ids: match &dir {
+            Some(dir) => eos_ids(dir, &config.eos_token_ids),
+            None => config.eos_token_ids.clone(),
+        },
         vocab_size: config.vocab_size,
         metrics: metrics::Metrics::new(),
         created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -193,7 +222,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let server = std::thread::spawn(move || -> Result<()> {
         runtime.block_on(serve_until_drained(listener, server_state, drain_timeout))
     });
-    let job = ServeJob { dir, precision, state_dtype: args.state_dtype, config: engine_config, state };
+    let weights = match dir {
+        Some(dir) => Weights::Checkpoint(dir),
+        None => Weights::Random(config),
+    };
+    let job = ServeJob { weights, precision, state_dtype: args.state_dtype, config: engine_config, state };
     let engine_result = dispatch(args.common.backend()?, job);
     let server_result = server.join().map_err(|_| anyhow::anyhow!("the HTTP thread panicked"))?;
     engine_result?;
@@ -287,8 +320,15 @@ fn print_memory_plan(weights: u64, costs: CacheCosts, budget: Option<u64>, max_n
     }
 }
 
+/// Where the weights come from.
+enum Weights {
+    Checkpoint(PathBuf),
+    /// Seeded random weights of this shape (their outputs mean nothing).
+    Random(BambaConfig),
+}
+
 struct ServeJob {
-    dir: PathBuf,
+    weights: Weights,
     precision: Precision,
     state_dtype: Precision,
     config: EngineConfig,
@@ -298,8 +338,18 @@ struct ServeJob {
 impl BackendJob for ServeJob {
     type Output = ();
     fn run<B: BambaOps>(self, device: B::Device) -> Result<()> {
-        let (model, took) = load_model::<B>(&self.dir, &device, self.precision)?;
-        tracing::info!(seconds = took.as_secs_f64(), "model loaded");
+        let model = match self.weights {
+            Weights::Checkpoint(dir) => {
+                let (model, took) = load_model::<B>(&dir, &device, self.precision)?;
+                tracing::info!(seconds = took.as_secs_f64(), "model loaded");
+                model
+            }
+            Weights::Random(config) => {
+                let model = BambaModel::<B>::random(config, &device, self.precision, 0)?;
+                tracing::info!("random weights made");
+                model
+            }
+        };
         let (engine, handle) = Engine::new(model, self.config, self.state_dtype.dtype())?;
         if self.state.engine.set(handle).is_err() {
             bail!("the engine was started twice");
