@@ -17,7 +17,7 @@ fn greedy_generation_matches_transformers() {
         let tolerance = (10.0 * floor).max(2e-5).min(1e-3); // as tests/parity.rs
         let dir = fixtures_dir().join(&name);
         let model = BambaModel::<TestBackend>::load(&dir, &Default::default(), Precision::F32).unwrap();
-        let eos = eos_ids(&dir, &model.config.eos_token_ids);
+        let eos = eos_ids(&dir, &model.config.eos_token_ids).unwrap();
         for (i, r) in generate_references(&name).iter().enumerate() {
             for chunk in [None, Some(4)] {
                 let p = GenerateParams { prefill_chunk: chunk, ..greedy_params(r.ids.len(), eos.clone()) };

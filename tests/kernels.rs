@@ -958,6 +958,39 @@ fn check_tiny_model<B: BambaOps>(device: &B::Device, tolerance: f32) {
     }
 }
 
+/// The serving engine on this backend: the tiny model's transformers generations, submitted together
+/// to an engine of 2 rows that prefills 5 tokens per step, so that rows of different lengths join and
+/// leave the decode batch mid-flight; each gets transformers' tokens.
+fn check_serving_engine<B: BambaOps>(device: &B::Device) {
+    use bamba::model::engine::{Engine, EngineConfig, Event, Request, RequestParams};
+    let reference = tiny_reference();
+    let model = BambaModel::<B>::load(tiny_dir(), device, Precision::F32).unwrap();
+    let config = EngineConfig { max_num_seqs: 2, max_num_batched_tokens: 5, max_model_len: 512, ..Default::default() };
+    let (engine, handle) = Engine::new(model, config, DType::F32).unwrap();
+    let thread = std::thread::spawn(move || engine.run().unwrap());
+    let generations = reference["generations"].as_array().unwrap();
+    let mut streams: Vec<_> = generations
+        .iter()
+        .map(|g| {
+            let params = RequestParams { max_tokens: json_ids(&g["generated_ids"]).len(), ..Default::default() };
+            handle.submit(Request { prompt: json_ids(&g["prompt_ids"]), params }).unwrap()
+        })
+        .collect();
+    for (g, stream) in generations.iter().zip(&mut streams) {
+        let mut ids = Vec::new();
+        while let Some(event) = stream.next_blocking() {
+            match event {
+                Event::Token(t) => ids.push(t.id),
+                Event::Finished { .. } => break,
+                Event::Failed(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(ids, json_ids(&g["generated_ids"]), "{} on {}", g["prompt"], B::name(device));
+    }
+    drop(handle);
+    thread.join().unwrap();
+}
+
 /// `BambaOps::upload_weight` puts exactly the bytes `fill` writes on the device, in every dtype, for
 /// a tensor of one element, one of a few, and one of two pinned pieces on CUDA (32 + 8.04 MiB, not a
 /// multiple of anything; the tensors in turn cycle through all four pinned buffers), and a kernel
@@ -1067,6 +1100,11 @@ macro_rules! backend_tests {
             #[test]
             fn tiny_model_generates_like_transformers() {
                 check_tiny_model::<$backend>(&$device, $model_tolerance(0.0));
+            }
+
+            #[test]
+            fn serving_engine_matches_transformers() {
+                check_serving_engine::<$backend>(&$device);
             }
 
             #[test]

@@ -70,7 +70,7 @@ fn joining_and_leaving_requests_get_transformers_tokens() {
     for name in ["base", "attn_last_4x", "biases_head_dim", "groups2_tied"] {
         let dir = fixtures_dir().join(name);
         let model = load(name);
-        let eos = eos_ids(&dir, &model.config.eos_token_ids);
+        let eos = eos_ids(&dir, &model.config.eos_token_ids).unwrap();
         let refs = generate_references(name);
         // 3 rows at most and 5 tokens per step: prompts are prefilled in chunks beside running
         // decodes, and rows of different lengths join while others run and leave.

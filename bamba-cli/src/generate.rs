@@ -9,7 +9,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use bamba_model::bamba_kernels::BambaOps;
 use bamba_model::generate::eos_ids;
-use bamba_model::{GenerateParams, Generation, Sampler, SamplingParams, StopStrings, TextStream, TextTokenizer};
+use bamba_model::{
+    BambaConfig, GenerateParams, Generation, Sampler, SamplingParams, StopStrings, TextStream, TextTokenizer,
+};
 use serde_json::json;
 
 use crate::backend::{dispatch, BackendJob};
@@ -127,12 +129,14 @@ impl BackendJob for GenerateJob<'_> {
         };
         sampling.validate()?; // before the weights load, which can take minutes
         let prompts = prompts(args, tokenizer.as_ref(), &dir)?;
+        let config = BambaConfig::from_path(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        let eos = eos_ids(&dir, &config.eos_token_ids)?;
         let precision = args.common.precision()?;
         let (model, load_time) = load_model::<B>(&dir, &device, precision)?;
         let load_secs = load_time.as_secs_f64();
         let params = GenerateParams {
             max_new_tokens: args.max_new_tokens,
-            eos_ids: eos_ids(&dir, &model.config.eos_token_ids),
+            eos_ids: eos,
             ignore_eos: args.ignore_eos,
             prefill_chunk: args.prefill_chunk,
             state_dtype: args.state_dtype.dtype(),

@@ -488,3 +488,61 @@ fn prompt_from_stdin_equals_the_inline_prompt() {
     }
     assert!(field(&piped.stdout, "generated_ids").as_array().is_some_and(|a| !a.is_empty()));
 }
+
+/// A copy of a fixture checkpoint in a temp dir, to break one file of.
+fn fixture_copy(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo().join("tests/fixtures").join(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+/// Runs bamba with a deadline: a hang is a failure, not a stuck test.
+fn bamba_within(args: &[&str], seconds: u64) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bamba"))
+        .args(args)
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() >= seconds {
+            child.kill().unwrap();
+            panic!("bamba {args:?} still running after {seconds} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn special_files_and_malformed_generation_config_are_clear_errors() {
+    let expect = |dir: &Path, needle: &str| {
+        let d = dir.to_str().unwrap();
+        let out = bamba_within(&["generate", "--model", d, "--prompt-ids", "1,2", "--max-new-tokens", "1"], 60);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(needle), "{needle:?} not in {stderr}");
+    };
+    // a FIFO in place of the weights would block the open forever
+    let dir = fixture_copy("base");
+    let weights = dir.path().join("model.safetensors");
+    std::fs::remove_file(&weights).unwrap();
+    let c = std::ffi::CString::new(weights.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid C string path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    expect(dir.path(), "a FIFO, not a regular file");
+    // /dev/zero behind config.json would be read until memory runs out
+    let dir = fixture_copy("base");
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("config.json")).unwrap();
+    expect(dir.path(), "a device, not a regular file");
+    // a generation_config.json that does not parse is reported, not ignored
+    let dir = fixture_copy("base");
+    std::fs::write(dir.path().join("generation_config.json"), "{\"eos_token_id\": \"two\"").unwrap();
+    expect(dir.path(), "malformed generation config");
+}

@@ -19,6 +19,8 @@ pub enum ConfigError {
     UnknownPreset { name: String, known: String },
     #[error("cannot read config {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error("malformed generation config {path}: {message}")]
+    GenerationConfig { path: String, message: String },
     #[error("malformed config.json: {0}")]
     Json(#[from] serde_json::Error),
     #[error("unsupported model_type {0:?}: this engine runs \"bamba\"")]
@@ -311,7 +313,7 @@ impl BambaConfig {
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&file)
+        let text = crate::files::read_text(&file, crate::files::TEXT_LIMIT)
             .map_err(|source| ConfigError::Io { path: file.display().to_string(), source })?;
         Self::from_json(&text)
     }

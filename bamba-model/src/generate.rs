@@ -5,10 +5,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bamba_kernels::BambaOps;
-use burn::tensor::DType;
+use burn::tensor::{DType, Tensor};
 use thiserror::Error;
 
 use crate::cache::{CacheError, HybridCache};
+use crate::config::ConfigError;
 use crate::model::{BambaModel, InputError};
 use crate::padding::LeftPadding;
 use crate::sampling::{Sampler, SamplingError};
@@ -63,6 +64,14 @@ pub struct GenerateParams {
     pub keep_logits: bool,
 }
 
+/// What a step hands the sampling loop.
+enum Choices {
+    /// Each row's greedy token, chosen on the device.
+    Ids(Vec<u32>),
+    /// Each row's logits, for the host to sample from.
+    Logits(Vec<Vec<f32>>),
+}
+
 /// The outcome of one generation.
 #[derive(Debug, Clone)]
 pub struct Generation {
@@ -76,8 +85,9 @@ pub struct Generation {
     pub step_logits: Vec<Vec<f32>>,
 }
 
-/// End-of-sequence ids: generation_config.json's `eos_token_id` if present, else config.json's.
-pub fn eos_ids(dir: &Path, config_eos: &[u32]) -> Vec<u32> {
+/// End-of-sequence ids: generation_config.json's `eos_token_id` if present, else config.json's. A
+/// generation_config.json that exists but cannot be read or parsed is an error, not ignored.
+pub fn eos_ids(dir: &Path, config_eos: &[u32]) -> Result<Vec<u32>, ConfigError> {
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
     enum Ids {
@@ -88,23 +98,48 @@ pub fn eos_ids(dir: &Path, config_eos: &[u32]) -> Vec<u32> {
     struct GenerationConfig {
         eos_token_id: Option<Ids>,
     }
-    let parsed = std::fs::read_to_string(dir.join("generation_config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<GenerationConfig>(&t).ok())
-        .and_then(|g| g.eos_token_id);
-    match parsed {
+    let path = dir.join("generation_config.json");
+    if !path.exists() {
+        return Ok(config_eos.to_vec());
+    }
+    let bad = |message: String| ConfigError::GenerationConfig { path: path.display().to_string(), message };
+    let text = crate::files::read_text(&path, crate::files::TEXT_LIMIT).map_err(|e| bad(e.to_string()))?;
+    let parsed: GenerationConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    Ok(match parsed.eos_token_id {
         Some(Ids::One(id)) => vec![id],
         Some(Ids::Many(ids)) => ids,
         None => config_eos.to_vec(),
-    }
+    })
+}
+
+/// Each row's argmax over the last axis, taken on the device: only the ids come back, not the
+/// `[rows, vocab]` logits (32 MB per step for 64 rows of a 128K vocabulary). Greedy decoding takes this
+/// path in both [`BambaModel::generate_batch`] and the serving engine, so that the two agree even where
+/// a row holds two equal maxima.
+///
+/// # Shapes
+/// - `logits`: `[rows, 1, vocab]` → `rows` ids
+pub fn device_argmax<B: BambaOps>(logits: Tensor<B, 3>) -> Vec<u32> {
+    let rows = logits.dims()[0];
+    let ids = logits.argmax(2).reshape([rows]).into_data().convert::<i64>();
+    ids.to_vec::<i64>().expect("i64 after convert").into_iter().map(|i| i as u32).collect()
 }
 
 impl<B: BambaOps> BambaModel<B> {
-    /// Feeds one column of tokens per row through the cache and reads back each row's last logits.
-    fn next_logits(&self, rows: &[Vec<u32>], cache: &mut HybridCache<B>) -> Result<Vec<Vec<f32>>, GenerateError> {
+    /// Feeds one column of tokens per row through the cache; returns each row's argmax taken on the
+    /// device (`on_device`) or each row's last logits on the host.
+    fn next_choices(
+        &self,
+        rows: &[Vec<u32>],
+        cache: &mut HybridCache<B>,
+        on_device: bool,
+    ) -> Result<Choices, GenerateError> {
         let logits = self.forward_cached(self.ids_tensor(rows)?, cache, true)?;
+        if on_device {
+            return Ok(Choices::Ids(device_argmax(logits)));
+        }
         let flat = logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
-        Ok(flat.chunks_exact(self.config.vocab_size).map(<[f32]>::to_vec).collect())
+        Ok(Choices::Logits(flat.chunks_exact(self.config.vocab_size).map(<[f32]>::to_vec).collect()))
     }
 
     /// Generates up to `params.max_new_tokens` tokens after `prompt`. `on_token` sees each new token
@@ -167,12 +202,13 @@ impl<B: BambaOps> BambaModel<B> {
         let mut cache = self.new_cache(rows.len(), capacity, params.state_dtype)?;
         cache.set_padding(padding)?;
 
+        let on_device = !params.keep_logits && samplers.iter().all(Sampler::is_plain_greedy);
         let start = Instant::now();
-        let mut logits = Vec::new();
+        let mut choices = Choices::Ids(Vec::new());
         for begin in (0..width).step_by(chunk) {
             let end = (begin + chunk).min(width);
             let part: Vec<Vec<u32>> = rows.iter().map(|r| r[begin..end].to_vec()).collect();
-            logits = self.next_logits(&part, &mut cache)?;
+            choices = self.next_choices(&part, &mut cache, on_device)?;
         }
         let prefill_time = start.elapsed();
 
@@ -180,15 +216,21 @@ impl<B: BambaOps> BambaModel<B> {
         let mut histories: Vec<Vec<u32>> = prompts.to_vec();
         let mut active = vec![true; rows.len()];
         loop {
-            for (r, row_logits) in logits.iter_mut().enumerate() {
+            for r in 0..rows.len() {
                 if !active[r] {
                     continue;
                 }
-                let token = samplers[r].sample(row_logits, &histories[r]);
                 let gen = &mut out[r];
-                if params.keep_logits {
-                    gen.step_logits.push(std::mem::take(row_logits));
-                }
+                let token = match &mut choices {
+                    Choices::Ids(ids) => ids[r],
+                    Choices::Logits(logits) => {
+                        let token = samplers[r].sample(&logits[r], &histories[r]);
+                        if params.keep_logits {
+                            gen.step_logits.push(std::mem::take(&mut logits[r]));
+                        }
+                        token
+                    }
+                };
                 gen.ids.push(token);
                 histories[r].push(token);
                 let keep_going = on_token(r, token);
@@ -205,7 +247,7 @@ impl<B: BambaOps> BambaModel<B> {
                 break;
             }
             let column: Vec<Vec<u32>> = histories.iter().map(|h| vec![*h.last().expect("non-empty")]).collect();
-            logits = self.next_logits(&column, &mut cache)?;
+            choices = self.next_choices(&column, &mut cache, on_device)?;
         }
         let decode_time = start.elapsed();
         for gen in &mut out {

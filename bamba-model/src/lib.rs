@@ -8,6 +8,7 @@ pub mod attention;
 pub mod cache;
 pub mod config;
 pub mod engine;
+pub mod files;
 pub mod generate;
 pub mod layer;
 pub mod linear;

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -107,7 +106,7 @@ struct Shard {
 
 impl Shard {
     fn open(path: PathBuf) -> Result<Self, LoadError> {
-        let file = File::open(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
+        let file = crate::files::open_regular(&path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
         // SAFETY: the mapping is read-only; a checkpoint modified while loading is outside our contract.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io { path: path.clone(), source })?;
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
@@ -135,7 +134,7 @@ impl Checkpoint {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let (files, claimed): (Vec<PathBuf>, HashMap<String, PathBuf>) = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path)
+            let text = crate::files::read_text(&index_path, crate::files::TEXT_LIMIT)
                 .map_err(|source| LoadError::Io { path: index_path.clone(), source })?;
             let index: ShardIndex = serde_json::from_str(&text)
                 .map_err(|e| LoadError::Index { path: index_path.clone(), message: e.to_string() })?;

@@ -142,6 +142,12 @@ impl Sampler {
         &self.params
     }
 
+    /// Greedy with no penalty: the token is the argmax of the raw logits, which the device can take
+    /// without the logits coming back to the host.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.params.temperature == 0.0 && self.params.repetition_penalty == 1.0
+    }
+
     /// The next token for one row of logits; `history` is the prompt plus tokens generated so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let mut logits = logits.to_vec();

@@ -36,6 +36,8 @@ impl TextTokenizer {
         if !path.exists() {
             return Ok(None);
         }
+        crate::files::read_text(&path, crate::files::TEXT_LIMIT)
+            .map_err(|e| TokenizerError::Malformed { path: path.clone(), reason: e.to_string() })?;
         let inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| TokenizerError::Malformed { path: path.clone(), reason: e.to_string() })?;
         Ok(Some(TextTokenizer { inner }))

@@ -197,7 +197,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         tokenizer,
         template,
         eos_ids: match &dir {
-            Some(dir) => eos_ids(dir, &config.eos_token_ids),
+            Some(dir) => eos_ids(dir, &config.eos_token_ids)?,
             None => config.eos_token_ids.clone(),
         },
         vocab_size: config.vocab_size,

@@ -10,13 +10,21 @@ use burn::tensor::DType;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::memory::{CacheCosts, SequenceSpan};
-use super::request::{token_event, Event};
+use super::request::{token_event, Event, TokenEvent};
 use super::stats::EngineStats;
 use super::{EngineConfig, EngineConfigError, EngineHandle, Limits, Request, Submission};
 use crate::cache::HybridCache;
-use crate::generate::{FinishReason, GenerateError};
+use crate::generate::{device_argmax, FinishReason, GenerateError};
 use crate::model::BambaModel;
 use crate::sampling::Sampler;
+
+/// A step's outcome for one sequence.
+enum Choice<'a> {
+    /// Its greedy token, chosen on the device.
+    Id(u32),
+    /// Its logits, to sample from on the host.
+    Logits(&'a [f32]),
+}
 
 /// One request inside the engine.
 struct Sequence<B: BambaOps> {
@@ -43,12 +51,23 @@ impl<B: BambaOps> Sequence<B> {
         self.events.is_closed()
     }
 
-    /// Samples from one row of logits and sends the token; `Some(reason)` when the sequence ends.
-    fn take_token(&mut self, logits: &[f32]) -> Option<FinishReason> {
+    /// Whether its next token can be chosen on the device (greedy, no penalty, no log-probabilities).
+    fn device_greedy(&self) -> bool {
+        self.sampler.is_plain_greedy() && self.request.params.logprobs.is_none()
+    }
+
+    /// Takes the token chosen on the device, or samples one from this row's logits; sends it.
+    /// `Some(reason)` when the sequence ends.
+    fn take_token(&mut self, choice: Choice<'_>) -> Option<FinishReason> {
         let params = &self.request.params;
-        let id = self.sampler.sample(logits, &self.history);
+        let (id, event) = match choice {
+            Choice::Id(id) => (id, TokenEvent { id, logprob: None, top_logprobs: Vec::new() }),
+            Choice::Logits(logits) => {
+                let id = self.sampler.sample(logits, &self.history);
+                (id, token_event(id, logits, params.logprobs))
+            }
+        };
         self.history.push(id);
-        let event = token_event(id, logits, params.logprobs);
         let reason = if !params.ignore_eos && params.eos_ids.contains(&id) {
             Some(FinishReason::Eos)
         } else if params.stop_token_ids.contains(&id) {
@@ -273,10 +292,16 @@ impl<B: BambaOps> Engine<B> {
             if done + chunk < len {
                 continue;
             }
-            let logits = logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
             let mut seq = self.prefilling.pop_front().expect("front exists");
             EngineStats::add(&self.stats.generation_tokens, 1);
-            match seq.take_token(&logits) {
+            let host;
+            let choice = if seq.device_greedy() {
+                Choice::Id(device_argmax(logits)[0])
+            } else {
+                host = logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
+                Choice::Logits(&host)
+            };
+            match seq.take_token(choice) {
                 Some(reason) => {
                     seq.finish(reason);
                     EngineStats::add(&self.stats.finished, 1);
@@ -319,11 +344,18 @@ impl<B: BambaOps> Engine<B> {
         let column: Vec<Vec<u32>> = self.running.iter().map(|s| vec![*s.history.last().expect("a token")]).collect();
         let ids = self.model.ids_tensor(&column)?;
         let logits = self.model.forward_cached(ids, batch, true)?;
-        let flat = logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
+        // Logits come back only when some row samples or reports log-probabilities.
+        let (ids, flat) = if self.running.iter().all(Sequence::device_greedy) {
+            (device_argmax(logits), Vec::new())
+        } else {
+            (Vec::new(), logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast"))
+        };
+        let vocab = self.model.config.vocab_size;
         let mut keep = Vec::with_capacity(self.running.len());
-        for (r, (seq, row)) in self.running.iter_mut().zip(flat.chunks_exact(self.model.config.vocab_size)).enumerate()
-        {
-            match seq.take_token(row) {
+        for (r, seq) in self.running.iter_mut().enumerate() {
+            let choice =
+                if ids.is_empty() { Choice::Logits(&flat[r * vocab..(r + 1) * vocab]) } else { Choice::Id(ids[r]) };
+            match seq.take_token(choice) {
                 Some(reason) => {
                     seq.finish(reason);
                     EngineStats::add(&self.stats.finished, 1);
