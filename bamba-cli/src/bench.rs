@@ -371,10 +371,10 @@ fn decode_run<B: BambaOps>(
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.tests.is_empty() || args.batch.is_empty() {
-        bail!("give at least one test (-t pp512,tg128) and one batch size (-b 1)");
+        return Err(crate::exit::usage(format!("give at least one test (-t pp512,tg128) and one batch size (-b 1)")));
     }
     if let Some(0) = args.batch.iter().copied().min() {
-        bail!("batch sizes must be at least 1");
+        return Err(crate::exit::usage(format!("batch sizes must be at least 1")));
     }
     let (name, config, checkpoint) = shape(args)?;
     let (backend, precision) = (args.common.backend()?, args.common.precision()?);

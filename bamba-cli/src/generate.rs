@@ -70,8 +70,12 @@ fn prompts(args: &GenerateArgs, tokenizer: Option<&TextTokenizer>, dir: &Path) -
                 .map(|line| if as_ids { Ok(Prompt { ids: parse_ids(line)?, text: None }) } else { encode(line) })
                 .collect()
         }
-        (None, None, None) => bail!("give a prompt: --prompt TEXT, --prompt-ids 1,2,3 or --prompts-file FILE"),
-        _ => bail!("give only one of --prompt, --prompt-ids and --prompts-file"),
+        (None, None, None) => {
+            return Err(crate::exit::usage(format!(
+                "give a prompt: --prompt TEXT, --prompt-ids 1,2,3 or --prompts-file FILE"
+            )))
+        }
+        _ => return Err(crate::exit::usage(format!("give only one of --prompt, --prompt-ids and --prompts-file"))),
     }
 }
 
@@ -117,7 +121,7 @@ impl BackendJob for GenerateJob<'_> {
         }
         StopStrings::new(args.stop.clone())?; // rejects empty stop strings before loading anything
         if args.batch_size == 0 {
-            bail!("--batch-size must be at least 1");
+            return Err(crate::exit::usage(format!("--batch-size must be at least 1")));
         }
         let sampling = SamplingParams {
             temperature: args.temperature,

@@ -1,6 +1,6 @@
 //! `bamba info`: what a config implies, from config.json alone (no weights needed).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bamba_model::presets::preset;
 use bamba_model::sizes::{MemoryModel, ParameterCounts};
 use bamba_model::{BambaConfig, LayerKind, Precision};
@@ -24,7 +24,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             BambaConfig::from_path(model).with_context(|| format!("reading the config in {}", model.display()))?
         }
         (None, Some(name)) => preset(name)?,
-        (None, None) => bail!("give --model DIR or --preset NAME"),
+        (None, None) => return Err(crate::exit::usage(format!("give --model DIR or --preset NAME"))),
     };
     let counts = ParameterCounts::new(&config);
     let mem = MemoryModel::new(&config, args.dtype.bytes(), args.state_dtype.bytes(), args.dtype.bytes());

@@ -5,6 +5,7 @@ mod bench;
 mod bench_serve;
 mod cpu_profile;
 mod default_model;
+mod exit;
 mod generate;
 mod info;
 mod load;
@@ -275,7 +276,7 @@ fn main() -> ExitCode {
         Err(error) => {
             // One line: the error and its causes, no backtrace.
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::code(&error))
         }
     }
 }

@@ -546,3 +546,18 @@ fn special_files_and_malformed_generation_config_are_clear_errors() {
     std::fs::write(dir.path().join("generation_config.json"), "{\"eos_token_id\": \"two\"").unwrap();
     expect(dir.path(), "malformed generation config");
 }
+
+#[test]
+fn exit_codes_tell_usage_from_input_from_success() {
+    let code = |args: &[&str]| bamba(args).status.code();
+    let fixture = "tests/fixtures/base";
+    assert_eq!(code(&["generate", "--model", fixture, "--prompt-ids", "1,2", "--max-new-tokens", "1"]), Some(0));
+    // usage: clap's parse errors, bad option values found after parsing, bad sampling settings
+    assert_eq!(code(&["generate", "--no-such-flag"]), Some(2));
+    assert_eq!(code(&["generate", "--model", fixture, "--prompt-ids", "1,2", "--batch-size", "0"]), Some(2));
+    assert_eq!(code(&["generate", "--model", fixture, "--prompt-ids", "1,2", "--temperature", "-1"]), Some(2));
+    assert_eq!(code(&["bench", "--model", fixture, "-b", "0"]), Some(2));
+    // input: a checkpoint that is not there, a token outside the vocabulary
+    assert_eq!(code(&["info", "--model", "tests/no-such-directory"]), Some(3));
+    assert_eq!(code(&["generate", "--model", fixture, "--prompt-ids", "1,999999", "--max-new-tokens", "1"]), Some(3));
+}

@@ -149,17 +149,18 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let limit = config.max_position_embeddings;
     let max_model_len = match args.max_model_len {
         Some(len) if len as usize > limit => {
-            bail!("--max-model-len {len} is more than the model's max_position_embeddings ({limit})")
+            return Err(crate::exit::usage(format!(
+                "--max-model-len {len} is more than the model's max_position_embeddings ({limit})"
+            )))
         }
         Some(len) => len as usize,
         None => limit.min(32768),
     };
     if args.max_num_batched_tokens <= args.max_num_seqs {
-        bail!(
+        return Err(crate::exit::usage(format!(
             "--max-num-batched-tokens ({}) must exceed --max-num-seqs ({}): each step decodes one token per sequence",
-            args.max_num_batched_tokens,
-            args.max_num_seqs
-        );
+            args.max_num_batched_tokens, args.max_num_seqs
+        )));
     }
     let precision = args.common.precision()?;
     let served_model_name =
@@ -173,7 +174,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let weights = MemoryModel::new(&config, precision.dtype().size() as u64, 0, 0).weight_bytes;
     let cache_budget = match args.memory {
         Some(memory) if memory <= weights => {
-            bail!("--memory {memory} bytes does not even hold the weights ({weights} bytes)")
+            return Err(crate::exit::usage(format!(
+                "--memory {memory} bytes does not even hold the weights ({weights} bytes)"
+            )))
         }
         Some(memory) => Some(memory - weights),
         None => None,
