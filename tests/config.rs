@@ -163,3 +163,25 @@ fn inconsistent_configs_are_typed_errors() {
     let e = BambaConfig::from_path("/nonexistent/dir").unwrap_err();
     assert!(matches!(e, ConfigError::Io { .. }), "{e}");
 }
+
+/// Sizes past the engine's bounds are refused before anything is counted or allocated (a made-up
+/// config could otherwise overflow parameter counts or ask for terabytes).
+#[test]
+fn absurd_sizes_are_refused() {
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::fixtures_dir().join("base/config.json")).unwrap())
+            .unwrap();
+    for (field, value) in [
+        ("num_hidden_layers", serde_json::json!(u64::MAX)),
+        ("num_hidden_layers", serde_json::json!(1_000_000_000u64)),
+        ("vocab_size", serde_json::json!(1u64 << 62)),
+        ("mamba_chunk_size", serde_json::json!(1_000_000_000_000u64)),
+        ("hidden_size", serde_json::json!(1u64 << 62)),
+        ("max_position_embeddings", serde_json::json!(u64::MAX)),
+    ] {
+        let mut config = base.clone();
+        config[field] = value.clone();
+        let err = BambaConfig::from_json(&config.to_string()).unwrap_err();
+        assert!(matches!(err, ConfigError::TooLarge { field: f, .. } if f == field), "{field} = {value}: {err}");
+    }
+}

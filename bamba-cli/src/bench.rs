@@ -377,6 +377,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return Err(crate::exit::usage(format!("batch sizes must be at least 1")));
     }
     let (name, config, checkpoint) = shape(args)?;
+    let limit = config.max_position_embeddings;
+    for test in &args.tests {
+        let positions = match *test {
+            BenchTest::Prefill { tokens } => Some(tokens),
+            BenchTest::Decode { steps, context } => context.checked_add(steps),
+        };
+        if positions.is_none_or(|p| p > limit) {
+            return Err(crate::exit::usage(format!(
+                "test {test} needs more positions than the model's max_position_embeddings ({limit})"
+            )));
+        }
+    }
     let (backend, precision) = (args.common.backend()?, args.common.precision()?);
     dispatch(backend, Job { args, name, config, checkpoint, backend, precision })
 }

@@ -27,6 +27,8 @@ pub enum ConfigError {
     ModelType(String),
     #[error("config field `{0}` must be positive")]
     Zero(&'static str),
+    #[error("config field `{field}` is {value}, more than this engine accepts ({limit})")]
+    TooLarge { field: &'static str, value: usize, limit: usize },
     #[error("mamba_d_conv must be at least 2 (got {0}): the conv carries a window of d_conv - 1 inputs")]
     ConvKernel(usize),
     #[error("config field `{field}` must be a positive finite number, got {value}")]
@@ -345,6 +347,36 @@ impl BambaConfig {
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));
+            }
+        }
+        // Upper bounds far above any released model, so that every product of sizes below fits in
+        // u64/usize and nothing is allocated from a size a file made up.
+        for (name, value, limit) in [
+            ("vocab_size", raw.vocab_size, 1 << 24),
+            ("hidden_size", raw.hidden_size, 1 << 17),
+            ("intermediate_size", raw.intermediate_size, 1 << 19),
+            ("num_hidden_layers", raw.num_hidden_layers, 1 << 12),
+            ("num_attention_heads", raw.num_attention_heads, 1 << 12),
+            ("num_key_value_heads", raw.num_key_value_heads.unwrap_or(1), 1 << 12),
+            ("head_dim", raw.head_dim.unwrap_or(1), 1 << 12),
+            ("mamba_n_heads", raw.mamba_n_heads, 1 << 14),
+            (
+                "mamba_d_head",
+                match raw.mamba_d_head {
+                    Some(DHead::Size(v)) => v,
+                    _ => 1,
+                },
+                1 << 12,
+            ),
+            ("mamba_n_groups", raw.mamba_n_groups, 1 << 14),
+            ("mamba_d_state", raw.mamba_d_state, 1 << 12),
+            ("mamba_d_conv", raw.mamba_d_conv, 1 << 6),
+            ("mamba_expand", raw.mamba_expand, 1 << 6),
+            ("mamba_chunk_size", raw.mamba_chunk_size, 1 << 16),
+            ("max_position_embeddings", raw.max_position_embeddings, 1 << 24),
+        ] {
+            if value > limit {
+                return Err(ConfigError::TooLarge { field: name, value, limit });
             }
         }
         if raw.mamba_d_conv < 2 {

@@ -91,7 +91,7 @@ impl MemoryModel {
 
     /// Bytes one sequence of `context` tokens needs besides the weights.
     pub fn bytes_per_sequence(&self, context: u64) -> u64 {
-        self.state_bytes_per_sequence + context * self.kv_bytes_per_token
+        self.state_bytes_per_sequence.saturating_add(context.saturating_mul(self.kv_bytes_per_token))
     }
 
     /// How many sequences of `context` tokens fit in `memory` bytes next to the weights.
@@ -103,7 +103,9 @@ impl MemoryModel {
     /// Bytes one decode step of `batch` sequences at `context` cached tokens must move at least:
     /// the streamed weights once, each sequence's recurrent state read and written, its KV read.
     pub fn decode_step_bytes(&self, batch: u64, context: u64) -> u64 {
-        self.streamed_weight_bytes + batch * (2 * self.state_bytes_per_sequence + context * self.kv_bytes_per_token)
+        let per_sequence =
+            (2 * self.state_bytes_per_sequence).saturating_add(context.saturating_mul(self.kv_bytes_per_token));
+        self.streamed_weight_bytes.saturating_add(batch.saturating_mul(per_sequence))
     }
 }
 
