@@ -56,7 +56,8 @@ pub struct GenerateParams {
     pub eos_ids: Vec<u32>,
     /// Keep going past EOS (benchmarks).
     pub ignore_eos: bool,
-    /// Prefill the prompt in chunks of this many tokens (`None`: at once).
+    /// Prefill the prompt in chunks of this many tokens (`None`: chunks sized so that a chunk's
+    /// attention scores stay within 1 GiB, see [`BambaModel::auto_prefill_chunk`]).
     pub prefill_chunk: Option<usize>,
     /// Storage dtype of the SSM state between steps.
     pub state_dtype: DType,
@@ -181,7 +182,7 @@ impl<B: BambaOps> BambaModel<B> {
         if capacity > limit {
             return Err(InputError::TooLong { len: capacity, limit }.into());
         }
-        let chunk = params.prefill_chunk.unwrap_or(width);
+        let chunk = params.prefill_chunk.unwrap_or_else(|| self.auto_prefill_chunk(rows.len(), capacity));
         if chunk == 0 {
             return Err(GenerateError::PrefillChunk);
         }

@@ -268,6 +268,16 @@ impl<B: BambaOps> BambaModel<B> {
         Ok(self.logits(self.final_layernorm.forward(x)))
     }
 
+    /// The prefill chunk that keeps a chunk's attention scores (`batch × heads × chunk × keys` f32, the
+    /// largest activation of a long prompt) within 1 GiB at `keys` cached positions: long prompts then
+    /// just run, in more chunks, instead of failing to allocate. At most 2048, at least 16.
+    pub fn auto_prefill_chunk(&self, batch: usize, keys: usize) -> usize {
+        const SCORE_BYTES: usize = 1 << 30;
+        let per_query =
+            batch.max(1).saturating_mul(self.config.num_heads).saturating_mul(keys.max(1)).saturating_mul(4);
+        (SCORE_BYTES / per_query).clamp(16, 2048)
+    }
+
     /// A fresh cache for this model: `batch` sequences of up to `capacity` positions.
     pub fn new_cache(&self, batch: usize, capacity: usize, state_dtype: DType) -> Result<HybridCache<B>, CacheError> {
         let mut cache = HybridCache::new(&self.config, batch, capacity, &self.device, self.dtype, state_dtype)?;

@@ -284,7 +284,7 @@ impl<B: BambaOps> Engine<B> {
             }
             let cache = seq.prefill.as_mut().expect("made above");
             let done = cache.position;
-            let chunk = budget.min(len - done);
+            let chunk = budget.min(len - done).min(self.model.auto_prefill_chunk(1, len));
             let ids = self.model.ids_tensor(&[seq.request.prompt[done..done + chunk].to_vec()])?;
             let logits = self.model.forward_cached(ids, cache, true)?;
             budget -= chunk;
