@@ -72,39 +72,46 @@ fn joining_and_leaving_requests_get_transformers_tokens() {
         let model = load(name);
         let eos = eos_ids(&dir, &model.config.eos_token_ids).unwrap();
         let refs = generate_references(name);
-        // 3 rows at most and 5 tokens per step: prompts are prefilled in chunks beside running
-        // decodes, and rows of different lengths join while others run and leave.
-        let config =
-            EngineConfig { max_num_seqs: 3, max_num_batched_tokens: 5, max_model_len: 256, ..Default::default() };
-        let (handle, thread) = start(model, config);
-        let mut jobs = Vec::new();
-        for (i, r) in refs.iter().enumerate() {
-            for max_tokens in [r.ids.len(), 1 + i % 3, 2] {
-                jobs.push((i, max_tokens));
+        // 3 rows at most and 5 tokens per step: prompts are prefilled alone in chunks beside running
+        // decodes, and rows of different lengths join while others run and leave. With 4 rows and 64
+        // tokens, fresh prompts are prefilled together as one left-padded batch.
+        for (seqs, tokens) in [(3, 5), (4, 64)] {
+            let config = EngineConfig {
+                max_num_seqs: seqs,
+                max_num_batched_tokens: tokens,
+                max_model_len: 256,
+                ..Default::default()
+            };
+            let (handle, thread) = start(model.clone(), config);
+            let mut jobs = Vec::new();
+            for (i, r) in refs.iter().enumerate() {
+                for max_tokens in [r.ids.len(), 1 + i % 3, 2] {
+                    jobs.push((i, max_tokens));
+                }
             }
+            let submit = |&(i, max_tokens): &(usize, usize)| {
+                handle.submit(Request { prompt: refs[i].prompt.clone(), params: greedy(max_tokens, &eos) }).unwrap()
+            };
+            let mut first = submit(&jobs[0]);
+            // wait until the first request is decoding, then submit the rest
+            let Some(Event::Token(t0)) = first.next_blocking() else { panic!("no first token") };
+            let mut streams: Vec<_> = jobs[1..].iter().map(submit).collect();
+            let (ids, _, _) = collect_after(&mut first, vec![t0.id]);
+            assert_eq!(ids, refs[0].ids[..jobs[0].1], "{name} request 0");
+            for (s, &(i, max_tokens)) in streams.iter_mut().zip(&jobs[1..]) {
+                let (ids, reason, _) = collect(s);
+                let want = &refs[i].ids[..max_tokens.min(refs[i].ids.len())];
+                assert_eq!(ids, want, "{name} prompt {i} max_tokens {max_tokens}");
+                let expected = if eos.contains(ids.last().unwrap()) { FinishReason::Eos } else { FinishReason::Length };
+                assert_eq!(reason, expected);
+                checked += 1;
+            }
+            settle(&handle);
+            drop(handle);
+            thread.join().unwrap();
         }
-        let submit = |&(i, max_tokens): &(usize, usize)| {
-            handle.submit(Request { prompt: refs[i].prompt.clone(), params: greedy(max_tokens, &eos) }).unwrap()
-        };
-        let mut first = submit(&jobs[0]);
-        // wait until the first request is decoding, then submit the rest
-        let Some(Event::Token(t0)) = first.next_blocking() else { panic!("no first token") };
-        let mut streams: Vec<_> = jobs[1..].iter().map(submit).collect();
-        let (ids, _, _) = collect_after(&mut first, vec![t0.id]);
-        assert_eq!(ids, refs[0].ids[..jobs[0].1], "{name} request 0");
-        for (s, &(i, max_tokens)) in streams.iter_mut().zip(&jobs[1..]) {
-            let (ids, reason, _) = collect(s);
-            let want = &refs[i].ids[..max_tokens.min(refs[i].ids.len())];
-            assert_eq!(ids, want, "{name} prompt {i} max_tokens {max_tokens}");
-            let expected = if eos.contains(ids.last().unwrap()) { FinishReason::Eos } else { FinishReason::Length };
-            assert_eq!(reason, expected);
-            checked += 1;
-        }
-        settle(&handle);
-        drop(handle);
-        thread.join().unwrap();
     }
-    assert!(checked >= 20, "only {checked} requests checked");
+    assert!(checked >= 40, "only {checked} requests checked");
 }
 
 #[test]

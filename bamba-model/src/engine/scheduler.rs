@@ -16,7 +16,9 @@ use super::{EngineConfig, EngineConfigError, EngineHandle, Limits, Request, Subm
 use crate::cache::HybridCache;
 use crate::generate::{device_argmax, FinishReason, GenerateError};
 use crate::model::BambaModel;
+use crate::padding::LeftPadding;
 use crate::sampling::Sampler;
+use burn::tensor::Tensor;
 
 /// A step's outcome for one sequence.
 enum Choice<'a> {
@@ -24,6 +26,12 @@ enum Choice<'a> {
     Id(u32),
     /// Its logits, to sample from on the host.
     Logits(&'a [f32]),
+}
+
+/// Sequences prefilled together, with the cache that holds them (row `r` is `seqs[r]`).
+struct Prefilled<B: BambaOps> {
+    cache: HybridCache<B>,
+    seqs: Vec<Sequence<B>>,
 }
 
 /// One request inside the engine.
@@ -271,13 +279,35 @@ impl<B: BambaOps> Engine<B> {
         }
     }
 
-    /// Prefills prompt chunks under the step's token budget, oldest first. Returns the sequences
-    /// whose prompt is done and whose first token did not end them.
-    fn prefill_chunks(&mut self) -> Result<Vec<Sequence<B>>, GenerateError> {
+    /// Prefills prompts under the step's token budget, oldest first: fresh prompts that fit whole go
+    /// together as one left-padded batch; a prompt longer than that is prefilled alone, in chunks over
+    /// several steps. Returns the prefilled groups whose first token did not end them.
+    fn prefill_chunks(&mut self) -> Result<Vec<Prefilled<B>>, GenerateError> {
         let mut budget = self.config.max_num_batched_tokens - self.running.len();
         let mut ready = Vec::new();
-        while budget > 0 {
-            let Some(seq) = self.prefilling.front_mut() else { break };
+        while budget > 0 && !self.prefilling.is_empty() {
+            let group = self.fresh_group(budget);
+            if group >= 2 {
+                let mut seqs: Vec<Sequence<B>> = self.prefilling.drain(..group).collect();
+                let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s.request.prompt.clone()).collect();
+                let (rows, padding) = LeftPadding::pad(&prompts, self.model.config.pad_token_id.unwrap_or(0));
+                let width = rows[0].len();
+                let mut cache = self.model.new_cache(group, width, self.state_dtype)?;
+                cache.set_padding(padding)?;
+                let logits = self.model.forward_cached(self.model.ids_tensor(&rows)?, &mut cache, true)?;
+                budget -= group * width;
+                EngineStats::add(&self.stats.prompt_tokens, prompts.iter().map(Vec::len).sum());
+                let keep = self.take_tokens(&mut seqs, logits);
+                if !keep.is_empty() {
+                    if keep.len() < group {
+                        cache.select_rows(&keep);
+                    }
+                    let kept = seqs.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, s)| s).collect();
+                    ready.push(Prefilled { cache, seqs: kept });
+                }
+                continue;
+            }
+            let seq = self.prefilling.front_mut().expect("not empty");
             let len = seq.request.prompt.len();
             if seq.prefill.is_none() {
                 seq.prefill = Some(self.model.new_cache(1, len, self.state_dtype)?);
@@ -292,67 +322,48 @@ impl<B: BambaOps> Engine<B> {
             if done + chunk < len {
                 continue;
             }
-            let mut seq = self.prefilling.pop_front().expect("front exists");
-            EngineStats::add(&self.stats.generation_tokens, 1);
-            let host;
-            let choice = if seq.device_greedy() {
-                Choice::Id(device_argmax(logits)[0])
-            } else {
-                host = logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
-                Choice::Logits(&host)
-            };
-            match seq.take_token(choice) {
-                Some(reason) => {
-                    seq.finish(reason);
-                    EngineStats::add(&self.stats.finished, 1);
-                }
-                None => ready.push(seq),
+            let mut seq = self.prefilling.pop_front().expect("not empty");
+            let cache = seq.prefill.take().expect("prefilled");
+            let mut seqs = vec![seq];
+            if !self.take_tokens(&mut seqs, logits).is_empty() {
+                ready.push(Prefilled { cache, seqs });
             }
         }
         Ok(ready)
     }
 
-    /// Adds prefilled sequences to the decode batch, realigning every row to the longest one.
-    fn join(&mut self, joining: Vec<Sequence<B>>) {
-        if joining.is_empty() {
-            return;
-        }
-        let mut lens = self.batch.as_ref().map(HybridCache::row_lens).unwrap_or_default();
-        lens.extend(joining.iter().map(|s| s.request.prompt.len()));
-        let position = lens.iter().copied().max().expect("rows joining");
-        let steps = self.running.iter().chain(&joining).map(Sequence::steps_left).max().unwrap_or(0);
-        let capacity = position + steps;
-        for mut seq in joining {
-            let mut row = seq.prefill.take().expect("prefilled");
-            row.realign(position, capacity);
-            match &mut self.batch {
-                Some(batch) => {
-                    if (batch.position, batch.capacity) != (position, capacity) {
-                        batch.realign(position, capacity);
-                    }
-                    batch.append_rows(row);
-                }
-                None => self.batch = Some(row),
+    /// How many fresh prompts at the front of the prefill queue fit whole, padded to the longest of
+    /// them, in `budget` tokens and in the attention-score bound of one chunk.
+    fn fresh_group(&self, budget: usize) -> usize {
+        let mut longest = 0;
+        let mut count = 0;
+        for seq in &self.prefilling {
+            if seq.prefill.is_some() {
+                break;
             }
-            self.running.push(seq);
+            let width = longest.max(seq.request.prompt.len());
+            let rows = count + 1;
+            if rows * width > budget || self.model.auto_prefill_chunk(rows, width) < width {
+                break;
+            }
+            (longest, count) = (width, rows);
         }
+        count
     }
 
-    /// One decode step for every running sequence.
-    fn decode(&mut self) -> Result<(), GenerateError> {
-        let Some(batch) = self.batch.as_mut() else { return Ok(()) };
-        let column: Vec<Vec<u32>> = self.running.iter().map(|s| vec![*s.history.last().expect("a token")]).collect();
-        let ids = self.model.ids_tensor(&column)?;
-        let logits = self.model.forward_cached(ids, batch, true)?;
+    /// Chooses each sequence's next token from its row of `logits` (`[rows, 1, vocab]`), on the device
+    /// when every row is plain greedy, and sends it; finished sequences get their last event. Returns
+    /// the rows still running.
+    fn take_tokens(&self, seqs: &mut [Sequence<B>], logits: Tensor<B, 3>) -> Vec<usize> {
         // Logits come back only when some row samples or reports log-probabilities.
-        let (ids, flat) = if self.running.iter().all(Sequence::device_greedy) {
+        let (ids, flat) = if seqs.iter().all(Sequence::device_greedy) {
             (device_argmax(logits), Vec::new())
         } else {
             (Vec::new(), logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast"))
         };
         let vocab = self.model.config.vocab_size;
-        let mut keep = Vec::with_capacity(self.running.len());
-        for (r, seq) in self.running.iter_mut().enumerate() {
+        let mut keep = Vec::with_capacity(seqs.len());
+        for (r, seq) in seqs.iter_mut().enumerate() {
             let choice =
                 if ids.is_empty() { Choice::Logits(&flat[r * vocab..(r + 1) * vocab]) } else { Choice::Id(ids[r]) };
             match seq.take_token(choice) {
@@ -363,7 +374,45 @@ impl<B: BambaOps> Engine<B> {
                 None => keep.push(r),
             }
         }
-        EngineStats::add(&self.stats.generation_tokens, self.running.len());
+        EngineStats::add(&self.stats.generation_tokens, seqs.len());
+        keep
+    }
+
+    /// Adds prefilled groups to the decode batch, realigning every row to the longest one.
+    fn join(&mut self, joining: Vec<Prefilled<B>>) {
+        if joining.is_empty() {
+            return;
+        }
+        let mut lens = self.batch.as_ref().map(HybridCache::row_lens).unwrap_or_default();
+        lens.extend(joining.iter().flat_map(|g| g.cache.row_lens()));
+        let position = lens.iter().copied().max().expect("rows joining");
+        let joining_steps = joining.iter().flat_map(|g| &g.seqs).map(Sequence::steps_left);
+        let steps = self.running.iter().map(Sequence::steps_left).chain(joining_steps).max().unwrap_or(0);
+        let capacity = position + steps;
+        for Prefilled { mut cache, seqs } in joining {
+            cache.realign(position, capacity);
+            match &mut self.batch {
+                Some(batch) => {
+                    if (batch.position, batch.capacity) != (position, capacity) {
+                        batch.realign(position, capacity);
+                    }
+                    batch.append_rows(cache);
+                }
+                None => self.batch = Some(cache),
+            }
+            self.running.extend(seqs);
+        }
+    }
+
+    /// One decode step for every running sequence.
+    fn decode(&mut self) -> Result<(), GenerateError> {
+        let Some(batch) = self.batch.as_mut() else { return Ok(()) };
+        let column: Vec<Vec<u32>> = self.running.iter().map(|s| vec![*s.history.last().expect("a token")]).collect();
+        let ids = self.model.ids_tensor(&column)?;
+        let logits = self.model.forward_cached(ids, batch, true)?;
+        let mut running = std::mem::take(&mut self.running);
+        let keep = self.take_tokens(&mut running, logits);
+        self.running = running;
         self.keep_rows(&keep);
         Ok(())
     }
