@@ -227,7 +227,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     });
     let weights = match dir {
         Some(dir) => Weights::Checkpoint(dir),
-        None => Weights::Random(config),
+        None => Weights::Random(Box::new(config)),
     };
     let job = ServeJob { weights, precision, state_dtype: args.state_dtype, config: engine_config, state };
     let engine_result = dispatch(args.common.backend()?, job);
@@ -327,7 +327,7 @@ fn print_memory_plan(weights: u64, costs: CacheCosts, budget: Option<u64>, max_n
 enum Weights {
     Checkpoint(PathBuf),
     /// Seeded random weights of this shape (their outputs mean nothing).
-    Random(BambaConfig),
+    Random(Box<BambaConfig>),
 }
 
 struct ServeJob {
@@ -348,7 +348,7 @@ impl BackendJob for ServeJob {
                 model
             }
             Weights::Random(config) => {
-                let model = BambaModel::<B>::random(config, &device, self.precision, 0)?;
+                let model = BambaModel::<B>::random(*config, &device, self.precision, 0)?;
                 tracing::info!("random weights made");
                 model
             }
