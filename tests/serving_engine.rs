@@ -195,7 +195,7 @@ fn the_memory_budget_admits_what_fits_and_refuses_what_never_can() {
     let costs = bamba::model::engine::CacheCosts::new(&model.config, DType::F32, DType::F32);
     // room for one sequence of 40 tokens (prefill cache and batch row), not for two
     let one = costs.batch_bytes(&[bamba::model::engine::SequenceSpan { cached: 39, steps_left: 1 }])
-        + costs.prefill_bytes(39);
+        + costs.sequence_bytes(39);
     let config = EngineConfig {
         max_num_seqs: 4,
         max_num_batched_tokens: 64,

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use crate::backend::{dispatch, BackendJob, BackendKind};
 use crate::cpu_profile::CpuProfile;
 use crate::info::human;
-use crate::BenchArgs;
+use crate::{BenchArgs, ModelArgs};
 
 /// One benchmark test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,18 +67,24 @@ impl FromStr for BenchTest {
     }
 }
 
-/// The model shape to run, its name in the records, and the checkpoint to load (`None`: random weights).
-fn shape(args: &BenchArgs) -> Result<(String, BambaConfig, Option<PathBuf>)> {
-    match (&args.preset, &args.config) {
+/// The model shape to run, its name in the records, and the checkpoint to load (`None`: random weights):
+/// `--preset` or `--config` give a shape with random weights, else `--model` (or the embedded model).
+/// Shared by `bench` and `serve`.
+pub fn shape(
+    common: &ModelArgs,
+    preset_name: &Option<String>,
+    config: &Option<PathBuf>,
+) -> Result<(String, BambaConfig, Option<PathBuf>)> {
+    match (preset_name, config) {
         (Some(name), _) => Ok((name.clone(), preset(name)?, None)),
         (None, Some(file)) => {
             let config = BambaConfig::from_path(file).with_context(|| format!("reading {}", file.display()))?;
             Ok((file.display().to_string(), config, None))
         }
         (None, None) => {
-            let dir = args.common.model_dir()?;
+            let dir = common.model_dir()?;
             let config = BambaConfig::from_path(&dir).with_context(|| format!("reading {}", dir.display()))?;
-            let name = args.common.model.as_ref().map_or("tiny-bamba".into(), |d| d.display().to_string());
+            let name = common.model.as_ref().map_or("tiny-bamba".into(), |d| d.display().to_string());
             Ok((name, config, Some(dir)))
         }
     }
@@ -371,12 +377,12 @@ fn decode_run<B: BambaOps>(
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.tests.is_empty() || args.batch.is_empty() {
-        return Err(crate::exit::usage(format!("give at least one test (-t pp512,tg128) and one batch size (-b 1)")));
+        return Err(crate::exit::usage("give at least one test (-t pp512,tg128) and one batch size (-b 1)"));
     }
     if let Some(0) = args.batch.iter().copied().min() {
-        return Err(crate::exit::usage(format!("batch sizes must be at least 1")));
+        return Err(crate::exit::usage("batch sizes must be at least 1"));
     }
-    let (name, config, checkpoint) = shape(args)?;
+    let (name, config, checkpoint) = shape(&args.common, &args.preset, &args.config)?;
     let limit = config.max_position_embeddings;
     for test in &args.tests {
         let positions = match *test {

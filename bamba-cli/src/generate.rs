@@ -71,11 +71,9 @@ fn prompts(args: &GenerateArgs, tokenizer: Option<&TextTokenizer>, dir: &Path) -
                 .collect()
         }
         (None, None, None) => {
-            return Err(crate::exit::usage(format!(
-                "give a prompt: --prompt TEXT, --prompt-ids 1,2,3 or --prompts-file FILE"
-            )))
+            Err(crate::exit::usage("give a prompt: --prompt TEXT, --prompt-ids 1,2,3 or --prompts-file FILE"))
         }
-        _ => return Err(crate::exit::usage(format!("give only one of --prompt, --prompt-ids and --prompts-file"))),
+        _ => Err(crate::exit::usage("give only one of --prompt, --prompt-ids and --prompts-file")),
     }
 }
 
@@ -121,7 +119,7 @@ impl BackendJob for GenerateJob<'_> {
         }
         StopStrings::new(args.stop.clone())?; // rejects empty stop strings before loading anything
         if args.batch_size == 0 {
-            return Err(crate::exit::usage(format!("--batch-size must be at least 1")));
+            return Err(crate::exit::usage("--batch-size must be at least 1"));
         }
         let sampling = SamplingParams {
             temperature: args.temperature,

@@ -24,7 +24,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             BambaConfig::from_path(model).with_context(|| format!("reading the config in {}", model.display()))?
         }
         (None, Some(name)) => preset(name)?,
-        (None, None) => return Err(crate::exit::usage(format!("give --model DIR or --preset NAME"))),
+        (None, None) => return Err(crate::exit::usage("give --model DIR or --preset NAME")),
     };
     let counts = ParameterCounts::new(&config);
     let mem = MemoryModel::new(&config, args.dtype.bytes(), args.state_dtype.bytes(), args.dtype.bytes());

@@ -39,16 +39,19 @@ pub struct Metrics {
     requests: IntCounter,
 }
 
+/// Registers `metric` (a cheap handle) and returns it.
+fn registered<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    registry.register(Box::new(metric.clone())).expect("unique metric name");
+    metric
+}
+
 fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec())).expect("valid histogram");
-    registry.register(Box::new(h.clone())).expect("unique metric name");
-    h
+    let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+    registered(registry, Histogram::with_opts(opts).expect("valid histogram"))
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::with_opts(Opts::new(name, help)).expect("valid counter");
-    registry.register(Box::new(c.clone())).expect("unique metric name");
-    c
+    registered(registry, IntCounter::with_opts(Opts::new(name, help)).expect("valid counter"))
 }
 
 fn pair<T>(make: impl Fn(&str) -> T, ours: &str, vllm: &str) -> Pair<T> {

@@ -21,7 +21,6 @@ use anyhow::{bail, Context, Result};
 use bamba_model::bamba_kernels::BambaOps;
 use bamba_model::engine::{CacheCosts, Engine, EngineConfig, EngineHandle};
 use bamba_model::generate::eos_ids;
-use bamba_model::presets::preset;
 use bamba_model::sizes::MemoryModel;
 use bamba_model::{BambaConfig, BambaModel, Precision, TextTokenizer};
 use clap::Args;
@@ -121,17 +120,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let (dir, config) = match (&args.preset, &args.config) {
-        (Some(name), _) => (None, preset(name)?),
-        (None, Some(file)) => {
-            (None, BambaConfig::from_path(file).with_context(|| format!("reading {}", file.display()))?)
-        }
-        (None, None) => {
-            let dir = args.common.model_dir()?;
-            let config = BambaConfig::from_path(&dir).with_context(|| format!("reading {}", dir.display()))?;
-            (Some(dir), config)
-        }
-    };
+    let (_, config, dir) = crate::bench::shape(&args.common, &args.preset, &args.config)?;
     let tokenizer = match &dir {
         Some(dir) => TextTokenizer::from_dir(dir)?.map(Arc::new),
         None => None,
@@ -237,34 +226,33 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 }
 
 /// Serves until SIGTERM or Ctrl-C, then drains: new requests get 503, running ones finish (at most
-/// `drain_timeout`), and the engine handle is dropped so that the engine thread returns.
+/// `drain_timeout`).
 async fn serve_until_drained(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     drain_timeout: Duration,
 ) -> Result<()> {
     let app = routes::router(state.clone());
-    let drain_state = state.clone();
-    let shutdown = async move {
-        shutdown_signal().await;
-        tracing::info!("draining: no new requests");
-        if let Some(handle) = drain_state.engine.get() {
-            handle.drain();
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let signalled = signalled.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("draining: no new requests");
+            if let Some(handle) = state.engine.get() {
+                handle.drain();
+            }
+            signalled.notify_one();
         }
     };
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-    // Connections finish within the timeout; after it, the process exits anyway.
-    let state_for_wait = state.clone();
+    // Connections get `drain_timeout` after the signal to finish; then they are closed, which cancels
+    // their requests. Once this returns, the last engine handle goes with the state and the engine
+    // thread ends.
     let result = tokio::select! {
         result = served => result.map_err(anyhow::Error::from),
         _ = async {
-            // wait for the signal, then the timeout
-            loop {
-                if state_for_wait.engine.get().is_some_and(|h| h.stats().draining.load(Ordering::Relaxed)) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            signalled.notified().await;
             tokio::time::sleep(drain_timeout).await;
         } => {
             tracing::warn!("drain timeout: closing the remaining connections");
@@ -272,7 +260,7 @@ async fn serve_until_drained(
         }
     };
     tracing::info!("stopped");
-    std::process::exit(if result.is_ok() { 0 } else { 1 });
+    result
 }
 
 async fn shutdown_signal() {
@@ -317,7 +305,7 @@ fn print_memory_plan(weights: u64, costs: CacheCosts, budget: Option<u64>, max_n
         if context > max_model_len {
             continue;
         }
-        let per = costs.state + context * costs.kv_per_slot;
+        let per = costs.sequence_bytes(context as usize);
         let fit = budget.map_or(max_num_seqs, |b| (b / per.max(1)).min(max_num_seqs));
         eprintln!("  sequences at {context:>5} tokens: {fit} ({} each)", gb(per));
     }

@@ -264,35 +264,17 @@ async fn completions(
         });
         return Ok(sse(events));
     }
-    let mut texts: Vec<String> = Vec::new();
-    let mut ids: Vec<Vec<u32>> = Vec::new();
-    let mut lps: Vec<Vec<TokenLogprob>> = Vec::new();
-    let mut reasons: Vec<&str> = Vec::new();
-    let mut stream = std::pin::pin!(stream);
-    let mut usage_value = Value::Null;
-    while let Some(update) = stream.next().await {
-        match update {
-            Update::Delta { index, text, token_ids, logprobs } => {
-                grow(&mut texts, &mut ids, &mut lps, &mut reasons, index);
-                texts[index].push_str(&text);
-                ids[index].extend(token_ids);
-                lps[index].extend(logprobs);
-            }
-            Update::Finish { index, reason } => {
-                grow(&mut texts, &mut ids, &mut lps, &mut reasons, index);
-                reasons[index] = reason;
-            }
-            Update::Usage { prompt_tokens, completion_tokens } => usage_value = usage(prompt_tokens, completion_tokens),
-            Update::Failed(message) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)),
-        }
-    }
-    let choices: Vec<Value> = (0..texts.len())
-        .map(|i| {
-            let logprobs = if checked.params.logprobs.is_some() { completion_logprobs(&lps[i]) } else { Value::Null };
-            let mut c = json!({"index": i, "text": texts[i], "logprobs": logprobs, "finish_reason": reasons[i]});
+    let (outputs, usage_value) = collect(stream, total_choices).await?;
+    let choices: Vec<Value> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let logprobs =
+                if checked.params.logprobs.is_some() { completion_logprobs(&o.logprobs) } else { Value::Null };
+            let mut c = json!({"index": i, "text": o.text, "logprobs": logprobs, "finish_reason": o.finish_reason});
             if return_ids {
                 c["prompt_token_ids"] = json!(prompt_ids(i));
-                c["token_ids"] = json!(ids[i]);
+                c["token_ids"] = json!(o.token_ids);
             }
             c
         })
@@ -302,19 +284,40 @@ async fn completions(
     Ok(Json(out).into_response())
 }
 
-fn grow(
-    texts: &mut Vec<String>,
-    ids: &mut Vec<Vec<u32>>,
-    lps: &mut Vec<Vec<TokenLogprob>>,
-    reasons: &mut Vec<&str>,
-    index: usize,
-) {
-    while texts.len() <= index {
-        texts.push(String::new());
-        ids.push(Vec::new());
-        lps.push(Vec::new());
-        reasons.push("stop");
+/// Everything one choice produced, for a one-shot response.
+struct ChoiceOutput {
+    text: String,
+    token_ids: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+    finish_reason: &'static str,
+}
+
+/// Reads a request's updates to the end: each of its `choices` outputs, and the usage object.
+async fn collect(stream: impl Stream<Item = Update>, choices: usize) -> Result<(Vec<ChoiceOutput>, Value), ApiError> {
+    let mut outputs: Vec<ChoiceOutput> = (0..choices)
+        .map(|_| ChoiceOutput {
+            text: String::new(),
+            token_ids: Vec::new(),
+            logprobs: Vec::new(),
+            finish_reason: "stop",
+        })
+        .collect();
+    let mut usage_value = Value::Null;
+    let mut stream = std::pin::pin!(stream);
+    while let Some(update) = stream.next().await {
+        match update {
+            Update::Delta { index, text, token_ids, logprobs } => {
+                let o = &mut outputs[index];
+                o.text.push_str(&text);
+                o.token_ids.extend(token_ids);
+                o.logprobs.extend(logprobs);
+            }
+            Update::Finish { index, reason } => outputs[index].finish_reason = reason,
+            Update::Usage { prompt_tokens, completion_tokens } => usage_value = usage(prompt_tokens, completion_tokens),
+            Update::Failed(message) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)),
+        }
     }
+    Ok((outputs, usage_value))
 }
 
 async fn chat(State(state): State<Arc<AppState>>, raw: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
@@ -381,44 +384,25 @@ async fn chat(State(state): State<Arc<AppState>>, raw: Result<Bytes, BytesReject
         });
         return Ok(sse(events));
     }
-    let mut texts: Vec<String> = Vec::new();
-    let mut ids: Vec<Vec<u32>> = Vec::new();
-    let mut lps: Vec<Vec<TokenLogprob>> = Vec::new();
-    let mut reasons: Vec<&str> = Vec::new();
-    let mut usage_value = Value::Null;
-    let mut stream = std::pin::pin!(stream);
-    while let Some(update) = stream.next().await {
-        match update {
-            Update::Delta { index, text, token_ids, logprobs } => {
-                grow(&mut texts, &mut ids, &mut lps, &mut reasons, index);
-                texts[index].push_str(&text);
-                ids[index].extend(token_ids);
-                lps[index].extend(logprobs);
-            }
-            Update::Finish { index, reason } => {
-                grow(&mut texts, &mut ids, &mut lps, &mut reasons, index);
-                reasons[index] = reason;
-            }
-            Update::Usage { prompt_tokens, completion_tokens } => usage_value = usage(prompt_tokens, completion_tokens),
-            Update::Failed(message) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)),
-        }
-    }
-    let choices: Vec<Value> = (0..texts.len())
-        .map(|i| {
+    let (outputs, usage_value) = collect(stream, checked.n as usize).await?;
+    let choices: Vec<Value> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
             let logprobs = if checked.params.logprobs.is_some() {
-                json!({"content": chat_logprobs(&lps[i])})
+                json!({"content": chat_logprobs(&o.logprobs)})
             } else {
                 Value::Null
             };
             let mut c = json!({
                 "index": i,
-                "message": {"role": "assistant", "content": texts[i]},
+                "message": {"role": "assistant", "content": o.text},
                 "logprobs": logprobs,
-                "finish_reason": reasons[i],
+                "finish_reason": o.finish_reason,
             });
             if return_ids {
                 c["prompt_token_ids"] = json!(prompts[0]);
-                c["token_ids"] = json!(ids[i]);
+                c["token_ids"] = json!(o.token_ids);
             }
             c
         })

@@ -39,8 +39,8 @@ impl CacheCosts {
         per_row.saturating_mul(rows.len() as u64)
     }
 
-    /// Bytes of a prefill cache for a prompt of `len` tokens.
-    pub fn prefill_bytes(&self, len: usize) -> u64 {
+    /// Bytes of one sequence's cache of `len` KV slots and its state (a prefill cache holds its prompt's).
+    pub fn sequence_bytes(&self, len: usize) -> u64 {
         (len as u64).saturating_mul(self.kv_per_slot).saturating_add(self.state)
     }
 }

@@ -205,7 +205,7 @@ impl EngineHandle {
         if let Some(budget) = self.config.cache_budget {
             let alone = [SequenceSpan { cached: prompt.len(), steps_left: params.max_tokens }];
             let needed =
-                self.limits.costs.batch_bytes(&alone).saturating_add(self.limits.costs.prefill_bytes(prompt.len()));
+                self.limits.costs.batch_bytes(&alone).saturating_add(self.limits.costs.sequence_bytes(prompt.len()));
             if needed > budget {
                 return Err(SubmitError::TooLarge { needed, budget });
             }

@@ -144,7 +144,7 @@ impl<B: BambaOps> Engine<B> {
         let costs = CacheCosts::new(&model.config, model.dtype, state_dtype);
         if let Some(budget) = config.cache_budget {
             let one = [SequenceSpan { cached: config.max_model_len - 1, steps_left: 1 }];
-            let needed = costs.batch_bytes(&one).saturating_add(costs.prefill_bytes(config.max_model_len - 1));
+            let needed = costs.batch_bytes(&one).saturating_add(costs.sequence_bytes(config.max_model_len - 1));
             if needed > budget {
                 return Err(EngineConfigError::Budget { budget, needed });
             }
@@ -250,29 +250,28 @@ impl<B: BambaOps> Engine<B> {
         let mut prefill = 0u64;
         for s in &self.prefilling {
             spans.push(SequenceSpan { cached: s.request.prompt.len(), steps_left: s.request.params.max_tokens });
-            prefill = prefill.saturating_add(self.costs.prefill_bytes(s.request.prompt.len()));
+            prefill = prefill.saturating_add(self.costs.sequence_bytes(s.request.prompt.len()));
         }
         (spans, prefill)
     }
 
     /// Moves queued requests to prefill, first come first served, while they fit.
     fn admit(&mut self) {
+        // What is admitted so far, extended as requests are admitted (computed once per step).
+        let (mut spans, mut prefill) = self.spans();
         while let Some(next) = self.queued.front() {
             if self.running.len() + self.prefilling.len() >= self.config.max_num_seqs {
                 return;
             }
-            if let Some(budget) = self.config.cache_budget {
-                let (mut spans, prefill) = self.spans();
-                let len = next.request.prompt.len();
-                spans.push(SequenceSpan { cached: len, steps_left: next.request.params.max_tokens });
-                let bytes = self
-                    .costs
-                    .batch_bytes(&spans)
-                    .saturating_add(prefill)
-                    .saturating_add(self.costs.prefill_bytes(len));
-                if bytes > budget {
-                    return;
-                }
+            let len = next.request.prompt.len();
+            spans.push(SequenceSpan { cached: len, steps_left: next.request.params.max_tokens });
+            prefill = prefill.saturating_add(self.costs.sequence_bytes(len));
+            if self
+                .config
+                .cache_budget
+                .is_some_and(|budget| self.costs.batch_bytes(&spans).saturating_add(prefill) > budget)
+            {
+                return;
             }
             let seq = self.queued.pop_front().expect("front exists");
             self.prefilling.push_back(seq);
@@ -437,7 +436,7 @@ impl<B: BambaOps> Engine<B> {
     fn publish(&self) {
         let s = &self.stats;
         EngineStats::set(&s.running, self.running.len());
-        let prefill: u64 = self.prefilling.iter().map(|q| self.costs.prefill_bytes(q.request.prompt.len())).sum();
+        let prefill: u64 = self.prefilling.iter().map(|q| self.costs.sequence_bytes(q.request.prompt.len())).sum();
         let batch = self
             .batch
             .as_ref()
