@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Builds the parity fixtures under tests/fixtures/ with transformers' own BambaForCausalLM.
+"""Builds the parity fixtures under tests/fixtures/ with transformers' own model classes
+(BambaForCausalLM, GraniteMoeHybridForCausalLM).
 
-Each fixture is a tiny random Bamba checkpoint directory (config.json + safetensors, as
+Each fixture is a tiny random checkpoint directory (config.json + safetensors, as
 save_pretrained writes them) plus `reference.safetensors` holding prompts and the logits
 transformers computes for them in float64 (the reference), and the float32 logits, whose
 distance from the float64 ones is the noise floor recorded in `manifest.json`. The manifest also
@@ -13,6 +14,8 @@ Parameters are re-randomised away from transformers' init (ones, zeros, arange) 
 wrong norm weight, a dropped bias or a swapped A/D shows up in the logits.
 
 Usage: python3 scripts/make_fixtures.py [OUT_DIR]   (needs torch, transformers, safetensors)
+       python3 scripts/make_fixtures.py --only NAME[,NAME...] [OUT_DIR]   (rebuilds only those
+       fixtures and the config counts; the manifest keeps the others' records)
        python3 scripts/make_fixtures.py --half-floors [OUT_DIR]   (only the 16-bit floors of the
        fixtures already there, written into their manifest; the checkpoints are left as they are)
 """
@@ -25,11 +28,24 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import BambaConfig, BambaForCausalLM
+from transformers import (AutoModelForCausalLM, BambaConfig, BambaForCausalLM, GraniteMoeHybridConfig,
+                          GraniteMoeHybridForCausalLM)
 
 HALF_FLOORS_ONLY = "--half-floors" in sys.argv[1:]
-ARGS = [a for a in sys.argv[1:] if a != "--half-floors"]
+ONLY = None
+ARGS = []
+_argv = sys.argv[1:]
+while _argv:
+    a = _argv.pop(0)
+    if a == "--only":
+        ONLY = _argv.pop(0).split(",")
+    elif a != "--half-floors":
+        ARGS.append(a)
 OUT = ARGS[0] if ARGS else os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+
+# model_type -> (config class, model class)
+CLASSES = {"bamba": (BambaConfig, BambaForCausalLM),
+           "granitemoehybrid": (GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM)}
 
 BASE = dict(
     vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
@@ -39,8 +55,22 @@ BASE = dict(
     pad_token_id=0, bos_token_id=1, eos_token_id=2,
 )
 
-# name -> (config overrides, options). Options: dialect ("5.x" as saved, "4.x" rewritten,
-# "bare-infinity"), dtype (torch dtype of the saved weights), shard (max_shard_size), prompts (lengths).
+# Granite 4.0-H at the same tiny widths: Bamba's mixer and attention, plus the multipliers of the
+# released models (embedding 12, residual 0.22, attention 1/head_dim, logits divided), NoPE, a shared
+# MLP of another width than the experts, and 4 experts of which each token takes 2.
+GRANITE_BASE = dict(
+    vocab_size=96, hidden_size=32, intermediate_size=24, shared_intermediate_size=40, num_hidden_layers=4,
+    num_attention_heads=4, num_key_value_heads=2, layer_types=["mamba", "attention", "mamba", "mamba"],
+    mamba_n_heads=8, mamba_d_head="auto", mamba_n_groups=1, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2,
+    mamba_chunk_size=8, rms_norm_eps=1e-5, num_local_experts=4, num_experts_per_tok=2,
+    embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.125, logits_scaling=6.0,
+    pad_token_id=0, bos_token_id=1, eos_token_id=2,
+)
+
+# name -> (config overrides, options). Options: model_type ("bamba" unless named; "granitemoehybrid"
+# starts from GRANITE_BASE), dialect ("5.x" as saved, "4.x" rewritten, "bare-infinity", "hub": Granite's
+# layer_types as the released config.json files spell them), dtype (torch dtype of the saved weights),
+# shard (max_shard_size), prompts (lengths).
 FIXTURES = {
     # attention in the middle, GQA, chunk 8 does not divide the prompt lengths 13 and 5
     "base": ({}, {}),
@@ -65,6 +95,20 @@ FIXTURES = {
     # scan that subtracts cumulative sums loses precision (found by scripts/sweep_parity.py)
     "long_chunk": (dict(mamba_chunk_size=256, mamba_d_state=64, attn_layer_indices=[1]),
                    {"prompts": [150, 13, 1]}),
+    # Granite 4.0-H MoE (h-tiny/h-small): routed experts beside the shared MLP, NoPE, tied head (as h-small)
+    "granite_moe": (dict(tie_word_embeddings=True), {"model_type": "granitemoehybrid"}),
+    # Granite 4.0-H dense (h-1b/h-micro) in the hub spelling, with full RoPE at theta 1e7 (dense Granite
+    # 4.0), two groups, attention first and last, other multipliers, untied head
+    "granite_dense_rope": (dict(num_local_experts=0, num_experts_per_tok=0, position_embedding_type="rope",
+                                rope_parameters={"rope_type": "default", "rope_theta": 1e7},
+                                layer_types=["attention", "mamba", "mamba", "attention"], mamba_n_groups=2,
+                                residual_multiplier=0.3, attention_multiplier=0.0625, embedding_multiplier=6.0,
+                                logits_scaling=3.0),
+                           {"model_type": "granitemoehybrid", "dialect": "hub"}),
+    # all-attention dense Granite 4.0 (micro, 1b): no Mamba layer, MoE on, 8 experts top-3
+    "granite_attention_only": (dict(layer_types=["attention"] * 3, num_hidden_layers=3, num_local_experts=8,
+                                    num_experts_per_tok=3, position_embedding_type="rope"),
+                               {"model_type": "granitemoehybrid"}),
 }
 
 PROMPT_LENGTHS = [13, 5, 1]  # unless a fixture's options name its own
@@ -134,7 +178,11 @@ HALF_DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16}
 def reload(path, dtype):
     """The checkpoint on disk as transformers loads it in `dtype`. Reloading matters: reusing an
     in-memory model would carry buffers such as RoPE's inv_freq rounded to the save dtype."""
-    return BambaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager").eval()
+    with open(os.path.join(path, "config.json")) as f:
+        model_type = json.load(f).get("model_type", "bamba")
+    # The eager experts loop: the default grouped_mm has no float64 kernel.
+    extra = {"experts_implementation": "eager"} if model_type == "granitemoehybrid" else {}
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager", **extra).eval()
 
 
 # Runs per prompt and dtype of the rounding-spread floor (`half_spread_floors`), and its quantile.
@@ -188,10 +236,12 @@ def half_spread_floors(model, key, prompts):
 
 
 def build(name, overrides, options, seed):
-    cfg_kwargs = dict(BASE, **overrides)
-    config = BambaConfig(**cfg_kwargs)
+    model_type = options.get("model_type", "bamba")
+    config_class, model_class = CLASSES[model_type]
+    cfg_kwargs = dict(GRANITE_BASE if model_type == "granitemoehybrid" else BASE, **overrides)
+    config = config_class(**cfg_kwargs)
     torch.manual_seed(seed)
-    model = BambaForCausalLM(config).eval()
+    model = model_class(config).eval()
     gen = torch.Generator().manual_seed(seed)
     rerandomise(model, gen)
     save_dtype = options.get("dtype", torch.float32)
@@ -209,6 +259,13 @@ def build(name, overrides, options, seed):
             cfg = json.load(f)
         with open(cfg_file, "w") as f:
             json.dump(to_4x_dialect(cfg), f, indent=2, sort_keys=True)
+    elif dialect == "hub":
+        with open(cfg_file) as f:
+            cfg = json.load(f)
+        hub = {"linear_attention": "mamba", "full_attention": "attention"}
+        cfg["layer_types"] = [hub[t] for t in cfg["layer_types"]]
+        with open(cfg_file, "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
     elif dialect == "bare-infinity":
         with open(cfg_file) as f:
             text = f.read()
@@ -247,6 +304,7 @@ def build(name, overrides, options, seed):
             tensors[f"generate_{i}.logits"] = step_logits.to(torch.float32).contiguous()
     save_file(tensors, os.path.join(path, "reference.safetensors"))
     return {
+        "model_type": model_type,
         "prompts": len(prompt_lengths),
         "generate": {"prompts": 0 if generate_note else GENERATE_PROMPTS, "max_new_tokens": MAX_NEW_TOKENS,
                      "greedy": True, "cache": True, "note": generate_note},
@@ -282,19 +340,33 @@ def main():
     if HALF_FLOORS_ONLY:
         return update_half_floors()
     os.makedirs(OUT, exist_ok=True)
+    manifest_path = os.path.join(OUT, "manifest.json")
     manifest = {"transformers": __import__("transformers").__version__, "torch": torch.__version__,
                 "fixtures": {}}
+    if ONLY is not None:
+        unknown = set(ONLY) - set(FIXTURES)
+        assert not unknown, f"unknown fixtures {unknown}"
+        with open(manifest_path) as f:
+            manifest = json.load(f)
     for seed, (name, (overrides, options)) in enumerate(FIXTURES.items()):
+        if ONLY is not None and name not in ONLY:
+            continue
         manifest["fixtures"][name] = build(name, overrides, options, seed=100 + seed)
+        if ONLY is not None and manifest["transformers"] != __import__("transformers").__version__:
+            # The top-level version is that of the full build; a fixture rebuilt alone names its own.
+            manifest["fixtures"][name]["transformers"] = __import__("transformers").__version__
         print(f"{name}: {manifest['fixtures'][name]}")
     # Parameter counts of full-size configs, from transformers on the meta device (no memory).
     manifest["configs"] = {}
     configs_dir = os.path.join(os.path.dirname(OUT.rstrip("/")), "configs")
     for file in sorted(os.listdir(configs_dir)):
+        with open(os.path.join(configs_dir, file)) as f:
+            model_type = json.load(f).get("model_type", "bamba")
+        config_class, model_class = CLASSES[model_type]
         with torch.device("meta"):
-            m = BambaForCausalLM(BambaConfig.from_json_file(os.path.join(configs_dir, file)))
+            m = model_class(config_class.from_json_file(os.path.join(configs_dir, file)))
         manifest["configs"][file] = {"parameters": sum(p.numel() for p in m.parameters())}
-    with open(os.path.join(OUT, "manifest.json"), "w") as f:
+    with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
 
 

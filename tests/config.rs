@@ -2,7 +2,7 @@
 
 mod common;
 
-use bamba::model::config::{BambaConfig, ConfigError, LayerKind};
+use bamba::model::config::{Architecture, BambaConfig, ConfigError, LayerKind, MoeConfig, RopeConfig};
 use bamba::model::presets::preset;
 use bamba::model::sizes::{parse_memory, prefill_flops, MemoryModel, ParameterCounts};
 use common::*;
@@ -15,7 +15,8 @@ fn bamba_9b() -> BambaConfig {
 fn real_bamba_9b_config_4x_dialect() {
     let c = bamba_9b();
     assert_eq!((c.d_inner(), c.conv_dim(), c.in_proj_dim(), c.rotary_dim()), (8192, 8448, 16768, 64));
-    assert_eq!((c.head_dim, c.mamba_d_head, c.rope_theta, c.partial_rotary_factor), (128, 64, 10000.0, 0.5));
+    assert_eq!((c.head_dim, c.mamba_d_head), (128, 64));
+    assert_eq!(c.rope, Some(RopeConfig { theta: 10000.0, partial_rotary_factor: 0.5 }));
     assert_eq!(c.time_step_limit, Some((0.0, f64::INFINITY)));
     assert_eq!(c.dt_limit(), None, "(0, inf) is a no-op clamp");
     let attention: Vec<usize> = (0..32).filter(|&i| c.layer_kinds[i] == LayerKind::Attention).collect();
@@ -25,16 +26,72 @@ fn real_bamba_9b_config_4x_dialect() {
 
 #[test]
 fn parameter_counts_match_transformers() {
-    // The manifest's counts come from transformers' BambaForCausalLM (meta device for full configs).
+    // The manifest's counts come from transformers' own model classes (on the meta device for the
+    // full-size configs under tests/configs: Bamba-9B and the Granite 4.0 family).
     let m = manifest();
-    let expected = m["configs"]["bamba-9b.json"]["parameters"].as_u64().unwrap();
-    assert_eq!(expected, 9_780_235_392);
-    assert_eq!(ParameterCounts::new(&bamba_9b()).total, expected);
+    assert_eq!(m["configs"]["bamba-9b.json"]["parameters"].as_u64(), Some(9_780_235_392));
+    let configs = m["configs"].as_object().unwrap();
+    assert!(configs.len() >= 5, "{configs:?}");
+    for (file, record) in configs {
+        let c = BambaConfig::from_path(fixtures_dir().join("../configs").join(file)).unwrap();
+        assert_eq!(ParameterCounts::new(&c).total, record["parameters"].as_u64().unwrap(), "{file}");
+    }
     for name in fixture_names() {
         let c = BambaConfig::from_path(fixtures_dir().join(&name)).unwrap();
         let expected = m["fixtures"][&name]["parameters"].as_u64().unwrap();
         assert_eq!(ParameterCounts::new(&c).total, expected, "{name}");
     }
+}
+
+fn granite(file: &str) -> BambaConfig {
+    BambaConfig::from_path(fixtures_dir().join("../configs").join(file)).unwrap()
+}
+
+#[test]
+fn granite_configs_resolve_to_their_layer_plans() {
+    let tiny = granite("granite-4.0-h-tiny.json");
+    assert_eq!(tiny.architecture, Architecture::GraniteMoeHybrid);
+    assert_eq!(tiny.moe, Some(MoeConfig { experts: 64, top_k: 6, width: 512 }));
+    assert_eq!(tiny.intermediate_size, 1024, "the dense MLP is shared_intermediate_size wide");
+    let attention: Vec<usize> = (0..40).filter(|&i| tiny.layer_kinds[i] == LayerKind::Attention).collect();
+    assert_eq!(attention, vec![5, 15, 25, 35]);
+    assert_eq!((tiny.rope, tiny.rotary_dim()), (None, 0), "position_embedding_type nope");
+    assert_eq!(
+        (tiny.embedding_multiplier, tiny.residual_multiplier, tiny.attention_multiplier, tiny.logits_scaling),
+        (12.0, 0.22, Some(1.0 / 128.0), 6.0)
+    );
+    // One token reads 6 of 64 experts (each 3 x 512 x 1536) in each of 40 layers: 1.47B of the 6.94B
+    // parameters (IBM: "7B total, 1B active", counting without the embedding).
+    let counts = ParameterCounts::new(&tiny);
+    assert_eq!(counts.active, counts.total - 40 * 58 * 3 * 512 * 1536);
+    let micro = granite("granite-4.0-micro.json");
+    assert_eq!((micro.count(LayerKind::Attention), micro.moe, micro.rotary_dim()), (40, None, 64));
+    assert_eq!(micro.rope.unwrap().theta, 1e7);
+    let dense = granite("granite-4.0-h-1b.json");
+    assert_eq!((dense.moe, dense.intermediate_size), (None, 4096));
+    let counts = ParameterCounts::new(&dense);
+    assert_eq!(counts.active, counts.total);
+}
+
+#[test]
+fn granite_configs_with_bad_plans_are_typed_errors() {
+    let text = std::fs::read_to_string(fixtures_dir().join("granite_moe/config.json")).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut c = base.clone();
+        c[key] = value;
+        BambaConfig::from_json(&c.to_string()).unwrap_err()
+    };
+    let e = with("layer_types", serde_json::json!(["mamba", "attention"]));
+    assert!(matches!(e, ConfigError::LayerTypesLength { found: 2, layers: 4 }), "{e}");
+    let e = with("layer_types", serde_json::json!(["mamba", "conv", "mamba", "mamba"]));
+    assert!(matches!(e, ConfigError::LayerType { index: 1, .. }), "{e}");
+    let e = with("num_experts_per_tok", serde_json::json!(5));
+    assert!(matches!(e, ConfigError::TopK { top_k: 5, experts: 4 }), "{e}");
+    let e = with("residual_multiplier", serde_json::json!(-0.5));
+    assert!(matches!(e, ConfigError::NotPositive { field: "residual_multiplier", .. }), "{e}");
+    let e = with("model_type", serde_json::json!("nemotron_h"));
+    assert!(e.to_string().contains("granitemoehybrid"), "the error names what is supported: {e}");
 }
 
 #[test]
@@ -101,7 +158,7 @@ const FIVE_X: &str = r#"{
 #[test]
 fn five_x_dialect_with_rope_parameters_and_wrapped_infinity() {
     let c = BambaConfig::from_json(FIVE_X).unwrap();
-    assert_eq!((c.mamba_d_head, c.rope_theta, c.rotary_dim()), (8, 500.0, 8));
+    assert_eq!((c.mamba_d_head, c.rope.unwrap().theta, c.rotary_dim()), (8, 500.0, 8));
     assert_eq!(c.time_step_limit, Some((0.0, f64::INFINITY)));
     assert_eq!(c.layer_kinds, vec![LayerKind::Mamba, LayerKind::Attention, LayerKind::Mamba]);
 }
@@ -126,7 +183,7 @@ fn partial_rotary_defaults_to_half_without_rope_parameters() {
         r#""rope_theta": 123.0,"#,
     );
     let c = BambaConfig::from_json(&no_rope).unwrap();
-    assert_eq!((c.rope_theta, c.partial_rotary_factor, c.rotary_dim()), (123.0, 0.5, 4));
+    assert_eq!((c.rope, c.rotary_dim()), (Some(RopeConfig { theta: 123.0, partial_rotary_factor: 0.5 }), 4));
 }
 
 fn err(text: &str) -> ConfigError {

@@ -997,6 +997,57 @@ fn check_serving_engine<B: BambaOps>(device: &B::Device) {
 /// launched right after the upload reads them (on CUDA
 /// the copy runs outside CubeCL's stream: `bamba-kernels/src/cube/upload.rs`). The values are whole
 /// numbers in [-125, 125], exact in every dtype, so the comparison is exact.
+/// Routed experts ([`BambaOps::moe_experts`]) and the routing before them (top-k of the router logits,
+/// softmax over the picked ones) against the reference on the CPU: tokens with one expert, several,
+/// and experts no token picks.
+fn check_moe<B: BambaOps>(device: &B::Device) {
+    use burn::tensor::activation::softmax;
+    for (rows, hidden, width, experts, k) in [(1, 16, 8, 4, 2), (7, 32, 24, 8, 3), (13, 24, 40, 5, 1)] {
+        let x = uniform(rows * hidden, 71, -1.0, 1.0);
+        let router = uniform(experts * hidden, 72, -0.5, 0.5);
+        let gate_up = uniform(experts * 2 * width * hidden, 73, -0.3, 0.3);
+        let down = uniform(experts * hidden * width, 74, -0.3, 0.3);
+        let run = |device: &B::Device| {
+            let x = tensor::<B, 2>(&x, [rows, hidden], device, DType::F32);
+            let logits = B::linear_no_bias(x.clone(), tensor(&router, [experts, hidden], device, DType::F32));
+            let (picked, chosen) = logits.topk_with_indices(k, 1);
+            let weights = softmax(picked, 1);
+            let ids: Vec<i64> = chosen.clone().into_data().convert::<i64>().to_vec().unwrap();
+            let out = B::moe_experts(
+                x,
+                weights.clone(),
+                chosen,
+                tensor(&gate_up, [experts, 2 * width, hidden], device, DType::F32),
+                tensor(&down, [experts, hidden, width], device, DType::F32),
+            );
+            (ids, host(weights), host(out))
+        };
+        let cpu = |device: &burn::backend::ndarray::NdArrayDevice| {
+            let x = tensor::<Cpu, 2>(&x, [rows, hidden], device, DType::F32);
+            let logits =
+                reference::linear::linear_no_bias(x.clone(), tensor(&router, [experts, hidden], device, DType::F32));
+            let (picked, chosen) = logits.topk_with_indices(k, 1);
+            let weights = softmax(picked, 1);
+            let ids: Vec<i64> = chosen.clone().into_data().convert::<i64>().to_vec().unwrap();
+            let out = reference::moe::moe_experts::<Cpu>(
+                x,
+                weights.clone(),
+                chosen,
+                tensor(&gate_up, [experts, 2 * width, hidden], device, DType::F32),
+                tensor(&down, [experts, hidden, width], device, DType::F32),
+            );
+            (ids, host(weights), host(out))
+        };
+        let (ids, weights, out) = run(device);
+        let (want_ids, want_weights, want_out) = cpu(&Default::default());
+        let case = format!("rows {rows} hidden {hidden} width {width} experts {experts} k {k}");
+        assert_eq!(ids, want_ids, "{case}: routing");
+        assert!(max_abs_diff(&weights, &want_weights) < 1e-6, "{case}: routing weights");
+        let diff = relative_diff(&out, &want_out);
+        assert!(diff < 1e-5, "{case}: experts {diff:e}");
+    }
+}
+
 fn check_upload<B: BambaOps>(device: &B::Device) {
     let value = |i: usize| (i % 251) as f32 - 125.0;
     for dtype in dtypes::<B>(device) {
@@ -1075,6 +1126,11 @@ macro_rules! backend_tests {
             #[test]
             fn decode_attention_matches_the_reference() {
                 check_decode_attention::<$backend>(&$device);
+            }
+
+            #[test]
+            fn moe_experts_match_the_reference() {
+                check_moe::<$backend>(&$device);
             }
 
             #[test]

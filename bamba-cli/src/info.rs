@@ -36,7 +36,10 @@ pub fn run(args: &InfoArgs) -> Result<()> {
 
     if args.json {
         let mut out = json!({
+            "model_type": config.architecture.model_type(),
             "parameters": counts.total,
+            "active_parameters_per_token": counts.active,
+            "experts": config.moe.map(|m| json!({"count": m.experts, "top_k": m.top_k, "width": m.width, "parameters_per_layer": counts.experts_per_layer})),
             "parameters_breakdown": {
                 "embedding": counts.embedding, "lm_head": counts.lm_head, "final_norm": counts.final_norm,
                 "per_mamba_layer": counts.mamba_layer, "per_attention_layer": counts.attention_layer,
@@ -72,7 +75,15 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         config.count(LayerKind::Mamba),
         config.count(LayerKind::Attention)
     );
+    println!("model_type        {}", config.architecture.model_type());
     println!("parameters        {}", counts.total);
+    if let Some(m) = config.moe {
+        println!(
+            "  experts             {} of width {}, top {} per token ({} per layer)",
+            m.experts, m.width, m.top_k, counts.experts_per_layer
+        );
+        println!("  active per token    {}", counts.active);
+    }
     println!("  per mamba layer     {}", counts.mamba_layer);
     println!("  per attention layer {}", counts.attention_layer);
     println!("  embedding + head    {}", counts.embedding + counts.lm_head);

@@ -1,9 +1,9 @@
 //! Hot operations of the Bamba model behind one Burn backend-extension trait.
 //!
 //! [`BambaOps`] is the only door the model uses for its hot ops (the Mamba2 SSD chunked scan, its
-//! single-token decode step, the causal depthwise conv, RMSNorm, the linear layers' matmul, and
-//! decode attention over the KV cache). Each method's default body is the plain tensor-op reference in
-//! [`reference`], which runs on every backend (ndarray in CI). GPU backends override a method with a
+//! single-token decode step, the causal depthwise conv, RMSNorm, the linear layers' matmul, decode
+//! attention over the KV cache, and the routed experts of a MoE feed-forward). Each method's default
+//! body is the plain tensor-op reference in [`reference`], which runs on every backend (ndarray in CI). GPU backends override a method with a
 //! CubeCL kernel; tests compare the override against the reference on the same device.
 //!
 //! The trait and all its impls live in this crate because of the orphan rule: `NdArray`,
@@ -12,7 +12,7 @@
 pub mod reference;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 pub use reference::conv::ConvOutput;
 pub use reference::mamba_step::{MambaStepConfig, MambaStepOutput, MambaStepWeights};
@@ -176,6 +176,22 @@ pub trait BambaOps: Backend {
         keys: usize,
     ) -> Tensor<Self, 4> {
         reference::attention::decode_attention(q, k, v, key_start, keys)
+    }
+
+    /// The routed experts of a mixture-of-experts feed-forward: each token's `k` chosen experts' SwiGLU
+    /// outputs, weighted and summed; see [`reference::moe::moe_experts`].
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, hidden]`, `weights`: `[rows, k]`, `experts`: `[rows, k]` (ids)
+    /// - `gate_up`: `[experts, 2·width, hidden]`, `down`: `[experts, hidden, width]` → `[rows, hidden]`
+    fn moe_experts(
+        x: Tensor<Self, 2>,
+        weights: Tensor<Self, 2>,
+        experts: Tensor<Self, 2, Int>,
+        gate_up: Tensor<Self, 3>,
+        down: Tensor<Self, 3>,
+    ) -> Tensor<Self, 2> {
+        reference::moe::moe_experts(x, weights, experts, gate_up, down)
     }
 
     /// Rotary position embedding of the first `rotary_dim` dims of every head (partial RoPE, NeoX

@@ -1,4 +1,5 @@
-//! Grouped-query self-attention with partial RoPE and a causal mask (q/k/v/o biases optional).
+//! Grouped-query self-attention with partial, full or no RoPE and a causal mask (q/k/v/o biases
+//! optional).
 
 use bamba_kernels::BambaOps;
 use burn::tensor::{DType, Tensor};
@@ -8,7 +9,7 @@ use crate::config::BambaConfig;
 use crate::linear::Linear;
 use crate::loader::{LoadError, WeightReader};
 use crate::padding::ChunkMasks;
-use crate::rope::{Rope, RopeTables};
+use crate::rope::RopeTables;
 
 #[derive(Debug, Clone)]
 pub struct Attention<B: BambaOps> {
@@ -22,23 +23,26 @@ pub struct Attention<B: BambaOps> {
 }
 
 impl<B: BambaOps> Attention<B> {
-    /// Reads `{prefix}.{q,k,v,o}_proj`.
+    /// Reads `{prefix}.{q,k,v,o}_proj`. The attention kernels scale scores by `1/√head_dim`; another
+    /// softmax scale (`attention_multiplier`) is folded into `q_proj` (RoPE is linear, so scaling q
+    /// before it is the same), and the residual multiplier into `o_proj`.
     pub fn load(w: &mut WeightReader<'_, B>, prefix: &str, c: &BambaConfig) -> Result<Self, LoadError> {
         let (h, bias) = (c.hidden_size, c.attention_bias);
         let q = c.num_heads * c.head_dim;
         let kv = c.num_kv_heads * c.head_dim;
+        let q_scale = c.attention_multiplier.map_or(1.0, |s| s * (c.head_dim as f64).sqrt());
         Ok(Attention {
-            q_proj: Linear::load(w, &format!("{prefix}.q_proj"), h, q, bias)?,
+            q_proj: Linear::load_scaled(w, &format!("{prefix}.q_proj"), h, q, bias, q_scale)?,
             k_proj: Linear::load(w, &format!("{prefix}.k_proj"), h, kv, bias)?,
             v_proj: Linear::load(w, &format!("{prefix}.v_proj"), h, kv, bias)?,
-            o_proj: Linear::load(w, &format!("{prefix}.o_proj"), q, h, bias)?,
+            o_proj: Linear::load_scaled(w, &format!("{prefix}.o_proj"), q, h, bias, c.residual_multiplier)?,
             num_heads: c.num_heads,
             num_kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
         })
     }
 
-    /// Attention for positions `start .. start + len` (`tables` must cover them). With a cache, the new
+    /// Attention for positions `start .. start + len` (`tables`, absent without RoPE, must cover them). With a cache, the new
     /// keys/values are appended and the queries attend over everything cached; without one,
     /// `start` must be 0 and the sequence attends over itself. `masks.attention` (left padding)
     /// replaces the plain causal mask; a decode step (`len == 1` with a cache) reads
@@ -51,16 +55,19 @@ impl<B: BambaOps> Attention<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &Rope,
-        tables: &RopeTables<B>,
+        tables: Option<&RopeTables<B>>,
         masks: &ChunkMasks<B>,
         cache: Option<&mut KvCache<B>>,
         residual: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let [batch, len, _] = x.dims();
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads), tables);
-        let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads), tables);
+        let rotate = |t: Tensor<B, 4>| match tables {
+            Some(tables) => tables.apply(t),
+            None => t,
+        };
+        let q = rotate(heads(self.q_proj.forward(x.clone()), self.num_heads));
+        let k = rotate(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
         let out = match (len, cache) {
             (1, Some(cache)) => {

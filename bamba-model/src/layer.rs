@@ -1,18 +1,21 @@
-//! One decoder layer: `x + mixer(norm(x))`, then `x + mlp(norm(x))`. The mixer is Mamba2 or attention,
-//! fixed per layer by `attn_layer_indices`; every layer has both norms and the MLP.
+//! One decoder layer: `x + mixer(norm(x))`, then `x + mlp(norm(x)) [+ moe(norm(x))]`. The mixer is
+//! Mamba2 or attention, fixed per layer by the config's layer plan; every layer has both norms and the
+//! MLP, and the experts when the config has them. Residual multipliers are folded into each
+//! sub-block's output projection.
 
 use bamba_kernels::BambaOps;
 use burn::tensor::Tensor;
 
 use crate::attention::Attention;
 use crate::cache::LayerCache;
-use crate::config::{BambaConfig, LayerKind};
+use crate::config::{Architecture, BambaConfig, LayerKind};
 use crate::loader::{LoadError, WeightReader};
 use crate::mamba2::Mamba2Mixer;
 use crate::mlp::Mlp;
+use crate::moe::Moe;
 use crate::norm::RmsNorm;
 use crate::padding::ChunkMasks;
-use crate::rope::{Rope, RopeTables};
+use crate::rope::RopeTables;
 
 /// The sequence mixer of a layer.
 #[derive(Debug, Clone)]
@@ -25,8 +28,10 @@ pub enum Mixer<B: BambaOps> {
 pub struct DecoderLayer<B: BambaOps> {
     pub input_layernorm: RmsNorm<B>,
     pub mixer: Mixer<B>,
+    /// The feed-forward's pre-norm (Bamba's `pre_ff_layernorm`, Granite's `post_attention_layernorm`).
     pub pre_ff_layernorm: RmsNorm<B>,
     pub feed_forward: Mlp<B>,
+    pub experts: Option<Moe<B>>,
 }
 
 impl<B: BambaOps> DecoderLayer<B> {
@@ -34,6 +39,10 @@ impl<B: BambaOps> DecoderLayer<B> {
     pub fn load(w: &mut WeightReader<'_, B>, index: usize, c: &BambaConfig) -> Result<Self, LoadError> {
         let p = format!("model.layers.{index}");
         let (h, eps) = (c.hidden_size, c.rms_norm_eps);
+        let ff_norm = match c.architecture {
+            Architecture::Bamba => "pre_ff_layernorm",
+            Architecture::GraniteMoeHybrid => "post_attention_layernorm",
+        };
         let mixer = match c.layer_kinds[index] {
             LayerKind::Mamba => Mixer::Mamba(Mamba2Mixer::load(w, &format!("{p}.mamba"), c)?),
             LayerKind::Attention => Mixer::Attention(Attention::load(w, &format!("{p}.self_attn"), c)?),
@@ -41,8 +50,9 @@ impl<B: BambaOps> DecoderLayer<B> {
         Ok(DecoderLayer {
             input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), h, eps)?,
             mixer,
-            pre_ff_layernorm: RmsNorm::load(w, &format!("{p}.pre_ff_layernorm.weight"), h, eps)?,
-            feed_forward: Mlp::load(w, &format!("{p}.feed_forward"), c)?,
+            pre_ff_layernorm: RmsNorm::load(w, &format!("{p}.{ff_norm}.weight"), h, eps)?,
+            feed_forward: Mlp::load(w, &p, c)?,
+            experts: c.moe.map(|m| Moe::load(w, &format!("{p}.block_sparse_moe"), c, m)).transpose()?,
         })
     }
 
@@ -54,8 +64,7 @@ impl<B: BambaOps> DecoderLayer<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &Rope,
-        tables: &RopeTables<B>,
+        tables: Option<&RopeTables<B>>,
         masks: &ChunkMasks<B>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
@@ -71,12 +80,17 @@ impl<B: BambaOps> DecoderLayer<B> {
                 *slot = Some(state);
                 out
             }
-            (Mixer::Attention(a), None) => a.forward(norm.forward(x.clone()), rope, tables, masks, None, x),
+            (Mixer::Attention(a), None) => a.forward(norm.forward(x.clone()), tables, masks, None, x),
             (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => {
-                a.forward(norm.forward(x.clone()), rope, tables, masks, Some(kv), x)
+                a.forward(norm.forward(x.clone()), tables, masks, Some(kv), x)
             }
             _ => unreachable!("the cache is built from the same layer plan as the model"),
         };
-        self.feed_forward.forward(&self.pre_ff_layernorm, x)
+        let norm = &self.pre_ff_layernorm;
+        let residual = match &self.experts {
+            Some(experts) => x.clone() + experts.forward(norm.forward(x.clone())),
+            None => x.clone(),
+        };
+        self.feed_forward.forward(norm, x, residual)
     }
 }

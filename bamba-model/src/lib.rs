@@ -1,4 +1,5 @@
-//! The Bamba hybrid Mamba2/attention language model on Burn, written once over `Backend`.
+//! The Bamba family of hybrid Mamba2/attention language models (Bamba, Granite 4.0-H) on Burn,
+//! written once over `Backend`.
 //!
 //! Weights are plain tensors built by [`loader`] straight from a Hugging Face checkpoint (no
 //! `Module` record machinery: this crate only runs inference). Hot ops go through
@@ -16,6 +17,7 @@ pub mod loader;
 pub mod mamba2;
 pub mod mlp;
 pub mod model;
+pub mod moe;
 pub mod norm;
 pub mod padding;
 pub mod presets;
@@ -26,7 +28,7 @@ pub mod tokenizer;
 
 pub use bamba_kernels;
 pub use cache::{CacheError, HybridCache};
-pub use config::{BambaConfig, ConfigError, LayerKind};
+pub use config::{Architecture, BambaConfig, ConfigError, LayerKind, MoeConfig, RopeConfig};
 pub use generate::{FinishReason, GenerateError, GenerateParams, Generation};
 pub use loader::{Checkpoint, LoadError, Precision};
 pub use model::{BambaModel, InputError, PromptOutputs};

@@ -28,9 +28,23 @@ impl<B: BambaOps> Linear<B> {
         outputs: usize,
         bias: bool,
     ) -> Result<Self, LoadError> {
+        Self::load_scaled(w, prefix, inputs, outputs, bias, 1.0)
+    }
+
+    /// [`Self::load`] of `scale · (x · Wᵀ + b)`: the weight and bias multiplied by `scale` in f32 as
+    /// they are read ([`WeightReader::tensor_scaled`]), so a multiplier after the layer costs nothing
+    /// and fused decode kernels still apply.
+    pub fn load_scaled(
+        w: &mut WeightReader<'_, B>,
+        prefix: &str,
+        inputs: usize,
+        outputs: usize,
+        bias: bool,
+        scale: f64,
+    ) -> Result<Self, LoadError> {
         Ok(Linear {
-            weight: w.tensor(&format!("{prefix}.weight"), [outputs, inputs])?,
-            bias: if bias { Some(w.tensor(&format!("{prefix}.bias"), [outputs])?) } else { None },
+            weight: w.tensor_scaled(&format!("{prefix}.weight"), [outputs, inputs], scale)?,
+            bias: if bias { Some(w.tensor_scaled(&format!("{prefix}.bias"), [outputs], scale)?) } else { None },
         })
     }
 

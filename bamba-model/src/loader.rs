@@ -204,15 +204,16 @@ const PIECE: usize = 1 << 21;
 
 /// Writes bytes `offset..offset + out.len()` of a tensor held in the checkpoint as `bytes` (dtype
 /// `from`, little-endian) and wanted as `target` (native-endian) into `out`, in parallel pieces: a
-/// copy when the dtypes match (on little-endian hosts), else a conversion through f32. `offset` and
-/// `out.len()` are whole `target` elements.
-fn convert_into(bytes: &[u8], from: Dtype, target: DType, offset: usize, out: &mut [u8]) {
+/// copy when the dtypes match (on little-endian hosts) and `scale` is 1, else a conversion through
+/// f32, multiplied by `scale` there (one rounding to `target`). `offset` and `out.len()` are whole
+/// `target` elements.
+fn convert_into(bytes: &[u8], from: Dtype, target: DType, scale: f32, offset: usize, out: &mut [u8]) {
     let (from_size, to_size) = (from.bitsize() / 8, target.size());
     let first = offset / to_size;
     let source = &bytes[first * from_size..(first + out.len() / to_size) * from_size];
     let same =
         matches!((from, target), (Dtype::BF16, DType::BF16) | (Dtype::F16, DType::F16) | (Dtype::F32, DType::F32));
-    if same && cfg!(target_endian = "little") {
+    if same && scale == 1.0 && cfg!(target_endian = "little") {
         let piece = PIECE * to_size;
         out.par_chunks_mut(piece).zip(source.par_chunks(piece)).for_each(|(out, source)| out.copy_from_slice(source));
         return;
@@ -229,7 +230,7 @@ fn convert_into(bytes: &[u8], from: Dtype, target: DType, offset: usize, out: &m
         _ => |v, o| o.copy_from_slice(&v.to_ne_bytes()),
     };
     out.par_chunks_mut(PIECE * to_size).zip(source.par_chunks(PIECE * from_size)).for_each(|(out, source)| {
-        out.chunks_exact_mut(to_size).zip(source.chunks_exact(from_size)).for_each(|(o, c)| write(read(c), o))
+        out.chunks_exact_mut(to_size).zip(source.chunks_exact(from_size)).for_each(|(o, c)| write(read(c) * scale, o))
     });
 }
 
@@ -257,6 +258,18 @@ fn random_range(name: &str, shape: &[usize]) -> (f64, f64) {
         let fan_in = shape.last().copied().unwrap_or(1).max(1) as f64;
         (-fan_in.powf(-0.5), fan_in.powf(-0.5))
     }
+}
+
+/// Which part of a stored tensor a read takes, and the factor it is multiplied by.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    /// `(first, count)` rows of dim 0; `None` is the whole tensor.
+    rows: Option<(usize, usize)>,
+    scale: f32,
+}
+
+impl Part {
+    const WHOLE: Part = Part { rows: None, scale: 1.0 };
 }
 
 /// Reads tensors out of a [`Checkpoint`] (or generates them, see [`WeightReader::random`]) onto a
@@ -294,11 +307,13 @@ impl<'a, B: BambaOps> WeightReader<'a, B> {
         file_shape: &[usize],
         shape: [usize; D],
         dtype: DType,
+        part: Part,
     ) -> Result<Tensor<B, D>, LoadError> {
         let checkpoint = match self.source {
             Source::Checkpoint(checkpoint) => checkpoint,
             Source::Random => {
                 let (low, high) = random_range(name, file_shape);
+                let (low, high) = (low * part.scale as f64, high * part.scale as f64);
                 return Ok(if low == high {
                     Tensor::full(shape, low, (&self.device, dtype))
                 } else {
@@ -322,21 +337,51 @@ impl<'a, B: BambaOps> WeightReader<'a, B> {
             });
         }
         self.used.insert(name.to_string());
+        // Rows `first .. first + count` of dim 0 are one contiguous run of the row-major tensor.
+        let row_bytes = bytes.len() / file_shape.first().copied().unwrap_or(1).max(1);
+        let bytes = match part.rows {
+            Some((first, count)) => &bytes[first * row_bytes..(first + count) * row_bytes],
+            None => bytes,
+        };
         if let Some(on_read) = self.on_read.as_mut() {
             on_read(bytes.len() as u64);
         }
-        let mut fill = |offset: usize, out: &mut [u8]| convert_into(bytes, from, dtype, offset, out);
+        let mut fill = |offset: usize, out: &mut [u8]| convert_into(bytes, from, dtype, part.scale, offset, out);
         Ok(B::upload_weight(shape, dtype, &mut fill, &self.device))
     }
 
     /// A tensor of exactly `shape`, in the compute dtype.
     pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError> {
-        self.read(name, &shape, shape, self.dtype)
+        self.read(name, &shape, shape, self.dtype, Part::WHOLE)
+    }
+
+    /// `scale ·` a tensor of exactly `shape`, multiplied in f32 before the one rounding to the compute
+    /// dtype: how a constant multiplier after a linear layer (Granite's residual and attention
+    /// multipliers) is folded into its weights.
+    pub fn tensor_scaled<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        scale: f64,
+    ) -> Result<Tensor<B, D>, LoadError> {
+        self.read(name, &shape, shape, self.dtype, Part { rows: None, scale: scale as f32 })
+    }
+
+    /// Rows `first .. first + shape[0]` (dim 0) of a tensor stored as `file_shape`: one half of a fused
+    /// `[gate|up]` projection. Reading every row of a tensor in parts counts it as read.
+    pub fn tensor_rows<const D: usize>(
+        &mut self,
+        name: &str,
+        file_shape: &[usize],
+        first: usize,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, LoadError> {
+        self.read(name, file_shape, shape, self.dtype, Part { rows: Some((first, shape[0])), scale: 1.0 })
     }
 
     /// A tensor of exactly `shape`, kept in f32 whatever the compute dtype (SSM parameters).
     pub fn tensor_f32<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError> {
-        self.read(name, &shape, shape, DType::F32)
+        self.read(name, &shape, shape, DType::F32, Part::WHOLE)
     }
 
     /// A tensor stored as `file_shape`, reshaped to `shape` (same element count).
@@ -346,7 +391,7 @@ impl<'a, B: BambaOps> WeightReader<'a, B> {
         file_shape: &[usize],
         shape: [usize; D],
     ) -> Result<Tensor<B, D>, LoadError> {
-        self.read(name, file_shape, shape, self.dtype)
+        self.read(name, file_shape, shape, self.dtype, Part::WHOLE)
     }
 
     /// Marks a tensor as deliberately ignored, if present.
@@ -401,13 +446,13 @@ mod tests {
             for target in [DType::F32, DType::BF16, DType::F16] {
                 let size = target.size();
                 let mut whole = vec![0u8; n * size];
-                convert_into(&bytes[1..], from, target, 0, &mut whole);
+                convert_into(&bytes[1..], from, target, 1.0, 0, &mut whole);
                 // In two pieces, as the pinned upload asks for them, split off a parallel-piece boundary.
                 let mut pieces = vec![0u8; n * size];
                 let split = (PIECE / 2 + 1) * size;
                 let (first, second) = pieces.split_at_mut(split);
-                convert_into(&bytes[1..], from, target, 0, first);
-                convert_into(&bytes[1..], from, target, split, second);
+                convert_into(&bytes[1..], from, target, 1.0, 0, first);
+                convert_into(&bytes[1..], from, target, 1.0, split, second);
                 assert!(pieces == whole, "{from:?} → {target:?}: pieces differ from the whole");
                 let data = TensorData::from_bytes_vec(whole, [n], target);
                 match target {

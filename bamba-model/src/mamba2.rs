@@ -66,7 +66,15 @@ impl<B: BambaOps> Mamba2Mixer<B> {
                 c.mamba_n_groups,
                 c.rms_norm_eps,
             )?,
-            out_proj: Linear::load(w, &format!("{prefix}.out_proj"), c.d_inner(), h, c.mamba_proj_bias)?,
+            // The residual multiplier (Granite) is folded into the output projection.
+            out_proj: Linear::load_scaled(
+                w,
+                &format!("{prefix}.out_proj"),
+                c.d_inner(),
+                h,
+                c.mamba_proj_bias,
+                c.residual_multiplier,
+            )?,
             d_inner: c.d_inner(),
             conv_dim,
             heads,

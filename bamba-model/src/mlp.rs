@@ -1,10 +1,14 @@
 //! SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`, with the residual add of its layer.
+//!
+//! Bamba stores `feed_forward.{gate,up,down}_proj`; Granite stores `shared_mlp.input_linear` with the
+//! gate rows above the up rows, and `shared_mlp.output_linear`. Both load into the same three
+//! weights (the fused one read in two row ranges), so one forward serves both.
 
 use bamba_kernels::BambaOps;
 use burn::tensor::activation::silu;
 use burn::tensor::Tensor;
 
-use crate::config::BambaConfig;
+use crate::config::{Architecture, BambaConfig};
 use crate::linear::Linear;
 use crate::loader::{LoadError, WeightReader};
 use crate::norm::RmsNorm;
@@ -13,28 +17,51 @@ use crate::norm::RmsNorm;
 pub struct Mlp<B: BambaOps> {
     pub gate_proj: Linear<B>,
     pub up_proj: Linear<B>,
+    /// Carries the residual multiplier (folded in at load).
     pub down_proj: Linear<B>,
 }
 
 impl<B: BambaOps> Mlp<B> {
-    /// Reads `{prefix}.{gate,up,down}_proj`.
-    pub fn load(w: &mut WeightReader<'_, B>, prefix: &str, c: &BambaConfig) -> Result<Self, LoadError> {
-        let (h, i, bias) = (c.hidden_size, c.intermediate_size, c.mlp_bias);
-        Ok(Mlp {
-            gate_proj: Linear::load(w, &format!("{prefix}.gate_proj"), h, i, bias)?,
-            up_proj: Linear::load(w, &format!("{prefix}.up_proj"), h, i, bias)?,
-            down_proj: Linear::load(w, &format!("{prefix}.down_proj"), i, h, bias)?,
-        })
+    /// Reads layer `layer`'s MLP (`layer` is the `model.layers.N` prefix).
+    pub fn load(w: &mut WeightReader<'_, B>, layer: &str, c: &BambaConfig) -> Result<Self, LoadError> {
+        let (h, i, bias, scale) = (c.hidden_size, c.intermediate_size, c.mlp_bias, c.residual_multiplier);
+        match c.architecture {
+            Architecture::Bamba => {
+                let p = format!("{layer}.feed_forward");
+                Ok(Mlp {
+                    gate_proj: Linear::load(w, &format!("{p}.gate_proj"), h, i, bias)?,
+                    up_proj: Linear::load(w, &format!("{p}.up_proj"), h, i, bias)?,
+                    down_proj: Linear::load_scaled(w, &format!("{p}.down_proj"), i, h, bias, scale)?,
+                })
+            }
+            Architecture::GraniteMoeHybrid => {
+                let fused = format!("{layer}.shared_mlp.input_linear.weight");
+                let half = |w: &mut WeightReader<'_, B>, first| -> Result<Linear<B>, LoadError> {
+                    Ok(Linear { weight: w.tensor_rows(&fused, &[2 * i, h], first, [i, h])?, bias: None })
+                };
+                Ok(Mlp {
+                    gate_proj: half(w, 0)?,
+                    up_proj: half(w, i)?,
+                    down_proj: Linear::load_scaled(
+                        w,
+                        &format!("{layer}.shared_mlp.output_linear"),
+                        i,
+                        h,
+                        false,
+                        scale,
+                    )?,
+                })
+            }
+        }
     }
 
-    /// `x + down(silu(gate(h)) · up(h))` with `h = norm(x)`. Without biases the norm and the gate·up half
-    /// are one [`BambaOps::rms_norm_swiglu`] and the down projection adds the residual itself (one
-    /// launch each at decode).
+    /// `residual + down(silu(gate(h)) · up(h))` with `h = norm(x)`. Without biases the norm and the
+    /// gate·up half are one [`BambaOps::rms_norm_swiglu`] and the down projection adds the residual
+    /// itself (one launch each at decode).
     ///
     /// # Shapes
-    /// - `x`: `[batch, len, hidden]` → same
-    pub fn forward(&self, norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let residual = x.clone();
+    /// - `x`, `residual`: `[batch, len, hidden]` → same
+    pub fn forward(&self, norm: &RmsNorm<B>, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = if self.gate_proj.bias.is_none() && self.up_proj.bias.is_none() {
             let [batch, len, width] = x.dims();
             let (gate, up) = (self.gate_proj.weight.clone(), self.up_proj.weight.clone());

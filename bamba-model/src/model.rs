@@ -1,5 +1,6 @@
-//! `BambaForCausalLM`: embedding → decoder layers → final RMSNorm → LM head (tied or not).
-//! No embedding scaling, no logit scaling.
+//! The causal language model of every supported config (`BambaForCausalLM`,
+//! `GraniteMoeHybridForCausalLM`): embedding (× `embedding_multiplier`) → decoder layers → final
+//! RMSNorm → LM head (tied or not) → ÷ `logits_scaling`.
 
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use thiserror::Error;
 
 use crate::cache::{CacheError, HybridCache, LayerCache};
-use crate::config::BambaConfig;
+use crate::config::{Architecture, BambaConfig};
 use crate::layer::DecoderLayer;
 use crate::linear::Linear;
 use crate::loader::{Checkpoint, LoadError, Precision, WeightReader};
@@ -29,7 +30,7 @@ pub enum InputError {
     RaggedBatch { row: usize, expected: usize, found: usize },
 }
 
-/// The Bamba causal language model, weights in one compute dtype.
+/// The causal language model, weights in one compute dtype.
 #[derive(Debug, Clone)]
 pub struct BambaModel<B: BambaOps> {
     pub config: BambaConfig,
@@ -40,7 +41,8 @@ pub struct BambaModel<B: BambaOps> {
     /// When tied, `embed_tokens` itself (the same device buffer): `[vocab, hidden]` is the head's
     /// `[out, in]` weight.
     pub lm_head: Linear<B>,
-    pub rope: Rope,
+    /// `None` without positional encoding.
+    pub rope: Option<Rope>,
     pub dtype: DType,
     pub device: B::Device,
 }
@@ -135,7 +137,11 @@ impl<B: BambaOps> BambaModel<B> {
         let embed_tokens = w.tensor("model.embed_tokens.weight", [vocab, h])?;
         let layers =
             (0..config.num_layers).map(|i| DecoderLayer::load(&mut w, i, &config)).collect::<Result<Vec<_>, _>>()?;
-        let final_layernorm = RmsNorm::load(&mut w, "model.final_layernorm.weight", h, config.rms_norm_eps)?;
+        let final_norm = match config.architecture {
+            Architecture::Bamba => "model.final_layernorm.weight",
+            Architecture::GraniteMoeHybrid => "model.norm.weight",
+        };
+        let final_layernorm = RmsNorm::load(&mut w, final_norm, h, config.rms_norm_eps)?;
         let lm_head = if config.tie_word_embeddings {
             // transformers ties and ignores a stored copy; so do we.
             w.skip("lm_head.weight");
@@ -144,7 +150,7 @@ impl<B: BambaOps> BambaModel<B> {
             Linear::load(&mut w, "lm_head", h, vocab, false)?
         };
         w.finish()?;
-        let rope = Rope::new(config.rotary_dim(), config.rope_theta);
+        let rope = config.rope.map(|r| Rope::new(config.rotary_dim(), r.theta));
         Ok(BambaModel { config, embed_tokens, layers, final_layernorm, lm_head, rope, dtype, device: device.clone() })
     }
 
@@ -180,14 +186,19 @@ impl<B: BambaOps> BambaModel<B> {
         Ok(Tensor::from_data(TensorData::new(flat, [rows.len(), len]), &self.device))
     }
 
-    /// Embedding rows for token ids (no scaling; the pad row is not zeroed, as in transformers).
+    /// Embedding rows for token ids, times `embedding_multiplier` (the pad row is not zeroed, as in
+    /// transformers).
     ///
     /// # Shapes
     /// - `ids`: `[batch, len]` → `[batch, len, hidden]`
     fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [batch, len] = ids.dims();
         let rows = self.embed_tokens.clone().select(0, ids.reshape([batch * len]));
-        rows.reshape([batch, len, self.config.hidden_size])
+        let x = rows.reshape([batch, len, self.config.hidden_size]);
+        match self.config.embedding_multiplier {
+            1.0 => x,
+            m => x.mul_scalar(m),
+        }
     }
 
     /// Logits for every position of every row, without a cache.
@@ -203,9 +214,9 @@ impl<B: BambaOps> BambaModel<B> {
         let len = ids.dims()[1];
         let mut x = self.embed(ids);
         observe(&x);
-        let tables = self.rope.tables::<B>(0, len, &self.device, self.dtype);
+        let tables = self.rope.as_ref().map(|rope| rope.tables::<B>(0, len, &self.device, self.dtype));
         for layer in &self.layers {
-            x = layer.forward(x, &self.rope, &tables, &ChunkMasks::none(), None);
+            x = layer.forward(x, tables.as_ref(), &ChunkMasks::none(), None);
             observe(&x);
         }
         self.logits(self.final_layernorm.forward(x))
@@ -241,11 +252,11 @@ impl<B: BambaOps> BambaModel<B> {
         cache.check(batch, len)?;
         let mut x = self.embed(ids);
         let (start, padding) = (cache.position, &cache.padding);
-        let tables = match (&cache.rope_tables, padding.is_none()) {
+        let tables = self.rope.as_ref().map(|rope| match (&cache.rope_tables, padding.is_none()) {
             (Some(all), true) => all.positions(start, len),
-            (None, true) => self.rope.tables::<B>(start, len, &self.device, self.dtype),
-            (_, false) => self.rope.tables_at::<B>(&padding.positions(start, len), &self.device, self.dtype),
-        };
+            (None, true) => rope.tables::<B>(start, len, &self.device, self.dtype),
+            (_, false) => rope.tables_at::<B>(&padding.positions(start, len), &self.device, self.dtype),
+        });
         let tokens = padding.token_mask(start, len, &self.device, self.dtype);
         let masks = if len == 1 {
             // Decode attention reads slots `key_start .. position + 1` of each row: built once per step.
@@ -256,7 +267,7 @@ impl<B: BambaOps> BambaModel<B> {
             ChunkMasks { attention: Some(padding.attention_mask(start, len, &self.device)), tokens, key_start: None }
         };
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &self.rope, &tables, &masks, Some(layer_cache));
+            x = layer.forward(x, tables.as_ref(), &masks, Some(layer_cache));
             if let LayerCache::Mamba(Some(state)) = layer_cache {
                 state.ssm = state.ssm.clone().cast(cache.state_dtype);
             }
@@ -281,18 +292,23 @@ impl<B: BambaOps> BambaModel<B> {
     /// A fresh cache for this model: `batch` sequences of up to `capacity` positions.
     pub fn new_cache(&self, batch: usize, capacity: usize, state_dtype: DType) -> Result<HybridCache<B>, CacheError> {
         let mut cache = HybridCache::new(&self.config, batch, capacity, &self.device, self.dtype, state_dtype)?;
-        if capacity > 0 {
-            cache.rope_tables = Some(self.rope.tables::<B>(0, capacity, &self.device, self.dtype));
+        if let (Some(rope), true) = (&self.rope, capacity > 0) {
+            cache.rope_tables = Some(rope.tables::<B>(0, capacity, &self.device, self.dtype));
         }
         Ok(cache)
     }
 
-    /// LM head over final hidden states.
+    /// LM head over final hidden states, divided by `logits_scaling` (in the model dtype, as
+    /// transformers does).
     ///
     /// # Shapes
     /// - `h`: `[batch, len, hidden]` → `[batch, len, vocab]`
     pub fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.lm_head.forward(h)
+        let logits = self.lm_head.forward(h);
+        match self.config.logits_scaling {
+            1.0 => logits,
+            s => logits.div_scalar(s),
+        }
     }
 
     /// The hidden states of one prompt as f32 on the host, each `[len, hidden]` row-major: the

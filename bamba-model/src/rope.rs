@@ -1,4 +1,5 @@
-//! Partial rotary position embedding, NeoX "rotate_half" convention (not interleaved).
+//! Partial rotary position embedding, NeoX "rotate_half" convention (not interleaved). Models
+//! without positional encoding (Granite 4.0-H) have no [`Rope`] and pass no tables.
 //!
 //! The first `rotary_dim` dims of each q/k head rotate in pairs `(j, j + rotary_dim/2)` with
 //! `inv_freq[j] = theta^(-2j/rotary_dim)`; the remaining dims pass through.
@@ -23,12 +24,28 @@ pub struct Rope {
 pub struct RopeTables<B: Backend> {
     pub cos: Tensor<B, 4>,
     pub sin: Tensor<B, 4>,
+    pub rotary_dim: usize,
 }
 
 impl<B: Backend> RopeTables<B> {
     /// Views of positions `start .. start + len` of tables made for positions `0 ..` (no copy).
     pub fn positions(&self, start: usize, len: usize) -> RopeTables<B> {
-        RopeTables { cos: self.cos.clone().narrow(2, start, len), sin: self.sin.clone().narrow(2, start, len) }
+        RopeTables {
+            cos: self.cos.clone().narrow(2, start, len),
+            sin: self.sin.clone().narrow(2, start, len),
+            rotary_dim: self.rotary_dim,
+        }
+    }
+
+    /// Rotates the first `rotary_dim` dims of every head ([`BambaOps::rope`]: one kernel on GPUs).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, heads, len, head_dim]` → same
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4>
+    where
+        B: BambaOps,
+    {
+        B::rope(x, self.cos.clone(), self.sin.clone(), self.rotary_dim)
     }
 }
 
@@ -66,14 +83,6 @@ impl Rope {
         }
         let shape = [rows, 1, len, self.rotary_dim];
         let make = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), (device, DType::F32)).cast(dtype);
-        RopeTables { cos: make(cos), sin: make(sin) }
-    }
-
-    /// Rotates the first `rotary_dim` dims of every head ([`BambaOps::rope`]: one kernel on GPUs).
-    ///
-    /// # Shapes
-    /// - `x`: `[batch, heads, len, head_dim]` → same
-    pub fn apply<B: BambaOps>(&self, x: Tensor<B, 4>, t: &RopeTables<B>) -> Tensor<B, 4> {
-        B::rope(x, t.cos.clone(), t.sin.clone(), self.rotary_dim)
+        RopeTables { cos: make(cos), sin: make(sin), rotary_dim: self.rotary_dim }
     }
 }

@@ -11,10 +11,15 @@ pub struct ParameterCounts {
     pub embedding: u64,
     /// `lm_head` (0 when tied to the embedding).
     pub lm_head: u64,
-    /// One Mamba decoder layer: mixer, MLP, both norms.
+    /// One Mamba decoder layer: mixer, MLP, experts, both norms.
     pub mamba_layer: u64,
-    /// One attention decoder layer: attention, MLP, both norms.
+    /// One attention decoder layer: attention, MLP, experts, both norms.
     pub attention_layer: u64,
+    /// The router and all experts of one layer (0 without MoE; part of the two above).
+    pub experts_per_layer: u64,
+    /// What one token reads: everything but the experts its router did not pick (= `total`
+    /// without MoE).
+    pub active: u64,
     /// The final RMSNorm.
     pub final_norm: u64,
     /// Everything.
@@ -29,6 +34,10 @@ impl ParameterCounts {
     pub fn new(c: &BambaConfig) -> Self {
         let h = c.hidden_size;
         let mlp = 2 * linear(h, c.intermediate_size, c.mlp_bias) + linear(c.intermediate_size, h, c.mlp_bias);
+        // Router [E, H], gate|up [E, 2I, H], down [E, H, I].
+        let expert = |m: &crate::config::MoeConfig| 3 * (m.width * h) as u64;
+        let experts_per_layer = c.moe.map_or(0, |m| (m.experts * h) as u64 + m.experts as u64 * expert(&m));
+        let idle_per_layer = c.moe.map_or(0, |m| (m.experts - m.top_k) as u64 * expert(&m));
         let norms = 2 * h as u64;
         let heads = c.mamba_n_heads;
         let mixer = linear(h, c.in_proj_dim(), c.mamba_proj_bias)
@@ -42,15 +51,25 @@ impl ParameterCounts {
             linear(h, q, c.attention_bias) + 2 * linear(h, kv, c.attention_bias) + linear(q, h, c.attention_bias);
         let embedding = (c.vocab_size * h) as u64;
         let lm_head = if c.tie_word_embeddings { 0 } else { embedding };
-        let mamba_layer = mixer + mlp + norms;
-        let attention_layer = attention + mlp + norms;
+        let mamba_layer = mixer + mlp + experts_per_layer + norms;
+        let attention_layer = attention + mlp + experts_per_layer + norms;
         let final_norm = h as u64;
         let total = embedding
             + lm_head
             + final_norm
             + c.count(LayerKind::Mamba) as u64 * mamba_layer
             + c.count(LayerKind::Attention) as u64 * attention_layer;
-        ParameterCounts { embedding, lm_head, mamba_layer, attention_layer, final_norm, total }
+        let active = total - c.num_layers as u64 * idle_per_layer;
+        ParameterCounts {
+            embedding,
+            lm_head,
+            mamba_layer,
+            attention_layer,
+            experts_per_layer,
+            active,
+            final_norm,
+            total,
+        }
     }
 }
 
@@ -59,8 +78,9 @@ impl ParameterCounts {
 pub struct MemoryModel {
     /// Bytes of all weights.
     pub weight_bytes: u64,
-    /// Bytes of weights read per decode step (all but the embedding, which is gathered; a tied
-    /// embedding is read whole as the LM head).
+    /// Bytes of weights read per decode step of one sequence (all but the embedding, which is
+    /// gathered, and the experts the router did not pick; a tied embedding is read whole as the LM
+    /// head). Larger batches route to more experts: this is the batch-1 roofline's count.
     pub streamed_weight_bytes: u64,
     /// Recurrent state of one sequence: SSM state and conv window of every Mamba layer.
     pub state_bytes_per_sequence: u64,
@@ -79,7 +99,7 @@ impl MemoryModel {
         // Engines keep K−1 conv columns; the conv window has the weights' dtype.
         let conv = mamba * (c.conv_dim() * (c.mamba_d_conv - 1)) as u64 * weight_elem;
         let kv = c.count(LayerKind::Attention) as u64 * 2 * (c.num_kv_heads * c.head_dim) as u64 * kv_elem;
-        let streamed = if c.tie_word_embeddings { p.total } else { p.total - p.embedding };
+        let streamed = if c.tie_word_embeddings { p.active } else { p.active - p.embedding };
         MemoryModel {
             weight_bytes: p.total * weight_elem,
             streamed_weight_bytes: streamed * weight_elem,
@@ -131,12 +151,12 @@ pub fn parse_memory(text: &str) -> Option<u64> {
 }
 
 /// Matmul FLOPs of prefilling `tokens` tokens in each of `batch` sequences with logits of the last
-/// position only: every linear layer on every token, causal attention (half of QKᵀ and of PV), the
+/// position only: every linear layer on every token (the picked experts only), causal attention (half of QKᵀ and of PV), the
 /// LM head once per sequence. The SSD scan (~1.3% at chunk 256) is left out.
 pub fn prefill_flops(c: &BambaConfig, batch: u64, tokens: u64) -> f64 {
     let p = ParameterCounts::new(c);
     let head = (c.vocab_size * c.hidden_size) as f64;
-    let per_token = (p.total - p.embedding - p.lm_head) as f64;
+    let per_token = (p.active - p.embedding - p.lm_head) as f64;
     let linear = 2.0 * per_token * (batch * tokens) as f64 + 2.0 * head * batch as f64;
     let width = (c.num_heads * c.head_dim) as f64;
     let attention = c.count(LayerKind::Attention) as f64 * 2.0 * width * (tokens * tokens) as f64 * batch as f64;

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod conv;
 pub mod linear;
 pub mod mamba_step;
+pub mod moe;
 pub mod norm;
 pub mod rope;
 pub mod ssd;

@@ -1,0 +1,205 @@
+//! The serde mirror of `config.json`: every key any supported `model_type` reads, in both the 4.x and
+//! 5.x dialects of transformers. Keys whose default depends on the model type are `Option`s that
+//! [`super::resolve`] fills in; unknown keys are ignored.
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// A float that config.json may spell as a number, `{"__float__": "Infinity"}` or a string.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LenientFloat(pub f64);
+
+impl<'de> Deserialize<'de> for LenientFloat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(f64),
+            Str(String),
+            Wrapped {
+                #[serde(rename = "__float__")]
+                value: String,
+            },
+        }
+        let parse = |s: &str| match s.trim().to_ascii_lowercase().as_str() {
+            "infinity" | "inf" | "+infinity" | "+inf" => Ok(f64::INFINITY),
+            "-infinity" | "-inf" => Ok(f64::NEG_INFINITY),
+            other => other.parse::<f64>().map_err(|_| de::Error::custom(format!("not a float: {s:?}"))),
+        };
+        match Raw::deserialize(d)? {
+            Raw::Num(v) => Ok(LenientFloat(v)),
+            Raw::Str(s) | Raw::Wrapped { value: s } => parse(&s).map(LenientFloat),
+        }
+    }
+}
+
+/// `mamba_d_head`: an integer or `"auto"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum DHead {
+    Size(usize),
+    Text(String),
+}
+
+/// `eos_token_id`: one id or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(super) struct RopeParameters {
+    pub rope_type: Option<String>,
+    pub rope_theta: Option<f64>,
+    pub partial_rotary_factor: Option<f64>,
+}
+
+fn d_hidden() -> usize {
+    4096
+}
+fn d_layers() -> usize {
+    32
+}
+fn d_heads() -> usize {
+    32
+}
+fn d_act() -> String {
+    "silu".into()
+}
+fn d_mamba_heads() -> usize {
+    128
+}
+fn d_one() -> usize {
+    1
+}
+fn d_state() -> usize {
+    256
+}
+fn d_conv() -> usize {
+    4
+}
+fn d_expand() -> usize {
+    2
+}
+fn d_chunk() -> usize {
+    256
+}
+fn d_true() -> bool {
+    true
+}
+fn d_tsl() -> Option<(LenientFloat, LenientFloat)> {
+    Some((LenientFloat(0.0), LenientFloat(f64::INFINITY)))
+}
+
+/// Mirror of `config.json`. Serde defaults are the ones `bamba` and `granitemoehybrid` share.
+#[derive(Debug, Clone, Deserialize)]
+pub(super) struct HfConfig {
+    pub model_type: Option<String>,
+    pub vocab_size: Option<usize>,
+    #[serde(default = "d_hidden")]
+    pub hidden_size: usize,
+    pub intermediate_size: Option<usize>,
+    #[serde(default = "d_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "d_act")]
+    pub hidden_act: String,
+    pub rms_norm_eps: Option<f64>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// bamba: which layers are attention.
+    #[serde(default)]
+    pub attn_layer_indices: Option<Vec<usize>>,
+    /// granitemoehybrid: `"mamba"`/`"attention"` (hub) or `"linear_attention"`/`"full_attention"`
+    /// (transformers 5.x) per layer.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    #[serde(default = "d_mamba_heads")]
+    pub mamba_n_heads: usize,
+    #[serde(default)]
+    pub mamba_d_head: Option<DHead>,
+    #[serde(default = "d_one")]
+    pub mamba_n_groups: usize,
+    #[serde(default = "d_state")]
+    pub mamba_d_state: usize,
+    #[serde(default = "d_conv")]
+    pub mamba_d_conv: usize,
+    #[serde(default = "d_expand")]
+    pub mamba_expand: usize,
+    #[serde(default = "d_chunk")]
+    pub mamba_chunk_size: usize,
+    #[serde(default = "d_true")]
+    pub mamba_conv_bias: bool,
+    #[serde(default)]
+    pub mamba_proj_bias: bool,
+    #[serde(default = "d_tsl")]
+    pub time_step_limit: Option<(LenientFloat, LenientFloat)>,
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// granitemoehybrid: `"rope"` turns full-width RoPE on; anything else (`null`, `"nope"`) is none.
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    pub max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<TokenIds>,
+    // granitemoehybrid multipliers and MoE.
+    pub embedding_multiplier: Option<f64>,
+    pub residual_multiplier: Option<f64>,
+    pub attention_multiplier: Option<f64>,
+    pub logits_scaling: Option<f64>,
+    pub shared_intermediate_size: Option<usize>,
+    pub num_local_experts: Option<usize>,
+    pub num_experts_per_tok: Option<usize>,
+}
+
+/// Replaces bare `Infinity`, `-Infinity` and `NaN` tokens (outside strings) with quoted strings, so
+/// that writers which emit them (Python's `json.dumps`) produce loadable files.
+pub(super) fn quote_nonfinite_literals(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(ch) = rest.chars().next() {
+        if in_string {
+            out.push(ch);
+            if escaped {
+                escaped = false;
+            } else if ch == '\\' {
+                escaped = true;
+            } else if ch == '"' {
+                in_string = false;
+            }
+            rest = &rest[ch.len_utf8()..];
+            continue;
+        }
+        if ch == '"' {
+            in_string = true;
+        } else if let Some(tok) = ["-Infinity", "Infinity", "NaN"].iter().find(|t| rest.starts_with(**t)) {
+            out.push('"');
+            out.push_str(tok);
+            out.push('"');
+            rest = &rest[tok.len()..];
+            continue;
+        }
+        out.push(ch);
+        rest = &rest[ch.len_utf8()..];
+    }
+    out
+}

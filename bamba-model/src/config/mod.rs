@@ -1,0 +1,227 @@
+//! Model configuration: Hugging Face `config.json` of any supported `model_type`, resolved and
+//! validated into one [`BambaConfig`] — the layer plan the graph builder runs.
+//!
+//! Supported `model_type`s ([`Architecture`]): `bamba` (transformers 4.x and 5.x dialects) and
+//! `granitemoehybrid` (IBM Granite 4.0: the hybrid H models, dense or MoE, and the all-attention
+//! dense ones). Both share Bamba's Mamba2 mixer, attention and norms; Granite adds multipliers, NoPE
+//! or full RoPE, a fused gate|up MLP and an optional top-k MoE beside it. Resolution rules per type
+//! are in `resolve.rs`.
+
+mod json;
+mod resolve;
+
+use std::path::Path;
+
+use thiserror::Error;
+
+use json::{quote_nonfinite_literals, HfConfig};
+
+/// Errors reading or validating a config.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("unknown preset {name:?} (known: {known})")]
+    UnknownPreset { name: String, known: String },
+    #[error("cannot read config {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("malformed generation config {path}: {message}")]
+    GenerationConfig { path: String, message: String },
+    #[error("malformed config.json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported model_type {0:?}: this engine runs {supported}", supported = Architecture::SUPPORTED)]
+    ModelType(String),
+    #[error("config field `{0}` must be positive")]
+    Zero(&'static str),
+    #[error("config field `{field}` is {value}, more than this engine accepts ({limit})")]
+    TooLarge { field: &'static str, value: usize, limit: usize },
+    #[error("mamba_d_conv must be at least 2 (got {0}): the conv carries a window of d_conv - 1 inputs")]
+    ConvKernel(usize),
+    #[error("config field `{field}` must be a positive finite number, got {value}")]
+    NotPositive { field: &'static str, value: f64 },
+    #[error("mamba_d_head ({d_head}) * mamba_n_heads ({n_heads}) must equal mamba_expand * hidden_size ({d_inner})")]
+    MambaHeads { d_head: usize, n_heads: usize, d_inner: usize },
+    #[error(
+        "mamba_n_heads ({n_heads}) must divide mamba_expand * hidden_size ({d_inner}) when mamba_d_head is \"auto\""
+    )]
+    MambaAuto { n_heads: usize, d_inner: usize },
+    #[error("mamba_n_heads ({n_heads}) must be a multiple of mamba_n_groups ({groups})")]
+    MambaGroups { n_heads: usize, groups: usize },
+    #[error("num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")]
+    KvHeads { heads: usize, kv_heads: usize },
+    #[error("hidden_size ({hidden}) must be divisible by num_attention_heads ({heads}) when head_dim is absent")]
+    HeadDim { hidden: usize, heads: usize },
+    #[error("attn_layer_indices holds {index}, but num_hidden_layers is {layers}")]
+    AttentionIndex { index: usize, layers: usize },
+    #[error("layer_types has {found} entries, but num_hidden_layers is {layers}")]
+    LayerTypesLength { found: usize, layers: usize },
+    #[error("layer_types[{index}] is {name:?}; expected \"mamba\", \"attention\", \"linear_attention\" or \"full_attention\"")]
+    LayerType { index: usize, name: String },
+    #[error("num_experts_per_tok ({top_k}) must be between 1 and num_local_experts ({experts})")]
+    TopK { top_k: usize, experts: usize },
+    #[error("unsupported activation {0:?} (only \"silu\" is supported)")]
+    Activation(String),
+    #[error("unsupported rope_type {0:?} (only \"default\" is supported)")]
+    RopeType(String),
+    #[error("rotary dimension {rotary} (head_dim {head_dim} x partial_rotary_factor {factor}) must be even and at most head_dim")]
+    RotaryDim { rotary: usize, head_dim: usize, factor: f64 },
+    #[error("time_step_limit [{0}, {1}] is not an interval")]
+    TimeStepLimit(f64, f64),
+    #[error("mamba_d_head: expected an integer or \"auto\", got {0}")]
+    DHead(String),
+}
+
+/// The `model_type` a config came from: it fixes tensor names and the defaults of absent keys.
+/// Everything numeric the forward needs is in [`BambaConfig`]'s fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// `bamba`: `feed_forward.{gate,up,down}_proj`, `pre_ff_layernorm`, `final_layernorm`.
+    Bamba,
+    /// `granitemoehybrid`: `shared_mlp.{input,output}_linear`, `block_sparse_moe`,
+    /// `post_attention_layernorm`, `norm`.
+    GraniteMoeHybrid,
+}
+
+impl Architecture {
+    /// The `model_type`s [`BambaConfig`] reads, for error messages.
+    pub const SUPPORTED: &'static str = "\"bamba\" and \"granitemoehybrid\"";
+
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Architecture::Bamba => "bamba",
+            Architecture::GraniteMoeHybrid => "granitemoehybrid",
+        }
+    }
+
+    fn from_model_type(name: Option<&str>) -> Result<Self, ConfigError> {
+        match name {
+            None | Some("bamba") => Ok(Architecture::Bamba),
+            Some("granitemoehybrid") => Ok(Architecture::GraniteMoeHybrid),
+            Some(other) => Err(ConfigError::ModelType(other.to_string())),
+        }
+    }
+}
+
+/// What one decoder layer mixes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    Mamba,
+    Attention,
+}
+
+impl LayerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerKind::Mamba => "mamba",
+            LayerKind::Attention => "attention",
+        }
+    }
+}
+
+/// A routed mixture of experts beside the dense MLP of every layer (Granite 4.0-H MoE): the router
+/// picks the `top_k` largest of its logits, softmax over those weighs the picked experts' SwiGLU
+/// outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeConfig {
+    pub experts: usize,
+    pub top_k: usize,
+    /// Each expert's SwiGLU width.
+    pub width: usize,
+}
+
+/// Rotary position embedding of the attention layers (NeoX `rotate_half` on the first
+/// `partial_rotary_factor · head_dim` dims of each head).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f64,
+    pub partial_rotary_factor: f64,
+}
+
+/// A validated configuration with derived sizes: the layer plan of one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BambaConfig {
+    pub architecture: Architecture,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    /// Width of every layer's dense SwiGLU MLP (Granite: `shared_intermediate_size`).
+    pub intermediate_size: usize,
+    /// Routed experts beside the MLP, if any.
+    pub moe: Option<MoeConfig>,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub tie_word_embeddings: bool,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+    /// One entry per layer, from `attn_layer_indices` or `layer_types`.
+    pub layer_kinds: Vec<LayerKind>,
+    pub mamba_n_heads: usize,
+    pub mamba_d_head: usize,
+    pub mamba_n_groups: usize,
+    pub mamba_d_state: usize,
+    pub mamba_d_conv: usize,
+    pub mamba_expand: usize,
+    pub mamba_chunk_size: usize,
+    pub mamba_conv_bias: bool,
+    pub mamba_proj_bias: bool,
+    /// dt clamp after softplus; `None` when config.json says `null`.
+    pub time_step_limit: Option<(f64, f64)>,
+    /// `None`: no positional encoding (Granite 4.0-H's NoPE attention).
+    pub rope: Option<RopeConfig>,
+    /// The embeddings are multiplied by this (Granite; 1 for Bamba).
+    pub embedding_multiplier: f64,
+    /// Each sub-block's output is multiplied by this before the residual add (Granite; 1 for Bamba).
+    pub residual_multiplier: f64,
+    /// The attention softmax scale; `None` is `1/√head_dim` (Granite's `attention_multiplier`).
+    pub attention_multiplier: Option<f64>,
+    /// The logits are divided by this (Granite's `logits_scaling`; 1 for Bamba).
+    pub logits_scaling: f64,
+    pub max_position_embeddings: usize,
+    pub pad_token_id: Option<u32>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl BambaConfig {
+    /// Reads and validates `config.json` (a file, or a directory holding one).
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let text = crate::files::read_text(&file, crate::files::TEXT_LIMIT)
+            .map_err(|source| ConfigError::Io { path: file.display().to_string(), source })?;
+        Self::from_json(&text)
+    }
+
+    /// Parses and validates config.json text (any supported model type and dialect).
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let raw: HfConfig = serde_json::from_str(&quote_nonfinite_literals(text))?;
+        resolve::resolve(raw)
+    }
+
+    /// Mamba inner width `expand · hidden` (= heads · d_head).
+    pub fn d_inner(&self) -> usize {
+        self.mamba_n_heads * self.mamba_d_head
+    }
+    /// Channels through the causal conv: x, B and C (`d_inner + 2·G·N`).
+    pub fn conv_dim(&self) -> usize {
+        self.d_inner() + 2 * self.mamba_n_groups * self.mamba_d_state
+    }
+    /// Output width of `in_proj`: z, xBC, dt.
+    pub fn in_proj_dim(&self) -> usize {
+        self.d_inner() + self.conv_dim() + self.mamba_n_heads
+    }
+    /// Dimensions of each q/k head that RoPE rotates (0 without RoPE).
+    pub fn rotary_dim(&self) -> usize {
+        self.rope.map_or(0, |r| (self.head_dim as f64 * r.partial_rotary_factor) as usize)
+    }
+    /// Number of layers of a kind.
+    pub fn count(&self, kind: LayerKind) -> usize {
+        self.layer_kinds.iter().filter(|&&k| k == kind).count()
+    }
+    /// dt clamp as f32 for the scan, dropped when it is the no-op `(0, inf)`.
+    pub fn dt_limit(&self) -> Option<(f32, f32)> {
+        self.time_step_limit
+            .filter(|&(lo, hi)| !(lo <= 0.0 && hi == f64::INFINITY))
+            .map(|(lo, hi)| (lo as f32, hi as f32))
+    }
+}

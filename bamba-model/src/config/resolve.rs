@@ -1,0 +1,290 @@
+//! From the serde mirror to a validated [`BambaConfig`], per `model_type`.
+//!
+//! - `bamba` follows transformers 5.x `BambaConfig`: attention at `attn_layer_indices`; RoPE always,
+//!   from `rope_parameters` (5.x) or a top-level `rope_theta` (4.x), with `partial_rotary_factor`
+//!   0.5 unless `rope_parameters` names another; no multipliers.
+//! - `granitemoehybrid` follows `GraniteMoeHybridConfig`: attention where `layer_types` says so
+//!   (hub names `mamba`/`attention` or 5.x names `linear_attention`/`full_attention`; all Mamba when
+//!   absent); full-width RoPE only when `position_embedding_type` is `"rope"`; the dense MLP is
+//!   `shared_intermediate_size` wide and `num_local_experts > 0` adds experts of `intermediate_size`.
+//!
+//! Both: `mamba_d_head: "auto"` is `expand · hidden / n_heads`; `time_step_limit` may hold
+//! `{"__float__": "Infinity"}`, a string, or a bare `Infinity`.
+
+use super::json::{DHead, HfConfig, LenientFloat, TokenIds};
+use super::{Architecture, BambaConfig, ConfigError, LayerKind, MoeConfig, RopeConfig};
+
+/// Defaults of keys absent from config.json, per model type (transformers' config classes).
+struct Defaults {
+    vocab_size: usize,
+    intermediate_size: usize,
+    rms_norm_eps: f64,
+    max_position_embeddings: usize,
+}
+
+impl Defaults {
+    fn of(architecture: Architecture) -> Self {
+        match architecture {
+            Architecture::Bamba => Defaults {
+                vocab_size: 128000,
+                intermediate_size: 14336,
+                rms_norm_eps: 1e-5,
+                max_position_embeddings: 262144,
+            },
+            Architecture::GraniteMoeHybrid => Defaults {
+                vocab_size: 32000,
+                intermediate_size: 11008,
+                rms_norm_eps: 1e-6,
+                max_position_embeddings: 2048,
+            },
+        }
+    }
+}
+
+pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
+    let architecture = Architecture::from_model_type(raw.model_type.as_deref())?;
+    let granite = architecture == Architecture::GraniteMoeHybrid;
+    let defaults = Defaults::of(architecture);
+    let vocab_size = raw.vocab_size.unwrap_or(defaults.vocab_size);
+    let expert_width = raw.intermediate_size.unwrap_or(defaults.intermediate_size);
+    let intermediate_size = if granite { raw.shared_intermediate_size.unwrap_or(1024) } else { expert_width };
+    let rms_norm_eps = raw.rms_norm_eps.unwrap_or(defaults.rms_norm_eps);
+    let max_position_embeddings = raw.max_position_embeddings.unwrap_or(defaults.max_position_embeddings);
+    let experts = if granite { raw.num_local_experts.unwrap_or(8) } else { 0 };
+    let top_k = raw.num_experts_per_tok.unwrap_or(2);
+
+    for (name, v) in [
+        ("vocab_size", vocab_size),
+        ("hidden_size", raw.hidden_size),
+        ("intermediate_size", intermediate_size),
+        ("num_hidden_layers", raw.num_hidden_layers),
+        ("num_attention_heads", raw.num_attention_heads),
+        ("mamba_n_heads", raw.mamba_n_heads),
+        ("mamba_n_groups", raw.mamba_n_groups),
+        ("mamba_d_state", raw.mamba_d_state),
+        ("mamba_d_conv", raw.mamba_d_conv),
+        ("mamba_expand", raw.mamba_expand),
+        ("mamba_chunk_size", raw.mamba_chunk_size),
+    ] {
+        if v == 0 {
+            return Err(ConfigError::Zero(name));
+        }
+    }
+    // Upper bounds far above any released model, so that every product of sizes below fits in
+    // u64/usize and nothing is allocated from a size a file made up.
+    for (name, value, limit) in [
+        ("vocab_size", vocab_size, 1 << 24),
+        ("hidden_size", raw.hidden_size, 1 << 17),
+        ("intermediate_size", intermediate_size, 1 << 19),
+        ("intermediate_size", if experts > 0 { expert_width } else { 0 }, 1 << 19),
+        ("num_local_experts", experts, 1 << 12),
+        ("num_hidden_layers", raw.num_hidden_layers, 1 << 12),
+        ("num_attention_heads", raw.num_attention_heads, 1 << 12),
+        ("num_key_value_heads", raw.num_key_value_heads.unwrap_or(1), 1 << 12),
+        ("head_dim", raw.head_dim.unwrap_or(1), 1 << 12),
+        ("mamba_n_heads", raw.mamba_n_heads, 1 << 14),
+        (
+            "mamba_d_head",
+            match raw.mamba_d_head {
+                Some(DHead::Size(v)) => v,
+                _ => 1,
+            },
+            1 << 12,
+        ),
+        ("mamba_n_groups", raw.mamba_n_groups, 1 << 14),
+        ("mamba_d_state", raw.mamba_d_state, 1 << 12),
+        ("mamba_d_conv", raw.mamba_d_conv, 1 << 6),
+        ("mamba_expand", raw.mamba_expand, 1 << 6),
+        ("mamba_chunk_size", raw.mamba_chunk_size, 1 << 16),
+        ("max_position_embeddings", max_position_embeddings, 1 << 24),
+    ] {
+        if value > limit {
+            return Err(ConfigError::TooLarge { field: name, value, limit });
+        }
+    }
+    if raw.mamba_d_conv < 2 {
+        return Err(ConfigError::ConvKernel(raw.mamba_d_conv));
+    }
+    if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
+        return Err(ConfigError::NotPositive { field: "rms_norm_eps", value: rms_norm_eps });
+    }
+    if raw.hidden_act != "silu" && raw.hidden_act != "swish" {
+        return Err(ConfigError::Activation(raw.hidden_act));
+    }
+
+    let d_inner = raw.mamba_expand * raw.hidden_size;
+    let mamba_d_head = match raw.mamba_d_head {
+        Some(DHead::Size(v)) => v,
+        Some(DHead::Text(s)) if s != "auto" => return Err(ConfigError::DHead(format!("{s:?}"))),
+        _ => {
+            if !d_inner.is_multiple_of(raw.mamba_n_heads) {
+                return Err(ConfigError::MambaAuto { n_heads: raw.mamba_n_heads, d_inner });
+            }
+            d_inner / raw.mamba_n_heads
+        }
+    };
+    if mamba_d_head == 0 {
+        return Err(ConfigError::Zero("mamba_d_head"));
+    }
+    if mamba_d_head * raw.mamba_n_heads != d_inner {
+        return Err(ConfigError::MambaHeads { d_head: mamba_d_head, n_heads: raw.mamba_n_heads, d_inner });
+    }
+    if !raw.mamba_n_heads.is_multiple_of(raw.mamba_n_groups) {
+        return Err(ConfigError::MambaGroups { n_heads: raw.mamba_n_heads, groups: raw.mamba_n_groups });
+    }
+
+    let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+    if num_kv_heads == 0 {
+        return Err(ConfigError::Zero("num_key_value_heads"));
+    }
+    if !raw.num_attention_heads.is_multiple_of(num_kv_heads) {
+        return Err(ConfigError::KvHeads { heads: raw.num_attention_heads, kv_heads: num_kv_heads });
+    }
+    let head_dim = match raw.head_dim {
+        Some(0) => return Err(ConfigError::Zero("head_dim")),
+        Some(v) => v,
+        None => {
+            if !raw.hidden_size.is_multiple_of(raw.num_attention_heads) {
+                return Err(ConfigError::HeadDim { hidden: raw.hidden_size, heads: raw.num_attention_heads });
+            }
+            raw.hidden_size / raw.num_attention_heads
+        }
+    };
+
+    let layer_kinds = if granite {
+        granite_layer_kinds(raw.layer_types.as_deref(), raw.num_hidden_layers)?
+    } else {
+        bamba_layer_kinds(raw.attn_layer_indices.as_deref(), raw.num_hidden_layers)?
+    };
+
+    let rope_parameters = raw.rope_parameters.clone().unwrap_or_default();
+    if let Some(kind) = &rope_parameters.rope_type {
+        if kind != "default" {
+            return Err(ConfigError::RopeType(kind.clone()));
+        }
+    }
+    let theta = rope_parameters.rope_theta.or(raw.rope_theta).unwrap_or(10000.0);
+    if !(theta.is_finite() && theta > 0.0) {
+        return Err(ConfigError::NotPositive { field: "rope_theta", value: theta });
+    }
+    let rope = if granite {
+        // Gemma2's rotary: every dim of the head, whatever partial_rotary_factor says.
+        (raw.position_embedding_type.as_deref() == Some("rope"))
+            .then_some(RopeConfig { theta, partial_rotary_factor: 1.0 })
+    } else {
+        // BambaConfig forces 0.5 unless rope_parameters carries its own factor.
+        Some(RopeConfig { theta, partial_rotary_factor: rope_parameters.partial_rotary_factor.unwrap_or(0.5) })
+    };
+    if let Some(RopeConfig { partial_rotary_factor: factor, .. }) = rope {
+        let rotary = (head_dim as f64 * factor) as usize;
+        if !(factor > 0.0) || !rotary.is_multiple_of(2) || rotary > head_dim || rotary == 0 {
+            return Err(ConfigError::RotaryDim { rotary, head_dim, factor });
+        }
+    }
+
+    let time_step_limit = raw.time_step_limit.map(|(LenientFloat(lo), LenientFloat(hi))| (lo, hi));
+    if let Some((lo, hi)) = time_step_limit {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
+            return Err(ConfigError::TimeStepLimit(lo, hi));
+        }
+    }
+
+    let moe = if experts > 0 {
+        if top_k == 0 || top_k > experts {
+            return Err(ConfigError::TopK { top_k, experts });
+        }
+        if expert_width == 0 {
+            return Err(ConfigError::Zero("intermediate_size"));
+        }
+        Some(MoeConfig { experts, top_k, width: expert_width })
+    } else {
+        None
+    };
+    let positive = |field: &'static str, value: Option<f64>| -> Result<f64, ConfigError> {
+        match value {
+            None => Ok(1.0),
+            Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+            Some(v) => Err(ConfigError::NotPositive { field, value: v }),
+        }
+    };
+    // Bamba has none of these keys; a Bamba config that carries them is read as transformers reads
+    // it, i.e. they are ignored.
+    let (embedding_multiplier, residual_multiplier, attention_multiplier, logits_scaling) = if granite {
+        (
+            positive("embedding_multiplier", raw.embedding_multiplier)?,
+            positive("residual_multiplier", raw.residual_multiplier)?,
+            Some(positive("attention_multiplier", raw.attention_multiplier)?),
+            positive("logits_scaling", raw.logits_scaling)?,
+        )
+    } else {
+        (1.0, 1.0, None, 1.0)
+    };
+
+    Ok(BambaConfig {
+        architecture,
+        vocab_size,
+        hidden_size: raw.hidden_size,
+        intermediate_size,
+        moe,
+        num_layers: raw.num_hidden_layers,
+        num_heads: raw.num_attention_heads,
+        num_kv_heads,
+        head_dim,
+        rms_norm_eps,
+        tie_word_embeddings: raw.tie_word_embeddings,
+        attention_bias: raw.attention_bias,
+        // Granite's MLPs have no bias key and no biases.
+        mlp_bias: raw.mlp_bias && !granite,
+        layer_kinds,
+        mamba_n_heads: raw.mamba_n_heads,
+        mamba_d_head,
+        mamba_n_groups: raw.mamba_n_groups,
+        mamba_d_state: raw.mamba_d_state,
+        mamba_d_conv: raw.mamba_d_conv,
+        mamba_expand: raw.mamba_expand,
+        mamba_chunk_size: raw.mamba_chunk_size,
+        mamba_conv_bias: raw.mamba_conv_bias,
+        mamba_proj_bias: raw.mamba_proj_bias,
+        time_step_limit,
+        rope,
+        embedding_multiplier,
+        residual_multiplier,
+        attention_multiplier,
+        logits_scaling,
+        max_position_embeddings,
+        pad_token_id: raw.pad_token_id,
+        bos_token_id: raw.bos_token_id,
+        eos_token_ids: match raw.eos_token_id {
+            Some(TokenIds::One(id)) => vec![id],
+            Some(TokenIds::Many(ids)) => ids,
+            None => vec![],
+        },
+    })
+}
+
+fn bamba_layer_kinds(attention: Option<&[usize]>, layers: usize) -> Result<Vec<LayerKind>, ConfigError> {
+    let mut kinds = vec![LayerKind::Mamba; layers];
+    for &index in attention.unwrap_or_default() {
+        if index >= layers {
+            return Err(ConfigError::AttentionIndex { index, layers });
+        }
+        kinds[index] = LayerKind::Attention;
+    }
+    Ok(kinds)
+}
+
+fn granite_layer_kinds(types: Option<&[String]>, layers: usize) -> Result<Vec<LayerKind>, ConfigError> {
+    let Some(types) = types else { return Ok(vec![LayerKind::Mamba; layers]) };
+    if types.len() != layers {
+        return Err(ConfigError::LayerTypesLength { found: types.len(), layers });
+    }
+    types
+        .iter()
+        .enumerate()
+        .map(|(index, name)| match name.as_str() {
+            "mamba" | "linear_attention" => Ok(LayerKind::Mamba),
+            "attention" | "full_attention" => Ok(LayerKind::Attention),
+            _ => Err(ConfigError::LayerType { index, name: name.clone() }),
+        })
+        .collect()
+}
