@@ -999,10 +999,13 @@ fn check_serving_engine<B: BambaOps>(device: &B::Device) {
 /// numbers in [-125, 125], exact in every dtype, so the comparison is exact.
 /// Routed experts ([`BambaOps::moe_experts`]) and the routing before them (top-k of the router logits,
 /// softmax over the picked ones) against the reference on the CPU: tokens with one expert, several,
-/// and experts no token picks.
+/// experts no token picks, and both GPU forms (gathered up to `GATHERED_PAIRS` token-slot pairs,
+/// grouped on the host above).
 fn check_moe<B: BambaOps>(device: &B::Device) {
     use burn::tensor::activation::softmax;
-    for (rows, hidden, width, experts, k) in [(1, 16, 8, 4, 2), (7, 32, 24, 8, 3), (13, 24, 40, 5, 1)] {
+    for (rows, hidden, width, experts, k) in
+        [(1, 16, 8, 4, 2), (7, 32, 24, 8, 3), (13, 24, 40, 5, 1), (20, 16, 8, 6, 2)]
+    {
         let x = uniform(rows * hidden, 71, -1.0, 1.0);
         let router = uniform(experts * hidden, 72, -0.5, 0.5);
         let gate_up = uniform(experts * 2 * width * hidden, 73, -0.3, 0.3);

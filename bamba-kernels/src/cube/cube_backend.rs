@@ -1,7 +1,7 @@
 //! `BambaOps` on `CubeBackend` (CUDA and wgpu without Burn's fusion wrapper): each op launches its
 //! CubeCL kernel where [`super::dispatch`] says it applies, else the tensor-op reference.
 
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{Bool, DType, Int, Tensor};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use crate::{
@@ -184,6 +184,16 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     ) -> Tensor<Self, 4> {
         let key_start = prim(key_start.cast(DType::F32));
         wrap(decode_attention::launch(prim(q), prim(k), prim(v), key_start, keys))
+    }
+
+    fn moe_experts(
+        x: Tensor<Self, 2>,
+        weights: Tensor<Self, 2>,
+        experts: Tensor<Self, 2, Int>,
+        gate_up: Tensor<Self, 3>,
+        down: Tensor<Self, 3>,
+    ) -> Tensor<Self, 2> {
+        crate::reference::moe::moe_experts_on_device(x, weights, experts, gate_up, down)
     }
 
     fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>, rotary_dim: usize) -> Tensor<Self, 4> {

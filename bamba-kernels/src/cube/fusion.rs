@@ -5,7 +5,7 @@
 use core::marker::PhantomData;
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{Bool, DType, Int, Tensor};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, NoOp};
 use burn_ir::{CustomOpIr, HandleContainer, InitOperationIr, OperationIr, OperationOutput, TensorIr};
@@ -293,6 +293,16 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         let inputs = vec![prim(q), prim(k), prim(v), prim(key_start.cast(DType::F32))];
         let [y] = register::<B, 1>("bamba_decode_attention", Kind::DecodeAttention { keys }, inputs, [out]);
         wrap(y)
+    }
+
+    fn moe_experts(
+        x: Tensor<Self, 2>,
+        weights: Tensor<Self, 2>,
+        experts: Tensor<Self, 2, Int>,
+        gate_up: Tensor<Self, 3>,
+        down: Tensor<Self, 3>,
+    ) -> Tensor<Self, 2> {
+        crate::reference::moe::moe_experts_on_device(x, weights, experts, gate_up, down)
     }
 
     fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>, rotary_dim: usize) -> Tensor<Self, 4> {

@@ -1,6 +1,9 @@
-//! Routed experts of a mixture-of-experts feed-forward (Granite 4.0-H), as Burn tensor ops: tokens
-//! are grouped per expert on the host, each expert runs on its own tokens only, and the weighted
-//! outputs are added back in expert order (transformers' `index_add_` loop).
+//! Routed experts of a mixture-of-experts feed-forward (Granite 4.0-H), as Burn tensor ops, in two
+//! forms: [`moe_experts`] groups tokens per expert on the host, runs each expert on its own tokens
+//! and adds the weighted outputs back in expert order (transformers' `index_add_` loop);
+//! [`moe_experts_gathered`] copies each (token, slot)'s expert weights into one batch on the device
+//! and never reads the routing back, for the few rows of a decode step on a GPU, where a host round
+//! trip per layer costs more than the copy.
 
 use burn::tensor::activation::silu;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
@@ -53,4 +56,60 @@ pub fn moe_experts<B: BambaOps>(
         out = out.select_assign(0, tokens, y, IndexingUpdateOp::Add);
     }
     out
+}
+
+/// Up to this many (token, slot) pairs, GPU backends run [`moe_experts_gathered`]: it moves each picked
+/// expert's weights three times (read, write, read) but needs no host round trip, which at a decode
+/// step's few rows is the larger cost. Above it the copies would outgrow the weights themselves.
+pub const GATHERED_PAIRS: usize = 32;
+
+/// [`moe_experts`] without reading the routing back: the picked experts' weights are gathered on the
+/// device into `[rows · k, …]` batches and multiplied by each token in one batched product per
+/// projection; the `k` weighted outputs of a token are summed in slot order. Same arguments and result
+/// (up to the order of that sum).
+///
+/// # Shapes
+/// - as [`moe_experts`]
+pub fn moe_experts_gathered<B: BambaOps>(
+    x: Tensor<B, 2>,
+    weights: Tensor<B, 2>,
+    experts: Tensor<B, 2, Int>,
+    gate_up: Tensor<B, 3>,
+    down: Tensor<B, 3>,
+) -> Tensor<B, 2> {
+    let [rows, hidden] = x.dims();
+    let [_, double_width, _] = gate_up.dims();
+    let width = double_width / 2;
+    let k = experts.dims()[1];
+    let pairs = rows * k;
+    let ids = experts.reshape([pairs]);
+    let gate_up = gate_up.select(0, ids.clone()).swap_dims(1, 2); // [pairs, hidden, 2·width]
+    let down = down.select(0, ids).swap_dims(1, 2); // [pairs, width, hidden]
+    let xs = x.unsqueeze_dim::<3>(1).expand([rows, k, hidden]).reshape([pairs, 1, hidden]);
+    let projected = xs.matmul(gate_up);
+    let act = silu(projected.clone().narrow(2, 0, width)) * projected.narrow(2, width, width);
+    let y = act.matmul(down).reshape([rows, k, hidden]);
+    // Expanded before the product, as in `moe_experts`.
+    let scale = weights.reshape([rows, k, 1]).expand([rows, k, hidden]);
+    (y * scale).sum_dim(1).reshape([rows, hidden])
+}
+
+/// The GPU backends' choice between the two forms: [`moe_experts_gathered`] up to [`GATHERED_PAIRS`]
+/// (token, slot) pairs, else [`moe_experts`].
+///
+/// # Shapes
+/// - as [`moe_experts`]
+pub fn moe_experts_on_device<B: BambaOps>(
+    x: Tensor<B, 2>,
+    weights: Tensor<B, 2>,
+    experts: Tensor<B, 2, Int>,
+    gate_up: Tensor<B, 3>,
+    down: Tensor<B, 3>,
+) -> Tensor<B, 2> {
+    let [rows, k] = experts.dims();
+    if rows * k <= GATHERED_PAIRS {
+        moe_experts_gathered(x, weights, experts, gate_up, down)
+    } else {
+        moe_experts(x, weights, experts, gate_up, down)
+    }
 }
