@@ -29,7 +29,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (AutoModelForCausalLM, BambaConfig, BambaForCausalLM, GraniteMoeHybridConfig,
-                          GraniteMoeHybridForCausalLM)
+                          GraniteMoeHybridForCausalLM, Mamba2Config, Mamba2ForCausalLM)
 
 HALF_FLOORS_ONLY = "--half-floors" in sys.argv[1:]
 ONLY = None
@@ -45,7 +45,8 @@ OUT = ARGS[0] if ARGS else os.path.join(os.path.dirname(__file__), "..", "tests"
 
 # model_type -> (config class, model class)
 CLASSES = {"bamba": (BambaConfig, BambaForCausalLM),
-           "granitemoehybrid": (GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM)}
+           "granitemoehybrid": (GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM),
+           "mamba2": (Mamba2Config, Mamba2ForCausalLM)}
 
 BASE = dict(
     vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
@@ -67,8 +68,17 @@ GRANITE_BASE = dict(
     pad_token_id=0, bos_token_id=1, eos_token_id=2,
 )
 
-# name -> (config overrides, options). Options: model_type ("bamba" unless named; "granitemoehybrid"
-# starts from GRANITE_BASE), dialect ("5.x" as saved, "4.x" rewritten, "bare-infinity", "hub": Granite's
+# Pure Mamba2 (transformers format) at the same widths: groups as in Codestral (G > 1, several heads per
+# group), the f32 residual stream of every released config.
+MAMBA2_BASE = dict(
+    vocab_size=96, hidden_size=32, num_hidden_layers=3, num_heads=8, head_dim=8, expand=2, state_size=16,
+    n_groups=4, conv_kernel=4, chunk_size=8, layer_norm_epsilon=1e-5, use_bias=False, use_conv_bias=True,
+    residual_in_fp32=True, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+)
+BASES = {"bamba": BASE, "granitemoehybrid": GRANITE_BASE, "mamba2": MAMBA2_BASE}
+
+# name -> (config overrides, options). Options: model_type ("bamba" unless named; the others start from
+# their *_BASE), dialect ("5.x" as saved, "4.x" rewritten, "bare-infinity", "hub": Granite's
 # layer_types as the released config.json files spell them), dtype (torch dtype of the saved weights),
 # shard (max_shard_size), prompts (lengths).
 FIXTURES = {
@@ -109,6 +119,11 @@ FIXTURES = {
     "granite_attention_only": (dict(layer_types=["attention"] * 3, num_hidden_layers=3, num_local_experts=8,
                                     num_experts_per_tok=3, position_embedding_type="rope"),
                                {"model_type": "granitemoehybrid"}),
+    # Mamba2: 4 groups of 2 heads, untied head, f32 residual stream
+    "mamba2_groups": ({}, {"model_type": "mamba2"}),
+    # Mamba2: one group, tied head, in/out_proj biases, no conv bias, conv width 3, chunk 5, bf16 residual
+    "mamba2_tied_bias": (dict(n_groups=1, tie_word_embeddings=True, use_bias=True, use_conv_bias=False,
+                              conv_kernel=3, chunk_size=5, residual_in_fp32=False), {"model_type": "mamba2"}),
 }
 
 PROMPT_LENGTHS = [13, 5, 1]  # unless a fixture's options name its own
@@ -130,7 +145,7 @@ def rerandomise(model, generator):
             v = torch.randn(shape, generator=generator) * 0.5
         elif name.endswith("bias"):
             v = torch.randn(shape, generator=generator) * 0.2
-        elif "embed_tokens" in name:
+        elif "embed_tokens" in name or "embeddings" in name:
             v = torch.randn(shape, generator=generator)
         else:  # linear weights [out, in]
             v = torch.randn(shape, generator=generator) / math.sqrt(shape[-1])
@@ -225,7 +240,8 @@ def half_spread_floors(model, key, prompts):
         t = (t.float() + torch.where(moved, ulp * sign, torch.zeros_like(ulp))).to(t.dtype)
         return (t,) + tuple(output[1:]) if isinstance(output, tuple) else t
 
-    hooks = [layer.register_forward_hook(jitter) for layer in model.model.layers]
+    body = model.model if hasattr(model, "model") else model.backbone  # Mamba2ForCausalLM: backbone
+    hooks = [layer.register_forward_hook(jitter) for layer in body.layers]
     worst = 0.0
     for ids, ref in prompts:
         runs = sorted((logits_of(model, ids) - ref).abs().max().item() for _ in range(SPREAD_RUNS))
@@ -238,7 +254,7 @@ def half_spread_floors(model, key, prompts):
 def build(name, overrides, options, seed):
     model_type = options.get("model_type", "bamba")
     config_class, model_class = CLASSES[model_type]
-    cfg_kwargs = dict(GRANITE_BASE if model_type == "granitemoehybrid" else BASE, **overrides)
+    cfg_kwargs = dict(BASES[model_type], **overrides)
     config = config_class(**cfg_kwargs)
     torch.manual_seed(seed)
     model = model_class(config).eval()

@@ -74,6 +74,21 @@ fn granite_configs_resolve_to_their_layer_plans() {
 }
 
 #[test]
+fn mamba2_config_resolves_to_mixer_only_layers() {
+    let c = granite("mamba-codestral-7b.json");
+    assert_eq!(c.architecture, Architecture::Mamba2);
+    assert_eq!((c.count(LayerKind::Mamba), c.mlp, c.residual_f32, c.rope), (64, false, true, None));
+    assert_eq!((c.mamba_n_heads, c.mamba_d_head, c.mamba_n_groups, c.mamba_d_state), (128, 64, 8, 128));
+    assert_eq!((c.d_inner(), c.conv_dim()), (8192, 8192 + 2 * 8 * 128));
+    let heads = r#"{"model_type": "mamba2", "hidden_size": 64, "num_heads": 8, "head_dim": 8}"#;
+    let e = BambaConfig::from_json(heads).unwrap_err();
+    assert!(matches!(e, ConfigError::MambaHeads { d_head: 8, n_heads: 8, d_inner: 128 }), "{e}");
+    // state-spaces/mamba2-130m's config.json (mamba_ssm's format) is refused by name, not read as Bamba.
+    let ssm = r#"{"d_model": 768, "n_layer": 24, "vocab_size": 50277, "ssm_cfg": {"layer": "Mamba2"}}"#;
+    assert!(matches!(BambaConfig::from_json(ssm).unwrap_err(), ConfigError::MambaSsmFormat));
+}
+
+#[test]
 fn granite_configs_with_bad_plans_are_typed_errors() {
     let text = std::fs::read_to_string(fixtures_dir().join("granite_moe/config.json")).unwrap();
     let base: serde_json::Value = serde_json::from_str(&text).unwrap();

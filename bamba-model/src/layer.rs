@@ -1,18 +1,19 @@
-//! One decoder layer: `x + mixer(norm(x))`, then `x + mlp(norm(x)) [+ moe(norm(x))]`. The mixer is
-//! Mamba2 or attention, fixed per layer by the config's layer plan; every layer has both norms and the
-//! MLP, and the experts when the config has them. Residual multipliers are folded into each
-//! sub-block's output projection.
+//! One decoder layer: `x + mixer(norm(x))`, then (unless the config has none) `x + mlp(norm(x))
+//! [+ moe(norm(x))]`. The mixer is Mamba2 or attention, fixed per layer by the config's layer plan.
+//! Residual multipliers are folded into each sub-block's output projection. With an f32 residual
+//! stream (Mamba2) `x` is f32 and each sub-block reads it rounded to the compute dtype.
 
 use bamba_kernels::BambaOps;
 use burn::tensor::Tensor;
 
 use crate::attention::Attention;
 use crate::cache::LayerCache;
-use crate::config::{Architecture, BambaConfig, LayerKind};
+use crate::config::{BambaConfig, LayerKind};
 use crate::loader::{LoadError, WeightReader};
 use crate::mamba2::Mamba2Mixer;
 use crate::mlp::Mlp;
 use crate::moe::Moe;
+use crate::names::TensorNames;
 use crate::norm::RmsNorm;
 use crate::padding::ChunkMasks;
 use crate::rope::RopeTables;
@@ -24,35 +25,45 @@ pub enum Mixer<B: BambaOps> {
     Attention(Attention<B>),
 }
 
+/// A layer's feed-forward sub-block: the dense MLP, and the routed experts beside it if any.
+#[derive(Debug, Clone)]
+pub struct FeedForward<B: BambaOps> {
+    /// Its pre-norm (Bamba's `pre_ff_layernorm`, Granite's `post_attention_layernorm`).
+    pub norm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+    pub experts: Option<Moe<B>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct DecoderLayer<B: BambaOps> {
     pub input_layernorm: RmsNorm<B>,
     pub mixer: Mixer<B>,
-    /// The feed-forward's pre-norm (Bamba's `pre_ff_layernorm`, Granite's `post_attention_layernorm`).
-    pub pre_ff_layernorm: RmsNorm<B>,
-    pub feed_forward: Mlp<B>,
-    pub experts: Option<Moe<B>>,
+    pub feed_forward: Option<FeedForward<B>>,
 }
 
 impl<B: BambaOps> DecoderLayer<B> {
-    /// Reads `model.layers.{index}.*`.
+    /// Reads layer `index` (`model.layers.{index}.*`, or the family's spelling of it).
     pub fn load(w: &mut WeightReader<'_, B>, index: usize, c: &BambaConfig) -> Result<Self, LoadError> {
-        let p = format!("model.layers.{index}");
+        let names = TensorNames::of(c.architecture);
+        let p = format!("{}.{index}", names.layers);
         let (h, eps) = (c.hidden_size, c.rms_norm_eps);
-        let ff_norm = match c.architecture {
-            Architecture::Bamba => "pre_ff_layernorm",
-            Architecture::GraniteMoeHybrid => "post_attention_layernorm",
-        };
         let mixer = match c.layer_kinds[index] {
-            LayerKind::Mamba => Mixer::Mamba(Mamba2Mixer::load(w, &format!("{p}.mamba"), c)?),
+            LayerKind::Mamba => Mixer::Mamba(Mamba2Mixer::load(w, &format!("{p}.{}", names.mamba), c)?),
             LayerKind::Attention => Mixer::Attention(Attention::load(w, &format!("{p}.self_attn"), c)?),
         };
+        let feed_forward = if c.mlp {
+            Some(FeedForward {
+                norm: RmsNorm::load(w, &format!("{p}.{}.weight", names.feed_forward_norm), h, eps)?,
+                mlp: Mlp::load(w, &p, c)?,
+                experts: c.moe.map(|m| Moe::load(w, &format!("{p}.block_sparse_moe"), c, m)).transpose()?,
+            })
+        } else {
+            None
+        };
         Ok(DecoderLayer {
-            input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm.weight"), h, eps)?,
+            input_layernorm: RmsNorm::load(w, &format!("{p}.{}.weight", names.input_norm), h, eps)?,
             mixer,
-            pre_ff_layernorm: RmsNorm::load(w, &format!("{p}.{ff_norm}.weight"), h, eps)?,
-            feed_forward: Mlp::load(w, &p, c)?,
-            experts: c.moe.map(|m| Moe::load(w, &format!("{p}.block_sparse_moe"), c, m)).transpose()?,
+            feed_forward,
         })
     }
 
@@ -73,24 +84,27 @@ impl<B: BambaOps> DecoderLayer<B> {
         // attention's three projections share one.
         let norm = &self.input_layernorm;
         let tokens = masks.tokens.as_ref();
+        // The sub-blocks read the stream in the compute dtype; an f32 stream stays f32 in the adds.
+        let dtype = norm.weight.dtype();
+        let input = |x: &Tensor<B, 3>| if x.dtype() == dtype { x.clone() } else { x.clone().cast(dtype) };
         let x = match (&self.mixer, cache) {
-            (Mixer::Mamba(m), None) => m.forward(norm, x, None, tokens).0,
+            (Mixer::Mamba(m), None) => m.forward(norm, input(&x), x, None, tokens).0,
             (Mixer::Mamba(m), Some(LayerCache::Mamba(slot))) => {
-                let (out, state) = m.forward(norm, x, slot.take(), tokens);
+                let (out, state) = m.forward(norm, input(&x), x, slot.take(), tokens);
                 *slot = Some(state);
                 out
             }
-            (Mixer::Attention(a), None) => a.forward(norm.forward(x.clone()), tables, masks, None, x),
+            (Mixer::Attention(a), None) => a.forward(norm.forward(input(&x)), tables, masks, None, x),
             (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => {
-                a.forward(norm.forward(x.clone()), tables, masks, Some(kv), x)
+                a.forward(norm.forward(input(&x)), tables, masks, Some(kv), x)
             }
             _ => unreachable!("the cache is built from the same layer plan as the model"),
         };
-        let norm = &self.pre_ff_layernorm;
-        let residual = match &self.experts {
-            Some(experts) => x.clone() + experts.forward(norm.forward(x.clone())),
+        let Some(ff) = &self.feed_forward else { return x };
+        let residual = match &ff.experts {
+            Some(experts) => x.clone() + experts.forward(ff.norm.forward(input(&x))),
             None => x.clone(),
         };
-        self.feed_forward.forward(norm, x, residual)
+        ff.mlp.forward(&ff.norm, input(&x), residual)
     }
 }

@@ -1,5 +1,5 @@
-//! The Bamba family of hybrid Mamba2/attention language models (Bamba, Granite 4.0-H) on Burn,
-//! written once over `Backend`.
+//! The Bamba family of Mamba2 and hybrid Mamba2/attention language models (Bamba, Granite 4.0,
+//! Mamba2) on Burn, written once over `Backend`.
 //!
 //! Weights are plain tensors built by [`loader`] straight from a Hugging Face checkpoint (no
 //! `Module` record machinery: this crate only runs inference). Hot ops go through
@@ -18,6 +18,7 @@ pub mod mamba2;
 pub mod mlp;
 pub mod model;
 pub mod moe;
+pub mod names;
 pub mod norm;
 pub mod padding;
 pub mod presets;

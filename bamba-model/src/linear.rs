@@ -80,11 +80,17 @@ impl<B: BambaOps> Linear<B> {
     }
 
     /// `residual + forward(x)`: an output projection with the residual add after it, one fused
-    /// launch at decode when there is no bias ([`BambaOps::linear_residual`]).
+    /// launch at decode when there is no bias ([`BambaOps::linear_residual`]). A residual of another
+    /// dtype than `x` (an f32 stream) gets the product cast to its dtype, then the add.
     ///
     /// # Shapes
     /// - `x`: `[..., in]`, `residual`: `[..., out]` → `[..., out]`
     pub fn forward_residual<const D: usize>(&self, x: Tensor<B, D>, residual: Tensor<B, D>) -> Tensor<B, D> {
+        if residual.dtype() != x.dtype() {
+            // An f32 residual stream (Mamba2): the product in the compute dtype, the add in f32.
+            let dtype = residual.dtype();
+            return residual + self.forward(x).cast(dtype);
+        }
         if self.bias.is_some() {
             return residual + self.forward(x);
         }

@@ -86,21 +86,22 @@ impl<B: BambaOps> Mamba2Mixer<B> {
     }
 
     /// Runs the mixer on `norm(x)` over a chunk of tokens, continuing from `state` (zeros when
-    /// `None`), and returns `x` + the output, and the state after the chunk (the norm is fused into
-    /// in_proj and the residual add into out_proj at decode). `token_mask` (left padding) zeroes xBC
-    /// at pad positions before and after the conv, so pads leave the window and the state at zero.
+    /// `None`), and returns `residual` + the output, and the state after the chunk (the norm is fused
+    /// into in_proj and the residual add into out_proj at decode). `residual` is the layer input
+    /// itself, or it in f32 where the residual stream is. `token_mask` (left padding) zeroes xBC at
+    /// pad positions before and after the conv, so pads leave the window and the state at zero.
     ///
     /// # Shapes
-    /// - `x`: `[batch, len, hidden]` (the layer input, before its norm) → `[batch, len, hidden]`
+    /// - `x`, `residual`: `[batch, len, hidden]` (the layer input, before its norm) → `[batch, len, hidden]`
     /// - `token_mask`: `[batch, len, 1]`, 1 at real tokens, 0 at pads
     pub fn forward(
         &self,
         norm: &RmsNorm<B>,
         x: Tensor<B, 3>,
+        residual: Tensor<B, 3>,
         state: Option<MambaState<B>>,
         token_mask: Option<&Tensor<B, 3>>,
     ) -> (Tensor<B, 3>, MambaState<B>) {
-        let residual = x.clone();
         let masked = |t: Tensor<B, 3>| match token_mask {
             Some(mask) => t * mask.clone(),
             None => t,

@@ -34,7 +34,7 @@ impl<B: BambaOps> Mlp<B> {
                     down_proj: Linear::load_scaled(w, &format!("{p}.down_proj"), i, h, bias, scale)?,
                 })
             }
-            Architecture::GraniteMoeHybrid => {
+            Architecture::GraniteMoeHybrid | Architecture::Mamba2 => {
                 let fused = format!("{layer}.shared_mlp.input_linear.weight");
                 let half = |w: &mut WeightReader<'_, B>, first| -> Result<Linear<B>, LoadError> {
                     Ok(Linear { weight: w.tensor_rows(&fused, &[2 * i, h], first, [i, h])?, bias: None })

@@ -1,6 +1,6 @@
 //! The causal language model of every supported config (`BambaForCausalLM`,
-//! `GraniteMoeHybridForCausalLM`): embedding (× `embedding_multiplier`) → decoder layers → final
-//! RMSNorm → LM head (tied or not) → ÷ `logits_scaling`.
+//! `GraniteMoeHybridForCausalLM`, `Mamba2ForCausalLM`): embedding (× `embedding_multiplier`) →
+//! decoder layers → final RMSNorm → LM head (tied or not) → ÷ `logits_scaling`.
 
 use std::path::Path;
 
@@ -9,10 +9,11 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use thiserror::Error;
 
 use crate::cache::{CacheError, HybridCache, LayerCache};
-use crate::config::{Architecture, BambaConfig};
+use crate::config::BambaConfig;
 use crate::layer::DecoderLayer;
 use crate::linear::Linear;
 use crate::loader::{Checkpoint, LoadError, Precision, WeightReader};
+use crate::names::TensorNames;
 use crate::norm::RmsNorm;
 use crate::padding::ChunkMasks;
 use crate::rope::Rope;
@@ -134,14 +135,11 @@ impl<B: BambaOps> BambaModel<B> {
         dtype: DType,
     ) -> Result<Self, LoadError> {
         let (vocab, h) = (config.vocab_size, config.hidden_size);
-        let embed_tokens = w.tensor("model.embed_tokens.weight", [vocab, h])?;
+        let names = TensorNames::of(config.architecture);
+        let embed_tokens = w.tensor(names.embedding, [vocab, h])?;
         let layers =
             (0..config.num_layers).map(|i| DecoderLayer::load(&mut w, i, &config)).collect::<Result<Vec<_>, _>>()?;
-        let final_norm = match config.architecture {
-            Architecture::Bamba => "model.final_layernorm.weight",
-            Architecture::GraniteMoeHybrid => "model.norm.weight",
-        };
-        let final_layernorm = RmsNorm::load(&mut w, final_norm, h, config.rms_norm_eps)?;
+        let final_layernorm = RmsNorm::load(&mut w, names.final_norm, h, config.rms_norm_eps)?;
         let lm_head = if config.tie_word_embeddings {
             // transformers ties and ignores a stored copy; so do we.
             w.skip("lm_head.weight");
@@ -187,7 +185,7 @@ impl<B: BambaOps> BambaModel<B> {
     }
 
     /// Embedding rows for token ids, times `embedding_multiplier` (the pad row is not zeroed, as in
-    /// transformers).
+    /// transformers); in f32 when the residual stream is.
     ///
     /// # Shapes
     /// - `ids`: `[batch, len]` → `[batch, len, hidden]`
@@ -195,9 +193,14 @@ impl<B: BambaOps> BambaModel<B> {
         let [batch, len] = ids.dims();
         let rows = self.embed_tokens.clone().select(0, ids.reshape([batch * len]));
         let x = rows.reshape([batch, len, self.config.hidden_size]);
-        match self.config.embedding_multiplier {
+        let x = match self.config.embedding_multiplier {
             1.0 => x,
             m => x.mul_scalar(m),
+        };
+        if self.config.residual_f32 {
+            x.cast(DType::F32)
+        } else {
+            x
         }
     }
 

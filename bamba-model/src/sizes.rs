@@ -11,7 +11,7 @@ pub struct ParameterCounts {
     pub embedding: u64,
     /// `lm_head` (0 when tied to the embedding).
     pub lm_head: u64,
-    /// One Mamba decoder layer: mixer, MLP, experts, both norms.
+    /// One Mamba decoder layer: mixer, MLP, experts, their norms (Mamba2: the mixer and its norm).
     pub mamba_layer: u64,
     /// One attention decoder layer: attention, MLP, experts, both norms.
     pub attention_layer: u64,
@@ -33,12 +33,16 @@ fn linear(inputs: usize, outputs: usize, bias: bool) -> u64 {
 impl ParameterCounts {
     pub fn new(c: &BambaConfig) -> Self {
         let h = c.hidden_size;
-        let mlp = 2 * linear(h, c.intermediate_size, c.mlp_bias) + linear(c.intermediate_size, h, c.mlp_bias);
+        let mlp = if c.mlp {
+            2 * linear(h, c.intermediate_size, c.mlp_bias) + linear(c.intermediate_size, h, c.mlp_bias)
+        } else {
+            0
+        };
         // Router [E, H], gate|up [E, 2I, H], down [E, H, I].
         let expert = |m: &crate::config::MoeConfig| 3 * (m.width * h) as u64;
         let experts_per_layer = c.moe.map_or(0, |m| (m.experts * h) as u64 + m.experts as u64 * expert(&m));
         let idle_per_layer = c.moe.map_or(0, |m| (m.experts - m.top_k) as u64 * expert(&m));
-        let norms = 2 * h as u64;
+        let norms = if c.mlp { 2 } else { 1 } * h as u64;
         let heads = c.mamba_n_heads;
         let mixer = linear(h, c.in_proj_dim(), c.mamba_proj_bias)
             + linear(c.mamba_d_conv, c.conv_dim(), c.mamba_conv_bias) // depthwise: [conv_dim, 1, K]

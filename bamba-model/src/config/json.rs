@@ -59,9 +59,6 @@ pub(super) struct RopeParameters {
 fn d_hidden() -> usize {
     4096
 }
-fn d_layers() -> usize {
-    32
-}
 fn d_heads() -> usize {
     32
 }
@@ -93,7 +90,8 @@ fn d_tsl() -> Option<(LenientFloat, LenientFloat)> {
     Some((LenientFloat(0.0), LenientFloat(f64::INFINITY)))
 }
 
-/// Mirror of `config.json`. Serde defaults are the ones `bamba` and `granitemoehybrid` share.
+/// Mirror of `config.json`. Serde defaults are the ones `bamba` and `granitemoehybrid` share; `mamba2`
+/// keys are moved onto them by `resolve`.
 #[derive(Debug, Clone, Deserialize)]
 pub(super) struct HfConfig {
     pub model_type: Option<String>,
@@ -101,8 +99,7 @@ pub(super) struct HfConfig {
     #[serde(default = "d_hidden")]
     pub hidden_size: usize,
     pub intermediate_size: Option<usize>,
-    #[serde(default = "d_layers")]
-    pub num_hidden_layers: usize,
+    pub num_hidden_layers: Option<usize>,
     #[serde(default = "d_heads")]
     pub num_attention_heads: usize,
     #[serde(default)]
@@ -167,6 +164,20 @@ pub(super) struct HfConfig {
     pub shared_intermediate_size: Option<usize>,
     pub num_local_experts: Option<usize>,
     pub num_experts_per_tok: Option<usize>,
+    // mamba2 spells the mixer's keys without the `mamba_` prefix (`head_dim` is the SSM head's).
+    pub num_heads: Option<usize>,
+    pub state_size: Option<usize>,
+    pub n_groups: Option<usize>,
+    pub expand: Option<usize>,
+    pub conv_kernel: Option<usize>,
+    pub chunk_size: Option<usize>,
+    pub use_bias: Option<bool>,
+    pub use_conv_bias: Option<bool>,
+    pub layer_norm_epsilon: Option<f64>,
+    pub residual_in_fp32: Option<bool>,
+    /// Keys of mamba_ssm's own config format (state-spaces/mamba2-*), which this engine does not read.
+    pub d_model: Option<serde_json::Value>,
+    pub ssm_cfg: Option<serde_json::Value>,
 }
 
 /// Replaces bare `Infinity`, `-Infinity` and `NaN` tokens (outside strings) with quoted strings, so

@@ -29,6 +29,11 @@ pub enum ConfigError {
     Json(#[from] serde_json::Error),
     #[error("unsupported model_type {0:?}: this engine runs {supported}", supported = Architecture::SUPPORTED)]
     ModelType(String),
+    #[error(
+        "config.json is in mamba_ssm's format (d_model, ssm_cfg, no model_type); this engine reads the \
+         transformers format (model_type \"mamba2\"): use a checkpoint converted to it"
+    )]
+    MambaSsmFormat,
     #[error("config field `{0}` must be positive")]
     Zero(&'static str),
     #[error("config field `{field}` is {value}, more than this engine accepts ({limit})")]
@@ -78,16 +83,19 @@ pub enum Architecture {
     /// `granitemoehybrid`: `shared_mlp.{input,output}_linear`, `block_sparse_moe`,
     /// `post_attention_layernorm`, `norm`.
     GraniteMoeHybrid,
+    /// `mamba2`: `backbone.*`, one norm and the mixer per layer, `norm_f`.
+    Mamba2,
 }
 
 impl Architecture {
     /// The `model_type`s [`BambaConfig`] reads, for error messages.
-    pub const SUPPORTED: &'static str = "\"bamba\" and \"granitemoehybrid\"";
+    pub const SUPPORTED: &'static str = "\"bamba\", \"granitemoehybrid\" and \"mamba2\"";
 
     pub fn model_type(self) -> &'static str {
         match self {
             Architecture::Bamba => "bamba",
             Architecture::GraniteMoeHybrid => "granitemoehybrid",
+            Architecture::Mamba2 => "mamba2",
         }
     }
 
@@ -95,6 +103,7 @@ impl Architecture {
         match name {
             None | Some("bamba") => Ok(Architecture::Bamba),
             Some("granitemoehybrid") => Ok(Architecture::GraniteMoeHybrid),
+            Some("mamba2") => Ok(Architecture::Mamba2),
             Some(other) => Err(ConfigError::ModelType(other.to_string())),
         }
     }
@@ -141,6 +150,8 @@ pub struct BambaConfig {
     pub architecture: Architecture,
     pub vocab_size: usize,
     pub hidden_size: usize,
+    /// Whether every layer has a feed-forward sub-block after its mixer (false: Mamba2).
+    pub mlp: bool,
     /// Width of every layer's dense SwiGLU MLP (Granite: `shared_intermediate_size`).
     pub intermediate_size: usize,
     /// Routed experts beside the MLP, if any.
@@ -176,6 +187,9 @@ pub struct BambaConfig {
     pub attention_multiplier: Option<f64>,
     /// The logits are divided by this (Granite's `logits_scaling`; 1 for Bamba).
     pub logits_scaling: f64,
+    /// The residual stream between layers is f32 whatever the compute dtype (Mamba2's
+    /// `residual_in_fp32`); each sub-block still computes in the compute dtype.
+    pub residual_f32: bool,
     pub max_position_embeddings: usize,
     pub pad_token_id: Option<u32>,
     pub bos_token_id: Option<u32>,

@@ -8,7 +8,12 @@
 //!   absent); full-width RoPE only when `position_embedding_type` is `"rope"`; the dense MLP is
 //!   `shared_intermediate_size` wide and `num_local_experts > 0` adds experts of `intermediate_size`.
 //!
-//! Both: `mamba_d_head: "auto"` is `expand · hidden / n_heads`; `time_step_limit` may hold
+//! - `mamba2` follows `Mamba2Config`: its mixer keys (`num_heads`, `head_dim`, `state_size`,
+//!   `n_groups`, `expand`, `conv_kernel`, `chunk_size`, `use_bias`, `use_conv_bias`,
+//!   `layer_norm_epsilon`) are moved onto the `mamba_*` ones; every layer is Mamba with no
+//!   feed-forward, and `residual_in_fp32` (default true) keeps the residual stream in f32.
+//!
+//! All: `mamba_d_head: "auto"` is `expand · hidden / n_heads`; `time_step_limit` may hold
 //! `{"__float__": "Infinity"}`, a string, or a bare `Infinity`.
 
 use super::json::{DHead, HfConfig, LenientFloat, TokenIds};
@@ -17,6 +22,7 @@ use super::{Architecture, BambaConfig, ConfigError, LayerKind, MoeConfig, RopeCo
 /// Defaults of keys absent from config.json, per model type (transformers' config classes).
 struct Defaults {
     vocab_size: usize,
+    num_hidden_layers: usize,
     intermediate_size: usize,
     rms_norm_eps: f64,
     max_position_embeddings: usize,
@@ -27,27 +33,65 @@ impl Defaults {
         match architecture {
             Architecture::Bamba => Defaults {
                 vocab_size: 128000,
+                num_hidden_layers: 32,
                 intermediate_size: 14336,
                 rms_norm_eps: 1e-5,
                 max_position_embeddings: 262144,
             },
             Architecture::GraniteMoeHybrid => Defaults {
                 vocab_size: 32000,
+                num_hidden_layers: 32,
                 intermediate_size: 11008,
                 rms_norm_eps: 1e-6,
                 max_position_embeddings: 2048,
+            },
+            // No position embeddings, so no trained limit: the engine's own bound on sizes.
+            Architecture::Mamba2 => Defaults {
+                vocab_size: 32768,
+                num_hidden_layers: 64,
+                intermediate_size: 1,
+                rms_norm_eps: 1e-5,
+                max_position_embeddings: 1 << 20,
             },
         }
     }
 }
 
+/// Moves `Mamba2Config`'s keys onto the `mamba_*` keys Bamba and Granite use (with Mamba2's defaults)
+/// and gives the unused attention keys values that pass validation.
+fn mamba2_keys(mut raw: HfConfig) -> HfConfig {
+    raw.mamba_n_heads = raw.num_heads.unwrap_or(128);
+    raw.mamba_d_head = Some(DHead::Size(raw.head_dim.take().unwrap_or(64)));
+    raw.mamba_d_state = raw.state_size.unwrap_or(128);
+    raw.mamba_n_groups = raw.n_groups.unwrap_or(8);
+    raw.mamba_expand = raw.expand.unwrap_or(2);
+    raw.mamba_d_conv = raw.conv_kernel.unwrap_or(4);
+    raw.mamba_chunk_size = raw.chunk_size.unwrap_or(256);
+    raw.mamba_conv_bias = raw.use_conv_bias.unwrap_or(true);
+    raw.mamba_proj_bias = raw.use_bias.unwrap_or(false);
+    raw.rms_norm_eps = raw.layer_norm_epsilon.or(raw.rms_norm_eps);
+    raw.num_attention_heads = 1;
+    raw.num_key_value_heads = Some(1);
+    raw
+}
+
 pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
+    if raw.model_type.is_none() && (raw.d_model.is_some() || raw.ssm_cfg.is_some()) {
+        return Err(ConfigError::MambaSsmFormat);
+    }
     let architecture = Architecture::from_model_type(raw.model_type.as_deref())?;
     let granite = architecture == Architecture::GraniteMoeHybrid;
+    let mamba2 = architecture == Architecture::Mamba2;
+    let raw = if mamba2 { mamba2_keys(raw) } else { raw };
     let defaults = Defaults::of(architecture);
+    let num_hidden_layers = raw.num_hidden_layers.unwrap_or(defaults.num_hidden_layers);
     let vocab_size = raw.vocab_size.unwrap_or(defaults.vocab_size);
     let expert_width = raw.intermediate_size.unwrap_or(defaults.intermediate_size);
-    let intermediate_size = if granite { raw.shared_intermediate_size.unwrap_or(1024) } else { expert_width };
+    let intermediate_size = match architecture {
+        Architecture::Bamba => expert_width,
+        Architecture::GraniteMoeHybrid => raw.shared_intermediate_size.unwrap_or(1024),
+        Architecture::Mamba2 => 0,
+    };
     let rms_norm_eps = raw.rms_norm_eps.unwrap_or(defaults.rms_norm_eps);
     let max_position_embeddings = raw.max_position_embeddings.unwrap_or(defaults.max_position_embeddings);
     let experts = if granite { raw.num_local_experts.unwrap_or(8) } else { 0 };
@@ -56,8 +100,8 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
     for (name, v) in [
         ("vocab_size", vocab_size),
         ("hidden_size", raw.hidden_size),
-        ("intermediate_size", intermediate_size),
-        ("num_hidden_layers", raw.num_hidden_layers),
+        ("intermediate_size", if mamba2 { 1 } else { intermediate_size }),
+        ("num_hidden_layers", num_hidden_layers),
         ("num_attention_heads", raw.num_attention_heads),
         ("mamba_n_heads", raw.mamba_n_heads),
         ("mamba_n_groups", raw.mamba_n_groups),
@@ -78,7 +122,7 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
         ("intermediate_size", intermediate_size, 1 << 19),
         ("intermediate_size", if experts > 0 { expert_width } else { 0 }, 1 << 19),
         ("num_local_experts", experts, 1 << 12),
-        ("num_hidden_layers", raw.num_hidden_layers, 1 << 12),
+        ("num_hidden_layers", num_hidden_layers, 1 << 12),
         ("num_attention_heads", raw.num_attention_heads, 1 << 12),
         ("num_key_value_heads", raw.num_key_value_heads.unwrap_or(1), 1 << 12),
         ("head_dim", raw.head_dim.unwrap_or(1), 1 << 12),
@@ -151,10 +195,10 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
         }
     };
 
-    let layer_kinds = if granite {
-        granite_layer_kinds(raw.layer_types.as_deref(), raw.num_hidden_layers)?
-    } else {
-        bamba_layer_kinds(raw.attn_layer_indices.as_deref(), raw.num_hidden_layers)?
+    let layer_kinds = match architecture {
+        Architecture::Bamba => bamba_layer_kinds(raw.attn_layer_indices.as_deref(), num_hidden_layers)?,
+        Architecture::GraniteMoeHybrid => granite_layer_kinds(raw.layer_types.as_deref(), num_hidden_layers)?,
+        Architecture::Mamba2 => vec![LayerKind::Mamba; num_hidden_layers],
     };
 
     let rope_parameters = raw.rope_parameters.clone().unwrap_or_default();
@@ -167,13 +211,15 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
     if !(theta.is_finite() && theta > 0.0) {
         return Err(ConfigError::NotPositive { field: "rope_theta", value: theta });
     }
-    let rope = if granite {
-        // Gemma2's rotary: every dim of the head, whatever partial_rotary_factor says.
-        (raw.position_embedding_type.as_deref() == Some("rope"))
-            .then_some(RopeConfig { theta, partial_rotary_factor: 1.0 })
-    } else {
+    let rope = match architecture {
         // BambaConfig forces 0.5 unless rope_parameters carries its own factor.
-        Some(RopeConfig { theta, partial_rotary_factor: rope_parameters.partial_rotary_factor.unwrap_or(0.5) })
+        Architecture::Bamba => {
+            Some(RopeConfig { theta, partial_rotary_factor: rope_parameters.partial_rotary_factor.unwrap_or(0.5) })
+        }
+        // Gemma2's rotary: every dim of the head, whatever partial_rotary_factor says.
+        Architecture::GraniteMoeHybrid => (raw.position_embedding_type.as_deref() == Some("rope"))
+            .then_some(RopeConfig { theta, partial_rotary_factor: 1.0 }),
+        Architecture::Mamba2 => None,
     };
     if let Some(RopeConfig { partial_rotary_factor: factor, .. }) = rope {
         let rotary = (head_dim as f64 * factor) as usize;
@@ -224,9 +270,10 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
         architecture,
         vocab_size,
         hidden_size: raw.hidden_size,
+        mlp: !mamba2,
         intermediate_size,
         moe,
-        num_layers: raw.num_hidden_layers,
+        num_layers: num_hidden_layers,
         num_heads: raw.num_attention_heads,
         num_kv_heads,
         head_dim,
@@ -251,6 +298,7 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
         residual_multiplier,
         attention_multiplier,
         logits_scaling,
+        residual_f32: mamba2 && raw.residual_in_fp32.unwrap_or(true),
         max_position_embeddings,
         pad_token_id: raw.pad_token_id,
         bos_token_id: raw.bos_token_id,
