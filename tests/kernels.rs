@@ -1000,24 +1000,24 @@ fn check_serving_engine<B: BambaOps>(device: &B::Device) {
 /// Routed experts ([`BambaOps::moe_experts`]) and the routing before them (top-k of the router logits,
 /// softmax over the picked ones) against the reference on the CPU: tokens with one expert, several,
 /// experts no token picks, and both GPU forms (gathered up to `GATHERED_PAIRS` token-slot pairs,
-/// grouped on the host above).
+/// grouped on the host above). The router logits come from the host, so that both sides route alike
+/// (a TF32 router product on CUDA could pick another expert for a near tie); the experts' products
+/// may run as TF32 on CUDA (see `check_gemv`), hence 1e-3, far below what a wrong weighting gives.
 fn check_moe<B: BambaOps>(device: &B::Device) {
     use burn::tensor::activation::softmax;
     for (rows, hidden, width, experts, k) in
         [(1, 16, 8, 4, 2), (7, 32, 24, 8, 3), (13, 24, 40, 5, 1), (20, 16, 8, 6, 2)]
     {
         let x = uniform(rows * hidden, 71, -1.0, 1.0);
-        let router = uniform(experts * hidden, 72, -0.5, 0.5);
+        let logits = uniform(rows * experts, 72, -2.0, 2.0);
         let gate_up = uniform(experts * 2 * width * hidden, 73, -0.3, 0.3);
         let down = uniform(experts * hidden * width, 74, -0.3, 0.3);
-        let run = |device: &B::Device| {
-            let x = tensor::<B, 2>(&x, [rows, hidden], device, DType::F32);
-            let logits = B::linear_no_bias(x.clone(), tensor(&router, [experts, hidden], device, DType::F32));
-            let (picked, chosen) = logits.topk_with_indices(k, 1);
+        let device_run = || {
+            let (picked, chosen) = tensor::<B, 2>(&logits, [rows, experts], device, DType::F32).topk_with_indices(k, 1);
             let weights = softmax(picked, 1);
             let ids: Vec<i64> = chosen.clone().into_data().convert::<i64>().to_vec().unwrap();
             let out = B::moe_experts(
-                x,
+                tensor(&x, [rows, hidden], device, DType::F32),
                 weights.clone(),
                 chosen,
                 tensor(&gate_up, [experts, 2 * width, hidden], device, DType::F32),
@@ -1025,29 +1025,27 @@ fn check_moe<B: BambaOps>(device: &B::Device) {
             );
             (ids, host(weights), host(out))
         };
-        let cpu = |device: &burn::backend::ndarray::NdArrayDevice| {
-            let x = tensor::<Cpu, 2>(&x, [rows, hidden], device, DType::F32);
-            let logits =
-                reference::linear::linear_no_bias(x.clone(), tensor(&router, [experts, hidden], device, DType::F32));
-            let (picked, chosen) = logits.topk_with_indices(k, 1);
+        let cpu_run = || {
+            let cpu = Default::default();
+            let (picked, chosen) = tensor::<Cpu, 2>(&logits, [rows, experts], &cpu, DType::F32).topk_with_indices(k, 1);
             let weights = softmax(picked, 1);
             let ids: Vec<i64> = chosen.clone().into_data().convert::<i64>().to_vec().unwrap();
             let out = reference::moe::moe_experts::<Cpu>(
-                x,
+                tensor(&x, [rows, hidden], &cpu, DType::F32),
                 weights.clone(),
                 chosen,
-                tensor(&gate_up, [experts, 2 * width, hidden], device, DType::F32),
-                tensor(&down, [experts, hidden, width], device, DType::F32),
+                tensor(&gate_up, [experts, 2 * width, hidden], &cpu, DType::F32),
+                tensor(&down, [experts, hidden, width], &cpu, DType::F32),
             );
             (ids, host(weights), host(out))
         };
-        let (ids, weights, out) = run(device);
-        let (want_ids, want_weights, want_out) = cpu(&Default::default());
+        let ((ids, weights, out), (want_ids, want_weights, want_out)) = (device_run(), cpu_run());
         let case = format!("rows {rows} hidden {hidden} width {width} experts {experts} k {k}");
         assert_eq!(ids, want_ids, "{case}: routing");
         assert!(max_abs_diff(&weights, &want_weights) < 1e-6, "{case}: routing weights");
         let diff = relative_diff(&out, &want_out);
-        assert!(diff < 1e-5, "{case}: experts {diff:e}");
+        println!("moe_experts {case} on {}: relative difference {diff:e}", B::name(device));
+        assert!(diff < 1e-3, "{case}: experts {diff:e}");
     }
 }
 
