@@ -3,8 +3,10 @@ $OUT/raw.tar.gz; unpack each into a directory).
 
 Reads, from the directories given: `bamba_*.jsonl` / `llama_*.jsonl` (`bamba bench --json`), `torch.jsonl`
 (scripts/bench_torch.py), `*bencher*.txt` (criterion `--output-format bencher`), `mamba_ssm*.jsonl`
-(scripts/bench_mamba_ssm.py). Writes every record plus a `summary` object; a number that was not
-measured is null, never estimated.
+(scripts/bench_mamba_ssm.py). Writes the newest `bamba bench` record of each configuration (later
+directories are newer), the other records, and a `summary` object; a number that was not measured is
+null, never estimated. Which directory or file a record came from is not written: the record describes
+the software, the raw directories are the history.
 
 Usage: python3 scripts/h200_summary.py OUT.json DIR [DIR...]
 """
@@ -38,6 +40,22 @@ def load(dirs):
                 criterion[m.group(1)] = int(m.group(2)) * 1e-9
                 criterion_dir[m.group(1)] = d
     return bench, torch, criterion, mamba, criterion_dir, torch_of
+
+
+# What a `bamba bench` record measured, as opposed to what it ran.
+MEASURED = {"tokens_per_s", "ms_per_step", "roofline_fraction", "seconds", "gb_per_s", "bytes_per_step",
+            "roofline_tokens_per_s", "tflop_per_s", "byte_time_ms", "overhead_ms", "achieved_gb_per_s", "flops"}
+
+
+def newest_per_configuration(records):
+    """The first (newest) record of each configuration, without the internal `source`."""
+    seen, kept = set(), []
+    for r in records:
+        key = tuple(sorted((k, json.dumps(v)) for k, v in r.items() if k not in MEASURED and k != "source"))
+        if key not in seen:
+            seen.add(key)
+            kept.append({k: v for k, v in r.items() if k != "source"})
+    return kept
 
 
 def find(records, **match):
@@ -86,7 +104,7 @@ def main():
         return rows[0] if rows else None
 
     def ratio_at(context):
-        """Both shapes' newest records (their sources are kept in summary_details.ratio_records)."""
+        """Both shapes' newest records (kept in summary_details.ratio_records)."""
         bamba, llama = newest_decode("bamba-9b", context, 64), newest_decode("llama-8b-shape", context, 64)
         return ratio(bamba and bamba["tokens_per_s"], llama and llama["tokens_per_s"]), bamba, llama
 
@@ -159,9 +177,7 @@ def main():
         "prefill_attention_fraction_of_sdpa": ratio(sdpa["seconds"] if sdpa else None, pre_att),
         "load_gb_per_s": newest_load["gb_per_s"] if newest_load else None,
     }
-    pick = lambda r: r and {
-        k: r.get(k) for k in ("batch", "tokens_per_s", "ms_per_step", "backend", "state_dtype", "source")
-    }
+    pick = lambda r: r and {k: r.get(k) for k in ("batch", "tokens_per_s", "ms_per_step", "backend", "state_dtype")}
 
     def bf16_state_ratio(context):
         """The newest Bamba record with a bf16 SSM state (`--state-dtype bf16`) over the ratio's Llama record."""
@@ -169,13 +185,13 @@ def main():
         llama = newest_decode("llama-8b-shape", context, 64)
         return ratio(rows[0]["tokens_per_s"] if rows else None, llama and llama["tokens_per_s"])
 
-    pick_load = lambda r: {k: r.get(k) for k in ("seconds", "gb_per_s", "source")}
+    pick_load = lambda r: r and {k: r.get(k) for k in ("seconds", "gb_per_s")}
     details = {
         "copy_gb_per_s": copy_gbs,
         "gemv_gb_per_s": gemv_gbs,
         "gemm_fraction_of_cublas_by_m": dict(zip((512, 2048, 8192), gemm)),
         "ssd_speedup_vs_mamba_ssm_by_len": scan,
-        "load_records": [pick_load(r) for r in loads],
+        "load_record": pick_load(newest_load),
         "bamba_over_llama_b64_bf16_state": {"8k": bf16_state_ratio(8192), "32k": bf16_state_ratio(32768)},
         "ratio_records": {"8k": {"bamba": pick(bamba_8k), "llama": pick(llama_8k)},
                           "32k": {"bamba": pick(bamba_32k), "llama": pick(llama_32k)}},
@@ -189,7 +205,7 @@ def main():
         "machine": "NVIDIA H200 (141 GB HBM3e), one GPU",
         "summary": summary,
         "summary_details": details,
-        "bench_records": bench,
+        "bench_records": newest_per_configuration(bench),
         "torch_records": torch,
         "criterion_seconds": criterion,
         "mamba_ssm_records": mamba,
