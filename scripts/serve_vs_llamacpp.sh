@@ -11,23 +11,7 @@
 # Builds what it lacks as scripts/cpu_vs_llamacpp.sh does (llama-server included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=$(realpath -m "${1:-target/llama-cpp}")
-threads=$(nproc)
-mkdir -p "$work"
-source scripts/llamacpp_setup.sh "$work" llama-server
-
-cargo build --release -q -p bamba-cli
-bamba=target/release/bamba
-raw="$work/raw-serve"
-rm -rf "$raw" && mkdir -p "$raw"
-port=18080
-server=""
-stop_server() { [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null; server=""; }
-trap stop_server EXIT
-wait_healthy() {
-  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && return 0; sleep 0.1; done
-  echo "server did not come up" >&2; return 1
-}
+source scripts/serve_setup.sh "${1:-target/llama-cpp}" raw-serve 18080
 bench() { # label concurrency prompts input output
   "$bamba" bench-serve --url "http://127.0.0.1:$port" --label "$1" --concurrency "$2" --num-prompts "$3" \
     --input-len "$4" --output-len "$5" --max-token-id 500 --warmup 1 --json >"$raw/$1-c$2-in$4.json"

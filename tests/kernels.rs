@@ -960,35 +960,63 @@ fn check_tiny_model<B: BambaOps>(device: &B::Device, tolerance: f32) {
 
 /// The serving engine on this backend: the tiny model's transformers generations, submitted together
 /// to an engine of 2 rows that prefills 5 tokens per step, so that rows of different lengths join and
-/// leave the decode batch mid-flight; each gets transformers' tokens.
+/// leave the decode batch mid-flight; each gets transformers' tokens. Then, with the prefix cache on
+/// (snapshots every 4 tokens), the same again and each generation's prompt extended by the first half
+/// of its answer: resumed from the cache, they get the rest of transformers' answer.
 fn check_serving_engine<B: BambaOps>(device: &B::Device) {
-    use bamba::model::engine::{Engine, EngineConfig, Event, Request, RequestParams};
+    use bamba::model::engine::{Engine, EngineConfig, Event, PrefixCacheConfig, Request, RequestParams};
     let reference = tiny_reference();
-    let model = BambaModel::<B>::load(tiny_dir(), device, Precision::F32).unwrap();
-    let config = EngineConfig { max_num_seqs: 2, max_num_batched_tokens: 5, max_model_len: 512, ..Default::default() };
-    let (engine, handle) = Engine::new(model, config, DType::F32).unwrap();
-    let thread = std::thread::spawn(move || engine.run().unwrap());
     let generations = reference["generations"].as_array().unwrap();
-    let mut streams: Vec<_> = generations
-        .iter()
-        .map(|g| {
-            let params = RequestParams { max_tokens: json_ids(&g["generated_ids"]).len(), ..Default::default() };
-            handle.submit(Request { prompt: json_ids(&g["prompt_ids"]), params }).unwrap()
-        })
-        .collect();
-    for (g, stream) in generations.iter().zip(&mut streams) {
-        let mut ids = Vec::new();
-        while let Some(event) = stream.next_blocking() {
-            match event {
-                Event::Token(t) => ids.push(t.id),
-                Event::Finished { .. } => break,
-                Event::Failed(e) => panic!("{e}"),
+    for prefix_cache in [None, Some(PrefixCacheConfig { budget: 1 << 30, snapshot_interval: 4 })] {
+        let model = BambaModel::<B>::load(tiny_dir(), device, Precision::F32).unwrap();
+        let config = EngineConfig {
+            max_num_seqs: 2,
+            max_num_batched_tokens: 5,
+            max_model_len: 512,
+            prefix_cache,
+            ..Default::default()
+        };
+        let (engine, handle) = Engine::new(model, config, DType::F32).unwrap();
+        let thread = std::thread::spawn(move || engine.run().unwrap());
+        let first: Vec<(Vec<u32>, Vec<u32>)> =
+            generations.iter().map(|g| (json_ids(&g["prompt_ids"]), json_ids(&g["generated_ids"]))).collect();
+        let turns: Vec<_> = first
+            .iter()
+            .map(|(prompt, answer)| {
+                let half = answer.len() / 2;
+                ([prompt.as_slice(), &answer[..half]].concat(), answer[half..].to_vec())
+            })
+            .collect();
+        let waves = if prefix_cache.is_some() { vec![first, turns] } else { vec![first] };
+        // each wave is submitted at once; the second starts after the first has finished
+        for jobs in &waves {
+            let mut streams: Vec<_> = jobs
+                .iter()
+                .map(|(prompt, answer)| {
+                    let params = RequestParams { max_tokens: answer.len(), ..Default::default() };
+                    handle.submit(Request { prompt: prompt.clone(), params }).unwrap()
+                })
+                .collect();
+            for ((prompt, answer), stream) in jobs.iter().zip(&mut streams) {
+                let mut ids = Vec::new();
+                while let Some(event) = stream.next_blocking() {
+                    match event {
+                        Event::Token(t) => ids.push(t.id),
+                        Event::Finished { .. } => break,
+                        Event::Failed(e) => panic!("{e}"),
+                    }
+                }
+                let on = B::name(device);
+                assert_eq!(&ids, answer, "prompt {prompt:?}, prefix cache {prefix_cache:?} on {on}");
             }
         }
-        assert_eq!(ids, json_ids(&g["generated_ids"]), "{} on {}", g["prompt"], B::name(device));
+        if prefix_cache.is_some() {
+            let hits = handle.stats().prefix_hits.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(hits >= generations.len() as u64, "{hits} prefix hits on {}", B::name(device));
+        }
+        drop(handle);
+        thread.join().unwrap();
     }
-    drop(handle);
-    thread.join().unwrap();
 }
 
 /// `BambaOps::upload_weight` puts exactly the bytes `fill` writes on the device, in every dtype, for

@@ -3,6 +3,12 @@
 //! of random token-id prompts of a given length, each asking for a fixed number of new tokens
 //! (`ignore_eos`), sent at a fixed concurrency or with Poisson arrivals; reports request and token
 //! throughput and TTFT, TPOT, ITL and end-to-end latency (mean, p50, p90, p99).
+//!
+//! Two workloads exercise a prefix cache: conversations (`--turns`), where each turn after the first
+//! resends the whole history (prompts and answers) plus `--turn-len` new tokens, and a shared
+//! beginning of every prompt (`--shared-prefix-len`, a system prompt). The report then adds the
+//! prompt tokens the server says it served from its cache (`usage.prompt_tokens_details.cached_tokens`)
+//! and the TTFT of later turns apart.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +41,16 @@ pub struct BenchServeArgs {
     /// Prompt tokens per request.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub input_len: u32,
+    /// Turns per conversation: with more than 1, `--num-prompts` conversations, each turn sent after
+    /// the previous one finished, with the whole history (prompts and answers) and `--turn-len` new tokens.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub turns: u32,
+    /// New prompt tokens of each turn after the first.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub turn_len: u32,
+    /// Tokens every first prompt starts with (the same for all: a system prompt), before its own `--input-len`.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub shared_prefix_len: u32,
     /// New tokens per request (EOS ignored).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub output_len: u32,
@@ -66,6 +82,13 @@ struct RequestTiming {
     output_tokens: usize,
     /// Gaps between streamed chunks after the first.
     itls: Vec<f64>,
+    prompt_tokens: usize,
+    /// Prompt tokens the server served from its prefix cache (0 when it does not say).
+    cached_tokens: usize,
+    /// The answer's token ids, when the server returns them (`return_token_ids`).
+    token_ids: Vec<u32>,
+    /// Turn of its conversation, from 0.
+    turn: u32,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -92,8 +115,9 @@ async fn one_request(
 ) -> Result<RequestTiming> {
     let body = json!({
         "model": model, "prompt": prompt, "max_tokens": args.output_len, "temperature": 0,
-        "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true},
+        "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}, "return_token_ids": true,
     });
+    let prompt_tokens = prompt.len();
     let start = Instant::now();
     let mut request = client.post(format!("{}/v1/completions", args.url)).json(&body);
     if let Some(key) = &args.api_key {
@@ -104,7 +128,7 @@ async fn one_request(
         let status = response.status();
         bail!("the server answered {status}: {}", response.text().await.unwrap_or_default());
     }
-    let mut timing = RequestTiming::default();
+    let mut timing = RequestTiming { prompt_tokens, ..Default::default() };
     let mut last: Option<Instant> = None;
     let mut chunks = 0;
     let mut buffer = Vec::new();
@@ -122,6 +146,12 @@ async fn one_request(
             if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                 timing.output_tokens = n as usize;
             }
+            if let Some(n) = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64() {
+                timing.cached_tokens = n as usize;
+            }
+            for id in v["choices"][0]["token_ids"].as_array().into_iter().flatten() {
+                timing.token_ids.extend(id.as_u64().map(|id| id as u32));
+            }
             if v["choices"].as_array().is_some_and(|c| !c.is_empty()) {
                 let now = Instant::now();
                 match last {
@@ -138,6 +168,27 @@ async fn one_request(
         timing.output_tokens = chunks;
     }
     Ok(timing)
+}
+
+/// The turns of one conversation, in order: each sends the history so far (earlier prompts and the
+/// answers' token ids) and the turn's new tokens.
+async fn conversation(
+    client: &reqwest::Client,
+    args: &BenchServeArgs,
+    model: &str,
+    first: Vec<u32>,
+    later: Vec<Vec<u32>>,
+) -> Result<Vec<RequestTiming>> {
+    let mut history = first;
+    let mut timings = Vec::new();
+    for (turn, new_tokens) in std::iter::once(Vec::new()).chain(later).enumerate() {
+        history.extend(new_tokens);
+        let mut timing = one_request(client, args, model, history.clone()).await?;
+        history.extend(std::mem::take(&mut timing.token_ids));
+        timing.turn = turn as u32;
+        timings.push(timing);
+    }
+    Ok(timings)
 }
 
 pub fn run(args: BenchServeArgs) -> Result<()> {
@@ -161,11 +212,20 @@ async fn run_async(args: Arc<BenchServeArgs>) -> Result<()> {
         }
     };
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let mut prompt = || -> Vec<u32> { (0..args.input_len).map(|_| rng.random_range(1..args.max_token_id)).collect() };
+    let mut random = |n: u32| -> Vec<u32> { (0..n).map(|_| rng.random_range(1..args.max_token_id)).collect() };
+    let shared = random(args.shared_prefix_len);
+    // warm-up prompts share nothing with the run's
     for _ in 0..args.warmup {
-        one_request(&client, &args, &model, prompt()).await?;
+        one_request(&client, &args, &model, random(args.input_len)).await?;
     }
-    let prompts: Vec<Vec<u32>> = (0..args.num_prompts).map(|_| prompt()).collect();
+    // every conversation's first prompt, then the new tokens of each later turn
+    let prompts: Vec<(Vec<u32>, Vec<Vec<u32>>)> = (0..args.num_prompts)
+        .map(|_| {
+            let first = [shared.as_slice(), &random(args.input_len)].concat();
+            (first, (1..args.turns).map(|_| random(args.turn_len)).collect())
+        })
+        .collect();
+    let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(1));
     let gaps: Vec<f64> = match args.request_rate {
         Some(rate) if rate > 0.0 => (0..args.num_prompts).map(|_| -(1.0 - rng.random::<f64>()).ln() / rate).collect(),
         _ => vec![0.0; args.num_prompts as usize],
@@ -173,22 +233,24 @@ async fn run_async(args: Arc<BenchServeArgs>) -> Result<()> {
     let slots = Arc::new(Semaphore::new(args.concurrency as usize));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (prompt, gap) in prompts.into_iter().zip(gaps) {
+    for ((first, later), gap) in prompts.into_iter().zip(gaps) {
         tokio::time::sleep(Duration::from_secs_f64(gap)).await;
         let permit = slots.clone().acquire_owned().await?;
         let (client, args, model) = (client.clone(), args.clone(), model.clone());
         tasks.push(tokio::spawn(async move {
-            let result = one_request(&client, &args, &model, prompt).await;
+            let result = conversation(&client, &args, &model, first, later).await;
             drop(permit);
             result
         }));
     }
     let mut timings = Vec::new();
     for task in tasks {
-        timings.push(task.await??);
+        timings.extend(task.await??);
     }
     let duration = start.elapsed().as_secs_f64();
     let output: usize = timings.iter().map(|t| t.output_tokens).sum();
+    let prompt_tokens: usize = timings.iter().map(|t| t.prompt_tokens).sum();
+    let cached_tokens: usize = timings.iter().map(|t| t.cached_tokens).sum();
     let tpots: Vec<f64> = timings
         .iter()
         .filter(|t| t.output_tokens > 1)
@@ -203,11 +265,18 @@ async fn run_async(args: Arc<BenchServeArgs>) -> Result<()> {
         "request_rate": args.request_rate,
         "input_len": args.input_len,
         "output_len": args.output_len,
+        "turns": args.turns,
+        "turn_len": args.turn_len,
+        "shared_prefix_len": args.shared_prefix_len,
+        "prompt_tokens": prompt_tokens,
+        "cached_tokens": cached_tokens,
+        "cache_hit_rate": cached_tokens as f64 / prompt_tokens.max(1) as f64,
         "duration_s": (duration * 1e3).round() / 1e3,
         "request_throughput": timings.len() as f64 / duration,
         "output_throughput": output as f64 / duration,
-        "total_token_throughput": (output + timings.len() * args.input_len as usize) as f64 / duration,
+        "total_token_throughput": (output + prompt_tokens) as f64 / duration,
         "ttft": summary(timings.iter().map(|t| t.ttft).collect()),
+        "ttft_later_turns": summary(timings.iter().filter(|t| t.turn > 0).map(|t| t.ttft).collect()),
         "tpot": summary(tpots),
         "itl": summary(timings.iter().flat_map(|t| t.itls.iter().copied()).collect()),
         "e2e": summary(timings.iter().map(|t| t.e2e).collect()),
@@ -219,20 +288,34 @@ async fn run_async(args: Arc<BenchServeArgs>) -> Result<()> {
     println!(
         "serving benchmark: {} requests of {}+{} tokens, concurrency {}, {}",
         args.num_prompts,
-        args.input_len,
+        args.shared_prefix_len + args.input_len,
         args.output_len,
         args.concurrency,
         args.request_rate.map_or("all at once".into(), |r| format!("{r} req/s"))
     );
+    if args.turns > 1 {
+        println!("  conversations of {} turns, each later turn +{} tokens", args.turns, args.turn_len);
+    }
+    println!(
+        "  prompt tokens       {:>10} ({} from the server's prefix cache, {:.1}%)",
+        prompt_tokens,
+        cached_tokens,
+        100.0 * record["cache_hit_rate"].as_f64().unwrap_or(0.0)
+    );
     println!("  duration            {:>10.2} s", duration);
     println!("  request throughput  {:>10.2} req/s", record["request_throughput"].as_f64().unwrap_or(0.0));
     println!("  output throughput   {:>10.2} tok/s", record["output_throughput"].as_f64().unwrap_or(0.0));
-    println!("  {:<8} {:>10} {:>10} {:>10} {:>10}", "ms", "mean", "p50", "p90", "p99");
-    for name in ["ttft", "tpot", "itl", "e2e"] {
+    println!("  {:<16} {:>10} {:>10} {:>10} {:>10}", "ms", "mean", "p50", "p90", "p99");
+    let names: &[&str] = if args.turns > 1 {
+        &["ttft", "ttft_later_turns", "tpot", "itl", "e2e"]
+    } else {
+        &["ttft", "tpot", "itl", "e2e"]
+    };
+    for &name in names {
         let s = &record[name];
         let v = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "  {:<8} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+            "  {:<16} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
             name,
             v("mean_ms"),
             v("p50_ms"),

@@ -374,3 +374,33 @@ fn sigterm_drains_running_requests_and_exits_zero() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+/// The next turn of a conversation (the previous prompt, its answer, a few more tokens) is resumed
+/// from the prefix cache: `usage.prompt_tokens_details.cached_tokens` and `/metrics` say so, and the
+/// tokens are transformers'. With `--no-prefix-cache` nothing is cached.
+#[test]
+fn a_next_turn_is_served_from_the_prefix_cache() {
+    let refs = generate_references("base");
+    let (prompt, answer) = &refs[0];
+    for (flags, cached) in [(&[][..], true), (&["--no-prefix-cache"][..], false)] {
+        let server = Server::start(&[&["--model", "tests/fixtures/base"][..], flags].concat());
+        let complete = |prompt: &[u32], max_tokens: usize| -> Value {
+            let body = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true,
+                              "return_token_ids": true});
+            server.post("/v1/completions", &body).json().unwrap()
+        };
+        let first = complete(prompt, 5);
+        assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        let next: Vec<u32> = [prompt.as_slice(), &answer[..7]].concat();
+        let second = complete(&next, 3);
+        let ids: Vec<u32> =
+            second["choices"][0]["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(ids, answer[7..10], "{flags:?}");
+        // the first turn's end (prompt + 4 of its 5 tokens) is a snapshot
+        let want = if cached { prompt.len() + 4 } else { 0 };
+        assert_eq!(second["usage"]["prompt_tokens_details"]["cached_tokens"], want, "{flags:?}");
+        assert_eq!(server.metric("bamba:prefix_cache_hits_total"), f64::from(u8::from(cached)));
+        assert_eq!(server.metric("vllm:prefix_cache_hits_total"), want as f64);
+        assert_eq!(server.metric("bamba:prefix_cache_snapshots") > 0.0, cached);
+    }
+}

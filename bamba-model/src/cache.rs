@@ -11,6 +11,9 @@ use crate::padding::LeftPadding;
 use crate::rope::RopeTables;
 
 mod rows;
+mod snapshot;
+
+pub use snapshot::{KvSpan, RowState};
 
 /// Errors using a cache.
 #[derive(Debug, Error, PartialEq, Eq)]

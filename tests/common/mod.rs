@@ -1,6 +1,8 @@
 //! Shared helpers for the workspace tests: the test backend, fixture discovery and references.
 #![allow(dead_code)]
 
+pub mod engine;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -39,6 +39,8 @@ pub enum Update {
     Usage {
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// Prompt tokens taken from the prefix cache.
+        cached_tokens: usize,
     },
     Failed(String),
 }
@@ -48,6 +50,8 @@ pub struct Job {
     pub id: String,
     pub streams: Vec<RequestStream>,
     pub prompt_tokens: usize,
+    /// Streams per prompt (`n`): the streams of prompt `p` are `p * n .. (p + 1) * n`.
+    pub choices_per_prompt: usize,
     pub stops: Vec<String>,
     pub arrival: Instant,
 }
@@ -86,6 +90,7 @@ pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update>
             (0..choices).map(|_| StopStrings::new(job.stops.clone()).expect("checked non-empty")).collect();
         let mut done = vec![false; choices];
         let mut generated = vec![0usize; choices];
+        let mut cached = vec![0usize; choices];
         let mut last_token: Vec<Option<Instant>> = vec![None; choices];
         let mut first_token: Option<Instant> = None;
         let mut finish = "stop";
@@ -129,8 +134,9 @@ pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update>
                         yield Update::Finish { index: i, reason: "stop" };
                     }
                 }
-                Some(Event::Finished { reason, .. }) => {
+                Some(Event::Finished { reason, cached_tokens, .. }) => {
                     done[i] = true;
+                    cached[i] = cached_tokens;
                     let tail = stops[i].finish();
                     if !tail.is_empty() {
                         yield Update::Delta { index: i, text: tail, token_ids: Vec::new(), logprobs: Vec::new() };
@@ -149,18 +155,22 @@ pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update>
             }
         }
         let completion_tokens: usize = generated.iter().sum();
+        // a prompt counts its cached tokens once, however many choices it has
+        let cached_tokens: usize =
+            cached.chunks(job.choices_per_prompt.max(1)).map(|c| c.iter().copied().max().unwrap_or(0)).sum();
         let elapsed = job.arrival.elapsed();
         state.metrics.finished(elapsed.as_secs_f64(), job.prompt_tokens, completion_tokens);
         tracing::info!(
             id = %job.id,
             prompt_tokens = job.prompt_tokens,
             completion_tokens,
+            cached_tokens,
             choices,
             finish,
             ttft_ms = first_token.map_or(0.0, |t| t.duration_since(job.arrival).as_secs_f64() * 1e3),
             total_ms = elapsed.as_secs_f64() * 1e3,
             "request done"
         );
-        yield Update::Usage { prompt_tokens: job.prompt_tokens, completion_tokens };
+        yield Update::Usage { prompt_tokens: job.prompt_tokens, completion_tokens, cached_tokens };
     }
 }

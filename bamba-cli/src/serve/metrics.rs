@@ -115,7 +115,8 @@ impl Metrics {
         let mut text = String::from_utf8(out).expect("utf-8 exposition");
         let load = |g: &std::sync::atomic::AtomicU64| g.load(Ordering::Relaxed);
         let s = stats;
-        let gauges: [(&str, &str, f64); 8] = [
+        let count = |c: fn(&EngineStats) -> &std::sync::atomic::AtomicU64| s.map_or(0, |s| load(c(s))) as f64;
+        let gauges: [(&str, &str, f64); 19] = [
             ("bamba:num_requests_running", "Sequences in the decode batch", s.map_or(0, |s| load(&s.running)) as f64),
             ("vllm:num_requests_running", "Sequences in the decode batch", s.map_or(0, |s| load(&s.running)) as f64),
             ("bamba:num_requests_waiting", "Requests queued or prefilling", s.map_or(0, |s| load(&s.waiting)) as f64),
@@ -139,6 +140,45 @@ impl Metrics {
                 "bamba:requests_rejected_total",
                 "Requests refused at submission",
                 s.map_or(0, |s| load(&s.rejected)) as f64,
+            ),
+            ("bamba:prefix_cache_queries_total", "Prompts looked up in the prefix cache", count(|s| &s.prefix_queries)),
+            ("bamba:prefix_cache_hits_total", "Prompts resumed from the prefix cache", count(|s| &s.prefix_hits)),
+            (
+                "bamba:prefix_cache_hit_tokens_total",
+                "Prompt tokens taken from the prefix cache instead of prefilled",
+                count(|s| &s.prefix_hit_tokens),
+            ),
+            (
+                "bamba:prefix_cache_recomputed_tokens_total",
+                "Prompt tokens held by the prefix cache but prefilled again (after the snapshot resumed from)",
+                count(|s| &s.prefix_recomputed_tokens),
+            ),
+            ("bamba:prefix_cache_snapshots", "Recurrent-state snapshots held", count(|s| &s.prefix_snapshots)),
+            ("bamba:prefix_cache_snapshot_bytes", "Bytes of those snapshots", count(|s| &s.prefix_snapshot_bytes)),
+            (
+                "bamba:prefix_cache_kv_bytes",
+                "Bytes of attention K/V held by the prefix cache",
+                count(|s| &s.prefix_kv_bytes),
+            ),
+            (
+                "bamba:prefix_cache_evictions_total",
+                "Prefix cache nodes evicted to stay within its budget",
+                count(|s| &s.prefix_evictions),
+            ),
+            (
+                "vllm:prefix_cache_queries_total",
+                "Prompt tokens looked up in the prefix cache",
+                count(|s| &s.prefix_query_tokens),
+            ),
+            (
+                "vllm:prefix_cache_hits_total",
+                "Prompt tokens taken from the prefix cache",
+                count(|s| &s.prefix_hit_tokens),
+            ),
+            (
+                "vllm:prefix_cache_recomputed_tokens_total",
+                "Prompt tokens held by the prefix cache but prefilled again",
+                count(|s| &s.prefix_recomputed_tokens),
             ),
         ];
         for (name, help, value) in gauges {

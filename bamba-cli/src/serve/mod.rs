@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bamba_model::bamba_kernels::BambaOps;
-use bamba_model::engine::{CacheCosts, Engine, EngineConfig, EngineHandle};
+use bamba_model::engine::{CacheCosts, Engine, EngineConfig, EngineHandle, PrefixCacheConfig};
 use bamba_model::generate::eos_ids;
 use bamba_model::sizes::MemoryModel;
 use bamba_model::{BambaConfig, BambaModel, Precision, TextTokenizer};
@@ -65,6 +65,13 @@ pub struct ServeArgs {
     /// Memory for weights and caches, e.g. 70GB (default: no limit beyond --max-num-seqs).
     #[arg(long, value_parser = crate::memory_bytes)]
     pub memory: Option<u64>,
+    /// Memory for the prefix cache (K/V and state snapshots of earlier sequences), e.g. 4GB
+    /// (default: a quarter of what --memory leaves after the weights, else 2GB).
+    #[arg(long, value_parser = crate::memory_bytes, conflicts_with = "no_prefix_cache")]
+    pub prefix_cache_memory: Option<u64>,
+    /// Turn the prefix cache off: every prompt is prefilled from its first token.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
     /// Requests waiting for admission at most; more get 429.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue: u32,
@@ -109,6 +116,9 @@ impl AppState {
         self.request_ids.fetch_add(1, Ordering::Relaxed)
     }
 }
+
+/// The prefix cache's memory when neither --prefix-cache-memory nor --memory is given.
+const DEFAULT_PREFIX_CACHE_BYTES: u64 = 2 << 30;
 
 /// The embedded tiny model's chat template (it was trained on plain text; this only frames turns).
 const TINY_CHAT_TEMPLATE: &str = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}\
@@ -170,13 +180,40 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         Some(memory) => Some(memory - weights),
         None => None,
     };
+    // The prefix cache comes out of what --memory leaves for caches.
+    let prefix_budget = match (args.no_prefix_cache, args.prefix_cache_memory, cache_budget) {
+        (true, _, _) => None,
+        (false, Some(bytes), _) => Some(bytes),
+        (false, None, Some(caches)) => Some(caches / 4),
+        (false, None, None) => Some(DEFAULT_PREFIX_CACHE_BYTES),
+    };
+    let cache_budget = match (cache_budget, prefix_budget) {
+        (Some(caches), Some(prefix)) if prefix >= caches => {
+            return Err(crate::exit::usage(format!(
+                "--prefix-cache-memory ({prefix} bytes) leaves nothing of --memory for running requests ({caches} \
+                 bytes after the weights)"
+            )))
+        }
+        (Some(caches), prefix) => Some(caches - prefix.unwrap_or(0)),
+        (None, _) => None,
+    };
     print_memory_plan(weights, costs, cache_budget, args.max_num_seqs as u64, max_model_len as u64);
+    match prefix_budget {
+        Some(bytes) => eprintln!(
+            "  prefix cache       {} (snapshots every {} tokens, {} each)",
+            gb(bytes),
+            config.mamba_chunk_size,
+            gb(costs.state)
+        ),
+        None => eprintln!("  prefix cache       off"),
+    }
     let engine_config = EngineConfig {
         max_num_seqs: args.max_num_seqs as usize,
         max_num_batched_tokens: args.max_num_batched_tokens as usize,
         max_model_len,
         max_queue: args.max_queue as usize,
         cache_budget,
+        prefix_cache: prefix_budget.map(|bytes| PrefixCacheConfig::new(bytes, config.mamba_chunk_size)),
     };
     let state = Arc::new(AppState {
         options: ServeOptions {

@@ -194,6 +194,7 @@ fn submit(state: &AppState, prompts: &[Vec<u32>], checked: &Checked, id: String)
         id,
         streams,
         prompt_tokens: prompts.iter().map(Vec::len).sum(),
+        choices_per_prompt: checked.n as usize,
         stops: checked.stops.clone(),
         arrival: Instant::now(),
     })
@@ -252,9 +253,9 @@ async fn completions(
                 Update::Finish { index, reason } => {
                     with(&head, json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason}]))
                 }
-                Update::Usage { prompt_tokens, completion_tokens } if include_usage => {
+                Update::Usage { prompt_tokens, completion_tokens, cached_tokens } if include_usage => {
                     let mut chunk = with(&head, json!([]));
-                    chunk["usage"] = usage(prompt_tokens, completion_tokens);
+                    chunk["usage"] = usage(prompt_tokens, completion_tokens, cached_tokens);
                     chunk
                 }
                 Update::Usage { .. } => return None,
@@ -313,7 +314,9 @@ async fn collect(stream: impl Stream<Item = Update>, choices: usize) -> Result<(
                 o.logprobs.extend(logprobs);
             }
             Update::Finish { index, reason } => outputs[index].finish_reason = reason,
-            Update::Usage { prompt_tokens, completion_tokens } => usage_value = usage(prompt_tokens, completion_tokens),
+            Update::Usage { prompt_tokens, completion_tokens, cached_tokens } => {
+                usage_value = usage(prompt_tokens, completion_tokens, cached_tokens)
+            }
             Update::Failed(message) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)),
         }
     }
@@ -370,9 +373,9 @@ async fn chat(State(state): State<Arc<AppState>>, raw: Result<Bytes, BytesReject
                         json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}]),
                     )));
                 }
-                Update::Usage { prompt_tokens, completion_tokens } if include_usage => {
+                Update::Usage { prompt_tokens, completion_tokens, cached_tokens } if include_usage => {
                     let mut chunk = with(&head, json!([]));
-                    chunk["usage"] = usage(prompt_tokens, completion_tokens);
+                    chunk["usage"] = usage(prompt_tokens, completion_tokens, cached_tokens);
                     out.push(Some(chunk));
                 }
                 Update::Usage { .. } => {}
@@ -419,8 +422,14 @@ fn with(head: &Value, choices: Value) -> Value {
     v
 }
 
-fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
-    json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens})
+/// OpenAI's usage object; `prompt_tokens_details.cached_tokens` counts prompt tokens served from the prefix cache.
+fn usage(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    })
 }
 
 /// The legacy completions `logprobs` object.

@@ -12,6 +12,8 @@
 //! [`EngineStats`]. Dropping a request's [`RequestStream`] cancels it within one step.
 
 mod memory;
+mod prefix_cache;
+pub mod prefix_tree;
 mod request;
 mod scheduler;
 mod stats;
@@ -23,6 +25,7 @@ use thiserror::Error;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 pub use memory::{CacheCosts, SequenceSpan};
+pub use prefix_cache::PrefixCacheConfig;
 pub use request::{Event, RequestParams, TokenEvent};
 pub use scheduler::Engine;
 pub use stats::EngineStats;
@@ -42,6 +45,8 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Bytes of KV cache and recurrent state the engine may hold (`None`: unbounded).
     pub cache_budget: Option<u64>,
+    /// Reuse the cache of earlier sequences' prefixes (`None`: off). Its memory is apart from `cache_budget`.
+    pub prefix_cache: Option<PrefixCacheConfig>,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +57,7 @@ impl Default for EngineConfig {
             max_model_len: 4096,
             max_queue: 1024,
             cache_budget: None,
+            prefix_cache: None,
         }
     }
 }

@@ -52,6 +52,8 @@ pub enum Event {
         reason: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// Prompt tokens taken from the prefix cache instead of prefilled.
+        cached_tokens: usize,
     },
     /// The engine could not run the request (a backend error); nothing more follows.
     Failed(String),

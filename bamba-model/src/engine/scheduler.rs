@@ -10,6 +10,7 @@ use burn::tensor::DType;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::memory::{CacheCosts, SequenceSpan};
+use super::prefix_cache::PrefixCache;
 use super::request::{token_event, Event, TokenEvent};
 use super::stats::EngineStats;
 use super::{EngineConfig, EngineConfigError, EngineHandle, Limits, Request, Submission};
@@ -43,6 +44,8 @@ struct Sequence<B: BambaOps> {
     events: UnboundedSender<Event>,
     /// The prompt's own cache while it is prefilled (`None` once it joined the batch).
     prefill: Option<HybridCache<B>>,
+    /// Prompt tokens resumed from the prefix cache.
+    cached_tokens: usize,
 }
 
 impl<B: BambaOps> Sequence<B> {
@@ -94,6 +97,7 @@ impl<B: BambaOps> Sequence<B> {
             reason,
             prompt_tokens: self.request.prompt.len(),
             completion_tokens: self.generated(),
+            cached_tokens: self.cached_tokens,
         });
     }
 }
@@ -114,6 +118,7 @@ pub struct Engine<B: BambaOps> {
     /// The decode batch: `running[r]` is row `r` of `batch`.
     running: Vec<Sequence<B>>,
     batch: Option<HybridCache<B>>,
+    prefix: Option<PrefixCache<B>>,
     /// Submissions taken from the channel.
     accepted: u64,
 }
@@ -161,7 +166,9 @@ impl<B: BambaOps> Engine<B> {
             limits: Limits { vocab: model.config.vocab_size, costs },
             next_id: Arc::new(AtomicU64::new(0)),
         };
+        let prefix = config.prefix_cache.map(PrefixCache::new);
         let engine = Engine {
+            prefix,
             model,
             config,
             state_dtype,
@@ -211,13 +218,20 @@ impl<B: BambaOps> Engine<B> {
         };
         self.accepted += 1;
         let history = s.request.prompt.clone();
-        self.queued.push_back(Sequence { request: s.request, sampler, history, events: s.events, prefill: None });
+        self.queued.push_back(Sequence {
+            request: s.request,
+            sampler,
+            history,
+            events: s.events,
+            prefill: None,
+            cached_tokens: 0,
+        });
     }
 
     /// One engine step.
     fn step(&mut self) -> Result<(), GenerateError> {
         self.drop_cancelled();
-        self.admit();
+        self.admit()?;
         let joining = self.prefill_chunks()?;
         self.join(joining);
         self.decode()?;
@@ -255,13 +269,14 @@ impl<B: BambaOps> Engine<B> {
         (spans, prefill)
     }
 
-    /// Moves queued requests to prefill, first come first served, while they fit.
-    fn admit(&mut self) {
+    /// Moves queued requests to prefill, first come first served, while they fit; a prompt with a
+    /// cached prefix starts from it.
+    fn admit(&mut self) -> Result<(), GenerateError> {
         // What is admitted so far, extended as requests are admitted (computed once per step).
         let (mut spans, mut prefill) = self.spans();
         while let Some(next) = self.queued.front() {
             if self.running.len() + self.prefilling.len() >= self.config.max_num_seqs {
-                return;
+                return Ok(());
             }
             let len = next.request.prompt.len();
             spans.push(SequenceSpan { cached: len, steps_left: next.request.params.max_tokens });
@@ -271,11 +286,18 @@ impl<B: BambaOps> Engine<B> {
                 .cache_budget
                 .is_some_and(|budget| self.costs.batch_bytes(&spans).saturating_add(prefill) > budget)
             {
-                return;
+                return Ok(());
             }
-            let seq = self.queued.pop_front().expect("front exists");
+            let mut seq = self.queued.pop_front().expect("front exists");
+            if let Some(prefix) = &mut self.prefix {
+                if let Some(resumed) = prefix.resume(&seq.request.prompt, &self.model, self.state_dtype, &self.stats)? {
+                    seq.prefill = Some(resumed.cache);
+                    seq.cached_tokens = resumed.tokens;
+                }
+            }
             self.prefilling.push_back(seq);
         }
+        Ok(())
     }
 
     /// Prefills prompts under the step's token budget, oldest first: fresh prompts that fit whole go
@@ -294,6 +316,11 @@ impl<B: BambaOps> Engine<B> {
                 let mut cache = self.model.new_cache(group, width, self.state_dtype)?;
                 cache.set_padding(padding)?;
                 let logits = self.model.forward_cached(self.model.ids_tensor(&rows)?, &mut cache, true)?;
+                if let Some(prefix) = &mut self.prefix {
+                    for (row, prompt) in prompts.iter().enumerate() {
+                        prefix.record(prompt, &cache, row, &self.stats);
+                    }
+                }
                 budget -= group * width;
                 EngineStats::add(&self.stats.prompt_tokens, prompts.iter().map(Vec::len).sum());
                 let keep = self.take_tokens(&mut seqs, logits);
@@ -313,12 +340,21 @@ impl<B: BambaOps> Engine<B> {
             }
             let cache = seq.prefill.as_mut().expect("made above");
             let done = cache.position;
-            let chunk = budget.min(len - done).min(self.model.auto_prefill_chunk(1, len));
-            let ids = self.model.ids_tensor(&[seq.request.prompt[done..done + chunk].to_vec()])?;
-            let logits = self.model.forward_cached(ids, cache, true)?;
-            budget -= chunk;
-            EngineStats::add(&self.stats.prompt_tokens, chunk);
-            if done + chunk < len {
+            let mut end = done + budget.min(len - done).min(self.model.auto_prefill_chunk(1, len));
+            if let Some(prefix) = &self.prefix {
+                end = prefix.align(done, end, len);
+            }
+            let prompt = &seq.request.prompt;
+            let logits =
+                self.model.forward_cached(self.model.ids_tensor(&[prompt[done..end].to_vec()])?, cache, true)?;
+            budget -= end - done;
+            EngineStats::add(&self.stats.prompt_tokens, end - done);
+            if let Some(prefix) = &mut self.prefix {
+                if end == len || prefix.on_grid(end, len) {
+                    prefix.record(&prompt[..end], cache, 0, &self.stats);
+                }
+            }
+            if end < len {
                 continue;
             }
             let mut seq = self.prefilling.pop_front().expect("not empty");
@@ -336,8 +372,10 @@ impl<B: BambaOps> Engine<B> {
     fn fresh_group(&self, budget: usize) -> usize {
         let mut longest = 0;
         let mut count = 0;
+        let grid = self.prefix.as_ref().map_or(usize::MAX, |p| p.interval);
         for seq in &self.prefilling {
-            if seq.prefill.is_some() {
+            // with the prefix cache, prompts past one grid interval go alone, snapshotted on the grid
+            if seq.prefill.is_some() || seq.request.prompt.len() > grid {
                 break;
             }
             let width = longest.max(seq.request.prompt.len());
@@ -412,6 +450,13 @@ impl<B: BambaOps> Engine<B> {
         let mut running = std::mem::take(&mut self.running);
         let keep = self.take_tokens(&mut running, logits);
         self.running = running;
+        if let (Some(prefix), Some(batch)) = (&mut self.prefix, &self.batch) {
+            // a finished row holds its prompt and every generated token but the last: the next
+            // turn of a conversation starts there
+            for (row, seq) in self.running.iter().enumerate().filter(|(row, _)| !keep.contains(row)) {
+                prefix.record(&seq.history[..seq.history.len() - 1], batch, row, &self.stats);
+            }
+        }
         self.keep_rows(&keep);
         Ok(())
     }

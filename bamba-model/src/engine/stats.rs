@@ -27,6 +27,25 @@ pub struct EngineStats {
     pub cancelled: AtomicU64,
     /// Requests refused at submission.
     pub rejected: AtomicU64,
+    /// Prompts looked up in the prefix cache.
+    pub prefix_queries: AtomicU64,
+    /// Prompt tokens of those prompts.
+    pub prefix_query_tokens: AtomicU64,
+    /// Prompts resumed from a prefix cache snapshot.
+    pub prefix_hits: AtomicU64,
+    /// Prompt tokens not prefilled thanks to the prefix cache.
+    pub prefix_hit_tokens: AtomicU64,
+    /// Prompt tokens the prefix cache held but that were prefilled again (between the snapshot
+    /// resumed from and the end of the match).
+    pub prefix_recomputed_tokens: AtomicU64,
+    /// Recurrent-state snapshots held by the prefix cache.
+    pub prefix_snapshots: AtomicU64,
+    /// Bytes of those snapshots.
+    pub prefix_snapshot_bytes: AtomicU64,
+    /// Bytes of attention K/V held by the prefix cache.
+    pub prefix_kv_bytes: AtomicU64,
+    /// Prefix cache nodes evicted to stay within its budget.
+    pub prefix_evictions: AtomicU64,
     /// No new requests are accepted.
     pub draining: AtomicBool,
 }
