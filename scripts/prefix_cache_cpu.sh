@@ -5,9 +5,10 @@
 #     history (prompts and answers) plus 64 new tokens, 16 new tokens per turn, one request at a time;
 #  2. a shared system prompt: 8 requests of a common 2,048-token beginning plus 64 tokens of their own,
 #     concurrency 4;
-# each against `bamba serve` with the prefix cache and with --no-prefix-cache, then workload 1 against
-# llama.cpp's llama-server (its prompt cache on, as by default). llama-server does not return the answers'
-# token ids, so its conversations resend the prompts and new tokens only (16 fewer tokens per turn).
+# each against `bamba serve` with the prefix cache and with --no-prefix-cache, then against llama.cpp's
+# llama-server (4 slots of 4,096 tokens, its prompt cache on, as by default). llama-server does not
+# return the answers' token ids, so its conversations resend the prompts and new tokens only (16 fewer
+# tokens per turn).
 # Writes benches/results/prefix-cache-cpu.json and prints its table.
 #
 # Usage: scripts/prefix_cache_cpu.sh [WORK_DIR (default target/llama-cpp)]
@@ -35,10 +36,13 @@ for mode in on off; do
   stop_server
 done
 
-"$llama/build/bin/llama-server" -m "$checkpoint.gguf" -t "$threads" -c 4096 -np 1 --port "$port" \
+"$llama/build/bin/llama-server" -m "$checkpoint.gguf" -t "$threads" -c 16384 -np 4 --port "$port" \
   --no-webui 2>"$raw/llama-server.log" & server=$!
 wait_healthy
 bench llama.cpp conversations "${conversations[@]}"
+bench llama.cpp system-prompt "${system_prompt[@]}"
 stop_server
 
-python3 scripts/prefix_cache_summary.py "$raw" benches/results/prefix-cache-cpu.json
+python3 scripts/prefix_cache_summary.py "$raw" benches/results/prefix-cache-cpu.json --on bamba-cache-on \
+  --off bamba-cache-off --also llama.cpp --command scripts/prefix_cache_cpu.sh \
+  --model "benches/configs/cpu-bamba-114m.json, random f32 weights"

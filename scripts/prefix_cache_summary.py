@@ -1,19 +1,34 @@
 #!/usr/bin/env python3
-"""Summarises scripts/prefix_cache_cpu.sh's raw records into one JSON file and a table.
+"""Summarises a prefix-cache benchmark's raw `bamba bench-serve` records into one JSON file and a table.
 
-Usage: prefix_cache_summary.py RAW_DIR OUT_JSON
+The records are RAW_DIR/LABEL-WORKLOAD.json for WORKLOAD in conversations and system-prompt; `--on` and
+`--off` name the labels of the server with and without its prefix cache (their TTFT ratio is reported),
+`--also` further labels shown beside them (another snapshot grid, another server).
+
+Usage: prefix_cache_summary.py RAW_DIR OUT_JSON --on LABEL --off LABEL [--also LABEL ...]
+       [--machine TEXT] [--commit REV] [--command TEXT] [--model TEXT]
 """
+import argparse
 import json
 import pathlib
 import platform
 import subprocess
-import sys
 
-raw, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+parser = argparse.ArgumentParser()
+parser.add_argument("raw", type=pathlib.Path)
+parser.add_argument("out", type=pathlib.Path)
+parser.add_argument("--on", required=True)
+parser.add_argument("--off", required=True)
+parser.add_argument("--also", action="append", default=[])
+parser.add_argument("--machine")
+parser.add_argument("--commit")
+parser.add_argument("--command", required=True)
+parser.add_argument("--model", required=True)
+args = parser.parse_args()
 
 
-def load(name):
-    path = raw / f"{name}.json"
+def load(label, workload):
+    path = args.raw / f"{label}-{workload}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -24,6 +39,7 @@ def row(r):
         "cache_hit_rate": round(r["cache_hit_rate"], 3),
         "ttft_p50_ms": r["ttft"]["p50_ms"],
         "ttft_p99_ms": r["ttft"]["p99_ms"],
+        "ttft_first_turns_p50_ms": r["ttft_first_turns"]["p50_ms"],
         "ttft_later_turns_p50_ms": r["ttft_later_turns"]["p50_ms"],  # null without later turns
         "output_tok_s": round(r["output_throughput"], 2),
         "duration_s": r["duration_s"],
@@ -32,34 +48,42 @@ def row(r):
 
 workloads = {}
 for workload in ("conversations", "system-prompt"):
-    on, off = load(f"bamba-cache-on-{workload}"), load(f"bamba-cache-off-{workload}")
-    entry = {"workload": {k: on[k] for k in ("num_prompts", "turns", "turn_len", "shared_prefix_len",
-                                             "input_len", "output_len", "concurrency")},
-             "bamba_cache_on": row(on), "bamba_cache_off": row(off)}
-    key = "ttft_later_turns_p50_ms" if workload == "conversations" else "ttft_p50_ms"
-    entry["ttft_p50_ratio_on_over_off"] = round(entry["bamba_cache_on"][key] / entry["bamba_cache_off"][key], 3)
-    peer = load(f"llama.cpp-{workload}")
-    if peer:
-        entry["llama_server"] = row(peer)
+    on, off = load(args.on, workload), load(args.off, workload)
+    if not on or not off:
+        continue
+    keys = ("num_prompts", "turns", "turn_len", "shared_prefix_len", "input_len", "output_len", "concurrency")
+    entry = {"workload": {k: on[k] for k in keys}, "servers": {}}
+    for label in [args.on, args.off, *args.also]:
+        r = load(label, workload)
+        if r:
+            entry["servers"][label] = row(r)
+    key = "ttft_later_turns_p50_ms" if on["turns"] > 1 else "ttft_p50_ms"
+    entry["ttft_p50_on_over_off"] = round(entry["servers"][args.on][key] / entry["servers"][args.off][key], 3)
     workloads[workload] = entry
 
-metrics = (raw / "bamba-on.metrics").read_text().split("\n") if (raw / "bamba-on.metrics").exists() else []
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+def this_machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+               platform.processor())
+    return f"{cpu}, {sum(1 for l in open('/proc/cpuinfo') if l.startswith('processor'))} threads"
+
+
 record = {
-    "machine": f"{cpu}, {len([l for l in open('/proc/cpuinfo') if l.startswith('processor')])} threads",
-    "commit": commit,
-    "command": "scripts/prefix_cache_cpu.sh",
-    "checkpoint": "benches/configs/cpu-bamba-114m.json, random f32 weights",
+    "machine": args.machine or this_machine(),
+    "commit": args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                            text=True).stdout.strip(),
+    "command": args.command,
+    "model": args.model,
     "workloads": workloads,
-    "bamba_prefix_metrics": dict(l.split(" ", 1) for l in metrics if l),
 }
-out.write_text(json.dumps(record, indent=2) + "\n")
-print(f"{'workload':<15} {'server':<16} {'cached/prompt':>15} {'TTFT p50 ms':>12} {'later turns p50':>16} {'out tok/s':>10}")
+args.out.write_text(json.dumps(record, indent=2) + "\n")
+print(f"{'workload':<14} {'server':<18} {'cached/prompt':>15} {'TTFT p50':>9} {'1st turns':>10} {'later turns':>12} "
+      f"{'out tok/s':>10}")
+nan = float("nan")
 for name, w in workloads.items():
-    for server in ("bamba_cache_on", "bamba_cache_off", "llama_server"):
-        r = w.get(server)
-        if r:
-            print(f"{name:<15} {server:<16} {r['cached_tokens']:>7}/{r['prompt_tokens']:<7} {r['ttft_p50_ms']:>12.1f} "
-                  f"{r['ttft_later_turns_p50_ms'] or float('nan'):>16.1f} {r['output_tok_s']:>10.2f}")
-    print(f"{name:<15} TTFT p50 with the cache / without: {w['ttft_p50_ratio_on_over_off']}")
+    for label, r in w["servers"].items():
+        print(f"{name:<14} {label:<18} {r['cached_tokens']:>7}/{r['prompt_tokens']:<7} {r['ttft_p50_ms']:>9.1f} "
+              f"{r['ttft_first_turns_p50_ms'] or nan:>10.1f} {r['ttft_later_turns_p50_ms'] or nan:>12.1f} "
+              f"{r['output_tok_s']:>10.2f}")
+    print(f"{name:<14} TTFT p50 ({'later turns' if w['workload']['turns'] > 1 else 'all'}) with the cache / "
+          f"without: {w['ttft_p50_on_over_off']}")

@@ -99,8 +99,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// Mean, p50, p90, p99 in milliseconds.
+/// Mean, p50, p90, p99 in milliseconds (nulls when there are no values).
 fn summary(mut values: Vec<f64>) -> Value {
+    if values.is_empty() {
+        return json!({"mean_ms": null, "p50_ms": null, "p90_ms": null, "p99_ms": null});
+    }
     values.sort_by(f64::total_cmp);
     let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
     let ms = |s: f64| (s * 1e5).round() / 1e2;
@@ -276,6 +279,7 @@ async fn run_async(args: Arc<BenchServeArgs>) -> Result<()> {
         "output_throughput": output as f64 / duration,
         "total_token_throughput": (output + prompt_tokens) as f64 / duration,
         "ttft": summary(timings.iter().map(|t| t.ttft).collect()),
+        "ttft_first_turns": summary(timings.iter().filter(|t| t.turn == 0).map(|t| t.ttft).collect()),
         "ttft_later_turns": summary(timings.iter().filter(|t| t.turn > 0).map(|t| t.ttft).collect()),
         "tpot": summary(tpots),
         "itl": summary(timings.iter().flat_map(|t| t.itls.iter().copied()).collect()),
@@ -307,7 +311,7 @@ async fn run_async(args: Arc<BenchServeArgs>) -> Result<()> {
     println!("  output throughput   {:>10.2} tok/s", record["output_throughput"].as_f64().unwrap_or(0.0));
     println!("  {:<16} {:>10} {:>10} {:>10} {:>10}", "ms", "mean", "p50", "p90", "p99");
     let names: &[&str] = if args.turns > 1 {
-        &["ttft", "ttft_later_turns", "tpot", "itl", "e2e"]
+        &["ttft_first_turns", "ttft_later_turns", "tpot", "itl", "e2e"]
     } else {
         &["ttft", "tpot", "itl", "e2e"]
     };

@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// (default: a quarter of what --memory leaves after the weights, else 2GB).
     #[arg(long, value_parser = crate::memory_bytes, conflicts_with = "no_prefix_cache")]
     pub prefix_cache_memory: Option<u64>,
+    /// Tokens between the prefix cache's state snapshots during a prefill (default: the model's SSD
+    /// chunk size). Long prompts are prefilled in chunks ending on this grid; a hit recomputes fewer
+    /// tokens than this.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "no_prefix_cache")]
+    pub prefix_snapshot_interval: Option<u32>,
     /// Turn the prefix cache off: every prompt is prefilled from its first token.
     #[arg(long)]
     pub no_prefix_cache: bool,
@@ -198,11 +203,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         (None, _) => None,
     };
     print_memory_plan(weights, costs, cache_budget, args.max_num_seqs as u64, max_model_len as u64);
+    let snapshot_interval = args.prefix_snapshot_interval.map_or(config.mamba_chunk_size, |n| n as usize);
     match prefix_budget {
         Some(bytes) => eprintln!(
-            "  prefix cache       {} (snapshots every {} tokens, {} each)",
+            "  prefix cache       {} (snapshots every {snapshot_interval} tokens, {} each)",
             gb(bytes),
-            config.mamba_chunk_size,
             gb(costs.state)
         ),
         None => eprintln!("  prefix cache       off"),
@@ -213,7 +218,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_model_len,
         max_queue: args.max_queue as usize,
         cache_budget,
-        prefix_cache: prefix_budget.map(|bytes| PrefixCacheConfig::new(bytes, config.mamba_chunk_size)),
+        prefix_cache: prefix_budget.map(|budget| PrefixCacheConfig { budget, snapshot_interval }),
     };
     let state = Arc::new(AppState {
         options: ServeOptions {

@@ -31,13 +31,6 @@ pub struct PrefixCacheConfig {
     pub snapshot_interval: usize,
 }
 
-impl PrefixCacheConfig {
-    /// `budget` bytes, snapshots on the model's SSD chunk grid.
-    pub fn new(budget: u64, model_chunk_size: usize) -> Self {
-        PrefixCacheConfig { budget, snapshot_interval: model_chunk_size.max(1) }
-    }
-}
-
 impl<B: Backend> Segment for KvSpan<B> {
     fn split(&self, at: usize) -> (Self, Self) {
         KvSpan::split(self, at)

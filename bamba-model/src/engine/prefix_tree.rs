@@ -8,8 +8,11 @@
 //! resumes from the deepest snapshot on the matched path; the tokens between it and the end of the
 //! match are recomputed by the caller.
 //!
-//! Memory is bounded by a byte budget: inserting past it evicts the least recently used leaves
-//! (and ancestors left with neither a snapshot nor children). What a caller took from a lookup stays
+//! Memory is bounded by a byte budget: inserting past it evicts the least recently used snapshot
+//! (made or resumed from longest ago). A leaf's goes with the leaf (and with ancestors left with
+//! neither a snapshot nor children); an inner node's goes alone, its segment staying for the
+//! sequences below it. Snapshots dominate a hybrid model's cache (a Bamba-9B state is the K/V of
+//! ~10,000 tokens), so an old grid point inside a long path is dropped before a recent leaf. What a caller took from a lookup stays
 //! valid after eviction: segments and snapshots are handed out as clones (reference-counted tensors
 //! in the engine), so eviction only drops the tree's reference.
 
@@ -49,9 +52,16 @@ struct Node<K, S> {
     parent: usize,
     tokens: Vec<u32>,
     segment: Option<K>,
-    snapshot: Option<(S, u64)>,
+    snapshot: Option<Snapshot<S>>,
     children: HashMap<u32, usize>,
-    last_used: u64,
+}
+
+#[derive(Debug)]
+struct Snapshot<S> {
+    value: S,
+    bytes: u64,
+    /// When it was made or last resumed from (the tree's clock).
+    used: u64,
 }
 
 /// See the module docs. Node 0 is the root (no tokens).
@@ -67,14 +77,7 @@ pub struct PrefixTree<K, S> {
 impl<K: Segment, S: Clone> PrefixTree<K, S> {
     /// An empty tree holding at most `budget` bytes of segments and snapshots.
     pub fn new(budget: u64) -> Self {
-        let root = Node {
-            parent: 0,
-            tokens: Vec::new(),
-            segment: None,
-            snapshot: None,
-            children: HashMap::new(),
-            last_used: 0,
-        };
+        let root = Node { parent: 0, tokens: Vec::new(), segment: None, snapshot: None, children: HashMap::new() };
         PrefixTree { nodes: vec![Some(root)], free: Vec::new(), budget, clock: 0, stats: TreeStats::default() }
     }
 
@@ -119,13 +122,11 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
         let matched = path.last().map_or(0, |&(_, at)| at) + partial.map_or(0, |(_, common)| common);
         let deepest = path.iter().rposition(|&(id, _)| self.node(id).snapshot.is_some())?;
         self.clock += 1;
-        let clock = self.clock;
-        for &(id, _) in &path[..=deepest] {
-            self.node_mut(id).last_used = clock;
-        }
         let (id, resume_at) = path[deepest];
         let segments = path[..=deepest].iter().filter_map(|&(id, _)| self.node(id).segment.clone()).collect();
-        let snapshot = self.node(id).snapshot.as_ref().expect("found above").0.clone();
+        let found = self.nodes[id].as_mut().and_then(|n| n.snapshot.as_mut()).expect("found above");
+        found.used = self.clock;
+        let snapshot = found.value.clone();
         Some(Hit { resume_at, matched, segments, snapshot })
     }
 
@@ -163,7 +164,6 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
                 segment: Some(segment(at)),
                 snapshot: None,
                 children: HashMap::new(),
-                last_used: 0,
             };
             self.stats.segment_bytes += new.segment.as_ref().map_or(0, Segment::bytes);
             let child = self.alloc(new);
@@ -171,17 +171,15 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
             id = child;
         }
         self.clock += 1;
-        let clock = self.clock;
-        let mut up = id;
-        while up != 0 {
-            self.node_mut(up).last_used = clock;
-            up = self.node(up).parent;
-        }
-        if self.node(id).snapshot.is_none() {
-            let (snapshot, snapshot_bytes) = snapshot();
-            self.node_mut(id).snapshot = Some((snapshot, snapshot_bytes));
-            self.stats.snapshot_bytes += snapshot_bytes;
-            self.stats.snapshots += 1;
+        let used = self.clock;
+        match &mut self.node_mut(id).snapshot {
+            Some(existing) => existing.used = used,
+            none => {
+                let (value, bytes) = snapshot();
+                *none = Some(Snapshot { value, bytes, used });
+                self.stats.snapshot_bytes += bytes;
+                self.stats.snapshots += 1;
+            }
         }
         self.evict_to_budget();
         self.nodes.get(id).is_some_and(Option::is_some)
@@ -200,7 +198,7 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
         };
         node.segment = lower_segment;
         let upper_tokens = std::mem::replace(&mut node.tokens, rest);
-        let (parent, last_used) = (node.parent, node.last_used);
+        let parent = node.parent;
         let first_lower = node.tokens[0];
         let upper = Node {
             parent,
@@ -208,7 +206,6 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
             segment: upper_segment,
             snapshot: None,
             children: HashMap::from([(first_lower, id)]),
-            last_used,
         };
         let first_upper = upper.tokens[0];
         let upper = self.alloc(upper);
@@ -232,15 +229,21 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
 
     fn evict_to_budget(&mut self) {
         while self.bytes() > self.budget {
-            let leaf = self
+            let oldest = self
                 .nodes
                 .iter()
                 .enumerate()
                 .skip(1)
-                .filter_map(|(id, n)| n.as_ref().filter(|n| n.children.is_empty()).map(|n| (n.last_used, id)))
+                .filter_map(|(id, n)| n.as_ref().and_then(|n| n.snapshot.as_ref()).map(|s| (s.used, id)))
                 .min();
-            let Some((_, leaf)) = leaf else { return };
-            self.remove(leaf);
+            let Some((_, id)) = oldest else { return };
+            if self.node(id).children.is_empty() {
+                self.remove(id);
+            } else {
+                let dropped = self.node_mut(id).snapshot.take().expect("found above");
+                self.stats.snapshot_bytes -= dropped.bytes;
+                self.stats.snapshots -= 1;
+            }
         }
     }
 
@@ -251,8 +254,8 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
             self.free.push(id);
             self.stats.evicted_nodes += 1;
             self.stats.segment_bytes -= node.segment.as_ref().map_or(0, Segment::bytes);
-            if let Some((_, bytes)) = node.snapshot {
-                self.stats.snapshot_bytes -= bytes;
+            if let Some(snapshot) = node.snapshot {
+                self.stats.snapshot_bytes -= snapshot.bytes;
                 self.stats.snapshots -= 1;
             }
             let parent = self.node_mut(node.parent);
@@ -302,7 +305,7 @@ mod tests {
     fn recount(tree: &PrefixTree<Vec<u32>, Vec<u32>>) -> (u64, u64, usize) {
         let live = tree.nodes.iter().skip(1).flatten();
         let segments = live.clone().map(|n| n.segment.as_ref().map_or(0, Segment::bytes)).sum();
-        let snapshots: Vec<u64> = live.filter_map(|n| n.snapshot.as_ref().map(|s| s.1)).collect();
+        let snapshots: Vec<u64> = live.filter_map(|n| n.snapshot.as_ref().map(|s| s.bytes)).collect();
         (segments, snapshots.iter().sum(), snapshots.len())
     }
 
@@ -393,7 +396,7 @@ mod tests {
     }
 
     #[test]
-    fn the_least_recently_used_leaf_goes_first() {
+    fn the_least_recently_used_snapshot_goes_first() {
         let mut tree = PrefixTree::new(3 * (4 + 2));
         for seq in [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2]] {
             assert!(insert(&mut tree, &seq));
@@ -403,5 +406,18 @@ mod tests {
         assert!(tree.lookup(&[1, 1, 1, 1]).is_none(), "the oldest unused sequence is evicted");
         assert!(tree.lookup(&[0, 0, 0, 0]).is_some() && tree.lookup(&[2, 2, 2, 2]).is_some());
         assert_eq!(tree.stats().evicted_nodes, 1);
+    }
+
+    #[test]
+    fn an_old_inner_snapshot_goes_before_a_recent_leaf() {
+        // a path with snapshots after 2 and 4 tokens, then another sequence: over budget by one snapshot
+        let mut tree = PrefixTree::new(2 + 2 + 2 + 2 + 3 + 2 - 1);
+        assert!(insert(&mut tree, &[5, 5]));
+        assert!(insert(&mut tree, &[5, 5, 5, 5]));
+        assert!(insert(&mut tree, &[7, 7, 7]));
+        assert_eq!(tree.lookup(&[5, 5, 5, 5, 1]).map(|h| h.resume_at), Some(4), "the leaf stays");
+        assert_eq!(tree.lookup(&[5, 5, 1]).map(|h| h.resume_at), None, "the inner snapshot is dropped");
+        assert_eq!(tree.stats().snapshots, 2);
+        assert_eq!(tree.stats().evicted_nodes, 0, "its tokens stay for the path below");
     }
 }
