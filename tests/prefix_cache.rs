@@ -167,3 +167,50 @@ fn concurrent_requests_sharing_prefixes_under_eviction_get_their_solo_tokens() {
     drop(handle);
     thread.join().unwrap();
 }
+
+/// Identical prompts submitted together (as `n > 1` does) are prefilled once: the others fork from
+/// it, greedy ones getting transformers' tokens and sampled ones what they get alone.
+#[test]
+fn identical_concurrent_prompts_are_prefilled_once() {
+    let model = load("base");
+    let refs = generate_references("base");
+    let (prompt, answer) = (&refs[0].prompt, &refs[0].ids);
+    let sampled = |seed| bamba::model::SamplingParams { temperature: 1.3, seed, ..Default::default() };
+    let solo: Vec<Vec<u32>> = (0..2u64)
+        .map(|seed| {
+            let mut sampler = bamba::model::Sampler::new(sampled(seed)).unwrap();
+            model.generate(prompt, &greedy_params(6, vec![]), &mut sampler, |_| true).unwrap().ids
+        })
+        .collect();
+    let config = bamba::model::engine::EngineConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: 64,
+        max_model_len: 256,
+        prefix_cache: Some(PrefixCacheConfig { budget: 1 << 30, snapshot_interval: 8 }),
+        ..Default::default()
+    };
+    let (engine, handle) = bamba::model::engine::Engine::new(model, config, burn::tensor::DType::F32).unwrap();
+    // all six are queued before the engine's first step
+    let mut greedy_streams: Vec<_> = (0..4)
+        .map(|_| handle.submit(Request { prompt: prompt.clone(), params: greedy(answer.len(), &[]) }).unwrap())
+        .collect();
+    let mut sampled_streams: Vec<_> = (0..2u64)
+        .map(|seed| {
+            let params = RequestParams { sampling: sampled(seed), max_tokens: 6, ..Default::default() };
+            handle.submit(Request { prompt: prompt.clone(), params }).unwrap()
+        })
+        .collect();
+    let thread = std::thread::spawn(move || engine.run().unwrap());
+    for s in &mut greedy_streams {
+        assert_eq!(&collect(s).0, answer);
+    }
+    for (s, want) in sampled_streams.iter_mut().zip(&solo) {
+        assert_eq!(&collect(s).0, want);
+    }
+    settle(&handle);
+    let stats = handle.stats();
+    assert_eq!(stats.prompt_tokens.load(Ordering::Relaxed), prompt.len() as u64, "one prefill");
+    assert_eq!(stats.prefix_hits.load(Ordering::Relaxed), 5);
+    drop(handle);
+    thread.join().unwrap();
+}

@@ -402,5 +402,17 @@ fn a_next_turn_is_served_from_the_prefix_cache() {
         assert_eq!(server.metric("bamba:prefix_cache_hits_total"), f64::from(u8::from(cached)));
         assert_eq!(server.metric("vllm:prefix_cache_hits_total"), want as f64);
         assert_eq!(server.metric("bamba:prefix_cache_snapshots") > 0.0, cached);
+        // n = 3 of a new prompt: prefilled once, the other two choices fork from it (with the cache on)
+        let (prompt, answer) = &refs[1];
+        let body = json!({"prompt": prompt, "max_tokens": 4, "temperature": 0, "n": 3, "ignore_eos": true,
+                          "return_token_ids": true});
+        let three: Value = server.post("/v1/completions", &body).json().unwrap();
+        for choice in three["choices"].as_array().unwrap() {
+            let ids: Vec<u64> = choice["token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            assert_eq!(ids, answer[..4].iter().map(|&i| u64::from(i)).collect::<Vec<_>>(), "{flags:?}");
+        }
+        assert_eq!(three["usage"]["prompt_tokens_details"]["cached_tokens"], 0, "the first choice prefilled it");
+        let forks = if cached { 2.0 } else { 0.0 };
+        assert_eq!(server.metric("bamba:prefix_cache_hits_total"), f64::from(u8::from(cached)) + forks);
     }
 }

@@ -155,9 +155,10 @@ pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update>
             }
         }
         let completion_tokens: usize = generated.iter().sum();
-        // a prompt counts its cached tokens once, however many choices it has
+        // a prompt counts its cached tokens once, however many choices it has: those its first choice
+        // found (the other choices fork from that one's prefill)
         let cached_tokens: usize =
-            cached.chunks(job.choices_per_prompt.max(1)).map(|c| c.iter().copied().max().unwrap_or(0)).sum();
+            cached.chunks(job.choices_per_prompt.max(1)).map(|c| c.iter().copied().min().unwrap_or(0)).sum();
         let elapsed = job.arrival.elapsed();
         state.metrics.finished(elapsed.as_secs_f64(), job.prompt_tokens, completion_tokens);
         tracing::info!(

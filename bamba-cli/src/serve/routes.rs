@@ -181,15 +181,16 @@ fn chat_prompt(
 /// Submits `n` choices of every prompt; the job's streams are in choice-index order.
 fn submit(state: &AppState, prompts: &[Vec<u32>], checked: &Checked, id: String) -> Result<Job, ApiError> {
     let handle = engine(state)?;
-    let mut streams = Vec::new();
+    let mut requests = Vec::new();
     for prompt in prompts {
         for choice in 0..checked.n {
             let mut params = checked.params.clone();
             params.sampling.seed = params.sampling.seed.wrapping_add(u64::from(choice));
-            // dropping the streams already made cancels them
-            streams.push(handle.submit(EngineRequest { prompt: prompt.clone(), params })?);
+            requests.push(EngineRequest { prompt: prompt.clone(), params });
         }
     }
+    // all choices of all prompts in one step of the engine, or none
+    let streams = handle.submit_all(requests)?;
     Ok(Job {
         id,
         streams,

@@ -141,9 +141,9 @@ impl RequestStream {
     }
 }
 
+/// Requests sent together: the engine takes them in the same step.
 pub(crate) struct Submission {
-    request: Request,
-    events: UnboundedSender<Event>,
+    requests: Vec<(Request, UnboundedSender<Event>)>,
 }
 
 /// The shape facts [`EngineHandle::submit`] validates against.
@@ -166,23 +166,37 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Validates `request` and queues it. Errors are the caller's to report (bad request, overload).
     pub fn submit(&self, request: Request) -> Result<RequestStream, SubmitError> {
-        let result = self.check(&request);
-        if result.is_err() {
-            EngineStats::add(&self.stats.rejected, 1);
+        Ok(self.submit_all(vec![request])?.pop().expect("one stream per request"))
+    }
+
+    /// Validates every request and queues them all or none; the engine takes them in the same step,
+    /// so that identical prompts among them (the choices of `n > 1`) fork from one prefill when the
+    /// prefix cache is on. Streams are in request order.
+    pub fn submit_all(&self, requests: Vec<Request>) -> Result<Vec<RequestStream>, SubmitError> {
+        let checked = requests.iter().try_for_each(|r| self.check(r, requests.len()));
+        if checked.is_err() {
+            EngineStats::add(&self.stats.rejected, requests.len());
         }
-        result?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (events, receiver) = unbounded_channel();
-        if self.submissions.send(Submission { request, events }).is_err() {
+        checked?;
+        let count = requests.len();
+        let mut streams = Vec::with_capacity(count);
+        let mut sent = Vec::with_capacity(count);
+        for request in requests {
+            let (events, receiver) = unbounded_channel();
+            streams.push(RequestStream { id: self.next_id.fetch_add(1, Ordering::Relaxed), events: receiver });
+            sent.push((request, events));
+        }
+        if self.submissions.send(Submission { requests: sent }).is_err() {
             return Err(SubmitError::Draining);
         }
         // counted as waiting at once, so that a burst of submissions sees its own queue
-        self.stats.submitted.fetch_add(1, Ordering::Relaxed);
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-        Ok(RequestStream { id, events: receiver })
+        self.stats.submitted.fetch_add(count as u64, Ordering::Relaxed);
+        self.stats.waiting.fetch_add(count as u64, Ordering::Relaxed);
+        Ok(streams)
     }
 
-    fn check(&self, request: &Request) -> Result<(), SubmitError> {
+    /// Checks one of `count` requests sent together.
+    fn check(&self, request: &Request, count: usize) -> Result<(), SubmitError> {
         if self.stats.draining.load(Ordering::Relaxed) {
             return Err(SubmitError::Draining);
         }
@@ -217,7 +231,7 @@ impl EngineHandle {
             }
         }
         let waiting = self.stats.waiting.load(Ordering::Relaxed) as usize;
-        if waiting >= self.config.max_queue {
+        if waiting + count > self.config.max_queue {
             return Err(SubmitError::QueueFull(waiting));
         }
         Ok(())

@@ -8,7 +8,8 @@
 //! hit resumes from the deepest snapshot at or before the matched prefix; the tokens after it are
 //! prefilled as usual, at most one grid interval of them already cached. The resumed cache is the one
 //! a cold prefill of those tokens would have left (within the scan's rounding), so the request's
-//! tokens are the same.
+//! tokens are the same. With the cache on, the engine also forks identical prompts that wait together
+//! from one prefill (`Engine::fork_identical`).
 
 use std::sync::atomic::Ordering;
 

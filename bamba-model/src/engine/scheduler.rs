@@ -19,7 +19,7 @@ use crate::generate::{device_argmax, FinishReason, GenerateError};
 use crate::model::BambaModel;
 use crate::padding::LeftPadding;
 use crate::sampling::Sampler;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
 
 /// A step's outcome for one sequence.
 enum Choice<'a> {
@@ -210,22 +210,17 @@ impl<B: BambaOps> Engine<B> {
         self.queued.is_empty() && self.prefilling.is_empty() && self.running.is_empty()
     }
 
-    fn accept(&mut self, s: Submission) {
-        // Validated by the handle; a sampler cannot fail after that.
-        let Ok(sampler) = Sampler::new(s.request.params.sampling.clone()) else {
-            let _ = s.events.send(Event::Failed("invalid sampling settings".into()));
-            return;
-        };
-        self.accepted += 1;
-        let history = s.request.prompt.clone();
-        self.queued.push_back(Sequence {
-            request: s.request,
-            sampler,
-            history,
-            events: s.events,
-            prefill: None,
-            cached_tokens: 0,
-        });
+    fn accept(&mut self, submission: Submission) {
+        for (request, events) in submission.requests {
+            // Validated by the handle; a sampler cannot fail after that.
+            let Ok(sampler) = Sampler::new(request.params.sampling.clone()) else {
+                let _ = events.send(Event::Failed("invalid sampling settings".into()));
+                continue;
+            };
+            self.accepted += 1;
+            let history = request.prompt.clone();
+            self.queued.push_back(Sequence { request, sampler, history, events, prefill: None, cached_tokens: 0 });
+        }
     }
 
     /// One engine step.
@@ -310,6 +305,22 @@ impl<B: BambaOps> Engine<B> {
             let group = self.fresh_group(budget);
             if group >= 2 {
                 let mut seqs: Vec<Sequence<B>> = self.prefilling.drain(..group).collect();
+                if self.prefix.is_some() {
+                    // repeats of a prompt go back to wait and fork from its row (`fork_identical`)
+                    let mut repeats = Vec::new();
+                    let mut i = 0;
+                    while i < seqs.len() {
+                        if seqs[..i].iter().any(|s| s.request.prompt == seqs[i].request.prompt) {
+                            repeats.push(seqs.remove(i));
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    for repeat in repeats.into_iter().rev() {
+                        self.prefilling.push_front(repeat);
+                    }
+                }
+                let group = seqs.len();
                 let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s.request.prompt.clone()).collect();
                 let (rows, padding) = LeftPadding::pad(&prompts, self.model.config.pad_token_id.unwrap_or(0));
                 let width = rows[0].len();
@@ -323,9 +334,10 @@ impl<B: BambaOps> Engine<B> {
                 }
                 budget -= group * width;
                 EngineStats::add(&self.stats.prompt_tokens, prompts.iter().map(Vec::len).sum());
+                let logits = self.fork_identical(&mut seqs, &mut cache, logits);
                 let keep = self.take_tokens(&mut seqs, logits);
                 if !keep.is_empty() {
-                    if keep.len() < group {
+                    if keep.len() < seqs.len() {
                         cache.select_rows(&keep);
                     }
                     let kept = seqs.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, s)| s).collect();
@@ -358,13 +370,62 @@ impl<B: BambaOps> Engine<B> {
                 continue;
             }
             let mut seq = self.prefilling.pop_front().expect("not empty");
-            let cache = seq.prefill.take().expect("prefilled");
+            let mut cache = seq.prefill.take().expect("prefilled");
             let mut seqs = vec![seq];
-            if !self.take_tokens(&mut seqs, logits).is_empty() {
-                ready.push(Prefilled { cache, seqs });
+            let logits = self.fork_identical(&mut seqs, &mut cache, logits);
+            let keep = self.take_tokens(&mut seqs, logits);
+            if !keep.is_empty() {
+                if keep.len() < seqs.len() {
+                    cache.select_rows(&keep);
+                }
+                let kept = seqs.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, s)| s).collect();
+                ready.push(Prefilled { cache, seqs: kept });
             }
         }
         Ok(ready)
+    }
+
+    /// With the prefix cache on, sequences waiting to be prefilled whose prompt equals one of `seqs`
+    /// (just prefilled: rows of `cache` and `logits`) fork from it instead (`n > 1`, identical
+    /// concurrent prompts): each is appended to `seqs` with a copy of that row's cache and logits, and
+    /// samples on its own. Returns the logits of the rows of the grown `seqs`.
+    fn fork_identical(
+        &mut self,
+        seqs: &mut Vec<Sequence<B>>,
+        cache: &mut HybridCache<B>,
+        logits: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        if self.prefix.is_none() {
+            return logits;
+        }
+        let leaders = seqs.len();
+        let mut rows: Vec<usize> = (0..leaders).collect();
+        let mut i = 0;
+        while i < self.prefilling.len() {
+            let waiting = &self.prefilling[i];
+            // only the front of the queue can be part way through its prefill
+            let untouched = waiting.prefill.as_ref().is_none_or(|c| c.position == waiting.cached_tokens);
+            match seqs[..leaders].iter().position(|s| s.request.prompt == waiting.request.prompt) {
+                Some(row) if untouched => {
+                    let mut follower = self.prefilling.remove(i).expect("in range");
+                    let len = follower.request.prompt.len();
+                    EngineStats::add(&self.stats.prefix_hits, usize::from(follower.cached_tokens == 0));
+                    EngineStats::add(&self.stats.prefix_hit_tokens, len - follower.cached_tokens);
+                    follower.prefill = None;
+                    follower.cached_tokens = len;
+                    rows.push(row);
+                    seqs.push(follower);
+                }
+                _ => i += 1,
+            }
+        }
+        if rows.len() == leaders {
+            return logits;
+        }
+        cache.select_rows(&rows);
+        let index = rows.iter().map(|&r| r as i64).collect::<Vec<_>>();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [rows.len()]), &self.model.device);
+        logits.select(0, index)
     }
 
     /// How many fresh prompts at the front of the prefill queue fit whole, padded to the longest of
