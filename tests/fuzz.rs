@@ -1,5 +1,5 @@
 //! Property-based fuzzing of what a user hands the loader: config.json (every dialect: Bamba, Granite
-//! 4.0, Mamba2), generation_config.json, the safetensors header and the sharded index. Mutations of
+//! 4.0, Mamba2), generation_config.json, the safetensors header, the sharded index and tokenizer.json. Mutations of
 //! real files (hostile numbers, wrong types, missing keys, flipped and cut bytes) must give an error
 //! or a model, never a panic, an abort on allocation or a hang. Bounded: a fixed number of cases each.
 
@@ -11,7 +11,7 @@ use bamba::model::config::BambaConfig;
 use bamba::model::generate::eos_ids;
 use bamba::model::loader::Checkpoint;
 use bamba::model::sizes::{MemoryModel, ParameterCounts};
-use bamba::model::{BambaModel, Precision};
+use bamba::model::{BambaModel, Precision, TextTokenizer};
 use common::*;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -184,4 +184,87 @@ proptest! {
         std::fs::write(dir.path().join("model.safetensors.index.json"), edit.to_string()).unwrap();
         load_or_refuse(dir.path());
     }
+}
+
+/// The embedded model's tokenizer.json with `edits` at random places of its JSON tree (a value replaced,
+/// or the bytes cut), loaded, then used on text and on ids it does not have.
+fn tokenizer_with(edit: impl FnOnce(&mut Value) -> Option<Vec<u8>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut json: Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_dir().join("tokenizer.json")).unwrap()).unwrap();
+    let bytes = edit(&mut json).unwrap_or_else(|| json.to_string().into_bytes());
+    std::fs::write(dir.path().join("tokenizer.json"), bytes).unwrap();
+    if let Ok(Some(tokenizer)) = TextTokenizer::from_dir(dir.path()) {
+        let _ = tokenizer.encode("Phileas Fogg \u{1F600} \0 ");
+        let _ = tokenizer.decode(&[0, 1, 5, u32::MAX, 1 << 20]);
+        let _ = tokenizer.token_text(u32::MAX);
+        let mut stream = tokenizer.stream();
+        for id in [3, u32::MAX, 7, 1 << 30] {
+            let _ = stream.push(id);
+        }
+    }
+}
+
+/// Every path (object keys and array indices) of a JSON tree down to `depth`.
+fn paths(v: &Value, depth: usize, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+    out.push(prefix.clone());
+    if depth == 0 {
+        return;
+    }
+    match v {
+        Value::Object(m) => {
+            m.iter().for_each(|(k, c)| paths(c, depth - 1, [prefix.clone(), vec![k.clone()]].concat(), out))
+        }
+        // a few elements of long arrays (the vocabulary, the merges)
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .take(3)
+            .for_each(|(i, c)| paths(c, depth - 1, [prefix.clone(), vec![i.to_string()]].concat(), out)),
+        _ => {}
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_tokenizers_are_refused_or_work(path in 0usize..10_000, value in hostile()) {
+        tokenizer_with(|json| {
+            let mut all = Vec::new();
+            paths(json, 4, Vec::new(), &mut all);
+            let target = &all[1 + path % (all.len() - 1)];
+            let mut node = &mut *json;
+            for key in target {
+                node = match node {
+                    Value::Object(m) => m.get_mut(key).unwrap(),
+                    Value::Array(a) => &mut a[key.parse::<usize>().unwrap()],
+                    _ => unreachable!("paths go through objects and arrays"),
+                };
+            }
+            *node = value;
+            None
+        });
+    }
+
+    #[test]
+    fn cut_tokenizers_are_refused(cut in 0usize..1_000_000) {
+        tokenizer_with(|json| {
+            let mut bytes = json.to_string().into_bytes();
+            bytes.truncate(cut % bytes.len());
+            Some(bytes)
+        });
+    }
+}
+
+/// Found by `cut_tokenizers_are_refused`: a tokenizer.json cut inside its decoder made the tokenizers
+/// crate panic ("Helper"); it is now an error naming the file.
+#[test]
+fn a_tokenizer_cut_inside_its_decoder_is_an_error() {
+    let text = std::fs::read_to_string(tiny_dir().join("tokenizer.json")).unwrap();
+    let at = text.find("\"decoder\"").expect("the tiny tokenizer has a decoder") + 20;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), &text[..at]).unwrap();
+    let err = TextTokenizer::from_dir(dir.path()).err().expect("a cut file is refused");
+    assert!(err.to_string().contains("tokenizer.json"), "{err}");
 }

@@ -36,10 +36,14 @@ impl TextTokenizer {
         if !path.exists() {
             return Ok(None);
         }
-        crate::files::read_text(&path, crate::files::TEXT_LIMIT)
-            .map_err(|e| TokenizerError::Malformed { path: path.clone(), reason: e.to_string() })?;
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| TokenizerError::Malformed { path: path.clone(), reason: e.to_string() })?;
+        let malformed = |reason: String| TokenizerError::Malformed { path: path.clone(), reason };
+        let text = crate::files::read_text(&path, crate::files::TEXT_LIMIT).map_err(|e| malformed(e.to_string()))?;
+        // The tokenizers crate panics on some files that are not JSON (a cut one, in its decoder's
+        // deserializer): check the syntax first, and keep any other panic of its parser an error.
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| malformed(e.to_string()))?;
+        let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
+            .map_err(|_| malformed("the tokenizers crate could not read it (it panicked)".into()))?;
+        let inner = parsed.map_err(|e| malformed(e.to_string()))?;
         Ok(Some(TextTokenizer { inner }))
     }
 
