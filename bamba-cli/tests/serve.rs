@@ -416,3 +416,96 @@ fn a_next_turn_is_served_from_the_prefix_cache() {
         assert_eq!(server.metric("bamba:prefix_cache_hits_total"), f64::from(u8::from(cached)) + forks);
     }
 }
+
+/// Hostile values for request fields: type confusion, limits of every integer type, huge strings.
+fn hostile_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    prop_oneof![
+        prop::sample::select(vec![0i64, 1, -1, 2, 63, 64, 65, 4096, i32::MAX as i64, 1 << 32, i64::MAX, i64::MIN])
+            .prop_map(Value::from),
+        Just(Value::from(u64::MAX)),
+        Just(json!(1e308)),
+        Just(json!(-0.0)),
+        Just(json!(0.5)),
+        Just(json!(2.5)),
+        Just(Value::Null),
+        Just(json!(true)),
+        Just(json!("")),
+        Just(json!("Fogg")),
+        Just(Value::from("é".repeat(3000))),
+        Just(json!([])),
+        Just(json!([1, 2, 3])),
+        Just(json!([[1, 2], [3]])),
+        Just(json!([-1])),
+        Just(json!([4294967295u64])),
+        Just(json!(["a", "b", "c", "d", "e"])),
+        Just(json!({"a": 1})),
+        Just(json!({"include_usage": true})),
+        Just(json!([{"role": "user", "content": "hi"}])),
+        Just(json!([{"role": "user"}])),
+        Just(json!([{"role": 5, "content": [1]}])),
+        Just(json!({"5": 100, "7": -100})),
+    ]
+}
+
+/// Random requests built from valid ones with fields set to hostile values: every answer is a 200
+/// or an OpenAI-shaped 4xx, within a few seconds (no 5xx, no hang), and the server stays healthy and
+/// ends idle.
+#[test]
+fn hostile_request_fields_get_200_or_a_client_error() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let server = Server::start(&["--model", "tests/fixtures/base", "--max-model-len", "64", "--max-num-seqs", "4"]);
+    let fields = [
+        "prompt",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "n",
+        "seed",
+        "stop",
+        "stop_token_ids",
+        "logprobs",
+        "top_logprobs",
+        "stream",
+        "stream_options",
+        "ignore_eos",
+        "return_token_ids",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "model",
+        "echo",
+    ];
+    let client = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let edits = prop::collection::vec((prop::sample::select(fields.to_vec()), hostile_value()), 1..3);
+    let mut runner = TestRunner::new(Config { cases: 160, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&(any::<bool>(), edits), |(chat, edits)| {
+            let (path, mut body) = if chat {
+                ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "Fogg"}], "max_tokens": 3}))
+            } else {
+                ("/v1/completions", json!({"prompt": [1, 2, 3], "max_tokens": 3}))
+            };
+            for (field, value) in &edits {
+                body[*field] = value.clone();
+            }
+            let response = client.post(format!("{}{path}", server.url)).json(&body).send().unwrap();
+            let status = response.status();
+            let text = response.text().unwrap();
+            prop_assert!(status == StatusCode::OK || status.is_client_error(), "{status} for {body}: {text}");
+            if status.is_client_error() {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                prop_assert!(v["error"]["message"].is_string(), "{text}");
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(server.get("/health").status(), StatusCode::OK);
+    server.wait_for(Server::idle, "idle");
+}
