@@ -54,7 +54,7 @@ impl<B: BambaOps> DecoderLayer<B> {
         let feed_forward = if c.mlp {
             Some(FeedForward {
                 norm: RmsNorm::load(w, &format!("{p}.{}.weight", names.feed_forward_norm), h, eps)?,
-                mlp: Mlp::load(w, &p, c)?,
+                mlp: Mlp::load(w, &p, names.mlp, c)?,
                 experts: c.moe.map(|m| Moe::load(w, &format!("{p}.block_sparse_moe"), c, m)).transpose()?,
             })
         } else {
@@ -101,6 +101,9 @@ impl<B: BambaOps> DecoderLayer<B> {
             _ => unreachable!("the cache is built from the same layer plan as the model"),
         };
         let Some(ff) = &self.feed_forward else { return x };
+        // With experts, the normalized rows feed the router and the experts, and the MLP normalizes
+        // again inside its fused norm + SwiGLU kernel: one launch at decode, cheaper than an unfused
+        // gate and up on the rows normalized here.
         let residual = match &ff.experts {
             Some(experts) => x.clone() + experts.forward(ff.norm.forward(input(&x))),
             None => x.clone(),

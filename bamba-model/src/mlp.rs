@@ -8,9 +8,10 @@ use bamba_kernels::BambaOps;
 use burn::tensor::activation::silu;
 use burn::tensor::Tensor;
 
-use crate::config::{Architecture, BambaConfig};
+use crate::config::BambaConfig;
 use crate::linear::Linear;
 use crate::loader::{LoadError, WeightReader};
+use crate::names::MlpNames;
 use crate::norm::RmsNorm;
 
 #[derive(Debug, Clone)]
@@ -22,36 +23,27 @@ pub struct Mlp<B: BambaOps> {
 }
 
 impl<B: BambaOps> Mlp<B> {
-    /// Reads layer `layer`'s MLP (`layer` is the `model.layers.N` prefix).
-    pub fn load(w: &mut WeightReader<'_, B>, layer: &str, c: &BambaConfig) -> Result<Self, LoadError> {
+    /// Reads layer `layer`'s MLP (`layer` is the `model.layers.N` prefix), stored as `names` says.
+    pub fn load(w: &mut WeightReader<'_, B>, layer: &str, names: MlpNames, c: &BambaConfig) -> Result<Self, LoadError> {
         let (h, i, bias, scale) = (c.hidden_size, c.intermediate_size, c.mlp_bias, c.residual_multiplier);
-        match c.architecture {
-            Architecture::Bamba => {
-                let p = format!("{layer}.feed_forward");
+        match names {
+            MlpNames::Separate { module } => {
+                let p = format!("{layer}.{module}");
                 Ok(Mlp {
                     gate_proj: Linear::load(w, &format!("{p}.gate_proj"), h, i, bias)?,
                     up_proj: Linear::load(w, &format!("{p}.up_proj"), h, i, bias)?,
                     down_proj: Linear::load_scaled(w, &format!("{p}.down_proj"), i, h, bias, scale)?,
                 })
             }
-            Architecture::GraniteMoeHybrid | Architecture::Mamba2 => {
-                let fused = format!("{layer}.shared_mlp.input_linear.weight");
+            MlpNames::Fused { input, output } => {
+                let fused = format!("{layer}.{input}.weight");
                 let half = |w: &mut WeightReader<'_, B>, first| -> Result<Linear<B>, LoadError> {
                     Ok(Linear { weight: w.tensor_rows(&fused, &[2 * i, h], first, [i, h])?, bias: None })
                 };
-                Ok(Mlp {
-                    gate_proj: half(w, 0)?,
-                    up_proj: half(w, i)?,
-                    down_proj: Linear::load_scaled(
-                        w,
-                        &format!("{layer}.shared_mlp.output_linear"),
-                        i,
-                        h,
-                        false,
-                        scale,
-                    )?,
-                })
+                let down = Linear::load_scaled(w, &format!("{layer}.{output}"), i, h, false, scale)?;
+                Ok(Mlp { gate_proj: half(w, 0)?, up_proj: half(w, i)?, down_proj: down })
             }
+            MlpNames::None => unreachable!("the config resolves `mlp` false for a family without an MLP"),
         }
     }
 

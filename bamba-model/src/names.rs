@@ -14,7 +14,20 @@ pub struct TensorNames {
     pub mamba: &'static str,
     /// The pre-norm of a layer's feed-forward.
     pub feed_forward_norm: &'static str,
+    /// How a layer's dense MLP is stored.
+    pub mlp: MlpNames,
     pub final_norm: &'static str,
+}
+
+/// The tensors of a layer's dense SwiGLU MLP, under the layer's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpNames {
+    /// `{module}.gate_proj`, `{module}.up_proj`, `{module}.down_proj`.
+    Separate { module: &'static str },
+    /// `input` holds the gate rows above the up rows; `output` is the down projection (no biases).
+    Fused { input: &'static str, output: &'static str },
+    /// The family has no MLP.
+    None,
 }
 
 impl TensorNames {
@@ -26,6 +39,7 @@ impl TensorNames {
                 input_norm: "input_layernorm",
                 mamba: "mamba",
                 feed_forward_norm: "pre_ff_layernorm",
+                mlp: MlpNames::Separate { module: "feed_forward" },
                 final_norm: "model.final_layernorm.weight",
             },
             Architecture::GraniteMoeHybrid => TensorNames {
@@ -34,6 +48,7 @@ impl TensorNames {
                 input_norm: "input_layernorm",
                 mamba: "mamba",
                 feed_forward_norm: "post_attention_layernorm",
+                mlp: MlpNames::Fused { input: "shared_mlp.input_linear", output: "shared_mlp.output_linear" },
                 final_norm: "model.norm.weight",
             },
             Architecture::Mamba2 => TensorNames {
@@ -42,6 +57,7 @@ impl TensorNames {
                 input_norm: "norm",
                 mamba: "mixer",
                 feed_forward_norm: "",
+                mlp: MlpNames::None,
                 final_norm: "backbone.norm_f.weight",
             },
         }

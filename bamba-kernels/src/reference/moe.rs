@@ -10,6 +10,22 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::BambaOps;
 
+/// The sizes both forms read off their arguments.
+struct Sizes {
+    rows: usize,
+    hidden: usize,
+    experts: usize,
+    width: usize,
+    k: usize,
+}
+
+impl Sizes {
+    fn of<B: BambaOps>(x: &Tensor<B, 2>, experts: &Tensor<B, 2, Int>, gate_up: &Tensor<B, 3>) -> Self {
+        let ([rows, hidden], [count, double_width, _]) = (x.dims(), gate_up.dims());
+        Sizes { rows, hidden, experts: count, width: double_width / 2, k: experts.dims()[1] }
+    }
+}
+
 /// `out[t] = Σ_j weights[t, j] · down[e] · (silu(g) · u)` with `[g | u] = gate_up[e] · x[t]` and
 /// `e = experts[t, j]`: each expert's SwiGLU over the tokens routed to it, its products the backend's
 /// [`BambaOps::linear_no_bias`], the weighting and the sum in `x`'s dtype. Reads the routing to the
@@ -26,10 +42,8 @@ pub fn moe_experts<B: BambaOps>(
     gate_up: Tensor<B, 3>,
     down: Tensor<B, 3>,
 ) -> Tensor<B, 2> {
-    let [rows, hidden] = x.dims();
-    let [count, double_width, _] = gate_up.dims();
-    let width = double_width / 2;
-    let k = experts.dims()[1];
+    let Sizes { rows, hidden, experts: count, width, k } = Sizes::of(&x, &experts, &gate_up);
+    let double_width = 2 * width;
     let device = x.device();
     let routing: Vec<i64> = experts.into_data().convert::<i64>().to_vec().expect("int routing");
     // Per expert: the (token, slot) pairs routed to it, tokens ascending.
@@ -77,10 +91,7 @@ pub fn moe_experts_gathered<B: BambaOps>(
     gate_up: Tensor<B, 3>,
     down: Tensor<B, 3>,
 ) -> Tensor<B, 2> {
-    let [rows, hidden] = x.dims();
-    let [_, double_width, _] = gate_up.dims();
-    let width = double_width / 2;
-    let k = experts.dims()[1];
+    let Sizes { rows, hidden, width, k, .. } = Sizes::of(&x, &experts, &gate_up);
     let pairs = rows * k;
     let ids = experts.reshape([pairs]);
     let gate_up = gate_up.select(0, ids.clone()).swap_dims(1, 2); // [pairs, hidden, 2·width]
