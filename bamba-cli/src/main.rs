@@ -27,6 +27,12 @@ struct Cli {
     /// Threads of the CPU (ndarray) backend (default: every core).
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// More log detail (-v debug, -vv trace); RUST_LOG, when set, decides instead.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Less log detail (-q warnings and errors, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -281,7 +287,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs through `tracing` to stderr, at the level `-v`/`-q` ask for (info by default) unless RUST_LOG says.
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match (verbose, quiet) {
+        (0, 0) => "info",
+        (1, _) => "debug",
+        (v, _) if v >= 2 => "trace",
+        (_, 1) => "warn",
+        _ => "error",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 fn run(cli: Cli) -> Result<()> {
+    init_logging(cli.verbose, cli.quiet);
     // The CPU backend's threads (this one and rayon's) flush subnormals to zero (see the function).
     #[cfg(feature = "ndarray")]
     bamba_model::bamba_kernels::cpu::flush_subnormals_on_this_thread();

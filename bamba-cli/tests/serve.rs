@@ -31,7 +31,7 @@ impl Server {
             .args(["serve", "--port", "0", "--backend", "ndarray"])
             .args(args)
             .current_dir(repo())
-            .env("RUST_LOG", "info")
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -508,4 +508,18 @@ fn hostile_request_fields_get_200_or_a_client_error() {
         .unwrap();
     assert_eq!(server.get("/health").status(), StatusCode::OK);
     server.wait_for(Server::idle, "idle");
+}
+
+/// The per-request log line is there at the default level and gone with `-q`.
+#[test]
+fn quiet_hides_the_request_log() {
+    for (flags, logged) in [(&[][..], true), (&["-q"][..], false)] {
+        let server = Server::start(flags);
+        let response = server.post("/v1/completions", &json!({"prompt": [1, 2, 3], "max_tokens": 2}));
+        assert_eq!(response.status(), StatusCode::OK);
+        server.wait_for(Server::idle, "idle");
+        // the line is written as the response ends; give the reader thread a moment
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(server.log.lock().unwrap().contains("request done"), logged, "{flags:?}");
+    }
 }

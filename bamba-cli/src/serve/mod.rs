@@ -130,11 +130,6 @@ const TINY_CHAT_TEMPLATE: &str = "{% for m in messages %}{{ m['role'] }}: {{ m['
 {% if add_generation_prompt %}assistant:{% endif %}";
 
 pub fn run(args: &ServeArgs) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let (_, config, dir) = crate::bench::shape(&args.common, &args.preset, &args.config)?;
     let tokenizer = match &dir {
         Some(dir) => TextTokenizer::from_dir(dir)?.map(Arc::new),
