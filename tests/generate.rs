@@ -4,7 +4,7 @@
 mod common;
 
 use bamba::model::generate::eos_ids;
-use bamba::model::sampling::{apply_repetition_penalty, argmax, filtered_probabilities};
+use bamba::model::sampling::{apply_output_penalties, apply_repetition_penalty, argmax, filtered_probabilities};
 use bamba::model::{BambaModel, FinishReason, GenerateParams, Precision, Sampler, SamplingError, SamplingParams};
 use common::*;
 
@@ -117,6 +117,22 @@ fn filters_keep_the_right_tokens() {
     assert!(Sampler::new(SamplingParams { top_p: Some(1.5), ..Default::default() }).is_err());
     assert!(Sampler::new(SamplingParams { min_p: Some(-0.1), ..Default::default() }).is_err());
     assert!(Sampler::new(SamplingParams { repetition_penalty: 0.0, ..Default::default() }).is_err());
+    assert_eq!(
+        Sampler::new(SamplingParams { frequency_penalty: 2.5, ..Default::default() }).unwrap_err(),
+        SamplingError::Penalty { name: "frequency_penalty", value: 2.5 }
+    );
+    assert!(Sampler::new(SamplingParams { presence_penalty: -2.1, ..Default::default() }).is_err());
+
+    // OpenAI's presence and frequency penalties: logit -= frequency · count + presence, generated tokens only
+    let mut l = vec![1.0, 2.0, 3.0, 0.5];
+    apply_output_penalties(&mut l, &[2, 2, 0], 0.5, 0.25);
+    assert_eq!(l, vec![0.25, 2.0, 2.0, 0.5]);
+    // through a greedy sampler: the prompt's token 3 is not penalized, the generated 2 falls below 1
+    let penalized = SamplingParams { presence_penalty: 0.5, frequency_penalty: 0.3, ..Default::default() };
+    let mut sampler = Sampler::new(penalized).unwrap();
+    assert!(!sampler.is_plain_greedy());
+    assert_eq!(sampler.sample(&[1.0, 2.0, 3.0, 2.9], &[3, 2, 2, 0], 3), 3);
+    assert_eq!(sampler.sample(&[1.0, 2.0, 3.0, 0.5], &[3, 2, 2, 0], 3), 1);
 }
 
 #[test]

@@ -127,6 +127,8 @@ impl BackendJob for GenerateJob<'_> {
             top_p: args.top_p,
             min_p: args.min_p,
             repetition_penalty: args.repetition_penalty,
+            presence_penalty: args.presence_penalty,
+            frequency_penalty: args.frequency_penalty,
             seed: args.seed,
         };
         sampling.validate()?; // before the weights load, which can take minutes

@@ -143,6 +143,12 @@ pub struct GenerateArgs {
     /// Divide positive (multiply negative) logits of tokens already seen by R, as transformers.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repetition_penalty: f32,
+    /// Subtract P from the logits of tokens already generated (OpenAI's presence penalty, -2 to 2).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub presence_penalty: f32,
+    /// Subtract F times the count of each token generated so far from its logit (-2 to 2).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub frequency_penalty: f32,
     /// Seed of the sampler (same seed, same output).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -225,7 +225,7 @@ impl<B: BambaOps> BambaModel<B> {
                 let token = match &mut choices {
                     Choices::Ids(ids) => ids[r],
                     Choices::Logits(logits) => {
-                        let token = samplers[r].sample(&logits[r], &histories[r]);
+                        let token = samplers[r].sample(&logits[r], &histories[r], gen.ids.len());
                         if params.keep_logits {
                             gen.step_logits.push(std::mem::take(&mut logits[r]));
                         }

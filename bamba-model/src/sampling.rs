@@ -19,6 +19,8 @@ pub enum SamplingError {
     MinP(f32),
     #[error("repetition penalty must be finite and > 0, got {0}")]
     RepetitionPenalty(f32),
+    #[error("{name} must be in [-2, 2], got {value}")]
+    Penalty { name: &'static str, value: f32 },
 }
 
 /// Sampling settings; the default is greedy.
@@ -31,12 +33,25 @@ pub struct SamplingParams {
     pub min_p: Option<f32>,
     /// 1 = off; >1 discourages tokens already in the prompt or output (CTRL-style, as transformers).
     pub repetition_penalty: f32,
+    /// 0 = off; subtracted from the logit of every token already generated (OpenAI's, in [-2, 2]).
+    pub presence_penalty: f32,
+    /// 0 = off; times the count of each token generated so far, subtracted from its logit (OpenAI's).
+    pub frequency_penalty: f32,
     pub seed: u64,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: None, top_p: None, min_p: None, repetition_penalty: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 0,
+        }
     }
 }
 
@@ -56,6 +71,13 @@ impl SamplingParams {
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return Err(SamplingError::RepetitionPenalty(self.repetition_penalty));
+        }
+        for (name, value) in
+            [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)]
+        {
+            if !(-2.0..=2.0).contains(&value) {
+                return Err(SamplingError::Penalty { name, value });
+            }
         }
         Ok(())
     }
@@ -86,6 +108,23 @@ pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f3
                 let l = &mut logits[t as usize];
                 *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
             }
+        }
+    }
+}
+
+/// Subtracts, from the logit of every token in `generated`, `frequency` times its count plus
+/// `presence` once (OpenAI's presence and frequency penalties; the prompt does not count).
+pub fn apply_output_penalties(logits: &mut [f32], generated: &[u32], presence: f32, frequency: f32) {
+    if presence == 0.0 && frequency == 0.0 {
+        return;
+    }
+    let mut counts = std::collections::HashMap::<u32, u32>::new();
+    for &t in generated {
+        *counts.entry(t).or_default() += 1;
+    }
+    for (t, count) in counts {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l -= frequency * count as f32 + presence;
         }
     }
 }
@@ -145,13 +184,19 @@ impl Sampler {
     /// Greedy with no penalty: the token is the argmax of the raw logits, which the device can take
     /// without the logits coming back to the host.
     pub fn is_plain_greedy(&self) -> bool {
-        self.params.temperature == 0.0 && self.params.repetition_penalty == 1.0
+        let p = &self.params;
+        p.temperature == 0.0 && p.repetition_penalty == 1.0 && p.presence_penalty == 0.0 && p.frequency_penalty == 0.0
     }
 
-    /// The next token for one row of logits; `history` is the prompt plus tokens generated so far.
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+    /// The next token for one row of logits; `history` is the prompt plus tokens generated so far, the
+    /// last `generated` of them generated. Penalties apply in vLLM's order: repetition (prompt and
+    /// output), then frequency and presence (output only).
+    pub fn sample(&mut self, logits: &[f32], history: &[u32], generated: usize) -> u32 {
         let mut logits = logits.to_vec();
-        apply_repetition_penalty(&mut logits, history, self.params.repetition_penalty);
+        let p = &self.params;
+        apply_repetition_penalty(&mut logits, history, p.repetition_penalty);
+        let output = &history[history.len() - generated.min(history.len())..];
+        apply_output_penalties(&mut logits, output, p.presence_penalty, p.frequency_penalty);
         if self.params.temperature == 0.0 {
             return argmax(&logits) as u32;
         }

@@ -1,5 +1,6 @@
-//! The OpenAI request bodies `bamba serve` accepts (with vLLM's extensions: `top_k`, `min_p`,
-//! `repetition_penalty`, `stop_token_ids`, `ignore_eos`, `return_token_ids`), checked into engine
+//! The OpenAI request bodies `bamba serve` accepts (`presence_penalty` and `frequency_penalty` among
+//! them, and vLLM's extensions: `top_k`, `min_p`, `repetition_penalty`, `stop_token_ids`, `ignore_eos`,
+//! `return_token_ids`), checked into engine
 //! parameters before anything is queued.
 
 use bamba_model::engine::RequestParams;
@@ -131,16 +132,6 @@ impl Sampling {
                 ApiError::bad_request(format!("logprobs must be at most {MAX_LOGPROBS}, got {k}")).param("logprobs")
             );
         }
-        for (name, value) in
-            [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)]
-        {
-            if value.is_some_and(|v| v != 0.0) {
-                return Err(ApiError::bad_request(format!(
-                    "{name} is not supported by this server (use repetition_penalty)"
-                ))
-                .param(name));
-            }
-        }
         let top_k = match self.top_k {
             None | Some(-1) | Some(0) => None,
             Some(k) if k > 0 => Some(k as usize),
@@ -154,6 +145,8 @@ impl Sampling {
             top_p: self.top_p.filter(|&p| p != 1.0),
             min_p: self.min_p.filter(|&p| p != 0.0),
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             seed: self.seed.unwrap_or_else(rand::random),
         };
         sampling.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;

@@ -74,7 +74,7 @@ impl<B: BambaOps> Sequence<B> {
         let (id, event) = match choice {
             Choice::Id(id) => (id, TokenEvent { id, logprob: None, top_logprobs: Vec::new() }),
             Choice::Logits(logits) => {
-                let id = self.sampler.sample(logits, &self.history);
+                let id = self.sampler.sample(logits, &self.history, self.generated());
                 (id, token_event(id, logits, params.logprobs))
             }
         };
