@@ -334,15 +334,7 @@ impl<B: BambaOps> Engine<B> {
                 }
                 budget -= group * width;
                 EngineStats::add(&self.stats.prompt_tokens, prompts.iter().map(Vec::len).sum());
-                let logits = self.fork_identical(&mut seqs, &mut cache, logits);
-                let keep = self.take_tokens(&mut seqs, logits);
-                if !keep.is_empty() {
-                    if keep.len() < seqs.len() {
-                        cache.select_rows(&keep);
-                    }
-                    let kept = seqs.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, s)| s).collect();
-                    ready.push(Prefilled { cache, seqs: kept });
-                }
+                ready.extend(self.first_tokens(seqs, cache, logits));
                 continue;
             }
             let seq = self.prefilling.front_mut().expect("not empty");
@@ -370,19 +362,30 @@ impl<B: BambaOps> Engine<B> {
                 continue;
             }
             let mut seq = self.prefilling.pop_front().expect("not empty");
-            let mut cache = seq.prefill.take().expect("prefilled");
-            let mut seqs = vec![seq];
-            let logits = self.fork_identical(&mut seqs, &mut cache, logits);
-            let keep = self.take_tokens(&mut seqs, logits);
-            if !keep.is_empty() {
-                if keep.len() < seqs.len() {
-                    cache.select_rows(&keep);
-                }
-                let kept = seqs.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, s)| s).collect();
-                ready.push(Prefilled { cache, seqs: kept });
-            }
+            let cache = seq.prefill.take().expect("prefilled");
+            ready.extend(self.first_tokens(vec![seq], cache, logits));
         }
         Ok(ready)
+    }
+
+    /// The first tokens of sequences just prefilled (rows of `cache` and `logits`), and of those that
+    /// fork from them; the ones still running, with their rows, to join the decode batch.
+    fn first_tokens(
+        &mut self,
+        mut seqs: Vec<Sequence<B>>,
+        mut cache: HybridCache<B>,
+        logits: Tensor<B, 3>,
+    ) -> Option<Prefilled<B>> {
+        let logits = self.fork_identical(&mut seqs, &mut cache, logits);
+        let keep = self.take_tokens(&mut seqs, logits);
+        if keep.is_empty() {
+            return None;
+        }
+        if keep.len() < seqs.len() {
+            cache.select_rows(&keep);
+        }
+        let kept = seqs.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, s)| s).collect();
+        Some(Prefilled { cache, seqs: kept })
     }
 
     /// With the prefix cache on, sequences waiting to be prefilled whose prompt equals one of `seqs`
