@@ -219,20 +219,23 @@ impl BackendJob for Job<'_> {
 }
 
 impl Job<'_> {
-    /// With `--memory`, the largest batch up to `requested` whose weights, KV caches and recurrent
-    /// states fit in the budget (activations are not counted), or why none does; without it,
-    /// `requested`.
+    /// The largest batch up to `requested` whose weights, KV caches and recurrent states fit in
+    /// `--memory` (activations are not counted), or why none does. Without `--memory` the budget is
+    /// half the memory this machine has available (the rest for activations and the system), so that
+    /// a batch too large is cut to what can exist instead of aborting on allocation (no bound where
+    /// that is unknown).
     fn batch_that_fits(&self, memory: &MemoryModel, test: BenchTest, requested: usize) -> Result<usize, String> {
-        let Some(budget) = self.args.memory else { return Ok(requested) };
+        let Some(budget) = self.args.memory.or_else(host_memory) else { return Ok(requested) };
         let positions = match test {
             BenchTest::Prefill { tokens } => tokens,
             BenchTest::Decode { steps, context } => context + steps,
         } as u64;
         match memory.sequences_that_fit(budget, positions).min(requested as u64) {
             0 => Err(format!(
-                "one sequence of {positions} positions needs {} next to {} of weights; --memory is {}",
+                "one sequence of {positions} positions needs {} next to {} of weights; {} is {}",
                 human(memory.bytes_per_sequence(positions)),
                 human(memory.weight_bytes),
+                if self.args.memory.is_some() { "--memory" } else { "half this machine's available memory" },
                 human(budget)
             )),
             n => Ok(n as usize),
@@ -397,4 +400,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let (backend, precision) = (args.common.backend()?, args.common.precision()?);
     dispatch(backend, Job { args, name, config, checkpoint, backend, precision })
+}
+
+/// Half the memory this machine has available, in bytes (Linux: `MemAvailable` of /proc/meminfo), if known.
+fn host_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
+    let kib = field.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    Some(kib.saturating_mul(1024) / 2)
 }

@@ -212,8 +212,8 @@ pub struct BenchArgs {
     /// Tests, comma-separated: ppN (prefill N tokens), tgN (N decode steps), tgN@dD (after D tokens of context).
     #[arg(short = 't', long, value_delimiter = ',', default_value = "pp512,tg128")]
     pub tests: Vec<bench::BenchTest>,
-    /// Batch sizes (sequences run together), comma-separated.
-    #[arg(short = 'b', long, value_delimiter = ',', default_value = "1")]
+    /// Batch sizes (sequences run together, 1 to 65536), comma-separated.
+    #[arg(short = 'b', long, value_delimiter = ',', default_value = "1", value_parser = batch_size)]
     pub batch: Vec<usize>,
     /// Timed runs per test; the median is reported.
     #[arg(short = 'r', long, default_value_t = 3)]
@@ -273,6 +273,14 @@ fn dtype_values() -> impl clap::builder::TypedValueParser<Value = Precision> {
 /// `--memory`: a size such as 141GB or 80GiB, in bytes.
 fn memory_bytes(text: &str) -> Result<u64, String> {
     bamba_model::sizes::parse_memory(text).ok_or_else(|| format!("cannot parse {text:?} (try 141GB or 80GiB)"))
+}
+
+/// A bench batch size: 1 to 65536 sequences (as many as `serve --max-num-seqs` takes).
+fn batch_size(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1..=65536) => Ok(n),
+        _ => Err(format!("a batch size is 1 to 65536 sequences, got {text:?}")),
+    }
 }
 
 fn main() -> ExitCode {

@@ -562,3 +562,128 @@ fn exit_codes_tell_usage_from_input_from_success() {
     assert_eq!(code(&["info", "--model", "tests/no-such-directory"]), Some(3));
     assert_eq!(code(&["generate", "--model", fixture, "--prompt-ids", "1,999999", "--max-new-tokens", "1"]), Some(3));
 }
+
+/// Random command lines: a command, flags from its vocabulary and others', hostile values. Each run
+/// ends within 30 s with exit 0 (it worked), 1 (runtime), 2 (usage) or 3 (input), an `error:` line on
+/// failure, and never a panic (101), an abort or another signal.
+#[test]
+fn random_command_lines_end_cleanly() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    // each command's own flags (so that most lines get past clap), and values of every kind
+    let vocabulary = |command: &str| -> Vec<&'static str> {
+        let common = ["--threads", "--dtype", "--state-dtype", "-v", "-q"];
+        let own: &[&'static str] = match command {
+            "info" => &["--json", "--memory", "--context"],
+            "generate" => &[
+                "--prompt",
+                "--prompt-ids",
+                "--max-new-tokens",
+                "--temperature",
+                "--top-k",
+                "--top-p",
+                "--min-p",
+                "--repetition-penalty",
+                "--presence-penalty",
+                "--frequency-penalty",
+                "--seed",
+                "--stop",
+                "--batch-size",
+                "--prefill-chunk",
+                "--json",
+                "--backend",
+                "--ignore-eos",
+            ],
+            "bench" => &["-t", "-b", "-r", "--warmup", "--prefill-chunk", "--memory", "--json", "--backend"],
+            _ => &["--prompt-ids", "--out", "--backend"],
+        };
+        common.iter().chain(own).copied().collect()
+    };
+    let values = [
+        "",
+        "0",
+        "1",
+        "-1",
+        "2",
+        "64",
+        "4294967295",
+        "18446744073709551616",
+        "1e308",
+        "nan",
+        "inf",
+        "-0",
+        "0.5",
+        "bf16",
+        "f64",
+        "cuda",
+        "ndarray",
+        "/dev/zero",
+        "/nonexistent",
+        "tg1",
+        "pp1,tg1@d1e11",
+        "tg4294967295",
+        "pp2,tg2@d8",
+        "1,2,3",
+        "Fogg",
+        "9999999",
+        "70GB",
+        "1e400GB",
+        "-5GB",
+        "\u{1F600}",
+    ];
+    let line = prop::sample::select(vec!["info", "generate", "logits", "bench"]).prop_flat_map(move |command| {
+        let flags = vocabulary(command);
+        (
+            Just(command),
+            prop::collection::vec((prop::sample::select(flags), prop::sample::select(values.to_vec())), 0..4),
+        )
+    });
+    let mut runner = TestRunner::new(Config { cases: 128, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&line, |(command, args)| {
+            let mut argv = vec![command.to_string(), "--model".into(), "tests/fixtures/base".into()];
+            for (flag, value) in &args {
+                argv.push(flag.to_string());
+                if !matches!(*flag, "--json" | "-v" | "-q" | "--ignore-eos") {
+                    argv.push(value.to_string());
+                }
+            }
+            let mut child = Command::new(env!("CARGO_BIN_EXE_bamba"))
+                .args(&argv)
+                .current_dir(repo())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let start = std::time::Instant::now();
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if start.elapsed() > std::time::Duration::from_secs(30) {
+                    child.kill().unwrap();
+                    prop_assert!(false, "bamba {} ran past 30 s", argv.join(" "));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            prop_assert!(matches!(status.code(), Some(0..=3)), "bamba {}: {status}\n{stderr}", argv.join(" "));
+            prop_assert!(
+                status.success() || stderr.contains("error:"),
+                "bamba {}: no error line\n{stderr}",
+                argv.join(" ")
+            );
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Found by `random_command_lines_end_cleanly`: `bench -b 4294967295` aborted allocating the cache of
+/// four billion sequences; the batch is now a usage error past 65536.
+#[test]
+fn a_huge_bench_batch_is_a_usage_error() {
+    let run = bamba(&["bench", "--model", "tests/fixtures/base", "-b", "4294967295", "-t", "tg1"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("a batch size is 1 to 65536"));
+}
