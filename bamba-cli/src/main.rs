@@ -279,7 +279,7 @@ fn memory_bytes(text: &str) -> Result<u64, String> {
 fn batch_size(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n @ 1..=65536) => Ok(n),
-        _ => Err(format!("a batch size is 1 to 65536 sequences, got {text:?}")),
+        _ => Err(format!("a batch size is at least 1 and at most 65536 sequences, got {text:?}")),
     }
 }
 

@@ -685,5 +685,5 @@ fn random_command_lines_end_cleanly() {
 fn a_huge_bench_batch_is_a_usage_error() {
     let run = bamba(&["bench", "--model", "tests/fixtures/base", "-b", "4294967295", "-t", "tg1"]);
     assert_eq!(run.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&run.stderr).contains("a batch size is 1 to 65536"));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("a batch size is at least 1 and at most 65536"));
 }
