@@ -11,6 +11,8 @@ use crate::padding::LeftPadding;
 use crate::rope::RopeTables;
 
 mod rows;
+
+pub(crate) use rows::row_index;
 mod snapshot;
 
 pub use snapshot::{KvSpan, RowState};

@@ -48,11 +48,7 @@ impl<B: Backend> HybridCache<B> {
     /// Keeps rows `keep` (in that order) and drops the others. `keep` must not be empty.
     pub(crate) fn select_rows(&mut self, keep: &[usize]) {
         assert!(!keep.is_empty(), "a cache keeps at least one row");
-        let device = self.zero_state.device.clone();
-        let index = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(keep.iter().map(|&r| r as i64).collect::<Vec<_>>(), [keep.len()]),
-            &device,
-        );
+        let index = row_index::<B>(keep, &self.zero_state.device);
         for layer in &mut self.layers {
             match layer {
                 LayerCache::Attention(kv) => {
@@ -97,4 +93,10 @@ impl<B: Backend> HybridCache<B> {
         self.zero_state.window[0] = batch;
         self.zero_state.ssm[0] = batch;
     }
+}
+
+/// Row numbers as an index tensor for `select` along the batch dim.
+pub(crate) fn row_index<B: Backend>(rows: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    let values = rows.iter().map(|&r| r as i64).collect::<Vec<_>>();
+    Tensor::from_data(TensorData::new(values, [rows.len()]), device)
 }

@@ -25,7 +25,8 @@ use crate::model::BambaModel;
 /// Settings of an engine's prefix cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrefixCacheConfig {
-    /// Bytes of cached K/V and snapshots at most; least recently used sequences are evicted past it.
+    /// Bytes of cached K/V and snapshots at most; the least recently used snapshots
+    /// (with K/V only they need) are evicted past it.
     pub budget: u64,
     /// Prefill chunks end on multiples of this many tokens, and a snapshot is taken at each
     /// (default: the model's SSD chunk size). A hit recomputes fewer tokens than this.

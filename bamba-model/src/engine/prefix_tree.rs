@@ -116,10 +116,10 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
         (path, None)
     }
 
-    /// The deepest snapshot for a prefix of `tokens`; marks its path as used.
+    /// The deepest snapshot for a prefix of `tokens`; marks that snapshot as used.
     pub fn lookup(&mut self, tokens: &[u32]) -> Option<Hit<K, S>> {
         let (path, partial) = self.walk(tokens);
-        let matched = path.last().map_or(0, |&(_, at)| at) + partial.map_or(0, |(_, common)| common);
+        let matched = reach(&path, partial);
         let deepest = path.iter().rposition(|&(id, _)| self.node(id).snapshot.is_some())?;
         self.clock += 1;
         let (id, resume_at) = path[deepest];
@@ -133,14 +133,14 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
     /// Tokens of `tokens` the tree already holds segments for (its first `n`).
     pub fn held(&self, tokens: &[u32]) -> usize {
         let (path, partial) = self.walk(tokens);
-        path.last().map_or(0, |&(_, at)| at) + partial.map_or(0, |(_, common)| common)
+        reach(&path, partial)
     }
 
     /// Stores the snapshot `snapshot()` makes (with its bytes) as the state after `tokens`, unless the
     /// tree has one there already. `segment(from)` gives the segment of `tokens[from..]`, called only
-    /// for the tokens the tree does not hold yet. Evicts
-    /// least recently used leaves to stay within the budget; returns `false` when the snapshot itself
-    /// could not be kept (it alone exceeds what eviction can free).
+    /// for the tokens the tree does not hold yet. Evicts the least recently used snapshots to stay
+    /// within the budget; returns `false` when the new one itself could not be kept (it alone exceeds
+    /// what eviction can free).
     pub fn insert(
         &mut self,
         tokens: &[u32],
@@ -266,6 +266,11 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
             id = node.parent;
         }
     }
+}
+
+/// Tokens a walk matched: those of the nodes passed whole, then those of the node left part way.
+fn reach(path: &[(usize, usize)], partial: Option<(usize, usize)>) -> usize {
+    path.last().map_or(0, |&(_, at)| at) + partial.map_or(0, |(_, common)| common)
 }
 
 #[cfg(test)]

@@ -14,12 +14,12 @@ use super::prefix_cache::PrefixCache;
 use super::request::{token_event, Event, TokenEvent};
 use super::stats::EngineStats;
 use super::{EngineConfig, EngineConfigError, EngineHandle, Limits, Request, Submission};
-use crate::cache::HybridCache;
+use crate::cache::{row_index, HybridCache};
 use crate::generate::{device_argmax, FinishReason, GenerateError};
 use crate::model::BambaModel;
 use crate::padding::LeftPadding;
 use crate::sampling::Sampler;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 /// A step's outcome for one sequence.
 enum Choice<'a> {
@@ -426,9 +426,7 @@ impl<B: BambaOps> Engine<B> {
             return logits;
         }
         cache.select_rows(&rows);
-        let index = rows.iter().map(|&r| r as i64).collect::<Vec<_>>();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [rows.len()]), &self.model.device);
-        logits.select(0, index)
+        logits.select(0, row_index::<B>(&rows, &self.model.device))
     }
 
     /// How many fresh prompts at the front of the prefill queue fit whole, padded to the longest of
