@@ -648,26 +648,9 @@ fn random_command_lines_end_cleanly() {
                     argv.push(value.to_string());
                 }
             }
-            let mut child = Command::new(env!("CARGO_BIN_EXE_bamba"))
-                .args(&argv)
-                .current_dir(repo())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let start = std::time::Instant::now();
-            let status = loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    break status;
-                }
-                if start.elapsed() > std::time::Duration::from_secs(30) {
-                    child.kill().unwrap();
-                    prop_assert!(false, "bamba {} ran past 30 s", argv.join(" "));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            };
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let run = bamba_within(&argv, 30);
+            let (status, stderr) = (run.status, String::from_utf8_lossy(&run.stderr));
             prop_assert!(matches!(status.code(), Some(0..=3)), "bamba {}: {status}\n{stderr}", argv.join(" "));
             prop_assert!(
                 status.success() || stderr.contains("error:"),
