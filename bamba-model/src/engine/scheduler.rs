@@ -305,21 +305,7 @@ impl<B: BambaOps> Engine<B> {
             let group = self.fresh_group(budget);
             if group >= 2 {
                 let mut seqs: Vec<Sequence<B>> = self.prefilling.drain(..group).collect();
-                if self.prefix.is_some() {
-                    // repeats of a prompt go back to wait and fork from its row (`fork_identical`)
-                    let mut repeats = Vec::new();
-                    let mut i = 0;
-                    while i < seqs.len() {
-                        if seqs[..i].iter().any(|s| s.request.prompt == seqs[i].request.prompt) {
-                            repeats.push(seqs.remove(i));
-                        } else {
-                            i += 1;
-                        }
-                    }
-                    for repeat in repeats.into_iter().rev() {
-                        self.prefilling.push_front(repeat);
-                    }
-                }
+                self.defer_repeats(&mut seqs);
                 let group = seqs.len();
                 let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s.request.prompt.clone()).collect();
                 let (rows, padding) = LeftPadding::pad(&prompts, self.model.config.pad_token_id.unwrap_or(0));
@@ -386,6 +372,27 @@ impl<B: BambaOps> Engine<B> {
         }
         let kept = seqs.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, s)| s).collect();
         Some(Prefilled { cache, seqs: kept })
+    }
+
+    /// With the prefix cache on, moves repeats of a prompt in a fresh group back to the front of the
+    /// prefill queue, in order: they fork from the first one's row ([`Self::fork_identical`]) instead
+    /// of being prefilled again.
+    fn defer_repeats(&mut self, seqs: &mut Vec<Sequence<B>>) {
+        if self.prefix.is_none() {
+            return;
+        }
+        let mut repeats = Vec::new();
+        let mut i = 0;
+        while i < seqs.len() {
+            if seqs[..i].iter().any(|s| s.request.prompt == seqs[i].request.prompt) {
+                repeats.push(seqs.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        for repeat in repeats.into_iter().rev() {
+            self.prefilling.push_front(repeat);
+        }
     }
 
     /// With the prefix cache on, sequences waiting to be prefilled whose prompt equals one of `seqs`
