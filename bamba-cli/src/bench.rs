@@ -331,7 +331,7 @@ impl Job<'_> {
 
     /// `--warmup` untimed runs, then the median of `--repeats` timed ones.
     fn repeat(&self, label: &str, run: &mut dyn FnMut() -> Result<Duration>) -> Result<Duration> {
-        let (warmup, repeats) = (self.args.warmup, self.args.repeats.max(1));
+        let (warmup, repeats) = (usize::from(self.args.warmup), usize::from(self.args.repeats));
         let mut timed = |kind: &str, i: usize, n: usize| -> Result<Duration> {
             let time = run()?;
             if self.args.progress {

@@ -215,12 +215,12 @@ pub struct BenchArgs {
     /// Batch sizes (sequences run together, 1 to 65536), comma-separated.
     #[arg(short = 'b', long, value_delimiter = ',', default_value = "1", value_parser = batch_size)]
     pub batch: Vec<usize>,
-    /// Timed runs per test; the median is reported.
-    #[arg(short = 'r', long, default_value_t = 3)]
-    pub repeats: usize,
-    /// Untimed runs before timing (autotuning happens there).
-    #[arg(long, default_value_t = 1)]
-    pub warmup: usize,
+    /// Timed runs per test, 1 to 1000; the median is reported.
+    #[arg(short = 'r', long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub repeats: u16,
+    /// Untimed runs before timing, at most 1000 (autotuning happens there).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub warmup: u16,
     /// Prefill in chunks of N tokens.
     #[arg(long)]
     pub prefill_chunk: Option<usize>,
