@@ -501,22 +501,39 @@ fn fixture_copy(name: &str) -> tempfile::TempDir {
 
 /// Runs bamba with a deadline: a hang is a failure, not a stuck test.
 fn bamba_within(args: &[&str], seconds: u64) -> Output {
+    use std::io::Read as _;
+    // A scratch working directory: a command line may name an output file (`--out 1e400GB`), and that
+    // file must not land in the repository.
+    let scratch = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_bamba"))
         .args(args)
-        .current_dir(repo())
+        .current_dir(scratch.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Drained on their own threads so a chatty child cannot fill a pipe and stall until the deadline.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).unwrap();
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if start.elapsed().as_secs() >= seconds {
             child.kill().unwrap();
             panic!("bamba {args:?} still running after {seconds} s");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
 #[cfg(unix)]
@@ -641,7 +658,8 @@ fn random_command_lines_end_cleanly() {
     let mut runner = TestRunner::new(Config { cases: 128, failure_persistence: None, ..Config::default() });
     runner
         .run(&line, |(command, args)| {
-            let mut argv = vec![command.to_string(), "--model".into(), "tests/fixtures/base".into()];
+            let model = repo().join("tests/fixtures/base").to_str().unwrap().to_string();
+            let mut argv = vec![command.to_string(), "--model".into(), model];
             for (flag, value) in &args {
                 argv.push(flag.to_string());
                 if !matches!(*flag, "--json" | "-v" | "-q" | "--ignore-eos") {
