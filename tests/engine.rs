@@ -31,7 +31,7 @@ fn run_chunked(model: &Model, ids: &[u32], chunk: usize, cache: &mut HybridCache
 
 fn states(cache: &HybridCache<TestBackend>) -> Vec<Vec<f32>> {
     cache
-        .layers
+        .layers()
         .iter()
         .map(|l| match l {
             LayerCache::Mamba(Some(s)) => {
@@ -76,7 +76,7 @@ fn cached_prefill_chunked_prefill_and_decode_equal_the_uncached_forward() {
                 let state_scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
                 assert!(max_abs_diff(a, b) < 5e-6 * state_scale, "{name}: chunks of {chunk}: layer {i} state");
             }
-            assert_eq!(cache.position, PROMPT.len());
+            assert_eq!(cache.position(), PROMPT.len());
         }
         println!("{name:20} chunked/decode vs one-shot: worst |diff| / max|logit| = {worst:.1e}");
     }
@@ -117,7 +117,7 @@ fn assumed_context_starts_from_zero_states() {
     let mut assumed = model.new_cache(1, 8, DType::F32).unwrap();
     assumed.assume_filled(0).unwrap();
     let mut mamba_layers = 0;
-    for layer in &assumed.layers {
+    for layer in assumed.layers() {
         if let LayerCache::Mamba(state) = layer {
             let state = state.as_ref().expect("a zero state");
             let ssm: Vec<f32> = state.ssm.clone().into_data().to_vec().unwrap();

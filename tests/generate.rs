@@ -58,6 +58,41 @@ fn stops_at_eos_unless_ignored_and_at_max_tokens() {
     assert!(model.generate(&r.prompt, &greedy_params(0, vec![]), &mut greedy(), |_| true).unwrap().ids.is_empty());
 }
 
+/// The iterator form yields transformers' greedy tokens for every fixture prompt (no step logits kept,
+/// so the argmax is taken on the device as in serving), ends with EOS where transformers did, and
+/// with a seeded sampler gives the callback form's tokens.
+#[test]
+fn token_stream_yields_transformers_tokens() {
+    for name in fixture_names() {
+        let dir = fixtures_dir().join(&name);
+        let model = BambaModel::<TestBackend>::load(&dir, &Default::default(), Precision::F32).unwrap();
+        let eos = eos_ids(&dir, &model.config.eos_token_ids).unwrap();
+        for (i, r) in generate_references(&name).iter().enumerate() {
+            let params = GenerateParams::default().max_new_tokens(r.ids.len()).eos_ids(eos.clone());
+            let greedy = Sampler::new(SamplingParams::default()).unwrap();
+            let mut stream = model.stream(&r.prompt, &params, greedy).unwrap();
+            let ids: Vec<u32> = stream.by_ref().map(Result::unwrap).collect();
+            assert_eq!(ids, r.ids, "{name} prompt {i}");
+            assert_eq!(stream.generation().ids, r.ids);
+            let ended_on_eos = r.ids.last().is_some_and(|t| eos.contains(t));
+            let expected = if ended_on_eos { FinishReason::Eos } else { FinishReason::Length };
+            assert_eq!(stream.generation().finish, expected, "{name} prompt {i}");
+            assert!(stream.next().is_none(), "a finished stream stays finished");
+        }
+    }
+    let model =
+        BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::F32).unwrap();
+    let seeded = SamplingParams { temperature: 0.9, top_k: Some(20), seed: 7, ..SamplingParams::default() };
+    let params = GenerateParams::default().max_new_tokens(12);
+    let mut sampler = Sampler::new(seeded.clone()).unwrap();
+    let called = model.generate(&[1, 2, 3], &params, &mut sampler, |_| true).unwrap();
+    let streamed: Vec<u32> =
+        model.stream(&[1, 2, 3], &params, Sampler::new(seeded).unwrap()).unwrap().map(Result::unwrap).collect();
+    assert_eq!(streamed, called.ids);
+    let err = model.stream(&[], &params, Sampler::new(SamplingParams::default()).unwrap()).err().unwrap();
+    assert!(matches!(err, bamba::model::GenerateError::Input(_)), "{err}");
+}
+
 #[test]
 fn generation_input_errors() {
     let model =

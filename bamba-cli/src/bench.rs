@@ -364,7 +364,7 @@ fn decode_run<B: BambaOps>(
     cache.reset();
     cache.assume_filled(context)?;
     sync()?;
-    let batch = cache.batch;
+    let batch = cache.batch();
     let start = Instant::now();
     let mut ids = first;
     for _ in 0..steps {

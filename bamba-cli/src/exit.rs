@@ -36,7 +36,7 @@ pub fn code(error: &anyhow::Error) -> u8 {
             return match e {
                 GenerateError::Sampling(_) | GenerateError::PrefillChunk => USAGE,
                 GenerateError::Input(_) => INPUT,
-                GenerateError::Cache(_) => RUNTIME,
+                GenerateError::Cache(_) | GenerateError::Samplers { .. } => RUNTIME,
             };
         }
         if cause.is::<LoadError>()

@@ -143,7 +143,7 @@ impl BackendJob for GenerateJob<'_> {
             eos_ids: eos,
             ignore_eos: args.ignore_eos,
             prefill_chunk: args.prefill_chunk,
-            state_dtype: args.state_dtype.dtype(),
+            state_dtype: args.state_dtype,
             keep_logits: false,
         };
         for batch in prompts.chunks(args.batch_size) {

@@ -159,7 +159,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub ignore_eos: bool,
     /// Prefill the prompt in chunks of N tokens.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub prefill_chunk: Option<usize>,
     /// Storage dtype of the SSM state between steps (f32 or, where the backend has it, bf16).
     #[arg(long, default_value = "f32", value_parser = dtype_values())]
@@ -222,7 +222,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub warmup: u16,
     /// Prefill in chunks of N tokens.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub prefill_chunk: Option<usize>,
     /// Memory budget, e.g. 141GB: each batch size becomes the largest (up to it) whose weights, KV
     /// caches and states fit, by the `bamba info` model (activations not counted); none fitting is a

@@ -100,16 +100,19 @@ pub enum LayerCache<B: Backend> {
 
 /// The cache of the whole model for a batch of sequences.
 #[derive(Debug, Clone)]
+///
+/// Its fields move together (the position, every layer's length, the padding), so they change only
+/// through the model's forwards and the methods here; read them with the accessors.
 pub struct HybridCache<B: Backend> {
-    pub layers: Vec<LayerCache<B>>,
+    pub(crate) layers: Vec<LayerCache<B>>,
     /// Positions already consumed (the next token's position).
-    pub position: usize,
-    pub capacity: usize,
-    pub batch: usize,
+    pub(crate) position: usize,
+    pub(crate) capacity: usize,
+    pub(crate) batch: usize,
     /// Storage dtype of the SSM state between steps (the math is f32 either way).
-    pub state_dtype: DType,
+    pub(crate) state_dtype: DType,
     /// Leading pad tokens of each row (all zero unless the batch was left-padded).
-    pub padding: LeftPadding,
+    pub(crate) padding: LeftPadding,
     /// What [`HybridCache::assume_filled`] needs to make zero Mamba states.
     zero_state: ZeroState<B>,
     /// RoPE's cos/sin for every position `0 .. capacity` (`[1, 1, capacity, rotary_dim]`), made on the
@@ -177,6 +180,36 @@ impl<B: Backend> HybridCache<B> {
             zero_state,
             rope_tables: None,
         })
+    }
+
+    /// Each layer's cache, in layer order.
+    pub fn layers(&self) -> &[LayerCache<B>] {
+        &self.layers
+    }
+
+    /// Positions already consumed by every row (the next token's position, padding included).
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// The most positions a row can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Rows (sequences) in the cache.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Storage dtype of the SSM state between steps.
+    pub fn state_dtype(&self) -> DType {
+        self.state_dtype
+    }
+
+    /// Leading pad tokens of each row.
+    pub fn padding(&self) -> &LeftPadding {
+        &self.padding
     }
 
     /// Checks that `len` more positions fit, for a batch of `batch`.

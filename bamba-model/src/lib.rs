@@ -30,7 +30,7 @@ pub mod tokenizer;
 pub use bamba_kernels;
 pub use cache::{CacheError, HybridCache};
 pub use config::{Architecture, BambaConfig, ConfigError, LayerKind, MoeConfig, RopeConfig};
-pub use generate::{FinishReason, GenerateError, GenerateParams, Generation};
+pub use generate::{FinishReason, GenerateError, GenerateParams, Generation, TokenStream};
 pub use loader::{Checkpoint, LoadError, Precision};
 pub use model::{BambaModel, InputError, PromptOutputs};
 pub use padding::LeftPadding;

@@ -92,7 +92,7 @@ pub enum LoadError {
     Shape { name: String, file: PathBuf, expected: Vec<usize>, found: Vec<usize> },
     #[error("tensor {name} in {file} has dtype {dtype}; expected a float type (F32, BF16 or F16)")]
     Dtype { name: String, file: PathBuf, dtype: String },
-    #[error("backend {backend} cannot compute in {precision}; choose another --dtype (f32 works everywhere)")]
+    #[error("backend {backend} cannot compute in {precision}; choose another precision (f32 works everywhere)")]
     UnsupportedPrecision { precision: Precision, backend: String },
 }
 

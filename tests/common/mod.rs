@@ -49,14 +49,7 @@ pub fn uniform(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
 
 /// Greedy generation of up to `max_new_tokens`, whole-prompt prefill, f32 state, step logits kept.
 pub fn greedy_params(max_new_tokens: usize, eos_ids: Vec<u32>) -> bamba::model::GenerateParams {
-    bamba::model::GenerateParams {
-        max_new_tokens,
-        eos_ids,
-        ignore_eos: false,
-        prefill_chunk: None,
-        state_dtype: burn::tensor::DType::F32,
-        keep_logits: true,
-    }
+    bamba::model::GenerateParams::default().max_new_tokens(max_new_tokens).eos_ids(eos_ids).keep_logits(true)
 }
 
 pub fn manifest() -> serde_json::Value {
