@@ -84,7 +84,7 @@ pub fn shape(
         (None, None) => {
             let dir = common.model_dir()?;
             let config = BambaConfig::from_path(&dir).with_context(|| format!("reading {}", dir.display()))?;
-            let name = common.model.as_ref().map_or("tiny-bamba".into(), |d| d.display().to_string());
+            let name = common.model.clone().unwrap_or_else(|| "tiny-bamba".into());
             Ok((name, config, Some(dir)))
         }
     }

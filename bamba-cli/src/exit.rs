@@ -3,7 +3,7 @@
 //! (unknown flags, bad option values: clap's code too), 3 input (checkpoint, config, tokenizer or
 //! prompt files and prompts).
 
-use bamba_model::{ConfigError, GenerateError, InputError, LoadError, SamplingError, TokenizerError};
+use bamba_model::{ConfigError, GenerateError, HubError, InputError, LoadError, SamplingError, TokenizerError};
 
 /// A bad option value, found after parsing.
 #[derive(Debug)]
@@ -37,6 +37,12 @@ pub fn code(error: &anyhow::Error) -> u8 {
                 GenerateError::Sampling(_) | GenerateError::PrefillChunk => USAGE,
                 GenerateError::Input(_) => INPUT,
                 GenerateError::Cache(_) | GenerateError::Samplers { .. } => RUNTIME,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<HubError>() {
+            return match e {
+                HubError::Download { .. } => RUNTIME,
+                _ => INPUT,
             };
         }
         if cause.is::<LoadError>()

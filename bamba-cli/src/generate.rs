@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use bamba_model::bamba_kernels::BambaOps;
 use bamba_model::generate::eos_ids;
 use bamba_model::{
-    BambaConfig, GenerateParams, Generation, Sampler, SamplingParams, StopStrings, TextStream, TextTokenizer,
+    BambaConfig, GenerateParams, Generation, Sampler, SamplingParams, StopStrings, StoppingText, TextTokenizer,
 };
 use serde_json::json;
 
@@ -77,33 +77,6 @@ fn prompts(args: &GenerateArgs, tokenizer: Option<&TextTokenizer>, dir: &Path) -
     }
 }
 
-/// The text side of one row while it generates: incremental decoding and stop strings.
-struct RowText<'t> {
-    stream: TextStream<'t>,
-    stops: StopStrings,
-    /// What has been handed out for printing.
-    shown: String,
-}
-
-impl<'t> RowText<'t> {
-    /// Adds a token; returns the text to show now and whether a stop string appeared.
-    fn push(&mut self, token: u32) -> Result<(String, bool)> {
-        let Some(piece) = self.stream.push(token)? else { return Ok((String::new(), false)) };
-        let (out, stopped) = self.stops.push(&piece);
-        self.shown.push_str(&out);
-        Ok((out, stopped))
-    }
-}
-
-/// The final text of a row: its tokens decoded at once, cut before the first stop string.
-fn final_text(tokenizer: &TextTokenizer, ids: &[u32], stops: &[String]) -> Result<String> {
-    let mut text = tokenizer.decode(ids)?;
-    if let Some(at) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
-        text.truncate(at);
-    }
-    Ok(text)
-}
-
 struct GenerateJob<'a> {
     args: &'a GenerateArgs,
 }
@@ -151,12 +124,12 @@ impl BackendJob for GenerateJob<'_> {
             let ids: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
             let mut samplers: Vec<Sampler> =
                 batch.iter().map(|_| Sampler::new(sampling.clone())).collect::<Result<_, _>>()?;
-            let mut rows: Vec<Option<RowText>> = batch
+            let mut rows: Vec<Option<StoppingText>> = batch
                 .iter()
                 .map(|_| {
                     let tok = tokenizer.as_ref()?;
                     let stops = StopStrings::new(args.stop.clone()).expect("checked above");
-                    Some(RowText { stream: tok.stream(), stops, shown: String::new() })
+                    Some(StoppingText::new(tok, stops))
                 })
                 .collect();
             let mut failure = None;
@@ -178,11 +151,11 @@ impl BackendJob for GenerateJob<'_> {
                 !stopped
             })?;
             if let Some(e) = failure {
-                return Err(e);
+                return Err(e.into());
             }
             for ((prompt, out), row) in batch.iter().zip(&outs).zip(&rows) {
                 let text = match &tokenizer {
-                    Some(tok) => Some(final_text(tok, &out.ids, &args.stop)?),
+                    Some(tok) => Some(tok.decode_until_stop(&out.ids, &args.stop)?),
                     None => None,
                 };
                 if args.json {
@@ -192,7 +165,7 @@ impl BackendJob for GenerateJob<'_> {
                     );
                 } else if streaming {
                     // the stream holds back text that might still turn into a stop string; show the rest
-                    let shown = row.as_ref().map_or("", |r| r.shown.as_str());
+                    let shown = row.as_ref().map_or("", |r| r.shown());
                     let rest = text.as_deref().and_then(|t| t.strip_prefix(shown)).unwrap_or("");
                     println!("{rest}");
                 } else {

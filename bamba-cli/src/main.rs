@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use bamba_model::hub::{self, HubOptions};
 use bamba_model::Precision;
 use clap::{Args, Parser, Subcommand};
 
@@ -57,10 +58,15 @@ enum Command {
 /// Options shared by commands that run the model.
 #[derive(Args)]
 pub struct ModelArgs {
-    /// Hugging Face checkpoint directory (config.json + safetensors [+ tokenizer.json]); default: the
-    /// tiny model embedded in this binary.
+    /// Hugging Face checkpoint directory (config.json + safetensors [+ tokenizer.json]) or repo id
+    /// (owner/name: looked up in the Hugging Face cache — HF_HUB_CACHE, HF_HOME/hub or
+    /// ~/.cache/huggingface/hub — and downloaded into it unless HF_HUB_OFFLINE=1); default: the tiny
+    /// model embedded in this binary.
     #[arg(long)]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
+    /// The repo id's branch, tag or commit.
+    #[arg(long, default_value = "main", requires = "model")]
+    pub revision: String,
     /// Backend (default: the fastest compiled in; the `-unfused` forms run without Burn's fusion stream).
     #[arg(long, value_parser = backend_values())]
     pub backend: Option<BackendKind>,
@@ -72,14 +78,24 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn model_dir(&self) -> Result<PathBuf> {
         match &self.model {
-            Some(dir) => Ok(dir.clone()),
+            Some(spec) => Ok(hub::resolve(spec, &HubOptions::from_env().revision(&self.revision))?),
             None => default_model::directory(),
         }
+    }
+
+    /// The name a server reports: a repo id as given, else the directory's name.
+    pub fn model_name(&self) -> Option<String> {
+        let spec = self.model.as_ref()?;
+        if hub::is_repo_id(spec) && !std::path::Path::new(spec).exists() {
+            return Some(spec.clone());
+        }
+        let name = std::path::Path::new(spec).file_name().map(|n| n.to_string_lossy().into_owned());
+        Some(name.unwrap_or_else(|| "bamba".into()))
     }
     pub fn backend(&self) -> Result<BackendKind> {
         match self.backend {
             Some(kind) => Ok(kind),
-            None => BackendKind::best_compiled(),
+            None => Ok(BackendKind::best_compiled()?),
         }
     }
     pub fn precision(&self) -> Result<Precision> {

@@ -293,6 +293,43 @@ fn default_model_generates_transformers_text_from_a_text_prompt() {
     assert_eq!(String::from_utf8(run.stdout).unwrap(), format!("{}\n", g["text"].as_str().unwrap()));
 }
 
+/// `--model owner/name` reads the Hugging Face cache named by `HF_HUB_CACHE` (a layout built here);
+/// offline, a repo or revision it lacks is an input error naming the repo.
+#[test]
+fn a_repo_id_runs_from_the_hugging_face_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let folder = cache.path().join("models--test-org--tiny-bamba");
+    let snapshot = folder.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for entry in std::fs::read_dir(repo().join("bamba-cli/assets/tiny-bamba")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), snapshot.join(entry.file_name())).unwrap();
+    }
+    std::fs::create_dir_all(folder.join("refs")).unwrap();
+    std::fs::write(folder.join("refs/main"), commit).unwrap();
+    let g = &tiny_reference()["generations"][1];
+    let n = g["generated_ids"].as_array().unwrap().len().to_string();
+    let run_with = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_bamba"))
+            .args(args)
+            .env("HF_HUB_CACHE", cache.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let prompt = g["prompt"].as_str().unwrap();
+    let run = run_with(&["generate", "--model", "test-org/tiny-bamba", "--prompt", prompt, "--max-new-tokens", &n]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(String::from_utf8(run.stdout).unwrap(), format!("{}\n", g["text"].as_str().unwrap()));
+    for (model, revision) in [("test-org/absent", "main"), ("test-org/tiny-bamba", "v2")] {
+        let run = run_with(&["generate", "--model", model, "--revision", revision, "--prompt", "x"]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains(model) && stderr.contains("offline"), "{stderr}");
+    }
+}
+
 #[test]
 fn text_prompts_file_runs_as_one_batch_and_equals_transformers() {
     let reference = tiny_reference();

@@ -3,7 +3,7 @@
 //! [`BambaOps`] is the only door the model uses for its hot ops (the Mamba2 SSD chunked scan, its
 //! single-token decode step, the causal depthwise conv, RMSNorm, the linear layers' matmul, decode
 //! attention over the KV cache, and the routed experts of a MoE feed-forward). Each method's default
-//! body is the plain tensor-op reference in [`reference`], which runs on every backend (ndarray in CI). GPU backends override a method with a
+//! body is the plain tensor-op reference in [`reference`](mod@reference), which runs on every backend (ndarray in CI). GPU backends override a method with a
 //! CubeCL kernel; tests compare the override against the reference on the same device.
 //!
 //! The trait and all its impls live in this crate because of the orphan rule: `NdArray`,

@@ -6,11 +6,13 @@
 //! [`bamba_kernels::BambaOps`]. Module layout: one block kind per file.
 
 pub mod attention;
+pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod files;
 pub mod generate;
+pub mod hub;
 pub mod layer;
 pub mod linear;
 pub mod loader;
@@ -25,15 +27,19 @@ pub mod presets;
 pub mod rope;
 pub mod sampling;
 pub mod sizes;
+pub mod text_model;
 pub mod tokenizer;
 
+pub use backend::{BackendError, BackendKind};
 pub use bamba_kernels;
 pub use cache::{CacheError, HybridCache};
 pub use config::{Architecture, BambaConfig, ConfigError, LayerKind, MoeConfig, RopeConfig};
 pub use generate::{FinishReason, GenerateError, GenerateParams, Generation, TokenStream};
+pub use hub::{HubError, HubOptions};
 pub use loader::{Checkpoint, LoadError, Precision};
 pub use model::{BambaModel, InputError, PromptOutputs};
 pub use padding::LeftPadding;
 pub use sampling::{Sampler, SamplingError, SamplingParams};
 pub use sizes::{MemoryModel, ParameterCounts};
-pub use tokenizer::{StopStrings, TextStream, TextTokenizer, TokenizerError};
+pub use text_model::{TextGeneration, TextModel, TextModelBuilder, TextModelError, TextOptions, TextPieces};
+pub use tokenizer::{StopStrings, StoppingText, TextStream, TextTokenizer, TokenizerError};

@@ -288,7 +288,7 @@ impl<'a, B: BambaOps> WeightReader<'a, B> {
         WeightReader { source: Source::Checkpoint(checkpoint), device, dtype, used: BTreeSet::new(), on_read: None }
     }
 
-    /// A reader that makes up every tensor asked for: uniform values in [`random_range`], drawn on
+    /// A reader that makes up every tensor asked for: uniform values in `random_range`, drawn on
     /// the device from a generator seeded with `seed` (same seed and backend, same weights).
     pub fn random(device: B::Device, dtype: DType, seed: u64) -> Self {
         B::seed(&device, seed);

@@ -167,3 +167,44 @@ impl StopStrings {
         &self.text
     }
 }
+
+/// The text side of one generation: incremental decoding and stop strings together. Each token gives
+/// the text that is safe to show now; [`TextTokenizer::decode_until_stop`] gives the final text.
+pub struct StoppingText<'t> {
+    stream: TextStream<'t>,
+    stops: StopStrings,
+    /// What has been handed out.
+    shown: String,
+}
+
+impl<'t> StoppingText<'t> {
+    /// Decodes tokens of `tokenizer`, stopping before any of `stops`.
+    pub fn new(tokenizer: &'t TextTokenizer, stops: StopStrings) -> Self {
+        StoppingText { stream: tokenizer.stream(), stops, shown: String::new() }
+    }
+
+    /// Adds a token; returns the text to show now and whether a stop string appeared.
+    pub fn push(&mut self, token: u32) -> Result<(String, bool), TokenizerError> {
+        let Some(piece) = self.stream.push(token)? else { return Ok((String::new(), false)) };
+        let (out, stopped) = self.stops.push(&piece);
+        self.shown.push_str(&out);
+        Ok((out, stopped))
+    }
+
+    /// Everything handed out so far.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
+
+impl TextTokenizer {
+    /// The text of `ids` decoded at once, cut before the first of `stops`: a generation's final text,
+    /// of which what [`StoppingText`] showed is a prefix.
+    pub fn decode_until_stop(&self, ids: &[u32], stops: &[String]) -> Result<String, TokenizerError> {
+        let mut text = self.decode(ids)?;
+        if let Some(at) = stops.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(at);
+        }
+        Ok(text)
+    }
+}

@@ -162,13 +162,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         )));
     }
     let precision = args.common.precision()?;
-    let served_model_name =
-        args.served_model_name.clone().unwrap_or_else(|| match (&args.common.model, &args.preset, &args.config) {
-            (Some(d), _, _) => d.file_name().map_or("bamba".into(), |n| n.to_string_lossy().into_owned()),
+    let served_model_name = args.served_model_name.clone().unwrap_or_else(|| {
+        match (args.common.model_name(), &args.preset, &args.config) {
+            (Some(name), _, _) => name,
             (None, Some(name), _) => name.clone(),
             (None, None, Some(file)) => file.file_stem().map_or("bamba".into(), |n| n.to_string_lossy().into_owned()),
             (None, None, None) => "bamba-tiny".into(),
-        });
+        }
+    });
     let costs = CacheCosts::new(&config, precision.dtype(), args.state_dtype.dtype());
     let weights = MemoryModel::new(&config, precision.dtype().size() as u64, 0, 0).weight_bytes;
     let cache_budget = match args.memory {
