@@ -12,13 +12,21 @@ use crate::padding::ChunkMasks;
 use crate::rope::RopeTables;
 
 #[derive(Debug, Clone)]
+/// Grouped-query self-attention with optional partial RoPE, reading and writing a KV cache.
 pub struct Attention<B: BambaOps> {
+    /// Queries, `[hidden] → [heads · head_dim]` (Granite: attention multiplier folded in).
     pub q_proj: Linear<B>,
+    /// Keys, `[hidden] → [kv_heads · head_dim]`.
     pub k_proj: Linear<B>,
+    /// Values, `[hidden] → [kv_heads · head_dim]`.
     pub v_proj: Linear<B>,
+    /// Output, `[heads · head_dim] → [hidden]`.
     pub o_proj: Linear<B>,
+    /// Query heads.
     pub num_heads: usize,
+    /// Key/value heads (each serves `num_heads / num_kv_heads` query heads).
     pub num_kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
 }
 

@@ -29,6 +29,8 @@ pub enum BackendKind {
 }
 
 /// Errors choosing a backend.
+// Each variant's `#[error]` message documents it and names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BackendError {
     #[error("unknown backend {0:?} (known: ndarray, wgpu, cuda, wgpu-unfused, cuda-unfused)")]

@@ -18,6 +18,8 @@ mod snapshot;
 pub use snapshot::{KvSpan, RowState};
 
 /// Errors using a cache.
+// Each variant's `#[error]` message documents it and names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CacheError {
     #[error(
@@ -81,10 +83,12 @@ impl<B: Backend> KvCache<B> {
         (self.k.clone().narrow(2, 0, self.len), self.v.clone().narrow(2, 0, self.len))
     }
 
+    /// Positions filled.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether no position is filled.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -95,6 +99,7 @@ impl<B: Backend> KvCache<B> {
 pub enum LayerCache<B: Backend> {
     /// `None` until the first token (a zero state).
     Mamba(Option<MambaState<B>>),
+    /// An attention layer's keys and values.
     Attention(KvCache<B>),
 }
 

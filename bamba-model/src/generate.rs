@@ -16,6 +16,8 @@ use crate::padding::LeftPadding;
 use crate::sampling::{Sampler, SamplingError};
 
 /// Errors during generation.
+// Each variant's `#[error]` message documents it and names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Error)]
 pub enum GenerateError {
     #[error(transparent)]
@@ -42,6 +44,7 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    /// The lower-case name (`eos`, `length`, `stop`).
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Eos => "eos",
@@ -136,9 +139,13 @@ enum Choices {
 pub struct Generation {
     /// New tokens only.
     pub ids: Vec<u32>,
+    /// Why it ended.
     pub finish: FinishReason,
+    /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// The prompt's prefill (shared by a batch's rows).
     pub prefill_time: Duration,
+    /// The decode steps (shared by a batch's rows).
     pub decode_time: Duration,
     /// Logits that chose each new token (when `keep_logits`).
     pub step_logits: Vec<Vec<f32>>,

@@ -79,6 +79,8 @@ impl HubOptions {
 }
 
 /// Errors finding a model.
+// Each variant's `#[error]` message documents it and names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Error)]
 pub enum HubError {
     #[error("no model directory {0:?}, and it is not a Hugging Face repo id (owner/name)")]

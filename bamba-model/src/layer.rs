@@ -21,7 +21,9 @@ use crate::rope::RopeTables;
 /// The sequence mixer of a layer.
 #[derive(Debug, Clone)]
 pub enum Mixer<B: BambaOps> {
+    /// A Mamba2 mixer.
     Mamba(Mamba2Mixer<B>),
+    /// Self-attention.
     Attention(Attention<B>),
 }
 
@@ -30,14 +32,20 @@ pub enum Mixer<B: BambaOps> {
 pub struct FeedForward<B: BambaOps> {
     /// Its pre-norm (Bamba's `pre_ff_layernorm`, Granite's `post_attention_layernorm`).
     pub norm: RmsNorm<B>,
+    /// The dense SwiGLU MLP.
     pub mlp: Mlp<B>,
+    /// Routed experts added to the MLP's output (Granite MoE).
     pub experts: Option<Moe<B>>,
 }
 
 #[derive(Debug, Clone)]
+/// One decoder layer: pre-norm, mixer, residual; then optionally pre-norm, feed-forward, residual.
 pub struct DecoderLayer<B: BambaOps> {
+    /// The mixer's pre-norm.
     pub input_layernorm: RmsNorm<B>,
+    /// Mamba2 or attention.
     pub mixer: Mixer<B>,
+    /// The feed-forward sub-block (`None` for Mamba2).
     pub feed_forward: Option<FeedForward<B>>,
 }
 

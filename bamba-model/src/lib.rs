@@ -5,6 +5,8 @@
 //! `Module` record machinery: this crate only runs inference). Hot ops go through
 //! [`bamba_kernels::BambaOps`]. Module layout: one block kind per file.
 
+#![warn(missing_docs)]
+
 pub mod attention;
 pub mod backend;
 pub mod cache;

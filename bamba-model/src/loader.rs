@@ -24,12 +24,16 @@ use crate::config::ConfigError;
 /// The dtype weights are converted to and the model computes in (SSM math is f32 regardless).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
+    /// 32-bit float.
     F32,
+    /// bfloat16.
     Bf16,
+    /// IEEE half.
     F16,
 }
 
 impl Precision {
+    /// Burn's dtype for it.
     pub fn dtype(self) -> DType {
         match self {
             Precision::F32 => DType::F32,
@@ -70,6 +74,8 @@ impl FromStr for Precision {
 }
 
 /// Errors loading a checkpoint.
+// Each variant's `#[error]` message documents it and names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error(transparent)]
@@ -284,6 +290,7 @@ pub struct WeightReader<'a, B: BambaOps> {
 }
 
 impl<'a, B: BambaOps> WeightReader<'a, B> {
+    /// Reads tensors of `checkpoint` onto `device`, converted to `dtype`.
     pub fn new(checkpoint: &'a Checkpoint, device: B::Device, dtype: DType) -> Self {
         WeightReader { source: Source::Checkpoint(checkpoint), device, dtype, used: BTreeSet::new(), on_read: None }
     }

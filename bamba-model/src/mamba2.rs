@@ -22,7 +22,9 @@ pub struct MambaState<B: Backend> {
 }
 
 #[derive(Debug, Clone)]
+/// The Mamba2 mixer: in-projection, causal conv, SSD scan (or one recurrent step), gated RMSNorm, out-projection.
 pub struct Mamba2Mixer<B: BambaOps> {
+    /// `[hidden] → [z | x B C | dt]`.
     pub in_proj: Linear<B>,
     /// `[conv_dim, d_conv]` (the checkpoint's `[conv_dim, 1, d_conv]` without the unit dim).
     pub conv_weight: Tensor<B, 2>,
@@ -34,14 +36,23 @@ pub struct Mamba2Mixer<B: BambaOps> {
     pub a_log: Tensor<B, 1>,
     /// `[heads]`, f32.
     pub d: Tensor<B, 1>,
+    /// The RMSNorm gated by `z`.
     pub norm: GatedRmsNorm<B>,
+    /// `[d_inner] → [hidden]`.
     pub out_proj: Linear<B>,
+    /// `heads · head_dim`.
     pub d_inner: usize,
+    /// Channels of the conv: `d_inner + 2 · groups · d_state`.
     pub conv_dim: usize,
+    /// SSM heads.
     pub heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// Groups sharing B and C.
     pub groups: usize,
+    /// State size per head channel.
     pub d_state: usize,
+    /// Shapes and options of the SSD scan.
     pub scan: SsdConfig,
 }
 

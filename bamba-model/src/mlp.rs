@@ -15,8 +15,11 @@ use crate::names::MlpNames;
 use crate::norm::RmsNorm;
 
 #[derive(Debug, Clone)]
+/// A SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
 pub struct Mlp<B: BambaOps> {
+    /// `[hidden] → [width]`, through SiLU.
     pub gate_proj: Linear<B>,
+    /// `[hidden] → [width]`.
     pub up_proj: Linear<B>,
     /// Carries the residual multiplier (folded in at load).
     pub down_proj: Linear<B>,

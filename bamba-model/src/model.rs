@@ -19,6 +19,8 @@ use crate::padding::ChunkMasks;
 use crate::rope::Rope;
 
 /// Bad model input.
+// Each variant's `#[error]` message documents it and names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum InputError {
     #[error("the prompt is empty")]
@@ -34,17 +36,22 @@ pub enum InputError {
 /// The causal language model, weights in one compute dtype.
 #[derive(Debug, Clone)]
 pub struct BambaModel<B: BambaOps> {
+    /// The layer plan and sizes.
     pub config: BambaConfig,
     /// `[vocab, hidden]`.
     pub embed_tokens: Tensor<B, 2>,
+    /// The decoder layers, in order.
     pub layers: Vec<DecoderLayer<B>>,
+    /// The norm before the LM head.
     pub final_layernorm: RmsNorm<B>,
     /// When tied, `embed_tokens` itself (the same device buffer): `[vocab, hidden]` is the head's
     /// `[out, in]` weight.
     pub lm_head: Linear<B>,
     /// `None` without positional encoding.
     pub rope: Option<Rope>,
+    /// The compute dtype of weights and activations.
     pub dtype: DType,
+    /// Where the weights live.
     pub device: B::Device,
 }
 

@@ -10,6 +10,7 @@ use crate::config::{BambaConfig, MoeConfig};
 use crate::loader::{LoadError, WeightReader};
 
 #[derive(Debug, Clone)]
+/// Top-k routed SwiGLU experts (Granite MoE): router, softmax over the picked logits, weighted sum.
 pub struct Moe<B: BambaOps> {
     /// `[experts, hidden]`.
     pub router: Tensor<B, 2>,
@@ -17,6 +18,7 @@ pub struct Moe<B: BambaOps> {
     pub gate_up: Tensor<B, 3>,
     /// `[experts, hidden, width]`, with the residual multiplier folded in.
     pub down: Tensor<B, 3>,
+    /// Experts per token.
     pub top_k: usize,
 }
 

@@ -6,7 +6,9 @@ use crate::config::Architecture;
 /// Prefixes and names of the tensors every family has; a layer's are under `{layers}.{index}`.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorNames {
+    /// The token embedding.
     pub embedding: &'static str,
+    /// The prefix of decoder layers.
     pub layers: &'static str,
     /// The pre-norm of a layer's mixer.
     pub input_norm: &'static str,
@@ -16,6 +18,7 @@ pub struct TensorNames {
     pub feed_forward_norm: &'static str,
     /// How a layer's dense MLP is stored.
     pub mlp: MlpNames,
+    /// The norm before the LM head.
     pub final_norm: &'static str,
 }
 
@@ -23,14 +26,23 @@ pub struct TensorNames {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MlpNames {
     /// `{module}.gate_proj`, `{module}.up_proj`, `{module}.down_proj`.
-    Separate { module: &'static str },
+    Separate {
+        /// The MLP's module under the layer prefix.
+        module: &'static str,
+    },
     /// `input` holds the gate rows above the up rows; `output` is the down projection (no biases).
-    Fused { input: &'static str, output: &'static str },
+    Fused {
+        /// The fused gate|up projection.
+        input: &'static str,
+        /// The down projection.
+        output: &'static str,
+    },
     /// The family has no MLP.
     None,
 }
 
 impl TensorNames {
+    /// The names `architecture`'s checkpoints use.
     pub fn of(architecture: Architecture) -> Self {
         match architecture {
             Architecture::Bamba => TensorNames {

@@ -11,10 +11,12 @@ use crate::loader::{LoadError, WeightReader};
 pub struct RmsNorm<B: BambaOps> {
     /// `[hidden]`.
     pub weight: Tensor<B, 1>,
+    /// Added to the mean square.
     pub eps: f64,
 }
 
 impl<B: BambaOps> RmsNorm<B> {
+    /// Reads the `[size]` weight tensor `name`.
     pub fn load(w: &mut WeightReader<'_, B>, name: &str, size: usize, eps: f64) -> Result<Self, LoadError> {
         Ok(RmsNorm { weight: w.tensor(name, [size])?, eps })
     }
@@ -34,11 +36,14 @@ impl<B: BambaOps> RmsNorm<B> {
 pub struct GatedRmsNorm<B: BambaOps> {
     /// `[d_inner]`.
     pub weight: Tensor<B, 1>,
+    /// Groups normalized separately.
     pub groups: usize,
+    /// Added to the mean square.
     pub eps: f64,
 }
 
 impl<B: BambaOps> GatedRmsNorm<B> {
+    /// Reads the `[size]` weight tensor `name`; normalizes in `groups` groups.
     pub fn load(
         w: &mut WeightReader<'_, B>,
         name: &str,

@@ -12,6 +12,7 @@ use burn::tensor::{Bool, DType, Tensor, TensorData};
 /// How many pad tokens lead each row of a batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeftPadding {
+    /// Leading pad tokens of each row.
     pub pads: Vec<usize>,
 }
 
@@ -108,6 +109,7 @@ pub struct ChunkMasks<B: Backend> {
 }
 
 impl<B: Backend> ChunkMasks<B> {
+    /// No padding (masks of nothing).
     pub fn none() -> Self {
         ChunkMasks { attention: None, tokens: None, key_start: None }
     }

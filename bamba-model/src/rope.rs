@@ -22,8 +22,11 @@ pub struct Rope {
 /// - `cos`, `sin`: `[1 or batch, 1, len, rotary_dim]`, the model dtype
 #[derive(Debug, Clone)]
 pub struct RopeTables<B: Backend> {
+    /// cos of every position and frequency, `[1, 1, positions, rotary_dim]`.
     pub cos: Tensor<B, 4>,
+    /// sin, like `cos`.
     pub sin: Tensor<B, 4>,
+    /// Rotated channels of each head.
     pub rotary_dim: usize,
 }
 
@@ -50,6 +53,7 @@ impl<B: Backend> RopeTables<B> {
 }
 
 impl Rope {
+    /// Rotation of the first `rotary_dim` channels with base `theta`.
     pub fn new(rotary_dim: usize, theta: f64) -> Self {
         let inv_freq =
             (0..rotary_dim / 2).map(|j| (1.0 / theta.powf((2 * j) as f64 / rotary_dim as f64)) as f32).collect();

@@ -7,6 +7,8 @@ use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
 /// Invalid sampling settings.
+// Each variant's `#[error]` message documents it and names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Error, PartialEq)]
 pub enum SamplingError {
     #[error("temperature must be finite and >= 0, got {0}")]
@@ -28,8 +30,11 @@ pub enum SamplingError {
 pub struct SamplingParams {
     /// 0 = greedy (argmax).
     pub temperature: f32,
+    /// Keep only the k likeliest tokens.
     pub top_k: Option<usize>,
+    /// Keep the smallest set of likeliest tokens whose probability reaches p.
     pub top_p: Option<f32>,
+    /// Drop tokens less likely than min_p times the likeliest.
     pub min_p: Option<f32>,
     /// 1 = off; >1 discourages tokens already in the prompt or output (CTRL-style, as transformers).
     pub repetition_penalty: f32,
@@ -37,6 +42,7 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     /// 0 = off; times the count of each token generated so far, subtracted from its logit (OpenAI's).
     pub frequency_penalty: f32,
+    /// Seed of the random generator (same seed, same draws).
     pub seed: u64,
 }
 
@@ -56,6 +62,7 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Checks every value is in its range.
     pub fn validate(&self) -> Result<(), SamplingError> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return Err(SamplingError::Temperature(self.temperature));
@@ -171,12 +178,14 @@ pub fn filtered_probabilities(logits: &[f32], params: &SamplingParams) -> Vec<f3
 }
 
 impl Sampler {
+    /// A sampler with `params` (validated), its generator seeded with `params.seed`.
     pub fn new(params: SamplingParams) -> Result<Self, SamplingError> {
         params.validate()?;
         let rng = StdRng::seed_from_u64(params.seed);
         Ok(Sampler { params, rng })
     }
 
+    /// The parameters it samples with.
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }

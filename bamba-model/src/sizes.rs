@@ -31,6 +31,7 @@ fn linear(inputs: usize, outputs: usize, bias: bool) -> u64 {
 }
 
 impl ParameterCounts {
+    /// Counts `c`'s parameters.
     pub fn new(c: &BambaConfig) -> Self {
         let h = c.hidden_size;
         let mlp = if c.mlp {

@@ -32,6 +32,8 @@ use crate::sampling::{Sampler, SamplingError, SamplingParams};
 use crate::tokenizer::{StopStrings, StoppingText, TextTokenizer, TokenizerError};
 
 /// Errors of the text pipeline.
+// Each variant's `#[error]` message documents it and names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Error)]
 pub enum TextModelError {
     #[error(transparent)]

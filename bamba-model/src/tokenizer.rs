@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// Errors loading or using a tokenizer.
+// Each variant's `#[error]` message documents it and names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Error)]
 pub enum TokenizerError {
     #[error("{dir} has no tokenizer.json; text prompts and stop strings need one (or pass token ids)")]
@@ -120,6 +122,7 @@ pub struct StopStrings {
 }
 
 impl StopStrings {
+    /// Watches for `stops`; an empty stop string is an error.
     pub fn new(stops: Vec<String>) -> Result<Self, TokenizerError> {
         if stops.iter().any(String::is_empty) {
             return Err(TokenizerError::EmptyStop);

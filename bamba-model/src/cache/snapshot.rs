@@ -15,7 +15,9 @@ use crate::mamba2::MambaState;
 /// head_dim]` each, in layer order).
 #[derive(Debug, Clone)]
 pub struct KvSpan<B: Backend> {
+    /// Each attention layer's keys and values, `[1, kv_heads, tokens, head_dim]`.
     pub layers: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
+    /// Positions the span covers.
     pub tokens: usize,
 }
 
@@ -29,6 +31,7 @@ impl<B: Backend> KvSpan<B> {
         (KvSpan { layers: head, tokens: at }, KvSpan { layers: tail, tokens: rest })
     }
 
+    /// Bytes of device memory the tensors take.
     pub fn bytes(&self) -> u64 {
         self.layers.iter().map(|(k, v)| bytes(k) + bytes(v)).sum()
     }
@@ -37,10 +40,12 @@ impl<B: Backend> KvSpan<B> {
 /// Conv windows and SSM states of every Mamba layer of one sequence (`[1, …]` each, in layer order).
 #[derive(Debug, Clone)]
 pub struct RowState<B: Backend> {
+    /// Each Mamba layer's conv window and SSM state, one row.
     pub layers: Vec<MambaState<B>>,
 }
 
 impl<B: Backend> RowState<B> {
+    /// Bytes of device memory the tensors take.
     pub fn bytes(&self) -> u64 {
         self.layers.iter().map(|s| bytes(&s.conv_window) + bytes(&s.ssm)).sum()
     }

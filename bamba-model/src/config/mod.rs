@@ -17,6 +17,8 @@ use thiserror::Error;
 use json::{quote_nonfinite_literals, HfConfig};
 
 /// Errors reading or validating a config.
+// Each variant's `#[error]` message documents it and names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("unknown preset {name:?} (known: {known})")]
@@ -91,6 +93,7 @@ impl Architecture {
     /// The `model_type`s [`BambaConfig`] reads, for error messages.
     pub const SUPPORTED: &'static str = "\"bamba\", \"granitemoehybrid\" and \"mamba2\"";
 
+    /// config.json's `model_type` for this architecture.
     pub fn model_type(self) -> &'static str {
         match self {
             Architecture::Bamba => "bamba",
@@ -112,11 +115,14 @@ impl Architecture {
 /// What one decoder layer mixes with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerKind {
+    /// A Mamba2 mixer.
     Mamba,
+    /// Self-attention.
     Attention,
 }
 
 impl LayerKind {
+    /// The name `bamba info` prints (`mamba` / `attention`).
     pub fn name(self) -> &'static str {
         match self {
             LayerKind::Mamba => "mamba",
@@ -130,7 +136,9 @@ impl LayerKind {
 /// outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MoeConfig {
+    /// Routed experts per layer.
     pub experts: usize,
+    /// Experts each token is routed to.
     pub top_k: usize,
     /// Each expert's SwiGLU width.
     pub width: usize,
@@ -140,15 +148,20 @@ pub struct MoeConfig {
 /// `partial_rotary_factor · head_dim` dims of each head).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RopeConfig {
+    /// RoPE base frequency.
     pub theta: f64,
+    /// Fraction of each head rotated (Bamba: 0.5).
     pub partial_rotary_factor: f64,
 }
 
 /// A validated configuration with derived sizes: the layer plan of one model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BambaConfig {
+    /// The `model_type` it was read as.
     pub architecture: Architecture,
+    /// Token ids are below this.
     pub vocab_size: usize,
+    /// Width of the residual stream.
     pub hidden_size: usize,
     /// Whether every layer has a feed-forward sub-block after its mixer (false: Mamba2).
     pub mlp: bool,
@@ -156,24 +169,41 @@ pub struct BambaConfig {
     pub intermediate_size: usize,
     /// Routed experts beside the MLP, if any.
     pub moe: Option<MoeConfig>,
+    /// Decoder layers.
     pub num_layers: usize,
+    /// Attention query heads.
     pub num_heads: usize,
+    /// Attention key/value heads.
     pub num_kv_heads: usize,
+    /// Width of one attention head.
     pub head_dim: usize,
+    /// Epsilon of every RMSNorm.
     pub rms_norm_eps: f64,
+    /// The LM head is the embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Attention projections have biases.
     pub attention_bias: bool,
+    /// MLP projections have biases.
     pub mlp_bias: bool,
     /// One entry per layer, from `attn_layer_indices` or `layer_types`.
     pub layer_kinds: Vec<LayerKind>,
+    /// Mamba2 heads.
     pub mamba_n_heads: usize,
+    /// Width of one Mamba2 head.
     pub mamba_d_head: usize,
+    /// Groups sharing B and C.
     pub mamba_n_groups: usize,
+    /// SSM state size per head channel.
     pub mamba_d_state: usize,
+    /// Width of the causal conv.
     pub mamba_d_conv: usize,
+    /// `d_inner = mamba_expand · hidden_size`.
     pub mamba_expand: usize,
+    /// Chunk length of the SSD scan.
     pub mamba_chunk_size: usize,
+    /// The conv has a bias.
     pub mamba_conv_bias: bool,
+    /// in_proj and out_proj have biases.
     pub mamba_proj_bias: bool,
     /// dt clamp after softplus; `None` when config.json says `null`.
     pub time_step_limit: Option<(f64, f64)>,
@@ -190,9 +220,13 @@ pub struct BambaConfig {
     /// The residual stream between layers is f32 whatever the compute dtype (Mamba2's
     /// `residual_in_fp32`); each sub-block still computes in the compute dtype.
     pub residual_f32: bool,
+    /// Longest sequence (prompt + new tokens) accepted.
     pub max_position_embeddings: usize,
+    /// Id used for left padding (0 when absent).
     pub pad_token_id: Option<u32>,
+    /// Beginning-of-sequence id.
     pub bos_token_id: Option<u32>,
+    /// config.json's end-of-sequence ids.
     pub eos_token_ids: Vec<u32>,
 }
 

@@ -21,11 +21,14 @@ pub struct CacheCosts {
 /// What one sequence occupies when planning: cached tokens now and decode steps it may still take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SequenceSpan {
+    /// Positions it holds now.
     pub cached: usize,
+    /// Decode steps it may still take.
     pub steps_left: usize,
 }
 
 impl CacheCosts {
+    /// The costs of `config` with K/V in `dtype` and SSM states in `state_dtype`.
     pub fn new(config: &BambaConfig, dtype: DType, state_dtype: DType) -> Self {
         let m = MemoryModel::new(config, elem(dtype), elem(state_dtype), elem(dtype));
         CacheCosts { kv_per_slot: m.kv_bytes_per_token, state: m.state_bytes_per_sequence }

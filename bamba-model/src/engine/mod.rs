@@ -63,6 +63,8 @@ impl Default for EngineConfig {
 }
 
 /// Why an engine cannot be built with a config.
+// Each variant's `#[error]` message documents it and names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum EngineConfigError {
     #[error("max_num_seqs must be at least 1")]
@@ -81,6 +83,8 @@ pub enum EngineConfigError {
 }
 
 /// Why a request was refused before it was queued.
+// Each variant's `#[error]` message documents it and names its fields.
+#[allow(missing_docs)]
 #[derive(Debug, Error, PartialEq)]
 pub enum SubmitError {
     #[error("the prompt is empty")]
@@ -108,13 +112,16 @@ pub enum SubmitError {
 /// A request for [`EngineHandle::submit`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
+    /// Prompt token ids.
     pub prompt: Vec<u32>,
+    /// Length, sampling and stopping.
     pub params: RequestParams,
 }
 
 /// The events of one submitted request; dropping it cancels the request.
 #[derive(Debug)]
 pub struct RequestStream {
+    /// The id events of this request carry.
     pub id: u64,
     events: UnboundedReceiver<Event>,
 }
@@ -237,10 +244,12 @@ impl EngineHandle {
         Ok(())
     }
 
+    /// Counters and gauges the engine updates (for metrics).
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
 
+    /// The configuration the engine runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }

@@ -35,15 +35,20 @@ pub struct Hit<K, S> {
     pub matched: usize,
     /// Segments of the first `resume_at` tokens, root first.
     pub segments: Vec<K>,
+    /// The snapshot at the end of the matched prefix.
     pub snapshot: S,
 }
 
 /// Counters and sizes of a tree.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TreeStats {
+    /// Bytes of the stored segments (K/V).
     pub segment_bytes: u64,
+    /// Bytes of the stored snapshots.
     pub snapshot_bytes: u64,
+    /// Snapshots stored.
     pub snapshots: usize,
+    /// Snapshots evicted so far.
     pub evicted_nodes: u64,
 }
 
@@ -81,6 +86,7 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
         PrefixTree { nodes: vec![Some(root)], free: Vec::new(), budget, clock: 0, stats: TreeStats::default() }
     }
 
+    /// What the tree holds now.
     pub fn stats(&self) -> TreeStats {
         self.stats
     }

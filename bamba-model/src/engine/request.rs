@@ -36,6 +36,7 @@ impl Default for RequestParams {
 /// One generated token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenEvent {
+    /// The token.
     pub id: u32,
     /// Log-probability of `id` under the model's distribution (raw logits, before sampling
     /// settings), when asked for.
@@ -47,10 +48,15 @@ pub struct TokenEvent {
 /// What the engine sends a request, in order: tokens, then one `Finished` (or one `Failed`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// A new token.
     Token(TokenEvent),
+    /// The request ended; nothing follows.
     Finished {
+        /// Why it ended.
         reason: FinishReason,
+        /// Tokens in its prompt.
         prompt_tokens: usize,
+        /// Tokens it generated.
         completion_tokens: usize,
         /// Prompt tokens taken from the prefix cache instead of prefilled.
         cached_tokens: usize,
