@@ -9,6 +9,8 @@
 //! The trait and all its impls live in this crate because of the orphan rule: `NdArray`,
 //! `CubeBackend` and `Fusion` are foreign types.
 
+#![warn(missing_docs)]
+
 pub mod reference;
 
 use burn::tensor::backend::Backend;

@@ -15,9 +15,11 @@ pub struct StepWeights<'a> {
     pub conv_weight: &'a [f32],
     /// `[conv_dim]`.
     pub conv_bias: Option<&'a [f32]>,
-    /// `[heads]` each.
+    /// `[heads]`: A = -exp(a_log).
     pub a_log: &'a [f32],
+    /// `[heads]`: the skip connection's weight.
     pub d: &'a [f32],
+    /// `[heads]`: added to dt before softplus.
     pub dt_bias: &'a [f32],
     /// `[d_inner]`.
     pub norm_weight: &'a [f32],

@@ -10,11 +10,17 @@ use rayon::prelude::*;
 /// The sizes of one scan.
 #[derive(Debug, Clone, Copy)]
 pub struct ScanShape {
+    /// Sequences.
     pub batch: usize,
+    /// Positions per sequence.
     pub len: usize,
+    /// SSM heads.
     pub heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// Groups sharing B and C.
     pub groups: usize,
+    /// State size per head channel.
     pub d_state: usize,
 }
 
@@ -24,12 +30,15 @@ pub struct ScanInputs<'a> {
     pub x: &'a [f32],
     /// `[batch, len, heads]`, before bias and softplus.
     pub dt: &'a [f32],
-    /// `[heads]` each.
+    /// `[heads]`: A = -exp(a_log).
     pub a_log: &'a [f32],
+    /// `[heads]`: the skip connection's weight.
     pub d: &'a [f32],
+    /// `[heads]`: added to dt before softplus.
     pub dt_bias: &'a [f32],
-    /// `[batch, len, groups, d_state]` each.
+    /// `[batch, len, groups, d_state]`: the input projection of the state.
     pub b: &'a [f32],
+    /// `[batch, len, groups, d_state]`: the output projection of the state.
     pub c: &'a [f32],
     /// `[batch, heads, head_dim, d_state]`, zeros when `None`.
     pub initial_state: Option<&'a [f32]>,

@@ -18,7 +18,9 @@ use cubecl::{CubeCount, CubeDim};
 
 use super::math::{discretize_dt, row_sum, vector_sum};
 
+/// Units of a cube along `d_state` (one warp).
 pub const LANES: usize = 32;
+/// Units of a cube along `head_dim`.
 pub const ROWS: usize = 4;
 /// State rows (head_dim) each unit of the decode step owns.
 pub const RPU: usize = 4;

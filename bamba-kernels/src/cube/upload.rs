@@ -4,7 +4,7 @@
 //! with `cuMemcpyHtoDAsync` from pageable memory: Bamba-9B's 19.6 GB loaded at 0.5–0.9 GB/s on the
 //! H200 (fresh pages fault at 4.3 GB/s there, pageable copies run at 7.5 GB/s, pinned ones at 55).
 //! Here a tensor is allocated by CubeCL, and its bytes go
-//! piece by piece into one of [`BUFFERS`] pinned buffers (the caller's `fill` writes them straight
+//! piece by piece into one of `BUFFERS` pinned buffers (the caller's `fill` writes them straight
 //! from the checkpoint's mapping) and from there to the device on the legacy stream
 //! (`legacy_stream.rs`: ordered with CubeCL's kernels, no host sync). A buffer is refilled once the
 //! event recorded after its last copy has completed, so filling one overlaps copying the others.

@@ -30,8 +30,11 @@ pub fn causal_attention<B: Backend>(
 /// rows, so that row `r` of a group holds query `r % q_len`, at absolute position `query_offset + r % q_len`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScoreRows {
+    /// Queries per head.
     pub q_len: usize,
+    /// Query heads per KV head.
     pub rep: usize,
+    /// Absolute position of the first query.
     pub query_offset: usize,
     /// `1 / √head_dim`, applied to the raw scores.
     pub scale: f64,

@@ -28,9 +28,13 @@ pub struct MambaStepWeights<B: Backend> {
 /// The sizes and constants of a Mamba2 layer's decode step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MambaStepConfig {
+    /// SSM heads.
     pub heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// Groups sharing B and C.
     pub groups: usize,
+    /// State size per head channel.
     pub d_state: usize,
     /// The gated RMSNorm's epsilon (its groups are the B/C groups, as in transformers 5.x).
     pub norm_eps: f64,
@@ -39,9 +43,11 @@ pub struct MambaStepConfig {
 }
 
 impl MambaStepConfig {
+    /// `heads · head_dim`.
     pub fn d_inner(&self) -> usize {
         self.heads * self.head_dim
     }
+    /// Channels of the conv: `d_inner + 2 · groups · d_state`.
     pub fn conv_dim(&self) -> usize {
         self.d_inner() + 2 * self.groups * self.d_state
     }
