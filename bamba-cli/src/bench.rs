@@ -225,7 +225,7 @@ impl Job<'_> {
     /// a batch too large is cut to what can exist instead of aborting on allocation (no bound where
     /// that is unknown).
     fn batch_that_fits(&self, memory: &MemoryModel, test: BenchTest, requested: usize) -> Result<usize, String> {
-        let Some(budget) = self.args.memory.or_else(host_memory) else { return Ok(requested) };
+        let Some(budget) = self.args.memory.or_else(crate::host::half_available_memory) else { return Ok(requested) };
         let positions = match test {
             BenchTest::Prefill { tokens } => tokens,
             BenchTest::Decode { steps, context } => context + steps,
@@ -397,12 +397,4 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let (backend, precision) = (args.common.backend()?, args.common.precision()?);
     dispatch(backend, Job { args, name, config, checkpoint, backend, precision })
-}
-
-/// Half the memory this machine has available, in bytes (Linux: `MemAvailable` of /proc/meminfo), if known.
-fn host_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let field = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
-    let kib = field.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
-    Some(kib.saturating_mul(1024) / 2)
 }

@@ -7,6 +7,7 @@ mod cpu_profile;
 mod default_model;
 mod exit;
 mod generate;
+mod host;
 mod info;
 mod load;
 mod logits;

@@ -523,3 +523,16 @@ fn quiet_hides_the_request_log() {
         assert_eq!(server.log.lock().unwrap().contains("request done"), logged, "{flags:?}");
     }
 }
+
+/// On the CPU without --memory the cache budget is half the host's available memory, not unbounded;
+/// --memory replaces it.
+#[test]
+fn the_cpu_cache_budget_defaults_to_host_memory() {
+    let server = Server::start(&[]);
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.contains("half the host's available memory") && !log.contains("unbounded"), "{log}");
+    drop(log);
+    let server = Server::start(&["--memory", "1GB"]);
+    let log = server.log.lock().unwrap().clone();
+    assert!(!log.contains("half the host's available memory") && log.contains("cache budget"), "{log}");
+}

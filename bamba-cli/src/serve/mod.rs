@@ -25,7 +25,7 @@ use bamba_model::sizes::MemoryModel;
 use bamba_model::{BambaConfig, BambaModel, Precision, TextTokenizer};
 use clap::Args;
 
-use crate::backend::{dispatch, BackendJob};
+use crate::backend::{dispatch, BackendJob, BackendKind};
 use crate::load::load_model;
 use crate::ModelArgs;
 use chat_template::ChatTemplate;
@@ -62,11 +62,12 @@ pub struct ServeArgs {
     /// Tokens one engine step processes at most (decodes plus prefill chunks).
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(2..=1_048_576))]
     pub max_num_batched_tokens: u32,
-    /// Memory for weights and caches, e.g. 70GB (default: no limit beyond --max-num-seqs).
+    /// Memory for weights and caches, e.g. 70GB (default on the CPU: half the host's available memory;
+    /// on GPUs: no limit beyond --max-num-seqs).
     #[arg(long, value_parser = crate::memory_bytes)]
     pub memory: Option<u64>,
     /// Memory for the prefix cache (K/V and state snapshots of earlier sequences), e.g. 4GB
-    /// (default: a quarter of what --memory leaves after the weights, else 2GB).
+    /// (default: a quarter of what the memory budget leaves after the weights, else 2GB).
     #[arg(long, value_parser = crate::memory_bytes, conflicts_with = "no_prefix_cache")]
     pub prefix_cache_memory: Option<u64>,
     /// Tokens between the prefix cache's state snapshots during a prefill (default: the model's SSD
@@ -172,16 +173,30 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     });
     let costs = CacheCosts::new(&config, precision.dtype(), args.state_dtype.dtype());
     let weights = MemoryModel::new(&config, precision.dtype().size() as u64, 0, 0).weight_bytes;
-    let cache_budget = match args.memory {
-        Some(memory) if memory <= weights => {
+    // On the CPU the host holds weights and caches: without --memory, requests may use half of the
+    // memory available now, so that a burst of long prompts is refused or queued instead of
+    // running the machine out of memory. (A GPU's memory is not read here: pass --memory there.)
+    let host_default = match (args.memory, args.common.backend()?) {
+        (None, BackendKind::Ndarray) => crate::host::half_available_memory(),
+        _ => None,
+    };
+    let cache_budget = match (args.memory, host_default) {
+        (Some(memory), _) if memory <= weights => {
             return Err(crate::exit::usage(format!(
                 "--memory {memory} bytes does not even hold the weights ({weights} bytes)"
             )))
         }
-        Some(memory) => Some(memory - weights),
-        None => None,
+        (None, Some(half)) if half <= weights => {
+            return Err(crate::exit::usage(format!(
+                "the weights ({weights} bytes) take more than half the host's available memory ({} bytes); \
+                 set the budget with --memory",
+                2 * half
+            )))
+        }
+        (Some(memory), _) | (None, Some(memory)) => Some(memory - weights),
+        (None, None) => None,
     };
-    // The prefix cache comes out of what --memory leaves for caches.
+    // The prefix cache comes out of what the memory budget leaves for caches.
     let prefix_budget = match (args.no_prefix_cache, args.prefix_cache_memory, cache_budget) {
         (true, _, _) => None,
         (false, Some(bytes), _) => Some(bytes),
@@ -191,7 +206,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let cache_budget = match (cache_budget, prefix_budget) {
         (Some(caches), Some(prefix)) if prefix >= caches => {
             return Err(crate::exit::usage(format!(
-                "--prefix-cache-memory ({prefix} bytes) leaves nothing of --memory for running requests ({caches} \
+                "--prefix-cache-memory ({prefix} bytes) leaves nothing of the memory budget for running requests ({caches} \
                  bytes after the weights)"
             )))
         }
@@ -199,6 +214,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         (None, _) => None,
     };
     print_memory_plan(weights, costs, cache_budget, args.max_num_seqs as u64, max_model_len as u64);
+    if host_default.is_some() {
+        eprintln!("  (the budget is half the host's available memory; --memory sets it)");
+    }
     let snapshot_interval = args.prefix_snapshot_interval.map_or(config.mamba_chunk_size, |n| n as usize);
     match prefix_budget {
         Some(bytes) => eprintln!(
