@@ -21,7 +21,12 @@ pub(crate) fn human(bytes: u64) -> String {
 pub fn run(args: &InfoArgs) -> Result<()> {
     let config = match (&args.model, &args.preset) {
         (Some(model), _) => {
-            BambaConfig::from_path(model).with_context(|| format!("reading the config in {}", model.display()))?
+            let spec = model.to_string_lossy();
+            let model = match model.exists() || !bamba_model::hub::is_repo_id(&spec) {
+                true => model.clone(),
+                false => bamba_model::hub::resolve(&spec, &bamba_model::HubOptions::from_env())?,
+            };
+            BambaConfig::from_path(&model).with_context(|| format!("reading the config in {}", model.display()))?
         }
         (None, Some(name)) => preset(name)?,
         (None, None) => return Err(crate::exit::usage("give --model DIR or --preset NAME")),

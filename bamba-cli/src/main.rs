@@ -188,7 +188,7 @@ pub struct GenerateArgs {
 
 #[derive(Args)]
 pub struct InfoArgs {
-    /// Checkpoint directory or config.json file.
+    /// Checkpoint directory, config.json file or Hugging Face repo id.
     #[arg(long, required_unless_present = "preset", conflicts_with = "preset")]
     pub model: Option<PathBuf>,
     /// A named shape instead: bamba-9b or llama-8b-shape.

@@ -613,7 +613,7 @@ fn exit_codes_tell_usage_from_input_from_success() {
     assert_eq!(code(&["bench", "--model", fixture, "-b", "0"]), Some(2));
     assert_eq!(code(&["bench", "--model", fixture, "-t", "tg1@d100000000000"]), Some(2));
     // input: a checkpoint that is not there, a token outside the vocabulary
-    assert_eq!(code(&["info", "--model", "tests/no-such-directory"]), Some(3));
+    assert_eq!(code(&["info", "--model", "tests/no-such/directory"]), Some(3));
     assert_eq!(code(&["generate", "--model", fixture, "--prompt-ids", "1,999999", "--max-new-tokens", "1"]), Some(3));
 }
 

@@ -92,7 +92,10 @@ pub enum HubError {
     NotCached { repo: String, revision: String, cache: PathBuf },
     #[error("{repo} (revision {revision}) in the Hugging Face cache at {cache} lacks {file}, and offline mode is on")]
     Incomplete { repo: String, revision: String, cache: PathBuf, file: String },
-    #[error("could not download {file} of {repo} (revision {revision}) from {endpoint}: {message}")]
+    #[error(
+        "{repo} is no directory here, and downloading {file} of it as a Hugging Face repo (revision {revision}) \
+         from {endpoint} failed: {message}"
+    )]
     Download { repo: String, revision: String, endpoint: String, file: String, message: String },
     #[error("cannot read {path}: {message}")]
     Read { path: PathBuf, message: String },
