@@ -57,6 +57,42 @@ fn logits_command_writes_transformers_logits() {
     assert!(diff < 2.1e-4, "max |diff| {diff}");
 }
 
+/// A prompt far longer than one prefill chunk runs in chunks under a 2 GB address-space limit (one pass
+/// needs 3.1 GB of attention scores and aborted there), and its first positions still get
+/// transformers' logits: they are the reference prompt's, followed by 14,000 more tokens.
+#[cfg(unix)]
+#[test]
+fn a_long_prompt_gets_its_logits_within_bounded_memory() {
+    let reference = std::fs::read(repo().join("tests/fixtures/base/reference.safetensors")).unwrap();
+    let reference = SafeTensors::deserialize(&reference).unwrap();
+    let prompt: Vec<u32> = reference
+        .tensor("prompt_0.ids")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+        .collect();
+    let ids: Vec<String> =
+        prompt.iter().copied().chain((0..14_000).map(|i| 1 + i % 90)).map(|i| i.to_string()).collect();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("logits.safetensors");
+    let command = format!(
+        "ulimit -v 2000000 && exec \"$0\" logits --model tests/fixtures/base --backend ndarray --prompt-ids {} --out {}",
+        ids.join(","),
+        file.display()
+    );
+    let run =
+        Command::new("sh").args(["-c", &command, env!("CARGO_BIN_EXE_bamba")]).current_dir(repo()).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let written = std::fs::read(&file).unwrap();
+    let logits = SafeTensors::deserialize(&written).unwrap().tensor("logits").unwrap().data().to_vec();
+    let expected = reference.tensor("prompt_0.logits").unwrap();
+    let head = &f32s(&logits)[..expected.shape().iter().product()];
+    let diff = head.iter().zip(f32s(expected.data())).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    // base's f32 noise floor is 2.7e-6 (tests/fixtures/manifest.json); 10× it, as tests/parity.rs allows
+    assert!(diff < 2.7e-5, "max |diff| {diff}");
+}
+
 /// `--hidden-states` writes the embeddings (the checkpoint's rows for the prompt, exactly, in f32) and one
 /// state per decoder layer, each `[len, hidden]`, beside the same logits as a run without it (the one
 /// pass that gives both runs the same ops; the logits themselves are checked against transformers in

@@ -31,6 +31,8 @@ pub enum InputError {
     TooLong { len: usize, limit: usize },
     #[error("rows of a batch must have equal length (row 0 has {expected}, row {row} has {found}); pad them first")]
     RaggedBatch { row: usize, expected: usize, found: usize },
+    #[error("the {what} of {len} positions ({len} × {width} f32) are more than this host can hold")]
+    OutputTooLarge { what: &'static str, len: usize, width: usize },
 }
 
 /// The causal language model, weights in one compute dtype.
@@ -247,20 +249,25 @@ impl<B: BambaOps> BambaModel<B> {
     ) -> Result<Tensor<B, 3>, CacheError> {
         if ids.dims()[1] == 1 {
             // A decode step allocates the same sizes every step: exact-size buffers, found again by size.
-            return B::with_persistent_allocations(&self.device, || self.run_cached(ids, cache, last_only));
+            return B::with_persistent_allocations(&self.device, || self.run_cached(ids, cache, last_only, None));
         }
-        self.run_cached(ids, cache, last_only)
+        self.run_cached(ids, cache, last_only, None)
     }
 
+    /// [`Self::forward_cached`]'s work; `observe` sees the embeddings, then every layer's output.
     fn run_cached(
         &self,
         ids: Tensor<B, 2, Int>,
         cache: &mut HybridCache<B>,
         last_only: bool,
+        mut observe: Option<&mut dyn FnMut(&Tensor<B, 3>)>,
     ) -> Result<Tensor<B, 3>, CacheError> {
         let [batch, len] = ids.dims();
         cache.check(batch, len)?;
         let mut x = self.embed(ids);
+        if let Some(observe) = observe.as_mut() {
+            observe(&x);
+        }
         let (start, padding) = (cache.position, &cache.padding);
         let tables = self.rope.as_ref().map(|rope| match (&cache.rope_tables, padding.is_none()) {
             (Some(all), true) => all.positions(start, len),
@@ -280,6 +287,9 @@ impl<B: BambaOps> BambaModel<B> {
             x = layer.forward(x, tables.as_ref(), &masks, Some(layer_cache));
             if let LayerCache::Mamba(Some(state)) = layer_cache {
                 state.ssm = state.ssm.clone().cast(cache.state_dtype);
+            }
+            if let Some(observe) = observe.as_mut() {
+                observe(&x);
             }
         }
         cache.position += len;
@@ -334,18 +344,38 @@ impl<B: BambaOps> BambaModel<B> {
         Ok((out.logits, out.shape))
     }
 
-    /// Validates one prompt and runs it once: its logits and, with `hidden_states`, every hidden
-    /// state as [`Self::prompt_hidden_states`] gives them (read back after each layer).
+    /// Validates one prompt and runs it: its logits and, with `hidden_states`, every hidden state as
+    /// [`Self::prompt_hidden_states`] gives them. The prompt goes through a cache in chunks of
+    /// [`Self::auto_prefill_chunk`], so the attention scores stay within their bound at any length;
+    /// the host buffers are reserved first, and a size the host cannot give is an error, not an abort.
     pub fn prompt_outputs(&self, ids: &[u32], hidden_states: bool) -> Result<PromptOutputs, InputError> {
-        let t = self.ids_tensor(&[ids.to_vec()])?;
+        self.validate_ids(ids)?;
+        let (len, vocab, hidden) = (ids.len(), self.config.vocab_size, self.config.hidden_size);
+        let reserve = |what: &'static str, width: usize| -> Result<Vec<f32>, InputError> {
+            let too_large = || InputError::OutputTooLarge { what, len, width };
+            let elements = len.checked_mul(width).ok_or_else(too_large)?;
+            let mut buffer = Vec::new();
+            buffer.try_reserve_exact(elements).map_err(|_| too_large())?;
+            Ok(buffer)
+        };
+        let mut logits = reserve("logits", vocab)?;
+        let observed = if hidden_states { self.layers.len() + 1 } else { 0 };
+        let mut states: Vec<Vec<f32>> =
+            (0..observed).map(|_| reserve("hidden states", hidden)).collect::<Result<_, _>>()?;
         let host = |x: &Tensor<B, 3>| x.clone().cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
-        let mut states = Vec::new();
-        let logits = self.forward_observed(t, |x| {
-            if hidden_states {
-                states.push(host(x));
-            }
-        });
-        let [_, len, vocab] = logits.dims();
-        Ok(PromptOutputs { logits: host(&logits), shape: [len, vocab], hidden_states: states })
+        let mut cache = self.new_cache(1, len, DType::F32).expect("an f32 state is supported by every backend");
+        let chunk = self.auto_prefill_chunk(1, len);
+        for begin in (0..len).step_by(chunk) {
+            let part = self.ids_tensor(&[ids[begin..(begin + chunk).min(len)].to_vec()])?;
+            let mut next_state = states.iter_mut();
+            let mut observe = |x: &Tensor<B, 3>| {
+                if let Some(state) = next_state.next() {
+                    state.extend(host(x));
+                }
+            };
+            let out = self.run_cached(part, &mut cache, false, Some(&mut observe)).expect("the cache holds the prompt");
+            logits.extend(host(&out));
+        }
+        Ok(PromptOutputs { logits, shape: [len, vocab], hidden_states: states })
     }
 }
