@@ -18,17 +18,17 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
+/// The first prompt of a fixture's reference file (i64 ids).
+fn reference_prompt(reference: &SafeTensors) -> Vec<u32> {
+    let ids = reference.tensor("prompt_0.ids").unwrap();
+    ids.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+}
+
 #[test]
 fn logits_command_writes_transformers_logits() {
     let reference = std::fs::read(repo().join("tests/fixtures/groups2_tied/reference.safetensors")).unwrap();
     let reference = SafeTensors::deserialize(&reference).unwrap();
-    let ids: Vec<String> = reference
-        .tensor("prompt_0.ids")
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()).to_string())
-        .collect();
+    let ids: Vec<String> = reference_prompt(&reference).iter().map(u32::to_string).collect();
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("logits.safetensors");
     let run = bamba(&[
@@ -65,15 +65,11 @@ fn logits_command_writes_transformers_logits() {
 fn a_long_prompt_gets_its_logits_within_bounded_memory() {
     let reference = std::fs::read(repo().join("tests/fixtures/base/reference.safetensors")).unwrap();
     let reference = SafeTensors::deserialize(&reference).unwrap();
-    let prompt: Vec<u32> = reference
-        .tensor("prompt_0.ids")
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+    let ids: Vec<String> = reference_prompt(&reference)
+        .into_iter()
+        .chain((0..14_000).map(|i| 1 + i % 90))
+        .map(|i| i.to_string())
         .collect();
-    let ids: Vec<String> =
-        prompt.iter().copied().chain((0..14_000).map(|i| 1 + i % 90)).map(|i| i.to_string()).collect();
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("logits.safetensors");
     let command = format!(
