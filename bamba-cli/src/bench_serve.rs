@@ -30,41 +30,41 @@ pub struct BenchServeArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// Requests in the run.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub num_prompts: u32,
     /// Requests in flight at most.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency: u32,
     /// Poisson arrivals at this many requests per second (default: all at once, up to --concurrency).
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     pub request_rate: Option<f64>,
     /// Prompt tokens per request.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub input_len: u32,
     /// Turns per conversation: with more than 1, `--num-prompts` conversations, each turn sent after
     /// the previous one finished, with the whole history (prompts and answers) and `--turn-len` new tokens.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub turns: u32,
     /// New prompt tokens of each turn after the first.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub turn_len: u32,
     /// Tokens every first prompt starts with (the same for all: a system prompt), before its own `--input-len`.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub shared_prefix_len: u32,
     /// New tokens per request (EOS ignored).
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub output_len: u32,
     /// Prompt token ids are drawn from 1 .. this (keep it within the model's vocabulary).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(2..))]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(2..))]
     pub max_token_id: u32,
     /// Seed of the prompts and arrivals.
-    #[arg(long, default_value_t = 0)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 0)]
     pub seed: u64,
     /// Bearer key for servers started with one.
     #[arg(long)]
     pub api_key: Option<String>,
     /// Untimed requests before the run (compilation, allocation).
-    #[arg(long, default_value_t = 2)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 2)]
     pub warmup: u32,
     /// A label for the JSON record (e.g. the server's name).
     #[arg(long, default_value = "")]

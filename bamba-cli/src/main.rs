@@ -112,7 +112,7 @@ pub struct LogitsArgs {
     #[command(flatten)]
     pub common: ModelArgs,
     /// Comma-separated token ids, e.g. 1,2,3.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, allow_negative_numbers = true, value_delimiter = ',', required = true)]
     pub prompt_ids: Vec<u32>,
     /// Output safetensors file.
     #[arg(long)]
@@ -131,7 +131,7 @@ pub struct GenerateArgs {
     #[arg(long, conflicts_with_all = ["prompt_ids", "prompts_file"])]
     pub prompt: Option<String>,
     /// Prompt as comma-separated token ids, e.g. 1,2,3.
-    #[arg(long, value_delimiter = ',', conflicts_with = "prompts_file")]
+    #[arg(long, allow_negative_numbers = true, value_delimiter = ',', conflicts_with = "prompts_file")]
     pub prompt_ids: Option<Vec<u32>>,
     /// A file with one prompt per line: text, or comma-separated token ids (see --prompts-format).
     #[arg(long)]
@@ -140,22 +140,22 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "auto", value_parser = ["auto", "ids", "text"])]
     pub prompts_format: String,
     /// Prompts run together in one left-padded batch (each row equals running it alone).
-    #[arg(long, default_value_t = 8)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 8)]
     pub batch_size: usize,
     /// Most new tokens per prompt.
-    #[arg(long, default_value_t = 64)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 64)]
     pub max_new_tokens: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Sample only among the K most likely tokens.
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     pub top_k: Option<usize>,
     /// Sample only among the most likely tokens whose probabilities add up to P.
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     pub top_p: Option<f32>,
     /// Drop tokens less likely than P times the most likely one.
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     pub min_p: Option<f32>,
     /// Divide positive (multiply negative) logits of tokens already seen by R, as transformers.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
@@ -167,7 +167,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub frequency_penalty: f32,
     /// Seed of the sampler (same seed, same output).
-    #[arg(long, default_value_t = 0)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 0)]
     pub seed: u64,
     /// Stop when this text appears in the output, which ends before it (repeatable; needs the tokenizer).
     #[arg(long)]
@@ -176,7 +176,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub ignore_eos: bool,
     /// Prefill the prompt in chunks of N tokens.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(allow_negative_numbers = true, long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub prefill_chunk: Option<usize>,
     /// Storage dtype of the SSM state between steps (f32 or, where the backend has it, bf16).
     #[arg(long, default_value = "f32", value_parser = dtype_values())]
@@ -198,10 +198,10 @@ pub struct InfoArgs {
     #[arg(long)]
     pub json: bool,
     /// Memory budget for weights + caches, e.g. 141GB or 80GiB.
-    #[arg(long, value_parser = memory_bytes)]
+    #[arg(allow_hyphen_values = true, long, value_parser = memory_bytes)]
     pub memory: Option<u64>,
     /// Context length (tokens per sequence) for the KV and fit numbers.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 4096)]
     pub context: u64,
     /// Weight and KV dtype for byte counts.
     #[arg(long, default_value = "bf16", value_parser = dtype_values())]
@@ -230,30 +230,30 @@ pub struct BenchArgs {
     #[arg(short = 't', long, value_delimiter = ',', default_value = "pp512,tg128")]
     pub tests: Vec<bench::BenchTest>,
     /// Batch sizes (sequences run together, 1 to 65536), comma-separated.
-    #[arg(short = 'b', long, value_delimiter = ',', default_value = "1", value_parser = batch_size)]
+    #[arg(short = 'b', long, allow_negative_numbers = true, value_delimiter = ',', default_value = "1", value_parser = batch_size)]
     pub batch: Vec<usize>,
     /// Timed runs per test, 1 to 1000; the median is reported.
-    #[arg(short = 'r', long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    #[arg(allow_negative_numbers = true, short = 'r', long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub repeats: u16,
     /// Untimed runs before timing, at most 1000 (autotuning happens there).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub warmup: u16,
     /// Prefill in chunks of N tokens.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(allow_negative_numbers = true, long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub prefill_chunk: Option<usize>,
     /// Memory budget, e.g. 141GB: each batch size becomes the largest (up to it) whose weights, KV
     /// caches and states fit, by the `bamba info` model (activations not counted); none fitting is a
     /// skipped record.
-    #[arg(long, value_parser = memory_bytes)]
+    #[arg(allow_hyphen_values = true, long, value_parser = memory_bytes)]
     pub memory: Option<u64>,
     /// Seed of the random weights and prompt ids.
-    #[arg(long, default_value_t = 0)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 0)]
     pub seed: u64,
     /// Memory bandwidth of the roofline in GB/s (default: 4300, the H200's measured copy rate).
-    #[arg(long, default_value_t = 4300.0)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 4300.0)]
     pub bandwidth_gbs: f64,
     /// Matmul peak of the roofline in TFLOP/s (default: 790, cuBLAS bf16 on the H200).
-    #[arg(long, default_value_t = 790.0)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 790.0)]
     pub peak_tflops: f64,
     /// One JSON record per line instead of a table.
     #[arg(long)]

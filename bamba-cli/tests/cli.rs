@@ -757,3 +757,30 @@ fn a_huge_bench_batch_is_a_usage_error() {
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("a batch size is at least 1 and at most 65536"));
 }
+
+/// Negative numbers are values to check, not flags: each gets the option's own error (they were read
+/// as unknown arguments); too many new tokens are named as such, not as a long prompt.
+#[test]
+fn negative_numbers_and_too_many_new_tokens_get_their_own_errors() {
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["generate", "--prompt", "hi"];
+        args.extend_from_slice(extra);
+        let run = bamba(&args);
+        (run.status.code(), String::from_utf8_lossy(&run.stderr).into_owned())
+    };
+    for (flag, value, needle) in [
+        ("--min-p", "-0.5", "min-p must be in [0, 1]"),
+        ("--temperature", "-1", "temperature must be finite and >= 0"),
+        ("--max-new-tokens", "-1", "for '--max-new-tokens"),
+        ("--prompt-ids", "1,-2", "for '--prompt-ids"),
+    ] {
+        let (code, stderr) = generate(&[flag, value]);
+        assert_eq!(code, Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(needle) && !stderr.contains("unexpected argument"), "{flag} {value}: {stderr}");
+    }
+    let run = bamba(&["serve", "--memory", "-5GB"]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("cannot parse \"-5GB\""));
+    let (code, stderr) = generate(&["--max-new-tokens", "1000000"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("1000000 new tokens") && stderr.contains("at most 2045 new tokens"), "{stderr}");
+}

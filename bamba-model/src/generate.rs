@@ -307,7 +307,7 @@ impl<'m, B: BambaOps> BatchDecoding<'m, B> {
         let capacity = width.saturating_add(params.max_new_tokens);
         let limit = model.config.max_position_embeddings;
         if capacity > limit {
-            return Err(InputError::TooLong { len: capacity, limit }.into());
+            return Err(InputError::NoRoom { prompt: width, new: params.max_new_tokens, limit }.into());
         }
         let chunk = params.prefill_chunk.unwrap_or_else(|| model.auto_prefill_chunk(rows.len(), capacity));
         if chunk == 0 {

@@ -29,6 +29,12 @@ pub enum InputError {
     TokenOutOfRange { token: u32, position: usize, vocab: usize },
     #[error("the prompt has {len} tokens, more than max_position_embeddings ({limit})")]
     TooLong { len: usize, limit: usize },
+    #[error(
+        "the prompt ({prompt} tokens) and {new} new tokens need more positions than max_position_embeddings \
+         ({limit}); ask for at most {room} new tokens",
+        room = limit.saturating_sub(*prompt)
+    )]
+    NoRoom { prompt: usize, new: usize, limit: usize },
     #[error("rows of a batch must have equal length (row 0 has {expected}, row {row} has {found}); pad them first")]
     RaggedBatch { row: usize, expected: usize, found: usize },
     #[error("the {what} of {len} positions ({len} × {width} f32) are more than this host can hold")]

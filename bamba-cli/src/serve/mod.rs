@@ -45,7 +45,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on (0: any free port, printed at start-up).
-    #[arg(long, default_value_t = 8000)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 8000)]
     pub port: u16,
     /// The model name clients send and `/v1/models` lists (default: the checkpoint directory's name).
     #[arg(long)]
@@ -54,32 +54,32 @@ pub struct ServeArgs {
     #[arg(long)]
     pub api_key: Option<String>,
     /// Sequences decoded together at most.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_num_seqs: u32,
     /// Prompt plus new tokens of one request at most (default: the model's max_position_embeddings, at most 32768).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
+    #[arg(allow_negative_numbers = true, long, value_parser = clap::value_parser!(u32).range(2..))]
     pub max_model_len: Option<u32>,
     /// Tokens one engine step processes at most (decodes plus prefill chunks).
-    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(2..=1_048_576))]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(2..=1_048_576))]
     pub max_num_batched_tokens: u32,
     /// Memory for weights and caches, e.g. 70GB (default on the CPU: half the host's available memory;
     /// on GPUs: no limit beyond --max-num-seqs).
-    #[arg(long, value_parser = crate::memory_bytes)]
+    #[arg(allow_hyphen_values = true, long, value_parser = crate::memory_bytes)]
     pub memory: Option<u64>,
     /// Memory for the prefix cache (K/V and state snapshots of earlier sequences), e.g. 4GB
     /// (default: a quarter of what the memory budget leaves after the weights, else 2GB).
-    #[arg(long, value_parser = crate::memory_bytes, conflicts_with = "no_prefix_cache")]
+    #[arg(allow_hyphen_values = true, long, value_parser = crate::memory_bytes, conflicts_with = "no_prefix_cache")]
     pub prefix_cache_memory: Option<u64>,
     /// Tokens between the prefix cache's state snapshots during a prefill (default: the model's SSD
     /// chunk size). Long prompts are prefilled in chunks ending on this grid; a hit recomputes fewer
     /// tokens than this.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "no_prefix_cache")]
+    #[arg(allow_negative_numbers = true, long, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "no_prefix_cache")]
     pub prefix_snapshot_interval: Option<u32>,
     /// Turn the prefix cache off: every prompt is prefilled from its first token.
     #[arg(long)]
     pub no_prefix_cache: bool,
     /// Requests waiting for admission at most; more get 429.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue: u32,
     /// A Jinja chat template file (overrides the checkpoint's).
     #[arg(long)]
@@ -88,10 +88,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "f32", value_parser = crate::dtype_values())]
     pub state_dtype: Precision,
     /// Largest request body in bytes.
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
     /// Seconds running requests get to finish after SIGTERM.
-    #[arg(long, default_value_t = 30)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 30)]
     pub drain_timeout: u64,
 }
 
