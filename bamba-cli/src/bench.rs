@@ -103,6 +103,8 @@ struct Job<'a> {
     checkpoint: Option<PathBuf>,
     backend: BackendKind,
     precision: Precision,
+    /// `--memory`, else what the backend's machine has before anything is loaded, and what it is.
+    budget: Option<(u64, &'static str)>,
 }
 
 impl Job<'_> {
@@ -219,13 +221,13 @@ impl BackendJob for Job<'_> {
 }
 
 impl Job<'_> {
-    /// The largest batch up to `requested` whose weights, KV caches and recurrent states fit in
-    /// `--memory` (activations are not counted), or why none does. Without `--memory` the budget is
-    /// half the memory this machine has available (the rest for activations and the system), so that
-    /// a batch too large is cut to what can exist instead of aborting on allocation (no bound where
-    /// that is unknown).
+    /// The largest batch up to `requested` whose weights, KV caches and recurrent states fit in the
+    /// budget (activations are not counted), or why none does. Without `--memory` the budget is half
+    /// the host's available memory on the CPU and 90% of the GPU's free memory on CUDA (the rest for
+    /// activations and the system), so that a batch too large is cut to what can exist instead of
+    /// aborting on allocation (no bound on wgpu, where that is unknown).
     fn batch_that_fits(&self, memory: &MemoryModel, test: BenchTest, requested: usize) -> Result<usize, String> {
-        let Some(budget) = self.args.memory.or_else(crate::host::half_available_memory) else { return Ok(requested) };
+        let Some((budget, what)) = self.budget else { return Ok(requested) };
         let positions = match test {
             BenchTest::Prefill { tokens } => tokens,
             BenchTest::Decode { steps, context } => context + steps,
@@ -235,7 +237,7 @@ impl Job<'_> {
                 "one sequence of {positions} positions needs {} next to {} of weights; {} is {}",
                 human(memory.bytes_per_sequence(positions)),
                 human(memory.weight_bytes),
-                if self.args.memory.is_some() { "--memory" } else { "half this machine's available memory" },
+                what,
                 human(budget)
             )),
             n => Ok(n as usize),
@@ -396,5 +398,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     let (backend, precision) = (args.common.backend()?, args.common.precision()?);
-    dispatch(backend, Job { args, name, config, checkpoint, backend, precision })
+    // Asked before the weights load: a GPU's free memory then still has room for them.
+    let budget = match args.memory {
+        Some(bytes) => Some((bytes, "--memory")),
+        None => crate::host::default_budget(backend),
+    };
+    dispatch(backend, Job { args, name, config, checkpoint, backend, precision, budget })
 }

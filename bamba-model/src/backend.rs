@@ -76,6 +76,18 @@ impl BackendKind {
         Self::ALL.into_iter().find(|b| b.is_compiled()).ok_or(BackendError::NoneCompiled)
     }
 
+    /// Free memory of the device [`dispatch`] runs this backend on, where it can be asked: CUDA's
+    /// device 0. `None` for the CPU (its memory is the host's) and wgpu (no portable query).
+    pub fn free_device_memory(self) -> Option<u64> {
+        match self {
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda | BackendKind::CudaUnfused => {
+                bamba_kernels::cube::device_memory::cuda_memory(0).map(|(free, _)| free)
+            }
+            _ => None,
+        }
+    }
+
     /// f32 on CPU and wgpu (no bf16 there), bf16 on CUDA.
     pub fn default_precision(self) -> Precision {
         match self {

@@ -25,7 +25,7 @@ use bamba_model::sizes::MemoryModel;
 use bamba_model::{BambaConfig, BambaModel, Precision, TextTokenizer};
 use clap::Args;
 
-use crate::backend::{dispatch, BackendJob, BackendKind};
+use crate::backend::{dispatch, BackendJob};
 use crate::load::load_model;
 use crate::ModelArgs;
 use chat_template::ChatTemplate;
@@ -62,8 +62,8 @@ pub struct ServeArgs {
     /// Tokens one engine step processes at most (decodes plus prefill chunks).
     #[arg(allow_negative_numbers = true, long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(2..=1_048_576))]
     pub max_num_batched_tokens: u32,
-    /// Memory for weights and caches, e.g. 70GB (default on the CPU: half the host's available memory;
-    /// on GPUs: no limit beyond --max-num-seqs).
+    /// Memory for weights and caches, e.g. 70GB (default: half the host's available memory on the CPU,
+    /// 90% of the GPU's free memory on CUDA, no limit beyond --max-num-seqs on wgpu).
     #[arg(allow_hyphen_values = true, long, value_parser = crate::memory_bytes)]
     pub memory: Option<u64>,
     /// Memory for the prefix cache (K/V and state snapshots of earlier sequences), e.g. 4GB
@@ -173,25 +173,24 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     });
     let costs = CacheCosts::new(&config, precision.dtype(), args.state_dtype.dtype());
     let weights = MemoryModel::new(&config, precision.dtype().size() as u64, 0, 0).weight_bytes;
-    // On the CPU the host holds weights and caches: without --memory, requests may use half of the
-    // memory available now, so that a burst of long prompts is refused or queued instead of
-    // running the machine out of memory. (A GPU's memory is not read here: pass --memory there.)
-    let host_default = match (args.memory, args.common.backend()?) {
-        (None, BackendKind::Ndarray) => crate::host::half_available_memory(),
-        _ => None,
+    // Without --memory, requests may use what the backend's machine has (half the host's available
+    // memory on the CPU, 90% of a CUDA GPU's free memory), so that a burst of long prompts waits
+    // instead of running it out of memory. wgpu has no such query: pass --memory there.
+    let default_budget = match args.memory {
+        None => crate::host::default_budget(args.common.backend()?),
+        Some(_) => None,
     };
-    let cache_budget = match (args.memory, host_default) {
+    let cache_budget = match (args.memory, default_budget.map(|(bytes, _)| bytes)) {
         (Some(memory), _) if memory <= weights => {
             return Err(crate::exit::usage(format!(
                 "--memory {memory} bytes does not even hold the weights ({weights} bytes)"
             )))
         }
-        (None, Some(half)) if half <= weights => {
+        (None, Some(budget)) if budget <= weights => {
+            let what = default_budget.map_or("", |(_, what)| what);
             return Err(crate::exit::usage(format!(
-                "the weights ({weights} bytes) take more than half the host's available memory ({} bytes); \
-                 set the budget with --memory",
-                2 * half
-            )))
+                "the weights ({weights} bytes) take more than {what} ({budget} bytes); set the budget with --memory"
+            )));
         }
         (Some(memory), _) | (None, Some(memory)) => Some(memory - weights),
         (None, None) => None,
@@ -214,8 +213,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         (None, _) => None,
     };
     print_memory_plan(weights, costs, cache_budget, args.max_num_seqs as u64, max_model_len as u64);
-    if host_default.is_some() {
-        eprintln!("  (the budget is half the host's available memory; --memory sets it)");
+    if let Some((_, what)) = default_budget {
+        eprintln!("  (the budget is {what}; --memory sets it)");
     }
     let snapshot_interval = args.prefix_snapshot_interval.map_or(config.mamba_chunk_size, |n| n as usize);
     match prefix_budget {

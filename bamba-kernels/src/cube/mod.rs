@@ -8,6 +8,8 @@ mod cube_backend;
 #[cfg(feature = "cuda")]
 pub mod cublaslt;
 mod decode_attention;
+#[cfg(feature = "cuda")]
+pub mod device_memory;
 mod dispatch;
 mod flash_attention;
 mod fragments;
