@@ -77,6 +77,10 @@ MAMBA2_BASE = dict(
 )
 BASES = {"bamba": BASE, "granitemoehybrid": GRANITE_BASE, "mamba2": MAMBA2_BASE}
 
+# RoPE fixtures: a wider head, so that the rotated half holds 4 frequencies.
+ROPE_BASE = dict(head_dim=16, attn_layer_indices=[1, 3])
+ROPE_PROMPTS = [24, 13, 1]
+
 # name -> (config overrides, options). Options: model_type ("bamba" unless named; the others start from
 # their *_BASE), dialect ("5.x" as saved, "4.x" rewritten, "bare-infinity", "hub": Granite's
 # layer_types as the released config.json files spell them), dtype (torch dtype of the saved weights),
@@ -119,6 +123,34 @@ FIXTURES = {
     "granite_attention_only": (dict(layer_types=["attention"] * 3, num_hidden_layers=3, num_local_experts=8,
                                     num_experts_per_tok=3, position_embedding_type="rope"),
                                {"model_type": "granitemoehybrid"}),
+    # Scaled RoPE on Bamba's partial rotary (head_dim 16: 4 rotated frequencies), prompts of 24 tokens past
+    # the original context of 16 and of 13 inside it whose greedy continuation crosses it
+    "rope_linear": (dict(ROPE_BASE, max_position_embeddings=16,
+                         rope_parameters={"rope_type": "linear", "rope_theta": 100.0, "factor": 4.0}),
+                    {"prompts": ROPE_PROMPTS}),
+    # dynamic NTK in the 4.x dialect (`rope_scaling` with the old `type` key, `rope_theta` on top)
+    "rope_dynamic_4x": (dict(ROPE_BASE, max_position_embeddings=16,
+                             rope_parameters={"rope_type": "dynamic", "rope_theta": 100.0, "factor": 4.0}),
+                        {"prompts": ROPE_PROMPTS, "dialect": "4.x"}),
+    # YaRN with the attention factor from mscale / mscale_all_dim and explicit betas
+    "rope_yarn": (dict(ROPE_BASE, max_position_embeddings=64,
+                       rope_parameters={"rope_type": "yarn", "rope_theta": 100.0, "factor": 4.0,
+                                        "original_max_position_embeddings": 16, "beta_fast": 8.0, "beta_slow": 0.5,
+                                        "mscale": 1.0, "mscale_all_dim": 0.5}),
+                  {"prompts": ROPE_PROMPTS}),
+    # Llama 3.1's smoothed frequency bands (one frequency of each: kept, smoothed, divided)
+    "rope_llama3": (dict(ROPE_BASE, max_position_embeddings=64,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 100.0, "factor": 4.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 16}),
+                    {"prompts": ROPE_PROMPTS}),
+    # LongRoPE: short factors up to 16 positions, long ones past it; factor from max / original
+    "rope_longrope": (dict(ROPE_BASE, max_position_embeddings=64,
+                           rope_parameters={"rope_type": "longrope", "rope_theta": 100.0,
+                                            "short_factor": [1.0, 1.1, 1.3, 1.6],
+                                            "long_factor": [1.0, 2.0, 5.0, 9.0],
+                                            "original_max_position_embeddings": 16}),
+                      {"prompts": ROPE_PROMPTS}),
     # Mamba2: 4 groups of 2 heads, untied head, f32 residual stream
     "mamba2_groups": ({}, {"model_type": "mamba2"}),
     # Mamba2: one group, tied head, in/out_proj biases, no conv bias, conv width 3, chunk 5, bf16 residual
@@ -158,9 +190,13 @@ def to_4x_dialect(cfg: dict) -> dict:
     out = {k: v for k, v in cfg.items()
            if k not in ("rope_parameters", "time_step_limit", "dtype", "attention_bias", "mlp_bias",
                         "z_loss_coefficient", "transformers_version")}
-    rope = cfg.get("rope_parameters") or {}
+    rope = dict(cfg.get("rope_parameters") or {})
     if rope.get("rope_theta", 10000.0) != 10000.0:
         out["rope_theta"] = rope["rope_theta"]
+    if rope.get("rope_type", "default") != "default":
+        # 4.x checkpoints carry scaling as `rope_scaling`, its kind under the old `type` key
+        rope["type"] = rope.pop("rope_type")
+        out["rope_scaling"] = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
     out.update({"attn_rotary_emb": 8, "mamba_dt_rank": 2, "use_mamba_kernels": True,
                 "torch_dtype": "float32", "transformers_version": "4.45.0.dev0", "mamba_d_head": "auto"})
     return out

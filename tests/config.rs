@@ -2,7 +2,7 @@
 
 mod common;
 
-use bamba::model::config::{Architecture, BambaConfig, ConfigError, LayerKind, MoeConfig, RopeConfig};
+use bamba::model::config::{Architecture, BambaConfig, ConfigError, LayerKind, MoeConfig, RopeConfig, RopeScaling};
 use bamba::model::presets::preset;
 use bamba::model::sizes::{parse_memory, prefill_flops, MemoryModel, ParameterCounts};
 use common::*;
@@ -16,7 +16,8 @@ fn real_bamba_9b_config_4x_dialect() {
     let c = bamba_9b();
     assert_eq!((c.d_inner(), c.conv_dim(), c.in_proj_dim(), c.rotary_dim()), (8192, 8448, 16768, 64));
     assert_eq!((c.head_dim, c.mamba_d_head), (128, 64));
-    assert_eq!(c.rope, Some(RopeConfig { theta: 10000.0, partial_rotary_factor: 0.5 }));
+    assert_eq!(c.rope, Some(RopeConfig { theta: 10000.0, partial_rotary_factor: 0.5, scaling: RopeScaling::None }));
+    assert_eq!(c.context_length(), c.max_position_embeddings);
     assert_eq!(c.time_step_limit, Some((0.0, f64::INFINITY)));
     assert_eq!(c.dt_limit(), None, "(0, inf) is a no-op clamp");
     let attention: Vec<usize> = (0..32).filter(|&i| c.layer_kinds[i] == LayerKind::Attention).collect();
@@ -55,7 +56,7 @@ fn granite_configs_resolve_to_their_layer_plans() {
     assert_eq!(tiny.intermediate_size, 1024, "the dense MLP is shared_intermediate_size wide");
     let attention: Vec<usize> = (0..40).filter(|&i| tiny.layer_kinds[i] == LayerKind::Attention).collect();
     assert_eq!(attention, vec![5, 15, 25, 35]);
-    assert_eq!((tiny.rope, tiny.rotary_dim()), (None, 0), "position_embedding_type nope");
+    assert_eq!((tiny.rotary_dim(), tiny.rope.clone()), (0, None), "position_embedding_type nope");
     assert_eq!(
         (tiny.embedding_multiplier, tiny.residual_multiplier, tiny.attention_multiplier, tiny.logits_scaling),
         (12.0, 0.22, Some(1.0 / 128.0), 6.0)
@@ -66,7 +67,7 @@ fn granite_configs_resolve_to_their_layer_plans() {
     assert_eq!(counts.active, counts.total - 40 * 58 * 3 * 512 * 1536);
     let micro = granite("granite-4.0-micro.json");
     assert_eq!((micro.count(LayerKind::Attention), micro.moe, micro.rotary_dim()), (40, None, 64));
-    assert_eq!(micro.rope.unwrap().theta, 1e7);
+    assert_eq!(micro.rope.as_ref().unwrap().theta, 1e7);
     let dense = granite("granite-4.0-h-1b.json");
     assert_eq!((dense.moe, dense.intermediate_size), (None, 4096));
     let counts = ParameterCounts::new(&dense);
@@ -77,7 +78,7 @@ fn granite_configs_resolve_to_their_layer_plans() {
 fn mamba2_config_resolves_to_mixer_only_layers() {
     let c = granite("mamba-codestral-7b.json");
     assert_eq!(c.architecture, Architecture::Mamba2);
-    assert_eq!((c.count(LayerKind::Mamba), c.mlp, c.residual_f32, c.rope), (64, false, true, None));
+    assert_eq!((c.count(LayerKind::Mamba), c.mlp, c.residual_f32, c.rope.clone()), (64, false, true, None));
     assert_eq!((c.mamba_n_heads, c.mamba_d_head, c.mamba_n_groups, c.mamba_d_state), (128, 64, 8, 128));
     assert_eq!((c.d_inner(), c.conv_dim()), (8192, 8192 + 2 * 8 * 128));
     let heads = r#"{"model_type": "mamba2", "hidden_size": 64, "num_heads": 8, "head_dim": 8}"#;
@@ -173,7 +174,7 @@ const FIVE_X: &str = r#"{
 #[test]
 fn five_x_dialect_with_rope_parameters_and_wrapped_infinity() {
     let c = BambaConfig::from_json(FIVE_X).unwrap();
-    assert_eq!((c.mamba_d_head, c.rope.unwrap().theta, c.rotary_dim()), (8, 500.0, 8));
+    assert_eq!((c.mamba_d_head, c.rope.as_ref().unwrap().theta, c.rotary_dim()), (8, 500.0, 8));
     assert_eq!(c.time_step_limit, Some((0.0, f64::INFINITY)));
     assert_eq!(c.layer_kinds, vec![LayerKind::Mamba, LayerKind::Attention, LayerKind::Mamba]);
 }
@@ -198,7 +199,8 @@ fn partial_rotary_defaults_to_half_without_rope_parameters() {
         r#""rope_theta": 123.0,"#,
     );
     let c = BambaConfig::from_json(&no_rope).unwrap();
-    assert_eq!((c.rope, c.rotary_dim()), (Some(RopeConfig { theta: 123.0, partial_rotary_factor: 0.5 }), 4));
+    let expected = RopeConfig { theta: 123.0, partial_rotary_factor: 0.5, scaling: RopeScaling::None };
+    assert_eq!((c.rotary_dim(), c.rope), (4, Some(expected)));
 }
 
 fn err(text: &str) -> ConfigError {
@@ -219,7 +221,7 @@ fn inconsistent_configs_are_typed_errors() {
     assert!(matches!(e, ConfigError::MambaAuto { .. }), "{e}");
     let e = err(&FIVE_X.replace(r#""mamba_d_head": "auto""#, r#""mamba_d_head": "big""#));
     assert!(matches!(e, ConfigError::DHead(_)), "{e}");
-    let e = err(&FIVE_X.replace(r#""rope_type": "default""#, r#""rope_type": "yarn""#));
+    let e = err(&FIVE_X.replace(r#""rope_type": "default""#, r#""rope_type": "su""#));
     assert!(matches!(e, ConfigError::RopeType(_)), "{e}");
     let e = err(&FIVE_X.replace(r#""hidden_size": 32"#, r#""hidden_size": 0"#));
     assert!(matches!(e, ConfigError::Zero("hidden_size")), "{e}");
@@ -255,5 +257,100 @@ fn absurd_sizes_are_refused() {
         config[field] = value.clone();
         let err = BambaConfig::from_json(&config.to_string()).unwrap_err();
         assert!(matches!(err, ConfigError::TooLarge { field: f, .. } if f == field), "{field} = {value}: {err}");
+    }
+}
+
+/// FIVE_X with its `rope_parameters` replaced by `rope` (a JSON object's inside).
+fn with_rope(rope: &str) -> String {
+    FIVE_X.replace(
+        r#""rope_parameters": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 1.0},"#,
+        &format!(r#""max_position_embeddings": 64, "rope_parameters": {{{rope}}},"#),
+    )
+}
+
+#[test]
+fn rope_scaling_in_both_dialects() {
+    // 5.x: everything in rope_parameters; partial factor from BambaConfig's 0.5
+    let c = BambaConfig::from_json(&with_rope(r#""rope_type": "linear", "rope_theta": 100.0, "factor": 4.0"#)).unwrap();
+    let rope = c.rope.clone().unwrap();
+    assert_eq!(
+        (rope.theta, rope.partial_rotary_factor, rope.scaling),
+        (100.0, 0.5, RopeScaling::Linear { factor: 4.0 })
+    );
+    assert_eq!(c.context_length(), 256, "linear extends max_position_embeddings by its factor");
+    // 4.x: rope_scaling with the old `type` key, theta on top; rope_scaling wins over rope_parameters
+    let four_x = with_rope(r#""rope_type": "default""#).replace(
+        r#""max_position_embeddings": 64,"#,
+        r#""max_position_embeddings": 64, "rope_theta": 50.0, "rope_scaling": {"type": "dynamic", "factor": 2.0},"#,
+    );
+    let c = BambaConfig::from_json(&four_x).unwrap();
+    let rope = c.rope.clone().unwrap();
+    assert_eq!(
+        (rope.theta, rope.scaling.clone()),
+        (50.0, RopeScaling::Dynamic { factor: 2.0, max_position_embeddings: 64 })
+    );
+    assert!(rope.depends_on_length());
+    // yarn: factor and original default to max / original and max; a top-level original wins
+    let yarn = with_rope(r#""rope_type": "yarn", "original_max_position_embeddings": 16"#);
+    let c = BambaConfig::from_json(&yarn).unwrap();
+    match c.rope.unwrap().scaling {
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            attention_factor,
+            beta_fast,
+            beta_slow,
+            truncate,
+        } => {
+            assert_eq!(
+                (factor, original_max_position_embeddings, beta_fast, beta_slow, truncate),
+                (4.0, 16, 32.0, 1.0, true)
+            );
+            assert!((attention_factor - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12);
+        }
+        other => panic!("{other:?}"),
+    }
+    let phi3 = yarn.replace(
+        r#""max_position_embeddings": 64,"#,
+        r#""max_position_embeddings": 64, "original_max_position_embeddings": 8,"#,
+    );
+    match BambaConfig::from_json(&phi3).unwrap().rope.unwrap().scaling {
+        RopeScaling::Yarn { original_max_position_embeddings: 8, factor, .. } => assert_eq!(factor, 8.0),
+        other => panic!("{other:?}"),
+    }
+    // longrope: factors per rotated frequency (rotary 4 of head_dim 8 here: 2 each)
+    let long = with_rope(
+        r#""rope_type": "longrope", "short_factor": [1.0, 1.5], "long_factor": [2.0, 3.0], "original_max_position_embeddings": 16"#,
+    );
+    let c = BambaConfig::from_json(&long).unwrap();
+    assert_eq!(c.context_length(), 64);
+    match c.rope.unwrap().scaling {
+        RopeScaling::LongRope { attention_factor, .. } => {
+            assert!((attention_factor - (1.0 + 4f64.ln() / 16f64.ln()).sqrt()).abs() < 1e-12)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_rope_parameters_are_named() {
+    for (rope, says) in [
+        (r#""rope_type": "linear""#, "factor is required"),
+        (r#""rope_type": "linear", "factor": -2.0"#, "factor must be a positive finite number, got -2"),
+        (r#""rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0"#, "high_freq_factor is required"),
+        (r#""rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0, "high_freq_factor": 2.0"#, "must differ"),
+        (r#""rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0, 2.0]"#, "short_factor has 1 entries"),
+        (
+            r#""rope_type": "longrope", "short_factor": [1.0, 0.0], "long_factor": [1.0, 2.0]"#,
+            "short_factor must be a positive",
+        ),
+        (
+            r#""rope_type": "yarn", "original_max_position_embeddings": 0"#,
+            "original_max_position_embeddings must be positive",
+        ),
+    ] {
+        let e = err(&with_rope(rope));
+        assert!(matches!(e, ConfigError::RopeParameter { .. }), "{rope}: {e}");
+        assert!(e.to_string().contains(says), "{rope}: {e}");
     }
 }

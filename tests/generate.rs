@@ -100,9 +100,9 @@ fn generation_input_errors() {
     let mut s = Sampler::new(SamplingParams::default()).unwrap();
     assert!(model.generate(&[], &greedy_params(4, vec![]), &mut s, |_| true).is_err());
     assert!(model.generate(&[1, 500], &greedy_params(4, vec![]), &mut s, |_| true).is_err());
-    let too_long = greedy_params(model.config.max_position_embeddings, vec![]);
+    let too_long = greedy_params(model.config.context_length(), vec![]);
     let err = model.generate(&[1, 2], &too_long, &mut s, |_| true).unwrap_err();
-    assert!(err.to_string().contains("max_position_embeddings"), "{err}");
+    assert!(err.to_string().contains("context length"), "{err}");
     let zero_chunk = GenerateParams { prefill_chunk: Some(0), ..greedy_params(4, vec![]) };
     assert!(model.generate(&[1, 2], &zero_chunk, &mut s, |_| true).is_err());
 }

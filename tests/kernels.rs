@@ -1004,6 +1004,7 @@ fn check_serving_engine<B: BambaOps>(device: &B::Device) {
                         Event::Token(t) => ids.push(t.id),
                         Event::Finished { .. } => break,
                         Event::Failed(e) => panic!("{e}"),
+                        Event::Prompt(_) => panic!("prompt log-probabilities were not asked for"),
                     }
                 }
                 let on = B::name(device);

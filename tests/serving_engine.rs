@@ -15,7 +15,11 @@ use common::*;
 #[test]
 fn joining_and_leaving_requests_get_transformers_tokens() {
     let mut checked = 0;
-    for name in ["base", "attn_last_4x", "biases_head_dim", "groups2_tied"] {
+    // the rope_* fixtures: frequencies chosen per row by its own length while rows of other lengths
+    // share the step, and for the whole prompt while it is prefilled in chunks
+    for name in
+        ["base", "attn_last_4x", "biases_head_dim", "groups2_tied", "rope_dynamic_4x", "rope_longrope", "rope_yarn"]
+    {
         let dir = fixtures_dir().join(name);
         let model = load(name);
         let eos = eos_ids(&dir, &model.config.eos_token_ids).unwrap();
@@ -27,7 +31,7 @@ fn joining_and_leaving_requests_get_transformers_tokens() {
             let config = EngineConfig {
                 max_num_seqs: seqs,
                 max_num_batched_tokens: tokens,
-                max_model_len: 256,
+                max_model_len: model.config.context_length().min(256),
                 ..Default::default()
             };
             let (handle, thread) = start(model.clone(), config);

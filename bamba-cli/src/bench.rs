@@ -275,6 +275,7 @@ impl Job<'_> {
                 let prompt = ids(tokens);
                 let mut run = || -> Result<Duration> {
                     cache.reset();
+                    cache.set_prefill_end(tokens);
                     let start = Instant::now();
                     let chunk = args.prefill_chunk.unwrap_or(tokens).max(1);
                     let mut done = 0;
@@ -385,7 +386,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return Err(crate::exit::usage("give at least one test (-t pp512,tg128) and one batch size (-b 1)"));
     }
     let (name, config, checkpoint) = shape(&args.common, &args.preset, &args.config)?;
-    let limit = config.max_position_embeddings;
+    let limit = config.context_length();
     for test in &args.tests {
         let positions = match *test {
             BenchTest::Prefill { tokens } => Some(tokens),
@@ -393,7 +394,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         };
         if positions.is_none_or(|p| p > limit) {
             return Err(crate::exit::usage(format!(
-                "test {test} needs more positions than the model's max_position_embeddings ({limit})"
+                "test {test} needs more positions than the model's context length ({limit})"
             )));
         }
     }

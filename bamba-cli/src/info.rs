@@ -60,6 +60,10 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             "ssm_state_bytes_per_sequence": mem.ssm_state_bytes_per_sequence,
             "conv_state_bytes_per_sequence": conv_bytes,
             "kv_bytes_per_token": mem.kv_bytes_per_token,
+            "context_length": config.context_length(),
+            "rope": config.rope.as_ref().map(|r| json!({
+                "rope_type": r.scaling.rope_type(), "theta": r.theta, "rotary_dim": config.rotary_dim(),
+            })),
             "context": args.context,
             "bytes_per_sequence_at_context": mem.bytes_per_sequence(args.context),
             // What each sequence adds to a decode step's bytes (the roofline of `bamba bench`).
@@ -81,6 +85,21 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         config.count(LayerKind::Attention)
     );
     println!("model_type        {}", config.architecture.model_type());
+    let rope = match &config.rope {
+        Some(r) => format!(
+            "RoPE {} (theta {}, {} of {} dims)",
+            r.scaling.rope_type(),
+            r.theta,
+            config.rotary_dim(),
+            config.head_dim
+        ),
+        None => "no position embedding".to_string(),
+    };
+    println!(
+        "context           {} positions (max_position_embeddings {}), {rope}",
+        config.context_length(),
+        config.max_position_embeddings
+    );
     println!("parameters        {}", counts.total);
     if let Some(m) = config.moe {
         println!(

@@ -261,7 +261,7 @@ fn generate_bad_input_is_a_clear_error() {
     fails_with(&with(&["--prompt-ids", "1,200"]), "outside the vocabulary");
     fails_with(&with(&["--prompt-ids", "1,2", "--top-p", "1.5"]), "top-p");
     fails_with(&with(&["--prompt-ids", "1,2", "--temperature", "-1"]), "temperature");
-    fails_with(&with(&["--prompt-ids", "1,2", "--max-new-tokens", "300000"]), "max_position_embeddings");
+    fails_with(&with(&["--prompt-ids", "1,2", "--max-new-tokens", "300000"]), "context length");
     fails_with(&with(&["--prompt-ids", "1,2", "--prefill-chunk", "0"]), "prefill-chunk");
     fails_with(&with(&["--prompt-ids", "1,2", "--state-dtype", "bf16"]), "bf16");
     fails_with(&with(&["--prompts-file", "/nonexistent.txt"]), "/nonexistent.txt");

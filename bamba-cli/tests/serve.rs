@@ -161,6 +161,101 @@ fn concurrent_streams_get_transformers_tokens() {
     );
 }
 
+/// Prompts of a fixture and transformers' logits for each of their positions (`[len][vocab]`).
+fn prompt_references(fixture: &str) -> Vec<(Vec<u32>, Vec<Vec<f32>>)> {
+    let bytes = std::fs::read(repo().join("tests/fixtures").join(fixture).join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    (0..)
+        .map_while(|i| st.tensor(&format!("prompt_{i}.ids")).ok().map(|_| i))
+        .map(|i| {
+            let ids: Vec<u32> = st
+                .tensor(&format!("prompt_{i}.ids"))
+                .unwrap()
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+                .collect();
+            let logits = st.tensor(&format!("prompt_{i}.logits")).unwrap();
+            let vocab = logits.shape()[1];
+            let flat: Vec<f32> =
+                logits.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            (ids, flat.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+        })
+        .collect()
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().copied().fold(f32::MIN, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
+    row.iter().map(|&l| l as f64 - max - sum.ln()).collect()
+}
+
+/// What lm-evaluation-harness's `local-completions` sends to score a continuation: token-id prompts
+/// with `echo`, `logprobs` and no or one new token. Each prompt token's log-probability and the top
+/// alternatives are transformers' log-softmax of the position before it. Tolerance 1e-4: the f32 logits
+/// are within 4.3e-6 of transformers' (tests/parity.rs), so their log-softmax is within 1e-5.
+#[test]
+fn echo_with_logprobs_scores_prompts_as_transformers() {
+    // a token budget of 6 per step: the 13-token prompt is scored over several prefill chunks
+    let server =
+        Server::start(&["--model", "tests/fixtures/base", "--max-num-seqs", "2", "--max-num-batched-tokens", "6"]);
+    let refs = prompt_references("base");
+    let prompts: Vec<&Vec<u32>> = refs.iter().map(|(ids, _)| ids).collect();
+    let check = |choice: &Value, (ids, logits): &(Vec<u32>, Vec<Vec<f32>>), new_tokens: usize| {
+        let lps = &choice["logprobs"];
+        let token_logprobs = lps["token_logprobs"].as_array().unwrap();
+        let top_logprobs = lps["top_logprobs"].as_array().unwrap();
+        assert_eq!(token_logprobs.len(), ids.len() + new_tokens);
+        assert_eq!((&token_logprobs[0], &top_logprobs[0]), (&Value::Null, &Value::Null), "the first token has none");
+        for (t, id) in ids.iter().enumerate() {
+            assert_eq!(lps["tokens"][t], format!("token_id:{id}"), "no tokenizer: tokens are named by id");
+        }
+        for t in 1..ids.len() {
+            let want = log_softmax(&logits[t - 1]);
+            let got = token_logprobs[t].as_f64().unwrap();
+            assert!((got - want[ids[t] as usize]).abs() < 1e-4, "token {t}: {got} vs {}", want[ids[t] as usize]);
+            let mut best: Vec<f64> = want.clone();
+            best.sort_by(|a, b| b.total_cmp(a));
+            let mut top: Vec<f64> =
+                top_logprobs[t].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).collect();
+            top.sort_by(|a, b| b.total_cmp(a));
+            assert_eq!(top.len(), 3, "token {t}");
+            for (g, w) in top.iter().zip(&best) {
+                assert!((g - w).abs() < 1e-4, "token {t} top: {g} vs {w}");
+            }
+        }
+    };
+    // a batch of prompts scored without new tokens
+    let body = json!({"prompt": prompts, "max_tokens": 0, "logprobs": 3, "echo": true, "temperature": 0});
+    let out: Value = server.post("/v1/completions", &body).json().unwrap();
+    let choices = out["choices"].as_array().unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(choices.len(), refs.len());
+    for (choice, r) in choices.iter().zip(&refs) {
+        check(choice, r, 0);
+        assert_eq!(choice["finish_reason"], "length");
+    }
+    assert_eq!(out["usage"]["completion_tokens"], 0);
+    assert_eq!(out["usage"]["prompt_tokens"], refs.iter().map(|(ids, _)| ids.len()).sum::<usize>());
+    // lm-eval's own request: one new token, whose log-probability follows the prompt's
+    let body = json!({"prompt": prompts[0], "max_tokens": 1, "logprobs": 3, "echo": true, "temperature": 0});
+    let out: Value = server.post("/v1/completions", &body).json().unwrap();
+    check(&out["choices"][0], &refs[0], 1);
+    // streamed: the prompt's scores come first, in the same numbers
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let events = sse_events(server.post("/v1/completions", &streamed));
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    let scored = &first["choices"][0]["logprobs"]["token_logprobs"];
+    assert_eq!(
+        scored.as_array().unwrap()[..],
+        out["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap()[..refs[0].0.len()]
+    );
+    // without echo, max_tokens 0 has nothing to return
+    let refused = server.post("/v1/completions", &json!({"prompt": prompts[0], "max_tokens": 0}));
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    server.wait_for(Server::idle, "idle");
+}
+
 #[test]
 fn text_completion_chat_stop_strings_and_logprobs() {
     let server = Server::start(&["--served-model-name", "tiny"]);

@@ -124,6 +124,9 @@ pub struct HybridCache<B: Backend> {
     /// device once by [`crate::BambaModel::new_cache`]: a step without padding takes a view of its
     /// positions instead of building and uploading its own tables (two uploads per decode step).
     pub(crate) rope_tables: Option<RopeTables<B>>,
+    /// The slot the prefill now running through this cache ends at (0: none), set by
+    /// [`HybridCache::set_prefill_end`].
+    pub(crate) prefill_end: usize,
 }
 
 /// The shapes, dtype and device of a Mamba layer's state for this cache.
@@ -184,7 +187,16 @@ impl<B: Backend> HybridCache<B> {
             padding: LeftPadding { pads: vec![0; batch] },
             zero_state,
             rope_tables: None,
+            prefill_end: 0,
         })
+    }
+
+    /// Marks a prompt that runs through this cache in several chunks as ending at slot `end`: RoPE
+    /// whose frequencies depend on the sequence's length (dynamic NTK, LongRoPE) then uses the whole
+    /// prompt's length for every chunk, as one forward over the prompt does in transformers. Later
+    /// forwards past `end` (decode steps) use their own length.
+    pub fn set_prefill_end(&mut self, end: usize) {
+        self.prefill_end = end;
     }
 
     /// Each layer's cache, in layer order.
@@ -266,6 +278,7 @@ impl<B: Backend> HybridCache<B> {
     /// Forgets every sequence: states to zero, KV caches empty (buffers kept), no padding.
     pub fn reset(&mut self) {
         self.position = 0;
+        self.prefill_end = 0;
         self.padding = LeftPadding { pads: vec![0; self.batch] };
         for layer in &mut self.layers {
             match layer {

@@ -305,7 +305,7 @@ impl<'m, B: BambaOps> BatchDecoding<'m, B> {
         let (rows, padding) = LeftPadding::pad(prompts, model.config.pad_token_id.unwrap_or(0));
         let width = rows[0].len();
         let capacity = width.saturating_add(params.max_new_tokens);
-        let limit = model.config.max_position_embeddings;
+        let limit = model.config.context_length();
         if capacity > limit {
             return Err(InputError::NoRoom { prompt: width, new: params.max_new_tokens, limit }.into());
         }
@@ -340,6 +340,7 @@ impl<'m, B: BambaOps> BatchDecoding<'m, B> {
         }
         let mut cache = model.new_cache(rows.len(), capacity, decoding.params.state_dtype.dtype())?;
         cache.set_padding(padding)?;
+        cache.set_prefill_end(width);
         decoding.on_device = greedy && !decoding.params.keep_logits;
         let start = Instant::now();
         for begin in (0..width).step_by(chunk) {

@@ -27,10 +27,10 @@ pub enum InputError {
     EmptyPrompt,
     #[error("token id {token} at position {position} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { token: u32, position: usize, vocab: usize },
-    #[error("the prompt has {len} tokens, more than max_position_embeddings ({limit})")]
+    #[error("the prompt has {len} tokens, more than the model's context length ({limit})")]
     TooLong { len: usize, limit: usize },
     #[error(
-        "the prompt ({prompt} tokens) and {new} new tokens need more positions than max_position_embeddings \
+        "the prompt ({prompt} tokens) and {new} new tokens need more positions than the model's context length \
          ({limit}); ask for at most {room} new tokens",
         room = limit.saturating_sub(*prompt)
     )]
@@ -163,7 +163,7 @@ impl<B: BambaOps> BambaModel<B> {
             Linear::load(&mut w, "lm_head", h, vocab, false)?
         };
         w.finish()?;
-        let rope = config.rope.map(|r| Rope::new(config.rotary_dim(), r.theta));
+        let rope = config.rope.as_ref().map(|r| Rope::scaled(config.rotary_dim(), r.theta, r.scaling.clone()));
         Ok(BambaModel { config, embed_tokens, layers, final_layernorm, lm_head, rope, dtype, device: device.clone() })
     }
 
@@ -176,7 +176,7 @@ impl<B: BambaOps> BambaModel<B> {
         if let Some((position, &token)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
             return Err(InputError::TokenOutOfRange { token, position, vocab });
         }
-        let limit = self.config.max_position_embeddings;
+        let limit = self.config.context_length();
         if ids.len() > limit {
             return Err(InputError::TooLong { len: ids.len(), limit });
         }
@@ -277,8 +277,12 @@ impl<B: BambaOps> BambaModel<B> {
         let (start, padding) = (cache.position, &cache.padding);
         let tables = self.rope.as_ref().map(|rope| match (&cache.rope_tables, padding.is_none()) {
             (Some(all), true) => all.positions(start, len),
-            (None, true) => rope.tables::<B>(start, len, &self.device, self.dtype),
-            (_, false) => rope.tables_at::<B>(&padding.positions(start, len), &self.device, self.dtype),
+            _ => {
+                // each row's sequence ends at the chunk's end, or at the end of the prefill it is part of
+                let end = (start + len).max(cache.prefill_end);
+                let lengths: Vec<usize> = padding.positions(end - 1, 1).iter().map(|p| p[0] + 1).collect();
+                rope.tables_at::<B>(&padding.positions(start, len), &lengths, &self.device, self.dtype)
+            }
         });
         let tokens = padding.token_mask(start, len, &self.device, self.dtype);
         let masks = if len == 1 {
@@ -319,7 +323,9 @@ impl<B: BambaOps> BambaModel<B> {
     pub fn new_cache(&self, batch: usize, capacity: usize, state_dtype: DType) -> Result<HybridCache<B>, CacheError> {
         let mut cache = HybridCache::new(&self.config, batch, capacity, &self.device, self.dtype, state_dtype)?;
         if let (Some(rope), true) = (&self.rope, capacity > 0) {
-            cache.rope_tables = Some(rope.tables::<B>(0, capacity, &self.device, self.dtype));
+            if !rope.depends_on_length() {
+                cache.rope_tables = Some(rope.tables::<B>(0, capacity, &self.device, self.dtype));
+            }
         }
         Ok(cache)
     }
@@ -370,6 +376,7 @@ impl<B: BambaOps> BambaModel<B> {
             (0..observed).map(|_| reserve("hidden states", hidden)).collect::<Result<_, _>>()?;
         let host = |x: &Tensor<B, 3>| x.clone().cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
         let mut cache = self.new_cache(1, len, DType::F32).expect("an f32 state is supported by every backend");
+        cache.set_prefill_end(len);
         let chunk = self.auto_prefill_chunk(1, len);
         for begin in (0..len).step_by(chunk) {
             let part = self.ids_tensor(&[ids[begin..(begin + chunk).min(len)].to_vec()])?;

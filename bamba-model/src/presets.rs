@@ -61,7 +61,7 @@ mod tests {
         let c = preset("llama-8b-shape").unwrap();
         assert_eq!(c.count(LayerKind::Attention), 32);
         assert_eq!(c.rotary_dim(), 128);
-        assert_eq!(c.rope.unwrap().theta, 500000.0);
+        assert_eq!(c.rope.as_ref().unwrap().theta, 500000.0);
         // Llama-3.1-8B has 8,030,261,248 parameters; the same shape here.
         assert_eq!(ParameterCounts::new(&c).total, 8_030_261_248);
         assert!(matches!(preset("gpt-5"), Err(ConfigError::UnknownPreset { .. })));

@@ -37,6 +37,7 @@ pub fn collect_after(stream: &mut RequestStream, mut ids: Vec<u32>) -> (Vec<u32>
                 return (ids, reason, completion_tokens);
             }
             Event::Failed(e) => panic!("request failed: {e}"),
+            Event::Prompt(_) => panic!("prompt log-probabilities were not asked for"),
         }
     }
 }

@@ -168,6 +168,7 @@ impl Sampling {
             ignore_eos: self.ignore_eos.unwrap_or(false),
             stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
             logprobs: logprobs.map(|k| k as usize),
+            prompt_logprobs: None,
         };
         Ok(Checked {
             params,

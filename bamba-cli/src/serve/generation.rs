@@ -24,6 +24,12 @@ pub struct TokenLogprob {
 /// One thing that happened to a request.
 #[derive(Debug, Clone)]
 pub enum Update {
+    /// The prompt of choice `index` was prefilled: its tokens after the first with their
+    /// log-probabilities (only where asked for; before any `Delta` of that choice).
+    Prompt {
+        index: usize,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// New output of choice `index` (text may be empty while a stop string or a character is pending).
     Delta {
         index: usize,
@@ -78,6 +84,11 @@ fn logprobs(tokenizer: Option<&TextTokenizer>, t: &TokenEvent) -> Vec<TokenLogpr
     }
 }
 
+/// The text of one token as the log-probability objects name it.
+pub fn token_name(tokenizer: Option<&TextTokenizer>, id: u32) -> String {
+    token_text(tokenizer, id)
+}
+
 /// The updates of `job`, ending with `Usage` (or `Failed`). Dropping the stream cancels every
 /// choice; a choice that meets a stop string is cancelled at once.
 pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update> {
@@ -107,6 +118,10 @@ pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update>
             })
             .await;
             match event {
+                Some(Event::Prompt(events)) => {
+                    let logprobs = events.iter().flat_map(|t| logprobs(tokenizer, t)).collect();
+                    yield Update::Prompt { index: i, logprobs };
+                }
                 Some(Event::Token(t)) => {
                     let now = Instant::now();
                     if first_token.is_none() {

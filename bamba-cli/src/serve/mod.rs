@@ -56,7 +56,7 @@ pub struct ServeArgs {
     /// Sequences decoded together at most.
     #[arg(allow_negative_numbers = true, long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_num_seqs: u32,
-    /// Prompt plus new tokens of one request at most (default: the model's max_position_embeddings, at most 32768).
+    /// Prompt plus new tokens of one request at most (default: the model's context length, at most 32768).
     #[arg(allow_negative_numbers = true, long, value_parser = clap::value_parser!(u32).range(2..))]
     pub max_model_len: Option<u32>,
     /// Tokens one engine step processes at most (decodes plus prefill chunks).
@@ -146,11 +146,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         },
         None => None,
     };
-    let limit = config.max_position_embeddings;
+    let limit = config.context_length();
     let max_model_len = match args.max_model_len {
         Some(len) if len as usize > limit => {
             return Err(crate::exit::usage(format!(
-                "--max-model-len {len} is more than the model's max_position_embeddings ({limit})"
+                "--max-model-len {len} is more than the model's context length ({limit})"
             )))
         }
         Some(len) => len as usize,
@@ -196,7 +196,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         (None, None) => None,
     };
     // The prefix cache comes out of what the memory budget leaves for caches.
-    let prefix_budget = match (args.no_prefix_cache, args.prefix_cache_memory, cache_budget) {
+    let exact_prefixes = !config.rope.as_ref().is_some_and(|r| r.depends_on_length());
+    if !exact_prefixes && args.prefix_cache_memory.is_some() {
+        return Err(crate::exit::usage(format!(
+            "--prefix-cache-memory: {}",
+            bamba_model::engine::EngineConfigError::PrefixCacheRope {
+                rope_type: config.rope.as_ref().map_or("default", |r| r.scaling.rope_type())
+            }
+        )));
+    }
+    let prefix_budget = match (args.no_prefix_cache || !exact_prefixes, args.prefix_cache_memory, cache_budget) {
         (true, _, _) => None,
         (false, Some(bytes), _) => Some(bytes),
         (false, None, Some(caches)) => Some(caches / 4),
@@ -223,6 +232,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             gb(bytes),
             gb(costs.state)
         ),
+        None if !exact_prefixes => eprintln!("  prefix cache       off (RoPE that depends on the sequence's length)"),
         None => eprintln!("  prefix cache       off"),
     }
     let engine_config = EngineConfig {

@@ -132,6 +132,18 @@ fn encode(state: &AppState, text: &str, plain: bool) -> Result<Vec<u32>, ApiErro
     ids.map_err(|e| ApiError::bad_request(e.to_string()).param("prompt"))
 }
 
+/// The text of a token-id prompt, for `echo` (empty without a tokenizer: there is no text to echo).
+fn decode(state: &AppState, ids: &[u32]) -> Result<String, ApiError> {
+    let Some(t) = state.tokenizer.as_deref() else { return Ok(String::new()) };
+    let vocab = state.vocab_size;
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(
+            ApiError::bad_request(format!("token id {bad} is outside the vocabulary (size {vocab})")).param("prompt")
+        );
+    }
+    t.decode(ids).map_err(|e| ApiError::bad_request(e.to_string()).param("prompt"))
+}
+
 async fn tokenize(
     State(state): State<Arc<AppState>>,
     raw: Result<Bytes, BytesRejection>,
@@ -211,9 +223,6 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let request: CompletionRequest = api::parse(&body(&state, raw)?)?;
     check_model(&state, &request.sampling.model)?;
-    if request.echo == Some(true) {
-        return Err(ApiError::bad_request("echo is not supported").param("echo"));
-    }
     if request.suffix.is_some() {
         return Err(ApiError::bad_request("suffix is not supported").param("suffix"));
     }
@@ -226,7 +235,19 @@ async fn completions(
     if prompts.is_empty() {
         return Err(ApiError::bad_request("the prompt list is empty").param("prompt"));
     }
-    let checked = request.sampling.check(max_tokens(request.max_tokens, 16), request.logprobs, &state.eos_ids)?;
+    let echo = request.echo == Some(true);
+    let prompt_texts: Vec<String> = match &request.prompt {
+        PromptInput::Text(text) if echo => vec![text.clone()],
+        PromptInput::Texts(texts) if echo => texts.clone(),
+        _ if echo => prompts.iter().map(|ids| decode(&state, ids)).collect::<Result<_, _>>()?,
+        _ => Vec::new(),
+    };
+    let mut checked = request.sampling.check(max_tokens(request.max_tokens, 16), request.logprobs, &state.eos_ids)?;
+    if echo {
+        // the prompt's log-probabilities come with its echo, before the first new token (also
+        // with max_tokens 0, where they are all there is)
+        checked.params.prompt_logprobs = Some(checked.params.logprobs.unwrap_or(0));
+    }
     let id = format!("cmpl-{}", state.next_request_id());
     let job = submit(&state, &prompts, &checked, id.clone())?;
     let choices_per_prompt = checked.n as usize;
@@ -235,11 +256,25 @@ async fn completions(
     let prompt_ids = move |index: usize| prompts[index / choices_per_prompt].clone();
     let stream = updates(state.clone(), job);
     let head = json!({"id": id, "object": "text_completion", "created": now_seconds(), "model": state.options.served_model_name});
+    let want_logprobs = checked.params.logprobs.is_some();
+    let tokenizer = state.tokenizer.clone();
+    let first_token_name = move |id: u32| super::generation::token_name(tokenizer.as_deref(), id);
     if checked.stream {
         let include_usage = checked.include_usage;
         let mut sent_prompt = vec![false; total_choices];
         let events = stream.map(move |update| {
             let data = match update {
+                Update::Prompt { index, logprobs } => {
+                    let ids = prompt_ids(index);
+                    let lp = if want_logprobs { echo_logprobs(&first_token_name(ids[0]), &logprobs, &[]) } else { Value::Null };
+                    let mut choice = json!({"index": index, "text": prompt_texts[index / choices_per_prompt], "logprobs": lp, "finish_reason": null});
+                    if return_ids {
+                        choice["token_ids"] = json!([]);
+                        choice["prompt_token_ids"] = json!(ids);
+                        sent_prompt[index] = true;
+                    }
+                    with(&head, json!([choice]))
+                }
                 Update::Delta { index, text, token_ids, logprobs } => {
                     let mut choice = json!({"index": index, "text": text, "logprobs": completion_logprobs(&logprobs), "finish_reason": null});
                     if return_ids {
@@ -271,9 +306,16 @@ async fn completions(
         .iter()
         .enumerate()
         .map(|(i, o)| {
-            let logprobs =
-                if checked.params.logprobs.is_some() { completion_logprobs(&o.logprobs) } else { Value::Null };
-            let mut c = json!({"index": i, "text": o.text, "logprobs": logprobs, "finish_reason": o.finish_reason});
+            let logprobs = match (&o.prompt_logprobs, want_logprobs) {
+                (_, false) => Value::Null,
+                (Some(prompt), true) => echo_logprobs(&first_token_name(prompt_ids(i)[0]), prompt, &o.logprobs),
+                (None, true) => completion_logprobs(&o.logprobs),
+            };
+            let text = match echo {
+                true => format!("{}{}", prompt_texts[i / choices_per_prompt], o.text),
+                false => o.text.clone(),
+            };
+            let mut c = json!({"index": i, "text": text, "logprobs": logprobs, "finish_reason": o.finish_reason});
             if return_ids {
                 c["prompt_token_ids"] = json!(prompt_ids(i));
                 c["token_ids"] = json!(o.token_ids);
@@ -291,6 +333,8 @@ struct ChoiceOutput {
     text: String,
     token_ids: Vec<u32>,
     logprobs: Vec<TokenLogprob>,
+    /// The prompt's tokens after the first with their log-probabilities, where asked for (echo).
+    prompt_logprobs: Option<Vec<TokenLogprob>>,
     finish_reason: &'static str,
 }
 
@@ -301,6 +345,7 @@ async fn collect(stream: impl Stream<Item = Update>, choices: usize) -> Result<(
             text: String::new(),
             token_ids: Vec::new(),
             logprobs: Vec::new(),
+            prompt_logprobs: None,
             finish_reason: "stop",
         })
         .collect();
@@ -314,6 +359,7 @@ async fn collect(stream: impl Stream<Item = Update>, choices: usize) -> Result<(
                 o.token_ids.extend(token_ids);
                 o.logprobs.extend(logprobs);
             }
+            Update::Prompt { index, logprobs } => outputs[index].prompt_logprobs = Some(logprobs),
             Update::Finish { index, reason } => outputs[index].finish_reason = reason,
             Update::Usage { prompt_tokens, completion_tokens, cached_tokens } => {
                 usage_value = usage(prompt_tokens, completion_tokens, cached_tokens)
@@ -379,7 +425,7 @@ async fn chat(State(state): State<Arc<AppState>>, raw: Result<Bytes, BytesReject
                     chunk["usage"] = usage(prompt_tokens, completion_tokens, cached_tokens);
                     out.push(Some(chunk));
                 }
-                Update::Usage { .. } => {}
+                Update::Usage { .. } | Update::Prompt { .. } => {}
                 Update::Failed(message) => {
                     out.push(Some(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message).body()))
                 }
@@ -450,6 +496,27 @@ fn completion_logprobs(lps: &[TokenLogprob]) -> Value {
         "top_logprobs": lps.iter().map(|t| t.top.iter().map(|(s, lp)| (s.clone(), json!(lp))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
         "text_offset": offsets,
     })
+}
+
+/// The legacy completions `logprobs` object of an echoed prompt and what followed it: the first
+/// prompt token has no log-probability (`null`, as in OpenAI's API and vLLM), every later token its own.
+fn echo_logprobs(first: &str, prompt: &[TokenLogprob], completion: &[TokenLogprob]) -> Value {
+    let rest: Vec<&TokenLogprob> = prompt.iter().chain(completion).collect();
+    let mut offsets = vec![0];
+    let mut offset = first.len();
+    for t in &rest {
+        offsets.push(offset);
+        offset += t.token.len();
+    }
+    let mut tokens = vec![json!(first)];
+    let mut token_logprobs = vec![Value::Null];
+    let mut top_logprobs = vec![Value::Null];
+    for t in rest {
+        tokens.push(json!(t.token));
+        token_logprobs.push(json!(t.logprob));
+        top_logprobs.push(json!(t.top.iter().map(|(s, lp)| (s.clone(), json!(lp))).collect::<serde_json::Map<_, _>>()));
+    }
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": offsets})
 }
 
 /// Chat's `logprobs.content` entries.

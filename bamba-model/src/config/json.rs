@@ -49,11 +49,27 @@ pub(super) enum TokenIds {
     Many(Vec<u32>),
 }
 
+/// `rope_parameters` (5.x) or `rope_scaling` (4.x): the kind and every scaling key transformers reads.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(super) struct RopeParameters {
     pub rope_type: Option<String>,
+    /// The 4.x spelling of `rope_type`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
     pub rope_theta: Option<f64>,
     pub partial_rotary_factor: Option<f64>,
+    pub factor: Option<f64>,
+    pub original_max_position_embeddings: Option<usize>,
+    pub attention_factor: Option<f64>,
+    pub beta_fast: Option<f64>,
+    pub beta_slow: Option<f64>,
+    pub mscale: Option<f64>,
+    pub mscale_all_dim: Option<f64>,
+    pub truncate: Option<bool>,
+    pub low_freq_factor: Option<f64>,
+    pub high_freq_factor: Option<f64>,
+    pub short_factor: Option<Vec<f64>>,
+    pub long_factor: Option<Vec<f64>>,
 }
 
 fn d_hidden() -> usize {
@@ -140,8 +156,14 @@ pub(super) struct HfConfig {
     pub time_step_limit: Option<(LenientFloat, LenientFloat)>,
     #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
+    /// The 4.x dialect's scaling object; wins over `rope_parameters`, as in transformers.
+    #[serde(default)]
+    pub rope_scaling: Option<RopeParameters>,
     #[serde(default)]
     pub rope_theta: Option<f64>,
+    /// Phi-3 style pretraining context beside `rope_scaling`; wins over the object's own.
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
     /// granitemoehybrid: `"rope"` turns full-width RoPE on; anything else (`null`, `"nope"`) is none.
     #[serde(default)]
     pub position_embedding_type: Option<String>,

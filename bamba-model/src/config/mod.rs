@@ -9,12 +9,14 @@
 
 mod json;
 mod resolve;
+mod rope;
 
 use std::path::Path;
 
 use thiserror::Error;
 
 use json::{quote_nonfinite_literals, HfConfig};
+pub use rope::{RopeConfig, RopeScaling};
 
 /// Errors reading or validating a config.
 // Each variant's `#[error]` message documents it and names its fields.
@@ -66,8 +68,12 @@ pub enum ConfigError {
     TopK { top_k: usize, experts: usize },
     #[error("unsupported activation {0:?} (only \"silu\" is supported)")]
     Activation(String),
-    #[error("unsupported rope_type {0:?} (only \"default\" is supported)")]
+    #[error(
+        "unsupported rope_type {0:?} (supported: \"default\", \"linear\", \"dynamic\", \"yarn\", \"llama3\", \"longrope\")"
+    )]
     RopeType(String),
+    #[error("rope_type {rope_type:?}: {problem}")]
+    RopeParameter { rope_type: String, problem: String },
     #[error("rotary dimension {rotary} (head_dim {head_dim} x partial_rotary_factor {factor}) must be even and at most head_dim")]
     RotaryDim { rotary: usize, head_dim: usize, factor: f64 },
     #[error("time_step_limit [{0}, {1}] is not an interval")]
@@ -144,16 +150,6 @@ pub struct MoeConfig {
     pub width: usize,
 }
 
-/// Rotary position embedding of the attention layers (NeoX `rotate_half` on the first
-/// `partial_rotary_factor · head_dim` dims of each head).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RopeConfig {
-    /// RoPE base frequency.
-    pub theta: f64,
-    /// Fraction of each head rotated (Bamba: 0.5).
-    pub partial_rotary_factor: f64,
-}
-
 /// A validated configuration with derived sizes: the layer plan of one model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BambaConfig {
@@ -220,7 +216,8 @@ pub struct BambaConfig {
     /// The residual stream between layers is f32 whatever the compute dtype (Mamba2's
     /// `residual_in_fp32`); each sub-block still computes in the compute dtype.
     pub residual_f32: bool,
-    /// Longest sequence (prompt + new tokens) accepted.
+    /// config.json's `max_position_embeddings` (see [`BambaConfig::context_length`] for the longest
+    /// sequence accepted).
     pub max_position_embeddings: usize,
     /// Id used for left padding (0 when absent).
     pub pad_token_id: Option<u32>,
@@ -260,7 +257,12 @@ impl BambaConfig {
     }
     /// Dimensions of each q/k head that RoPE rotates (0 without RoPE).
     pub fn rotary_dim(&self) -> usize {
-        self.rope.map_or(0, |r| (self.head_dim as f64 * r.partial_rotary_factor) as usize)
+        self.rope.as_ref().map_or(0, |r| rotary_dim(self.head_dim, r.partial_rotary_factor))
+    }
+    /// The longest sequence (prompt + new tokens) accepted: `max_position_embeddings`, or the context
+    /// a RoPE scaling extends it to (see [`RopeConfig::context_length`]).
+    pub fn context_length(&self) -> usize {
+        self.rope.as_ref().map_or(self.max_position_embeddings, |r| r.context_length(self.max_position_embeddings))
     }
     /// Number of layers of a kind.
     pub fn count(&self, kind: LayerKind) -> usize {
@@ -272,4 +274,9 @@ impl BambaConfig {
             .filter(|&(lo, hi)| !(lo <= 0.0 && hi == f64::INFINITY))
             .map(|(lo, hi)| (lo as f32, hi as f32))
     }
+}
+
+/// RoPE's rotated dims of a head, as transformers rounds them: `int(head_dim · factor)`.
+fn rotary_dim(head_dim: usize, partial_rotary_factor: f64) -> usize {
+    (head_dim as f64 * partial_rotary_factor) as usize
 }

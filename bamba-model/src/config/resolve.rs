@@ -1,8 +1,9 @@
 //! From the serde mirror to a validated [`BambaConfig`], per `model_type`.
 //!
 //! - `bamba` follows transformers 5.x `BambaConfig`: attention at `attn_layer_indices`; RoPE always,
-//!   from `rope_parameters` (5.x) or a top-level `rope_theta` (4.x), with `partial_rotary_factor`
-//!   0.5 unless `rope_parameters` names another; no multipliers.
+//!   from `rope_parameters` (5.x) or a top-level `rope_theta` and `rope_scaling` (4.x), with
+//!   `partial_rotary_factor` 0.5 unless `rope_parameters` names another (scaling: `rope.rs`); no
+//!   multipliers.
 //! - `granitemoehybrid` follows `GraniteMoeHybridConfig`: attention where `layer_types` says so
 //!   (hub names `mamba`/`attention` or 5.x names `linear_attention`/`full_attention`; all Mamba when
 //!   absent); full-width RoPE only when `position_embedding_type` is `"rope"`; the dense MLP is
@@ -17,6 +18,7 @@
 //! `{"__float__": "Infinity"}`, a string, or a bare `Infinity`.
 
 use super::json::{DHead, HfConfig, LenientFloat, TokenIds};
+use super::rope::{self, RopeContext};
 use super::{Architecture, BambaConfig, ConfigError, LayerKind, MoeConfig, RopeConfig};
 
 /// Defaults of keys absent from config.json, per model type (transformers' config classes).
@@ -201,32 +203,37 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
         Architecture::Mamba2 => vec![LayerKind::Mamba; num_hidden_layers],
     };
 
-    let rope_parameters = raw.rope_parameters.clone().unwrap_or_default();
-    if let Some(kind) = &rope_parameters.rope_type {
-        if kind != "default" {
-            return Err(ConfigError::RopeType(kind.clone()));
-        }
-    }
+    // transformers: `rope_scaling or rope_parameters`; the object's own theta wins over the top level.
+    let rope_parameters = raw.rope_scaling.clone().or_else(|| raw.rope_parameters.clone()).unwrap_or_default();
     let theta = rope_parameters.rope_theta.or(raw.rope_theta).unwrap_or(10000.0);
     if !(theta.is_finite() && theta > 0.0) {
         return Err(ConfigError::NotPositive { field: "rope_theta", value: theta });
     }
-    let rope = match architecture {
+    let partial_rotary_factor = match architecture {
         // BambaConfig forces 0.5 unless rope_parameters carries its own factor.
-        Architecture::Bamba => {
-            Some(RopeConfig { theta, partial_rotary_factor: rope_parameters.partial_rotary_factor.unwrap_or(0.5) })
-        }
+        Architecture::Bamba => rope_parameters.partial_rotary_factor.unwrap_or(0.5),
         // Gemma2's rotary: every dim of the head, whatever partial_rotary_factor says.
-        Architecture::GraniteMoeHybrid => (raw.position_embedding_type.as_deref() == Some("rope"))
-            .then_some(RopeConfig { theta, partial_rotary_factor: 1.0 }),
-        Architecture::Mamba2 => None,
+        _ => 1.0,
     };
-    if let Some(RopeConfig { partial_rotary_factor: factor, .. }) = rope {
-        let rotary = (head_dim as f64 * factor) as usize;
-        if !(factor > 0.0) || !rotary.is_multiple_of(2) || rotary > head_dim || rotary == 0 {
-            return Err(ConfigError::RotaryDim { rotary, head_dim, factor });
+    let uses_rope = match architecture {
+        Architecture::Bamba => true,
+        Architecture::GraniteMoeHybrid => raw.position_embedding_type.as_deref() == Some("rope"),
+        Architecture::Mamba2 => false,
+    };
+    let rope = if uses_rope {
+        let rotary = super::rotary_dim(head_dim, partial_rotary_factor);
+        if !(partial_rotary_factor > 0.0) || !rotary.is_multiple_of(2) || rotary > head_dim || rotary == 0 {
+            return Err(ConfigError::RotaryDim { rotary, head_dim, factor: partial_rotary_factor });
         }
-    }
+        let context = RopeContext {
+            max_position_embeddings,
+            original_max_position_embeddings: raw.original_max_position_embeddings,
+            rotary_dim: rotary,
+        };
+        Some(RopeConfig { theta, partial_rotary_factor, scaling: rope::scaling(&rope_parameters, &context)? })
+    } else {
+        None
+    };
 
     let time_step_limit = raw.time_step_limit.map(|(LenientFloat(lo), LenientFloat(hi))| (lo, hi));
     if let Some((lo, hi)) = time_step_limit {

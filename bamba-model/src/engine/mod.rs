@@ -76,10 +76,15 @@ pub enum EngineConfigError {
     TokenBudget { tokens: usize, seqs: usize },
     #[error("max_model_len must be at least 2 (a prompt token and a new one)")]
     ModelLen,
-    #[error("max_model_len {len} is more than the model's max_position_embeddings ({limit})")]
+    #[error("max_model_len {len} is more than the model's context length ({limit})")]
     ModelLenOverLimit { len: usize, limit: usize },
     #[error("the cache budget of {budget} bytes does not hold one sequence of max_model_len ({needed} bytes)")]
     Budget { budget: u64, needed: u64 },
+    #[error(
+        "the prefix cache cannot be exact with rope_type {rope_type:?}: its frequencies depend on the whole \
+         sequence's length, so a cached prefix's keys differ from those of a longer prompt; turn the prefix cache off"
+    )]
+    PrefixCacheRope { rope_type: &'static str },
 }
 
 /// Why a request was refused before it was queued.
@@ -91,7 +96,7 @@ pub enum SubmitError {
     EmptyPrompt,
     #[error("token id {token} at position {position} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { token: u32, position: usize, vocab: usize },
-    #[error("max_tokens must be at least 1")]
+    #[error("max_tokens must be at least 1 (0 only where the prompt's log-probabilities are asked for)")]
     NoNewTokens,
     #[error(
         "This model's maximum context length is {limit} tokens. However, you requested {max_tokens} output tokens \
@@ -215,7 +220,7 @@ impl EngineHandle {
         if let Some((position, &token)) = prompt.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
             return Err(SubmitError::TokenOutOfRange { token, position, vocab });
         }
-        if params.max_tokens == 0 {
+        if params.max_tokens == 0 && params.prompt_logprobs.is_none() {
             return Err(SubmitError::NoNewTokens);
         }
         let total = prompt.len().saturating_add(params.max_tokens);

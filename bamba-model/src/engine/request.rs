@@ -18,6 +18,11 @@ pub struct RequestParams {
     pub stop_token_ids: Vec<u32>,
     /// Report the log-probability of each chosen token and of the `n` most likely ones.
     pub logprobs: Option<usize>,
+    /// Report the log-probability of every prompt token after the first (given those before it) and
+    /// the `n` most likely tokens at each of those positions ([`Event::Prompt`]), as scoring harnesses
+    /// need. Such a prompt is prefilled alone, never resumed from the prefix cache, and may ask for
+    /// no new token at all (`max_tokens` 0).
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for RequestParams {
@@ -29,6 +34,7 @@ impl Default for RequestParams {
             ignore_eos: false,
             stop_token_ids: Vec::new(),
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -45,9 +51,13 @@ pub struct TokenEvent {
     pub top_logprobs: Vec<(u32, f32)>,
 }
 
-/// What the engine sends a request, in order: tokens, then one `Finished` (or one `Failed`).
+/// What the engine sends a request, in order: its prompt's log-probabilities when asked for, tokens,
+/// then one `Finished` (or one `Failed`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// Prompt tokens `1 ..` with their log-probabilities given the tokens before them (f32 log-softmax
+    /// of the full logits row), sent once when the prompt is prefilled.
+    Prompt(Vec<TokenEvent>),
     /// A new token.
     Token(TokenEvent),
     /// The request ended; nothing follows.

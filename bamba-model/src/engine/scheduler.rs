@@ -21,6 +21,10 @@ use crate::padding::LeftPadding;
 use crate::sampling::Sampler;
 use burn::tensor::Tensor;
 
+/// Prompt positions per prefill chunk of a request that asks for its prompt's log-probabilities:
+/// their logits come to the host (`chunk × vocab` f32, 128 MB at a 128K vocabulary).
+const PROMPT_LOGPROBS_CHUNK: usize = 256;
+
 /// A step's outcome for one sequence.
 enum Choice<'a> {
     /// Its greedy token, chosen on the device.
@@ -46,6 +50,8 @@ struct Sequence<B: BambaOps> {
     prefill: Option<HybridCache<B>>,
     /// Prompt tokens resumed from the prefix cache.
     cached_tokens: usize,
+    /// Log-probabilities of the prompt tokens prefilled so far (after the first), when asked for.
+    prompt_events: Vec<TokenEvent>,
 }
 
 impl<B: BambaOps> Sequence<B> {
@@ -142,9 +148,14 @@ impl<B: BambaOps> Engine<B> {
         if config.max_model_len < 2 {
             return Err(EngineConfigError::ModelLen);
         }
-        let limit = model.config.max_position_embeddings;
+        let limit = model.config.context_length();
         if config.max_model_len > limit {
             return Err(EngineConfigError::ModelLenOverLimit { len: config.max_model_len, limit });
+        }
+        if let (Some(_), Some(rope)) =
+            (&config.prefix_cache, model.config.rope.as_ref().filter(|r| r.depends_on_length()))
+        {
+            return Err(EngineConfigError::PrefixCacheRope { rope_type: rope.scaling.rope_type() });
         }
         let costs = CacheCosts::new(&model.config, model.dtype, state_dtype);
         if let Some(budget) = config.cache_budget {
@@ -219,7 +230,15 @@ impl<B: BambaOps> Engine<B> {
             };
             self.accepted += 1;
             let history = request.prompt.clone();
-            self.queued.push_back(Sequence { request, sampler, history, events, prefill: None, cached_tokens: 0 });
+            self.queued.push_back(Sequence {
+                request,
+                sampler,
+                history,
+                events,
+                prefill: None,
+                cached_tokens: 0,
+                prompt_events: Vec::new(),
+            });
         }
     }
 
@@ -284,7 +303,8 @@ impl<B: BambaOps> Engine<B> {
                 return Ok(());
             }
             let mut seq = self.queued.pop_front().expect("front exists");
-            if let Some(prefix) = &mut self.prefix {
+            // the prompt's log-probabilities need every prompt position computed
+            if let (Some(prefix), None) = (&mut self.prefix, seq.request.params.prompt_logprobs) {
                 if let Some(resumed) = prefix.resume(&seq.request.prompt, &self.model, self.state_dtype, &self.stats)? {
                     seq.prefill = Some(resumed.cache);
                     seq.cached_tokens = resumed.tokens;
@@ -326,17 +346,37 @@ impl<B: BambaOps> Engine<B> {
             let seq = self.prefilling.front_mut().expect("not empty");
             let len = seq.request.prompt.len();
             if seq.prefill.is_none() {
-                seq.prefill = Some(self.model.new_cache(1, len, self.state_dtype)?);
+                let mut cache = self.model.new_cache(1, len, self.state_dtype)?;
+                cache.set_prefill_end(len);
+                seq.prefill = Some(cache);
             }
             let cache = seq.prefill.as_mut().expect("made above");
             let done = cache.position;
-            let mut end = done + budget.min(len - done).min(self.model.auto_prefill_chunk(1, len));
+            let mut chunk = self.model.auto_prefill_chunk(1, len);
+            if seq.request.params.prompt_logprobs.is_some() {
+                chunk = chunk.min(PROMPT_LOGPROBS_CHUNK);
+            }
+            let mut end = done + budget.min(len - done).min(chunk);
             if let Some(prefix) = &self.prefix {
                 end = prefix.align(done, end, len);
             }
             let prompt = &seq.request.prompt;
-            let logits =
-                self.model.forward_cached(self.model.ids_tensor(&[prompt[done..end].to_vec()])?, cache, true)?;
+            let ids = self.model.ids_tensor(&[prompt[done..end].to_vec()])?;
+            let logits = match seq.request.params.prompt_logprobs {
+                None => self.model.forward_cached(ids, cache, true)?,
+                Some(top) => {
+                    let all = self.model.forward_cached(ids, cache, false)?;
+                    let vocab = self.model.config.vocab_size;
+                    let flat = all.clone().cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
+                    // row i (position done + i) predicts the prompt's token done + i + 1
+                    for (i, row) in flat.chunks_exact(vocab).enumerate() {
+                        if let Some(&next) = prompt.get(done + i + 1) {
+                            seq.prompt_events.push(token_event(next, row, Some(top)));
+                        }
+                    }
+                    all.narrow(1, end - done - 1, 1)
+                }
+            };
             budget -= end - done;
             EngineStats::add(&self.stats.prompt_tokens, end - done);
             if let Some(prefix) = &mut self.prefix {
@@ -349,6 +389,14 @@ impl<B: BambaOps> Engine<B> {
             }
             let mut seq = self.prefilling.pop_front().expect("not empty");
             let cache = seq.prefill.take().expect("prefilled");
+            if seq.request.params.prompt_logprobs.is_some() {
+                let _ = seq.events.send(Event::Prompt(std::mem::take(&mut seq.prompt_events)));
+            }
+            if seq.request.params.max_tokens == 0 {
+                seq.finish(FinishReason::Length);
+                EngineStats::add(&self.stats.finished, 1);
+                continue;
+            }
             ready.extend(self.first_tokens(vec![seq], cache, logits));
         }
         Ok(ready)
@@ -414,7 +462,8 @@ impl<B: BambaOps> Engine<B> {
         while i < self.prefilling.len() {
             let waiting = &self.prefilling[i];
             // only the front of the queue can be part way through its prefill
-            let untouched = waiting.prefill.as_ref().is_none_or(|c| c.position == waiting.cached_tokens);
+            let untouched = waiting.prefill.as_ref().is_none_or(|c| c.position == waiting.cached_tokens)
+                && waiting.request.params.prompt_logprobs.is_none();
             match seqs[..leaders].iter().position(|s| s.request.prompt == waiting.request.prompt) {
                 Some(row) if untouched => {
                     let mut follower = self.prefilling.remove(i).expect("in range");
@@ -443,8 +492,10 @@ impl<B: BambaOps> Engine<B> {
         let mut count = 0;
         let grid = self.prefix.as_ref().map_or(usize::MAX, |p| p.interval);
         for seq in &self.prefilling {
-            // with the prefix cache, prompts past one grid interval go alone, snapshotted on the grid
-            if seq.prefill.is_some() || seq.request.prompt.len() > grid {
+            // with the prefix cache, prompts past one grid interval go alone, snapshotted on the grid;
+            // prompts whose log-probabilities are asked for go alone, in chunks of bounded logits
+            if seq.prefill.is_some() || seq.request.prompt.len() > grid || seq.request.params.prompt_logprobs.is_some()
+            {
                 break;
             }
             let width = longest.max(seq.request.prompt.len());
