@@ -254,6 +254,21 @@ fn echo_with_logprobs_scores_prompts_as_transformers() {
     let refused = server.post("/v1/completions", &json!({"prompt": prompts[0], "max_tokens": 0}));
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     server.wait_for(Server::idle, "idle");
+    drop(server);
+    // with room in the step and no prefix cache, the prompts are scored together as one left-padded
+    // batch, each mixed with a request that generates
+    let server = Server::start(&["--model", "tests/fixtures/base", "--no-prefix-cache"]);
+    let mut body = json!({"prompt": prompts, "max_tokens": 2, "logprobs": 3, "echo": true, "temperature": 0});
+    let out: Value = server.post("/v1/completions", &body).json().unwrap();
+    for (choice, r) in out["choices"].as_array().unwrap_or_else(|| panic!("{out}")).iter().zip(&refs) {
+        check(choice, r, 2);
+    }
+    body["max_tokens"] = json!(0);
+    let out: Value = server.post("/v1/completions", &body).json().unwrap();
+    for (choice, r) in out["choices"].as_array().unwrap_or_else(|| panic!("{out}")).iter().zip(&refs) {
+        check(choice, r, 0);
+    }
+    server.wait_for(Server::idle, "idle");
 }
 
 #[test]

@@ -25,6 +25,34 @@ use burn::tensor::Tensor;
 /// their logits come to the host (`chunk × vocab` f32, 128 MB at a 128K vocabulary).
 const PROMPT_LOGPROBS_CHUNK: usize = 256;
 
+/// Adds to each request's scores (where it asks for them) the log-probabilities of its prompt tokens
+/// that `logits` predicts, and returns the last column (what the next token is chosen from). Column `c`
+/// of row `r` holds the logits after prompt position `first_positions[r] + c` of `rows[r]`'s request
+/// (negative: a pad).
+///
+/// # Shapes
+/// - `logits`: `[rows, len, vocab]` → `[rows, 1, vocab]`
+fn score_prompts<B: BambaOps>(
+    rows: &mut [(&Request, &mut Vec<TokenEvent>)],
+    first_positions: &[i64],
+    logits: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let [_, len, vocab] = logits.dims();
+    let flat = logits.clone().cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
+    let columns = flat.chunks_exact(len * vocab);
+    for (((request, scores), &first), row) in rows.iter_mut().zip(first_positions).zip(columns) {
+        let Some(top) = request.params.prompt_logprobs else { continue };
+        for (c, column) in row.chunks_exact(vocab).enumerate() {
+            // the logits after position p predict the prompt's token p + 1
+            let Ok(position) = usize::try_from(first + c as i64) else { continue };
+            if let Some(&next) = request.prompt.get(position + 1) {
+                scores.push(token_event(next, column, Some(top)));
+            }
+        }
+    }
+    logits.narrow(1, len - 1, 1)
+}
+
 /// A step's outcome for one sequence.
 enum Choice<'a> {
     /// Its greedy token, chosen on the device.
@@ -331,8 +359,15 @@ impl<B: BambaOps> Engine<B> {
                 let (rows, padding) = LeftPadding::pad(&prompts, self.model.config.pad_token_id.unwrap_or(0));
                 let width = rows[0].len();
                 let mut cache = self.model.new_cache(group, width, self.state_dtype)?;
+                // column c of row r is the prompt's position c - pads[r] (a pad where negative)
+                let first_positions: Vec<i64> = padding.pads.iter().map(|&pad| -(pad as i64)).collect();
                 cache.set_padding(padding)?;
-                let logits = self.model.forward_cached(self.model.ids_tensor(&rows)?, &mut cache, true)?;
+                let scoring = seqs.iter().any(|s| s.request.params.prompt_logprobs.is_some());
+                let mut logits = self.model.forward_cached(self.model.ids_tensor(&rows)?, &mut cache, !scoring)?;
+                if scoring {
+                    let mut rows: Vec<_> = seqs.iter_mut().map(|s| (&s.request, &mut s.prompt_events)).collect();
+                    logits = score_prompts(&mut rows, &first_positions, logits);
+                }
                 if let Some(prefix) = &mut self.prefix {
                     for (row, prompt) in prompts.iter().enumerate() {
                         prefix.record(prompt, &cache, row, &self.stats);
@@ -362,21 +397,11 @@ impl<B: BambaOps> Engine<B> {
             }
             let prompt = &seq.request.prompt;
             let ids = self.model.ids_tensor(&[prompt[done..end].to_vec()])?;
-            let logits = match seq.request.params.prompt_logprobs {
-                None => self.model.forward_cached(ids, cache, true)?,
-                Some(top) => {
-                    let all = self.model.forward_cached(ids, cache, false)?;
-                    let vocab = self.model.config.vocab_size;
-                    let flat = all.clone().cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
-                    // row i (position done + i) predicts the prompt's token done + i + 1
-                    for (i, row) in flat.chunks_exact(vocab).enumerate() {
-                        if let Some(&next) = prompt.get(done + i + 1) {
-                            seq.prompt_events.push(token_event(next, row, Some(top)));
-                        }
-                    }
-                    all.narrow(1, end - done - 1, 1)
-                }
-            };
+            let scoring = seq.request.params.prompt_logprobs.is_some();
+            let mut logits = self.model.forward_cached(ids, cache, !scoring)?;
+            if scoring {
+                logits = score_prompts(&mut [(&seq.request, &mut seq.prompt_events)], &[done as i64], logits);
+            }
             budget -= end - done;
             EngineStats::add(&self.stats.prompt_tokens, end - done);
             if let Some(prefix) = &mut self.prefix {
@@ -389,14 +414,6 @@ impl<B: BambaOps> Engine<B> {
             }
             let mut seq = self.prefilling.pop_front().expect("not empty");
             let cache = seq.prefill.take().expect("prefilled");
-            if seq.request.params.prompt_logprobs.is_some() {
-                let _ = seq.events.send(Event::Prompt(std::mem::take(&mut seq.prompt_events)));
-            }
-            if seq.request.params.max_tokens == 0 {
-                seq.finish(FinishReason::Length);
-                EngineStats::add(&self.stats.finished, 1);
-                continue;
-            }
             ready.extend(self.first_tokens(vec![seq], cache, logits));
         }
         Ok(ready)
@@ -410,7 +427,24 @@ impl<B: BambaOps> Engine<B> {
         mut cache: HybridCache<B>,
         logits: Tensor<B, 3>,
     ) -> Option<Prefilled<B>> {
-        let logits = self.fork_identical(&mut seqs, &mut cache, logits);
+        let mut logits = self.fork_identical(&mut seqs, &mut cache, logits);
+        for seq in seqs.iter_mut().filter(|s| s.request.params.prompt_logprobs.is_some()) {
+            let _ = seq.events.send(Event::Prompt(std::mem::take(&mut seq.prompt_events)));
+        }
+        // a request that only scores its prompt ends here
+        if seqs.iter().any(|s| s.request.params.max_tokens == 0) {
+            let live: Vec<usize> = (0..seqs.len()).filter(|&r| seqs[r].request.params.max_tokens > 0).collect();
+            for seq in seqs.iter().filter(|s| s.request.params.max_tokens == 0) {
+                seq.finish(FinishReason::Length);
+            }
+            EngineStats::add(&self.stats.finished, seqs.len() - live.len());
+            if live.is_empty() {
+                return None;
+            }
+            cache.select_rows(&live);
+            logits = logits.select(0, row_index::<B>(&live, &self.model.device));
+            seqs.retain(|s| s.request.params.max_tokens > 0);
+        }
         let keep = self.take_tokens(&mut seqs, logits);
         if keep.is_empty() {
             return None;
@@ -490,20 +524,25 @@ impl<B: BambaOps> Engine<B> {
     fn fresh_group(&self, budget: usize) -> usize {
         let mut longest = 0;
         let mut count = 0;
+        let mut scoring = false;
         let grid = self.prefix.as_ref().map_or(usize::MAX, |p| p.interval);
         for seq in &self.prefilling {
-            // with the prefix cache, prompts past one grid interval go alone, snapshotted on the grid;
-            // prompts whose log-probabilities are asked for go alone, in chunks of bounded logits
-            if seq.prefill.is_some() || seq.request.prompt.len() > grid || seq.request.params.prompt_logprobs.is_some()
-            {
+            // with the prefix cache, prompts past one grid interval go alone, snapshotted on the grid
+            if seq.prefill.is_some() || seq.request.prompt.len() > grid {
                 break;
             }
             let width = longest.max(seq.request.prompt.len());
             let rows = count + 1;
-            if rows * width > budget || self.model.auto_prefill_chunk(rows, width) < width {
+            // a group that scores a prompt brings every position's logits to the host: as many as
+            // one chunk of a prompt scored alone
+            let scores = scoring || seq.request.params.prompt_logprobs.is_some();
+            if rows * width > budget
+                || self.model.auto_prefill_chunk(rows, width) < width
+                || (scores && rows * width > PROMPT_LOGPROBS_CHUNK)
+            {
                 break;
             }
-            (longest, count) = (width, rows);
+            (longest, count, scoring) = (width, rows, scores);
         }
         count
     }
