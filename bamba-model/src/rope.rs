@@ -6,6 +6,8 @@
 //! YaRN, Llama 3, LongRoPE: transformers' `ROPE_INIT_FUNCTIONS`); the remaining dims pass through.
 //! This is the one table builder: every backend and the RoPE kernel read the tables made here.
 
+use std::borrow::Cow;
+
 use bamba_kernels::BambaOps;
 
 use crate::config::RopeScaling;
@@ -85,7 +87,7 @@ impl Rope {
     /// The frequencies change with the length of the sequence (dynamic NTK, LongRoPE): tables cannot
     /// be made once per cache.
     pub fn depends_on_length(&self) -> bool {
-        matches!(self.scaling, RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. })
+        self.scaling.depends_on_length()
     }
 
     /// The default frequencies `theta^(-2j/dim)`, each formed as transformers does (`base ** (arange(0,
@@ -184,7 +186,10 @@ impl Rope {
         let mut sin = Vec::with_capacity(rows * len * self.rotary_dim);
         let scale = self.attention_scaling;
         for (row, &length) in positions.iter().zip(lengths) {
-            let inv_freq = if self.depends_on_length() { self.frequencies(length) } else { self.inv_freq.clone() };
+            let inv_freq: Cow<[f32]> = match self.depends_on_length() {
+                true => Cow::Owned(self.frequencies(length)),
+                false => Cow::Borrowed(&self.inv_freq),
+            };
             for &pos in row {
                 // emb = cat(freqs, freqs)
                 for _ in 0..2 {

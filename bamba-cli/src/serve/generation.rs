@@ -69,7 +69,8 @@ fn finish_reason(reason: FinishReason) -> &'static str {
     }
 }
 
-fn token_text(tokenizer: Option<&TextTokenizer>, id: u32) -> String {
+/// The text of one token as the log-probability objects name it (`token_id:N` without a tokenizer).
+pub fn token_text(tokenizer: Option<&TextTokenizer>, id: u32) -> String {
     tokenizer.map_or_else(|| format!("token_id:{id}"), |t| t.token_text(id))
 }
 
@@ -82,11 +83,6 @@ fn logprobs(tokenizer: Option<&TextTokenizer>, t: &TokenEvent) -> Vec<TokenLogpr
             top: t.top_logprobs.iter().map(|&(id, lp)| (token_text(tokenizer, id), lp)).collect(),
         }],
     }
-}
-
-/// The text of one token as the log-probability objects name it.
-pub fn token_name(tokenizer: Option<&TextTokenizer>, id: u32) -> String {
-    token_text(tokenizer, id)
 }
 
 /// The updates of `job`, ending with `Usage` (or `Failed`). Dropping the stream cancels every

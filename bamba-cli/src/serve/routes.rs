@@ -132,16 +132,20 @@ fn encode(state: &AppState, text: &str, plain: bool) -> Result<Vec<u32>, ApiErro
     ids.map_err(|e| ApiError::bad_request(e.to_string()).param("prompt"))
 }
 
-/// The text of a token-id prompt, for `echo` (empty without a tokenizer: there is no text to echo).
-fn decode(state: &AppState, ids: &[u32]) -> Result<String, ApiError> {
-    let Some(t) = state.tokenizer.as_deref() else { return Ok(String::new()) };
+/// The text of token ids sent as the request's `param`, each checked against the vocabulary.
+fn decode(
+    state: &AppState,
+    t: &bamba_model::TextTokenizer,
+    ids: &[u32],
+    param: &'static str,
+) -> Result<String, ApiError> {
     let vocab = state.vocab_size;
     if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
         return Err(
-            ApiError::bad_request(format!("token id {bad} is outside the vocabulary (size {vocab})")).param("prompt")
+            ApiError::bad_request(format!("token id {bad} is outside the vocabulary (size {vocab})")).param(param)
         );
     }
-    t.decode(ids).map_err(|e| ApiError::bad_request(e.to_string()).param("prompt"))
+    t.decode(ids).map_err(|e| ApiError::bad_request(e.to_string()).param(param))
 }
 
 async fn tokenize(
@@ -164,14 +168,7 @@ async fn detokenize(
 ) -> Result<Response, ApiError> {
     let request: DetokenizeRequest = api::parse(&body(&state, raw)?)?;
     check_model(&state, &request.model)?;
-    let t = tokenizer(&state)?;
-    let vocab = state.vocab_size;
-    if let Some(bad) = request.tokens.iter().find(|&&id| id as usize >= vocab) {
-        return Err(
-            ApiError::bad_request(format!("token id {bad} is outside the vocabulary (size {vocab})")).param("tokens")
-        );
-    }
-    let text = t.decode(&request.tokens).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let text = decode(&state, tokenizer(&state)?, &request.tokens, "tokens")?;
     Ok(Json(json!({"prompt": text})).into_response())
 }
 
@@ -239,7 +236,11 @@ async fn completions(
     let prompt_texts: Vec<String> = match &request.prompt {
         PromptInput::Text(text) if echo => vec![text.clone()],
         PromptInput::Texts(texts) if echo => texts.clone(),
-        _ if echo => prompts.iter().map(|ids| decode(&state, ids)).collect::<Result<_, _>>()?,
+        // without a tokenizer there is no text to echo
+        _ if echo => match state.tokenizer.as_deref() {
+            Some(t) => prompts.iter().map(|ids| decode(&state, t, ids, "prompt")).collect::<Result<_, _>>()?,
+            None => vec![String::new(); prompts.len()],
+        },
         _ => Vec::new(),
     };
     let mut checked = request.sampling.check(max_tokens(request.max_tokens, 16), request.logprobs, &state.eos_ids)?;
@@ -258,7 +259,7 @@ async fn completions(
     let head = json!({"id": id, "object": "text_completion", "created": now_seconds(), "model": state.options.served_model_name});
     let want_logprobs = checked.params.logprobs.is_some();
     let tokenizer = state.tokenizer.clone();
-    let first_token_name = move |id: u32| super::generation::token_name(tokenizer.as_deref(), id);
+    let first_token_name = move |id: u32| super::generation::token_text(tokenizer.as_deref(), id);
     if checked.stream {
         let include_usage = checked.include_usage;
         let mut sent_prompt = vec![false; total_choices];

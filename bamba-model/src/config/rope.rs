@@ -91,6 +91,12 @@ impl RopeScaling {
             RopeScaling::LongRope { .. } => "longrope",
         }
     }
+
+    /// The frequencies depend on the length of the sequence being run (dynamic NTK, LongRoPE), not on
+    /// the position alone.
+    pub fn depends_on_length(&self) -> bool {
+        matches!(self, RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. })
+    }
 }
 
 impl RopeConfig {
@@ -111,10 +117,9 @@ impl RopeConfig {
         }
     }
 
-    /// The frequencies depend on the length of the sequence being run (dynamic NTK, LongRoPE), not on
-    /// the position alone.
+    /// [`RopeScaling::depends_on_length`] of its scaling.
     pub fn depends_on_length(&self) -> bool {
-        matches!(self.scaling, RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. })
+        self.scaling.depends_on_length()
     }
 }
 
