@@ -29,7 +29,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (AutoModelForCausalLM, BambaConfig, BambaForCausalLM, GraniteMoeHybridConfig,
-                          GraniteMoeHybridForCausalLM, Mamba2Config, Mamba2ForCausalLM)
+                          GraniteMoeHybridForCausalLM, Mamba2Config, Mamba2ForCausalLM, NemotronHConfig,
+                          NemotronHForCausalLM)
 
 HALF_FLOORS_ONLY = "--half-floors" in sys.argv[1:]
 ONLY = None
@@ -46,7 +47,8 @@ OUT = ARGS[0] if ARGS else os.path.join(os.path.dirname(__file__), "..", "tests"
 # model_type -> (config class, model class)
 CLASSES = {"bamba": (BambaConfig, BambaForCausalLM),
            "granitemoehybrid": (GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM),
-           "mamba2": (Mamba2Config, Mamba2ForCausalLM)}
+           "mamba2": (Mamba2Config, Mamba2ForCausalLM),
+           "nemotron_h": (NemotronHConfig, NemotronHForCausalLM)}
 
 BASE = dict(
     vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
@@ -75,7 +77,18 @@ MAMBA2_BASE = dict(
     n_groups=4, conv_kernel=4, chunk_size=8, layer_norm_epsilon=1e-5, use_bias=False, use_conv_bias=True,
     residual_in_fp32=True, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
 )
-BASES = {"bamba": BASE, "granitemoehybrid": GRANITE_BASE, "mamba2": MAMBA2_BASE}
+# Nemotron-H: one sub-block per layer (Mamba2, NoPE attention, relu² MLP, MoE), G = 8 groups of one
+# head, d_inner = heads x head_dim (48) unrelated to expand x hidden (64), the grouped sigmoid router of
+# Nemotron 3 (8 experts in 2 groups, one group kept, bias steering the pick, weights x 2.5).
+NEMOTRON_BASE = dict(
+    vocab_size=96, hidden_size=32, layers_block_type=["mamba", "moe", "attention", "mlp", "mamba", "moe"],
+    num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=40, mamba_num_heads=8,
+    mamba_head_dim=6, ssm_state_size=16, n_groups=8, conv_kernel=4, chunk_size=8, layer_norm_epsilon=1e-5,
+    n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=24, moe_shared_expert_intermediate_size=36,
+    n_group=2, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+    pad_token_id=0, bos_token_id=1, eos_token_id=2,
+)
+BASES = {"bamba": BASE, "granitemoehybrid": GRANITE_BASE, "mamba2": MAMBA2_BASE, "nemotron_h": NEMOTRON_BASE}
 
 # RoPE fixtures: a wider head, so that the rotated half holds 4 frequencies.
 ROPE_BASE = dict(head_dim=16, attn_layer_indices=[1, 3])
@@ -156,6 +169,14 @@ FIXTURES = {
     # Mamba2: one group, tied head, in/out_proj biases, no conv bias, conv width 3, chunk 5, bf16 residual
     "mamba2_tied_bias": (dict(n_groups=1, tie_word_embeddings=True, use_bias=True, use_conv_bias=False,
                               conv_kernel=3, chunk_size=5, residual_in_fp32=False), {"model_type": "mamba2"}),
+    # Nemotron-H with M, E, *, - layers and G = 8 (Nemotron 3's plan), layers_block_type in the hub names
+    "nemotron_h_moe": ({}, {"model_type": "nemotron_h", "dialect": "hub"}),
+    # Nemotron-H dense (Nemotron-H-8B, Nano 2) in the legacy spelling of the released configs:
+    # hybrid_override_pattern, mamba_n_groups / mamba_d_conv / mamba_chunk_size; 2 groups, in/out_proj
+    # biases, MLP biases, ungrouped router keys absent, no MoE layer
+    "nemotron_h_dense_legacy": (dict(layers_block_type=["mamba", "mlp", "attention", "mlp", "mamba", "mlp"],
+                                     n_groups=2, mamba_head_dim=8, use_bias=True, mlp_bias=True, conv_kernel=3,
+                                     chunk_size=5), {"model_type": "nemotron_h", "dialect": "nemotron-legacy"}),
 }
 
 PROMPT_LENGTHS = [13, 5, 1]  # unless a fixture's options name its own
@@ -232,7 +253,7 @@ def reload(path, dtype):
     with open(os.path.join(path, "config.json")) as f:
         model_type = json.load(f).get("model_type", "bamba")
     # The eager experts loop: the default grouped_mm has no float64 kernel.
-    extra = {"experts_implementation": "eager"} if model_type == "granitemoehybrid" else {}
+    extra = {"experts_implementation": "eager"} if model_type in ("granitemoehybrid", "nemotron_h") else {}
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager", **extra).eval()
 
 
@@ -314,8 +335,22 @@ def build(name, overrides, options, seed):
     elif dialect == "hub":
         with open(cfg_file) as f:
             cfg = json.load(f)
-        hub = {"linear_attention": "mamba", "full_attention": "attention"}
-        cfg["layer_types"] = [hub[t] for t in cfg["layer_types"]]
+        hub = {"linear_attention": "mamba", "full_attention": "attention", "mlp": "mlp", "moe": "moe"}
+        key = "layers_block_type" if model_type == "nemotron_h" else "layer_types"
+        cfg[key] = [hub[t] for t in cfg[key]]
+        with open(cfg_file, "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
+    elif dialect == "nemotron-legacy":
+        with open(cfg_file) as f:
+            cfg = json.load(f)
+        letters = {"linear_attention": "M", "full_attention": "*", "mlp": "-", "moe": "E"}
+        cfg["hybrid_override_pattern"] = "".join(letters[t] for t in cfg.pop("layers_block_type"))
+        cfg["num_hidden_layers"] = len(cfg["hybrid_override_pattern"])
+        for new, old in [("n_groups", "mamba_n_groups"), ("conv_kernel", "mamba_d_conv"),
+                         ("chunk_size", "mamba_chunk_size")]:
+            cfg[old] = cfg.pop(new)
+        # The released files' other spelling of head_dim, beside it as there.
+        cfg["attention_head_dim"] = cfg["head_dim"]
         with open(cfg_file, "w") as f:
             json.dump(cfg, f, indent=2, sort_keys=True)
     elif dialect == "bare-infinity":

@@ -2,7 +2,9 @@
 
 mod common;
 
-use bamba::model::config::{Architecture, BambaConfig, ConfigError, LayerKind, MoeConfig, RopeConfig, RopeScaling};
+use bamba::model::config::{
+    Architecture, BambaConfig, ConfigError, LayerKind, MlpActivation, MoeConfig, RopeConfig, RopeScaling, Router,
+};
 use bamba::model::presets::preset;
 use bamba::model::sizes::{parse_memory, prefill_flops, MemoryModel, ParameterCounts};
 use common::*;
@@ -52,7 +54,10 @@ fn granite(file: &str) -> BambaConfig {
 fn granite_configs_resolve_to_their_layer_plans() {
     let tiny = granite("granite-4.0-h-tiny.json");
     assert_eq!(tiny.architecture, Architecture::GraniteMoeHybrid);
-    assert_eq!(tiny.moe, Some(MoeConfig { experts: 64, top_k: 6, width: 512 }));
+    assert_eq!(
+        tiny.moe,
+        Some(MoeConfig { experts: 64, top_k: 6, width: 512, shared_width: 1024, router: Router::TopKSoftmax })
+    );
     assert_eq!(tiny.intermediate_size, 1024, "the dense MLP is shared_intermediate_size wide");
     let attention: Vec<usize> = (0..40).filter(|&i| tiny.layer_kinds[i] == LayerKind::Attention).collect();
     assert_eq!(attention, vec![5, 15, 25, 35]);
@@ -90,6 +95,66 @@ fn mamba2_config_resolves_to_mixer_only_layers() {
 }
 
 #[test]
+fn nemotron_h_configs_resolve_to_their_layer_plans() {
+    // Nemotron-H-8B-Base-8K: the legacy spelling (hybrid_override_pattern, attention_head_dim).
+    let h8 = granite("nemotron-h-8b-base-8k.json");
+    assert_eq!(h8.architecture, Architecture::NemotronH);
+    assert_eq!(h8.plan(), "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-");
+    assert_eq!((h8.count(LayerKind::Mamba), h8.count(LayerKind::Attention), h8.count(LayerKind::Mlp)), (24, 4, 24));
+    assert_eq!((h8.d_inner(), h8.conv_dim(), h8.mamba_n_groups, h8.mamba_chunk_size), (8192, 10240, 8, 256));
+    assert_eq!(
+        (h8.head_dim, h8.num_kv_heads, h8.intermediate_size, h8.mlp_activation),
+        (128, 8, 21504, MlpActivation::Relu2)
+    );
+    assert_eq!(
+        (h8.mlp, h8.moe, h8.rope.clone(), h8.tie_word_embeddings, h8.norm_weight_f32),
+        (false, None, None, false, true)
+    );
+    // Nemotron-3-Nano-30B-A3B: d_inner is heads x head_dim (4096), not expand x hidden (5376).
+    let nano = granite("nemotron-3-nano-30b-a3b.json");
+    assert_eq!(
+        (nano.count(LayerKind::Mamba), nano.count(LayerKind::Moe), nano.count(LayerKind::Attention)),
+        (23, 23, 6)
+    );
+    assert_eq!((nano.d_inner(), nano.mamba_d_state, nano.num_kv_heads), (4096, 128, 2));
+    let router = Router::SigmoidGrouped { groups: 1, top_groups: 1, normalize: true, scale: 2.5 };
+    assert_eq!(nano.moe, Some(MoeConfig { experts: 128, top_k: 6, width: 1856, shared_width: 3712, router }));
+    // One token reads 6 of 128 relu² experts (2 x 1856 x 2688 each) in each of 23 MoE layers.
+    let counts = ParameterCounts::new(&nano);
+    assert_eq!(counts.active, counts.total - 23 * 122 * 2 * 1856 * 2688);
+}
+
+#[test]
+fn nemotron_h_configs_with_bad_plans_are_typed_errors() {
+    let text = std::fs::read_to_string(fixtures_dir().join("nemotron_h_moe/config.json")).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut c = base.clone();
+        c[key] = value;
+        BambaConfig::from_json(&c.to_string()).unwrap_err()
+    };
+    let e = with("layers_block_type", serde_json::json!(["mamba", "conv"]));
+    assert!(matches!(e, ConfigError::BlockType { index: 1, .. }), "{e}");
+    let mut pattern = base.clone();
+    pattern.as_object_mut().unwrap().remove("layers_block_type");
+    pattern["hybrid_override_pattern"] = serde_json::json!("M*X");
+    let e = BambaConfig::from_json(&pattern.to_string()).unwrap_err();
+    assert!(matches!(e, ConfigError::Pattern { index: 2, found: 'X' }), "{e}");
+    let e = with("mlp_hidden_act", serde_json::json!("gelu"));
+    assert!(matches!(e, ConfigError::Activation { key: "mlp_hidden_act", .. }), "{e}");
+    let e = with("moe_latent_size", serde_json::json!(16));
+    assert!(matches!(e, ConfigError::Unsupported(_)), "{e}");
+    assert!(e.to_string().contains("moe_latent_size"), "{e}");
+    // 8 experts do not split into 3 groups; 1 kept group of 4 cannot hold 5 picks.
+    let e = with("n_group", serde_json::json!(3));
+    assert!(matches!(e, ConfigError::ExpertGroups { groups: 3, .. }), "{e}");
+    let e = with("num_experts_per_tok", serde_json::json!(5));
+    assert!(matches!(e, ConfigError::ExpertGroups { top_k: 5, .. }), "{e}");
+    let e = with("routed_scaling_factor", serde_json::json!(0.0));
+    assert!(matches!(e, ConfigError::NotPositive { field: "routed_scaling_factor", .. }), "{e}");
+}
+
+#[test]
 fn granite_configs_with_bad_plans_are_typed_errors() {
     let text = std::fs::read_to_string(fixtures_dir().join("granite_moe/config.json")).unwrap();
     let base: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -106,7 +171,7 @@ fn granite_configs_with_bad_plans_are_typed_errors() {
     assert!(matches!(e, ConfigError::TopK { top_k: 5, experts: 4 }), "{e}");
     let e = with("residual_multiplier", serde_json::json!(-0.5));
     assert!(matches!(e, ConfigError::NotPositive { field: "residual_multiplier", .. }), "{e}");
-    let e = with("model_type", serde_json::json!("nemotron_h"));
+    let e = with("model_type", serde_json::json!("falcon_h1"));
     assert!(e.to_string().contains("granitemoehybrid"), "the error names what is supported: {e}");
 }
 

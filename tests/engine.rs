@@ -39,7 +39,7 @@ fn states(cache: &HybridCache<TestBackend>) -> Vec<Vec<f32>> {
                 v.extend(s.conv_window.clone().into_data().to_vec::<f32>().unwrap());
                 v
             }
-            LayerCache::Mamba(None) => vec![],
+            LayerCache::Mamba(None) | LayerCache::Stateless => vec![],
             LayerCache::Attention(kv) => {
                 let (k, v) = kv.filled();
                 let mut out: Vec<f32> = k.into_data().to_vec().unwrap();

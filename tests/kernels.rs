@@ -1033,13 +1033,20 @@ fn check_serving_engine<B: BambaOps>(device: &B::Device) {
 /// (a TF32 router product on CUDA could pick another expert for a near tie); the experts' products
 /// may run as TF32 on CUDA (see `check_gemv`), hence 1e-3, far below what a wrong weighting gives.
 fn check_moe<B: BambaOps>(device: &B::Device) {
+    use bamba_kernels::ExpertActivation;
     use burn::tensor::activation::softmax;
-    for (rows, hidden, width, experts, k) in
-        [(1, 16, 8, 4, 2), (7, 32, 24, 8, 3), (13, 24, 40, 5, 1), (20, 16, 8, 6, 2)]
-    {
+    for ((rows, hidden, width, experts, k), activation) in [
+        ((1, 16, 8, 4, 2), ExpertActivation::SwiGlu),
+        ((7, 32, 24, 8, 3), ExpertActivation::SwiGlu),
+        ((13, 24, 40, 5, 1), ExpertActivation::SwiGlu),
+        ((20, 16, 8, 6, 2), ExpertActivation::SwiGlu),
+        ((1, 16, 8, 4, 2), ExpertActivation::Relu2),
+        ((20, 24, 12, 8, 3), ExpertActivation::Relu2),
+    ] {
+        let projected = if activation == ExpertActivation::SwiGlu { 2 * width } else { width };
         let x = uniform(rows * hidden, 71, -1.0, 1.0);
         let logits = uniform(rows * experts, 72, -2.0, 2.0);
-        let gate_up = uniform(experts * 2 * width * hidden, 73, -0.3, 0.3);
+        let gate_up = uniform(experts * projected * hidden, 73, -0.3, 0.3);
         let down = uniform(experts * hidden * width, 74, -0.3, 0.3);
         let device_run = || {
             let (picked, chosen) = tensor::<B, 2>(&logits, [rows, experts], device, DType::F32).topk_with_indices(k, 1);
@@ -1049,8 +1056,9 @@ fn check_moe<B: BambaOps>(device: &B::Device) {
                 tensor(&x, [rows, hidden], device, DType::F32),
                 weights.clone(),
                 chosen,
-                tensor(&gate_up, [experts, 2 * width, hidden], device, DType::F32),
+                tensor(&gate_up, [experts, projected, hidden], device, DType::F32),
                 tensor(&down, [experts, hidden, width], device, DType::F32),
+                activation,
             );
             (ids, host(weights), host(out))
         };
@@ -1063,13 +1071,14 @@ fn check_moe<B: BambaOps>(device: &B::Device) {
                 tensor(&x, [rows, hidden], &cpu, DType::F32),
                 weights.clone(),
                 chosen,
-                tensor(&gate_up, [experts, 2 * width, hidden], &cpu, DType::F32),
+                tensor(&gate_up, [experts, projected, hidden], &cpu, DType::F32),
                 tensor(&down, [experts, hidden, width], &cpu, DType::F32),
+                activation,
             );
             (ids, host(weights), host(out))
         };
         let ((ids, weights, out), (want_ids, want_weights, want_out)) = (device_run(), cpu_run());
-        let case = format!("rows {rows} hidden {hidden} width {width} experts {experts} k {k}");
+        let case = format!("{activation:?} rows {rows} hidden {hidden} width {width} experts {experts} k {k}");
         assert_eq!(ids, want_ids, "{case}: routing");
         assert!(max_abs_diff(&weights, &want_weights) < 1e-6, "{case}: routing weights");
         let diff = relative_diff(&out, &want_out);

@@ -47,6 +47,24 @@ fn unexpected_tensor() {
 }
 
 #[test]
+fn nemotron_mtp_head_is_ignored_and_a_missing_expert_is_named() {
+    // Nemotron 3 checkpoints carry a multi-token-prediction head (`mtp.*`) that transformers ignores.
+    let dir = copy_fixture("nemotron_h_moe");
+    rewrite(&dir.path().join("model.safetensors"), |e| {
+        e.push(("mtp.layers.0.norm.weight".into(), Dtype::F32, vec![2], vec![0; 8]));
+        e.push(("backbone.mtp_like".into(), Dtype::F32, vec![2], vec![0; 8]));
+    });
+    let err = load(dir.path()).unwrap_err();
+    assert!(matches!(&err, LoadError::Unexpected { names } if names == &["backbone.mtp_like"]), "{err}");
+    rewrite(&dir.path().join("model.safetensors"), |e| {
+        e.retain(|t| t.0 != "backbone.mtp_like" && t.0 != "backbone.layers.1.mixer.experts.7.up_proj.weight")
+    });
+    let err = load(dir.path()).unwrap_err();
+    let want = "backbone.layers.1.mixer.experts.7.up_proj.weight";
+    assert!(matches!(&err, LoadError::Missing { name, .. } if name == want), "{err}");
+}
+
+#[test]
 fn bias_present_while_config_says_none_is_unexpected() {
     let dir = copy_fixture("base"); // mamba_proj_bias = false
     rewrite(&dir.path().join("model.safetensors"), |e| {

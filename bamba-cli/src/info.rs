@@ -48,10 +48,14 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             "parameters_breakdown": {
                 "embedding": counts.embedding, "lm_head": counts.lm_head, "final_norm": counts.final_norm,
                 "per_mamba_layer": counts.mamba_layer, "per_attention_layer": counts.attention_layer,
+                "per_mlp_layer": counts.mlp_layer, "per_moe_layer": counts.moe_layer,
             },
             "layers": layers,
             "mamba_layers": config.count(LayerKind::Mamba),
             "attention_layers": config.count(LayerKind::Attention),
+            "mlp_layers": config.count(LayerKind::Mlp),
+            "moe_layers": config.count(LayerKind::Moe),
+            "plan": config.plan(),
             "weight_bytes": { "f32": weight_bytes(Precision::F32), "bf16": weight_bytes(Precision::Bf16), "f16": weight_bytes(Precision::F16) },
             "dtype": args.dtype.to_string(),
             "state_dtype": args.state_dtype.to_string(),
@@ -77,13 +81,12 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         return Ok(());
     }
 
-    let plan: String = config.layer_kinds.iter().map(|k| if *k == LayerKind::Attention { 'A' } else { 'M' }).collect();
-    println!(
-        "layers            {} ({} mamba, {} attention)  {plan}",
-        config.num_layers,
-        config.count(LayerKind::Mamba),
-        config.count(LayerKind::Attention)
-    );
+    let kinds: Vec<String> = LayerKind::ALL
+        .iter()
+        .filter(|&&k| config.count(k) > 0)
+        .map(|&k| format!("{} {}", config.count(k), k.name()))
+        .collect();
+    println!("layers            {} ({})  {}", config.num_layers, kinds.join(", "), config.plan());
     println!("model_type        {}", config.architecture.model_type());
     let rope = match &config.rope {
         Some(r) => format!(
@@ -108,8 +111,16 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         );
         println!("  active per token    {}", counts.active);
     }
-    println!("  per mamba layer     {}", counts.mamba_layer);
-    println!("  per attention layer {}", counts.attention_layer);
+    for (kind, count) in [
+        (LayerKind::Mamba, counts.mamba_layer),
+        (LayerKind::Attention, counts.attention_layer),
+        (LayerKind::Mlp, counts.mlp_layer),
+        (LayerKind::Moe, counts.moe_layer),
+    ] {
+        if config.count(kind) > 0 {
+            println!("  per {:<15} {count}", format!("{} layer", kind.name()));
+        }
+    }
     println!("  embedding + head    {}", counts.embedding + counts.lm_head);
     println!(
         "weights           f32 {}  bf16 {}  f16 {}",

@@ -18,6 +18,7 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 pub use reference::conv::ConvOutput;
 pub use reference::mamba_step::{MambaStepConfig, MambaStepOutput, MambaStepWeights};
+pub use reference::moe::ExpertActivation;
 pub use reference::ssd::{SsdConfig, SsdInputs, SsdOutput};
 
 /// The backend-extension trait of the Bamba hot ops.
@@ -180,20 +181,23 @@ pub trait BambaOps: Backend {
         reference::attention::decode_attention(q, k, v, key_start, keys)
     }
 
-    /// The routed experts of a mixture-of-experts feed-forward: each token's `k` chosen experts' SwiGLU
-    /// outputs, weighted and summed; see [`reference::moe::moe_experts`].
+    /// The routed experts of a mixture-of-experts feed-forward: each token's `k` chosen experts'
+    /// outputs (SwiGLU or relu², per `activation`), weighted and summed; see
+    /// [`reference::moe::moe_experts`].
     ///
     /// # Shapes
     /// - `x`: `[rows, hidden]`, `weights`: `[rows, k]`, `experts`: `[rows, k]` (ids)
-    /// - `gate_up`: `[experts, 2·width, hidden]`, `down`: `[experts, hidden, width]` → `[rows, hidden]`
+    /// - `gate_up`: `[experts, 2·width, hidden]` (relu²: `[experts, width, hidden]`), `down`:
+    ///   `[experts, hidden, width]` → `[rows, hidden]`
     fn moe_experts(
         x: Tensor<Self, 2>,
         weights: Tensor<Self, 2>,
         experts: Tensor<Self, 2, Int>,
         gate_up: Tensor<Self, 3>,
         down: Tensor<Self, 3>,
+        activation: ExpertActivation,
     ) -> Tensor<Self, 2> {
-        reference::moe::moe_experts(x, weights, experts, gate_up, down)
+        reference::moe::moe_experts(x, weights, experts, gate_up, down, activation)
     }
 
     /// Rotary position embedding of the first `rotary_dim` dims of every head (partial RoPE, NeoX

@@ -101,6 +101,8 @@ pub enum LayerCache<B: Backend> {
     Mamba(Option<MambaState<B>>),
     /// An attention layer's keys and values.
     Attention(KvCache<B>),
+    /// A feed-forward layer keeps nothing.
+    Stateless,
 }
 
 /// The cache of the whole model for a batch of sequences.
@@ -162,6 +164,7 @@ impl<B: Backend> HybridCache<B> {
             .iter()
             .map(|kind| match kind {
                 LayerKind::Mamba => LayerCache::Mamba(None),
+                LayerKind::Mlp | LayerKind::Moe => LayerCache::Stateless,
                 LayerKind::Attention => LayerCache::Attention(KvCache::new(
                     batch,
                     config.num_kv_heads,
@@ -269,7 +272,7 @@ impl<B: Backend> HybridCache<B> {
                         ssm: Tensor::zeros(z.ssm, (&z.device, self.state_dtype)),
                     })
                 }
-                LayerCache::Mamba(_) => {}
+                LayerCache::Mamba(_) | LayerCache::Stateless => {}
             }
         }
         Ok(())
@@ -284,6 +287,7 @@ impl<B: Backend> HybridCache<B> {
             match layer {
                 LayerCache::Mamba(state) => *state = None,
                 LayerCache::Attention(kv) => kv.len = 0,
+                LayerCache::Stateless => {}
             }
         }
     }

@@ -1,7 +1,8 @@
-//! One decoder layer: `x + mixer(norm(x))`, then (unless the config has none) `x + mlp(norm(x))
-//! [+ moe(norm(x))]`. The mixer is Mamba2 or attention, fixed per layer by the config's layer plan.
-//! Residual multipliers are folded into each sub-block's output projection. With an f32 residual
-//! stream (Mamba2) `x` is f32 and each sub-block reads it rounded to the compute dtype.
+//! One decoder layer, one or two residual sub-blocks as the config's layer plan says:
+//! `x + mixer(norm(x))` with the mixer Mamba2 or attention, then (where the config has one)
+//! `x + mlp(norm(x)) [+ moe(norm(x))]`; or the feed-forward sub-block alone (Nemotron-H's MLP and
+//! MoE layers). Residual multipliers are folded into each sub-block's output projection. With an f32
+//! residual stream (Mamba2) `x` is f32 and each sub-block reads it rounded to the compute dtype.
 
 use bamba_kernels::BambaOps;
 use burn::tensor::Tensor;
@@ -30,22 +31,30 @@ pub enum Mixer<B: BambaOps> {
 /// A layer's feed-forward sub-block: the dense MLP, and the routed experts beside it if any.
 #[derive(Debug, Clone)]
 pub struct FeedForward<B: BambaOps> {
-    /// Its pre-norm (Bamba's `pre_ff_layernorm`, Granite's `post_attention_layernorm`).
+    /// Its pre-norm (Bamba's `pre_ff_layernorm`, Granite's `post_attention_layernorm`, the layer's
+    /// one `norm` in a Nemotron-H MLP or MoE layer).
     pub norm: RmsNorm<B>,
-    /// The dense SwiGLU MLP.
+    /// The dense MLP (Granite's and Nemotron's shared expert beside routed ones).
     pub mlp: Mlp<B>,
-    /// Routed experts added to the MLP's output (Granite MoE).
+    /// Routed experts added to the MLP's output.
     pub experts: Option<Moe<B>>,
 }
 
+/// A layer's mixer sub-block.
 #[derive(Debug, Clone)]
-/// One decoder layer: pre-norm, mixer, residual; then optionally pre-norm, feed-forward, residual.
-pub struct DecoderLayer<B: BambaOps> {
+pub struct MixerBlock<B: BambaOps> {
     /// The mixer's pre-norm.
-    pub input_layernorm: RmsNorm<B>,
+    pub norm: RmsNorm<B>,
     /// Mamba2 or attention.
     pub mixer: Mixer<B>,
-    /// The feed-forward sub-block (`None` for Mamba2).
+}
+
+#[derive(Debug, Clone)]
+/// One decoder layer: a mixer sub-block, a feed-forward sub-block, or both in that order.
+pub struct DecoderLayer<B: BambaOps> {
+    /// Pre-norm, mixer, residual (`None` in a feed-forward layer).
+    pub mixer: Option<MixerBlock<B>>,
+    /// Pre-norm, feed-forward, residual (`None` in a Mamba2 or Nemotron-H mixer layer).
     pub feed_forward: Option<FeedForward<B>>,
 }
 
@@ -54,25 +63,33 @@ impl<B: BambaOps> DecoderLayer<B> {
     pub fn load(w: &mut WeightReader<'_, B>, index: usize, c: &BambaConfig) -> Result<Self, LoadError> {
         let names = TensorNames::of(c.architecture);
         let p = format!("{}.{index}", names.layers);
-        let (h, eps) = (c.hidden_size, c.rms_norm_eps);
-        let mixer = match c.layer_kinds[index] {
-            LayerKind::Mamba => Mixer::Mamba(Mamba2Mixer::load(w, &format!("{p}.{}", names.mamba), c)?),
-            LayerKind::Attention => Mixer::Attention(Attention::load(w, &format!("{p}.self_attn"), c)?),
+        let kind = c.layer_kinds[index];
+        let norm = |w: &mut WeightReader<'_, B>, name: &str| {
+            RmsNorm::load(w, &format!("{p}.{name}.weight"), c.hidden_size, c.rms_norm_eps, c.norm_weight_f32)
         };
-        let feed_forward = if c.mlp {
-            Some(FeedForward {
-                norm: RmsNorm::load(w, &format!("{p}.{}.weight", names.feed_forward_norm), h, eps)?,
-                mlp: Mlp::load(w, &p, names.mlp, c)?,
-                experts: c.moe.map(|m| Moe::load(w, &format!("{p}.block_sparse_moe"), c, m)).transpose()?,
-            })
-        } else {
-            None
+        let mixer = match kind {
+            LayerKind::Mamba => Some(Mixer::Mamba(Mamba2Mixer::load(w, &format!("{p}.{}", names.mamba), c)?)),
+            LayerKind::Attention => Some(Mixer::Attention(Attention::load(w, &format!("{p}.{}", names.attention), c)?)),
+            LayerKind::Mlp | LayerKind::Moe => None,
         };
-        Ok(DecoderLayer {
-            input_layernorm: RmsNorm::load(w, &format!("{p}.{}.weight", names.input_norm), h, eps)?,
-            mixer,
-            feed_forward,
-        })
+        let mixer = match mixer {
+            Some(mixer) => Some(MixerBlock { norm: norm(w, names.input_norm)?, mixer }),
+            None => None,
+        };
+        let feed_forward = match c.feed_forward(kind) {
+            Some(plan) => {
+                // A feed-forward layer's one norm is its input norm.
+                let norm_name = if kind.is_mixer() { names.feed_forward_norm } else { names.input_norm };
+                let mlp_names = if kind == LayerKind::Moe { names.moe_shared_mlp } else { names.mlp };
+                Some(FeedForward {
+                    norm: norm(w, norm_name)?,
+                    mlp: Mlp::load(w, &p, mlp_names, plan.width, c)?,
+                    experts: plan.experts.map(|m| Moe::load(w, &p, names.moe, c, m)).transpose()?,
+                })
+            }
+            None => None,
+        };
+        Ok(DecoderLayer { mixer, feed_forward })
     }
 
     /// Forward over positions covered by `tables`, continuing from (and updating) `cache` when given;
@@ -90,25 +107,28 @@ impl<B: BambaOps> DecoderLayer<B> {
         // The residual adds happen inside the mixer's and the MLP's output projections.
         // The Mamba mixer and the MLP apply their pre-norm in their first projection (fused at decode);
         // attention's three projections share one.
-        let norm = &self.input_layernorm;
         let tokens = masks.tokens.as_ref();
-        // The sub-blocks read the stream in the compute dtype; an f32 stream stays f32 in the adds.
-        let dtype = norm.weight.dtype();
-        let input = |x: &Tensor<B, 3>| if x.dtype() == dtype { x.clone() } else { x.clone().cast(dtype) };
         let x = match (&self.mixer, cache) {
-            (Mixer::Mamba(m), None) => m.forward(norm, input(&x), x, None, tokens).0,
-            (Mixer::Mamba(m), Some(LayerCache::Mamba(slot))) => {
-                let (out, state) = m.forward(norm, input(&x), x, slot.take(), tokens);
-                *slot = Some(state);
-                out
+            (None, _) => x,
+            (Some(MixerBlock { norm, mixer }), cache) => {
+                let input = compute_dtype(norm);
+                match (mixer, cache) {
+                    (Mixer::Mamba(m), None) => m.forward(norm, input(&x), x, None, tokens).0,
+                    (Mixer::Mamba(m), Some(LayerCache::Mamba(slot))) => {
+                        let (out, state) = m.forward(norm, input(&x), x, slot.take(), tokens);
+                        *slot = Some(state);
+                        out
+                    }
+                    (Mixer::Attention(a), None) => a.forward(norm.forward(input(&x)), tables, masks, None, x),
+                    (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => {
+                        a.forward(norm.forward(input(&x)), tables, masks, Some(kv), x)
+                    }
+                    _ => unreachable!("the cache is built from the same layer plan as the model"),
+                }
             }
-            (Mixer::Attention(a), None) => a.forward(norm.forward(input(&x)), tables, masks, None, x),
-            (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => {
-                a.forward(norm.forward(input(&x)), tables, masks, Some(kv), x)
-            }
-            _ => unreachable!("the cache is built from the same layer plan as the model"),
         };
         let Some(ff) = &self.feed_forward else { return x };
+        let input = compute_dtype(&ff.norm);
         // With experts, the normalized rows feed the router and the experts, and the MLP normalizes
         // again inside its fused norm + SwiGLU kernel: one launch at decode, cheaper than an unfused
         // gate and up on the rows normalized here.
@@ -118,4 +138,11 @@ impl<B: BambaOps> DecoderLayer<B> {
         };
         ff.mlp.forward(&ff.norm, input(&x), residual)
     }
+}
+
+/// The stream as a sub-block reads it: in the compute dtype (the norm's), whatever the stream's; an
+/// f32 stream stays f32 in the adds.
+fn compute_dtype<B: BambaOps>(norm: &RmsNorm<B>) -> impl Fn(&Tensor<B, 3>) -> Tensor<B, 3> {
+    let dtype = norm.weight.dtype();
+    move |x: &Tensor<B, 3>| if x.dtype() == dtype { x.clone() } else { x.clone().cast(dtype) }
 }

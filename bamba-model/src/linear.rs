@@ -65,12 +65,12 @@ impl<B: BambaOps> Linear<B> {
     }
 
     /// `forward(norm(x))`: a layer's pre-norm and its first projection, one fused launch at decode when
-    /// there is no bias ([`BambaOps::rms_norm_linear`]).
+    /// there is no bias and the norm rounds before its weight ([`BambaOps::rms_norm_linear`]).
     ///
     /// # Shapes
     /// - `x`: `[batch, len, in]` → `[batch, len, out]`
     pub fn forward_normed(&self, norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        if self.bias.is_some() {
+        if self.bias.is_some() || !norm.fusable() {
             return self.forward(norm.forward(x));
         }
         let [batch, len, inputs] = x.dims();

@@ -401,6 +401,14 @@ impl<'a, B: BambaOps> WeightReader<'a, B> {
         self.read(name, file_shape, shape, self.dtype, Part::WHOLE)
     }
 
+    /// Marks every tensor whose name starts with `prefix` as deliberately ignored.
+    pub fn skip_prefix(&mut self, prefix: &str) {
+        if let Source::Checkpoint(c) = self.source {
+            let names = c.locations.keys().filter(|name| name.starts_with(prefix)).cloned();
+            self.used.extend(names);
+        }
+    }
+
     /// Marks a tensor as deliberately ignored, if present.
     pub fn skip(&mut self, name: &str) {
         if matches!(self.source, Source::Checkpoint(c) if c.locations.contains_key(name)) {

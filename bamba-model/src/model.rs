@@ -1,6 +1,7 @@
 //! The causal language model of every supported config (`BambaForCausalLM`,
-//! `GraniteMoeHybridForCausalLM`, `Mamba2ForCausalLM`): embedding (× `embedding_multiplier`) →
-//! decoder layers → final RMSNorm → LM head (tied or not) → ÷ `logits_scaling`.
+//! `GraniteMoeHybridForCausalLM`, `Mamba2ForCausalLM`, `NemotronHForCausalLM`): embedding
+//! (× `embedding_multiplier`) → decoder layers → final RMSNorm → LM head (tied or not) →
+//! ÷ `logits_scaling`.
 
 use std::path::Path;
 
@@ -154,7 +155,7 @@ impl<B: BambaOps> BambaModel<B> {
         let embed_tokens = w.tensor(names.embedding, [vocab, h])?;
         let layers =
             (0..config.num_layers).map(|i| DecoderLayer::load(&mut w, i, &config)).collect::<Result<Vec<_>, _>>()?;
-        let final_layernorm = RmsNorm::load(&mut w, names.final_norm, h, config.rms_norm_eps)?;
+        let final_layernorm = RmsNorm::load(&mut w, names.final_norm, h, config.rms_norm_eps, config.norm_weight_f32)?;
         let lm_head = if config.tie_word_embeddings {
             // transformers ties and ignores a stored copy; so do we.
             w.skip("lm_head.weight");
@@ -162,6 +163,9 @@ impl<B: BambaOps> BambaModel<B> {
         } else {
             Linear::load(&mut w, "lm_head", h, vocab, false)?
         };
+        for prefix in names.ignored {
+            w.skip_prefix(prefix);
+        }
         w.finish()?;
         let rope = config.rope.as_ref().map(|r| Rope::scaled(config.rotary_dim(), r.theta, r.scaling.clone()));
         Ok(BambaModel { config, embed_tokens, layers, final_layernorm, lm_head, rope, dtype, device: device.clone() })

@@ -14,18 +14,27 @@ pub struct TensorNames {
     pub input_norm: &'static str,
     /// The Mamba2 mixer's module.
     pub mamba: &'static str,
-    /// The pre-norm of a layer's feed-forward.
+    /// The attention's module.
+    pub attention: &'static str,
+    /// The pre-norm of a mixer layer's feed-forward (a feed-forward layer has `input_norm` alone).
     pub feed_forward_norm: &'static str,
     /// How a layer's dense MLP is stored.
     pub mlp: MlpNames,
+    /// How a layer's routed experts are stored.
+    pub moe: MoeNames,
+    /// How the MLP beside the routed experts is stored.
+    pub moe_shared_mlp: MlpNames,
     /// The norm before the LM head.
     pub final_norm: &'static str,
+    /// Prefixes of checkpoint tensors the model does not run and transformers ignores too
+    /// (Nemotron's multi-token-prediction head).
+    pub ignored: &'static [&'static str],
 }
 
-/// The tensors of a layer's dense SwiGLU MLP, under the layer's prefix.
+/// The tensors of a layer's dense MLP, under the layer's prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MlpNames {
-    /// `{module}.gate_proj`, `{module}.up_proj`, `{module}.down_proj`.
+    /// `{module}.gate_proj` (SwiGLU only), `{module}.up_proj`, `{module}.down_proj`.
     Separate {
         /// The MLP's module under the layer prefix.
         module: &'static str,
@@ -41,6 +50,26 @@ pub enum MlpNames {
     None,
 }
 
+/// The tensors of a layer's routed experts, under the layer's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoeNames {
+    /// `{module}.router.layer` `[E, H]`, `{module}.input_linear` `[E, 2I, H]` (rows `[gate | up]`),
+    /// `{module}.output_linear` `[E, H, I]` (Granite).
+    Stacked {
+        /// The experts' module.
+        module: &'static str,
+    },
+    /// `{module}.gate.weight` `[E, H]` and `{module}.gate.e_score_correction_bias` `[E]` (both f32),
+    /// `{module}.experts.{e}.up_proj.weight` `[I, H]` and `.down_proj.weight` `[H, I]` per expert
+    /// (Nemotron-H).
+    PerExpert {
+        /// The experts' module.
+        module: &'static str,
+    },
+    /// The family has no experts.
+    None,
+}
+
 impl TensorNames {
     /// The names `architecture`'s checkpoints use.
     pub fn of(architecture: Architecture) -> Self {
@@ -50,27 +79,55 @@ impl TensorNames {
                 layers: "model.layers",
                 input_norm: "input_layernorm",
                 mamba: "mamba",
+                attention: "self_attn",
                 feed_forward_norm: "pre_ff_layernorm",
                 mlp: MlpNames::Separate { module: "feed_forward" },
+                moe: MoeNames::None,
+                moe_shared_mlp: MlpNames::None,
                 final_norm: "model.final_layernorm.weight",
+                ignored: &[],
             },
             Architecture::GraniteMoeHybrid => TensorNames {
                 embedding: "model.embed_tokens.weight",
                 layers: "model.layers",
                 input_norm: "input_layernorm",
                 mamba: "mamba",
+                attention: "self_attn",
                 feed_forward_norm: "post_attention_layernorm",
                 mlp: MlpNames::Fused { input: "shared_mlp.input_linear", output: "shared_mlp.output_linear" },
+                moe: MoeNames::Stacked { module: "block_sparse_moe" },
+                moe_shared_mlp: MlpNames::Fused {
+                    input: "shared_mlp.input_linear",
+                    output: "shared_mlp.output_linear",
+                },
                 final_norm: "model.norm.weight",
+                ignored: &[],
             },
             Architecture::Mamba2 => TensorNames {
                 embedding: "backbone.embeddings.weight",
                 layers: "backbone.layers",
                 input_norm: "norm",
                 mamba: "mixer",
+                attention: "",
                 feed_forward_norm: "",
                 mlp: MlpNames::None,
+                moe: MoeNames::None,
+                moe_shared_mlp: MlpNames::None,
                 final_norm: "backbone.norm_f.weight",
+                ignored: &[],
+            },
+            Architecture::NemotronH => TensorNames {
+                embedding: "backbone.embeddings.weight",
+                layers: "backbone.layers",
+                input_norm: "norm",
+                mamba: "mixer",
+                attention: "mixer",
+                feed_forward_norm: "",
+                mlp: MlpNames::Separate { module: "mixer" },
+                moe: MoeNames::PerExpert { module: "mixer" },
+                moe_shared_mlp: MlpNames::Separate { module: "mixer.shared_experts" },
+                final_norm: "backbone.norm_f.weight",
+                ignored: &["mtp."],
             },
         }
     }

@@ -2,23 +2,40 @@
 //! transformers does, and return the model dtype; the computation is [`BambaOps::rms_norm`].
 
 use bamba_kernels::BambaOps;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::loader::{LoadError, WeightReader};
 
 /// `weight · (x / sqrt(mean(x²) + eps))`, statistics in f32.
 #[derive(Debug, Clone)]
 pub struct RmsNorm<B: BambaOps> {
-    /// `[hidden]`.
+    /// `[hidden]`, in the model dtype.
     pub weight: Tensor<B, 1>,
     /// Added to the mean square.
     pub eps: f64,
+    /// The weight in f32 when the product with it is taken in f32 before the one rounding to the
+    /// model dtype (Nemotron-H); `None` when the normalized rows are rounded first (Llama's order).
+    pub weight_f32: Option<Tensor<B, 1>>,
 }
 
 impl<B: BambaOps> RmsNorm<B> {
-    /// Reads the `[size]` weight tensor `name`.
-    pub fn load(w: &mut WeightReader<'_, B>, name: &str, size: usize, eps: f64) -> Result<Self, LoadError> {
-        Ok(RmsNorm { weight: w.tensor(name, [size])?, eps })
+    /// Reads the `[size]` weight tensor `name`; `weight_in_f32` picks Nemotron-H's order.
+    pub fn load(
+        w: &mut WeightReader<'_, B>,
+        name: &str,
+        size: usize,
+        eps: f64,
+        weight_in_f32: bool,
+    ) -> Result<Self, LoadError> {
+        let weight: Tensor<B, 1> = w.tensor(name, [size])?;
+        // An f32 model rounds nowhere, so both orders are one.
+        let weight_f32 = (weight_in_f32 && weight.dtype() != DType::F32).then(|| weight.clone().cast(DType::F32));
+        Ok(RmsNorm { weight, eps, weight_f32 })
+    }
+
+    /// Whether fused kernels, which take Llama's order, may apply this norm.
+    pub fn fusable(&self) -> bool {
+        self.weight_f32.is_none()
     }
 
     /// # Shapes
@@ -26,7 +43,13 @@ impl<B: BambaOps> RmsNorm<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, len, hidden] = x.dims();
         let rows = x.reshape([batch * len, hidden]);
-        B::rms_norm(rows, None, self.weight.clone(), 1, self.eps).reshape([batch, len, hidden])
+        let out = match &self.weight_f32 {
+            None => B::rms_norm(rows, None, self.weight.clone(), 1, self.eps),
+            Some(weight) => {
+                B::rms_norm(rows.cast(DType::F32), None, weight.clone(), 1, self.eps).cast(self.weight.dtype())
+            }
+        };
+        out.reshape([batch, len, hidden])
     }
 }
 

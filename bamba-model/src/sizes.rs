@@ -2,7 +2,7 @@
 //! KV-cache bytes and how many sequences fit in a memory budget. `bamba info` prints these; the
 //! benchmark's roofline uses the same numbers.
 
-use crate::config::{BambaConfig, LayerKind};
+use crate::config::{BambaConfig, FeedForwardPlan, LayerKind, MlpActivation, MoeConfig};
 
 /// Parameter counts by part of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,11 +11,16 @@ pub struct ParameterCounts {
     pub embedding: u64,
     /// `lm_head` (0 when tied to the embedding).
     pub lm_head: u64,
-    /// One Mamba decoder layer: mixer, MLP, experts, their norms (Mamba2: the mixer and its norm).
+    /// One Mamba decoder layer: mixer, its norm, and the feed-forward after it if any (MLP, experts,
+    /// norm).
     pub mamba_layer: u64,
-    /// One attention decoder layer: attention, MLP, experts, both norms.
+    /// One attention decoder layer, counted as `mamba_layer`.
     pub attention_layer: u64,
-    /// The router and all experts of one layer (0 without MoE; part of the two above).
+    /// One MLP layer (Nemotron-H): the MLP and its norm.
+    pub mlp_layer: u64,
+    /// One MoE layer (Nemotron-H): router, experts, shared MLP, norm.
+    pub moe_layer: u64,
+    /// The router and all experts of one layer that has experts (0 without MoE; part of the above).
     pub experts_per_layer: u64,
     /// What one token reads: everything but the experts its router did not pick (= `total`
     /// without MoE).
@@ -34,16 +39,24 @@ impl ParameterCounts {
     /// Counts `c`'s parameters.
     pub fn new(c: &BambaConfig) -> Self {
         let h = c.hidden_size;
-        let mlp = if c.mlp {
-            2 * linear(h, c.intermediate_size, c.mlp_bias) + linear(c.intermediate_size, h, c.mlp_bias)
-        } else {
-            0
+        let projections_in = match c.mlp_activation {
+            MlpActivation::SwiGlu => 2,
+            MlpActivation::Relu2 => 1,
         };
-        // Router [E, H], gate|up [E, 2I, H], down [E, H, I].
-        let expert = |m: &crate::config::MoeConfig| 3 * (m.width * h) as u64;
-        let experts_per_layer = c.moe.map_or(0, |m| (m.experts * h) as u64 + m.experts as u64 * expert(&m));
-        let idle_per_layer = c.moe.map_or(0, |m| (m.experts - m.top_k) as u64 * expert(&m));
-        let norms = if c.mlp { 2 } else { 1 } * h as u64;
+        let mlp = |width: usize| projections_in * linear(h, width, c.mlp_bias) + linear(width, h, c.mlp_bias);
+        let expert = |m: &MoeConfig| (projections_in as usize + 1) as u64 * (m.width * h) as u64;
+        // The sigmoid router's `e_score_correction_bias` (one value per expert) is a buffer in
+        // transformers, not a parameter, and is not counted, so that the totals are transformers'.
+        let router = |m: &MoeConfig| (m.experts * h) as u64;
+        let experts_per_layer = c.moe.map_or(0, |m| router(&m) + m.experts as u64 * expert(&m));
+        let idle = |plan: Option<FeedForwardPlan>| {
+            plan.and_then(|p| p.experts).map_or(0, |m| (m.experts - m.top_k) as u64 * expert(&m))
+        };
+        let feed_forward = |kind| {
+            c.feed_forward(kind).map_or(0, |p| {
+                mlp(p.width) + p.experts.map_or(0, |m| router(&m) + m.experts as u64 * expert(&m)) + h as u64
+            })
+        };
         let heads = c.mamba_n_heads;
         let mixer = linear(h, c.in_proj_dim(), c.mamba_proj_bias)
             + linear(c.mamba_d_conv, c.conv_dim(), c.mamba_conv_bias) // depthwise: [conv_dim, 1, K]
@@ -56,22 +69,23 @@ impl ParameterCounts {
             linear(h, q, c.attention_bias) + 2 * linear(h, kv, c.attention_bias) + linear(q, h, c.attention_bias);
         let embedding = (c.vocab_size * h) as u64;
         let lm_head = if c.tie_word_embeddings { 0 } else { embedding };
-        let mamba_layer = mixer + mlp + experts_per_layer + norms;
-        let attention_layer = attention + mlp + experts_per_layer + norms;
+        let mamba_layer = mixer + h as u64 + feed_forward(LayerKind::Mamba);
+        let attention_layer = attention + h as u64 + feed_forward(LayerKind::Attention);
+        let (mlp_layer, moe_layer) = (feed_forward(LayerKind::Mlp), feed_forward(LayerKind::Moe));
         let final_norm = h as u64;
-        let total = embedding
-            + lm_head
-            + final_norm
-            + c.count(LayerKind::Mamba) as u64 * mamba_layer
-            + c.count(LayerKind::Attention) as u64 * attention_layer;
-        let active = total - c.num_layers as u64 * idle_per_layer;
+        let per_kind = [mamba_layer, attention_layer, mlp_layer, moe_layer];
+        let layers: u64 = LayerKind::ALL.iter().zip(per_kind).map(|(&k, n)| c.count(k) as u64 * n).sum();
+        let total = embedding + lm_head + final_norm + layers;
+        let idle: u64 = c.layer_kinds.iter().map(|&k| idle(c.feed_forward(k))).sum();
         ParameterCounts {
             embedding,
             lm_head,
             mamba_layer,
             attention_layer,
+            mlp_layer,
+            moe_layer,
             experts_per_layer,
-            active,
+            active: total - idle,
             final_norm,
             total,
         }

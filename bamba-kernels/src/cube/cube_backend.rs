@@ -5,7 +5,8 @@ use burn::tensor::{Bool, DType, Int, Tensor};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use crate::{
-    BambaOps, ConvOutput, MambaStepConfig, MambaStepOutput, MambaStepWeights, SsdConfig, SsdInputs, SsdOutput,
+    BambaOps, ConvOutput, ExpertActivation, MambaStepConfig, MambaStepOutput, MambaStepWeights, SsdConfig, SsdInputs,
+    SsdOutput,
 };
 
 use super::dispatch::*;
@@ -192,8 +193,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         experts: Tensor<Self, 2, Int>,
         gate_up: Tensor<Self, 3>,
         down: Tensor<Self, 3>,
+        activation: ExpertActivation,
     ) -> Tensor<Self, 2> {
-        crate::reference::moe::moe_experts_on_device(x, weights, experts, gate_up, down)
+        crate::reference::moe::moe_experts_on_device(x, weights, experts, gate_up, down, activation)
     }
 
     fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>, rotary_dim: usize) -> Tensor<Self, 4> {

@@ -11,7 +11,8 @@ use burn_fusion::{Fusion, FusionBackend, FusionRuntime, NoOp};
 use burn_ir::{CustomOpIr, HandleContainer, InitOperationIr, OperationIr, OperationOutput, TensorIr};
 
 use crate::{
-    BambaOps, ConvOutput, MambaStepConfig, MambaStepOutput, MambaStepWeights, SsdConfig, SsdInputs, SsdOutput,
+    BambaOps, ConvOutput, ExpertActivation, MambaStepConfig, MambaStepOutput, MambaStepWeights, SsdConfig, SsdInputs,
+    SsdOutput,
 };
 
 use super::dispatch::*;
@@ -301,8 +302,9 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         experts: Tensor<Self, 2, Int>,
         gate_up: Tensor<Self, 3>,
         down: Tensor<Self, 3>,
+        activation: ExpertActivation,
     ) -> Tensor<Self, 2> {
-        crate::reference::moe::moe_experts_on_device(x, weights, experts, gate_up, down)
+        crate::reference::moe::moe_experts_on_device(x, weights, experts, gate_up, down, activation)
     }
 
     fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>, rotary_dim: usize) -> Tensor<Self, 4> {

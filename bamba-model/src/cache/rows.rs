@@ -59,7 +59,7 @@ impl<B: Backend> HybridCache<B> {
                     state.conv_window = state.conv_window.clone().select(0, index.clone());
                     state.ssm = state.ssm.clone().select(0, index.clone());
                 }
-                LayerCache::Mamba(None) => {}
+                LayerCache::Mamba(None) | LayerCache::Stateless => {}
             }
         }
         self.padding.pads = keep.iter().map(|&r| self.padding.pads[r]).collect();
@@ -80,6 +80,7 @@ impl<B: Backend> HybridCache<B> {
                     a.conv_window = Tensor::cat(vec![a.conv_window.clone(), b.conv_window], 0);
                     a.ssm = Tensor::cat(vec![a.ssm.clone(), b.ssm], 0);
                 }
+                (LayerCache::Stateless, LayerCache::Stateless) => {}
                 _ => panic!("appending rows needs two prefilled caches of one model"),
             }
         }

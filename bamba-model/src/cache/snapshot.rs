@@ -73,7 +73,7 @@ impl<B: Backend> HybridCache<B> {
                     let cut = |t: &Tensor<B, 4>| copy(t.clone().narrow(0, row, 1).narrow(2, start + from, to - from));
                     Some((cut(&kv.k), cut(&kv.v)))
                 }
-                LayerCache::Mamba(_) => None,
+                LayerCache::Mamba(_) | LayerCache::Stateless => None,
             })
             .collect();
         KvSpan { layers, tokens: to - from }
@@ -90,7 +90,7 @@ impl<B: Backend> HybridCache<B> {
                     ssm: copy(s.ssm.clone().narrow(0, row, 1)),
                 }),
                 LayerCache::Mamba(None) => panic!("a row state is taken after a forward"),
-                LayerCache::Attention(_) => None,
+                LayerCache::Attention(_) | LayerCache::Stateless => None,
             })
             .collect();
         RowState { layers }
@@ -117,6 +117,7 @@ impl<B: Backend> HybridCache<B> {
                     *slot = Some(state.layers[mamba].clone());
                     mamba += 1;
                 }
+                LayerCache::Stateless => {}
             }
         }
         self.position = position;

@@ -202,6 +202,41 @@ pub(super) struct HfConfig {
     pub ssm_cfg: Option<serde_json::Value>,
 }
 
+/// The keys only `nemotron_h` reads, and the legacy `mamba_*` spellings that win over its own keys
+/// when present (`NemotronHConfig.__post_init__`); read in a second pass over the same text because
+/// [`HfConfig`] gives some of those names Bamba's defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(super) struct NemotronHKeys {
+    pub layers_block_type: Option<Vec<String>>,
+    pub hybrid_override_pattern: Option<String>,
+    pub mamba_num_heads: Option<usize>,
+    pub mamba_head_dim: Option<usize>,
+    pub ssm_state_size: Option<usize>,
+    pub n_groups: Option<usize>,
+    pub mamba_n_groups: Option<usize>,
+    pub conv_kernel: Option<usize>,
+    pub mamba_d_conv: Option<usize>,
+    pub chunk_size: Option<usize>,
+    pub mamba_chunk_size: Option<usize>,
+    pub use_conv_bias: Option<bool>,
+    pub mamba_conv_bias: Option<bool>,
+    pub time_step_limit: Option<(LenientFloat, LenientFloat)>,
+    pub mamba_dt_limit: Option<(LenientFloat, LenientFloat)>,
+    pub use_bias: Option<bool>,
+    pub mamba_hidden_act: Option<String>,
+    pub mlp_hidden_act: Option<String>,
+    pub attention_head_dim: Option<usize>,
+    pub n_routed_experts: Option<usize>,
+    pub num_local_experts: Option<usize>,
+    pub moe_intermediate_size: Option<usize>,
+    pub moe_shared_expert_intermediate_size: Option<usize>,
+    pub moe_latent_size: Option<usize>,
+    pub n_group: Option<usize>,
+    pub topk_group: Option<usize>,
+    pub norm_topk_prob: Option<bool>,
+    pub routed_scaling_factor: Option<f64>,
+}
+
 /// Replaces bare `Infinity`, `-Infinity` and `NaN` tokens (outside strings) with quoted strings, so
 /// that writers which emit them (Python's `json.dumps`) produce loadable files.
 pub(super) fn quote_nonfinite_literals(text: &str) -> String {

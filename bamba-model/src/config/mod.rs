@@ -1,11 +1,13 @@
 //! Model configuration: Hugging Face `config.json` of any supported `model_type`, resolved and
 //! validated into one [`BambaConfig`] — the layer plan the graph builder runs.
 //!
-//! Supported `model_type`s ([`Architecture`]): `bamba` (transformers 4.x and 5.x dialects) and
+//! Supported `model_type`s ([`Architecture`]): `bamba` (transformers 4.x and 5.x dialects),
 //! `granitemoehybrid` (IBM Granite 4.0: the hybrid H models, dense or MoE, and the all-attention
-//! dense ones). Both share Bamba's Mamba2 mixer, attention and norms; Granite adds multipliers, NoPE
-//! or full RoPE, a fused gate|up MLP and an optional top-k MoE beside it. Resolution rules per type
-//! are in `resolve.rs`.
+//! dense ones), `mamba2` and `nemotron_h` (NVIDIA Nemotron-H, Nemotron Nano 2, Nemotron 3). All share
+//! Bamba's Mamba2 mixer, attention and norms; Granite adds multipliers, NoPE or full RoPE, a fused
+//! gate|up MLP and an optional top-k MoE beside it; Mamba2 layers are the mixer alone; Nemotron-H
+//! layers are one sub-block each (Mamba2, NoPE attention, relu² MLP or a sigmoid-routed relu² MoE).
+//! Resolution rules per type are in `resolve.rs`.
 
 mod json;
 mod resolve;
@@ -15,7 +17,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use json::{quote_nonfinite_literals, HfConfig};
+use json::{quote_nonfinite_literals, HfConfig, NemotronHKeys};
 pub use rope::{RopeConfig, RopeScaling};
 
 /// Errors reading or validating a config.
@@ -66,8 +68,21 @@ pub enum ConfigError {
     LayerType { index: usize, name: String },
     #[error("num_experts_per_tok ({top_k}) must be between 1 and num_local_experts ({experts})")]
     TopK { top_k: usize, experts: usize },
-    #[error("unsupported activation {0:?} (only \"silu\" is supported)")]
-    Activation(String),
+    #[error("unsupported {key} {name:?} (supported: {supported})")]
+    Activation { key: &'static str, name: String, supported: &'static str },
+    #[error("layers_block_type[{index}] is {name:?}; expected \"mamba\", \"attention\", \"mlp\", \"moe\" (or their 5.x names)")]
+    BlockType { index: usize, name: String },
+    #[error(
+        "hybrid_override_pattern has {found:?} at {index}; expected one of M (Mamba2), * (attention), - (MLP), E (MoE)"
+    )]
+    Pattern { index: usize, found: char },
+    #[error("{0}: this engine does not support it yet")]
+    Unsupported(&'static str),
+    #[error(
+        "n_routed_experts ({experts}) must split into n_group ({groups}) groups of at least 2, and topk_group \
+         ({top_groups}) groups must hold num_experts_per_tok ({top_k}) experts"
+    )]
+    ExpertGroups { experts: usize, groups: usize, top_groups: usize, top_k: usize },
     #[error(
         "unsupported rope_type {0:?} (supported: \"default\", \"linear\", \"dynamic\", \"yarn\", \"llama3\", \"longrope\")"
     )]
@@ -93,11 +108,14 @@ pub enum Architecture {
     GraniteMoeHybrid,
     /// `mamba2`: `backbone.*`, one norm and the mixer per layer, `norm_f`.
     Mamba2,
+    /// `nemotron_h`: `backbone.*`, one norm and one `mixer` (Mamba2, attention, MLP or MoE) per
+    /// layer, `norm_f`.
+    NemotronH,
 }
 
 impl Architecture {
     /// The `model_type`s [`BambaConfig`] reads, for error messages.
-    pub const SUPPORTED: &'static str = "\"bamba\", \"granitemoehybrid\" and \"mamba2\"";
+    pub const SUPPORTED: &'static str = "\"bamba\", \"granitemoehybrid\", \"mamba2\" and \"nemotron_h\"";
 
     /// config.json's `model_type` for this architecture.
     pub fn model_type(self) -> &'static str {
@@ -105,6 +123,7 @@ impl Architecture {
             Architecture::Bamba => "bamba",
             Architecture::GraniteMoeHybrid => "granitemoehybrid",
             Architecture::Mamba2 => "mamba2",
+            Architecture::NemotronH => "nemotron_h",
         }
     }
 
@@ -113,41 +132,108 @@ impl Architecture {
             None | Some("bamba") => Ok(Architecture::Bamba),
             Some("granitemoehybrid") => Ok(Architecture::GraniteMoeHybrid),
             Some("mamba2") => Ok(Architecture::Mamba2),
+            Some("nemotron_h") => Ok(Architecture::NemotronH),
             Some(other) => Err(ConfigError::ModelType(other.to_string())),
         }
     }
 }
 
-/// What one decoder layer mixes with.
+/// What one decoder layer is: a sequence mixer (followed by a feed-forward where
+/// [`BambaConfig::mlp`] says so), or a feed-forward alone (Nemotron-H's MLP and MoE layers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerKind {
-    /// A Mamba2 mixer.
+    /// A Mamba2 mixer: holds a conv window and an SSM state in the cache.
     Mamba,
-    /// Self-attention.
+    /// Self-attention: holds keys and values in the cache.
     Attention,
+    /// A dense MLP alone: no cache.
+    Mlp,
+    /// Routed experts and a shared MLP alone: no cache.
+    Moe,
 }
 
 impl LayerKind {
-    /// The name `bamba info` prints (`mamba` / `attention`).
+    /// Every kind, in the order `bamba info` lists them.
+    pub const ALL: [LayerKind; 4] = [LayerKind::Mamba, LayerKind::Attention, LayerKind::Mlp, LayerKind::Moe];
+
+    /// The name `bamba info` prints (`mamba` / `attention` / `mlp` / `moe`).
     pub fn name(self) -> &'static str {
         match self {
             LayerKind::Mamba => "mamba",
             LayerKind::Attention => "attention",
+            LayerKind::Mlp => "mlp",
+            LayerKind::Moe => "moe",
         }
+    }
+
+    /// Its letter in a layer plan (Nemotron-H's `hybrid_override_pattern` letters).
+    pub fn letter(self) -> char {
+        match self {
+            LayerKind::Mamba => 'M',
+            LayerKind::Attention => '*',
+            LayerKind::Mlp => '-',
+            LayerKind::Moe => 'E',
+        }
+    }
+
+    /// Whether the layer mixes along the sequence (and so holds state in the cache).
+    pub fn is_mixer(self) -> bool {
+        matches!(self, LayerKind::Mamba | LayerKind::Attention)
     }
 }
 
-/// A routed mixture of experts beside the dense MLP of every layer (Granite 4.0-H MoE): the router
-/// picks the `top_k` largest of its logits, softmax over those weighs the picked experts' SwiGLU
-/// outputs.
+/// The activation of the dense MLPs and of the experts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpActivation {
+    /// `down(silu(gate(x)) · up(x))` (Bamba, Granite).
+    SwiGlu,
+    /// `down(relu(up(x))²)` (Nemotron-H's `relu2`).
+    Relu2,
+}
+
+/// How a MoE router turns its logits into the picked experts and their weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Router {
+    /// The `top_k` largest logits, softmax over those alone (Granite 4.0-H).
+    TopKSoftmax,
+    /// DeepSeek-V3's (Nemotron 3): `s = sigmoid(logits)` in f32; experts are picked by `s + bias`
+    /// among the `top_groups` groups whose two best experts score highest; their weights are `s`,
+    /// divided by their sum when `normalize`, times `scale`.
+    SigmoidGrouped {
+        /// Groups the experts split into (`n_group`).
+        groups: usize,
+        /// Groups a token may pick from (`topk_group`).
+        top_groups: usize,
+        /// Divide the picked weights by their sum (`norm_topk_prob`).
+        normalize: bool,
+        /// `routed_scaling_factor`.
+        scale: f64,
+    },
+}
+
+/// A routed mixture of experts: beside the dense MLP of every layer (Granite 4.0-H MoE) or in the
+/// MoE layers beside a shared MLP (Nemotron 3).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MoeConfig {
     /// Routed experts per layer.
     pub experts: usize,
     /// Experts each token is routed to.
     pub top_k: usize,
-    /// Each expert's SwiGLU width.
+    /// Each expert's width.
     pub width: usize,
+    /// Width of the always-on MLP beside the experts.
+    pub shared_width: usize,
+    /// How tokens are routed.
+    pub router: Router,
+}
+
+/// The feed-forward sub-block of one layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeedForwardPlan {
+    /// Width of its dense MLP.
+    pub width: usize,
+    /// Routed experts beside the MLP.
+    pub experts: Option<MoeConfig>,
 }
 
 /// A validated configuration with derived sizes: the layer plan of one model.
@@ -159,11 +245,14 @@ pub struct BambaConfig {
     pub vocab_size: usize,
     /// Width of the residual stream.
     pub hidden_size: usize,
-    /// Whether every layer has a feed-forward sub-block after its mixer (false: Mamba2).
+    /// Whether every mixer layer has a feed-forward sub-block after its mixer (false: Mamba2,
+    /// Nemotron-H).
     pub mlp: bool,
-    /// Width of every layer's dense SwiGLU MLP (Granite: `shared_intermediate_size`).
+    /// Width of the dense MLPs (Granite: `shared_intermediate_size`).
     pub intermediate_size: usize,
-    /// Routed experts beside the MLP, if any.
+    /// The MLPs' and experts' activation.
+    pub mlp_activation: MlpActivation,
+    /// Routed experts: beside every mixer layer's MLP (Granite), or in the MoE layers (Nemotron-H).
     pub moe: Option<MoeConfig>,
     /// Decoder layers.
     pub num_layers: usize,
@@ -175,6 +264,9 @@ pub struct BambaConfig {
     pub head_dim: usize,
     /// Epsilon of every RMSNorm.
     pub rms_norm_eps: f64,
+    /// The layer and final RMSNorms multiply by their weight in f32 and round once after
+    /// (Nemotron-H); otherwise the normalized rows are rounded to the compute dtype first.
+    pub norm_weight_f32: bool,
     /// The LM head is the embedding matrix.
     pub tie_word_embeddings: bool,
     /// Attention projections have biases.
@@ -239,8 +331,13 @@ impl BambaConfig {
 
     /// Parses and validates config.json text (any supported model type and dialect).
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let raw: HfConfig = serde_json::from_str(&quote_nonfinite_literals(text))?;
-        resolve::resolve(raw)
+        let text = quote_nonfinite_literals(text);
+        let raw: HfConfig = serde_json::from_str(&text)?;
+        let nemotron_h = match raw.model_type.as_deref() {
+            Some("nemotron_h") => Some(serde_json::from_str::<NemotronHKeys>(&text)?),
+            _ => None,
+        };
+        resolve::resolve(raw, nemotron_h)
     }
 
     /// Mamba inner width `expand · hidden` (= heads · d_head).
@@ -267,6 +364,20 @@ impl BambaConfig {
     /// Number of layers of a kind.
     pub fn count(&self, kind: LayerKind) -> usize {
         self.layer_kinds.iter().filter(|&&k| k == kind).count()
+    }
+    /// The feed-forward sub-block of a layer of `kind`, if it has one.
+    pub fn feed_forward(&self, kind: LayerKind) -> Option<FeedForwardPlan> {
+        match kind {
+            LayerKind::Mamba | LayerKind::Attention => {
+                self.mlp.then_some(FeedForwardPlan { width: self.intermediate_size, experts: self.moe })
+            }
+            LayerKind::Mlp => Some(FeedForwardPlan { width: self.intermediate_size, experts: None }),
+            LayerKind::Moe => self.moe.map(|m| FeedForwardPlan { width: m.shared_width, experts: Some(m) }),
+        }
+    }
+    /// The layer plan in letters (`M` Mamba2, `*` attention, `-` MLP, `E` MoE).
+    pub fn plan(&self) -> String {
+        self.layer_kinds.iter().map(|k| k.letter()).collect()
     }
     /// dt clamp as f32 for the scan, dropped when it is the no-op `(0, inf)`.
     pub fn dt_limit(&self) -> Option<(f32, f32)> {

@@ -14,12 +14,21 @@
 //!   `layer_norm_epsilon`) are moved onto the `mamba_*` ones; every layer is Mamba with no
 //!   feed-forward, and `residual_in_fp32` (default true) keeps the residual stream in f32.
 //!
+//! - `nemotron_h` follows `NemotronHConfig`: the layer plan from `layers_block_type` (`mamba`/
+//!   `linear_attention`, `attention`/`full_attention`, `mlp`, `moe`) or the legacy
+//!   `hybrid_override_pattern` (`M`, `*`, `-`, `E`), its length the layer count; `d_inner` is
+//!   `mamba_num_heads · mamba_head_dim` (no `expand`); the legacy `mamba_n_groups`, `mamba_d_conv`,
+//!   `mamba_chunk_size`, `mamba_conv_bias`, `mamba_dt_limit` win over `n_groups`, `conv_kernel`,
+//!   `chunk_size`, `use_conv_bias`, `time_step_limit`; `attention_head_dim` stands in for an absent
+//!   `head_dim`; NoPE attention without biases, relu² MLPs, norms that weigh in f32, never a tied
+//!   head; MoE layers route with DeepSeek-V3's grouped sigmoid router.
+//!
 //! All: `mamba_d_head: "auto"` is `expand · hidden / n_heads`; `time_step_limit` may hold
 //! `{"__float__": "Infinity"}`, a string, or a bare `Infinity`.
 
-use super::json::{DHead, HfConfig, LenientFloat, TokenIds};
+use super::json::{DHead, HfConfig, LenientFloat, NemotronHKeys, TokenIds};
 use super::rope::{self, RopeContext};
-use super::{Architecture, BambaConfig, ConfigError, LayerKind, MoeConfig, RopeConfig};
+use super::{Architecture, BambaConfig, ConfigError, LayerKind, MlpActivation, MoeConfig, RopeConfig, Router};
 
 /// Defaults of keys absent from config.json, per model type (transformers' config classes).
 struct Defaults {
@@ -55,6 +64,14 @@ impl Defaults {
                 rms_norm_eps: 1e-5,
                 max_position_embeddings: 1 << 20,
             },
+            // The layer count is the plan's length.
+            Architecture::NemotronH => Defaults {
+                vocab_size: 131072,
+                num_hidden_layers: 4,
+                intermediate_size: 21504,
+                rms_norm_eps: 1e-5,
+                max_position_embeddings: 4096,
+            },
         }
     }
 }
@@ -77,20 +94,113 @@ fn mamba2_keys(mut raw: HfConfig) -> HfConfig {
     raw
 }
 
-pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
+/// Moves `NemotronHConfig`'s keys (and the legacy spellings that win over them) onto the `mamba_*`
+/// keys, with its defaults, and returns its layer plan.
+fn nemotron_keys(mut raw: HfConfig, k: &NemotronHKeys) -> Result<(HfConfig, Vec<LayerKind>), ConfigError> {
+    raw.mamba_n_heads = k.mamba_num_heads.unwrap_or(128);
+    raw.mamba_d_head = Some(DHead::Size(k.mamba_head_dim.unwrap_or(64)));
+    raw.mamba_d_state = k.ssm_state_size.unwrap_or(128);
+    raw.mamba_n_groups = k.mamba_n_groups.or(k.n_groups).unwrap_or(8);
+    raw.mamba_d_conv = k.mamba_d_conv.or(k.conv_kernel).unwrap_or(4);
+    raw.mamba_chunk_size = k.mamba_chunk_size.or(k.chunk_size).unwrap_or(128);
+    raw.mamba_conv_bias = k.mamba_conv_bias.or(k.use_conv_bias).unwrap_or(true);
+    raw.mamba_proj_bias = k.use_bias.unwrap_or(false);
+    if let Some(limit) = k.mamba_dt_limit.or(k.time_step_limit) {
+        raw.time_step_limit = Some(limit);
+    }
+    raw.rms_norm_eps = raw.layer_norm_epsilon.or(raw.rms_norm_eps);
+    raw.head_dim = raw.head_dim.or(k.attention_head_dim).or(Some(128));
+    raw.num_key_value_heads = raw.num_key_value_heads.or(Some(8));
+    // NemotronHAttention's projections are built without biases whatever the config says.
+    raw.attention_bias = false;
+    for (key, value, want) in
+        [("mamba_hidden_act", &k.mamba_hidden_act, "silu"), ("mlp_hidden_act", &k.mlp_hidden_act, "relu2")]
+    {
+        if let Some(name) = value.as_ref().filter(|name| name.as_str() != want) {
+            return Err(ConfigError::Activation { key, name: name.clone(), supported: want });
+        }
+    }
+    let kinds = match (&k.layers_block_type, &k.hybrid_override_pattern) {
+        (Some(types), _) => types
+            .iter()
+            .enumerate()
+            .map(|(index, name)| match name.as_str() {
+                "mamba" | "linear_attention" => Ok(LayerKind::Mamba),
+                "attention" | "full_attention" => Ok(LayerKind::Attention),
+                "mlp" => Ok(LayerKind::Mlp),
+                "moe" => Ok(LayerKind::Moe),
+                _ => Err(ConfigError::BlockType { index, name: name.clone() }),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        (None, Some(pattern)) => pattern
+            .chars()
+            .enumerate()
+            .map(|(index, found)| match found {
+                'M' => Ok(LayerKind::Mamba),
+                '*' => Ok(LayerKind::Attention),
+                '-' => Ok(LayerKind::Mlp),
+                'E' => Ok(LayerKind::Moe),
+                _ => Err(ConfigError::Pattern { index, found }),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        (None, None) => vec![LayerKind::Mamba, LayerKind::Moe, LayerKind::Attention, LayerKind::Mlp],
+    };
+    raw.num_hidden_layers = Some(kinds.len());
+    Ok((raw, kinds))
+}
+
+/// Nemotron-H's experts and router, when its plan has MoE layers.
+fn nemotron_moe(k: &NemotronHKeys, top_k: usize) -> Result<MoeConfig, ConfigError> {
+    if k.moe_latent_size.is_some() {
+        return Err(ConfigError::Unsupported("moe_latent_size (experts in a latent space)"));
+    }
+    let experts = k.n_routed_experts.or(k.num_local_experts).unwrap_or(8);
+    let (groups, top_groups) = (k.n_group.unwrap_or(1), k.topk_group.unwrap_or(1));
+    // Each group's score is the sum of its two best experts.
+    let fits = groups > 0
+        && experts.is_multiple_of(groups)
+        && experts / groups >= 2
+        && (1..=groups).contains(&top_groups)
+        && (1..=top_groups * (experts / groups)).contains(&top_k);
+    if !fits {
+        return Err(ConfigError::ExpertGroups { experts, groups, top_groups, top_k });
+    }
+    let scale = k.routed_scaling_factor.unwrap_or(1.0);
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(ConfigError::NotPositive { field: "routed_scaling_factor", value: scale });
+    }
+    Ok(MoeConfig {
+        experts,
+        top_k,
+        width: k.moe_intermediate_size.unwrap_or(7688),
+        shared_width: k.moe_shared_expert_intermediate_size.unwrap_or(7688),
+        router: Router::SigmoidGrouped { groups, top_groups, normalize: k.norm_topk_prob.unwrap_or(true), scale },
+    })
+}
+
+pub(super) fn resolve(raw: HfConfig, nemotron_h: Option<NemotronHKeys>) -> Result<BambaConfig, ConfigError> {
     if raw.model_type.is_none() && (raw.d_model.is_some() || raw.ssm_cfg.is_some()) {
         return Err(ConfigError::MambaSsmFormat);
     }
     let architecture = Architecture::from_model_type(raw.model_type.as_deref())?;
     let granite = architecture == Architecture::GraniteMoeHybrid;
     let mamba2 = architecture == Architecture::Mamba2;
-    let raw = if mamba2 { mamba2_keys(raw) } else { raw };
+    let nemotron = architecture == Architecture::NemotronH;
+    let nemotron_keys_read = nemotron_h.unwrap_or_default();
+    let (raw, nemotron_plan) = match architecture {
+        Architecture::Mamba2 => (mamba2_keys(raw), None),
+        Architecture::NemotronH => {
+            let (raw, plan) = nemotron_keys(raw, &nemotron_keys_read)?;
+            (raw, Some(plan))
+        }
+        _ => (raw, None),
+    };
     let defaults = Defaults::of(architecture);
     let num_hidden_layers = raw.num_hidden_layers.unwrap_or(defaults.num_hidden_layers);
     let vocab_size = raw.vocab_size.unwrap_or(defaults.vocab_size);
     let expert_width = raw.intermediate_size.unwrap_or(defaults.intermediate_size);
     let intermediate_size = match architecture {
-        Architecture::Bamba => expert_width,
+        Architecture::Bamba | Architecture::NemotronH => expert_width,
         Architecture::GraniteMoeHybrid => raw.shared_intermediate_size.unwrap_or(1024),
         Architecture::Mamba2 => 0,
     };
@@ -98,11 +208,15 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
     let max_position_embeddings = raw.max_position_embeddings.unwrap_or(defaults.max_position_embeddings);
     let experts = if granite { raw.num_local_experts.unwrap_or(8) } else { 0 };
     let top_k = raw.num_experts_per_tok.unwrap_or(2);
+    let nemotron_moe = match &nemotron_plan {
+        Some(plan) if plan.contains(&LayerKind::Moe) => Some(nemotron_moe(&nemotron_keys_read, top_k)?),
+        _ => None,
+    };
 
     for (name, v) in [
         ("vocab_size", vocab_size),
         ("hidden_size", raw.hidden_size),
-        ("intermediate_size", if mamba2 { 1 } else { intermediate_size }),
+        ("intermediate_size", if mamba2 || nemotron { 1 } else { intermediate_size }),
         ("num_hidden_layers", num_hidden_layers),
         ("num_attention_heads", raw.num_attention_heads),
         ("mamba_n_heads", raw.mamba_n_heads),
@@ -124,6 +238,9 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
         ("intermediate_size", intermediate_size, 1 << 19),
         ("intermediate_size", if experts > 0 { expert_width } else { 0 }, 1 << 19),
         ("num_local_experts", experts, 1 << 12),
+        ("n_routed_experts", nemotron_moe.map_or(0, |m| m.experts), 1 << 12),
+        ("moe_intermediate_size", nemotron_moe.map_or(0, |m| m.width), 1 << 19),
+        ("moe_shared_expert_intermediate_size", nemotron_moe.map_or(0, |m| m.shared_width), 1 << 19),
         ("num_hidden_layers", num_hidden_layers, 1 << 12),
         ("num_attention_heads", raw.num_attention_heads, 1 << 12),
         ("num_key_value_heads", raw.num_key_value_heads.unwrap_or(1), 1 << 12),
@@ -155,7 +272,19 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
         return Err(ConfigError::NotPositive { field: "rms_norm_eps", value: rms_norm_eps });
     }
     if raw.hidden_act != "silu" && raw.hidden_act != "swish" {
-        return Err(ConfigError::Activation(raw.hidden_act));
+        return Err(ConfigError::Activation { key: "hidden_act", name: raw.hidden_act, supported: "silu" });
+    }
+    if nemotron {
+        let plan = nemotron_plan.as_deref().unwrap_or_default();
+        for (name, width, used) in [
+            ("intermediate_size", intermediate_size, plan.contains(&LayerKind::Mlp)),
+            ("moe_intermediate_size", nemotron_moe.map_or(1, |m| m.width), true),
+            ("moe_shared_expert_intermediate_size", nemotron_moe.map_or(1, |m| m.shared_width), true),
+        ] {
+            if used && width == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
     }
 
     let d_inner = raw.mamba_expand * raw.hidden_size;
@@ -172,7 +301,8 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
     if mamba_d_head == 0 {
         return Err(ConfigError::Zero("mamba_d_head"));
     }
-    if mamba_d_head * raw.mamba_n_heads != d_inner {
+    // Nemotron-H sizes the mixer by heads · head_dim alone.
+    if !nemotron && mamba_d_head * raw.mamba_n_heads != d_inner {
         return Err(ConfigError::MambaHeads { d_head: mamba_d_head, n_heads: raw.mamba_n_heads, d_inner });
     }
     if !raw.mamba_n_heads.is_multiple_of(raw.mamba_n_groups) {
@@ -201,6 +331,7 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
         Architecture::Bamba => bamba_layer_kinds(raw.attn_layer_indices.as_deref(), num_hidden_layers)?,
         Architecture::GraniteMoeHybrid => granite_layer_kinds(raw.layer_types.as_deref(), num_hidden_layers)?,
         Architecture::Mamba2 => vec![LayerKind::Mamba; num_hidden_layers],
+        Architecture::NemotronH => nemotron_plan.unwrap_or_default(),
     };
 
     // transformers: `rope_scaling or rope_parameters`; the object's own theta wins over the top level.
@@ -218,7 +349,7 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
     let uses_rope = match architecture {
         Architecture::Bamba => true,
         Architecture::GraniteMoeHybrid => raw.position_embedding_type.as_deref() == Some("rope"),
-        Architecture::Mamba2 => false,
+        Architecture::Mamba2 | Architecture::NemotronH => false,
     };
     let rope = if uses_rope {
         let rotary = super::rotary_dim(head_dim, partial_rotary_factor);
@@ -249,9 +380,15 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
         if expert_width == 0 {
             return Err(ConfigError::Zero("intermediate_size"));
         }
-        Some(MoeConfig { experts, top_k, width: expert_width })
+        Some(MoeConfig {
+            experts,
+            top_k,
+            width: expert_width,
+            shared_width: intermediate_size,
+            router: Router::TopKSoftmax,
+        })
     } else {
-        None
+        nemotron_moe
     };
     let positive = |field: &'static str, value: Option<f64>| -> Result<f64, ConfigError> {
         match value {
@@ -277,15 +414,18 @@ pub(super) fn resolve(raw: HfConfig) -> Result<BambaConfig, ConfigError> {
         architecture,
         vocab_size,
         hidden_size: raw.hidden_size,
-        mlp: !mamba2,
+        mlp: !mamba2 && !nemotron,
         intermediate_size,
+        mlp_activation: if nemotron { MlpActivation::Relu2 } else { MlpActivation::SwiGlu },
         moe,
         num_layers: num_hidden_layers,
         num_heads: raw.num_attention_heads,
         num_kv_heads,
         head_dim,
         rms_norm_eps,
-        tie_word_embeddings: raw.tie_word_embeddings,
+        norm_weight_f32: nemotron,
+        // NemotronHForCausalLM ties nothing (`_tied_weights_keys = {}`).
+        tie_word_embeddings: raw.tie_word_embeddings && !nemotron,
         attention_bias: raw.attention_bias,
         // Granite's MLPs have no bias key and no biases.
         mlp_bias: raw.mlp_bias && !granite,
