@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use bamba_model::presets::preset;
 use bamba_model::sizes::{MemoryModel, ParameterCounts};
-use bamba_model::{BambaConfig, LayerKind, Precision};
+use bamba_model::{BambaConfig, LayerKind, Precision, Router};
 use serde_json::json;
 
 use crate::InfoArgs;
@@ -44,7 +44,17 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             "model_type": config.architecture.model_type(),
             "parameters": counts.total,
             "active_parameters_per_token": counts.active,
-            "experts": config.moe.map(|m| json!({"count": m.experts, "top_k": m.top_k, "width": m.width, "parameters_per_layer": counts.experts_per_layer})),
+            "experts": config.moe.map(|m| json!({
+                "count": m.experts, "top_k": m.top_k, "width": m.width, "shared_width": m.shared_width,
+                "router": match m.router {
+                    Router::TopKSoftmax => json!({"kind": "top_k_softmax"}),
+                    Router::SigmoidGrouped { groups, top_groups, normalize, scale } => json!({
+                        "kind": "sigmoid_grouped", "groups": groups, "top_groups": top_groups,
+                        "normalize": normalize, "scale": scale,
+                    }),
+                },
+                "parameters_per_layer": counts.experts_per_layer,
+            })),
             "parameters_breakdown": {
                 "embedding": counts.embedding, "lm_head": counts.lm_head, "final_norm": counts.final_norm,
                 "per_mamba_layer": counts.mamba_layer, "per_attention_layer": counts.attention_layer,

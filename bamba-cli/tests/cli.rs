@@ -161,6 +161,25 @@ fn info_json_reports_bamba_9b() {
     assert!(String::from_utf8_lossy(&run.stdout).contains("parameters"));
 }
 
+#[test]
+fn info_json_reports_the_nemotron_3_plan_and_router() {
+    let run = bamba(&["info", "--model", "tests/configs/nemotron-3-nano-30b-a3b.json", "--json"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    // transformers' count on the meta device (scripts/make_fixtures.py writes it into the manifest).
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("tests/fixtures/manifest.json")).unwrap()).unwrap();
+    assert_eq!(v["parameters"], manifest["configs"]["nemotron-3-nano-30b-a3b.json"]["parameters"]);
+    assert_eq!(v["plan"], "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME");
+    assert_eq!(
+        (v["mamba_layers"].as_u64(), v["moe_layers"].as_u64(), v["attention_layers"].as_u64()),
+        (Some(23), Some(23), Some(6))
+    );
+    assert_eq!(v["experts"]["router"]["kind"], "sigmoid_grouped");
+    assert_eq!(v["experts"]["router"]["scale"], 2.5);
+    assert_eq!(v["kv_bytes_per_token"], 6 * 2 * 2 * 128 * 2, "6 attention layers, 2 KV heads of 128, bf16");
+}
+
 fn fails_with(args: &[&str], needle: &str) {
     let run = bamba(args);
     let stderr = String::from_utf8_lossy(&run.stderr);

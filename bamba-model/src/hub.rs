@@ -122,8 +122,11 @@ pub fn is_repo_id(spec: &str) -> bool {
 /// `options.offline` is off.
 pub fn resolve(spec: &str, options: &HubOptions) -> Result<PathBuf, HubError> {
     let path = Path::new(spec);
-    if path.exists() || !is_repo_id(spec) {
-        return if path.exists() { Ok(path.to_path_buf()) } else { Err(HubError::NotFound(spec.into())) };
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    if !is_repo_id(spec) {
+        return Err(HubError::NotFound(spec.into()));
     }
     match cached_snapshot(spec, options) {
         Some(dir) => match missing_file(&dir)? {

@@ -35,7 +35,9 @@ pub mod tokenizer;
 pub use backend::{BackendError, BackendKind};
 pub use bamba_kernels;
 pub use cache::{CacheError, HybridCache};
-pub use config::{Architecture, BambaConfig, ConfigError, LayerKind, MoeConfig, RopeConfig};
+pub use config::{
+    Architecture, BambaConfig, ConfigError, FeedForwardPlan, LayerKind, MlpActivation, MoeConfig, RopeConfig, Router,
+};
 pub use generate::{FinishReason, GenerateError, GenerateParams, Generation, TokenStream};
 pub use hub::{HubError, HubOptions};
 pub use loader::{Checkpoint, LoadError, Precision};

@@ -108,7 +108,8 @@ fn nemotron_keys(mut raw: HfConfig, k: &NemotronHKeys) -> Result<(HfConfig, Vec<
     if let Some(limit) = k.mamba_dt_limit.or(k.time_step_limit) {
         raw.time_step_limit = Some(limit);
     }
-    raw.rms_norm_eps = raw.layer_norm_epsilon.or(raw.rms_norm_eps);
+    // NemotronHConfig reads layer_norm_epsilon alone (released files also carry rms_norm_eps).
+    raw.rms_norm_eps = Some(raw.layer_norm_epsilon.unwrap_or(1e-5));
     raw.head_dim = raw.head_dim.or(k.attention_head_dim).or(Some(128));
     raw.num_key_value_heads = raw.num_key_value_heads.or(Some(8));
     // NemotronHAttention's projections are built without biases whatever the config says.
