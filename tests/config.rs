@@ -3,7 +3,8 @@
 mod common;
 
 use bamba::model::config::{
-    Architecture, BambaConfig, ConfigError, LayerKind, MlpActivation, MoeConfig, RopeConfig, RopeScaling, Router,
+    Architecture, BambaConfig, ConfigError, GatedNorm, LayerKind, MlpActivation, MoeConfig, RopeConfig, RopeScaling,
+    Router, SharedBlocks,
 };
 use bamba::model::presets::preset;
 use bamba::model::sizes::{parse_memory, prefill_flops, MemoryModel, ParameterCounts};
@@ -125,6 +126,108 @@ fn nemotron_h_configs_resolve_to_their_layer_plans() {
 }
 
 #[test]
+fn falcon_h1_configs_resolve_to_their_layer_plans() {
+    // Falcon-H1-0.5B-Base: every layer Mamba2 ‖ attention, no gated norm, µP multipliers.
+    let c = granite("falcon-h1-0.5b-base.json");
+    assert_eq!(c.architecture, Architecture::FalconH1);
+    assert_eq!(c.plan(), "P".repeat(36));
+    assert_eq!((c.mamba_layers(), c.attention_layers(), c.count(LayerKind::Mamba)), (36, 36, 0));
+    assert_eq!((c.d_inner(), c.mamba_d_head, c.conv_dim(), c.head_dim, c.num_kv_heads), (1536, 64, 1792, 64, 2));
+    assert_eq!((c.mamba_gated_norm, c.mlp, c.intermediate_size, c.rotary_dim()), (GatedNorm::GateOnly, true, 2048, 64));
+    assert_eq!(c.rope.as_ref().map(|r| r.theta), Some(1e11));
+    assert_eq!((c.embedding_multiplier, c.logits_scaling), (5.656854249492381, 1.0 / 0.0390625));
+    assert_eq!((c.scales.key, c.scales.attention_out, c.scales.mamba_in), (0.39062499999999994, 0.9375, 1.25));
+    assert_eq!(c.scales.mamba_segments[3], 0.5);
+    assert_eq!((c.scales.mlp_gate, c.scales.mlp_down), (0.8838834764831844, 0.5859375));
+    // What FalconH1Config gives keys a file leaves out: mamba_d_ssm 1024 (mamba_d_head "auto": 1024 /
+    // 128 heads), 8 KV heads, no gated norm, pad/bos/eos 0/1/2; `null` mamba_d_ssm is expand x hidden.
+    let bare = BambaConfig::from_json(r#"{"model_type": "falcon_h1"}"#).unwrap();
+    assert_eq!((bare.d_inner(), bare.mamba_d_head, bare.num_kv_heads, bare.num_layers), (1024, 8, 8, 32));
+    assert_eq!((bare.vocab_size, bare.intermediate_size, bare.max_position_embeddings), (128000, 14336, 8192));
+    assert_eq!((bare.pad_token_id, bare.bos_token_id, bare.eos_token_ids.clone()), (Some(0), Some(1), vec![2]));
+    assert_eq!(bare.mamba_gated_norm, GatedNorm::GateOnly);
+    let null = BambaConfig::from_json(r#"{"model_type": "falcon_h1", "mamba_d_ssm": null}"#).unwrap();
+    assert_eq!((null.d_inner(), null.mamba_d_head), (8192, 64));
+    let norm = |before: &str| {
+        let text = format!(r#"{{"model_type": "falcon_h1", "mamba_rms_norm": true{before}}}"#);
+        BambaConfig::from_json(&text).unwrap().mamba_gated_norm
+    };
+    assert_eq!(norm(""), GatedNorm::NormThenGate);
+    assert_eq!(norm(r#", "mamba_norm_before_gate": false"#), GatedNorm::GateThenNorm);
+}
+
+#[test]
+fn falcon_h1_configs_with_bad_multipliers_are_typed_errors() {
+    let with = |extra: &str| BambaConfig::from_json(&format!(r#"{{"model_type": "falcon_h1", {extra}}}"#)).unwrap_err();
+    let e = with(r#""ssm_multipliers": [1.0, 1.0, 1.0, 1.0]"#);
+    assert!(matches!(e, ConfigError::MultiplierCount { key: "ssm_multipliers", expected: 5, found: 4 }), "{e}");
+    let e = with(r#""mlp_multipliers": [1.0, 0.0]"#);
+    assert!(matches!(e, ConfigError::NotPositive { field: "mlp_multipliers", .. }), "{e}");
+    let e = with(r#""key_multiplier": -2.0"#);
+    assert!(matches!(e, ConfigError::NotPositive { field: "key_multiplier", .. }), "{e}");
+    let e = with(r#""lm_head_multiplier": "NaN""#);
+    assert!(matches!(e, ConfigError::Json(_)), "{e}");
+    // 1000 channels do not split into 128 heads; 64 heads of 8 are 512, not 1000.
+    let e = with(r#""mamba_d_ssm": 1000"#);
+    assert!(matches!(e, ConfigError::MambaAuto { n_heads: 128, d_inner: 1000 }), "{e}");
+    let e = with(r#""mamba_d_ssm": 1000, "mamba_n_heads": 64, "mamba_d_head": 8"#);
+    assert!(matches!(e, ConfigError::MambaHeads { d_head: 8, n_heads: 64, d_inner: 1000 }), "{e}");
+    let e = with(r#""mamba_d_ssm": 0"#);
+    assert!(matches!(e, ConfigError::Zero("mamba_d_ssm")), "{e}");
+}
+
+#[test]
+fn zamba2_configs_resolve_to_their_layer_plans() {
+    // Zamba2-7B: 13 of 81 layers run one of 2 shared blocks first; its attention reads concat(h, x)
+    // (2 x 3584 channels) in 32 heads of 224, scores scaled by (224 / 2)^-1/2.
+    let c = granite("zamba2-7b.json");
+    assert_eq!(c.architecture, Architecture::Zamba2);
+    assert_eq!(
+        (c.count(LayerKind::Mamba), c.count(LayerKind::Shared), c.mamba_layers(), c.attention_layers()),
+        (68, 13, 81, 13)
+    );
+    assert_eq!(&c.plan()[..12], "MMMMMMSMMMMS");
+    assert_eq!(c.shared_blocks, Some(SharedBlocks { count: 2, adapter_rank: 128, attention_adapters: false }));
+    assert_eq!((c.attention_input(), c.head_dim, c.num_kv_heads, c.rotary_dim()), (7168, 224, 32, 224));
+    assert_eq!(c.attention_multiplier, Some(1.0 / 112f64.sqrt()));
+    assert_eq!((c.d_inner(), c.mamba_d_head, c.mamba_n_groups, c.mamba_d_state), (7168, 64, 2, 64));
+    assert_eq!(
+        (c.mlp, c.intermediate_size, c.mlp_activation, c.tie_word_embeddings),
+        (false, 14336, MlpActivation::GeGlu, true)
+    );
+    // dt floored at time_step_min (0.001 when absent); the gated norm's epsilon is 1e-5 whatever
+    // rms_norm_eps says.
+    assert_eq!((c.time_step_limit, c.mamba_norm_eps, c.mamba_conv_bias), (Some((0.001, f64::INFINITY)), 1e-5, true));
+    // What Zamba2Config gives keys a file leaves out: 54 layers in Zamba2-2.7B's plan, 8 Mamba heads,
+    // hidden 2560, MLP 4 x hidden, no RoPE, tied head.
+    let bare = BambaConfig::from_json(r#"{"model_type": "zamba2"}"#).unwrap();
+    assert_eq!((bare.num_layers, bare.count(LayerKind::Shared), bare.hidden_size), (54, 9, 2560));
+    assert_eq!((bare.mamba_n_heads, bare.mamba_d_head, bare.head_dim, bare.intermediate_size), (8, 640, 160, 10240));
+    assert_eq!((bare.rope.clone(), bare.tie_word_embeddings, bare.max_position_embeddings), (None, true, 4096));
+    let long = BambaConfig::from_json(r#"{"model_type": "zamba2", "use_long_context": true}"#).unwrap();
+    assert_eq!(long.max_position_embeddings, 16384);
+}
+
+#[test]
+fn zamba2_configs_with_bad_plans_are_typed_errors() {
+    let with = |extra: &str| BambaConfig::from_json(&format!(r#"{{"model_type": "zamba2", {extra}}}"#)).unwrap_err();
+    let e = with(r#""layers_block_type": ["mamba", "hybrid"]"#);
+    assert!(matches!(e, ConfigError::LayerTypesLength { found: 2, layers: 54 }), "{e}");
+    let e = with(r#""layers_block_type": ["mamba", "attention"], "num_hidden_layers": 2"#);
+    assert!(matches!(e, ConfigError::BlockType { index: 1, .. }), "{e}");
+    let e = with(r#""num_attention_heads": 3"#);
+    assert!(matches!(e, ConfigError::SharedHeads { width: 5120, heads: 3 }), "{e}");
+    let e = with(r#""use_shared_attention_adapter": true, "num_key_value_heads": 8"#);
+    assert!(matches!(e, ConfigError::Unsupported(_)), "{e}");
+    let e = with(r#""add_bias_linear": true"#);
+    assert!(e.to_string().contains("add_bias_linear"), "{e}");
+    let e = with(r#""hidden_act": "relu""#);
+    assert!(matches!(e, ConfigError::Activation { key: "hidden_act", .. }), "{e}");
+    let e = with(r#""num_mem_blocks": 0"#);
+    assert!(matches!(e, ConfigError::Zero("num_mem_blocks")), "{e}");
+}
+
+#[test]
 fn nemotron_h_configs_with_bad_plans_are_typed_errors() {
     let text = std::fs::read_to_string(fixtures_dir().join("nemotron_h_moe/config.json")).unwrap();
     let base: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -171,7 +274,7 @@ fn granite_configs_with_bad_plans_are_typed_errors() {
     assert!(matches!(e, ConfigError::TopK { top_k: 5, experts: 4 }), "{e}");
     let e = with("residual_multiplier", serde_json::json!(-0.5));
     assert!(matches!(e, ConfigError::NotPositive { field: "residual_multiplier", .. }), "{e}");
-    let e = with("model_type", serde_json::json!("falcon_h1"));
+    let e = with("model_type", serde_json::json!("jamba"));
     assert!(e.to_string().contains("granitemoehybrid"), "the error names what is supported: {e}");
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use bamba::model::cache::{CacheError, LayerCache};
+use bamba::model::cache::CacheError;
 use bamba::model::{BambaModel, HybridCache, Precision};
 use burn::tensor::{DType, Tensor};
 use common::*;
@@ -33,19 +33,18 @@ fn states(cache: &HybridCache<TestBackend>) -> Vec<Vec<f32>> {
     cache
         .layers()
         .iter()
-        .map(|l| match l {
-            LayerCache::Mamba(Some(s)) => {
-                let mut v: Vec<f32> = s.ssm.clone().into_data().to_vec().unwrap();
-                v.extend(s.conv_window.clone().into_data().to_vec::<f32>().unwrap());
-                v
+        .map(|l| {
+            let mut out = vec![];
+            if let Some(s) = l.mamba_state() {
+                out.extend(s.ssm.clone().into_data().to_vec::<f32>().unwrap());
+                out.extend(s.conv_window.clone().into_data().to_vec::<f32>().unwrap());
             }
-            LayerCache::Mamba(None) | LayerCache::Stateless => vec![],
-            LayerCache::Attention(kv) => {
+            if let Some(kv) = &l.kv {
                 let (k, v) = kv.filled();
-                let mut out: Vec<f32> = k.into_data().to_vec().unwrap();
+                out.extend(k.into_data().to_vec::<f32>().unwrap());
                 out.extend(v.into_data().to_vec::<f32>().unwrap());
-                out
             }
+            out
         })
         .collect()
 }
@@ -118,7 +117,7 @@ fn assumed_context_starts_from_zero_states() {
     assumed.assume_filled(0).unwrap();
     let mut mamba_layers = 0;
     for layer in assumed.layers() {
-        if let LayerCache::Mamba(state) = layer {
+        if let Some(state) = &layer.mamba {
             let state = state.as_ref().expect("a zero state");
             let ssm: Vec<f32> = state.ssm.clone().into_data().to_vec().unwrap();
             let window: Vec<f32> = state.conv_window.clone().into_data().to_vec().unwrap();

@@ -58,11 +58,14 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             "parameters_breakdown": {
                 "embedding": counts.embedding, "lm_head": counts.lm_head, "final_norm": counts.final_norm,
                 "per_mamba_layer": counts.mamba_layer, "per_attention_layer": counts.attention_layer,
-                "per_mlp_layer": counts.mlp_layer, "per_moe_layer": counts.moe_layer,
+                "per_parallel_layer": counts.parallel_layer, "per_shared_layer": counts.shared_layer,
+                "shared_blocks": counts.shared_blocks, "per_mlp_layer": counts.mlp_layer, "per_moe_layer": counts.moe_layer,
             },
             "layers": layers,
             "mamba_layers": config.count(LayerKind::Mamba),
             "attention_layers": config.count(LayerKind::Attention),
+            "parallel_layers": config.count(LayerKind::Parallel),
+            "shared_block_layers": config.count(LayerKind::Shared),
             "mlp_layers": config.count(LayerKind::Mlp),
             "moe_layers": config.count(LayerKind::Moe),
             "plan": config.plan(),
@@ -124,12 +127,17 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     for (kind, count) in [
         (LayerKind::Mamba, counts.mamba_layer),
         (LayerKind::Attention, counts.attention_layer),
+        (LayerKind::Parallel, counts.parallel_layer),
+        (LayerKind::Shared, counts.shared_layer),
         (LayerKind::Mlp, counts.mlp_layer),
         (LayerKind::Moe, counts.moe_layer),
     ] {
         if config.count(kind) > 0 {
             println!("  per {:<15} {count}", format!("{} layer", kind.name()));
         }
+    }
+    if counts.shared_blocks > 0 {
+        println!("  shared blocks       {}", counts.shared_blocks);
     }
     println!("  embedding + head    {}", counts.embedding + counts.lm_head);
     println!(

@@ -167,8 +167,7 @@ fn info_json_reports_the_nemotron_3_plan_and_router() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     // transformers' count on the meta device (scripts/make_fixtures.py writes it into the manifest).
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("tests/fixtures/manifest.json")).unwrap()).unwrap();
+    let manifest = manifest();
     assert_eq!(v["parameters"], manifest["configs"]["nemotron-3-nano-30b-a3b.json"]["parameters"]);
     assert_eq!(v["plan"], "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME");
     assert_eq!(
@@ -178,6 +177,39 @@ fn info_json_reports_the_nemotron_3_plan_and_router() {
     assert_eq!(v["experts"]["router"]["kind"], "sigmoid_grouped");
     assert_eq!(v["experts"]["router"]["scale"], 2.5);
     assert_eq!(v["kv_bytes_per_token"], 6 * 2 * 2 * 128 * 2, "6 attention layers, 2 KV heads of 128, bf16");
+}
+
+#[test]
+fn info_json_counts_both_caches_of_falcon_h1_parallel_layers() {
+    let run = bamba(&["info", "--model", "tests/configs/falcon-h1-7b-base.json", "--json"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let manifest = manifest();
+    assert_eq!(v["parameters"], manifest["configs"]["falcon-h1-7b-base.json"]["parameters"]);
+    assert_eq!(v["plan"], "P".repeat(44));
+    assert_eq!((v["parallel_layers"].as_u64(), v["mamba_layers"].as_u64()), (Some(44), Some(0)));
+    // Every layer keeps keys and values (2 KV heads of 128, bf16) and a Mamba state: 24 heads of
+    // 128 x 256 in f32, and a conv window of 3 columns of 3072 + 2 x 256 channels in bf16.
+    assert_eq!(v["kv_bytes_per_token"], 44 * 2 * 2 * 128 * 2);
+    assert_eq!(v["recurrent_state_bytes_per_sequence"], 44 * (24 * 128 * 256 * 4 + 3 * 3584 * 2));
+}
+
+#[test]
+fn info_json_counts_zamba2_shared_blocks_once() {
+    let run = bamba(&["info", "--model", "tests/configs/zamba2-7b.json", "--json"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let manifest = manifest();
+    // transformers counts the shared blocks once, however many layers use them.
+    assert_eq!(v["parameters"], manifest["configs"]["zamba2-7b.json"]["parameters"]);
+    assert_eq!((v["shared_block_layers"].as_u64(), v["mamba_layers"].as_u64()), (Some(13), Some(68)));
+    // Each of the 13 uses keeps its own keys and values: 32 heads of 224, bf16.
+    assert_eq!(v["kv_bytes_per_token"], 13 * 2 * 32 * 224 * 2);
+}
+
+/// The fixtures' manifest, where scripts/make_fixtures.py records transformers' counts of the configs.
+fn manifest() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(repo().join("tests/fixtures/manifest.json")).unwrap()).unwrap()
 }
 
 fn fails_with(args: &[&str], needle: &str) {

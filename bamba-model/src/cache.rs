@@ -1,5 +1,6 @@
-//! The hybrid cache, kept outside the model: per Mamba layer a conv window and an SSM state, per
-//! attention layer a preallocated KV cache, and one position counter for the whole stack.
+//! The hybrid cache, kept outside the model: per Mamba mixer a conv window and an SSM state, per
+//! attention a preallocated KV cache (a Falcon-H1 layer holds both), and one position counter for
+//! the whole stack.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
@@ -94,15 +95,21 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// The cache of one layer.
+/// The cache of one layer: what its mixers keep (nothing in a feed-forward layer).
 #[derive(Debug, Clone)]
-pub enum LayerCache<B: Backend> {
-    /// `None` until the first token (a zero state).
-    Mamba(Option<MambaState<B>>),
-    /// An attention layer's keys and values.
-    Attention(KvCache<B>),
-    /// A feed-forward layer keeps nothing.
-    Stateless,
+pub struct LayerCache<B: Backend> {
+    /// The Mamba mixer's slot, `None` in a layer without one; the slot is `None` until the first
+    /// token (a zero state).
+    pub mamba: Option<Option<MambaState<B>>>,
+    /// The attention's keys and values, `None` in a layer without attention.
+    pub kv: Option<KvCache<B>>,
+}
+
+impl<B: Backend> LayerCache<B> {
+    /// The Mamba state, if the layer has a Mamba mixer that has run.
+    pub fn mamba_state(&self) -> Option<&MambaState<B>> {
+        self.mamba.as_ref().and_then(Option::as_ref)
+    }
 }
 
 /// The cache of the whole model for a batch of sequences.
@@ -162,17 +169,11 @@ impl<B: Backend> HybridCache<B> {
         let layers = config
             .layer_kinds
             .iter()
-            .map(|kind| match kind {
-                LayerKind::Mamba => LayerCache::Mamba(None),
-                LayerKind::Mlp | LayerKind::Moe => LayerCache::Stateless,
-                LayerKind::Attention => LayerCache::Attention(KvCache::new(
-                    batch,
-                    config.num_kv_heads,
-                    capacity,
-                    config.head_dim,
-                    device,
-                    dtype,
-                )),
+            .map(|kind: &LayerKind| LayerCache {
+                mamba: kind.has_mamba().then_some(None),
+                kv: kind
+                    .has_attention()
+                    .then(|| KvCache::new(batch, config.num_kv_heads, capacity, config.head_dim, device, dtype)),
             })
             .collect();
         let zero_state = ZeroState {
@@ -264,15 +265,14 @@ impl<B: Backend> HybridCache<B> {
         self.position = context;
         let z = &self.zero_state;
         for layer in &mut self.layers {
-            match layer {
-                LayerCache::Attention(kv) => kv.len = context,
-                LayerCache::Mamba(state @ None) => {
-                    *state = Some(MambaState {
-                        conv_window: Tensor::zeros(z.window, (&z.device, z.dtype)),
-                        ssm: Tensor::zeros(z.ssm, (&z.device, self.state_dtype)),
-                    })
-                }
-                LayerCache::Mamba(_) | LayerCache::Stateless => {}
+            if let Some(kv) = &mut layer.kv {
+                kv.len = context;
+            }
+            if let Some(state @ None) = &mut layer.mamba {
+                *state = Some(MambaState {
+                    conv_window: Tensor::zeros(z.window, (&z.device, z.dtype)),
+                    ssm: Tensor::zeros(z.ssm, (&z.device, self.state_dtype)),
+                });
             }
         }
         Ok(())
@@ -284,10 +284,11 @@ impl<B: Backend> HybridCache<B> {
         self.prefill_end = 0;
         self.padding = LeftPadding { pads: vec![0; self.batch] };
         for layer in &mut self.layers {
-            match layer {
-                LayerCache::Mamba(state) => *state = None,
-                LayerCache::Attention(kv) => kv.len = 0,
-                LayerCache::Stateless => {}
+            if let Some(state) = &mut layer.mamba {
+                *state = None;
+            }
+            if let Some(kv) = &mut layer.kv {
+                kv.len = 0;
             }
         }
     }

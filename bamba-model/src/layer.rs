@@ -3,6 +3,8 @@
 //! `x + mlp(norm(x)) [+ moe(norm(x))]`; or the feed-forward sub-block alone (Nemotron-H's MLP and
 //! MoE layers). Residual multipliers are folded into each sub-block's output projection. With an f32
 //! residual stream (Mamba2) `x` is f32 and each sub-block reads it rounded to the compute dtype.
+//! Falcon-H1's mixer is Mamba2 and attention side by side; a Zamba2 shared-block layer is
+//! `x + mamba(norm(x + shared(x, embeddings)))`.
 
 use bamba_kernels::BambaOps;
 use burn::tensor::Tensor;
@@ -11,13 +13,14 @@ use crate::attention::Attention;
 use crate::cache::LayerCache;
 use crate::config::{BambaConfig, LayerKind};
 use crate::loader::{LoadError, WeightReader};
-use crate::mamba2::Mamba2Mixer;
+use crate::mamba2::{Mamba2Mixer, MambaState};
 use crate::mlp::Mlp;
 use crate::moe::Moe;
 use crate::names::TensorNames;
 use crate::norm::RmsNorm;
 use crate::padding::ChunkMasks;
 use crate::rope::RopeTables;
+use crate::shared::{SharedBlock, SharedUse};
 
 /// The sequence mixer of a layer.
 #[derive(Debug, Clone)]
@@ -26,6 +29,8 @@ pub enum Mixer<B: BambaOps> {
     Mamba(Mamba2Mixer<B>),
     /// Self-attention.
     Attention(Attention<B>),
+    /// Both on the same normalized input, their outputs added (Falcon-H1).
+    Parallel(Mamba2Mixer<B>, Attention<B>),
 }
 
 /// A layer's feed-forward sub-block: the dense MLP, and the routed experts beside it if any.
@@ -56,26 +61,43 @@ pub struct DecoderLayer<B: BambaOps> {
     pub mixer: Option<MixerBlock<B>>,
     /// Pre-norm, feed-forward, residual (`None` in a Mamba2 or Nemotron-H mixer layer).
     pub feed_forward: Option<FeedForward<B>>,
+    /// The shared block whose output joins the mixer's input (Zamba2's `hybrid` layers).
+    pub shared: Option<SharedUse<B>>,
 }
 
 impl<B: BambaOps> DecoderLayer<B> {
-    /// Reads layer `index` (`model.layers.{index}.*`, or the family's spelling of it).
-    pub fn load(w: &mut WeightReader<'_, B>, index: usize, c: &BambaConfig) -> Result<Self, LoadError> {
+    /// Reads layer `index` (`model.layers.{index}.*`, or the family's spelling of it); a shared-block
+    /// layer takes its block from `blocks`.
+    pub fn load(
+        w: &mut WeightReader<'_, B>,
+        index: usize,
+        c: &BambaConfig,
+        blocks: &[SharedBlock<B>],
+    ) -> Result<Self, LoadError> {
         let names = TensorNames::of(c.architecture);
-        let p = format!("{}.{index}", names.layers);
         let kind = c.layer_kinds[index];
+        let shared = match (kind, c.shared_blocks) {
+            (LayerKind::Shared, Some(config)) => Some(SharedUse::load(w, blocks, index, c, config)?),
+            _ => None,
+        };
+        // A shared-block layer's Mamba sub-block is its `mamba_decoder`.
+        let p = match kind {
+            LayerKind::Shared => format!("{}.{index}.mamba_decoder", names.layers),
+            _ => format!("{}.{index}", names.layers),
+        };
         let norm = |w: &mut WeightReader<'_, B>, name: &str| {
             RmsNorm::load(w, &format!("{p}.{name}.weight"), c.hidden_size, c.rms_norm_eps, c.norm_weight_f32)
         };
+        let mamba = |w: &mut WeightReader<'_, B>| Mamba2Mixer::load(w, &format!("{p}.{}", names.mamba), c);
+        let attention = |w: &mut WeightReader<'_, B>| Attention::load(w, &format!("{p}.{}", names.attention), c);
         let mixer = match kind {
-            LayerKind::Mamba => Some(Mixer::Mamba(Mamba2Mixer::load(w, &format!("{p}.{}", names.mamba), c)?)),
-            LayerKind::Attention => Some(Mixer::Attention(Attention::load(w, &format!("{p}.{}", names.attention), c)?)),
+            LayerKind::Mamba | LayerKind::Shared => Some(Mixer::Mamba(mamba(w)?)),
+            LayerKind::Attention => Some(Mixer::Attention(attention(w)?)),
+            LayerKind::Parallel => Some(Mixer::Parallel(mamba(w)?, attention(w)?)),
             LayerKind::Mlp | LayerKind::Moe => None,
-        };
-        let mixer = match mixer {
-            Some(mixer) => Some(MixerBlock { norm: norm(w, names.input_norm)?, mixer }),
-            None => None,
-        };
+        }
+        .map(|mixer| norm(w, names.input_norm).map(|norm| MixerBlock { norm, mixer }))
+        .transpose()?;
         let feed_forward = match c.feed_forward(kind) {
             Some(plan) => {
                 // A feed-forward layer's one norm is its input norm.
@@ -89,17 +111,19 @@ impl<B: BambaOps> DecoderLayer<B> {
             }
             None => None,
         };
-        Ok(DecoderLayer { mixer, feed_forward })
+        Ok(DecoderLayer { mixer, feed_forward, shared })
     }
 
     /// Forward over positions covered by `tables`, continuing from (and updating) `cache` when given;
-    /// `masks` carry left padding.
+    /// `masks` carry left padding; `embeddings` are the model's input embeddings (read by shared
+    /// blocks).
     ///
     /// # Shapes
-    /// - `x`: `[batch, len, hidden]` → same
+    /// - `x`, `embeddings`: `[batch, len, hidden]` → same
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
+        embeddings: &Tensor<B, 3>,
         tables: Option<&RopeTables<B>>,
         masks: &ChunkMasks<B>,
         cache: Option<&mut LayerCache<B>>,
@@ -112,31 +136,54 @@ impl<B: BambaOps> DecoderLayer<B> {
             (None, _) => x,
             (Some(MixerBlock { norm, mixer }), cache) => {
                 let input = compute_dtype(norm);
-                match (mixer, cache) {
-                    (Mixer::Mamba(m), None) => m.forward(norm, input(&x), x, None, tokens).0,
-                    (Mixer::Mamba(m), Some(LayerCache::Mamba(slot))) => {
-                        let (out, state) = m.forward(norm, input(&x), x, slot.take(), tokens);
-                        *slot = Some(state);
-                        out
+                let (slot, kv) = match cache {
+                    Some(LayerCache { mamba, kv }) => (mamba.as_mut(), kv.as_mut()),
+                    None => (None, None),
+                };
+                // Runs the Mamba mixer on `norm(source)` with `x` as its residual, keeping its state
+                // in the cache's slot if there is one.
+                let mamba = |m: &Mamba2Mixer<B>,
+                             source: &Tensor<B, 3>,
+                             x: Tensor<B, 3>,
+                             slot: Option<&mut Option<MambaState<B>>>| {
+                    match slot {
+                        Some(slot) => {
+                            let (out, state) = m.forward(norm, input(source), x, slot.take(), tokens);
+                            *slot = Some(state);
+                            out
+                        }
+                        None => m.forward(norm, input(source), x, None, tokens).0,
                     }
-                    (Mixer::Attention(a), None) => a.forward(norm.forward(input(&x)), tables, masks, None, x),
-                    (Mixer::Attention(a), Some(LayerCache::Attention(kv))) => {
-                        a.forward(norm.forward(input(&x)), tables, masks, Some(kv), x)
+                };
+                match (mixer, &self.shared) {
+                    (Mixer::Mamba(m), None) => mamba(m, &x.clone(), x, slot),
+                    (Mixer::Mamba(m), Some(shared)) => {
+                        let t = shared.forward(input(&x), embeddings.clone(), tables, masks, kv);
+                        mamba(m, &(x.clone() + t), x, slot)
                     }
-                    _ => unreachable!("the cache is built from the same layer plan as the model"),
+                    (Mixer::Attention(a), _) => a.forward(norm.forward(input(&x)), tables, masks, kv, Some(x)),
+                    // `x + mamba(norm(x)) + attention(norm(x))`: the attention adds its output to
+                    // the Mamba mixer's sum.
+                    (Mixer::Parallel(m, a), _) => {
+                        let normed = norm.forward(input(&x));
+                        a.forward(normed, tables, masks, kv, Some(mamba(m, &x.clone(), x, slot)))
+                    }
                 }
             }
         };
         let Some(ff) = &self.feed_forward else { return x };
         let input = compute_dtype(&ff.norm);
-        // With experts, the normalized rows feed the router and the experts, and the MLP normalizes
-        // again inside its fused norm + SwiGLU kernel: one launch at decode, cheaper than an unfused
-        // gate and up on the rows normalized here.
-        let residual = match &ff.experts {
-            Some(experts) => x.clone() + experts.forward(ff.norm.forward(input(&x))),
-            None => x.clone(),
-        };
-        ff.mlp.forward(&ff.norm, input(&x), residual)
+        let Some(experts) = &ff.experts else { return ff.mlp.forward(&ff.norm, input(&x), Some(x)) };
+        // The normalized rows feed the router and the experts; an MLP whose kernel fuses the norm
+        // (SwiGLU) normalizes again inside it, one launch at decode, cheaper than an unfused gate
+        // and up on these rows; relu² takes these rows.
+        let normed = ff.norm.forward(input(&x));
+        let residual = x.clone() + experts.forward(normed.clone());
+        if ff.mlp.fuses_norm(&ff.norm) {
+            ff.mlp.forward(&ff.norm, input(&x), Some(residual))
+        } else {
+            ff.mlp.forward_on_normed(normed, Some(residual))
+        }
     }
 }
 

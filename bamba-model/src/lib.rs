@@ -28,6 +28,7 @@ pub mod padding;
 pub mod presets;
 pub mod rope;
 pub mod sampling;
+pub mod shared;
 pub mod sizes;
 pub mod text_model;
 pub mod tokenizer;
@@ -36,7 +37,8 @@ pub use backend::{BackendError, BackendKind};
 pub use bamba_kernels;
 pub use cache::{CacheError, HybridCache};
 pub use config::{
-    Architecture, BambaConfig, ConfigError, FeedForwardPlan, LayerKind, MlpActivation, MoeConfig, RopeConfig, Router,
+    Architecture, BambaConfig, ConfigError, FeedForwardPlan, GatedNorm, LayerKind, MlpActivation, MoeConfig,
+    ProjectionScales, RopeConfig, Router, SharedBlocks,
 };
 pub use generate::{FinishReason, GenerateError, GenerateParams, Generation, TokenStream};
 pub use hub::{HubError, HubOptions};

@@ -42,10 +42,50 @@ impl<B: BambaOps> Linear<B> {
         bias: bool,
         scale: f64,
     ) -> Result<Self, LoadError> {
+        Self::load_scaled_apart(w, prefix, [inputs, outputs], bias, scale, scale)
+    }
+
+    /// Rows `first..first + outputs` of the bias-free weight `name` stored as `[stored_rows, inputs]`:
+    /// one half of a fused projection such as `gate_up_proj`.
+    pub fn load_rows(
+        w: &mut WeightReader<'_, B>,
+        name: &str,
+        [stored_rows, inputs]: [usize; 2],
+        first: usize,
+        outputs: usize,
+    ) -> Result<Self, LoadError> {
+        Ok(Linear { weight: w.tensor_rows(name, &[stored_rows, inputs], first, [outputs, inputs])?, bias: None })
+    }
+
+    /// Like [`Linear::load_scaled`] with a separate scale for the bias: a multiplier on the layer's
+    /// input scales the weight alone (`W(s·x) + b`), one on its output both.
+    pub fn load_scaled_apart(
+        w: &mut WeightReader<'_, B>,
+        prefix: &str,
+        [inputs, outputs]: [usize; 2],
+        bias: bool,
+        weight_scale: f64,
+        bias_scale: f64,
+    ) -> Result<Self, LoadError> {
         Ok(Linear {
-            weight: w.tensor_scaled(&format!("{prefix}.weight"), [outputs, inputs], scale)?,
-            bias: if bias { Some(w.tensor_scaled(&format!("{prefix}.bias"), [outputs], scale)?) } else { None },
+            weight: w.tensor_scaled(&format!("{prefix}.weight"), [outputs, inputs], weight_scale)?,
+            bias: if bias { Some(w.tensor_scaled(&format!("{prefix}.bias"), [outputs], bias_scale)?) } else { None },
         })
+    }
+
+    /// `residual + forward(x)`, or `forward(x)` without a residual.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., in]`, `residual`: `[..., out]` → `[..., out]`
+    pub fn forward_maybe_residual<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Option<Tensor<B, D>>,
+    ) -> Tensor<B, D> {
+        match residual {
+            Some(residual) => self.forward_residual(x, residual),
+            None => self.forward(x),
+        }
     }
 
     /// # Shapes
@@ -99,5 +139,37 @@ impl<B: BambaOps> Linear<B> {
         let rows = dims[..D - 1].iter().product();
         let x = x.reshape([rows, inputs]);
         B::linear_residual(x, self.weight.clone(), residual.reshape([rows, outputs])).reshape(dims)
+    }
+}
+
+/// A low-rank adapter `up(down(x))` added to a projection's output, applied as two products (not
+/// folded into the projection, whose weights other layers share): Zamba2's per-use adapters.
+#[derive(Debug, Clone)]
+pub struct Lora<B: BambaOps> {
+    /// `[in] → [rank]`.
+    pub down: Linear<B>,
+    /// `[rank] → [out]`.
+    pub up: Linear<B>,
+}
+
+impl<B: BambaOps> Lora<B> {
+    /// Reads `{prefix}.0.weight` `[rank, in]` and `{prefix}.1.weight` `[out, rank]` (an `nn.Sequential`),
+    /// the second times `scale` (a multiplier of the projection it joins).
+    pub fn load(
+        w: &mut WeightReader<'_, B>,
+        prefix: &str,
+        [inputs, rank, outputs]: [usize; 3],
+        scale: f64,
+    ) -> Result<Self, LoadError> {
+        Ok(Lora {
+            down: Linear::load(w, &format!("{prefix}.0"), inputs, rank, false)?,
+            up: Linear::load_scaled(w, &format!("{prefix}.1"), rank, outputs, false, scale)?,
+        })
+    }
+
+    /// # Shapes
+    /// - `x`: `[..., in]` → `[..., out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.up.forward(self.down.forward(x))
     }
 }

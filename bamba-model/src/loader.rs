@@ -240,6 +240,34 @@ fn convert_into(bytes: &[u8], from: Dtype, target: DType, scale: f32, offset: us
     });
 }
 
+/// One contiguous run of an upload assembled from several sources: `bytes` (stored as `from`) times
+/// `scale`, filling `len` bytes of the target.
+struct Piece<'b> {
+    bytes: &'b [u8],
+    from: Dtype,
+    scale: f32,
+    len: usize,
+}
+
+/// Writes bytes `offset..offset + out.len()` of the concatenation of `pieces` (converted to `target`)
+/// into `out`, which may start inside a piece and span several.
+fn fill_pieces(pieces: &[Piece], target: DType, offset: usize, out: &mut [u8]) {
+    let (mut skip, mut out) = (offset, out);
+    for piece in pieces {
+        if out.is_empty() {
+            return;
+        }
+        if skip >= piece.len {
+            skip -= piece.len;
+            continue;
+        }
+        let len = (piece.len - skip).min(out.len());
+        let (here, rest) = std::mem::take(&mut out).split_at_mut(len);
+        convert_into(piece.bytes, piece.from, target, piece.scale, skip, here);
+        (skip, out) = (0, rest);
+    }
+}
+
 /// Where a [`WeightReader`] takes its tensors from.
 enum Source<'a> {
     Checkpoint(&'a Checkpoint),
@@ -316,19 +344,43 @@ impl<'a, B: BambaOps> WeightReader<'a, B> {
         dtype: DType,
         part: Part,
     ) -> Result<Tensor<B, D>, LoadError> {
-        let checkpoint = match self.source {
-            Source::Checkpoint(checkpoint) => checkpoint,
-            Source::Random => {
-                let (low, high) = random_range(name, file_shape);
-                let (low, high) = (low * part.scale as f64, high * part.scale as f64);
-                return Ok(if low == high {
-                    Tensor::full(shape, low, (&self.device, dtype))
-                } else {
-                    // Drawn in f32 (every backend has it), stored in the target dtype.
-                    Tensor::<B, D>::random(shape, Distribution::Uniform(low, high), (&self.device, DType::F32))
-                        .cast(dtype)
-                });
-            }
+        let Source::Checkpoint(_) = self.source else {
+            return Ok(self.made_up(name, file_shape, shape, dtype, part.scale));
+        };
+        let (from, bytes) = self.checked_bytes(name, file_shape, part.rows)?;
+        let mut fill = |offset: usize, out: &mut [u8]| convert_into(bytes, from, dtype, part.scale, offset, out);
+        Ok(B::upload_weight(shape, dtype, &mut fill, &self.device))
+    }
+
+    /// Seeded uniform values in `random_range` of `name` (scaled), for [`Source::Random`].
+    fn made_up<const D: usize>(
+        &self,
+        name: &str,
+        file_shape: &[usize],
+        shape: [usize; D],
+        dtype: DType,
+        scale: f32,
+    ) -> Tensor<B, D> {
+        let (low, high) = random_range(name, file_shape);
+        let (low, high) = (low * scale as f64, high * scale as f64);
+        if low == high {
+            Tensor::full(shape, low, (&self.device, dtype))
+        } else {
+            // Drawn in f32 (every backend has it), stored in the target dtype.
+            Tensor::<B, D>::random(shape, Distribution::Uniform(low, high), (&self.device, DType::F32)).cast(dtype)
+        }
+    }
+
+    /// The stored bytes of `name` (rows `first .. first + count` of dim 0 if `rows` says so), after
+    /// checking its dtype and that its shape is `file_shape`; marks it read and reports its size.
+    fn checked_bytes(
+        &mut self,
+        name: &str,
+        file_shape: &[usize],
+        rows: Option<(usize, usize)>,
+    ) -> Result<(Dtype, &'a [u8]), LoadError> {
+        let Source::Checkpoint(checkpoint) = self.source else {
+            unreachable!("only a checkpoint holds bytes");
         };
         let (from, found, bytes, path) =
             checkpoint.view(name).ok_or_else(|| LoadError::Missing { name: name.to_string(), file: None })?;
@@ -346,14 +398,70 @@ impl<'a, B: BambaOps> WeightReader<'a, B> {
         self.used.insert(name.to_string());
         // Rows `first .. first + count` of dim 0 are one contiguous run of the row-major tensor.
         let row_bytes = bytes.len() / file_shape.first().copied().unwrap_or(1).max(1);
-        let bytes = match part.rows {
+        let bytes = match rows {
             Some((first, count)) => &bytes[first * row_bytes..(first + count) * row_bytes],
             None => bytes,
         };
         if let Some(on_read) = self.on_read.as_mut() {
             on_read(bytes.len() as u64);
         }
-        let mut fill = |offset: usize, out: &mut [u8]| convert_into(bytes, from, dtype, part.scale, offset, out);
+        Ok((from, bytes))
+    }
+
+    /// `scale ·` the tensors `names`, each of shape `[shape[1], shape[2]]`, stacked along a new
+    /// dim 0 of length `names.len()` (per-expert weights as one `[experts, out, in]` tensor):
+    /// converted straight into the one upload, with no per-part tensors and no copy to join them.
+    pub fn tensor_stacked(
+        &mut self,
+        names: &[String],
+        shape: [usize; 3],
+        scale: f64,
+    ) -> Result<Tensor<B, 3>, LoadError> {
+        let (part_shape, dtype, scale) = ([shape[1], shape[2]], self.dtype, scale as f32);
+        assert_eq!(names.len(), shape[0], "one name per stacked part");
+        let Source::Checkpoint(_) = self.source else {
+            return Ok(self.made_up(&names[0], &part_shape, shape, dtype, scale));
+        };
+        let parts =
+            names.iter().map(|name| self.checked_bytes(name, &part_shape, None)).collect::<Result<Vec<_>, _>>()?;
+        let part_bytes = shape[1] * shape[2] * dtype.size();
+        let pieces: Vec<Piece> =
+            parts.into_iter().map(|(from, bytes)| Piece { bytes, from, scale, len: part_bytes }).collect();
+        let mut fill = |offset: usize, out: &mut [u8]| fill_pieces(&pieces, dtype, offset, out);
+        Ok(B::upload_weight(shape, dtype, &mut fill, &self.device))
+    }
+
+    /// A tensor whose consecutive ranges of rows (dim 0) are multiplied by their own scales:
+    /// `segments` lists `(rows, scale)` in order and covers every row (Falcon-H1's `ssm_multipliers`
+    /// over the z, x, B, C, dt rows of `in_proj`). Converted straight into the one upload.
+    pub fn tensor_row_scaled<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        segments: &[(usize, f64)],
+    ) -> Result<Tensor<B, D>, LoadError> {
+        let dtype = self.dtype;
+        assert_eq!(segments.iter().map(|s| s.0).sum::<usize>(), shape[0], "segments cover every row");
+        let Source::Checkpoint(_) = self.source else {
+            return Ok(self.made_up(name, &shape, shape, dtype, 1.0));
+        };
+        let (from, bytes) = self.checked_bytes(name, &shape, None)?;
+        let row_bytes = bytes.len() / shape[0].max(1);
+        let mut first = 0;
+        let pieces: Vec<Piece> = segments
+            .iter()
+            .map(|&(rows, scale)| {
+                let piece = Piece {
+                    bytes: &bytes[first * row_bytes..(first + rows) * row_bytes],
+                    from,
+                    scale: scale as f32,
+                    len: rows * (row_bytes / (from.bitsize() / 8)) * dtype.size(),
+                };
+                first += rows;
+                piece
+            })
+            .collect();
+        let mut fill = |offset: usize, out: &mut [u8]| fill_pieces(&pieces, dtype, offset, out);
         Ok(B::upload_weight(shape, dtype, &mut fill, &self.device))
     }
 

@@ -63,8 +63,26 @@ impl<B: BambaOps> Mamba2Mixer<B> {
         let conv_weight = w.tensor_reshaped(&format!("{prefix}.conv1d.weight"), &[conv_dim, 1, k], [conv_dim, k])?;
         let conv_bias =
             if c.mamba_conv_bias { Some(w.tensor(&format!("{prefix}.conv1d.bias"), [conv_dim])?) } else { None };
+        // Falcon-H1's µP multipliers: the input's on in_proj's weight, each output segment's
+        // (z, x, B, C, dt) on its rows, weight and bias.
+        let (d_inner, gn, scales) = (c.d_inner(), c.mamba_n_groups * c.mamba_d_state, &c.scales);
+        let segments = |input: f64| -> Vec<(usize, f64)> {
+            [d_inner, d_inner, gn, gn, heads].into_iter().zip(scales.mamba_segments.map(|s| s * input)).collect()
+        };
+        let in_name = format!("{prefix}.in_proj");
+        let in_proj = Linear {
+            weight: w.tensor_row_scaled(
+                &format!("{in_name}.weight"),
+                [c.in_proj_dim(), h],
+                &segments(scales.mamba_in),
+            )?,
+            bias: match c.mamba_proj_bias {
+                true => Some(w.tensor_row_scaled(&format!("{in_name}.bias"), [c.in_proj_dim()], &segments(1.0))?),
+                false => None,
+            },
+        };
         Ok(Mamba2Mixer {
-            in_proj: Linear::load(w, &format!("{prefix}.in_proj"), h, c.in_proj_dim(), c.mamba_proj_bias)?,
+            in_proj,
             conv_weight,
             conv_bias,
             dt_bias: w.tensor_f32(&format!("{prefix}.dt_bias"), [heads])?,
@@ -75,16 +93,19 @@ impl<B: BambaOps> Mamba2Mixer<B> {
                 &format!("{prefix}.norm.weight"),
                 c.d_inner(),
                 c.mamba_n_groups,
-                c.rms_norm_eps,
+                c.mamba_norm_eps,
+                c.mamba_gated_norm,
+                c.mamba_norm_weight_f32,
             )?,
-            // The residual multiplier (Granite) is folded into the output projection.
+            // The residual multiplier (Granite) and the output multiplier (Falcon-H1) are folded into
+            // the output projection.
             out_proj: Linear::load_scaled(
                 w,
                 &format!("{prefix}.out_proj"),
                 c.d_inner(),
                 h,
-                c.mamba_proj_bias,
-                c.residual_multiplier,
+                c.mamba_out_bias,
+                c.residual_multiplier * scales.mamba_out,
             )?,
             d_inner: c.d_inner(),
             conv_dim,
@@ -120,9 +141,11 @@ impl<B: BambaOps> Mamba2Mixer<B> {
         let [batch, len, _] = x.dims();
         let (gn, d_inner) = (self.groups * self.d_state, self.d_inner);
         let zxbcdt = self.in_proj.forward_normed(norm, x); // [b, l, d_inner + conv_dim + heads]
-        let state = match (len, state, token_mask) {
-            (1, Some(state), None) => return self.decode_step(zxbcdt, state, residual),
-            (_, state, _) => state,
+        let state = match (len, state, token_mask, self.norm.fusable_weight()) {
+            (1, Some(state), None, Some(norm_weight)) => {
+                return self.decode_step(zxbcdt, state, norm_weight.clone(), residual)
+            }
+            (_, state, _, _) => state,
         };
         let z = zxbcdt.clone().narrow(2, 0, d_inner);
         let xbc = masked(zxbcdt.clone().narrow(2, d_inner, self.conv_dim));
@@ -164,6 +187,7 @@ impl<B: BambaOps> Mamba2Mixer<B> {
         &self,
         zxbcdt: Tensor<B, 3>,
         state: MambaState<B>,
+        norm_weight: Tensor<B, 1>,
         residual: Tensor<B, 3>,
     ) -> (Tensor<B, 3>, MambaState<B>) {
         let [batch, _, proj] = zxbcdt.dims();
@@ -173,7 +197,7 @@ impl<B: BambaOps> Mamba2Mixer<B> {
             a_log: self.a_log.clone(),
             d: self.d.clone(),
             dt_bias: self.dt_bias.clone(),
-            norm_weight: self.norm.weight.clone(),
+            norm_weight,
         };
         let config = MambaStepConfig {
             heads: self.heads,

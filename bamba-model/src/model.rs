@@ -9,7 +9,7 @@ use bamba_kernels::BambaOps;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use thiserror::Error;
 
-use crate::cache::{CacheError, HybridCache, LayerCache};
+use crate::cache::{CacheError, HybridCache};
 use crate::config::BambaConfig;
 use crate::layer::DecoderLayer;
 use crate::linear::Linear;
@@ -18,6 +18,7 @@ use crate::names::TensorNames;
 use crate::norm::RmsNorm;
 use crate::padding::ChunkMasks;
 use crate::rope::Rope;
+use crate::shared::SharedBlock;
 
 /// Bad model input.
 // Each variant's `#[error]` message documents it and names its fields.
@@ -153,8 +154,10 @@ impl<B: BambaOps> BambaModel<B> {
         let (vocab, h) = (config.vocab_size, config.hidden_size);
         let names = TensorNames::of(config.architecture);
         let embed_tokens = w.tensor(names.embedding, [vocab, h])?;
-        let layers =
-            (0..config.num_layers).map(|i| DecoderLayer::load(&mut w, i, &config)).collect::<Result<Vec<_>, _>>()?;
+        let blocks = SharedBlock::load_all(&mut w, &config)?;
+        let layers = (0..config.num_layers)
+            .map(|i| DecoderLayer::load(&mut w, i, &config, &blocks))
+            .collect::<Result<Vec<_>, _>>()?;
         let final_layernorm = RmsNorm::load(&mut w, names.final_norm, h, config.rms_norm_eps, config.norm_weight_f32)?;
         let lm_head = if config.tie_word_embeddings {
             // transformers ties and ignores a stored copy; so do we.
@@ -236,9 +239,10 @@ impl<B: BambaOps> BambaModel<B> {
         let len = ids.dims()[1];
         let mut x = self.embed(ids);
         observe(&x);
+        let embeddings = x.clone();
         let tables = self.rope.as_ref().map(|rope| rope.tables::<B>(0, len, &self.device, self.dtype));
         for layer in &self.layers {
-            x = layer.forward(x, tables.as_ref(), &ChunkMasks::none(), None);
+            x = layer.forward(x, &embeddings, tables.as_ref(), &ChunkMasks::none(), None);
             observe(&x);
         }
         self.logits(self.final_layernorm.forward(x))
@@ -278,6 +282,7 @@ impl<B: BambaOps> BambaModel<B> {
         if let Some(observe) = observe.as_mut() {
             observe(&x);
         }
+        let embeddings = x.clone();
         let (start, padding) = (cache.position, &cache.padding);
         let tables = self.rope.as_ref().map(|rope| match (&cache.rope_tables, padding.is_none()) {
             (Some(all), true) => all.positions(start, len),
@@ -298,8 +303,8 @@ impl<B: BambaOps> BambaModel<B> {
             ChunkMasks { attention: Some(padding.attention_mask(start, len, &self.device)), tokens, key_start: None }
         };
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, tables.as_ref(), &masks, Some(layer_cache));
-            if let LayerCache::Mamba(Some(state)) = layer_cache {
+            x = layer.forward(x, &embeddings, tables.as_ref(), &masks, Some(layer_cache));
+            if let Some(Some(state)) = &mut layer_cache.mamba {
                 state.ssm = state.ssm.clone().cast(cache.state_dtype);
             }
             if let Some(observe) = observe.as_mut() {

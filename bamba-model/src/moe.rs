@@ -42,6 +42,7 @@ impl<B: BambaOps> Moe<B> {
         let activation = match c.mlp_activation {
             MlpActivation::SwiGlu => ExpertActivation::SwiGlu,
             MlpActivation::Relu2 => ExpertActivation::Relu2,
+            MlpActivation::GeGlu => unreachable!("no config with GeGLU (Zamba2) has routed experts"),
         };
         let projected = if activation == ExpertActivation::SwiGlu { 2 * i } else { i };
         let scale = c.residual_multiplier;
@@ -57,18 +58,15 @@ impl<B: BambaOps> Moe<B> {
             }
             MoeNames::PerExpert { module } => {
                 let p = format!("{layer}.{module}");
-                let mut ups = Vec::with_capacity(e);
-                let mut downs = Vec::with_capacity(e);
-                for expert in 0..e {
-                    ups.push(w.tensor(&format!("{p}.experts.{expert}.up_proj.weight"), [projected, h])?);
-                    downs.push(w.tensor_scaled(&format!("{p}.experts.{expert}.down_proj.weight"), [h, i], scale)?);
-                }
+                let expert_names = |projection: &str| -> Vec<String> {
+                    (0..e).map(|expert| format!("{p}.experts.{expert}.{projection}.weight")).collect()
+                };
                 (
                     // transformers keeps the router in f32 whatever the model dtype.
                     w.tensor_f32(&format!("{p}.gate.weight"), [e, h])?,
                     Some(w.tensor_f32(&format!("{p}.gate.e_score_correction_bias"), [e])?),
-                    Tensor::stack(ups, 0),
-                    Tensor::stack(downs, 0),
+                    w.tensor_stacked(&expert_names("up_proj"), [e, projected, h], 1.0)?,
+                    w.tensor_stacked(&expert_names("down_proj"), [e, h, i], scale)?,
                 )
             }
             MoeNames::None => unreachable!("the config has no experts for a family without them"),

@@ -74,7 +74,8 @@ impl TensorNames {
     /// The names `architecture`'s checkpoints use.
     pub fn of(architecture: Architecture) -> Self {
         match architecture {
-            Architecture::Bamba => TensorNames {
+            // Falcon-H1's layers hold `mamba` and `self_attn` side by side under Bamba's names.
+            Architecture::Bamba | Architecture::FalconH1 => TensorNames {
                 embedding: "model.embed_tokens.weight",
                 layers: "model.layers",
                 input_norm: "input_layernorm",
@@ -115,6 +116,11 @@ impl TensorNames {
                 moe_shared_mlp: MlpNames::None,
                 final_norm: "backbone.norm_f.weight",
                 ignored: &[],
+            },
+            // The shared blocks' MLP, under `shared_transformer` (see `shared.rs` for the rest).
+            Architecture::Zamba2 => TensorNames {
+                mlp: MlpNames::Fused { input: "feed_forward.gate_up_proj", output: "feed_forward.down_proj" },
+                ..TensorNames::of(Architecture::Bamba)
             },
             Architecture::NemotronH => TensorNames {
                 embedding: "backbone.embeddings.weight",

@@ -1,9 +1,11 @@
-//! RMSNorm and the grouped, gated RMSNorm of the Mamba2 mixer. Both do their math in f32, as
+//! RMSNorm and the grouped, gated RMSNorm of the Mamba2 mixer (three modes). Both do their math in f32, as
 //! transformers does, and return the model dtype; the computation is [`BambaOps::rms_norm`].
 
 use bamba_kernels::BambaOps;
+use burn::tensor::activation::silu;
 use burn::tensor::{DType, Tensor};
 
+use crate::config::GatedNorm;
 use crate::loader::{LoadError, WeightReader};
 
 /// `weight · (x / sqrt(mean(x²) + eps))`, statistics in f32.
@@ -53,36 +55,71 @@ impl<B: BambaOps> RmsNorm<B> {
     }
 }
 
-/// Mamba2's gated RMSNorm: `weight · rmsnorm_per_group(y · silu(z))`, with statistics over each group of
-/// `d_inner / n_groups` channels (transformers 5.x; 4.48 normalised the full width, a bug for G > 1).
+/// Mamba2's gated RMSNorm, in one of three [`GatedNorm`] modes: `weight · rmsnorm_per_group(y · silu(z))`
+/// (statistics over each group of `d_inner / n_groups` channels; transformers 5.x, 4.48 normalised
+/// the full width, a bug for G > 1), `weight · rmsnorm_per_group(y) · silu(z)`, or `y · silu(z)`.
 #[derive(Debug, Clone)]
 pub struct GatedRmsNorm<B: BambaOps> {
-    /// `[d_inner]`.
-    pub weight: Tensor<B, 1>,
+    /// `[d_inner]`; `None` in [`GatedNorm::GateOnly`].
+    pub weight: Option<Tensor<B, 1>>,
     /// Groups normalized separately.
     pub groups: usize,
     /// Added to the mean square.
     pub eps: f64,
+    /// Where the gate goes.
+    pub mode: GatedNorm,
+    /// Multiply by the weight (and the gate) in f32 and round once after (Falcon-H1), instead of
+    /// rounding the normalized rows before the weight (Bamba's order, the fused kernels').
+    pub weight_in_f32: bool,
 }
 
 impl<B: BambaOps> GatedRmsNorm<B> {
-    /// Reads the `[size]` weight tensor `name`; normalizes in `groups` groups.
+    /// Reads the `[size]` weight tensor `name` (none in [`GatedNorm::GateOnly`]); normalizes in
+    /// `groups` groups.
     pub fn load(
         w: &mut WeightReader<'_, B>,
         name: &str,
         size: usize,
         groups: usize,
         eps: f64,
+        mode: GatedNorm,
+        weight_in_f32: bool,
     ) -> Result<Self, LoadError> {
-        Ok(GatedRmsNorm { weight: w.tensor(name, [size])?, groups, eps })
+        let weight = match mode {
+            GatedNorm::GateOnly => None,
+            GatedNorm::GateThenNorm | GatedNorm::NormThenGate => Some(w.tensor(name, [size])?),
+        };
+        Ok(GatedRmsNorm { weight, groups, eps, mode, weight_in_f32 })
+    }
+
+    /// The weight of a norm that fused kernels (gate, then norm, rounding before the weight) may
+    /// apply: `None` when they may not.
+    pub fn fusable_weight(&self) -> Option<&Tensor<B, 1>> {
+        let weight = self.weight.as_ref()?;
+        let rounds_first = !self.weight_in_f32 || weight.dtype() == DType::F32;
+        (self.mode == GatedNorm::GateThenNorm && rounds_first).then_some(weight)
     }
 
     /// # Shapes
     /// - `y`: `[batch, len, d_inner]` (the scan output, f32), `gate`: `[batch, len, d_inner]`
-    /// - returns `[batch, len, d_inner]` in the weight's (model) dtype
+    /// - returns `[batch, len, d_inner]` in the gate's (model) dtype
     pub fn forward(&self, y: Tensor<B, 3>, gate: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, len, width] = y.dims();
+        let dtype = gate.dtype();
         let rows = |t: Tensor<B, 3>| t.reshape([batch * len, width]);
-        B::rms_norm(rows(y), Some(rows(gate)), self.weight.clone(), self.groups, self.eps).reshape([batch, len, width])
+        let f32_rows = |t: Tensor<B, 3>| rows(t).cast(DType::F32);
+        let weight =
+            self.weight.as_ref().map(|w| if self.weight_in_f32 { w.clone().cast(DType::F32) } else { w.clone() });
+        let out = match (weight, self.mode) {
+            (Some(weight), GatedNorm::GateThenNorm) => {
+                B::rms_norm(rows(y), Some(rows(gate)), weight, self.groups, self.eps).cast(dtype)
+            }
+            (Some(weight), GatedNorm::NormThenGate) => {
+                let normed = B::rms_norm(rows(y), None, weight, self.groups, self.eps).cast(DType::F32);
+                (normed * silu(f32_rows(gate))).cast(dtype)
+            }
+            _ => (f32_rows(y) * silu(f32_rows(gate))).cast(dtype),
+        };
+        out.reshape([batch, len, width])
     }
 }

@@ -2,7 +2,7 @@
 //! KV-cache bytes and how many sequences fit in a memory budget. `bamba info` prints these; the
 //! benchmark's roofline uses the same numbers.
 
-use crate::config::{BambaConfig, FeedForwardPlan, LayerKind, MlpActivation, MoeConfig};
+use crate::config::{BambaConfig, FeedForwardPlan, GatedNorm, LayerKind, MlpActivation, MoeConfig};
 
 /// Parameter counts by part of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,15 @@ pub struct ParameterCounts {
     pub mamba_layer: u64,
     /// One attention decoder layer, counted as `mamba_layer`.
     pub attention_layer: u64,
+    /// One parallel layer (Falcon-H1): Mamba mixer, attention, their one norm, the feed-forward.
+    pub parallel_layer: u64,
+    /// One shared-block layer (Zamba2) without its block: Mamba mixer and norm, the use's adapters
+    /// and linear.
+    pub shared_layer: u64,
+    /// Every distinct shared block (Zamba2; counted once however many layers use it).
+    pub shared_blocks: u64,
+    /// One shared block (0 without them).
+    pub shared_block: u64,
     /// One MLP layer (Nemotron-H): the MLP and its norm.
     pub mlp_layer: u64,
     /// One MoE layer (Nemotron-H): router, experts, shared MLP, norm.
@@ -40,7 +49,7 @@ impl ParameterCounts {
     pub fn new(c: &BambaConfig) -> Self {
         let h = c.hidden_size;
         let projections_in = match c.mlp_activation {
-            MlpActivation::SwiGlu => 2,
+            MlpActivation::SwiGlu | MlpActivation::GeGlu => 2,
             MlpActivation::Relu2 => 1,
         };
         let mlp = |width: usize| projections_in * linear(h, width, c.mlp_bias) + linear(width, h, c.mlp_bias);
@@ -61,27 +70,47 @@ impl ParameterCounts {
         let mixer = linear(h, c.in_proj_dim(), c.mamba_proj_bias)
             + linear(c.mamba_d_conv, c.conv_dim(), c.mamba_conv_bias) // depthwise: [conv_dim, 1, K]
             + 3 * heads as u64 // dt_bias, A_log, D
-            + c.d_inner() as u64 // gated norm
-            + linear(c.d_inner(), h, c.mamba_proj_bias);
-        let q = c.num_heads * c.head_dim;
-        let kv = c.num_kv_heads * c.head_dim;
+            + if c.mamba_gated_norm == GatedNorm::GateOnly { 0 } else { c.d_inner() as u64 }
+            + linear(c.d_inner(), h, c.mamba_out_bias);
+        let (q, kv, a_in) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.attention_input());
         let attention =
-            linear(h, q, c.attention_bias) + 2 * linear(h, kv, c.attention_bias) + linear(q, h, c.attention_bias);
+            linear(a_in, q, c.attention_bias) + 2 * linear(a_in, kv, c.attention_bias) + linear(q, h, c.attention_bias);
         let embedding = (c.vocab_size * h) as u64;
         let lm_head = if c.tie_word_embeddings { 0 } else { embedding };
         let mamba_layer = mixer + h as u64 + feed_forward(LayerKind::Mamba);
         let attention_layer = attention + h as u64 + feed_forward(LayerKind::Attention);
+        let parallel_layer = mixer + attention + h as u64 + feed_forward(LayerKind::Parallel);
+        // Zamba2: each use has a gate|up adapter (and q/k/v ones) and a linear; each block a
+        // 2·hidden norm, the attention, a norm and the MLP.
+        let (shared_layer, shared_block, blocks) = match c.shared_blocks {
+            Some(s) => {
+                let r = s.adapter_rank;
+                let adapters = linear(h, r, false)
+                    + linear(r, 2 * c.intermediate_size, false)
+                    + if s.attention_adapters { 3 * (linear(a_in, r, false) + linear(r, a_in, false)) } else { 0 };
+                let uses = c.count(LayerKind::Shared);
+                let block = (a_in + h) as u64 + attention + mlp(c.intermediate_size);
+                (mixer + h as u64 + adapters + linear(h, h, false), block, s.count.min(uses) as u64)
+            }
+            None => (0, 0, 0),
+        };
         let (mlp_layer, moe_layer) = (feed_forward(LayerKind::Mlp), feed_forward(LayerKind::Moe));
         let final_norm = h as u64;
-        let per_kind = [mamba_layer, attention_layer, mlp_layer, moe_layer];
+        // In `LayerKind::ALL`'s order.
+        let per_kind = [mamba_layer, attention_layer, parallel_layer, shared_layer, mlp_layer, moe_layer];
         let layers: u64 = LayerKind::ALL.iter().zip(per_kind).map(|(&k, n)| c.count(k) as u64 * n).sum();
-        let total = embedding + lm_head + final_norm + layers;
+        let shared_blocks = blocks * shared_block;
+        let total = embedding + lm_head + final_norm + layers + shared_blocks;
         let idle: u64 = c.layer_kinds.iter().map(|&k| idle(c.feed_forward(k))).sum();
         ParameterCounts {
             embedding,
             lm_head,
             mamba_layer,
             attention_layer,
+            parallel_layer,
+            shared_layer,
+            shared_blocks,
+            shared_block,
             mlp_layer,
             moe_layer,
             experts_per_layer,
@@ -99,7 +128,8 @@ pub struct MemoryModel {
     pub weight_bytes: u64,
     /// Bytes of weights read per decode step of one sequence (all but the embedding, which is
     /// gathered, and the experts the router did not pick; a tied embedding is read whole as the LM
-    /// head). Larger batches route to more experts: this is the batch-1 roofline's count.
+    /// head). Larger batches route to more experts: this is the batch-1 roofline's count. A shared
+    /// block is read once per use.
     pub streamed_weight_bytes: u64,
     /// Recurrent state of one sequence: SSM state and conv window of every Mamba layer.
     pub state_bytes_per_sequence: u64,
@@ -113,12 +143,14 @@ impl MemoryModel {
     /// `weight_elem`, `state_elem` and `kv_elem` are element sizes in bytes (2 for bf16, 4 for f32).
     pub fn new(c: &BambaConfig, weight_elem: u64, state_elem: u64, kv_elem: u64) -> Self {
         let p = ParameterCounts::new(c);
-        let mamba = c.count(LayerKind::Mamba) as u64;
+        let mamba = c.mamba_layers() as u64;
         let ssm = mamba * (c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state) as u64 * state_elem;
         // Engines keep K−1 conv columns; the conv window has the weights' dtype.
         let conv = mamba * (c.conv_dim() * (c.mamba_d_conv - 1)) as u64 * weight_elem;
-        let kv = c.count(LayerKind::Attention) as u64 * 2 * (c.num_kv_heads * c.head_dim) as u64 * kv_elem;
+        let kv = c.attention_layers() as u64 * 2 * (c.num_kv_heads * c.head_dim) as u64 * kv_elem;
         let streamed = if c.tie_word_embeddings { p.active } else { p.active - p.embedding };
+        let reuses = (c.count(LayerKind::Shared) as u64).saturating_sub(c.shared_blocks.map_or(0, |s| s.count as u64));
+        let streamed = streamed + reuses * p.shared_block;
         MemoryModel {
             weight_bytes: p.total * weight_elem,
             streamed_weight_bytes: streamed * weight_elem,
@@ -178,6 +210,6 @@ pub fn prefill_flops(c: &BambaConfig, batch: u64, tokens: u64) -> f64 {
     let per_token = (p.active - p.embedding - p.lm_head) as f64;
     let linear = 2.0 * per_token * (batch * tokens) as f64 + 2.0 * head * batch as f64;
     let width = (c.num_heads * c.head_dim) as f64;
-    let attention = c.count(LayerKind::Attention) as f64 * 2.0 * width * (tokens * tokens) as f64 * batch as f64;
+    let attention = c.attention_layers() as f64 * 2.0 * width * (tokens * tokens) as f64 * batch as f64;
     linear + attention
 }

@@ -9,7 +9,7 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::{HybridCache, LayerCache};
+use super::HybridCache;
 use burn::tensor::backend::Backend;
 
 impl<B: Backend> HybridCache<B> {
@@ -26,7 +26,7 @@ impl<B: Backend> HybridCache<B> {
         assert!(position >= longest && capacity >= position, "realign to {position}/{capacity}, longest {longest}");
         let (old_start, new_start) = (self.position - longest, position - longest);
         for layer in &mut self.layers {
-            if let LayerCache::Attention(kv) = layer {
+            if let Some(kv) = &mut layer.kv {
                 let [batch, heads, _, dim] = kv.k.dims();
                 let (dtype, device) = (kv.k.dtype(), kv.k.device());
                 let moved = |old: Tensor<B, 4>| {
@@ -50,16 +50,13 @@ impl<B: Backend> HybridCache<B> {
         assert!(!keep.is_empty(), "a cache keeps at least one row");
         let index = row_index::<B>(keep, &self.zero_state.device);
         for layer in &mut self.layers {
-            match layer {
-                LayerCache::Attention(kv) => {
-                    kv.k = kv.k.clone().select(0, index.clone());
-                    kv.v = kv.v.clone().select(0, index.clone());
-                }
-                LayerCache::Mamba(Some(state)) => {
-                    state.conv_window = state.conv_window.clone().select(0, index.clone());
-                    state.ssm = state.ssm.clone().select(0, index.clone());
-                }
-                LayerCache::Mamba(None) | LayerCache::Stateless => {}
+            if let Some(kv) = &mut layer.kv {
+                kv.k = kv.k.clone().select(0, index.clone());
+                kv.v = kv.v.clone().select(0, index.clone());
+            }
+            if let Some(Some(state)) = &mut layer.mamba {
+                state.conv_window = state.conv_window.clone().select(0, index.clone());
+                state.ssm = state.ssm.clone().select(0, index.clone());
             }
         }
         self.padding.pads = keep.iter().map(|&r| self.padding.pads[r]).collect();
@@ -71,16 +68,20 @@ impl<B: Backend> HybridCache<B> {
     pub(crate) fn append_rows(&mut self, other: HybridCache<B>) {
         assert_eq!((self.position, self.capacity), (other.position, other.capacity), "rows must be aligned");
         for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
-            match (mine, theirs) {
-                (LayerCache::Attention(a), LayerCache::Attention(b)) => {
+            match (&mut mine.kv, theirs.kv) {
+                (Some(a), Some(b)) => {
                     a.k = Tensor::cat(vec![a.k.clone(), b.k], 0);
                     a.v = Tensor::cat(vec![a.v.clone(), b.v], 0);
                 }
-                (LayerCache::Mamba(Some(a)), LayerCache::Mamba(Some(b))) => {
+                (None, None) => {}
+                _ => panic!("appending rows needs two caches of one model"),
+            }
+            match (&mut mine.mamba, theirs.mamba) {
+                (Some(Some(a)), Some(Some(b))) => {
                     a.conv_window = Tensor::cat(vec![a.conv_window.clone(), b.conv_window], 0);
                     a.ssm = Tensor::cat(vec![a.ssm.clone(), b.ssm], 0);
                 }
-                (LayerCache::Stateless, LayerCache::Stateless) => {}
+                (None, None) => {}
                 _ => panic!("appending rows needs two prefilled caches of one model"),
             }
         }

@@ -8,7 +8,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::{CacheError, HybridCache, LayerCache};
+use super::{CacheError, HybridCache};
 use crate::mamba2::MambaState;
 
 /// K and V of some consecutive tokens of one sequence, per attention layer (`[1, kv_heads, tokens,
@@ -68,12 +68,10 @@ impl<B: Backend> HybridCache<B> {
         let layers = self
             .layers
             .iter()
-            .filter_map(|layer| match layer {
-                LayerCache::Attention(kv) => {
-                    let cut = |t: &Tensor<B, 4>| copy(t.clone().narrow(0, row, 1).narrow(2, start + from, to - from));
-                    Some((cut(&kv.k), cut(&kv.v)))
-                }
-                LayerCache::Mamba(_) | LayerCache::Stateless => None,
+            .filter_map(|layer| layer.kv.as_ref())
+            .map(|kv| {
+                let cut = |t: &Tensor<B, 4>| copy(t.clone().narrow(0, row, 1).narrow(2, start + from, to - from));
+                (cut(&kv.k), cut(&kv.v))
             })
             .collect();
         KvSpan { layers, tokens: to - from }
@@ -84,13 +82,13 @@ impl<B: Backend> HybridCache<B> {
         let layers = self
             .layers
             .iter()
-            .filter_map(|layer| match layer {
-                LayerCache::Mamba(Some(s)) => Some(MambaState {
+            .filter_map(|layer| layer.mamba.as_ref())
+            .map(|slot| {
+                let s = slot.as_ref().expect("a row state is taken after a forward");
+                MambaState {
                     conv_window: copy(s.conv_window.clone().narrow(0, row, 1)),
                     ssm: copy(s.ssm.clone().narrow(0, row, 1)),
-                }),
-                LayerCache::Mamba(None) => panic!("a row state is taken after a forward"),
-                LayerCache::Attention(_) | LayerCache::Stateless => None,
+                }
             })
             .collect();
         RowState { layers }
@@ -104,20 +102,17 @@ impl<B: Backend> HybridCache<B> {
         self.check(1, position)?;
         let (mut attention, mut mamba) = (0, 0);
         for layer in &mut self.layers {
-            match layer {
-                LayerCache::Attention(kv) => {
-                    if position > 0 {
-                        let k = Tensor::cat(spans.iter().map(|s| s.layers[attention].0.clone()).collect(), 2);
-                        let v = Tensor::cat(spans.iter().map(|s| s.layers[attention].1.clone()).collect(), 2);
-                        kv.append(k, v);
-                    }
-                    attention += 1;
+            if let Some(kv) = &mut layer.kv {
+                if position > 0 {
+                    let k = Tensor::cat(spans.iter().map(|s| s.layers[attention].0.clone()).collect(), 2);
+                    let v = Tensor::cat(spans.iter().map(|s| s.layers[attention].1.clone()).collect(), 2);
+                    kv.append(k, v);
                 }
-                LayerCache::Mamba(slot) => {
-                    *slot = Some(state.layers[mamba].clone());
-                    mamba += 1;
-                }
-                LayerCache::Stateless => {}
+                attention += 1;
+            }
+            if let Some(slot) = &mut layer.mamba {
+                *slot = Some(state.layers[mamba].clone());
+                mamba += 1;
             }
         }
         self.position = position;

@@ -106,6 +106,12 @@ fn d_tsl() -> Option<(LenientFloat, LenientFloat)> {
     Some((LenientFloat(0.0), LenientFloat(f64::INFINITY)))
 }
 
+/// A key that is present (even as `null`) becomes `Some(value)`; with `#[serde(default)]` an absent
+/// one stays `None`.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
 /// Mirror of `config.json`. Serde defaults are the ones `bamba` and `granitemoehybrid` share; `mamba2`
 /// keys are moved onto them by `resolve`.
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +203,21 @@ pub(super) struct HfConfig {
     pub use_conv_bias: Option<bool>,
     pub layer_norm_epsilon: Option<f64>,
     pub residual_in_fp32: Option<bool>,
+    // falcon_h1: the SSM width, the gated norm, and the µP multipliers.
+    /// Absent (`None`) is FalconH1Config's default 1024; `null` (`Some(None)`) is `expand · hidden`.
+    #[serde(default, deserialize_with = "present")]
+    pub mamba_d_ssm: Option<Option<usize>>,
+    pub mamba_rms_norm: Option<bool>,
+    pub mamba_norm_before_gate: Option<bool>,
+    pub projectors_bias: Option<bool>,
+    pub lm_head_multiplier: Option<f64>,
+    pub key_multiplier: Option<f64>,
+    pub attention_in_multiplier: Option<f64>,
+    pub attention_out_multiplier: Option<f64>,
+    pub ssm_in_multiplier: Option<f64>,
+    pub ssm_out_multiplier: Option<f64>,
+    pub mlp_multipliers: Option<Vec<f64>>,
+    pub ssm_multipliers: Option<Vec<f64>>,
     /// Keys of mamba_ssm's own config format (state-spaces/mamba2-*), which this engine does not read.
     pub d_model: Option<serde_json::Value>,
     pub ssm_cfg: Option<serde_json::Value>,
@@ -235,6 +256,26 @@ pub(super) struct NemotronHKeys {
     pub topk_group: Option<usize>,
     pub norm_topk_prob: Option<bool>,
     pub routed_scaling_factor: Option<f64>,
+}
+
+/// The keys only `zamba2` reads, in a second pass like [`NemotronHKeys`].
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(super) struct Zamba2Keys {
+    pub layers_block_type: Option<Vec<String>>,
+    // Keys whose Zamba2 default differs from the one `HfConfig` gives them.
+    pub hidden_size: Option<usize>,
+    pub mamba_d_state: Option<usize>,
+    pub hidden_act: Option<String>,
+    pub tie_word_embeddings: Option<bool>,
+    pub n_mamba_heads: Option<usize>,
+    pub mamba_ngroups: Option<usize>,
+    pub time_step_min: Option<f64>,
+    pub add_bias_linear: Option<bool>,
+    pub num_mem_blocks: Option<usize>,
+    pub use_shared_attention_adapter: Option<bool>,
+    pub adapter_rank: Option<usize>,
+    pub use_mem_rope: Option<bool>,
+    pub use_long_context: Option<bool>,
 }
 
 /// Replaces bare `Infinity`, `-Infinity` and `NaN` tokens (outside strings) with quoted strings, so

@@ -3,10 +3,14 @@
 //!
 //! Supported `model_type`s ([`Architecture`]): `bamba` (transformers 4.x and 5.x dialects),
 //! `granitemoehybrid` (IBM Granite 4.0: the hybrid H models, dense or MoE, and the all-attention
-//! dense ones), `mamba2` and `nemotron_h` (NVIDIA Nemotron-H, Nemotron Nano 2, Nemotron 3). All share
-//! Bamba's Mamba2 mixer, attention and norms; Granite adds multipliers, NoPE or full RoPE, a fused
-//! gate|up MLP and an optional top-k MoE beside it; Mamba2 layers are the mixer alone; Nemotron-H
-//! layers are one sub-block each (Mamba2, NoPE attention, relu² MLP or a sigmoid-routed relu² MoE).
+//! dense ones), `mamba2`, `nemotron_h` (NVIDIA Nemotron-H, Nemotron Nano 2, Nemotron 3) and
+//! `falcon_h1` (TII Falcon-H1). All share Bamba's Mamba2 mixer, attention and norms; Granite adds
+//! multipliers, NoPE or full RoPE, a fused gate|up MLP and an optional top-k MoE beside it; Mamba2
+//! layers are the mixer alone; Nemotron-H layers are one sub-block each (Mamba2, NoPE attention,
+//! relu² MLP or a sigmoid-routed relu² MoE); Falcon-H1 runs Mamba2 and attention side by side on the
+//! same normalized input in every layer, with µP multipliers folded into the weights; `zamba2` (Zyphra
+//! Zamba2) is Mamba2 layers, some of which first run one of a few shared attention + MLP blocks on
+//! `concat(h, embeddings)` (with per-use LoRA adapters) and add its output to the Mamba input.
 //! Resolution rules per type are in `resolve.rs`.
 
 mod json;
@@ -17,7 +21,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use json::{quote_nonfinite_literals, HfConfig, NemotronHKeys};
+use json::{quote_nonfinite_literals, HfConfig, NemotronHKeys, Zamba2Keys};
 pub use rope::{RopeConfig, RopeScaling};
 
 /// Errors reading or validating a config.
@@ -48,10 +52,14 @@ pub enum ConfigError {
     ConvKernel(usize),
     #[error("config field `{field}` must be a positive finite number, got {value}")]
     NotPositive { field: &'static str, value: f64 },
-    #[error("mamba_d_head ({d_head}) * mamba_n_heads ({n_heads}) must equal mamba_expand * hidden_size ({d_inner})")]
+    #[error(
+        "mamba_d_head ({d_head}) * mamba_n_heads ({n_heads}) must equal the mixer width ({d_inner}: mamba_expand * \
+         hidden_size, or Falcon-H1's mamba_d_ssm)"
+    )]
     MambaHeads { d_head: usize, n_heads: usize, d_inner: usize },
     #[error(
-        "mamba_n_heads ({n_heads}) must divide mamba_expand * hidden_size ({d_inner}) when mamba_d_head is \"auto\""
+        "mamba_n_heads ({n_heads}) must divide the mixer width ({d_inner}: mamba_expand * hidden_size, or \
+         Falcon-H1's mamba_d_ssm) when mamba_d_head is \"auto\""
     )]
     MambaAuto { n_heads: usize, d_inner: usize },
     #[error("mamba_n_heads ({n_heads}) must be a multiple of mamba_n_groups ({groups})")]
@@ -95,6 +103,13 @@ pub enum ConfigError {
     TimeStepLimit(f64, f64),
     #[error("mamba_d_head: expected an integer or \"auto\", got {0}")]
     DHead(String),
+    #[error(
+        "Zamba2's shared attention reads 2 * hidden_size ({width}) channels, which num_attention_heads ({heads}) \
+         must divide"
+    )]
+    SharedHeads { width: usize, heads: usize },
+    #[error("{key} must hold {expected} numbers, got {found}")]
+    MultiplierCount { key: &'static str, expected: usize, found: usize },
 }
 
 /// The `model_type` a config came from: it fixes tensor names and the defaults of absent keys.
@@ -111,11 +126,17 @@ pub enum Architecture {
     /// `nemotron_h`: `backbone.*`, one norm and one `mixer` (Mamba2, attention, MLP or MoE) per
     /// layer, `norm_f`.
     NemotronH,
+    /// `falcon_h1`: Bamba's names, with `mamba` and `self_attn` in every layer.
+    FalconH1,
+    /// `zamba2`: Bamba's names; a shared-block layer holds `mamba_decoder.*`, `linear` and (its
+    /// block's first use only) `shared_transformer.*`.
+    Zamba2,
 }
 
 impl Architecture {
     /// The `model_type`s [`BambaConfig`] reads, for error messages.
-    pub const SUPPORTED: &'static str = "\"bamba\", \"granitemoehybrid\", \"mamba2\" and \"nemotron_h\"";
+    pub const SUPPORTED: &'static str =
+        "\"bamba\", \"granitemoehybrid\", \"mamba2\", \"nemotron_h\", \"falcon_h1\" and \"zamba2\"";
 
     /// config.json's `model_type` for this architecture.
     pub fn model_type(self) -> &'static str {
@@ -124,6 +145,8 @@ impl Architecture {
             Architecture::GraniteMoeHybrid => "granitemoehybrid",
             Architecture::Mamba2 => "mamba2",
             Architecture::NemotronH => "nemotron_h",
+            Architecture::FalconH1 => "falcon_h1",
+            Architecture::Zamba2 => "zamba2",
         }
     }
 
@@ -133,6 +156,8 @@ impl Architecture {
             Some("granitemoehybrid") => Ok(Architecture::GraniteMoeHybrid),
             Some("mamba2") => Ok(Architecture::Mamba2),
             Some("nemotron_h") => Ok(Architecture::NemotronH),
+            Some("falcon_h1") => Ok(Architecture::FalconH1),
+            Some("zamba2") => Ok(Architecture::Zamba2),
             Some(other) => Err(ConfigError::ModelType(other.to_string())),
         }
     }
@@ -140,6 +165,7 @@ impl Architecture {
 
 /// What one decoder layer is: a sequence mixer (followed by a feed-forward where
 /// [`BambaConfig::mlp`] says so), or a feed-forward alone (Nemotron-H's MLP and MoE layers).
+/// A Falcon-H1 layer's mixer is Mamba2 and attention side by side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerKind {
     /// A Mamba2 mixer: holds a conv window and an SSM state in the cache.
@@ -150,11 +176,25 @@ pub enum LayerKind {
     Mlp,
     /// Routed experts and a shared MLP alone: no cache.
     Moe,
+    /// Mamba2 and attention in parallel on one normalized input, their outputs summed (Falcon-H1):
+    /// holds both a Mamba state and keys and values.
+    Parallel,
+    /// One of the shared attention + MLP blocks on `concat(h, embeddings)`, whose output (through the
+    /// layer's own linear) is added to the Mamba2 mixer's input (Zamba2's `hybrid` layers): holds a
+    /// Mamba state and the shared attention's keys and values of this use.
+    Shared,
 }
 
 impl LayerKind {
     /// Every kind, in the order `bamba info` lists them.
-    pub const ALL: [LayerKind; 4] = [LayerKind::Mamba, LayerKind::Attention, LayerKind::Mlp, LayerKind::Moe];
+    pub const ALL: [LayerKind; 6] = [
+        LayerKind::Mamba,
+        LayerKind::Attention,
+        LayerKind::Parallel,
+        LayerKind::Shared,
+        LayerKind::Mlp,
+        LayerKind::Moe,
+    ];
 
     /// The name `bamba info` prints (`mamba` / `attention` / `mlp` / `moe`).
     pub fn name(self) -> &'static str {
@@ -163,6 +203,8 @@ impl LayerKind {
             LayerKind::Attention => "attention",
             LayerKind::Mlp => "mlp",
             LayerKind::Moe => "moe",
+            LayerKind::Parallel => "parallel",
+            LayerKind::Shared => "shared",
         }
     }
 
@@ -173,13 +215,74 @@ impl LayerKind {
             LayerKind::Attention => '*',
             LayerKind::Mlp => '-',
             LayerKind::Moe => 'E',
+            LayerKind::Parallel => 'P',
+            LayerKind::Shared => 'S',
         }
     }
 
     /// Whether the layer mixes along the sequence (and so holds state in the cache).
     pub fn is_mixer(self) -> bool {
-        matches!(self, LayerKind::Mamba | LayerKind::Attention)
+        self.has_mamba() || self.has_attention()
     }
+
+    /// Whether the layer runs a Mamba2 mixer (and holds its conv window and SSM state).
+    pub fn has_mamba(self) -> bool {
+        matches!(self, LayerKind::Mamba | LayerKind::Parallel | LayerKind::Shared)
+    }
+
+    /// Whether the layer runs attention (and holds keys and values).
+    pub fn has_attention(self) -> bool {
+        matches!(self, LayerKind::Attention | LayerKind::Parallel | LayerKind::Shared)
+    }
+}
+
+/// How the Mamba2 mixer combines the scan output `y` with its gate `z` before `out_proj`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatedNorm {
+    /// `rmsnorm(y · silu(z))` per group (Mamba2, Bamba, Granite, Nemotron-H; Falcon-H1's
+    /// `mamba_rms_norm` with `mamba_norm_before_gate` false).
+    GateThenNorm,
+    /// `rmsnorm(y) · silu(z)` per group (Falcon-H1's `mamba_norm_before_gate` true).
+    NormThenGate,
+    /// `y · silu(z)`, no norm and no norm weight (Falcon-H1 without `mamba_rms_norm`).
+    GateOnly,
+}
+
+/// Constant multipliers around the projections (Falcon-H1's µP multipliers; all 1 in the other
+/// families), folded into the weights at load in f32 before the one rounding to the compute dtype.
+/// An input multiplier scales a projection's weight but not its bias; an output multiplier both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProjectionScales {
+    /// The Mamba mixer's input (`ssm_in_multiplier`).
+    pub mamba_in: f64,
+    /// `in_proj`'s output segments z, x, B, C, dt (`ssm_multipliers`).
+    pub mamba_segments: [f64; 5],
+    /// The Mamba mixer's output (`ssm_out_multiplier`).
+    pub mamba_out: f64,
+    /// The attention's input (`attention_in_multiplier`).
+    pub attention_in: f64,
+    /// The keys, before RoPE (`key_multiplier`).
+    pub key: f64,
+    /// The attention's output (`attention_out_multiplier`).
+    pub attention_out: f64,
+    /// The MLP's gate projection, before SiLU (`mlp_multipliers[0]`).
+    pub mlp_gate: f64,
+    /// The MLP's down projection (`mlp_multipliers[1]`).
+    pub mlp_down: f64,
+}
+
+impl ProjectionScales {
+    /// No multipliers.
+    pub const ONE: ProjectionScales = ProjectionScales {
+        mamba_in: 1.0,
+        mamba_segments: [1.0; 5],
+        mamba_out: 1.0,
+        attention_in: 1.0,
+        key: 1.0,
+        attention_out: 1.0,
+        mlp_gate: 1.0,
+        mlp_down: 1.0,
+    };
 }
 
 /// The activation of the dense MLPs and of the experts.
@@ -189,6 +292,20 @@ pub enum MlpActivation {
     SwiGlu,
     /// `down(relu(up(x))²)` (Nemotron-H's `relu2`).
     Relu2,
+    /// `down(gelu(gate(x)) · up(x))`, GELU with erf (Zamba2's `gelu`).
+    GeGlu,
+}
+
+/// Zamba2's shared attention + MLP blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedBlocks {
+    /// Distinct blocks (`num_mem_blocks`); the `u`-th shared-block layer runs block `u % count`.
+    pub count: usize,
+    /// Rank of the per-use LoRA adapters (`adapter_rank`).
+    pub adapter_rank: usize,
+    /// Whether q, k and v have per-use adapters too (`use_shared_attention_adapter`); the MLP's
+    /// gate|up always has one.
+    pub attention_adapters: bool,
 }
 
 /// How a MoE router turns its logits into the picked experts and their weights.
@@ -291,8 +408,19 @@ pub struct BambaConfig {
     pub mamba_chunk_size: usize,
     /// The conv has a bias.
     pub mamba_conv_bias: bool,
-    /// in_proj and out_proj have biases.
+    /// in_proj has a bias (and out_proj, but in Falcon-H1).
     pub mamba_proj_bias: bool,
+    /// out_proj has a bias (Falcon-H1's `projectors_bias`; `mamba_proj_bias` elsewhere).
+    pub mamba_out_bias: bool,
+    /// How the scan output meets the gate.
+    pub mamba_gated_norm: GatedNorm,
+    /// The gated norm multiplies by its weight in f32 and rounds once after (Falcon-H1); otherwise
+    /// it rounds the normalized rows first.
+    pub mamba_norm_weight_f32: bool,
+    /// Epsilon of the gated norm (`rms_norm_eps`, but Zamba2's fixed 1e-5).
+    pub mamba_norm_eps: f64,
+    /// Zamba2's shared blocks (the attention reads `2 · hidden_size` channels).
+    pub shared_blocks: Option<SharedBlocks>,
     /// dt clamp after softplus; `None` when config.json says `null`.
     pub time_step_limit: Option<(f64, f64)>,
     /// `None`: no positional encoding (Granite 4.0-H's NoPE attention).
@@ -303,8 +431,11 @@ pub struct BambaConfig {
     pub residual_multiplier: f64,
     /// The attention softmax scale; `None` is `1/√head_dim` (Granite's `attention_multiplier`).
     pub attention_multiplier: Option<f64>,
-    /// The logits are divided by this (Granite's `logits_scaling`; 1 for Bamba).
+    /// The logits are divided by this (Granite's `logits_scaling`, Falcon-H1's
+    /// `1 / lm_head_multiplier`; 1 for Bamba).
     pub logits_scaling: f64,
+    /// Multipliers around the projections, folded into the weights.
+    pub scales: ProjectionScales,
     /// The residual stream between layers is f32 whatever the compute dtype (Mamba2's
     /// `residual_in_fp32`); each sub-block still computes in the compute dtype.
     pub residual_f32: bool,
@@ -337,7 +468,11 @@ impl BambaConfig {
             Some("nemotron_h") => Some(serde_json::from_str::<NemotronHKeys>(&text)?),
             _ => None,
         };
-        resolve::resolve(raw, nemotron_h)
+        let zamba2 = match raw.model_type.as_deref() {
+            Some("zamba2") => Some(serde_json::from_str::<Zamba2Keys>(&text)?),
+            _ => None,
+        };
+        resolve::resolve(raw, nemotron_h, zamba2)
     }
 
     /// Mamba inner width `expand · hidden` (= heads · d_head).
@@ -352,6 +487,15 @@ impl BambaConfig {
     pub fn in_proj_dim(&self) -> usize {
         self.d_inner() + self.conv_dim() + self.mamba_n_heads
     }
+    /// Width the attention reads: the residual stream, or `concat(h, embeddings)` in Zamba2's shared
+    /// blocks.
+    pub fn attention_input(&self) -> usize {
+        if self.shared_blocks.is_some() {
+            2 * self.hidden_size
+        } else {
+            self.hidden_size
+        }
+    }
     /// Dimensions of each q/k head that RoPE rotates (0 without RoPE).
     pub fn rotary_dim(&self) -> usize {
         self.rope.as_ref().map_or(0, |r| rotary_dim(self.head_dim, r.partial_rotary_factor))
@@ -365,17 +509,26 @@ impl BambaConfig {
     pub fn count(&self, kind: LayerKind) -> usize {
         self.layer_kinds.iter().filter(|&&k| k == kind).count()
     }
+    /// Layers holding a Mamba state (Mamba and parallel layers).
+    pub fn mamba_layers(&self) -> usize {
+        self.layer_kinds.iter().filter(|k| k.has_mamba()).count()
+    }
+    /// Layers holding keys and values (attention and parallel layers).
+    pub fn attention_layers(&self) -> usize {
+        self.layer_kinds.iter().filter(|k| k.has_attention()).count()
+    }
     /// The feed-forward sub-block of a layer of `kind`, if it has one.
     pub fn feed_forward(&self, kind: LayerKind) -> Option<FeedForwardPlan> {
         match kind {
-            LayerKind::Mamba | LayerKind::Attention => {
+            LayerKind::Mamba | LayerKind::Attention | LayerKind::Parallel | LayerKind::Shared => {
                 self.mlp.then_some(FeedForwardPlan { width: self.intermediate_size, experts: self.moe })
             }
             LayerKind::Mlp => Some(FeedForwardPlan { width: self.intermediate_size, experts: None }),
             LayerKind::Moe => self.moe.map(|m| FeedForwardPlan { width: m.shared_width, experts: Some(m) }),
         }
     }
-    /// The layer plan in letters (`M` Mamba2, `*` attention, `-` MLP, `E` MoE).
+    /// The layer plan in letters (`M` Mamba2, `*` attention, `P` both in parallel, `S` a shared block
+    /// then Mamba2, `-` MLP, `E` MoE).
     pub fn plan(&self) -> String {
         self.layer_kinds.iter().map(|k| k.letter()).collect()
     }

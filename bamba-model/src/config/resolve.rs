@@ -23,12 +23,32 @@
 //!   `head_dim`; NoPE attention without biases, relu² MLPs, norms that weigh in f32, never a tied
 //!   head; MoE layers route with DeepSeek-V3's grouped sigmoid router.
 //!
+//! - `falcon_h1` follows `FalconH1Config`: every layer runs Mamba2 and attention in parallel, then
+//!   the SwiGLU MLP; the SSM width is `mamba_d_ssm` (1024 when absent, `expand · hidden` when
+//!   `null`); `mamba_rms_norm` and `mamba_norm_before_gate` pick the [`GatedNorm`]; `in_proj` has
+//!   `mamba_proj_bias`, `out_proj` `projectors_bias`; full RoPE; the µP multipliers (`ssm_in`,
+//!   `ssm_multipliers`, `ssm_out`, `attention_in`, `key`, `attention_out`, `mlp_multipliers`) become
+//!   [`ProjectionScales`], `embedding_multiplier` stays, `lm_head_multiplier` is the inverse of
+//!   `logits_scaling`; 8 KV heads and pad/bos/eos 0/1/2 when absent.
+//!
+//! - `zamba2` follows `Zamba2Config`: the plan from `layers_block_type` (`mamba`/`linear_attention`
+//!   or `hybrid`, the default plan of Zamba2-2.7B when absent), its length the layer count; the
+//!   mixer from `n_mamba_heads`, `mamba_ngroups`, `chunk_size`, a conv bias always, dt floored at
+//!   `time_step_min`, the gated norm's epsilon fixed at 1e-5; `num_mem_blocks` shared blocks of
+//!   attention (heads of `2 · hidden / num_attention_heads`, scale `(head_dim / 2)^-½`, RoPE only with
+//!   `use_mem_rope`) and a GeGLU or SwiGLU MLP (`hidden_act`) of `intermediate_size` (4 · hidden when
+//!   absent), LoRA adapters of `adapter_rank`; tied head unless said; `use_long_context` sets the
+//!   context to 16384. Biases (`add_bias_linear`) are refused.
+//!
 //! All: `mamba_d_head: "auto"` is `expand · hidden / n_heads`; `time_step_limit` may hold
 //! `{"__float__": "Infinity"}`, a string, or a bare `Infinity`.
 
-use super::json::{DHead, HfConfig, LenientFloat, NemotronHKeys, TokenIds};
+use super::json::{DHead, HfConfig, LenientFloat, NemotronHKeys, TokenIds, Zamba2Keys};
 use super::rope::{self, RopeContext};
-use super::{Architecture, BambaConfig, ConfigError, LayerKind, MlpActivation, MoeConfig, RopeConfig, Router};
+use super::{
+    Architecture, BambaConfig, ConfigError, GatedNorm, LayerKind, MlpActivation, MoeConfig, ProjectionScales,
+    RopeConfig, Router, SharedBlocks,
+};
 
 /// Defaults of keys absent from config.json, per model type (transformers' config classes).
 struct Defaults {
@@ -71,6 +91,20 @@ impl Defaults {
                 intermediate_size: 21504,
                 rms_norm_eps: 1e-5,
                 max_position_embeddings: 4096,
+            },
+            Architecture::Zamba2 => Defaults {
+                vocab_size: 32000,
+                num_hidden_layers: 54,
+                intermediate_size: 0,
+                rms_norm_eps: 1e-5,
+                max_position_embeddings: 4096,
+            },
+            Architecture::FalconH1 => Defaults {
+                vocab_size: 128000,
+                num_hidden_layers: 32,
+                intermediate_size: 14336,
+                rms_norm_eps: 1e-5,
+                max_position_embeddings: 8192,
             },
         }
     }
@@ -150,6 +184,144 @@ fn nemotron_keys(mut raw: HfConfig, k: &NemotronHKeys) -> Result<(HfConfig, Vec<
     Ok((raw, kinds))
 }
 
+/// FalconH1Config's defaults of keys it gives other values than Bamba's.
+fn falcon_keys(mut raw: HfConfig) -> HfConfig {
+    raw.num_key_value_heads = raw.num_key_value_heads.or(Some(8));
+    special_token_defaults(raw)
+}
+
+/// The pad, BOS and EOS ids (0, 1, 2) that FalconH1Config and Zamba2Config give absent keys.
+fn special_token_defaults(mut raw: HfConfig) -> HfConfig {
+    raw.pad_token_id = raw.pad_token_id.or(Some(0));
+    raw.bos_token_id = raw.bos_token_id.or(Some(1));
+    raw.eos_token_id = raw.eos_token_id.or(Some(TokenIds::One(2)));
+    raw
+}
+
+/// A multiplier: 1 when absent, else finite and positive.
+fn positive(field: &'static str, value: Option<f64>) -> Result<f64, ConfigError> {
+    match value {
+        None => Ok(1.0),
+        Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Some(v) => Err(ConfigError::NotPositive { field, value: v }),
+    }
+}
+
+/// Moves `Zamba2Config`'s keys onto the `mamba_*` ones, with its defaults, and returns its layer
+/// plan, shared blocks and MLP activation.
+fn zamba2_keys(
+    mut raw: HfConfig,
+    k: &Zamba2Keys,
+) -> Result<(HfConfig, Vec<LayerKind>, SharedBlocks, MlpActivation), ConfigError> {
+    raw.hidden_size = k.hidden_size.unwrap_or(2560);
+    raw.mamba_n_heads = k.n_mamba_heads.unwrap_or(8);
+    raw.mamba_n_groups = k.mamba_ngroups.unwrap_or(1);
+    raw.mamba_d_state = k.mamba_d_state.unwrap_or(64);
+    raw.mamba_d_head = None;
+    raw.mamba_chunk_size = raw.chunk_size.unwrap_or(256);
+    // Zamba2MambaMixer's conv always has a bias, whatever use_conv_bias says.
+    raw.mamba_conv_bias = true;
+    if k.add_bias_linear == Some(true) {
+        return Err(ConfigError::Unsupported("add_bias_linear (biases in Zamba2's projections)"));
+    }
+    raw.mamba_proj_bias = false;
+    raw.attention_bias = false;
+    raw.mlp_bias = false;
+    raw.time_step_limit = Some((LenientFloat(k.time_step_min.unwrap_or(0.001)), LenientFloat(f64::INFINITY)));
+    raw.tie_word_embeddings = k.tie_word_embeddings.unwrap_or(true);
+    raw.intermediate_size = raw.intermediate_size.or(Some(4 * raw.hidden_size));
+    let mut raw = special_token_defaults(raw);
+    if k.use_long_context == Some(true) {
+        raw.max_position_embeddings = Some(16384);
+    }
+    // The attention reads concat(h, embeddings): heads of 2·hidden / heads, whatever head_dim says.
+    let width = 2 * raw.hidden_size;
+    if raw.num_attention_heads == 0 || !width.is_multiple_of(raw.num_attention_heads) {
+        return Err(ConfigError::SharedHeads { width, heads: raw.num_attention_heads });
+    }
+    raw.head_dim = Some(width / raw.num_attention_heads);
+    let activation = match k.hidden_act.as_deref().unwrap_or("gelu") {
+        "gelu" => MlpActivation::GeGlu,
+        "silu" | "swish" => MlpActivation::SwiGlu,
+        other => {
+            return Err(ConfigError::Activation { key: "hidden_act", name: other.into(), supported: "gelu, silu" })
+        }
+    };
+    raw.hidden_act = "silu".into();
+    let kinds = match &k.layers_block_type {
+        Some(types) => types
+            .iter()
+            .enumerate()
+            .map(|(index, name)| match name.as_str() {
+                "mamba" | "linear_attention" => Ok(LayerKind::Mamba),
+                "hybrid" => Ok(LayerKind::Shared),
+                _ => Err(ConfigError::BlockType { index, name: name.clone() }),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => {
+            // Zamba2Config's default plan (Zamba2-2.7B's).
+            let (m, s) = (LayerKind::Mamba, LayerKind::Shared);
+            let mut plan = vec![m];
+            for _ in 0..7 {
+                plan.extend([m, m, m, m, m, s]);
+            }
+            plan.extend([m, m, m, m, s, m, m, m, s, m, m]);
+            plan
+        }
+    };
+    // Zamba2Config checks that the plan has num_hidden_layers entries (54 when absent).
+    let layers = raw.num_hidden_layers.unwrap_or(54);
+    if layers != kinds.len() {
+        return Err(ConfigError::LayerTypesLength { found: kinds.len(), layers });
+    }
+    let shared = SharedBlocks {
+        count: k.num_mem_blocks.unwrap_or(1),
+        adapter_rank: k.adapter_rank.unwrap_or(128),
+        attention_adapters: k.use_shared_attention_adapter.unwrap_or(false),
+    };
+    for (name, value) in [("num_mem_blocks", shared.count), ("adapter_rank", shared.adapter_rank)] {
+        if value == 0 {
+            return Err(ConfigError::Zero(name));
+        }
+        if value > 1 << 14 {
+            return Err(ConfigError::TooLarge { field: name, value, limit: 1 << 14 });
+        }
+    }
+    let kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+    if shared.attention_adapters && kv_heads != raw.num_attention_heads {
+        // The k and v adapters give 2·hidden channels, which k and v have only without GQA
+        // (transformers fails on it too).
+        return Err(ConfigError::Unsupported(
+            "use_shared_attention_adapter with num_key_value_heads below num_attention_heads",
+        ));
+    }
+    Ok((raw, kinds, shared, activation))
+}
+
+/// Falcon-H1's multipliers, checked (finite and positive, lists of the right length).
+fn falcon_scales(raw: &HfConfig) -> Result<(ProjectionScales, f64), ConfigError> {
+    let list = |key: &'static str, values: &Option<Vec<f64>>, expected: usize| -> Result<Vec<f64>, ConfigError> {
+        match values {
+            None => Ok(vec![1.0; expected]),
+            Some(v) if v.len() != expected => Err(ConfigError::MultiplierCount { key, expected, found: v.len() }),
+            Some(v) => v.iter().map(|&x| positive(key, Some(x))).collect(),
+        }
+    };
+    let segments = list("ssm_multipliers", &raw.ssm_multipliers, 5)?;
+    let mlp = list("mlp_multipliers", &raw.mlp_multipliers, 2)?;
+    let scales = ProjectionScales {
+        mamba_in: positive("ssm_in_multiplier", raw.ssm_in_multiplier)?,
+        mamba_segments: [segments[0], segments[1], segments[2], segments[3], segments[4]],
+        mamba_out: positive("ssm_out_multiplier", raw.ssm_out_multiplier)?,
+        attention_in: positive("attention_in_multiplier", raw.attention_in_multiplier)?,
+        key: positive("key_multiplier", raw.key_multiplier)?,
+        attention_out: positive("attention_out_multiplier", raw.attention_out_multiplier)?,
+        mlp_gate: mlp[0],
+        mlp_down: mlp[1],
+    };
+    Ok((scales, positive("lm_head_multiplier", raw.lm_head_multiplier)?))
+}
+
 /// Nemotron-H's experts and router, when its plan has MoE layers.
 fn nemotron_moe(k: &NemotronHKeys, top_k: usize) -> Result<MoeConfig, ConfigError> {
     if k.moe_latent_size.is_some() {
@@ -179,7 +351,11 @@ fn nemotron_moe(k: &NemotronHKeys, top_k: usize) -> Result<MoeConfig, ConfigErro
     })
 }
 
-pub(super) fn resolve(raw: HfConfig, nemotron_h: Option<NemotronHKeys>) -> Result<BambaConfig, ConfigError> {
+pub(super) fn resolve(
+    raw: HfConfig,
+    nemotron_h: Option<NemotronHKeys>,
+    zamba2: Option<Zamba2Keys>,
+) -> Result<BambaConfig, ConfigError> {
     if raw.model_type.is_none() && (raw.d_model.is_some() || raw.ssm_cfg.is_some()) {
         return Err(ConfigError::MambaSsmFormat);
     }
@@ -187,12 +363,21 @@ pub(super) fn resolve(raw: HfConfig, nemotron_h: Option<NemotronHKeys>) -> Resul
     let granite = architecture == Architecture::GraniteMoeHybrid;
     let mamba2 = architecture == Architecture::Mamba2;
     let nemotron = architecture == Architecture::NemotronH;
+    let falcon = architecture == Architecture::FalconH1;
+    let zamba = architecture == Architecture::Zamba2;
+    let mut zamba_plan = None;
     let nemotron_keys_read = nemotron_h.unwrap_or_default();
     let (raw, nemotron_plan) = match architecture {
         Architecture::Mamba2 => (mamba2_keys(raw), None),
         Architecture::NemotronH => {
             let (raw, plan) = nemotron_keys(raw, &nemotron_keys_read)?;
             (raw, Some(plan))
+        }
+        Architecture::FalconH1 => (falcon_keys(raw), None),
+        Architecture::Zamba2 => {
+            let (raw, plan, shared, activation) = zamba2_keys(raw, &zamba2.clone().unwrap_or_default())?;
+            zamba_plan = Some((plan, shared, activation));
+            (raw, None)
         }
         _ => (raw, None),
     };
@@ -201,7 +386,7 @@ pub(super) fn resolve(raw: HfConfig, nemotron_h: Option<NemotronHKeys>) -> Resul
     let vocab_size = raw.vocab_size.unwrap_or(defaults.vocab_size);
     let expert_width = raw.intermediate_size.unwrap_or(defaults.intermediate_size);
     let intermediate_size = match architecture {
-        Architecture::Bamba | Architecture::NemotronH => expert_width,
+        Architecture::Bamba | Architecture::NemotronH | Architecture::FalconH1 | Architecture::Zamba2 => expert_width,
         Architecture::GraniteMoeHybrid => raw.shared_intermediate_size.unwrap_or(1024),
         Architecture::Mamba2 => 0,
     };
@@ -288,7 +473,17 @@ pub(super) fn resolve(raw: HfConfig, nemotron_h: Option<NemotronHKeys>) -> Resul
         }
     }
 
-    let d_inner = raw.mamba_expand * raw.hidden_size;
+    let d_inner = match (falcon, raw.mamba_d_ssm) {
+        (true, None) => 1024,
+        (true, Some(Some(d_ssm))) => d_ssm,
+        _ => raw.mamba_expand * raw.hidden_size,
+    };
+    if d_inner == 0 {
+        return Err(ConfigError::Zero("mamba_d_ssm"));
+    }
+    if d_inner > 1 << 20 {
+        return Err(ConfigError::TooLarge { field: "mamba_d_ssm", value: d_inner, limit: 1 << 20 });
+    }
     let mamba_d_head = match raw.mamba_d_head {
         Some(DHead::Size(v)) => v,
         Some(DHead::Text(s)) if s != "auto" => return Err(ConfigError::DHead(format!("{s:?}"))),
@@ -333,6 +528,8 @@ pub(super) fn resolve(raw: HfConfig, nemotron_h: Option<NemotronHKeys>) -> Resul
         Architecture::GraniteMoeHybrid => granite_layer_kinds(raw.layer_types.as_deref(), num_hidden_layers)?,
         Architecture::Mamba2 => vec![LayerKind::Mamba; num_hidden_layers],
         Architecture::NemotronH => nemotron_plan.unwrap_or_default(),
+        Architecture::FalconH1 => vec![LayerKind::Parallel; num_hidden_layers],
+        Architecture::Zamba2 => zamba_plan.as_ref().map(|(plan, _, _)| plan.clone()).unwrap_or_default(),
     };
 
     // transformers: `rope_scaling or rope_parameters`; the object's own theta wins over the top level.
@@ -344,11 +541,13 @@ pub(super) fn resolve(raw: HfConfig, nemotron_h: Option<NemotronHKeys>) -> Resul
     let partial_rotary_factor = match architecture {
         // BambaConfig forces 0.5 unless rope_parameters carries its own factor.
         Architecture::Bamba => rope_parameters.partial_rotary_factor.unwrap_or(0.5),
-        // Gemma2's rotary: every dim of the head, whatever partial_rotary_factor says.
+        // Gemma2's rotary (Granite), Llama's (Falcon-H1): every dim of the head, whatever
+        // partial_rotary_factor says.
         _ => 1.0,
     };
     let uses_rope = match architecture {
-        Architecture::Bamba => true,
+        Architecture::Bamba | Architecture::FalconH1 => true,
+        Architecture::Zamba2 => zamba2.as_ref().and_then(|k| k.use_mem_rope) == Some(true),
         Architecture::GraniteMoeHybrid => raw.position_embedding_type.as_deref() == Some("rope"),
         Architecture::Mamba2 | Architecture::NemotronH => false,
     };
@@ -391,33 +590,45 @@ pub(super) fn resolve(raw: HfConfig, nemotron_h: Option<NemotronHKeys>) -> Resul
     } else {
         nemotron_moe
     };
-    let positive = |field: &'static str, value: Option<f64>| -> Result<f64, ConfigError> {
-        match value {
-            None => Ok(1.0),
-            Some(v) if v.is_finite() && v > 0.0 => Ok(v),
-            Some(v) => Err(ConfigError::NotPositive { field, value: v }),
-        }
-    };
     // Bamba has none of these keys; a Bamba config that carries them is read as transformers reads
     // it, i.e. they are ignored.
-    let (embedding_multiplier, residual_multiplier, attention_multiplier, logits_scaling) = if granite {
+    let (residual_multiplier, attention_multiplier, logits_scaling) = if granite {
         (
-            positive("embedding_multiplier", raw.embedding_multiplier)?,
             positive("residual_multiplier", raw.residual_multiplier)?,
             Some(positive("attention_multiplier", raw.attention_multiplier)?),
             positive("logits_scaling", raw.logits_scaling)?,
         )
     } else {
-        (1.0, 1.0, None, 1.0)
+        (1.0, None, 1.0)
+    };
+    let embedding_multiplier =
+        if granite || falcon { positive("embedding_multiplier", raw.embedding_multiplier)? } else { 1.0 };
+    // Zamba2's attention scales its scores by (head_dim / 2)^-½.
+    let attention_multiplier = if zamba { Some((head_dim as f64 / 2.0).sqrt().recip()) } else { attention_multiplier };
+    let (scales, logits_scaling) = if falcon {
+        let (scales, lm_head_multiplier) = falcon_scales(&raw)?;
+        (scales, 1.0 / lm_head_multiplier)
+    } else {
+        (ProjectionScales::ONE, logits_scaling)
+    };
+    let mamba_gated_norm = match (falcon, raw.mamba_rms_norm, raw.mamba_norm_before_gate) {
+        (false, _, _) => GatedNorm::GateThenNorm,
+        (true, Some(true), Some(true) | None) => GatedNorm::NormThenGate,
+        (true, Some(true), Some(false)) => GatedNorm::GateThenNorm,
+        (true, Some(false) | None, _) => GatedNorm::GateOnly,
     };
 
     Ok(BambaConfig {
         architecture,
         vocab_size,
         hidden_size: raw.hidden_size,
-        mlp: !mamba2 && !nemotron,
+        mlp: !mamba2 && !nemotron && !zamba,
         intermediate_size,
-        mlp_activation: if nemotron { MlpActivation::Relu2 } else { MlpActivation::SwiGlu },
+        mlp_activation: match (&zamba_plan, nemotron) {
+            (Some((_, _, activation)), _) => *activation,
+            (None, true) => MlpActivation::Relu2,
+            (None, false) => MlpActivation::SwiGlu,
+        },
         moe,
         num_layers: num_hidden_layers,
         num_heads: raw.num_attention_heads,
@@ -440,12 +651,19 @@ pub(super) fn resolve(raw: HfConfig, nemotron_h: Option<NemotronHKeys>) -> Resul
         mamba_chunk_size: raw.mamba_chunk_size,
         mamba_conv_bias: raw.mamba_conv_bias,
         mamba_proj_bias: raw.mamba_proj_bias,
+        mamba_out_bias: if falcon { raw.projectors_bias.unwrap_or(false) } else { raw.mamba_proj_bias },
+        mamba_gated_norm,
+        mamba_norm_weight_f32: falcon,
+        // Zamba2MambaMixer builds its gated norm with eps 1e-5 whatever rms_norm_eps says.
+        mamba_norm_eps: if zamba { 1e-5 } else { rms_norm_eps },
+        shared_blocks: zamba_plan.as_ref().map(|(_, shared, _)| *shared),
         time_step_limit,
         rope,
         embedding_multiplier,
         residual_multiplier,
         attention_multiplier,
         logits_scaling,
+        scales,
         residual_f32: mamba2 && raw.residual_in_fp32.unwrap_or(true),
         max_position_embeddings,
         pad_token_id: raw.pad_token_id,
