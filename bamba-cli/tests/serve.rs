@@ -440,7 +440,17 @@ fn a_disconnected_stream_is_cancelled_and_overload_gets_429() {
     drop(running);
     server.wait_for(Server::idle, "idle after the client left");
     assert!(server.metric("vllm:generation_tokens_total") < 2000.0, "the cancelled request ran on");
-    // one sequence runs and one request may wait: of 8 at once, some are refused with 429
+    server.wait_for(|s| s.log.lock().unwrap().contains("request cancelled"), "the cancellation logged");
+    // one sequence runs and one request may wait: of 8 at once while one runs, 7 are refused with 429
+    let url = server.url.clone();
+    let first = std::thread::spawn(move || {
+        let body = json!({"prompt": "Fogg", "max_tokens": 1000, "ignore_eos": true});
+        let start = Instant::now();
+        let r = Client::new().post(format!("{url}/v1/completions")).json(&body).send().unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        start.elapsed().as_secs_f64()
+    });
+    server.wait_for(|s| s.metric("vllm:num_requests_running") == 1.0, "running");
     let url = server.url.clone();
     let threads: Vec<_> = (0..8)
         .map(|_| {
@@ -455,7 +465,7 @@ fn a_disconnected_stream_is_cancelled_and_overload_gets_429() {
         .collect();
     let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let refused = results.iter().filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS).count();
-    assert!(refused >= 1, "{results:?}");
+    assert_eq!(refused, 7, "{results:?}");
     for (status, retry) in &results {
         match *status {
             StatusCode::OK => {}
@@ -465,6 +475,12 @@ fn a_disconnected_stream_is_cancelled_and_overload_gets_429() {
     }
     assert!(server.metric("bamba:requests_rejected_total") >= refused as f64);
     server.wait_for(Server::idle, "idle");
+    // Each finished request's wait in the queue is observed once; the one accepted from the burst
+    // waited for most of the first one's 1000 tokens (it arrived once the first was running).
+    let first = first.join().unwrap();
+    assert_eq!(server.metric("vllm:request_queue_time_seconds_count"), 2.0);
+    let waited = server.metric("vllm:request_queue_time_seconds_sum");
+    assert!(waited > 0.5 * first, "queued {waited} s behind a request of {first} s");
 }
 
 #[cfg(unix)]

@@ -85,6 +85,31 @@ fn logprobs(tokenizer: Option<&TextTokenizer>, t: &TokenEvent) -> Vec<TokenLogpr
     }
 }
 
+/// Logs a request that ends without its usage: the client went away (the stream was dropped), or
+/// the engine failed it. A request that completes is logged with its timings instead.
+struct UnfinishedLog {
+    id: String,
+    arrival: Instant,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    /// `None` once the request completed.
+    outcome: Option<&'static str>,
+}
+
+impl Drop for UnfinishedLog {
+    fn drop(&mut self) {
+        if let Some(outcome) = self.outcome {
+            tracing::info!(
+                id = %self.id,
+                prompt_tokens = self.prompt_tokens,
+                completion_tokens = self.completion_tokens,
+                total_ms = self.arrival.elapsed().as_secs_f64() * 1e3,
+                "request {outcome}"
+            );
+        }
+    }
+}
+
 /// The updates of `job`, ending with `Usage` (or `Failed`). Dropping the stream cancels every
 /// choice; a choice that meets a stop string is cancelled at once.
 pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update> {
@@ -98,6 +123,14 @@ pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update>
         let mut done = vec![false; choices];
         let mut generated = vec![0usize; choices];
         let mut cached = vec![0usize; choices];
+        let mut queue_time = std::time::Duration::ZERO;
+        let mut log = UnfinishedLog {
+            id: job.id.clone(),
+            arrival: job.arrival,
+            prompt_tokens: job.prompt_tokens,
+            completion_tokens: 0,
+            outcome: Some("cancelled"),
+        };
         let mut last_token: Vec<Option<Instant>> = vec![None; choices];
         let mut first_token: Option<Instant> = None;
         let mut finish = "stop";
@@ -129,9 +162,11 @@ pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update>
                     }
                     last_token[i] = Some(now);
                     generated[i] += 1;
+                    log.completion_tokens += 1;
                     let piece = match texts[i].as_mut().map(|s| s.push(t.id)) {
                         Some(Ok(Some(piece))) => piece,
                         Some(Err(e)) => {
+                            log.outcome = Some("failed");
                             yield Update::Failed(e.to_string());
                             return;
                         }
@@ -145,9 +180,11 @@ pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update>
                         yield Update::Finish { index: i, reason: "stop" };
                     }
                 }
-                Some(Event::Finished { reason, cached_tokens, .. }) => {
+                Some(Event::Finished { reason, cached_tokens, queue_time: queued, .. }) => {
                     done[i] = true;
                     cached[i] = cached_tokens;
+                    state.metrics.queued(queued.as_secs_f64());
+                    queue_time = queue_time.max(queued);
                     let tail = stops[i].finish();
                     if !tail.is_empty() {
                         yield Update::Delta { index: i, text: tail, token_ids: Vec::new(), logprobs: Vec::new() };
@@ -156,10 +193,12 @@ pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update>
                     yield Update::Finish { index: i, reason: finish };
                 }
                 Some(Event::Failed(message)) => {
+                    log.outcome = Some("failed");
                     yield Update::Failed(message);
                     return;
                 }
                 None => {
+                    log.outcome = Some("failed");
                     yield Update::Failed("the engine stopped before the request finished".into());
                     return;
                 }
@@ -172,6 +211,7 @@ pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update>
             cached.chunks(job.choices_per_prompt.max(1)).map(|c| c.iter().copied().min().unwrap_or(0)).sum();
         let elapsed = job.arrival.elapsed();
         state.metrics.finished(elapsed.as_secs_f64(), job.prompt_tokens, completion_tokens);
+        log.outcome = None;
         tracing::info!(
             id = %job.id,
             prompt_tokens = job.prompt_tokens,
@@ -179,6 +219,7 @@ pub fn updates(state: Arc<AppState>, mut job: Job) -> impl Stream<Item = Update>
             cached_tokens,
             choices,
             finish,
+            queue_ms = queue_time.as_secs_f64() * 1e3,
             ttft_ms = first_token.map_or(0.0, |t| t.duration_since(job.arrival).as_secs_f64() * 1e3),
             total_ms = elapsed.as_secs_f64() * 1e3,
             "request done"

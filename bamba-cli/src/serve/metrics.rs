@@ -31,6 +31,7 @@ impl Pair<IntCounter> {
 
 pub struct Metrics {
     registry: Registry,
+    queue: Pair<Histogram>,
     ttft: Pair<Histogram>,
     itl: Pair<Histogram>,
     e2e: Pair<Histogram>,
@@ -63,6 +64,11 @@ impl Metrics {
         let registry = Registry::new();
         let r = &registry;
         Metrics {
+            queue: pair(
+                |n| histogram(r, n, "Time a request waited in the engine's queue before its prefill, seconds"),
+                "bamba:request_queue_time_seconds",
+                "vllm:request_queue_time_seconds",
+            ),
             ttft: pair(
                 |n| histogram(r, n, "Time from request arrival to its first token, seconds"),
                 "bamba:time_to_first_token_seconds",
@@ -91,6 +97,11 @@ impl Metrics {
             requests: counter(r, "bamba:requests_total", "Requests finished, cancelled ones included"),
             registry,
         }
+    }
+
+    /// One engine request's wait in the queue (each choice of `n` is one).
+    pub fn queued(&self, seconds: f64) {
+        self.queue.observe(seconds);
     }
 
     pub fn first_token(&self, seconds: f64) {

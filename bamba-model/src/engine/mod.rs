@@ -20,6 +20,7 @@ mod stats;
 
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use thiserror::Error;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -156,6 +157,8 @@ impl RequestStream {
 /// Requests sent together: the engine takes them in the same step.
 pub(crate) struct Submission {
     requests: Vec<(Request, UnboundedSender<Event>)>,
+    /// When the handle sent them, from which their queue time counts.
+    sent_at: Instant,
 }
 
 /// The shape facts [`EngineHandle::submit`] validates against.
@@ -198,7 +201,7 @@ impl EngineHandle {
             streams.push(RequestStream { id: self.next_id.fetch_add(1, Ordering::Relaxed), events: receiver });
             sent.push((request, events));
         }
-        if self.submissions.send(Submission { requests: sent }).is_err() {
+        if self.submissions.send(Submission { requests: sent, sent_at: Instant::now() }).is_err() {
             return Err(SubmitError::Draining);
         }
         // counted as waiting at once, so that a burst of submissions sees its own queue

@@ -1,5 +1,7 @@
 //! What a request asks of the engine and what the engine sends back, one event at a time.
 
+use std::time::Duration;
+
 use crate::generate::FinishReason;
 use crate::sampling::SamplingParams;
 
@@ -70,6 +72,8 @@ pub enum Event {
         completion_tokens: usize,
         /// Prompt tokens taken from the prefix cache instead of prefilled.
         cached_tokens: usize,
+        /// How long it waited in the engine's queue (submitted until admitted to prefill).
+        queue_time: Duration,
     },
     /// The engine could not run the request (a backend error); nothing more follows.
     Failed(String),

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use bamba_kernels::BambaOps;
 use burn::tensor::DType;
@@ -80,6 +81,10 @@ struct Sequence<B: BambaOps> {
     cached_tokens: usize,
     /// Log-probabilities of the prompt tokens prefilled so far (after the first), when asked for.
     prompt_events: Vec<TokenEvent>,
+    /// When it was submitted.
+    submitted: Instant,
+    /// How long it waited to be admitted (zero until it is).
+    queue_time: Duration,
 }
 
 impl<B: BambaOps> Sequence<B> {
@@ -132,6 +137,7 @@ impl<B: BambaOps> Sequence<B> {
             prompt_tokens: self.request.prompt.len(),
             completion_tokens: self.generated(),
             cached_tokens: self.cached_tokens,
+            queue_time: self.queue_time,
         });
     }
 }
@@ -266,6 +272,8 @@ impl<B: BambaOps> Engine<B> {
                 prefill: None,
                 cached_tokens: 0,
                 prompt_events: Vec::new(),
+                submitted: submission.sent_at,
+                queue_time: Duration::ZERO,
             });
         }
     }
@@ -331,6 +339,7 @@ impl<B: BambaOps> Engine<B> {
                 return Ok(());
             }
             let mut seq = self.queued.pop_front().expect("front exists");
+            seq.queue_time = seq.submitted.elapsed();
             // the prompt's log-probabilities need every prompt position computed
             if let (Some(prefix), None) = (&mut self.prefix, seq.request.params.prompt_logprobs) {
                 if let Some(resumed) = prefix.resume(&seq.request.prompt, &self.model, self.state_dtype, &self.stats)? {
