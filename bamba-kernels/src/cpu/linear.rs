@@ -4,21 +4,25 @@
 //! Burn's ndarray matmul copies a transposed (non-contiguous) operand into a new buffer on every call,
 //! which for a linear layer is a copy of the whole weight per step; here the weight is read where it
 //! lies. The outputs are split into blocks of weight rows, one rayon task each:
-//! - few rows of `x` (decode): each output is one dot product of a weight row with an `x` row, the
-//!   weight row read once from memory for all rows of `x` (it stays in L1 between them);
-//! - more rows (prefill, large decode batches): one matrixmultiply GEMM per core.
+//! - up to [`DOT_MAX_ROWS`] rows of `x` (decode batches): each output is one dot product of a weight
+//!   row with an `x` row, computed for three weight rows and four `x` rows at a time (twelve sums in
+//!   registers, seven loads per twelve multiply-adds); the weight rows are read once from memory for
+//!   all rows of `x`, and nothing is packed;
+//! - more rows (prefill): one matrixmultiply GEMM per core, which packs both operands (its cost is
+//!   amortized over many rows, not over a decode batch's few).
 
 use rayon::prelude::*;
 
-/// Rows of `x` up to which the dot-product path runs (small decode batches). Past it matrixmultiply's
-/// packed GEMM is as fast: it packs the whole weight once per product, which many rows amortize, while
-/// the dot products reread x rows that no longer fit in L1 (on a 2-core x86-64 machine, a 116M-parameter
-/// Bamba shape: 4 rows 52 against 85 ms per step, 16 rows 160–170 against 157).
-pub const DOT_MAX_ROWS: usize = 8;
+/// Rows of `x` up to which the dot-product path runs (decode batches). Past it matrixmultiply's packed
+/// GEMM is faster: it packs the whole weight once per product, which many rows amortize.
+pub const DOT_MAX_ROWS: usize = 64;
 
-/// Weight rows per rayon task: enough work per task (`64 · in` multiply-adds) to amortize the
-/// scheduling, small enough that every core gets several tasks on a 768-wide layer.
-const ROWS_PER_TASK: usize = 64;
+/// Bytes of weight rows per rayon task: a task's rows stay in a core's L2 cache (512 KiB or more on
+/// current x86-64 and Arm cores) while every group of four `x` rows passes over them.
+const TASK_WEIGHT_BYTES: usize = 256 << 10;
+
+/// Tasks per thread at least, so that the cores finish together on narrow layers.
+const TASKS_PER_THREAD: usize = 4;
 
 /// `x · Wᵀ`.
 ///
@@ -40,19 +44,39 @@ fn dot_products(x: &[f32], weight: &[f32], rows: usize, inputs: usize, outputs: 
     if rows == 0 || outputs == 0 {
         return transposed;
     }
-    let per_task = ROWS_PER_TASK.max(outputs.div_ceil(rayon::current_num_threads() * 8));
+    // a multiple of the three weight rows `dot3x4` takes
+    let fits_l2 = TASK_WEIGHT_BYTES / (inputs.max(1) * size_of::<f32>());
+    let spread = outputs.div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD);
+    let per_task = fits_l2.min(spread).max(1).next_multiple_of(3);
+    let x_row = |r: usize| &x[r * inputs..(r + 1) * inputs];
+    let quads = rows / 4;
     transposed.par_chunks_mut(per_task * rows).enumerate().for_each(|(task, out)| {
         let first = task * per_task;
         let block = &weight[first * inputs..(first + out.len() / rows) * inputs];
-        for (w_row, out_row) in block.chunks_exact(inputs.max(1)).zip(out.chunks_exact_mut(rows)) {
-            let mut quads = out_row.chunks_exact_mut(4);
-            for (r, o) in quads.by_ref().enumerate() {
-                let x_rows = std::array::from_fn(|i| &x[(4 * r + i) * inputs..(4 * r + i + 1) * inputs]);
-                o.copy_from_slice(&dot4(w_row, x_rows));
+        let triples = || block.chunks_exact(3 * inputs.max(1));
+        // each group of four x rows (in L1) passes over the task's weight rows (in L2 after the first)
+        for q in 0..quads {
+            let x_quad = std::array::from_fn(|j| x_row(4 * q + j));
+            for (w_rows, out_rows) in triples().zip(out.chunks_exact_mut(3 * rows)) {
+                let w = std::array::from_fn(|i| &w_rows[i * inputs..(i + 1) * inputs]);
+                for (i, row_sums) in dot3x4(w, x_quad).iter().enumerate() {
+                    out_rows[i * rows + 4 * q..i * rows + 4 * q + 4].copy_from_slice(row_sums);
+                }
             }
-            let done = rows - quads.into_remainder().len();
-            for (r, o) in out_row.iter_mut().enumerate().skip(done) {
-                *o = dot(w_row, &x[r * inputs..(r + 1) * inputs]);
+        }
+        for (w_rows, out_rows) in triples().zip(out.chunks_exact_mut(3 * rows)) {
+            for (w_row, out_row) in w_rows.chunks_exact(inputs.max(1)).zip(out_rows.chunks_exact_mut(rows)) {
+                for (r, o) in out_row.iter_mut().enumerate().skip(4 * quads) {
+                    *o = dot(w_row, x_row(r));
+                }
+            }
+        }
+        // the last one or two weight rows of the layer
+        let done = block.len() / inputs.max(1) / 3 * 3;
+        for (w_row, out_row) in block.chunks_exact(inputs.max(1)).skip(done).zip(out.chunks_exact_mut(rows).skip(done))
+        {
+            for (r, o) in out_row.iter_mut().enumerate() {
+                *o = dot(w_row, x_row(r));
             }
         }
     });
@@ -126,99 +150,84 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_portable(a, b)
 }
 
-/// Four dot products of `w` with four rows, each element of `w` loaded once for all four (decode
-/// batches are compute-bound once the weight row is in L1).
-fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+/// The twelve dot products of three weight rows with four `x` rows: `sums[i][j] = w[i] · x[j]`,
+/// each element loaded once for the products it takes part in (decode batches are compute-bound
+/// once the weight rows are in L1).
+fn dot3x4(w: [&[f32]; 3], x: [&[f32]; 4]) -> [[f32; 4]; 3] {
+    let n = w[0].len();
+    assert!(w.iter().all(|r| r.len() == n) && x.iter().all(|r| r.len() == n), "dot3x4: rows of different lengths");
     #[cfg(target_arch = "x86_64")]
     {
         if has_avx2_fma() {
-            // SAFETY: the processor supports AVX2 and FMA (checked at run time).
-            return unsafe { dot4_avx2_fma(w, x) };
+            // SAFETY: the processor supports AVX2 and FMA (checked at run time); lengths asserted above.
+            return unsafe { dot3x4_avx2_fma(w, x) };
         }
     }
-    dot4_portable(w, x)
+    dot3x4_portable(w, x)
 }
 
-/// The sums of [`dot4`]: 8 lanes per row (one AVX register each), pairwise reduction, then the tail.
-macro_rules! dot4_body {
-    ($w:expr, $x:expr, $fma:expr) => {{
-        const LANES: usize = 8;
-        let (w, x) = ($w, $x);
-        let n = w.len();
-        let blocks = n / LANES;
-        let mut sums = [[0f32; LANES]; 4];
-        for blk in 0..blocks {
-            let base = blk * LANES;
-            let wv = &w[base..base + LANES];
-            for r in 0..4 {
-                let xv = &x[r][base..base + LANES];
-                for l in 0..LANES {
-                    sums[r][l] = $fma(wv[l], xv[l], sums[r][l]);
-                }
-            }
-        }
-        let mut totals = [0f32; 4];
-        for r in 0..4 {
-            let mut width = LANES / 2;
-            while width > 0 {
-                for l in 0..width {
-                    sums[r][l] += sums[r][l + width];
-                }
-                width /= 2;
-            }
-            let mut total = sums[r][0];
-            for i in blocks * LANES..n {
-                total = $fma(w[i], x[r][i], total);
-            }
-            totals[r] = total;
-        }
-        totals
-    }};
+/// Eight lanes of a sum added pairwise (the order the AVX2 path adds them in).
+fn lane_total(l: [f32; 8]) -> f32 {
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
 
-/// [`dot4`] on AVX2 registers: one load of `w` per 8 elements for four FMAs.
+/// [`dot3x4`] on AVX2 registers: twelve accumulators, three weight loads and four `x` loads per eight
+/// elements (sixteen registers in all), then each sum's lanes and the tail.
+///
+/// # Safety
+/// The processor must support AVX2 and FMA, and all seven rows must have one length.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot4_avx2_fma(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+unsafe fn dot3x4_avx2_fma(w: [&[f32]; 3], x: [&[f32]; 4]) -> [[f32; 4]; 3] {
     use std::arch::x86_64::*;
-    let n = w.len();
-    assert!(x.iter().all(|r| r.len() == n), "dot4: rows of different lengths");
-    // Two accumulators per row (16 elements a step): eight independent FMA chains hide the FMA latency.
-    let blocks = n / 16;
-    let mut sums = [_mm256_setzero_ps(); 4];
-    let mut more = [_mm256_setzero_ps(); 4];
+    let n = w[0].len();
+    let blocks = n / 8;
+    let mut sums = [[_mm256_setzero_ps(); 4]; 3];
     for b in 0..blocks {
-        // SAFETY: b·16 + 16 ≤ n for `w` and every row (asserted above).
-        let (w0, w1) =
-            unsafe { (_mm256_loadu_ps(w.as_ptr().add(b * 16)), _mm256_loadu_ps(w.as_ptr().add(b * 16 + 8))) };
-        for r in 0..4 {
-            let (x0, x1) =
-                unsafe { (_mm256_loadu_ps(x[r].as_ptr().add(b * 16)), _mm256_loadu_ps(x[r].as_ptr().add(b * 16 + 8))) };
-            sums[r] = _mm256_fmadd_ps(w0, x0, sums[r]);
-            more[r] = _mm256_fmadd_ps(w1, x1, more[r]);
+        // SAFETY: b·8 + 8 ≤ n for every row (the caller's contract).
+        let wv: [__m256; 3] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(w[i].as_ptr().add(b * 8)) });
+        for j in 0..4 {
+            // SAFETY: as above.
+            let xv = unsafe { _mm256_loadu_ps(x[j].as_ptr().add(b * 8)) };
+            for i in 0..3 {
+                sums[i][j] = _mm256_fmadd_ps(wv[i], xv, sums[i][j]);
+            }
         }
     }
-    for r in 0..4 {
-        sums[r] = _mm256_add_ps(sums[r], more[r]);
-    }
-    let blocks = blocks * 2;
-    let mut totals = [0f32; 4];
-    for r in 0..4 {
-        let mut lanes = [0f32; 8];
-        // SAFETY: `lanes` holds 8 f32.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums[r]) };
-        let mut total =
-            ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
-        for i in blocks * 8..n {
-            total = w[i].mul_add(x[r][i], total);
+    let mut totals = [[0f32; 4]; 3];
+    for i in 0..3 {
+        for j in 0..4 {
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 f32.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums[i][j]) };
+            let mut total = lane_total(lanes);
+            for k in blocks * 8..n {
+                total = w[i][k].mul_add(x[j][k], total);
+            }
+            totals[i][j] = total;
         }
-        totals[r] = total;
     }
     totals
 }
 
-fn dot4_portable(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
-    dot4_body!(w, x, |a: f32, b: f32, s: f32| a * b + s)
+fn dot3x4_portable(w: [&[f32]; 3], x: [&[f32]; 4]) -> [[f32; 4]; 3] {
+    let n = w[0].len();
+    let blocks = n / 8;
+    let mut sums = [[[0f32; 8]; 4]; 3];
+    for b in 0..blocks {
+        for i in 0..3 {
+            let wv = &w[i][b * 8..b * 8 + 8];
+            for j in 0..4 {
+                let xv = &x[j][b * 8..b * 8 + 8];
+                for l in 0..8 {
+                    sums[i][j][l] += wv[l] * xv[l];
+                }
+            }
+        }
+    }
+    std::array::from_fn(|i| {
+        std::array::from_fn(|j| (blocks * 8..n).fold(lane_total(sums[i][j]), |t, k| t + w[i][k] * x[j][k]))
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -298,6 +307,12 @@ mod tests {
             (5, 64, 65),
             (9, 100, 7),
             (40, 70, 130),
+            // triples of weight rows, quads of x rows, tasks ending on one or two weight rows
+            (7, 37, 200),
+            (16, 768, 67),
+            (64, 19, 134),
+            (65, 40, 10),
+            (4, 0, 5),
             (0, 8, 8),
             (3, 8, 0),
         ] {
@@ -316,11 +331,15 @@ mod tests {
     fn dot_paths_agree() {
         let (a, b) = (values(1001, 3), values(1001, 4));
         assert!((dot(&a, &b) - dot_portable(&a, &b)).abs() < 1e-4);
-        let rows = [values(1001, 5), values(1001, 6), values(1001, 7), values(1001, 8)];
-        let fast = dot4(&a, std::array::from_fn(|r| rows[r].as_slice()));
-        let portable = dot4_portable(&a, std::array::from_fn(|r| rows[r].as_slice()));
-        for r in 0..4 {
-            assert!((fast[r] - portable[r]).abs() < 1e-4 && (fast[r] - dot(&a, &rows[r])).abs() < 1e-4);
+        let w = [values(1001, 5), values(1001, 6), values(1001, 7)];
+        let x = [values(1001, 8), values(1001, 9), values(1001, 10), values(1001, 11)];
+        let (w, x) = (std::array::from_fn(|i| w[i].as_slice()), std::array::from_fn(|j| x[j].as_slice()));
+        let (fast, portable) = (dot3x4(w, x), dot3x4_portable(w, x));
+        for i in 0..3 {
+            for j in 0..4 {
+                let one = dot(w[i], x[j]);
+                assert!((fast[i][j] - portable[i][j]).abs() < 1e-4 && (fast[i][j] - one).abs() < 1e-4);
+            }
         }
     }
 }
