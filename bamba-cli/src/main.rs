@@ -1,5 +1,6 @@
 //! The `bamba` command line.
 
+mod allocator;
 mod backend;
 mod bench;
 mod bench_serve;
@@ -308,6 +309,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    allocator::keep_freed_buffers();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
