@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = TextModel::builder(model).hub(HubOptions::from_env()).load()?;
 
     let ids = model.encode(&prompt)?;
-    let logits = model.logits(&ids)?; // one row per position, `vocab` long
+    let logits = model.logits(&ids)?; // one row per position, `vocab` long, in one buffer
     let last = logits.last().expect("a non-empty prompt");
     let max = last.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let total: f32 = last.iter().map(|l| (l - max).exp()).sum();

@@ -70,9 +70,11 @@ fn logits_equal_transformers_and_bad_input_is_an_error() {
     let tolerance = (10.0 * floor).max(2e-5).min(1e-3); // as tests/parity.rs
     for reference in references("base") {
         let logits = model.logits(&reference.ids).unwrap();
-        assert_eq!(logits.len(), reference.ids.len());
-        assert!(logits.iter().all(|row| row.len() == reference.vocab));
-        let diff = max_abs_diff(&logits.concat(), &reference.logits);
+        assert_eq!((logits.len(), logits.vocab), (reference.ids.len(), reference.vocab));
+        assert_eq!(logits.rows().count(), reference.ids.len());
+        assert_eq!(logits.last(), logits.row(reference.ids.len() - 1));
+        assert_eq!(logits.row(reference.ids.len()), None);
+        let diff = max_abs_diff(&logits.values, &reference.logits);
         assert!(diff <= tolerance, "{diff:e} > {tolerance:e}");
     }
     assert!(matches!(model.logits(&[]), Err(TextModelError::Input(_))));

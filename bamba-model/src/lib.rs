@@ -47,5 +47,5 @@ pub use model::{BambaModel, InputError, PromptOutputs};
 pub use padding::LeftPadding;
 pub use sampling::{Sampler, SamplingError, SamplingParams};
 pub use sizes::{MemoryModel, ParameterCounts};
-pub use text_model::{TextGeneration, TextModel, TextModelBuilder, TextModelError, TextOptions, TextPieces};
+pub use text_model::{Logits, TextGeneration, TextModel, TextModelBuilder, TextModelError, TextOptions, TextPieces};
 pub use tokenizer::{StopStrings, StoppingText, TextStream, TextTokenizer, TokenizerError};

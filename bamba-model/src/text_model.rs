@@ -285,8 +285,8 @@ impl TextModel {
         Ok(self.pipeline.stream(prompt, &self.params(&options.generate), sampler)?)
     }
 
-    /// The logits of every position of `ids` (one forward, no cache), each row `vocab` long, as f32.
-    pub fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, TextModelError> {
+    /// The logits of every position of `ids` (one forward, no cache), as f32.
+    pub fn logits(&self, ids: &[u32]) -> Result<Logits, TextModelError> {
         Ok(self.pipeline.logits(ids)?)
     }
 
@@ -380,7 +380,7 @@ trait Pipeline {
         params: &GenerateParams,
         sampler: Sampler,
     ) -> Result<Box<dyn Iterator<Item = Result<u32, GenerateError>> + 'a>, GenerateError>;
-    fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, InputError>;
+    fn logits(&self, ids: &[u32]) -> Result<Logits, InputError>;
 }
 
 impl<B: BambaOps> Pipeline for BambaModel<B> {
@@ -404,9 +404,45 @@ impl<B: BambaOps> Pipeline for BambaModel<B> {
     ) -> Result<Box<dyn Iterator<Item = Result<u32, GenerateError>> + 'a>, GenerateError> {
         Ok(Box::new(BambaModel::stream(self, prompt, params, sampler)?))
     }
-    fn logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, InputError> {
-        let (flat, [_, vocab]) = self.prompt_logits(ids)?;
-        Ok(flat.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    fn logits(&self, ids: &[u32]) -> Result<Logits, InputError> {
+        let (values, [_, vocab]) = self.prompt_logits(ids)?;
+        Ok(Logits { values, vocab })
+    }
+}
+
+/// The logits of every position of a prompt in one host buffer, as the backend returned them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logits {
+    /// `[positions, vocab]`, row-major.
+    pub values: Vec<f32>,
+    /// The length of a row.
+    pub vocab: usize,
+}
+
+impl Logits {
+    /// Positions (rows).
+    pub fn len(&self) -> usize {
+        self.values.len().checked_div(self.vocab).unwrap_or(0)
+    }
+
+    /// Whether there are no positions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Position `i`'s row, `vocab` long; `None` past the last.
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        self.values.get(i * self.vocab..(i + 1) * self.vocab)
+    }
+
+    /// The rows in order.
+    pub fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        self.values.chunks_exact(self.vocab.max(1))
+    }
+
+    /// The last position's row (what the next token is drawn from).
+    pub fn last(&self) -> Option<&[f32]> {
+        self.len().checked_sub(1).and_then(|i| self.row(i))
     }
 }
 
