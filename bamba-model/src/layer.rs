@@ -143,30 +143,31 @@ impl<B: BambaOps> DecoderLayer<B> {
                 // Runs the Mamba mixer on `norm(source)` with `x` as its residual, keeping its state
                 // in the cache's slot if there is one.
                 let mamba = |m: &Mamba2Mixer<B>,
-                             source: &Tensor<B, 3>,
+                             source: Tensor<B, 3>,
                              x: Tensor<B, 3>,
                              slot: Option<&mut Option<MambaState<B>>>| {
+                    let source = input(&source);
                     match slot {
                         Some(slot) => {
-                            let (out, state) = m.forward(norm, input(source), x, slot.take(), tokens);
+                            let (out, state) = m.forward(norm, source, x, slot.take(), tokens);
                             *slot = Some(state);
                             out
                         }
-                        None => m.forward(norm, input(source), x, None, tokens).0,
+                        None => m.forward(norm, source, x, None, tokens).0,
                     }
                 };
                 match (mixer, &self.shared) {
-                    (Mixer::Mamba(m), None) => mamba(m, &x.clone(), x, slot),
+                    (Mixer::Mamba(m), None) => mamba(m, x.clone(), x, slot),
                     (Mixer::Mamba(m), Some(shared)) => {
                         let t = shared.forward(input(&x), embeddings.clone(), tables, masks, kv);
-                        mamba(m, &(x.clone() + t), x, slot)
+                        mamba(m, x.clone() + t, x, slot)
                     }
                     (Mixer::Attention(a), _) => a.forward(norm.forward(input(&x)), tables, masks, kv, Some(x)),
                     // `x + mamba(norm(x)) + attention(norm(x))`: the attention adds its output to
                     // the Mamba mixer's sum.
                     (Mixer::Parallel(m, a), _) => {
                         let normed = norm.forward(input(&x));
-                        a.forward(normed, tables, masks, kv, Some(mamba(m, &x.clone(), x, slot)))
+                        a.forward(normed, tables, masks, kv, Some(mamba(m, x.clone(), x, slot)))
                     }
                 }
             }

@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 /// Rows of `x` up to which the dot-product path runs (decode batches). Past it matrixmultiply's packed
-/// GEMM is faster: it packs the whole weight once per product, which many rows amortize.
+/// GEMM runs: it packs the whole weight once per product, a cost that more rows amortize.
 pub const DOT_MAX_ROWS: usize = 64;
 
 /// Bytes of weight rows per rayon task: a task's rows stay in a core's L2 cache (512 KiB or more on
