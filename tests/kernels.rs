@@ -1119,10 +1119,50 @@ fn host_upload_round_trips() {
     check_upload::<Cpu>(&Default::default());
 }
 
+/// Operands whose shapes disagree panic at the op with a message naming the op and the operands
+/// (`bamba_kernels::shapes`), before any kernel indexes a buffer with them.
+fn check_shape_errors<B: BambaOps>(device: &B::Device) {
+    let zeros2 = |shape: [usize; 2]| Tensor::<B, 2>::zeros(shape, device);
+    let message = |op: &mut dyn FnMut()| {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(op)).expect_err("a panic");
+        payload.downcast_ref::<String>().cloned().unwrap_or_default()
+    };
+    let text = message(&mut || drop(B::linear_no_bias(zeros2([3, 64]), zeros2([32, 48]))));
+    assert_eq!(text, "linear_no_bias: weight is [32, 48], x [3, 64]");
+    let residual = message(&mut || drop(B::linear_residual(zeros2([3, 64]), zeros2([32, 64]), zeros2([3, 31]))));
+    assert_eq!(residual, "linear_residual: the residual is [3, 31], not [3, 32]");
+    let q = Tensor::<B, 4>::zeros([2, 4, 1, 16], device);
+    let kv = Tensor::<B, 4>::zeros([2, 2, 8, 16], device);
+    let keys = message(&mut || {
+        drop(B::decode_attention(q.clone(), kv.clone(), kv.clone(), Tensor::zeros([2], device), 9))
+    });
+    assert_eq!(keys, "decode_attention: 9 keys past the cache's capacity 8");
+    let zeros = |shape: [usize; 4]| Tensor::<B, 4>::zeros(shape, device);
+    let heads = || Tensor::<B, 1>::zeros([4], device);
+    let inputs = SsdInputs {
+        x: zeros([1, 2, 4, 8]),
+        dt: Tensor::zeros([1, 2, 4], device),
+        a_log: heads(),
+        b: zeros([1, 2, 1, 16]),
+        c: zeros([1, 2, 1, 16]),
+        d: heads(),
+        dt_bias: heads(),
+        initial_state: Some(zeros([1, 4, 8, 32])),
+    };
+    let config = SsdConfig { chunk_size: 4, dt_limit: None };
+    let state = message(&mut || drop(B::ssd_chunk_scan(inputs.clone(), config)));
+    assert_eq!(state, "ssd_chunk_scan: the state is [1, 4, 8, 32], not [1, 4, 8, 16]");
+}
+
 macro_rules! backend_tests {
     ($module:ident, $backend:ty, $device:expr, $model_tolerance:expr) => {
         mod $module {
             use super::*;
+
+            #[test]
+            fn operands_of_the_wrong_shape_panic_with_the_op_named() {
+                check_shape_errors::<$backend>(&$device);
+            }
 
             #[test]
             fn ssd_chunk_scan_matches_the_reference() {

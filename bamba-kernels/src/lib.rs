@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod reference;
+pub mod shapes;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};

@@ -4,6 +4,7 @@
 use burn::tensor::{Bool, DType, Int, Tensor};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
+use crate::shapes::{self, assert_ok};
 use crate::{
     BambaOps, ConvOutput, ExpertActivation, MambaStepConfig, MambaStepOutput, MambaStepWeights, SsdConfig, SsdInputs,
     SsdOutput,
@@ -20,6 +21,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         state: Tensor<Self, 4>,
         config: MambaStepConfig,
     ) -> MambaStepOutput<Self> {
+        assert_ok(shapes::mamba_step(&zxbcdt, &weights, &window, &state, &config));
         if !mamba_step_applies(&weights, &config) {
             return crate::reference::mamba_step::mamba_decode_step(zxbcdt, weights, window, state, config);
         }
@@ -44,6 +46,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     }
 
     fn ssd_chunk_scan(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
+        assert_ok(shapes::ssd(&inputs, false));
         if inputs.b.dims()[3] > MAX_KERNEL_D_STATE {
             return crate::reference::ssd::ssd_chunk_scan(inputs, config);
         }
@@ -61,6 +64,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     }
 
     fn ssd_decode_step(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
+        assert_ok(shapes::ssd(&inputs, true));
         let [x, dt, a_log, b, c, d, dt_bias, state] = ssd_kernel_inputs(inputs);
         let (y, state) = ssd_step::launch(x, dt, a_log, b, c, d, dt_bias, state, config.dt_limit);
         SsdOutput { y: wrap(y), final_state: wrap(state) }
@@ -72,12 +76,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         bias: Option<Tensor<Self, 1>>,
         window: Option<Tensor<Self, 3>>,
     ) -> ConvOutput<Self> {
+        assert_ok(shapes::conv(&x, &weight, bias.as_ref(), window.as_ref()));
         let ([x, weight, bias, window], has_bias) = conv_kernel_inputs(x, weight, bias, window);
         let (y, window) = conv::launch(x, weight, bias, has_bias, window);
         ConvOutput { y: wrap(y), window: wrap(window) }
     }
 
     fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        assert_ok(shapes::linear("linear_no_bias", &x, &[&weight], None, None));
         if x.dtype() != weight.dtype() {
             return crate::reference::linear::linear_no_bias(x, weight);
         }
@@ -88,6 +94,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     }
 
     fn swiglu_linear(x: Tensor<Self, 2>, gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        assert_ok(shapes::linear("swiglu_linear", &x, &[&gate, &up], None, None));
         if x.dtype() != gate.dtype() || up.dtype() != gate.dtype() {
             return crate::reference::linear::swiglu_linear(x, gate, up);
         }
@@ -100,6 +107,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     }
 
     fn linear_residual(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, residual: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        assert_ok(shapes::linear("linear_residual", &x, &[&weight], Some(&residual), None));
         if x.dtype() != weight.dtype() || residual.dtype() != x.dtype() {
             return crate::reference::linear::linear_residual(x, weight, residual);
         }
@@ -123,6 +131,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         eps: f64,
         weight: Tensor<Self, 2>,
     ) -> Tensor<Self, 2> {
+        assert_ok(shapes::linear("rms_norm_linear", &x, &[&weight], None, Some(&norm_weight)));
         if !gemv_applies::<R, _>(&x, &weight) || norm_weight.dtype() != x.dtype() {
             return crate::reference::linear::rms_norm_linear(x, norm_weight, eps, weight);
         }
@@ -137,6 +146,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         gate: Tensor<Self, 2>,
         up: Tensor<Self, 2>,
     ) -> Tensor<Self, 2> {
+        assert_ok(shapes::linear("rms_norm_swiglu", &x, &[&gate, &up], None, Some(&norm_weight)));
         if !gemv_applies::<R, _>(&x, &gate) || up.dtype() != gate.dtype() || norm_weight.dtype() != x.dtype() {
             return crate::reference::linear::rms_norm_swiglu(x, norm_weight, eps, gate, up);
         }
@@ -151,6 +161,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         query_offset: usize,
         mask: Option<Tensor<Self, 4, Bool>>,
     ) -> Tensor<Self, 4> {
+        assert_ok(shapes::attention("causal_attention", &q, &k, &v));
         use crate::reference::attention::{causal_attention_in_query_blocks, masked_softmax, ScoreRows};
         if mask.is_none() && flash_attention::applies(&R::client(&q.device()), q.dtype(), q.dims()[3]) {
             // 16-bit on tensor cores: the scores stay on chip
@@ -172,6 +183,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         groups: usize,
         eps: f64,
     ) -> Tensor<Self, 2> {
+        assert_ok(shapes::rms_norm(&x, gate.as_ref(), &weight, groups));
         let gate = gate.map(|g| prim(g.cast(weight.dtype())));
         wrap(rms_norm::launch(prim(x), gate, prim(weight), groups, eps))
     }
@@ -183,6 +195,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         key_start: Tensor<Self, 1>,
         keys: usize,
     ) -> Tensor<Self, 4> {
+        assert_ok(shapes::decode_attention(&q, &k, &v, &key_start, keys));
         let key_start = prim(key_start.cast(DType::F32));
         wrap(decode_attention::launch(prim(q), prim(k), prim(v), key_start, keys))
     }

@@ -10,6 +10,7 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, NoOp};
 use burn_ir::{CustomOpIr, HandleContainer, InitOperationIr, OperationIr, OperationOutput, TensorIr};
 
+use crate::shapes::{self, assert_ok};
 use crate::{
     BambaOps, ConvOutput, ExpertActivation, MambaStepConfig, MambaStepOutput, MambaStepWeights, SsdConfig, SsdInputs,
     SsdOutput,
@@ -149,6 +150,7 @@ fn ssd_on_fusion<B: FusionBackend + BambaOps>(
     kind: Kind,
     name: &'static str,
 ) -> SsdOutput<Fusion<B>> {
+    assert_ok(shapes::ssd(&inputs, matches!(kind, Kind::Step(_))));
     let [batch, len, heads, head_dim] = inputs.x.dims();
     let state_shape = vec![batch, heads, head_dim, inputs.b.dims()[3]];
     // the scan's y is in x's dtype, the step's in f32 (`BambaOps`)
@@ -167,6 +169,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         state: Tensor<Self, 4>,
         config: MambaStepConfig,
     ) -> MambaStepOutput<Self> {
+        assert_ok(shapes::mamba_step(&zxbcdt, &weights, &window, &state, &config));
         if !mamba_step_applies(&weights, &config) {
             return crate::reference::mamba_step::mamba_decode_step(zxbcdt, weights, window, state, config);
         }
@@ -196,6 +199,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         bias: Option<Tensor<Self, 1>>,
         window: Option<Tensor<Self, 3>>,
     ) -> ConvOutput<Self> {
+        assert_ok(shapes::conv(&x, &weight, bias.as_ref(), window.as_ref()));
         let [batch, len, channels] = x.dims();
         let (kernel, dtype) = (weight.dims()[1], x.dtype());
         let (ins, has_bias) = conv_kernel_inputs(x, weight, bias, window);
@@ -207,6 +211,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
     // The linear layers are one custom op at any row count: the inner backend picks its GEMV or a
     // matmul whose autotuning it controls (`matmul.rs`); Burn's fused matmul would tune every shape.
     fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        assert_ok(shapes::linear("linear_no_bias", &x, &[&weight], None, None));
         if x.dtype() != weight.dtype() {
             return crate::reference::linear::linear_no_bias(x, weight);
         }
@@ -217,6 +222,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
     }
 
     fn swiglu_linear(x: Tensor<Self, 2>, gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        assert_ok(shapes::linear("swiglu_linear", &x, &[&gate, &up], None, None));
         if x.dtype() != gate.dtype() || up.dtype() != gate.dtype() {
             return crate::reference::linear::swiglu_linear(x, gate, up);
         }
@@ -226,6 +232,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
     }
 
     fn linear_residual(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, residual: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        assert_ok(shapes::linear("linear_residual", &x, &[&weight], Some(&residual), None));
         if x.dtype() != weight.dtype() || residual.dtype() != x.dtype() {
             return crate::reference::linear::linear_residual(x, weight, residual);
         }
@@ -241,6 +248,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         eps: f64,
         weight: Tensor<Self, 2>,
     ) -> Tensor<Self, 2> {
+        assert_ok(shapes::linear("rms_norm_linear", &x, &[&weight], None, Some(&norm_weight)));
         if x.dtype() != weight.dtype() || norm_weight.dtype() != x.dtype() {
             return crate::reference::linear::rms_norm_linear(x, norm_weight, eps, weight);
         }
@@ -257,6 +265,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         gate: Tensor<Self, 2>,
         up: Tensor<Self, 2>,
     ) -> Tensor<Self, 2> {
+        assert_ok(shapes::linear("rms_norm_swiglu", &x, &[&gate, &up], None, Some(&norm_weight)));
         if x.dtype() != gate.dtype() || up.dtype() != gate.dtype() || norm_weight.dtype() != x.dtype() {
             return crate::reference::linear::rms_norm_swiglu(x, norm_weight, eps, gate, up);
         }
@@ -273,6 +282,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         groups: usize,
         eps: f64,
     ) -> Tensor<Self, 2> {
+        assert_ok(shapes::rms_norm(&x, gate.as_ref(), &weight, groups));
         let out = (x.dims().to_vec(), weight.dtype());
         let kind = Kind::Norm { gated: gate.is_some(), groups, eps };
         // Inputs x, [gate,] weight: each tensor once.
@@ -290,6 +300,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         key_start: Tensor<Self, 1>,
         keys: usize,
     ) -> Tensor<Self, 4> {
+        assert_ok(shapes::decode_attention(&q, &k, &v, &key_start, keys));
         let out = (q.dims().to_vec(), q.dtype());
         let inputs = vec![prim(q), prim(k), prim(v), prim(key_start.cast(DType::F32))];
         let [y] = register::<B, 1>("bamba_decode_attention", Kind::DecodeAttention { keys }, inputs, [out]);
@@ -323,6 +334,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         query_offset: usize,
         mask: Option<Tensor<Self, 4, Bool>>,
     ) -> Tensor<Self, 4> {
+        assert_ok(shapes::attention("causal_attention", &q, &k, &v));
         let out = (q.dims().to_vec(), q.dtype());
         let kind = Kind::CausalAttention { query_offset, masked: mask.is_some() };
         let mut inputs = vec![prim(q), prim(k), prim(v)];
