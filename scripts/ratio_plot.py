@@ -1,15 +1,17 @@
 """Plots decode throughput Bamba-9B / Llama-8B shape against context length, like the Bamba paper's Figure 1:
 the roofline ratio from the byte model (`bamba info`, the model `bamba bench` uses) for batches 1, 16 and 64,
-and the ratios measured on the H200 (benches/results/h200.json). Writes an SVG without plotting libraries.
+and the ratios one card measured (benches/results/<card>.json from scripts/gpu_bench.sh). Writes an SVG without
+plotting libraries.
 
 Roofline: a decode step streams the weights once, each sequence's KV cache, and its recurrent state read and
 written (the byte model of `bamba bench`), so tokens/s = batch / (bytes / bandwidth); the bandwidth cancels in
 the ratio. Curves and filled points keep the Mamba state in f32 (`bamba bench`'s default); the dotted b64 curve
 and hollow points keep it in bf16 (`--state-dtype bf16`, as vLLM and transformers keep it). The Llama shape runs at the
-largest batch up to the requested one whose weights and caches fit in the memory budget (141 GB), as in
+largest batch up to the requested one whose weights and caches fit in the card's memory (MEMORY), as in
 the measurements (which shrink it further where the allocator needs room; see backends.md, "Known limits").
 
-Usage: python3 scripts/ratio_plot.py BAMBA_BINARY benches/results/h200.json benches/results/ratio.svg
+Usage: python3 scripts/ratio_plot.py BAMBA_BINARY benches/results/CARD.json benches/results/ratio.svg MEMORY
+(the card's memory as `bamba info --memory` takes it, e.g. 80GB)
 """
 
 import json
@@ -19,13 +21,12 @@ import sys
 
 CONTEXTS = [1024, 2048, 4096, 8192, 16384, 32768]
 BATCHES = [1, 16, 64]
-MEMORY = "141GB"
 COLORS = {1: "#1f77b4", 16: "#2ca02c", 64: "#d62728"}
 
 
-def info(binary, preset, context, state_dtype="f32"):
+def info(binary, preset, context, memory, state_dtype="f32"):
     out = subprocess.run(
-        [binary, "info", "--preset", preset, "--json", "--context", str(context), "--memory", MEMORY,
+        [binary, "info", "--preset", preset, "--json", "--context", str(context), "--memory", memory,
          "--state-dtype", state_dtype],
         check=True, capture_output=True, text=True,
     ).stdout
@@ -43,8 +44,7 @@ def roofline_tok_s(shape, batch):
 
 def measured_points(results):
     """(context, batch, state dtype, ratio) of every context where both shapes ran at the same requested batch,
-    from each shape's newest record per state dtype (h200.json lists them newest first; the summary's ratios use
-    the same)."""
+    from each shape's record per state dtype."""
     newest = {}
     for r in results["bench_records"]:
         test = r.get("test", "")
@@ -61,7 +61,7 @@ def measured_points(results):
     return sorted(points)
 
 
-def svg(curves, points, path):
+def svg(curves, points, path, card):
     width, height, left, right, top, bottom = 640, 420, 60, 150, 30, 50
     ymax = max([8.0] + [r for c in curves.values() for _, r in c] + [r for *_, r in points]) * 1.05
     span = math.log2(CONTEXTS[-1] / CONTEXTS[0])
@@ -69,7 +69,7 @@ def svg(curves, points, path):
     y = lambda r: height - bottom - (height - top - bottom) * r / ymax
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{left}" y="18" font-size="14">Decode tokens/s, Bamba-9B / Llama-8B shape (bf16, H200)</text>']
+           f'<text x="{left}" y="18" font-size="14">Decode tokens/s, Bamba-9B / Llama-8B shape (bf16, {card})</text>']
     for tick in range(0, int(ymax) + 1):
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#ddd"/>')
         out.append(f'<text x="{left - 8}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick}</text>')
@@ -103,15 +103,16 @@ def svg(curves, points, path):
 
 
 def main():
-    binary, results_path, out = sys.argv[1:4]
-    shapes = {(p, c): info(binary, p, c) for p in ("bamba-9b", "llama-8b-shape") for c in CONTEXTS}
-    shapes.update({("bamba-9b-bf16-state", c): info(binary, "bamba-9b", c, "bf16") for c in CONTEXTS})
+    binary, results_path, out, memory = sys.argv[1:5]
+    shapes = {(p, c): info(binary, p, c, memory) for p in ("bamba-9b", "llama-8b-shape") for c in CONTEXTS}
+    shapes.update({("bamba-9b-bf16-state", c): info(binary, "bamba-9b", c, memory, "bf16") for c in CONTEXTS})
     ratio = lambda bamba, b, c: roofline_tok_s(shapes[bamba, c], b) / roofline_tok_s(shapes["llama-8b-shape", c], b)
     curves = {(b, "f32"): [(c, ratio("bamba-9b", b, c)) for c in CONTEXTS] for b in BATCHES}
     curves[64, "bf16"] = [(c, ratio("bamba-9b-bf16-state", 64, c)) for c in CONTEXTS]
     with open(results_path) as f:
-        points = measured_points(json.load(f))
-    svg(curves, points, out)
+        results = json.load(f)
+    points = measured_points(results)
+    svg(curves, points, out, results["machine"].split(",")[0])
     for (b, state), curve in curves.items():
         print(f"roofline b{b} ({state} state): " + ", ".join(f"{c // 1024}K {r:.2f}" for c, r in curve))
     for context, batch, state, r in points:
