@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use bamba_model::bamba_kernels::BambaOps;
 use bamba_model::generate::eos_ids;
 use bamba_model::{
-    BambaConfig, GenerateParams, Generation, Sampler, SamplingParams, StopStrings, StoppingText, TextTokenizer,
+    BambaConfig, GenerateParams, Generation, Sampler, SamplingParams, StopStrings, StoppingRows, TextTokenizer,
 };
 use serde_json::json;
 
@@ -124,40 +124,26 @@ impl BackendJob for GenerateJob<'_> {
             let ids: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
             let mut samplers: Vec<Sampler> =
                 batch.iter().map(|_| Sampler::new(sampling.clone())).collect::<Result<_, _>>()?;
-            let mut rows: Vec<Option<StoppingText>> = batch
-                .iter()
-                .map(|_| {
-                    let tok = tokenizer.as_ref()?;
-                    let stops = StopStrings::new(args.stop.clone()).expect("checked above");
-                    Some(StoppingText::new(tok, stops))
-                })
-                .collect();
-            let mut failure = None;
+            // Without a tokenizer the tokens are shown as ids.
+            let mut rows = tokenizer.as_ref().map(|tok| StoppingRows::new(tok, batch.len(), &args.stop)).transpose()?;
             let stdout = std::io::stdout();
             let outs = model.generate_batch(&ids, &params, &mut samplers, |r, token| {
-                let (shown, stopped) = match rows[r].as_mut().map(|row| row.push(token)).transpose() {
-                    Ok(Some(step)) => step,
-                    Ok(None) => (format!("{token} "), false),
-                    Err(e) => {
-                        failure = Some(e);
-                        return false;
-                    }
+                let (shown, goes_on) = match rows.as_mut() {
+                    Some(rows) => rows.push(r, token),
+                    None => (format!("{token} "), true),
                 };
                 if streaming {
                     let mut lock = stdout.lock();
                     let _ = lock.write_all(shown.as_bytes());
                     let _ = lock.flush();
                 }
-                !stopped
+                goes_on
             })?;
-            if let Some(e) = failure {
-                return Err(e.into());
-            }
-            for ((prompt, out), row) in batch.iter().zip(&outs).zip(&rows) {
-                let text = match &tokenizer {
-                    Some(tok) => Some(tok.decode_until_stop(&out.ids, &args.stop)?),
-                    None => None,
-                };
+            let texts = match rows.as_mut() {
+                Some(rows) => rows.texts(outs.iter().map(|out| &out.ids[..]))?.into_iter().map(Some).collect(),
+                None => vec![None; outs.len()],
+            };
+            for (r, ((prompt, out), text)) in batch.iter().zip(&outs).zip(texts).enumerate() {
                 if args.json {
                     println!(
                         "{}",
@@ -165,7 +151,7 @@ impl BackendJob for GenerateJob<'_> {
                     );
                 } else if streaming {
                     // the stream holds back text that might still turn into a stop string; show the rest
-                    let shown = row.as_ref().map_or("", |r| r.shown());
+                    let shown = rows.as_ref().map_or("", |rows| rows.shown(r));
                     let rest = text.as_deref().and_then(|t| t.strip_prefix(shown)).unwrap_or("");
                     println!("{rest}");
                 } else {

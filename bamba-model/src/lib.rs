@@ -48,4 +48,4 @@ pub use padding::LeftPadding;
 pub use sampling::{Sampler, SamplingError, SamplingParams};
 pub use sizes::{MemoryModel, ParameterCounts};
 pub use text_model::{Logits, TextGeneration, TextModel, TextModelBuilder, TextModelError, TextOptions, TextPieces};
-pub use tokenizer::{StopStrings, StoppingText, TextStream, TextTokenizer, TokenizerError};
+pub use tokenizer::{StopStrings, StoppingRows, StoppingText, TextStream, TextTokenizer, TokenizerError};

@@ -29,7 +29,7 @@ use crate::hub::{resolve, HubError, HubOptions};
 use crate::loader::{LoadError, Precision};
 use crate::model::{BambaModel, InputError};
 use crate::sampling::{Sampler, SamplingError, SamplingParams};
-use crate::tokenizer::{StopStrings, StoppingText, TextTokenizer, TokenizerError};
+use crate::tokenizer::{StopStrings, StoppingRows, StoppingText, TextTokenizer, TokenizerError};
 
 /// Errors of the text pipeline.
 // Each variant's `#[error]` message documents it and names its fields.
@@ -230,38 +230,25 @@ impl TextModel {
         options: &TextOptions,
     ) -> Result<Vec<TextGeneration>, TextModelError> {
         let tokenizer = self.text_tokenizer()?;
-        let mut rows: Vec<StoppingText> = prompts
-            .iter()
-            .map(|_| Ok(StoppingText::new(tokenizer, StopStrings::new(options.stop.clone())?)))
-            .collect::<Result<_, TokenizerError>>()?;
+        let mut rows = StoppingRows::new(tokenizer, prompts.len(), &options.stop)?;
         let mut samplers: Vec<Sampler> =
             prompts.iter().map(|_| Sampler::new(options.sampling.clone())).collect::<Result<_, _>>()?;
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tokenizer.encode(p)).collect::<Result<_, _>>()?;
-        let mut failure = None;
         let params = self.params(&options.generate);
-        let outs =
-            self.pipeline.generate_batch(&ids, &params, &mut samplers, &mut |r, token| match rows[r].push(token) {
-                Ok((_, stopped)) => !stopped,
-                Err(e) => {
-                    failure = Some(e);
-                    false
-                }
-            })?;
-        if let Some(e) = failure {
-            return Err(e.into());
-        }
-        outs.into_iter()
-            .map(|out| {
-                Ok(TextGeneration {
-                    text: tokenizer.decode_until_stop(&out.ids, &options.stop)?,
-                    ids: out.ids,
-                    finish: out.finish,
-                    prompt_tokens: out.prompt_tokens,
-                    prefill_time: out.prefill_time,
-                    decode_time: out.decode_time,
-                })
+        let outs = self.pipeline.generate_batch(&ids, &params, &mut samplers, &mut |r, token| rows.push(r, token).1)?;
+        let texts = rows.texts(outs.iter().map(|out| &out.ids[..]))?;
+        Ok(outs
+            .into_iter()
+            .zip(texts)
+            .map(|(out, text)| TextGeneration {
+                text,
+                ids: out.ids,
+                finish: out.finish,
+                prompt_tokens: out.prompt_tokens,
+                prefill_time: out.prefill_time,
+                decode_time: out.decode_time,
             })
-            .collect()
+            .collect())
     }
 
     /// The new text after `prompt`, piece by piece as tokens are chosen (never a piece inside a

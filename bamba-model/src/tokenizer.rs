@@ -200,6 +200,54 @@ impl<'t> StoppingText<'t> {
     }
 }
 
+/// The text side of a batch of generations: a [`StoppingText`] per row, and the first decoding error, which
+/// stops the whole batch (a token callback cannot return it; [`StoppingRows::texts`] does).
+pub struct StoppingRows<'t> {
+    tokenizer: &'t TextTokenizer,
+    stops: Vec<String>,
+    rows: Vec<StoppingText<'t>>,
+    failure: Option<TokenizerError>,
+}
+
+impl<'t> StoppingRows<'t> {
+    /// `rows` generations decoded by `tokenizer`, each stopping before any of `stops` (refused if one is empty).
+    pub fn new(tokenizer: &'t TextTokenizer, rows: usize, stops: &[String]) -> Result<Self, TokenizerError> {
+        let rows = (0..rows)
+            .map(|_| Ok(StoppingText::new(tokenizer, StopStrings::new(stops.to_vec())?)))
+            .collect::<Result<_, TokenizerError>>()?;
+        Ok(StoppingRows { tokenizer, stops: stops.to_vec(), rows, failure: None })
+    }
+
+    /// Adds row `row`'s next token: the text to show now, and whether the row goes on (not after a stop
+    /// string; no row goes on after a decoding error).
+    pub fn push(&mut self, row: usize, token: u32) -> (String, bool) {
+        if self.failure.is_some() {
+            return (String::new(), false);
+        }
+        match self.rows[row].push(token) {
+            Ok((text, stopped)) => (text, !stopped),
+            Err(e) => {
+                self.failure = Some(e);
+                (String::new(), false)
+            }
+        }
+    }
+
+    /// Everything row `row` has shown so far.
+    pub fn shown(&self, row: usize) -> &str {
+        self.rows[row].shown()
+    }
+
+    /// Each row's final text from its generated `ids` (decoded at once, cut before the first stop
+    /// string), or the decoding error that stopped the batch.
+    pub fn texts<'a>(&mut self, ids: impl IntoIterator<Item = &'a [u32]>) -> Result<Vec<String>, TokenizerError> {
+        if let Some(e) = self.failure.take() {
+            return Err(e);
+        }
+        ids.into_iter().map(|ids| self.tokenizer.decode_until_stop(ids, &self.stops)).collect()
+    }
+}
+
 impl TextTokenizer {
     /// The text of `ids` decoded at once, cut before the first of `stops`: a generation's final text,
     /// of which what [`StoppingText`] showed is a prefix.
