@@ -1133,9 +1133,8 @@ fn check_shape_errors<B: BambaOps>(device: &B::Device) {
     assert_eq!(residual, "linear_residual: the residual is [3, 31], not [3, 32]");
     let q = Tensor::<B, 4>::zeros([2, 4, 1, 16], device);
     let kv = Tensor::<B, 4>::zeros([2, 2, 8, 16], device);
-    let keys = message(&mut || {
-        drop(B::decode_attention(q.clone(), kv.clone(), kv.clone(), Tensor::zeros([2], device), 9))
-    });
+    let keys =
+        message(&mut || drop(B::decode_attention(q.clone(), kv.clone(), kv.clone(), Tensor::zeros([2], device), 9)));
     assert_eq!(keys, "decode_attention: 9 keys past the cache's capacity 8");
     let zeros = |shape: [usize; 4]| Tensor::<B, 4>::zeros(shape, device);
     let heads = || Tensor::<B, 1>::zeros([4], device);

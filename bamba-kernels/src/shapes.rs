@@ -233,8 +233,7 @@ mod tests {
 
     #[test]
     fn mamba_step_checks_the_projection_width_and_every_weight() {
-        let config =
-            MambaStepConfig { heads: 4, head_dim: 2, groups: 1, d_state: 8, norm_eps: 1e-6, dt_limit: None };
+        let config = MambaStepConfig { heads: 4, head_dim: 2, groups: 1, d_state: 8, norm_eps: 1e-6, dt_limit: None };
         let (d_inner, conv_dim) = (config.d_inner(), config.conv_dim());
         let weights = MambaStepWeights::<B> {
             conv_weight: zeros([conv_dim, 4]),
