@@ -63,7 +63,21 @@ pub fn set_enabled(on: bool) -> bool {
 }
 
 fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    ENABLED.load(Ordering::Relaxed) && library_present()
+}
+
+/// Whether libcublasLt can be loaded. cudarc panics on the first call into a library it cannot find; without
+/// one, the products run CubeCL's matmul, with one warning.
+fn library_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    *PRESENT.get_or_init(|| {
+        // SAFETY: opens the library by its candidate names and closes it again; calls nothing in it.
+        let present = unsafe { sys::is_culib_present() };
+        if !present {
+            eprintln!("bamba: libcublasLt was not found on the library path; products run CubeCL's matmul");
+        }
+        present
+    })
 }
 
 /// Whether [`try_launch`] would run an unbatched `[rows, inner] · [inner, cols]` product of a
