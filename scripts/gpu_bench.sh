@@ -38,7 +38,7 @@ wait_healthy() {
 }
 
 part_tests() {
-  timeout 400 "$BIN/kernel_tests" cuda --test-threads 1 > "$RAW/tests.log" 2>&1
+  timeout 300 "$BIN/kernel_tests" cuda --test-threads 1 > "$RAW/tests.log" 2>&1
   echo "tests rc=$?"
   grep -E "panicked|^test result|FAILED" "$RAW/tests.log" | head -8
 }
