@@ -5,7 +5,9 @@
 
 mod common;
 
-use bamba::model::{BambaModel, Precision, Sampler, SamplingParams, StopStrings, TextTokenizer, TokenizerError};
+use bamba::model::{
+    BambaModel, Precision, Sampler, SamplingParams, StopStrings, StoppingRows, TextTokenizer, TokenizerError,
+};
 use common::*;
 
 #[test]
@@ -53,6 +55,35 @@ fn stop_strings_hold_back_partial_matches_and_cut_before_the_stop() {
     assert_eq!(s.push("no st"), ("no ".to_string(), false));
     assert_eq!(s.finish(), "st");
     assert!(matches!(StopStrings::new(vec![String::new()]), Err(TokenizerError::EmptyStop)));
+}
+
+#[test]
+fn stopping_rows_stop_each_row_at_its_own_stop_string() {
+    let tok = TextTokenizer::require(&tiny_dir()).unwrap();
+    let stops = ["world".to_string()];
+    let texts = ["hello world and more", "no stop here"].map(|t| tok.encode_plain(t).unwrap());
+    let mut rows = StoppingRows::new(&tok, 2, &stops).unwrap();
+    let mut shown = [String::new(), String::new()];
+    let mut stopped_at = [None, None];
+    for (r, ids) in texts.iter().enumerate() {
+        for (i, &id) in ids.iter().enumerate() {
+            let (piece, goes_on) = rows.push(r, id);
+            shown[r].push_str(&piece);
+            if !goes_on {
+                stopped_at[r] = Some(i);
+                break;
+            }
+        }
+    }
+    assert!(stopped_at[0].is_some() && stopped_at[1].is_none(), "{stopped_at:?}");
+    let generated: Vec<&[u32]> =
+        texts.iter().zip(stopped_at).map(|(ids, at)| &ids[..at.map_or(ids.len(), |i| i + 1)]).collect();
+    let finals = rows.texts(generated.iter().copied()).unwrap();
+    assert_eq!(finals, ["hello ", "no stop here"]);
+    for (r, text) in finals.iter().enumerate() {
+        assert!(text.starts_with(rows.shown(r)), "row {r}: shown {:?}, final {text:?}", rows.shown(r));
+    }
+    assert!(matches!(StoppingRows::new(&tok, 1, &[String::new()]), Err(TokenizerError::EmptyStop)));
 }
 
 #[test]
