@@ -43,12 +43,12 @@ part_tests() {
   grep -E "panicked|^test result|FAILED" "$RAW/tests.log" | head -8
 }
 part_kernels() {
-  timeout 240 "$BIN/kernel_bench" --bench --output-format bencher > "$RAW/criterion-bencher.txt" 2>&1
+  timeout 420 "$BIN/kernel_bench" --bench --output-format bencher > "$RAW/criterion-bencher.txt" 2>&1
   echo "criterion rc=$?"
-  timeout 90 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
+  timeout 60 python3 scripts/bench_torch.py > "$RAW/torch.jsonl" 2> "$RAW/torch.err"
   echo "torch rc=$?"
   if [ -n "${MAMBA_SSM:-}" ]; then
-    timeout 150 python3 scripts/bench_mamba_ssm.py "$MAMBA_SSM" > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
+    timeout 110 python3 scripts/bench_mamba_ssm.py "$MAMBA_SSM" > "$RAW/mamba_ssm.jsonl" 2> "$RAW/mamba_ssm.err"
     echo "mamba_ssm rc=$?"
   fi
 }

@@ -6,7 +6,8 @@ Every directory must come from the same build (identical build.txt: commit and b
 `criterion-bencher.txt` (criterion `--output-format bencher`), `serve-*.json` (`bamba bench-serve --json`) and
 `tests.log`. A number that was not measured is null, with the reason in `summary_details.missing`.
 
-Usage: python3 scripts/gpu_summary.py OUT.json DIR [DIR...]
+Usage: python3 scripts/gpu_summary.py [--note TEXT] OUT.json DIR [DIR...]
+(--note: how this run departed from `gpu_bench.sh all`, kept in the record as `note`)
 """
 
 import json
@@ -70,7 +71,10 @@ def ratio(a, b):
 
 
 def main():
-    out, dirs = pathlib.Path(sys.argv[1]), [pathlib.Path(d) for d in sys.argv[2:]]
+    args, note = sys.argv[1:], None
+    if args[:1] == ["--note"]:
+        note, args = args[1], args[2:]
+    out, dirs = pathlib.Path(args[0]), [pathlib.Path(d) for d in args[1:]]
     build, gpu = one(dirs, "build.txt"), one(dirs, "gpu.txt")
     bench, torch, mamba, hf, serve, criterion, tests = load(dirs)
     missing = {}
@@ -142,7 +146,7 @@ def main():
 
     serve_details = {}
     for preset in ("bamba-9b", "llama-8b-shape"):
-        step = find(bench, file=f"serve-bench-{preset}")
+        step = find(bench, file=f"serve-bench-{preset}", test="tg512@d1024")
         serve_details[preset] = {
             "serve_output_tok_s": served(preset),
             "bench_tg512_at_d1024_b64_tok_s": step and step.get("tokens_per_s"),
@@ -153,7 +157,8 @@ def main():
     load_record = find(bench, file="load_bamba", test="load")
     missing["fp8_decode_b1_speedup"] = "FP8 weights are not implemented"
     missing["bamba_over_llamacpp_tg128"] = missing["bamba_over_llamacpp_pp512"] = (
-        "llama.cpp is not built on the GPU machine (it has no Rust or C++ toolchain for a CUDA build there)")
+        "no gpu_bench.sh part builds llama.cpp for CUDA yet; the llama.cpp comparison runs on CPU "
+        "(scripts/cpu_vs_llamacpp.sh)")
 
     pre_att, sdpa = criterion.get("attention/prefill/4096"), find(torch, what="sdpa_prefill", length=4096)
     summary = {
@@ -202,6 +207,7 @@ def main():
         "build": build,
         "command": "scripts/gpu_build.sh BIN, then BIN=BIN OUT=RAW MAMBA_SSM=DIR scripts/gpu_bench.sh all, then "
                    "python3 scripts/gpu_summary.py OUT.json RAW/*",
+        **({"note": note} if note else {}),
         "summary": summary,
         "summary_details": details,
         "bench_records": [{k: v for k, v in r.items() if k not in ("part", "file")} | {"record": r["file"]}
