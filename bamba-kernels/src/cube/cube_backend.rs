@@ -21,8 +21,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         state: Tensor<Self, 4>,
         config: MambaStepConfig,
     ) -> MambaStepOutput<Self> {
-        assert_ok(shapes::mamba_step(&zxbcdt, &weights, &window, &state, &config));
-        if !mamba_step_applies(&weights, &config) {
+        if !mamba_step_operands(&zxbcdt, &weights, &window, &state, &config) {
             return crate::reference::mamba_step::mamba_decode_step(zxbcdt, weights, window, state, config);
         }
         let has_bias = weights.conv_bias.is_some();
@@ -83,8 +82,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     }
 
     fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        assert_ok(shapes::linear("linear_no_bias", &x, &[&weight], None, None));
-        if x.dtype() != weight.dtype() {
+        if !linear_operands("linear_no_bias", &x, &[&weight], None, None) {
             return crate::reference::linear::linear_no_bias(x, weight);
         }
         if !gemv_applies::<R, _>(&x, &weight) {
@@ -94,8 +92,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     }
 
     fn swiglu_linear(x: Tensor<Self, 2>, gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        assert_ok(shapes::linear("swiglu_linear", &x, &[&gate, &up], None, None));
-        if x.dtype() != gate.dtype() || up.dtype() != gate.dtype() {
+        if !linear_operands("swiglu_linear", &x, &[&gate, &up], None, None) {
             return crate::reference::linear::swiglu_linear(x, gate, up);
         }
         if gemv_applies::<R, _>(&x, &gate) {
@@ -107,8 +104,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
     }
 
     fn linear_residual(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, residual: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        assert_ok(shapes::linear("linear_residual", &x, &[&weight], Some(&residual), None));
-        if x.dtype() != weight.dtype() || residual.dtype() != x.dtype() {
+        if !linear_operands("linear_residual", &x, &[&weight], Some(&residual), None) {
             return crate::reference::linear::linear_residual(x, weight, residual);
         }
         if gemv_applies::<R, _>(&x, &weight) {
@@ -131,8 +127,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         eps: f64,
         weight: Tensor<Self, 2>,
     ) -> Tensor<Self, 2> {
-        assert_ok(shapes::linear("rms_norm_linear", &x, &[&weight], None, Some(&norm_weight)));
-        if !gemv_applies::<R, _>(&x, &weight) || norm_weight.dtype() != x.dtype() {
+        let operands = linear_operands("rms_norm_linear", &x, &[&weight], None, Some(&norm_weight));
+        if !operands || !gemv_applies::<R, _>(&x, &weight) {
             return crate::reference::linear::rms_norm_linear(x, norm_weight, eps, weight);
         }
         let norm = gemv::PreNorm { weight: prim(norm_weight), eps };
@@ -146,8 +142,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         gate: Tensor<Self, 2>,
         up: Tensor<Self, 2>,
     ) -> Tensor<Self, 2> {
-        assert_ok(shapes::linear("rms_norm_swiglu", &x, &[&gate, &up], None, Some(&norm_weight)));
-        if !gemv_applies::<R, _>(&x, &gate) || up.dtype() != gate.dtype() || norm_weight.dtype() != x.dtype() {
+        let operands = linear_operands("rms_norm_swiglu", &x, &[&gate, &up], None, Some(&norm_weight));
+        if !operands || !gemv_applies::<R, _>(&x, &gate) {
             return crate::reference::linear::rms_norm_swiglu(x, norm_weight, eps, gate, up);
         }
         let norm = gemv::PreNorm { weight: prim(norm_weight), eps };

@@ -6,6 +6,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::CubeRuntime;
 
+use crate::shapes::{self, assert_ok};
 use crate::{MambaStepConfig, MambaStepWeights, SsdInputs};
 
 #[cfg(feature = "cuda")]
@@ -79,10 +80,34 @@ pub(super) fn mamba_step_inputs<B: Backend>(
     ]
 }
 
-/// Whether the fused Mamba step kernel takes this layer: a conv window to carry and a state that
-/// fits the kernel's registers (else the composition of the other ops runs).
-pub(super) fn mamba_step_applies(weights: &MambaStepWeights<impl Backend>, config: &MambaStepConfig) -> bool {
+/// The fused Mamba step's operands: checks their shapes ([`shapes::mamba_step`], a panic with its message)
+/// and tells whether the kernel takes this layer: a conv window to carry and a state that fits the kernel's
+/// registers (else the composition of the other ops runs).
+pub(super) fn mamba_step_operands<B: Backend>(
+    zxbcdt: &Tensor<B, 2>,
+    weights: &MambaStepWeights<B>,
+    window: &Tensor<B, 3>,
+    state: &Tensor<B, 4>,
+    config: &MambaStepConfig,
+) -> bool {
+    assert_ok(shapes::mamba_step(zxbcdt, weights, window, state, config));
     weights.conv_weight.dims()[1] >= 2 && config.d_state <= MAX_KERNEL_D_STATE
+}
+
+/// A linear op's operands: checks their shapes ([`shapes::linear`], a panic naming `op`) and tells whether
+/// they all share x's dtype, as every kernel path of the linear ops needs (else the reference runs).
+pub(super) fn linear_operands<B: Backend>(
+    op: &'static str,
+    x: &Tensor<B, 2>,
+    weights: &[&Tensor<B, 2>],
+    residual: Option<&Tensor<B, 2>>,
+    norm_weight: Option<&Tensor<B, 1>>,
+) -> bool {
+    assert_ok(shapes::linear(op, x, weights, residual, norm_weight));
+    let dtype = x.dtype();
+    weights.iter().all(|w| w.dtype() == dtype)
+        && residual.is_none_or(|r| r.dtype() == dtype)
+        && norm_weight.is_none_or(|n| n.dtype() == dtype)
 }
 
 /// Whether the GEMV kernel takes this product: few rows, one dtype (else the matmul path does:

@@ -169,8 +169,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         state: Tensor<Self, 4>,
         config: MambaStepConfig,
     ) -> MambaStepOutput<Self> {
-        assert_ok(shapes::mamba_step(&zxbcdt, &weights, &window, &state, &config));
-        if !mamba_step_applies(&weights, &config) {
+        if !mamba_step_operands(&zxbcdt, &weights, &window, &state, &config) {
             return crate::reference::mamba_step::mamba_decode_step(zxbcdt, weights, window, state, config);
         }
         let batch = zxbcdt.dims()[0];
@@ -211,8 +210,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
     // The linear layers are one custom op at any row count: the inner backend picks its GEMV or a
     // matmul whose autotuning it controls (`matmul.rs`); Burn's fused matmul would tune every shape.
     fn linear_no_bias(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        assert_ok(shapes::linear("linear_no_bias", &x, &[&weight], None, None));
-        if x.dtype() != weight.dtype() {
+        if !linear_operands("linear_no_bias", &x, &[&weight], None, None) {
             return crate::reference::linear::linear_no_bias(x, weight);
         }
         let shape = vec![x.dims()[0], weight.dims()[0]];
@@ -222,8 +220,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
     }
 
     fn swiglu_linear(x: Tensor<Self, 2>, gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        assert_ok(shapes::linear("swiglu_linear", &x, &[&gate, &up], None, None));
-        if x.dtype() != gate.dtype() || up.dtype() != gate.dtype() {
+        if !linear_operands("swiglu_linear", &x, &[&gate, &up], None, None) {
             return crate::reference::linear::swiglu_linear(x, gate, up);
         }
         let out = (vec![x.dims()[0], gate.dims()[0]], x.dtype());
@@ -232,8 +229,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
     }
 
     fn linear_residual(x: Tensor<Self, 2>, weight: Tensor<Self, 2>, residual: Tensor<Self, 2>) -> Tensor<Self, 2> {
-        assert_ok(shapes::linear("linear_residual", &x, &[&weight], Some(&residual), None));
-        if x.dtype() != weight.dtype() || residual.dtype() != x.dtype() {
+        if !linear_operands("linear_residual", &x, &[&weight], Some(&residual), None) {
             return crate::reference::linear::linear_residual(x, weight, residual);
         }
         let out = (vec![x.dims()[0], weight.dims()[0]], x.dtype());
@@ -248,8 +244,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         eps: f64,
         weight: Tensor<Self, 2>,
     ) -> Tensor<Self, 2> {
-        assert_ok(shapes::linear("rms_norm_linear", &x, &[&weight], None, Some(&norm_weight)));
-        if x.dtype() != weight.dtype() || norm_weight.dtype() != x.dtype() {
+        if !linear_operands("rms_norm_linear", &x, &[&weight], None, Some(&norm_weight)) {
             return crate::reference::linear::rms_norm_linear(x, norm_weight, eps, weight);
         }
         let out = (vec![x.dims()[0], weight.dims()[0]], x.dtype());
@@ -265,8 +260,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         gate: Tensor<Self, 2>,
         up: Tensor<Self, 2>,
     ) -> Tensor<Self, 2> {
-        assert_ok(shapes::linear("rms_norm_swiglu", &x, &[&gate, &up], None, Some(&norm_weight)));
-        if x.dtype() != gate.dtype() || up.dtype() != gate.dtype() || norm_weight.dtype() != x.dtype() {
+        if !linear_operands("rms_norm_swiglu", &x, &[&gate, &up], None, Some(&norm_weight)) {
             return crate::reference::linear::rms_norm_swiglu(x, norm_weight, eps, gate, up);
         }
         let out = (vec![x.dims()[0], gate.dims()[0]], x.dtype());
