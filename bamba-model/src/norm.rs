@@ -68,9 +68,10 @@ pub struct GatedRmsNorm<B: BambaOps> {
     pub eps: f64,
     /// Where the gate goes.
     pub mode: GatedNorm,
-    /// Multiply by the weight (and the gate) in f32 and round once after (Falcon-H1), instead of
-    /// rounding the normalized rows before the weight (Bamba's order, the fused kernels').
-    pub weight_in_f32: bool,
+    /// The weight in f32 when the products with the weight and the gate are taken in f32 and rounded
+    /// once after (Falcon-H1); `None` when the normalized rows are rounded before the weight (Bamba's
+    /// order, the fused kernels'), or the model is f32 (no rounding: both orders are one).
+    pub weight_f32: Option<Tensor<B, 1>>,
 }
 
 impl<B: BambaOps> GatedRmsNorm<B> {
@@ -85,19 +86,20 @@ impl<B: BambaOps> GatedRmsNorm<B> {
         mode: GatedNorm,
         weight_in_f32: bool,
     ) -> Result<Self, LoadError> {
-        let weight = match mode {
+        let weight: Option<Tensor<B, 1>> = match mode {
             GatedNorm::GateOnly => None,
             GatedNorm::GateThenNorm | GatedNorm::NormThenGate => Some(w.tensor(name, [size])?),
         };
-        Ok(GatedRmsNorm { weight, groups, eps, mode, weight_in_f32 })
+        let weight_f32 =
+            weight.as_ref().filter(|w| weight_in_f32 && w.dtype() != DType::F32).map(|w| w.clone().cast(DType::F32));
+        Ok(GatedRmsNorm { weight, groups, eps, mode, weight_f32 })
     }
 
     /// The weight of a norm that fused kernels (gate, then norm, rounding before the weight) may
     /// apply: `None` when they may not.
     pub fn fusable_weight(&self) -> Option<&Tensor<B, 1>> {
         let weight = self.weight.as_ref()?;
-        let rounds_first = !self.weight_in_f32 || weight.dtype() == DType::F32;
-        (self.mode == GatedNorm::GateThenNorm && rounds_first).then_some(weight)
+        (self.mode == GatedNorm::GateThenNorm && self.weight_f32.is_none()).then_some(weight)
     }
 
     /// # Shapes
@@ -108,8 +110,7 @@ impl<B: BambaOps> GatedRmsNorm<B> {
         let dtype = gate.dtype();
         let rows = |t: Tensor<B, 3>| t.reshape([batch * len, width]);
         let f32_rows = |t: Tensor<B, 3>| rows(t).cast(DType::F32);
-        let weight =
-            self.weight.as_ref().map(|w| if self.weight_in_f32 { w.clone().cast(DType::F32) } else { w.clone() });
+        let weight = self.weight_f32.as_ref().or(self.weight.as_ref()).cloned();
         let out = match (weight, self.mode) {
             (Some(weight), GatedNorm::GateThenNorm) => {
                 B::rms_norm(rows(y), Some(rows(gate)), weight, self.groups, self.eps).cast(dtype)
