@@ -86,6 +86,32 @@ fn stopping_rows_stop_each_row_at_its_own_stop_string() {
     assert!(matches!(StoppingRows::new(&tok, 1, &[String::new()]), Err(TokenizerError::EmptyStop)));
 }
 
+/// A checkpoint's embedding often has more rows than its tokenizer has tokens (padded for the GPU), so a
+/// sampler can pick an id the tokenizer does not know: it decodes to nothing (the tokenizers library skips
+/// ids it does not know), and the row goes on with the text of the others intact.
+#[test]
+fn an_id_past_the_tokenizers_vocabulary_shows_nothing_and_the_row_goes_on() {
+    let tok = TextTokenizer::require(&tiny_dir()).unwrap();
+    let mut rows = StoppingRows::new(&tok, 2, &["world".to_string()]).unwrap();
+    let hello = tok.encode_plain("hello world").unwrap();
+    let unknown = u32::MAX;
+    assert_eq!(rows.push(0, unknown), (String::new(), true));
+    let mut shown = String::new();
+    let mut goes_on = true;
+    for &id in &hello {
+        let (piece, on) = rows.push(0, id);
+        shown.push_str(&piece);
+        goes_on = on;
+    }
+    assert!(!goes_on, "row 0 meets its stop string after the unknown id");
+    assert!(rows.push(1, hello[0]).1, "row 1 is not stopped by row 0");
+    let generated: Vec<u32> = [unknown].into_iter().chain(hello.iter().copied()).collect();
+    let finals = rows.texts([&generated[..], &hello[..1]]).unwrap();
+    assert_eq!(finals[0], "hello ");
+    assert!(finals[0].starts_with(&shown), "shown {shown:?}, final {:?}", finals[0]);
+    assert_eq!(finals[1], tok.decode(&hello[..1]).unwrap());
+}
+
 #[test]
 fn tokenizer_errors_are_typed() {
     let dir = tempfile::tempdir().unwrap();
