@@ -9,11 +9,13 @@
 #            mamba_ssm's Triton scan (scripts/bench_mamba_ssm.py, when MAMBA_SSM names the sdist's package dir);
 # - decode:  batch-1 decode and batch-64 decode at 8K and 32K context (f32 and bf16 SSM state) of the Bamba-9B
 #            and Llama-8B shapes, random bf16 weights;
-# - prefill: pp512 and pp4096 of both shapes;
+# - prefill: pp512 and pp4096 of both shapes at batch 1, and pp1024 at batch 8 (a group of fresh prompts
+#            as `bamba serve` prefills them together);
 # - hf:      transformers' BambaForCausalLM (torch code, and mamba_ssm's Triton kernels when MAMBA_SSM is set)
 #            against `bamba bench`, batch 1, pp512 and tg128 (scripts/bench_hf_transformers.py);
 # - serve:   `bamba serve` of each shape under `bamba bench-serve`, 64 concurrent requests of 1,024 + 512
-#            tokens, beside `bamba bench` decode of 64 sequences after 1,024 tokens;
+#            tokens, beside `bamba bench` decode of 64 sequences after 1,024 tokens; the Bamba shape once
+#            more with --no-prefix-cache (what recording the prefix cache's snapshots costs);
 # - load:    a random Bamba-9B checkpoint (scripts/random_checkpoint.py, 19.6 GB) loaded from the page cache.
 #
 # Usage: BIN=DIR OUT=RAW [MAMBA_SSM=DIR] scripts/gpu_bench.sh [PART...]
@@ -64,6 +66,8 @@ part_decode() {
 part_prefill() {
   bench bamba_pp 90 --preset bamba-9b -t pp512,pp4096 -b 1 -r 5
   bench llama_pp 90 --preset llama-8b-shape -t pp512,pp4096 -b 1 -r 5
+  bench bamba_pp_b8 90 --preset bamba-9b -t pp1024 -b 8 -r 3
+  bench llama_pp_b8 90 --preset llama-8b-shape -t pp1024 -b 8 -r 3
 }
 part_hf() {
   local config=tests/configs/bamba-9b.json mode path
@@ -78,18 +82,21 @@ part_hf() {
   bench hf-bamba-cuda-unfused 120 --config $config -t pp512,tg128 -b 1 -r 3 --backend cuda-unfused
 }
 part_serve() {
-  local preset server
-  for preset in bamba-9b llama-8b-shape; do
-    bench "serve-bench-$preset" 120 --preset $preset --backend cuda-unfused -t tg512@d1024 -b 64 -r 1 --warmup 1
+  local run preset name flags server
+  for run in bamba-9b llama-8b-shape bamba-9b:--no-prefix-cache; do
+    preset=${run%%:*} flags=${run#"$preset"} flags=${flags#:}
+    name=$preset${flags:+-${flags#--}}
+    [ -n "$flags" ] ||
+      bench "serve-bench-$preset" 120 --preset $preset --backend cuda-unfused -t tg512@d1024 -b 64 -r 1 --warmup 1
     "$B" serve --preset $preset --backend cuda-unfused --port 8000 --max-num-seqs 64 --max-model-len 1536 \
-      --max-num-batched-tokens 8192 2> "$RAW/serve-$preset.log" & server=$!
+      --max-num-batched-tokens 8192 $flags 2> "$RAW/serve-$name.log" & server=$!
     if wait_healthy; then
-      timeout 200 "$B" bench-serve --url http://127.0.0.1:8000 --label "bamba serve $preset" --concurrency 64 \
+      timeout 200 "$B" bench-serve --url http://127.0.0.1:8000 --label "bamba serve $name" --concurrency 64 \
         --num-prompts 64 --input-len 1024 --output-len 512 --max-token-id 100000 --warmup 1 --json \
-        > "$RAW/serve-$preset.json" 2> "$RAW/serve-client-$preset.err"
-      echo "serve $preset rc=$?"
+        > "$RAW/serve-$name.json" 2> "$RAW/serve-client-$name.err"
+      echo "serve $name rc=$?"
     else
-      echo "serve $preset: the server did not come up"
+      echo "serve $name: the server did not come up"
     fi
     kill $server; wait $server
   done

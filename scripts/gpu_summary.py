@@ -145,14 +145,15 @@ def main():
         return s and s.get("output_throughput")
 
     serve_details = {}
-    for preset in ("bamba-9b", "llama-8b-shape"):
+    for name in ("bamba-9b", "llama-8b-shape", "bamba-9b-no-prefix-cache"):
+        preset = name.removesuffix("-no-prefix-cache")
         step = find(bench, file=f"serve-bench-{preset}", test="tg512@d1024")
-        serve_details[preset] = {
-            "serve_output_tok_s": served(preset),
+        serve_details[name] = {
+            "serve_output_tok_s": served(name),
             "bench_tg512_at_d1024_b64_tok_s": step and step.get("tokens_per_s"),
-            "serve_over_bench": ratio(served(preset), step and step.get("tokens_per_s")),
-            "ttft_p50_ms": serve.get(preset, {}).get("ttft", {}).get("p50_ms"),
-            "itl_p50_ms": serve.get(preset, {}).get("itl", {}).get("p50_ms"),
+            "serve_over_bench": ratio(served(name), step and step.get("tokens_per_s")),
+            "ttft_p50_ms": serve.get(name, {}).get("ttft", {}).get("p50_ms"),
+            "itl_p50_ms": serve.get(name, {}).get("itl", {}).get("p50_ms"),
         }
     load_record = find(bench, file="load_bamba", test="load")
     missing["fp8_decode_b1_speedup"] = "FP8 weights are not implemented"
@@ -193,6 +194,8 @@ def main():
         "bamba_over_llama_b64_bf16_state": {"8k": b64_ratio(8192, "bamba_b64_bf16"),
                                             "32k": b64_ratio(32768, "bamba_b64_bf16")},
         "llama_batch_at_32k": llama_32k and llama_32k.get("batch"),
+        "prefill_pp1024_b8_tok_s": {"bamba-9b": tok_s("bamba_pp_b8", "pp1024"),
+                                    "llama-8b-shape": tok_s("llama_pp_b8", "pp1024")},
         "bamba_over_hf_transformers": hf_over,
         "serve": serve_details,
         "gemv_bandwidth_fraction_by_shape": gemv_fractions(),
