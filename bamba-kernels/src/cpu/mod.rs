@@ -4,6 +4,7 @@
 //!   e.g. `bamba --threads`), reading the weight where it lies;
 //! - the SSD scan as its recurrence ([`scan`]), one task per (sequence, head);
 //! - the causal conv ([`conv`]);
+//! - SwiGLU's `silu(gate) · up` after its two products ([`swiglu`]);
 //! - a Mamba layer's decode step between its projections ([`mamba_step`]).
 //!
 //! Each falls back to the reference for operands it does not take (f64, strided weights).
@@ -12,6 +13,7 @@ pub mod conv;
 pub mod linear;
 pub mod mamba_step;
 pub mod scan;
+pub mod swiglu;
 
 use std::borrow::Cow;
 
@@ -45,6 +47,14 @@ where
             return crate::reference::linear::linear_no_bias(x, weight);
         };
         f32_tensor(linear::linear(&contiguous(&xs), w, rows, inputs, outputs), [rows, outputs])
+    }
+
+    fn swiglu_linear(x: Tensor<Self, 2>, gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let (gate, up) = (Self::linear_no_bias(x.clone(), gate), Self::linear_no_bias(x, up));
+        let (Some(g), Some(u)) = (f32_array(&gate), f32_array(&up)) else {
+            return burn::tensor::activation::silu(gate) * up;
+        };
+        f32_tensor(swiglu::silu_times(&contiguous(&g), &contiguous(&u)), gate.dims())
     }
 
     fn ssd_chunk_scan(inputs: SsdInputs<Self>, config: SsdConfig) -> SsdOutput<Self> {
@@ -338,6 +348,19 @@ mod tests {
             let got = <B as BambaOps>::causal_conv1d_silu(x, weight, bias, window);
             assert!(max_diff(got.y, want.y) < 1e-6, "y, case {i}");
             assert_eq!(max_diff(got.window, want.window), 0.0, "window, case {i}");
+        }
+    }
+
+    /// SwiGLU against the reference (two products, then Burn's silu and product), from one row to
+    /// more elements than a rayon task takes.
+    #[test]
+    fn swiglu_matches_the_reference() {
+        for (rows, seed) in [(1, 400), (9, 401), (700, 402)] {
+            let (x, gate, up) = (random([rows, 40], seed), random([48, 40], seed + 1), random([48, 40], seed + 2));
+            let want = crate::reference::linear::swiglu_linear::<B>(x.clone(), gate.clone(), up.clone());
+            let got = <B as BambaOps>::swiglu_linear(x, gate, up);
+            // the same products; exp and the quotient in another form: a few ulps
+            assert!(max_diff(got, want) < 1e-5, "{rows} rows");
         }
     }
 
