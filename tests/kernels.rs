@@ -285,9 +285,12 @@ fn check_mamba_step<B: BambaOps>(device: &B::Device) {
             let dt_bias = uniform(heads, seed + 6, -4.6, -2.2);
             let norm_weight = rounded(uniform(d_inner, seed + 7, 0.5, 1.5), dtype);
             let state = uniform(batch * heads * head_dim * d_state, seed + 8, -0.5, 0.5);
-            let run = |fused: bool, on_cpu: bool| -> [Vec<f32>; 3] {
+            // `hold_state`: the caller keeps the input state, so the step must not update it in place
+            let run = |fused: bool, on_cpu: bool, hold_state: bool| -> [Vec<f32>; 3] {
+                #[allow(clippy::too_many_arguments)]
                 fn go<B: BambaOps>(
                     fused: bool,
+                    hold_state: bool,
                     device: &B::Device,
                     (dtype, state_dtype): (DType, DType),
                     host_data: [&[f32]; 9],
@@ -312,27 +315,37 @@ fn check_mamba_step<B: BambaOps>(device: &B::Device) {
                     };
                     let zxbcdt = tensor(zxbcdt, [batch, proj], device, dtype);
                     let window = tensor(window, [batch, conv_dim, kernel - 1], device, dtype);
+                    let state_before: Tensor<B, 4> = tensor(state, [batch, h, p, n], device, state_dtype);
                     let state = tensor(state, [batch, h, p, n], device, state_dtype);
+                    let held = hold_state.then(|| state.clone());
                     let out = if fused {
                         B::mamba_decode_step(zxbcdt, weights, window, state, config)
                     } else {
                         reference::mamba_step::mamba_decode_step::<B>(zxbcdt, weights, window, state, config)
                     };
+                    if let Some(held) = held {
+                        assert_eq!(host(held), host(state_before), "a state the caller holds is left as it was");
+                    }
                     [host(out.y), host(out.window), host(out.state)]
                 }
                 let host_data =
                     [&zxbcdt[..], &conv_weight, &conv_bias, &window, &a_log, &d, &dt_bias, &norm_weight, &state];
                 let shapes = (batch, proj, conv_dim, kernel, d_inner);
                 if on_cpu {
-                    go::<Cpu>(fused, &cpu, (DType::F32, DType::F32), host_data, shapes, has_bias, config)
+                    go::<Cpu>(fused, hold_state, &cpu, (DType::F32, DType::F32), host_data, shapes, has_bias, config)
                 } else {
-                    go::<B>(fused, device, (dtype, state_dtype), host_data, shapes, has_bias, config)
+                    go::<B>(fused, hold_state, device, (dtype, state_dtype), host_data, shapes, has_bias, config)
                 }
             };
-            let got = run(true, false);
-            let mut expectations = vec![("same device", run(false, false), rounding_tolerance(dtype))];
+            // the state updated in place (the caller hands it over, as the cache does)
+            let got = run(true, false, false);
+            let mut expectations = vec![
+                // into a new state: the same arithmetic, the same bits
+                ("a new state", run(true, false, true), 0.0),
+                ("same device", run(false, false, false), rounding_tolerance(dtype)),
+            ];
             if dtype == DType::F32 {
-                expectations.push(("cpu", run(false, true), SCAN_TOLERANCE));
+                expectations.push(("cpu", run(false, true, false), SCAN_TOLERANCE));
             }
             for (against, expected, tolerance) in expectations {
                 for (name, g, e) in

@@ -103,11 +103,13 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     #[comptime] has_bias: bool,
     #[comptime] has_limit: bool,
     #[comptime] use_plane: bool,
+    // the state is read from `new_state` (the same buffer updated in place; `state` is not read)
+    #[comptime] in_place: bool,
     #[define(F, S)] _dtypes: [StorageType; 2],
 ) {
-    let heads = state.shape(1);
-    let head_dim = state.shape(2);
-    let d_state = state.shape(3);
+    let heads = new_state.shape(1);
+    let head_dim = new_state.shape(2);
+    let d_state = new_state.shape(3);
     let d_inner = heads * head_dim;
     let conv_dim = d_inner + 2 * groups * d_state;
     let proj = d_inner + conv_dim + heads;
@@ -123,7 +125,11 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     let b_channel = d_inner + g * d_state;
     let c_channel = d_inner + groups * d_state + g * d_state;
     let mut s = Array::<Vector<f32, N>>::new(per_lane * RPU);
-    load_state_rows(state, &mut s, b * heads + h0, head_dim, d_state, per_lane);
+    if in_place {
+        load_state_rows(new_state, &mut s, b * heads + h0, head_dim, d_state, per_lane);
+    } else {
+        load_state_rows(state, &mut s, b * heads + h0, head_dim, d_state, per_lane);
+    }
 
     // The cube's units share the conv work through shared memory: first the group's B and C
     // (2·d_state channels), then the ROWS·RPU x rows of each of its heads. Each channel's window
@@ -192,7 +198,11 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
         let h = h0 + hh;
         let bh = b * heads + h;
         if hh > 0 {
-            load_state_rows(state, &mut s, bh, head_dim, d_state, per_lane);
+            if in_place {
+                load_state_rows(new_state, &mut s, bh, head_dim, d_state, per_lane);
+            } else {
+                load_state_rows(state, &mut s, bh, head_dim, d_state, per_lane);
+            }
         }
         let raw_dt = zxbcdt[zx_row + d_inner + conv_dim + h];
         let dt_h = discretize_dt(f32::cast_from(raw_dt), dt_bias[h], lo, hi, has_limit);
@@ -276,7 +286,21 @@ pub fn launch<R: CubeRuntime>(
     let dtype = zxbcdt.dtype;
     let y = empty_device_contiguous_dtype(client.clone(), device.clone(), [batch, heads * head_dim].into(), DType::F32);
     let new_window = empty_device_contiguous_dtype(client.clone(), device.clone(), window.meta.shape().clone(), dtype);
-    let new_state = empty_device_contiguous_dtype(client.clone(), device, state.meta.shape().clone(), state.dtype);
+    // A state no one else holds (the cache hands it over each step) is updated in place: a decode
+    // step then allocates no batch-sized state per layer, which under serving (batch sizes
+    // changing as requests come and go) left a dead buffer of every size in the exact-size pool of
+    // decode steps. Each unit reads its own state elements before it writes them, so in place is safe.
+    // The kernel then does not read `state`: a one-vector stand-in takes its binding, as a buffer
+    // bound both read-only and writable is an aliasing error (wgpu) or undefined (CUDA's restrict).
+    let in_place = state.can_mut();
+    let vector = state_vector_size(&client, state.dtype.size(), d_state);
+    let (state, new_state) = if in_place {
+        let stand_in = empty_device_contiguous_dtype(client.clone(), device, [vector].into(), state.dtype);
+        (stand_in, state)
+    } else {
+        let new_state = empty_device_contiguous_dtype(client.clone(), device, state.meta.shape().clone(), state.dtype);
+        (state, new_state)
+    };
     let (lo, hi) = dt_limit.unwrap_or((0.0, f32::INFINITY));
     // 16 state rows per cube (4 rows of lanes, 4 state rows per unit) and up to 4 heads of one group
     // per cube ([`heads_per_cube`]), one after the other. One cube per head with all 64 state rows at
@@ -284,7 +308,6 @@ pub fn launch<R: CubeRuntime>(
     let heads_per_cube = heads_per_cube(&client, batch, heads, groups, head_dim);
     let count = CubeCount::Static(head_dim.div_ceil(ROWS * RPU) as u32, (batch * heads / heads_per_cube) as u32, 1);
     let use_plane = rows_are_planes(&client);
-    let vector = state_vector_size(&client, state.dtype.size(), d_state);
     let dtypes = [dtype.into(), state.dtype.into()];
     // SAFETY: every operand is contiguous (the weight's rows at its row stride, columns unit-strided)
     // and indices derive from the shapes: p < head_dim and
@@ -318,6 +341,7 @@ pub fn launch<R: CubeRuntime>(
             has_bias,
             dt_limit.is_some(),
             use_plane,
+            in_place,
             dtypes,
         );
     }
