@@ -95,6 +95,8 @@ part_serve() {
         --num-prompts 64 --input-len 1024 --output-len 512 --max-token-id 100000 --warmup 1 --json \
         > "$RAW/serve-$name.json" 2> "$RAW/serve-client-$name.err"
       echo "serve $name rc=$?"
+      # the engine's gauges after the load: device memory, allocator cleanups, prefix cache
+      curl -s http://127.0.0.1:8000/metrics > "$RAW/serve-$name.metrics"
     else
       echo "serve $name: the server did not come up"
     fi

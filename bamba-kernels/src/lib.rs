@@ -22,6 +22,15 @@ pub use reference::mamba_step::{MambaStepConfig, MambaStepOutput, MambaStepWeigh
 pub use reference::moe::ExpertActivation;
 pub use reference::ssd::{SsdConfig, SsdInputs, SsdOutput};
 
+/// Device memory held by an allocator, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeviceMemory {
+    /// Taken by live buffers.
+    pub in_use: u64,
+    /// Taken from the device by the allocator's pools, free slices included.
+    pub reserved: u64,
+}
+
 /// The backend-extension trait of the Bamba hot ops.
 ///
 /// Default methods are the tensor-op references; a backend with a kernel overrides them.
@@ -220,6 +229,13 @@ pub trait BambaOps: Backend {
     fn with_persistent_allocations<T>(device: &Self::Device, work: impl FnOnce() -> T) -> T {
         let _ = device;
         work()
+    }
+
+    /// What the device allocator of the calling thread holds, where the backend can tell (CubeCL: the
+    /// pools of this thread's stream; `None` on ndarray).
+    fn device_memory(device: &Self::Device) -> Option<DeviceMemory> {
+        let _ = device;
+        None
     }
 
     /// A tensor made from host bytes, for weights: `fill(offset, out)` writes bytes

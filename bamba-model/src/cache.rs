@@ -203,6 +203,11 @@ impl<B: Backend> HybridCache<B> {
         self.prefill_end = end;
     }
 
+    /// The device the cache lives on.
+    pub fn device(&self) -> &B::Device {
+        &self.zero_state.device
+    }
+
     /// Each layer's cache, in layer order.
     pub fn layers(&self) -> &[LayerCache<B>] {
         &self.layers

@@ -127,7 +127,7 @@ impl Metrics {
         let load = |g: &std::sync::atomic::AtomicU64| g.load(Ordering::Relaxed);
         let s = stats;
         let count = |c: fn(&EngineStats) -> &std::sync::atomic::AtomicU64| s.map_or(0, |s| load(c(s))) as f64;
-        let gauges: [(&str, &str, f64); 19] = [
+        let gauges: [(&str, &str, f64); 22] = [
             ("bamba:num_requests_running", "Sequences in the decode batch", s.map_or(0, |s| load(&s.running)) as f64),
             ("vllm:num_requests_running", "Sequences in the decode batch", s.map_or(0, |s| load(&s.running)) as f64),
             ("bamba:num_requests_waiting", "Requests queued or prefilling", s.map_or(0, |s| load(&s.waiting)) as f64),
@@ -151,6 +151,21 @@ impl Metrics {
                 "bamba:requests_rejected_total",
                 "Requests refused at submission",
                 s.map_or(0, |s| load(&s.rejected)) as f64,
+            ),
+            (
+                "bamba:device_memory_in_use_bytes",
+                "Device memory the engine's live buffers take (0 where the backend does not tell)",
+                count(|s| &s.device_memory_in_use),
+            ),
+            (
+                "bamba:device_memory_reserved_bytes",
+                "Device memory the allocator's pools hold for the engine, free slices included",
+                count(|s| &s.device_memory_reserved),
+            ),
+            (
+                "bamba:allocator_cleanups_total",
+                "Times the allocator's free buffers went back to the device (past the allocator slack)",
+                count(|s| &s.allocator_cleanups),
             ),
             ("bamba:prefix_cache_queries_total", "Prompts looked up in the prefix cache", count(|s| &s.prefix_queries)),
             ("bamba:prefix_cache_hits_total", "Prompts resumed from the prefix cache", count(|s| &s.prefix_hits)),

@@ -180,6 +180,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         None => crate::host::default_budget(args.common.backend()?),
         Some(_) => None,
     };
+    // What the budget leaves of a GPU's free memory is for activations; the engine gives the
+    // allocator's leftovers back when they take more than half of it (at least 1 GiB).
+    let allocator_slack = args.common.backend()?.free_device_memory().and_then(|free| {
+        let budget = args.memory.or(default_budget.map(|(bytes, _)| bytes))?;
+        Some((free.saturating_sub(budget) / 2).max(1 << 30))
+    });
     let cache_budget = match (args.memory, default_budget.map(|(bytes, _)| bytes)) {
         (Some(memory), _) if memory <= weights => {
             return Err(crate::exit::usage(format!(
@@ -242,6 +248,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_queue: args.max_queue as usize,
         cache_budget,
         prefix_cache: prefix_budget.map(|budget| PrefixCacheConfig { budget, snapshot_interval }),
+        allocator_slack,
     };
     let state = Arc::new(AppState {
         options: ServeOptions {

@@ -218,6 +218,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         persistent::allocations(R::client(device), work)
     }
 
+    fn device_memory(device: &Self::Device) -> Option<crate::DeviceMemory> {
+        let usage = R::client(device).memory_usage().ok()?;
+        Some(crate::DeviceMemory { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved })
+    }
+
     fn upload_weight<const D: usize>(
         shape: [usize; D],
         dtype: DType,

@@ -343,6 +343,10 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         B::with_persistent_allocations(device, work)
     }
 
+    fn device_memory(device: &Self::Device) -> Option<crate::DeviceMemory> {
+        B::device_memory(device)
+    }
+
     // The inner backend's tensor, registered with the fusion client as Burn's own `from_data` does.
     fn upload_weight<const D: usize>(
         shape: [usize; D],

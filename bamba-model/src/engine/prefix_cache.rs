@@ -80,18 +80,25 @@ impl<B: BambaOps> PrefixCache<B> {
         Ok(Some(Resumed { cache, tokens: hit.resume_at }))
     }
 
+    /// Bytes of K/V and snapshots held.
+    pub fn bytes(&self) -> u64 {
+        self.tree.bytes()
+    }
+
     /// Saves row `row` of `cache`, which holds exactly `tokens`, and its state after them.
     pub fn record(&mut self, tokens: &[u32], cache: &HybridCache<B>, row: usize, stats: &EngineStats) {
         debug_assert_eq!(cache.row_lens()[row], tokens.len(), "a row is saved with the tokens it holds");
-        self.tree.insert(
-            tokens,
-            |from| cache.row_kv(row, from, tokens.len()),
-            || {
-                let state = cache.row_state(row);
-                let bytes = state.bytes();
-                (state, bytes)
-            },
-        );
+        B::with_persistent_allocations(cache.device(), || {
+            self.tree.insert(
+                tokens,
+                |from| cache.row_kv(row, from, tokens.len()),
+                || {
+                    let state = cache.row_state(row);
+                    let bytes = state.bytes();
+                    (state, bytes)
+                },
+            )
+        });
         let tree = self.tree.stats();
         EngineStats::set(&stats.prefix_snapshots, tree.snapshots);
         stats.prefix_snapshot_bytes.store(tree.snapshot_bytes, Ordering::Relaxed);

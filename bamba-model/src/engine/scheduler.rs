@@ -26,6 +26,9 @@ use burn::tensor::Tensor;
 /// their logits come to the host (`chunk × vocab` f32, 128 MB at a 128K vocabulary).
 const PROMPT_LOGPROBS_CHUNK: usize = 256;
 
+/// Steps between samples of the device allocator's usage (the `device_memory_*` gauges).
+const DEVICE_MEMORY_EVERY: u64 = 16;
+
 /// Adds to each request's scores (where it asks for them) the log-probabilities of its prompt tokens
 /// that `logits` predicts, and returns the last column (what the next token is chosen from). Column `c`
 /// of row `r` holds the logits after prompt position `first_positions[r] + c` of `rows[r]`'s request
@@ -161,6 +164,8 @@ pub struct Engine<B: BambaOps> {
     prefix: Option<PrefixCache<B>>,
     /// Submissions taken from the channel.
     accepted: u64,
+    /// Steps run.
+    steps: u64,
 }
 
 impl<B: BambaOps> Engine<B> {
@@ -225,6 +230,7 @@ impl<B: BambaOps> Engine<B> {
             running: Vec::new(),
             batch: None,
             accepted: 0,
+            steps: 0,
         };
         Ok((engine, handle))
     }
@@ -286,6 +292,7 @@ impl<B: BambaOps> Engine<B> {
         self.join(joining);
         self.decode()?;
         self.publish();
+        self.steps += 1;
         Ok(())
     }
 
@@ -658,5 +665,30 @@ impl<B: BambaOps> Engine<B> {
         // submissions still in the channel count as waiting too
         let pending = s.submitted.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(self.accepted) as usize;
         EngineStats::set(&s.waiting, self.queued.len() + self.prefilling.len() + pending);
+        // asking the allocator walks its pools: every few steps is enough for a gauge and for
+        // leftovers of shapes that are gone
+        if self.steps % DEVICE_MEMORY_EVERY == 0 {
+            if let Some(memory) = B::device_memory(&self.model.device) {
+                s.device_memory_in_use.store(memory.in_use, std::sync::atomic::Ordering::Relaxed);
+                s.device_memory_reserved.store(memory.reserved, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(
+                    step = self.steps,
+                    in_use = memory.in_use,
+                    reserved = memory.reserved,
+                    running = self.running.len(),
+                    cache_bytes = s.cache_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                    prefix_bytes = self.prefix.as_ref().map_or(0, PrefixCache::bytes),
+                    "device memory"
+                );
+                if self
+                    .config
+                    .allocator_slack
+                    .is_some_and(|slack| memory.reserved - memory.in_use.min(memory.reserved) > slack)
+                {
+                    B::memory_cleanup(&self.model.device);
+                    EngineStats::add(&s.allocator_cleanups, 1);
+                }
+            }
+        }
     }
 }

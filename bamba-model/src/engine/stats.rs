@@ -46,6 +46,13 @@ pub struct EngineStats {
     pub prefix_kv_bytes: AtomicU64,
     /// Prefix cache nodes evicted to stay within its budget.
     pub prefix_evictions: AtomicU64,
+    /// Bytes of device memory the engine thread's allocations take (zero where the backend does
+    /// not tell), sampled every few steps.
+    pub device_memory_in_use: AtomicU64,
+    /// Bytes the device allocator's pools hold for the engine thread, free slices included.
+    pub device_memory_reserved: AtomicU64,
+    /// Times the engine handed the allocator's free buffers back to the device (`allocator_slack`).
+    pub allocator_cleanups: AtomicU64,
     /// No new requests are accepted.
     pub draining: AtomicBool,
 }
