@@ -227,3 +227,49 @@ fn identical_concurrent_prompts_are_prefilled_once() {
     drop(handle);
     thread.join().unwrap();
 }
+
+/// Fresh prompts prefilled together as one left-padded group are snapshotted after every chunk of
+/// the interval in columns: the padded row's snapshots fall between its own grid points, and a
+/// repeat resumes from there with transformers' tokens.
+#[test]
+fn a_group_prefill_snapshots_padded_rows_between_grid_points() {
+    let model = load("base");
+    let refs = generate_references("base");
+    // 13 and 5 tokens: the short one is padded by 8, so the chunks of 3 columns (ending at columns
+    // 3, 6, 9, 12, 13) leave its snapshots after 1, 4 and 5 tokens, where a prompt prefilled alone
+    // would have them after 3 and 5
+    let (long, short) = (&refs[0], &refs[1]);
+    assert_eq!((long.prompt.len(), short.prompt.len()), (13, 5), "the fixture's prompts");
+    let config = bamba::model::engine::EngineConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: 64,
+        max_model_len: 256,
+        prefix_cache: Some(PrefixCacheConfig { budget: 1 << 30, snapshot_interval: 3 }),
+        ..Default::default()
+    };
+    let (engine, handle) = bamba::model::engine::Engine::new(model, config, burn::tensor::DType::F32).unwrap();
+    // both are queued before the engine's first step: they are prefilled as one group
+    let mut first: Vec<_> = [long, short]
+        .iter()
+        .map(|r| handle.submit(Request { prompt: r.prompt.clone(), params: greedy(r.ids.len(), &[]) }).unwrap())
+        .collect();
+    let thread = std::thread::spawn(move || engine.run().unwrap());
+    for (s, r) in first.iter_mut().zip([long, short]) {
+        assert_eq!(collect(s).0, r.ids);
+    }
+    for (r, resumed_at) in [(short, 4), (long, 12)] {
+        let mut repeat = handle.submit(Request { prompt: r.prompt.clone(), params: greedy(r.ids.len(), &[]) }).unwrap();
+        let mut ids = Vec::new();
+        let cached = loop {
+            match repeat.next_blocking().expect("a stream ends with Finished") {
+                Event::Token(t) => ids.push(t.id),
+                Event::Finished { cached_tokens, .. } => break cached_tokens,
+                other => panic!("unexpected event {other:?}"),
+            }
+        };
+        assert_eq!(ids, r.ids, "a repeat of the {}-token prompt", r.prompt.len());
+        assert_eq!(cached, resumed_at, "where the {}-token prompt resumed", r.prompt.len());
+    }
+    drop(handle);
+    thread.join().unwrap();
+}

@@ -2,11 +2,17 @@
 //! every request of an engine, so that a prompt that repeats an earlier sequence's beginning is
 //! prefilled from where that sequence's state was saved instead of from the start.
 //!
-//! Snapshots are taken where the engine has a row's state anyway: after every prefill chunk that
-//! ends on the snapshot grid (the engine aligns chunk ends to it), at the end of each prompt, and at
-//! the end of each request (prompt and generated tokens: where the next turn of a chat starts). A
-//! hit resumes from the deepest snapshot at or before the matched prefix; the tokens after it are
-//! prefilled as usual, at most one grid interval of them already cached. The resumed cache is the one
+//! Snapshots are taken where the engine has a row's state anyway: after every prefill chunk (a
+//! prompt prefilled alone ends its chunks on the snapshot grid; a group of fresh prompts prefilled
+//! together ends them on multiples of the interval in columns, so a padded row's snapshots fall
+//! between its grid points, as far apart), at the end of each prompt, and at the end of each
+//! request (prompt and generated tokens: where the next turn of a chat starts). A hit resumes from
+//! the deepest snapshot at or before the matched prefix; the tokens after it are prefilled as usual,
+//! at most one interval of them already cached.
+//!
+//! The pieces are persistent allocations ([`BambaOps::with_persistent_allocations`]): buffers of
+//! their own size, not slices of the pages that activations share, which a piece held for minutes
+//! would pin; an evicted piece's buffer is taken again by the next piece of its size. The resumed cache is the one
 //! a cold prefill of those tokens would have left (within the scan's rounding), so the request's
 //! tokens are the same. With the cache on, the engine also forks identical prompts that wait together
 //! from one prefill (`Engine::fork_identical`).

@@ -360,8 +360,9 @@ impl<B: BambaOps> Engine<B> {
     }
 
     /// Prefills prompts under the step's token budget, oldest first: fresh prompts that fit whole go
-    /// together as one left-padded batch; a prompt longer than that is prefilled alone, in chunks over
-    /// several steps. Returns the prefilled groups whose first token did not end them.
+    /// together as one left-padded batch ([`Self::prefill_group`]); a prompt longer than that is
+    /// prefilled alone, in chunks over several steps. Returns the prefilled groups whose first token
+    /// did not end them.
     fn prefill_chunks(&mut self) -> Result<Vec<Prefilled<B>>, GenerateError> {
         let mut budget = self.config.max_num_batched_tokens - self.running.len();
         let mut ready = Vec::new();
@@ -370,28 +371,9 @@ impl<B: BambaOps> Engine<B> {
             if group >= 2 {
                 let mut seqs: Vec<Sequence<B>> = self.prefilling.drain(..group).collect();
                 self.defer_repeats(&mut seqs);
-                let group = seqs.len();
-                let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s.request.prompt.clone()).collect();
-                let (rows, padding) = LeftPadding::pad(&prompts, self.model.config.pad_token_id.unwrap_or(0));
-                let width = rows[0].len();
-                let mut cache = self.model.new_cache(group, width, self.state_dtype)?;
-                // column c of row r is the prompt's position c - pads[r] (a pad where negative)
-                let first_positions: Vec<i64> = padding.pads.iter().map(|&pad| -(pad as i64)).collect();
-                cache.set_padding(padding)?;
-                let scoring = seqs.iter().any(|s| s.request.params.prompt_logprobs.is_some());
-                let mut logits = self.model.forward_cached(self.model.ids_tensor(&rows)?, &mut cache, !scoring)?;
-                if scoring {
-                    let mut rows: Vec<_> = seqs.iter_mut().map(|s| (&s.request, &mut s.prompt_events)).collect();
-                    logits = score_prompts(&mut rows, &first_positions, logits);
-                }
-                if let Some(prefix) = &mut self.prefix {
-                    for (row, prompt) in prompts.iter().enumerate() {
-                        prefix.record(prompt, &cache, row, &self.stats);
-                    }
-                }
-                budget -= group * width;
-                EngineStats::add(&self.stats.prompt_tokens, prompts.iter().map(Vec::len).sum());
-                ready.extend(self.first_tokens(seqs, cache, logits));
+                let (prefilled, tokens) = self.prefill_group(seqs)?;
+                budget -= tokens;
+                ready.extend(prefilled);
                 continue;
             }
             let seq = self.prefilling.front_mut().expect("not empty");
@@ -433,6 +415,49 @@ impl<B: BambaOps> Engine<B> {
             ready.extend(self.first_tokens(vec![seq], cache, logits));
         }
         Ok(ready)
+    }
+
+    /// Prefills fresh prompts together as one left-padded batch; with the prefix cache on, in chunks
+    /// that end on multiples of its interval (in columns: a padded row's snapshots fall between its
+    /// own grid points), each row recorded after every chunk. Returns what [`Self::first_tokens`] keeps
+    /// and the batch's tokens, pads included.
+    fn prefill_group(&mut self, mut seqs: Vec<Sequence<B>>) -> Result<(Option<Prefilled<B>>, usize), GenerateError> {
+        let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s.request.prompt.clone()).collect();
+        let (rows, padding) = LeftPadding::pad(&prompts, self.model.config.pad_token_id.unwrap_or(0));
+        let (group, width) = (rows.len(), rows[0].len());
+        let pads = padding.pads.clone();
+        let mut cache = self.model.new_cache(group, width, self.state_dtype)?;
+        cache.set_padding(padding)?;
+        cache.set_prefill_end(width);
+        let chunk = match &self.prefix {
+            Some(prefix) => prefix.interval.min(self.model.auto_prefill_chunk(group, width)),
+            None => width,
+        };
+        let scoring = seqs.iter().any(|s| s.request.params.prompt_logprobs.is_some());
+        let mut logits = None;
+        for begin in (0..width).step_by(chunk) {
+            let end = (begin + chunk).min(width);
+            let part: Vec<Vec<u32>> = rows.iter().map(|r| r[begin..end].to_vec()).collect();
+            let mut out = self.model.forward_cached(self.model.ids_tensor(&part)?, &mut cache, !scoring)?;
+            if scoring {
+                // column c of row r is the prompt's position begin + c - pads[r] (a pad where negative)
+                let first_positions: Vec<i64> = pads.iter().map(|&pad| begin as i64 - pad as i64).collect();
+                let mut rows: Vec<_> = seqs.iter_mut().map(|s| (&s.request, &mut s.prompt_events)).collect();
+                out = score_prompts(&mut rows, &first_positions, out);
+            }
+            if let Some(prefix) = &mut self.prefix {
+                for (row, prompt) in prompts.iter().enumerate() {
+                    let held = end.saturating_sub(pads[row]);
+                    if held > 0 {
+                        prefix.record(&prompt[..held], &cache, row, &self.stats);
+                    }
+                }
+            }
+            logits = Some(out);
+        }
+        EngineStats::add(&self.stats.prompt_tokens, prompts.iter().map(Vec::len).sum());
+        let logits = logits.expect("a prompt has a token");
+        Ok((self.first_tokens(seqs, cache, logits), group * width))
     }
 
     /// The first tokens of sequences just prefilled (rows of `cache` and `logits`), and of those that
@@ -541,10 +566,10 @@ impl<B: BambaOps> Engine<B> {
         let mut longest = 0;
         let mut count = 0;
         let mut scoring = false;
-        let grid = self.prefix.as_ref().map_or(usize::MAX, |p| p.interval);
+        // with the prefix cache, a group runs in chunks of its snapshot interval
+        let chunk = self.prefix.as_ref().map_or(usize::MAX, |p| p.interval);
         for seq in &self.prefilling {
-            // with the prefix cache, prompts past one grid interval go alone, snapshotted on the grid
-            if seq.prefill.is_some() || seq.request.prompt.len() > grid {
+            if seq.prefill.is_some() {
                 break;
             }
             let width = longest.max(seq.request.prompt.len());
@@ -553,7 +578,7 @@ impl<B: BambaOps> Engine<B> {
             // one chunk of a prompt scored alone
             let scores = scoring || seq.request.params.prompt_logprobs.is_some();
             if rows * width > budget
-                || self.model.auto_prefill_chunk(rows, width) < width
+                || self.model.auto_prefill_chunk(rows, width) < width.min(chunk)
                 || (scores && rows * width > PROMPT_LOGPROBS_CHUNK)
             {
                 break;
