@@ -48,8 +48,9 @@ pub struct EngineConfig {
     pub cache_budget: Option<u64>,
     /// Reuse the cache of earlier sequences' prefixes (`None`: off). Its memory is apart from `cache_budget`.
     pub prefix_cache: Option<PrefixCacheConfig>,
-    /// Free bytes the device allocator may keep for the engine (reserved beyond its live buffers)
-    /// before the engine hands them back to the device, checked every few steps (`None`: never).
+    /// Free bytes (reserved beyond live buffers) the device allocator may gain for the engine, past
+    /// the fewest it held since the last time, before the engine hands its free buffers back to the
+    /// device; checked every few steps (`None`: never).
     /// Buffers of shapes that are gone (a decode batch of another size, a finished prompt's chunk)
     /// otherwise stay reserved, and under serving's ever-changing shapes crowd out the caches.
     pub allocator_slack: Option<u64>,

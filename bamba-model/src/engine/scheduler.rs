@@ -166,6 +166,8 @@ pub struct Engine<B: BambaOps> {
     accepted: u64,
     /// Steps run.
     steps: u64,
+    /// The fewest free bytes the device allocator held at a sample since its last cleanup.
+    free_low: u64,
 }
 
 impl<B: BambaOps> Engine<B> {
@@ -231,6 +233,7 @@ impl<B: BambaOps> Engine<B> {
             batch: None,
             accepted: 0,
             steps: 0,
+            free_low: u64::MAX,
         };
         Ok((engine, handle))
     }
@@ -678,7 +681,7 @@ impl<B: BambaOps> Engine<B> {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let s = &self.stats;
         EngineStats::set(&s.running, self.running.len());
         let prefill: u64 = self.prefilling.iter().map(|q| self.costs.sequence_bytes(q.request.prompt.len())).sum();
@@ -705,13 +708,14 @@ impl<B: BambaOps> Engine<B> {
                     prefix_bytes = self.prefix.as_ref().map_or(0, PrefixCache::bytes),
                     "device memory"
                 );
-                if self
-                    .config
-                    .allocator_slack
-                    .is_some_and(|slack| memory.reserved - memory.in_use.min(memory.reserved) > slack)
-                {
+                // Free slices of pages still in use cannot be given back: what counts is how far the
+                // free bytes grew past their lowest since the last cleanup.
+                let free = memory.reserved.saturating_sub(memory.in_use);
+                self.free_low = self.free_low.min(free);
+                if self.config.allocator_slack.is_some_and(|slack| free > self.free_low.saturating_add(slack)) {
                     B::memory_cleanup(&self.model.device);
                     EngineStats::add(&s.allocator_cleanups, 1);
+                    self.free_low = u64::MAX;
                 }
             }
         }
