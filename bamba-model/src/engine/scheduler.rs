@@ -295,6 +295,7 @@ impl<B: BambaOps> Engine<B> {
         self.join(joining);
         self.decode()?;
         self.publish();
+        self.tend_allocator();
         self.steps += 1;
         Ok(())
     }
@@ -681,7 +682,8 @@ impl<B: BambaOps> Engine<B> {
         }
     }
 
-    fn publish(&mut self) {
+    /// Sets the gauges of requests and cache bytes.
+    fn publish(&self) {
         let s = &self.stats;
         EngineStats::set(&s.running, self.running.len());
         let prefill: u64 = self.prefilling.iter().map(|q| self.costs.sequence_bytes(q.request.prompt.len())).sum();
@@ -693,31 +695,36 @@ impl<B: BambaOps> Engine<B> {
         // submissions still in the channel count as waiting too
         let pending = s.submitted.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(self.accepted) as usize;
         EngineStats::set(&s.waiting, self.queued.len() + self.prefilling.len() + pending);
-        // asking the allocator walks its pools: every few steps is enough for a gauge and for
-        // leftovers of shapes that are gone
-        if self.steps % DEVICE_MEMORY_EVERY == 0 {
-            if let Some(memory) = B::device_memory(&self.model.device) {
-                s.device_memory_in_use.store(memory.in_use, std::sync::atomic::Ordering::Relaxed);
-                s.device_memory_reserved.store(memory.reserved, std::sync::atomic::Ordering::Relaxed);
-                tracing::debug!(
-                    step = self.steps,
-                    in_use = memory.in_use,
-                    reserved = memory.reserved,
-                    running = self.running.len(),
-                    cache_bytes = s.cache_bytes.load(std::sync::atomic::Ordering::Relaxed),
-                    prefix_bytes = self.prefix.as_ref().map_or(0, PrefixCache::bytes),
-                    "device memory"
-                );
-                // Free slices of pages still in use cannot be given back: what counts is how far the
-                // free bytes grew past their lowest since the last cleanup.
-                let free = memory.reserved.saturating_sub(memory.in_use);
-                self.free_low = self.free_low.min(free);
-                if self.config.allocator_slack.is_some_and(|slack| free > self.free_low.saturating_add(slack)) {
-                    B::memory_cleanup(&self.model.device);
-                    EngineStats::add(&s.allocator_cleanups, 1);
-                    self.free_low = u64::MAX;
-                }
-            }
+    }
+
+    /// Samples the device allocator's usage into the gauges and hands its leftovers back past the
+    /// slack. Asking the allocator walks its pools: every few steps is enough for a gauge and for
+    /// leftovers of shapes that are gone.
+    fn tend_allocator(&mut self) {
+        if self.steps % DEVICE_MEMORY_EVERY != 0 {
+            return;
+        }
+        let Some(memory) = B::device_memory(&self.model.device) else { return };
+        let s = &self.stats;
+        s.device_memory_in_use.store(memory.in_use, std::sync::atomic::Ordering::Relaxed);
+        s.device_memory_reserved.store(memory.reserved, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(
+            step = self.steps,
+            in_use = memory.in_use,
+            reserved = memory.reserved,
+            running = self.running.len(),
+            cache_bytes = s.cache_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            prefix_bytes = self.prefix.as_ref().map_or(0, PrefixCache::bytes),
+            "device memory"
+        );
+        // Free slices of pages still in use cannot be given back: what counts is how far the free
+        // bytes grew past their lowest since the last cleanup.
+        let free = memory.reserved.saturating_sub(memory.in_use);
+        self.free_low = self.free_low.min(free);
+        if self.config.allocator_slack.is_some_and(|slack| free > self.free_low.saturating_add(slack)) {
+            B::memory_cleanup(&self.model.device);
+            EngineStats::add(&s.allocator_cleanups, 1);
+            self.free_low = u64::MAX;
         }
     }
 }
