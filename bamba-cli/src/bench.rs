@@ -402,7 +402,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // Asked before the weights load: a GPU's free memory then still has room for them.
     let budget = match args.memory {
         Some(bytes) => Some((bytes, "--memory")),
-        None => crate::host::default_budget(backend),
+        None => crate::host::default_budget(backend, backend.free_device_memory()),
     };
     dispatch(backend, Job { args, name, config, checkpoint, backend, precision, budget })
 }

@@ -13,12 +13,13 @@ pub fn half_available_memory() -> Option<u64> {
 
 /// The budget for weights and caches on `backend` when `--memory` is not given, and what it is:
 /// half the host's available memory on the CPU, 90% of the GPU's free memory on CUDA (the rest for
-/// activations and workspaces), unknown on wgpu.
-pub fn default_budget(backend: BackendKind) -> Option<(u64, &'static str)> {
+/// activations and workspaces), unknown on wgpu. `gpu_free` is the GPU's free memory in bytes
+/// ([`BackendKind::free_device_memory`]), asked once by the caller.
+pub fn default_budget(backend: BackendKind, gpu_free: Option<u64>) -> Option<(u64, &'static str)> {
     match backend {
         BackendKind::Ndarray => half_available_memory().map(|bytes| (bytes, "half the host's available memory")),
         BackendKind::Cuda | BackendKind::CudaUnfused => {
-            backend.free_device_memory().map(|free| (free / 10 * 9, "90% of the GPU's free memory"))
+            gpu_free.map(|free| (free / 10 * 9, "90% of the GPU's free memory"))
         }
         BackendKind::Wgpu | BackendKind::WgpuUnfused => None,
     }

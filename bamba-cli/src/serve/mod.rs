@@ -176,13 +176,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     // Without --memory, requests may use what the backend's machine has (half the host's available
     // memory on the CPU, 90% of a CUDA GPU's free memory), so that a burst of long prompts waits
     // instead of running it out of memory. wgpu has no such query: pass --memory there.
+    let gpu_free = args.common.backend()?.free_device_memory();
     let default_budget = match args.memory {
-        None => crate::host::default_budget(args.common.backend()?),
+        None => crate::host::default_budget(args.common.backend()?, gpu_free),
         Some(_) => None,
     };
     // What the budget leaves of a GPU's free memory is for activations; the engine gives the
     // allocator's leftovers back when they take more than half of it (at least 1 GiB).
-    let allocator_slack = args.common.backend()?.free_device_memory().and_then(|free| {
+    let allocator_slack = gpu_free.and_then(|free| {
         let budget = args.memory.or(default_budget.map(|(bytes, _)| bytes))?;
         Some((free.saturating_sub(budget) / 2).max(1 << 30))
     });
