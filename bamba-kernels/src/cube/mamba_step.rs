@@ -125,11 +125,7 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
     let b_channel = d_inner + g * d_state;
     let c_channel = d_inner + groups * d_state + g * d_state;
     let mut s = Array::<Vector<f32, N>>::new(per_lane * RPU);
-    if in_place {
-        load_state_rows(new_state, &mut s, b * heads + h0, head_dim, d_state, per_lane);
-    } else {
-        load_state_rows(state, &mut s, b * heads + h0, head_dim, d_state, per_lane);
-    }
+    load_head_state(state, new_state, &mut s, b * heads + h0, head_dim, d_state, per_lane, in_place);
 
     // The cube's units share the conv work through shared memory: first the group's B and C
     // (2·d_state channels), then the ROWS·RPU x rows of each of its heads. Each channel's window
@@ -198,11 +194,7 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
         let h = h0 + hh;
         let bh = b * heads + h;
         if hh > 0 {
-            if in_place {
-                load_state_rows(new_state, &mut s, bh, head_dim, d_state, per_lane);
-            } else {
-                load_state_rows(state, &mut s, bh, head_dim, d_state, per_lane);
-            }
+            load_head_state(state, new_state, &mut s, bh, head_dim, d_state, per_lane, in_place);
         }
         let raw_dt = zxbcdt[zx_row + d_inner + conv_dim + h];
         let dt_h = discretize_dt(f32::cast_from(raw_dt), dt_bias[h], lo, hi, has_limit);
@@ -213,6 +205,27 @@ fn mamba_step_kernel<F: Float, S: Float, N: Size>(
         update_state_rows(
             &s, new_state, y, &bv, &cv, &xv, dt_h, a_log, d, bh, h, head_dim, d_state, per_lane, use_plane,
         );
+    }
+}
+
+/// Loads head row `bh`'s state: from `new_state` when the step updates it in place (`state` is then
+/// a stand-in), else from `state`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_head_state<S: Float, N: Size>(
+    state: &Tensor<Vector<S, N>>,
+    new_state: &Tensor<Vector<S, N>>,
+    s: &mut Array<Vector<f32, N>>,
+    bh: usize,
+    head_dim: usize,
+    d_state: usize,
+    #[comptime] per_lane: usize,
+    #[comptime] in_place: bool,
+) {
+    if in_place {
+        load_state_rows(new_state, s, bh, head_dim, d_state, per_lane);
+    } else {
+        load_state_rows(state, s, bh, head_dim, d_state, per_lane);
     }
 }
 
