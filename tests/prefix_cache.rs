@@ -8,19 +8,34 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use bamba::model::engine::{EngineConfigError, Event, PrefixCacheConfig, Request, RequestParams, RequestStream};
+use bamba::model::engine::{
+    EngineConfig, EngineConfigError, Event, PrefixCacheConfig, Request, RequestParams, RequestStream,
+};
 use bamba::model::generate::eos_ids;
 use common::engine::*;
 use common::*;
 
-/// Tokens, their log-probabilities and the prompt tokens the engine took from the cache.
+/// An engine of up to 8 sequences of 256 positions with the prefix cache on: `budget` bytes,
+/// snapshots every `interval` tokens.
+fn prefix_config(budget: u64, interval: usize, max_num_batched_tokens: usize) -> EngineConfig {
+    EngineConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens,
+        max_model_len: 256,
+        prefix_cache: Some(PrefixCacheConfig { budget, snapshot_interval: interval }),
+        ..Default::default()
+    }
+}
+
+/// Tokens, their log-probabilities (where asked for) and the prompt tokens the engine took from the
+/// cache.
 fn run(stream: &mut RequestStream) -> (Vec<u32>, Vec<f32>, usize) {
     let (mut ids, mut logprobs) = (Vec::new(), Vec::new());
     loop {
         match stream.next_blocking().expect("a stream ends with Finished") {
             Event::Token(t) => {
                 ids.push(t.id);
-                logprobs.push(t.logprob.expect("asked for"));
+                logprobs.extend(t.logprob);
             }
             Event::Finished { cached_tokens, .. } => return (ids, logprobs, cached_tokens),
             Event::Failed(e) => panic!("request failed: {e}"),
@@ -58,11 +73,7 @@ fn prefix_hits_get_transformers_tokens_and_logprobs() {
         let max_model_len = model.config.context_length().min(256);
         if let Some(rope) = model.config.rope.clone().filter(|r| r.depends_on_length()) {
             // a cached prefix's keys were rotated for another length: refused, not inexact
-            let config = bamba::model::engine::EngineConfig {
-                max_model_len,
-                prefix_cache: Some(PrefixCacheConfig { budget: 1 << 30, snapshot_interval: chunk }),
-                ..Default::default()
-            };
+            let config = EngineConfig { max_model_len, ..prefix_config(1 << 30, chunk, 64) };
             let err = bamba::model::engine::Engine::new(model, config, burn::tensor::DType::F32).err().unwrap();
             assert_eq!(err, EngineConfigError::PrefixCacheRope { rope_type: rope.scaling.rope_type() });
             continue;
@@ -71,13 +82,7 @@ fn prefix_hits_get_transformers_tokens_and_logprobs() {
         let prompt_logits = &references(&name)[0];
         // the model's own grid, and a grid of 3 tokens so that every fixture has several points
         for interval in [chunk, 3] {
-            let config = bamba::model::engine::EngineConfig {
-                max_num_seqs: 4,
-                max_num_batched_tokens: 64,
-                max_model_len,
-                prefix_cache: Some(PrefixCacheConfig { budget: 1 << 30, snapshot_interval: interval }),
-                ..Default::default()
-            };
+            let config = EngineConfig { max_num_seqs: 4, max_model_len, ..prefix_config(1 << 30, interval, 64) };
             let (handle, thread) = start(model.clone(), config);
             let ask = |prompt: Vec<u32>, max_tokens: usize| {
                 let params = RequestParams { logprobs: Some(0), ..greedy(max_tokens, &eos) };
@@ -152,14 +157,7 @@ fn concurrent_requests_sharing_prefixes_under_eviction_get_their_solo_tokens() {
             model.generate(p, &greedy_params(6, vec![]), &mut sampler, |_| true).unwrap().ids
         })
         .collect();
-    let config = bamba::model::engine::EngineConfig {
-        max_num_seqs: 8,
-        max_num_batched_tokens: 40,
-        max_model_len: 256,
-        prefix_cache: Some(PrefixCacheConfig { budget, snapshot_interval: 8 }),
-        ..Default::default()
-    };
-    let (handle, thread) = start(model, config);
+    let (handle, thread) = start(model, prefix_config(budget, 8, 40));
     // two waves of all 32: the second finds what the first left (as much as the budget kept)
     for wave in 0..2 {
         let mut streams: Vec<_> = prompts
@@ -195,13 +193,7 @@ fn identical_concurrent_prompts_are_prefilled_once() {
             model.generate(prompt, &greedy_params(6, vec![]), &mut sampler, |_| true).unwrap().ids
         })
         .collect();
-    let config = bamba::model::engine::EngineConfig {
-        max_num_seqs: 8,
-        max_num_batched_tokens: 64,
-        max_model_len: 256,
-        prefix_cache: Some(PrefixCacheConfig { budget: 1 << 30, snapshot_interval: 8 }),
-        ..Default::default()
-    };
+    let config = prefix_config(1 << 30, 8, 64);
     let (engine, handle) = bamba::model::engine::Engine::new(model, config, burn::tensor::DType::F32).unwrap();
     // all six are queued before the engine's first step
     let mut greedy_streams: Vec<_> = (0..4)
@@ -240,13 +232,7 @@ fn a_group_prefill_snapshots_padded_rows_between_grid_points() {
     // would have them after 3 and 5
     let (long, short) = (&refs[0], &refs[1]);
     assert_eq!((long.prompt.len(), short.prompt.len()), (13, 5), "the fixture's prompts");
-    let config = bamba::model::engine::EngineConfig {
-        max_num_seqs: 8,
-        max_num_batched_tokens: 64,
-        max_model_len: 256,
-        prefix_cache: Some(PrefixCacheConfig { budget: 1 << 30, snapshot_interval: 3 }),
-        ..Default::default()
-    };
+    let config = prefix_config(1 << 30, 3, 64);
     let (engine, handle) = bamba::model::engine::Engine::new(model, config, burn::tensor::DType::F32).unwrap();
     // both are queued before the engine's first step: they are prefilled as one group
     let mut first: Vec<_> = [long, short]
@@ -259,14 +245,7 @@ fn a_group_prefill_snapshots_padded_rows_between_grid_points() {
     }
     for (r, resumed_at) in [(short, 4), (long, 12)] {
         let mut repeat = handle.submit(Request { prompt: r.prompt.clone(), params: greedy(r.ids.len(), &[]) }).unwrap();
-        let mut ids = Vec::new();
-        let cached = loop {
-            match repeat.next_blocking().expect("a stream ends with Finished") {
-                Event::Token(t) => ids.push(t.id),
-                Event::Finished { cached_tokens, .. } => break cached_tokens,
-                other => panic!("unexpected event {other:?}"),
-            }
-        };
+        let (ids, _, cached) = run(&mut repeat);
         assert_eq!(ids, r.ids, "a repeat of the {}-token prompt", r.prompt.len());
         assert_eq!(cached, resumed_at, "where the {}-token prompt resumed", r.prompt.len());
     }
