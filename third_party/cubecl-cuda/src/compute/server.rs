@@ -121,7 +121,22 @@ impl ComputeServer for CudaServer {
             Err(err) => unreachable!("{err:?}"),
         };
 
-        let reserved = command.reserve(size).unwrap();
+        // bamba: an allocation the device refuses is retried once after the pools give their free
+        // pages back, then recorded as the stream's error (a read returns it as a `ServerError`),
+        // where the release panicked on CubeCL's server thread and left the device unusable.
+        let reserved = match command.reserve(size) {
+            Ok(reserved) => reserved,
+            Err(_) => {
+                command.streams.current().memory_management_gpu.cleanup(true);
+                match command.reserve(size) {
+                    Ok(reserved) => reserved,
+                    Err(err) => {
+                        command.error(err.into());
+                        return;
+                    }
+                }
+            }
+        };
         command.bind(reserved, memory);
     }
 

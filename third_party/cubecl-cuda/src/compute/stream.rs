@@ -97,10 +97,12 @@ impl EventStreamBackend for CudaStreamBackend {
     }
 
     fn handle_cursor(stream: &Self::Stream, binding: &Binding) -> u64 {
+        // bamba: memory whose allocation failed is unbound; cursor 0 lets the command go on to the
+        // resource lookup, which records the error, where the release panicked here.
         stream
             .memory_management_gpu
             .get_cursor(binding.memory.clone())
-            .unwrap()
+            .unwrap_or(0)
     }
 
     fn is_healthy(stream: &Self::Stream) -> bool {
