@@ -55,13 +55,17 @@ fn batch_rows_equal_single_rows() {
 
 #[test]
 fn bad_token_ids_are_typed_errors() {
-    use bamba::model::InputError;
+    use bamba::model::{GenerateError, InputError};
     let model =
         BambaModel::<TestBackend>::load(fixtures_dir().join("base"), &Default::default(), Precision::F32).unwrap();
     let vocab = model.config.vocab_size as u32;
-    assert_eq!(model.prompt_logits(&[]).unwrap_err(), InputError::EmptyPrompt);
+    let input_error = |ids: &[u32]| match model.prompt_logits(ids).unwrap_err() {
+        GenerateError::Input(e) => e,
+        other => panic!("not an input error: {other}"),
+    };
+    assert_eq!(input_error(&[]), InputError::EmptyPrompt);
     assert_eq!(
-        model.prompt_logits(&[1, vocab, 2]).unwrap_err(),
+        input_error(&[1, vocab, 2]),
         InputError::TokenOutOfRange { token: vocab, position: 1, vocab: vocab as usize }
     );
     assert!(matches!(model.ids_tensor(&[vec![1, 2], vec![1]]), Err(InputError::RaggedBatch { row: 1, .. })));

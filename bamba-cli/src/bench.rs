@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use bamba_model::bamba_kernels::BambaOps;
 use bamba_model::presets::preset;
 use bamba_model::sizes::{prefill_flops, MemoryModel};
-use bamba_model::{BambaConfig, BambaModel, HybridCache, Precision};
+use bamba_model::{BambaConfig, BambaModel, DeviceError, HybridCache, Precision};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::{json, Value};
 
@@ -176,7 +176,7 @@ impl BackendJob for Job<'_> {
             Some(dir) => crate::load::load_model::<B>(dir, &device, self.precision)?.0,
             None => BambaModel::<B>::random(self.config.clone(), &device, self.precision, args.seed)?,
         };
-        B::sync(&device).map_err(|e| anyhow::anyhow!("device error after loading: {e:?}"))?;
+        B::sync(&device).map_err(DeviceError::from).context("after loading the weights")?;
         let load_s = start.elapsed().as_secs_f64();
         let memory =
             MemoryModel::new(&self.config, self.precision.bytes(), args.state_dtype.bytes(), self.precision.bytes());
@@ -255,7 +255,7 @@ impl Job<'_> {
     ) -> Result<Value> {
         let args = self.args;
         let device = &model.device;
-        let sync = || B::sync(device).map_err(|e| anyhow::anyhow!("device error: {e:?}"));
+        let sync = || Ok(B::sync(device).map_err(DeviceError::from)?);
         let state_dtype = args.state_dtype.dtype();
         let vocab = self.config.vocab_size;
         // Seeded ids spread over the vocabulary (the values do not change the work done).
@@ -373,7 +373,7 @@ fn decode_run<B: BambaOps>(
     for _ in 0..steps {
         let logits = model.forward_cached(ids.clone(), cache, true)?;
         ids = logits.argmax(2).reshape([batch, 1]);
-        let chosen = ids.clone().into_data();
+        let chosen = ids.clone().try_into_data().map_err(DeviceError::from)?;
         if chosen.num_elements() != batch {
             bail!("decode step returned {} ids for a batch of {batch}", chosen.num_elements());
         }

@@ -36,7 +36,7 @@ pub fn code(error: &anyhow::Error) -> u8 {
             return match e {
                 GenerateError::Sampling(_) | GenerateError::PrefillChunk => USAGE,
                 GenerateError::Input(_) => INPUT,
-                GenerateError::Cache(_) | GenerateError::Samplers { .. } => RUNTIME,
+                GenerateError::Cache(_) | GenerateError::Samplers { .. } | GenerateError::Device(_) => RUNTIME,
             };
         }
         if let Some(e) = cause.downcast_ref::<HubError>() {

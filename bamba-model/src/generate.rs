@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bamba_kernels::BambaOps;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use thiserror::Error;
 
 use crate::cache::{CacheError, HybridCache};
@@ -13,6 +13,7 @@ use crate::config::ConfigError;
 use crate::loader::Precision;
 use crate::model::{BambaModel, InputError};
 use crate::padding::LeftPadding;
+use crate::readback::{read_f32, read_i64, DeviceError};
 use crate::sampling::{Sampler, SamplingError};
 
 /// Errors during generation.
@@ -26,6 +27,8 @@ pub enum GenerateError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Sampling(#[from] SamplingError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("the prefill chunk must be at least 1 token")]
     PrefillChunk,
     #[error("{prompts} prompts need {prompts} samplers, got {samplers}")]
@@ -185,10 +188,9 @@ pub fn eos_ids(dir: &Path, config_eos: &[u32]) -> Result<Vec<u32>, ConfigError> 
 ///
 /// # Shapes
 /// - `logits`: `[rows, 1, vocab]` → `rows` ids
-pub fn device_argmax<B: BambaOps>(logits: Tensor<B, 3>) -> Vec<u32> {
+pub fn device_argmax<B: BambaOps>(logits: Tensor<B, 3>) -> Result<Vec<u32>, DeviceError> {
     let rows = logits.dims()[0];
-    let ids = logits.argmax(2).reshape([rows]).into_data().convert::<i64>();
-    ids.to_vec::<i64>().expect("i64 after convert").into_iter().map(|i| i as u32).collect()
+    Ok(read_i64(logits.argmax(2).reshape([rows]))?.into_iter().map(|i| i as u32).collect())
 }
 
 impl<B: BambaOps> BambaModel<B> {
@@ -202,9 +204,9 @@ impl<B: BambaOps> BambaModel<B> {
     ) -> Result<Choices, GenerateError> {
         let logits = self.forward_cached(self.ids_tensor(rows)?, cache, true)?;
         if on_device {
-            return Ok(Choices::Ids(device_argmax(logits)));
+            return Ok(Choices::Ids(device_argmax(logits)?));
         }
-        let flat = logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
+        let flat = read_f32(logits)?;
         Ok(Choices::Logits(flat.chunks_exact(self.config.vocab_size).map(<[f32]>::to_vec).collect()))
     }
 

@@ -11,12 +11,14 @@ use thiserror::Error;
 
 use crate::cache::{CacheError, HybridCache};
 use crate::config::BambaConfig;
+use crate::generate::GenerateError;
 use crate::layer::DecoderLayer;
 use crate::linear::Linear;
 use crate::loader::{Checkpoint, LoadError, Precision, WeightReader};
 use crate::names::TensorNames;
 use crate::norm::RmsNorm;
 use crate::padding::ChunkMasks;
+use crate::readback::read_f32;
 use crate::rope::Rope;
 use crate::shared::SharedBlock;
 
@@ -355,12 +357,12 @@ impl<B: BambaOps> BambaModel<B> {
     /// The hidden states of one prompt as f32 on the host, each `[len, hidden]` row-major: the
     /// embeddings, then the output of every decoder layer (what transformers' `output_hidden_states`
     /// holds before the final norm). For finding the layer where a mismatch with a reference starts.
-    pub fn prompt_hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, InputError> {
+    pub fn prompt_hidden_states(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError> {
         Ok(self.prompt_outputs(ids, true)?.hidden_states)
     }
 
     /// Validates one prompt and returns its logits `[len, vocab]` as f32 on the host (row-major).
-    pub fn prompt_logits(&self, ids: &[u32]) -> Result<(Vec<f32>, [usize; 2]), InputError> {
+    pub fn prompt_logits(&self, ids: &[u32]) -> Result<(Vec<f32>, [usize; 2]), GenerateError> {
         let out = self.prompt_outputs(ids, false)?;
         Ok((out.logits, out.shape))
     }
@@ -369,7 +371,7 @@ impl<B: BambaOps> BambaModel<B> {
     /// [`Self::prompt_hidden_states`] gives them. The prompt goes through a cache in chunks of
     /// [`Self::auto_prefill_chunk`], so the attention scores stay within their bound at any length;
     /// the host buffers are reserved first, and a size the host cannot give is an error, not an abort.
-    pub fn prompt_outputs(&self, ids: &[u32], hidden_states: bool) -> Result<PromptOutputs, InputError> {
+    pub fn prompt_outputs(&self, ids: &[u32], hidden_states: bool) -> Result<PromptOutputs, GenerateError> {
         self.validate_ids(ids)?;
         let (len, vocab, hidden) = (ids.len(), self.config.vocab_size, self.config.hidden_size);
         let reserve = |what: &'static str, width: usize| -> Result<Vec<f32>, InputError> {
@@ -383,20 +385,26 @@ impl<B: BambaOps> BambaModel<B> {
         let observed = if hidden_states { self.layers.len() + 1 } else { 0 };
         let mut states: Vec<Vec<f32>> =
             (0..observed).map(|_| reserve("hidden states", hidden)).collect::<Result<_, _>>()?;
-        let host = |x: &Tensor<B, 3>| x.clone().cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
         let mut cache = self.new_cache(1, len, DType::F32).expect("an f32 state is supported by every backend");
         cache.set_prefill_end(len);
         let chunk = self.auto_prefill_chunk(1, len);
         for begin in (0..len).step_by(chunk) {
             let part = self.ids_tensor(&[ids[begin..(begin + chunk).min(len)].to_vec()])?;
             let mut next_state = states.iter_mut();
+            let mut failure = None;
             let mut observe = |x: &Tensor<B, 3>| {
                 if let Some(state) = next_state.next() {
-                    state.extend(host(x));
+                    match read_f32(x.clone()) {
+                        Ok(values) => state.extend(values),
+                        Err(e) => failure = Some(e),
+                    }
                 }
             };
             let out = self.run_cached(part, &mut cache, false, Some(&mut observe)).expect("the cache holds the prompt");
-            logits.extend(host(&out));
+            if let Some(e) = failure {
+                return Err(e.into());
+            }
+            logits.extend(read_f32(out)?);
         }
         Ok(PromptOutputs { logits, shape: [len, vocab], hidden_states: states })
     }

@@ -274,7 +274,10 @@ impl TextModel {
 
     /// The logits of every position of `ids` (one forward, no cache), as f32.
     pub fn logits(&self, ids: &[u32]) -> Result<Logits, TextModelError> {
-        Ok(self.pipeline.logits(ids)?)
+        self.pipeline.logits(ids).map_err(|e| match e {
+            GenerateError::Input(e) => TextModelError::Input(e),
+            e => TextModelError::Generate(e),
+        })
     }
 
     fn text_tokenizer(&self) -> Result<&TextTokenizer, TextModelError> {
@@ -367,7 +370,7 @@ trait Pipeline {
         params: &GenerateParams,
         sampler: Sampler,
     ) -> Result<Box<dyn Iterator<Item = Result<u32, GenerateError>> + 'a>, GenerateError>;
-    fn logits(&self, ids: &[u32]) -> Result<Logits, InputError>;
+    fn logits(&self, ids: &[u32]) -> Result<Logits, GenerateError>;
 }
 
 impl<B: BambaOps> Pipeline for BambaModel<B> {
@@ -391,7 +394,7 @@ impl<B: BambaOps> Pipeline for BambaModel<B> {
     ) -> Result<Box<dyn Iterator<Item = Result<u32, GenerateError>> + 'a>, GenerateError> {
         Ok(Box::new(BambaModel::stream(self, prompt, params, sampler)?))
     }
-    fn logits(&self, ids: &[u32]) -> Result<Logits, InputError> {
+    fn logits(&self, ids: &[u32]) -> Result<Logits, GenerateError> {
         let (values, [_, vocab]) = self.prompt_logits(ids)?;
         Ok(Logits { values, vocab })
     }

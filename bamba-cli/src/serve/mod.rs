@@ -424,7 +424,7 @@ impl BackendJob for ServeJob {
         // A SIGTERM while the weights were still being made ends the engine at once, with their
         // kernels still queued; exiting then tore the CUDA context down under them (a segfault in 2 of
         // 6 tries on an H100). Wait for the device first.
-        B::sync(&device).map_err(|e| anyhow::anyhow!("device error: {e:?}"))?;
+        B::sync(&device).map_err(bamba_model::DeviceError::from)?;
         Ok(())
     }
 }

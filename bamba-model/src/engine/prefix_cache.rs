@@ -91,6 +91,12 @@ impl<B: BambaOps> PrefixCache<B> {
         self.tree.bytes()
     }
 
+    /// Drops every cached prefix.
+    pub fn clear(&mut self, stats: &EngineStats) {
+        self.tree.clear();
+        self.publish(stats);
+    }
+
     /// Saves row `row` of `cache`, which holds exactly `tokens`, and its state after them.
     pub fn record(&mut self, tokens: &[u32], cache: &HybridCache<B>, row: usize, stats: &EngineStats) {
         debug_assert_eq!(cache.row_lens()[row], tokens.len(), "a row is saved with the tokens it holds");
@@ -105,6 +111,10 @@ impl<B: BambaOps> PrefixCache<B> {
                 },
             )
         });
+        self.publish(stats);
+    }
+
+    fn publish(&self, stats: &EngineStats) {
         let tree = self.tree.stats();
         EngineStats::set(&stats.prefix_snapshots, tree.snapshots);
         stats.prefix_snapshot_bytes.store(tree.snapshot_bytes, Ordering::Relaxed);

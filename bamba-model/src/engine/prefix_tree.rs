@@ -96,6 +96,13 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
         self.stats.segment_bytes + self.stats.snapshot_bytes
     }
 
+    /// Drops every segment and snapshot; the budget and the eviction count stay.
+    pub fn clear(&mut self) {
+        let evicted_nodes = self.stats.evicted_nodes;
+        *self = PrefixTree::new(self.budget);
+        self.stats.evicted_nodes = evicted_nodes;
+    }
+
     fn node(&self, id: usize) -> &Node<K, S> {
         self.nodes[id].as_ref().expect("live node")
     }
@@ -417,6 +424,22 @@ mod tests {
         assert!(tree.lookup(&[1, 1, 1, 1]).is_none(), "the oldest unused sequence is evicted");
         assert!(tree.lookup(&[0, 0, 0, 0]).is_some() && tree.lookup(&[2, 2, 2, 2]).is_some());
         assert_eq!(tree.stats().evicted_nodes, 1);
+    }
+
+    #[test]
+    fn a_cleared_tree_holds_nothing_and_fills_again_within_its_budget() {
+        let mut tree = PrefixTree::new(2 * (4 + 2));
+        for seq in [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2]] {
+            assert!(insert(&mut tree, &seq));
+        }
+        tree.clear();
+        assert_eq!((tree.bytes(), tree.stats().snapshots, tree.stats().evicted_nodes), (0, 0, 1));
+        assert!(tree.lookup(&[2, 2, 2, 2, 9]).is_none());
+        for seq in [[3, 3, 3, 3], [4, 4, 4, 4], [5, 5, 5, 5]] {
+            assert!(insert(&mut tree, &seq));
+        }
+        assert_eq!(recount(&tree), (8, 4, 2), "the budget still holds two sequences");
+        assert_eq!(tree.lookup(&[5, 5, 5, 5, 9]).map(|h| h.resume_at), Some(4));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::cache::{row_index, HybridCache};
 use crate::generate::{device_argmax, FinishReason, GenerateError};
 use crate::model::BambaModel;
 use crate::padding::LeftPadding;
+use crate::readback::{read_f32, DeviceError};
 use crate::sampling::Sampler;
 use burn::tensor::Tensor;
 
@@ -40,9 +41,9 @@ fn score_prompts<B: BambaOps>(
     rows: &mut [(&Request, &mut Vec<TokenEvent>)],
     first_positions: &[i64],
     logits: Tensor<B, 3>,
-) -> Tensor<B, 3> {
+) -> Result<Tensor<B, 3>, DeviceError> {
     let [_, len, vocab] = logits.dims();
-    let flat = logits.clone().cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast");
+    let flat = read_f32(logits.clone())?;
     let columns = flat.chunks_exact(len * vocab);
     for (((request, scores), &first), row) in rows.iter_mut().zip(first_positions).zip(columns) {
         let Some(top) = request.params.prompt_logprobs else { continue };
@@ -54,7 +55,7 @@ fn score_prompts<B: BambaOps>(
             }
         }
     }
-    logits.narrow(1, len - 1, 1)
+    Ok(logits.narrow(1, len - 1, 1))
 }
 
 /// A step's outcome for one sequence.
@@ -132,6 +133,11 @@ impl<B: BambaOps> Sequence<B> {
         };
         let _ = self.events.send(Event::Token(event));
         reason
+    }
+
+    /// Ends the request with the device's failure.
+    fn fail(&self, error: &DeviceError) {
+        let _ = self.events.send(Event::Failed(error.to_string()));
     }
 
     fn finish(&self, reason: FinishReason) {
@@ -251,13 +257,38 @@ impl<B: BambaOps> Engine<B> {
             while let Ok(s) = self.submissions.try_recv() {
                 self.accept(s);
             }
-            if let Err(e) = self.step() {
-                for seq in self.queued.iter().chain(&self.prefilling).chain(&self.running) {
-                    let _ = seq.events.send(Event::Failed(e.to_string()));
+            match self.step() {
+                Ok(()) => {}
+                Err(GenerateError::Device(e)) => self.recover(&e),
+                Err(e) => {
+                    for seq in self.queued.iter().chain(&self.prefilling).chain(&self.running) {
+                        let _ = seq.events.send(Event::Failed(e.to_string()));
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
         }
+    }
+
+    /// After the device failed (memory it could not allocate, most likely): the step's results and
+    /// whatever it wrote may be garbage, so the requests in flight fail with the error, the decode
+    /// batch and the prefix cache are dropped and the allocator gives its free pages back. Queued
+    /// requests, untouched, go on.
+    fn recover(&mut self, error: &DeviceError) {
+        tracing::error!(%error, prefilling = self.prefilling.len(), running = self.running.len(), "device failure");
+        let failed = self.prefilling.len() + self.running.len();
+        for seq in self.prefilling.drain(..).chain(self.running.drain(..)) {
+            seq.fail(error);
+        }
+        EngineStats::add(&self.stats.finished, failed);
+        EngineStats::add(&self.stats.device_failures, 1);
+        self.batch = None;
+        if let Some(prefix) = &mut self.prefix {
+            prefix.clear(&self.stats);
+        }
+        B::memory_cleanup(&self.model.device);
+        self.free_low = u64::MAX;
+        self.publish();
     }
 
     fn idle(&self) -> bool {
@@ -368,8 +399,22 @@ impl<B: BambaOps> Engine<B> {
     /// prefilled alone, in chunks over several steps. Returns the prefilled groups whose first token
     /// did not end them.
     fn prefill_chunks(&mut self) -> Result<Vec<Prefilled<B>>, GenerateError> {
-        let mut budget = self.config.max_num_batched_tokens - self.running.len();
         let mut ready = Vec::new();
+        match self.prefill_into(&mut ready) {
+            Ok(()) => Ok(ready),
+            Err(e) => {
+                // the groups prefilled before the device failed are out of the queue: they fail here
+                if let GenerateError::Device(failure) = &e {
+                    ready.iter().flat_map(|g| &g.seqs).for_each(|s| s.fail(failure));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Self::prefill_chunks`], adding the prefilled groups to `ready` as they come.
+    fn prefill_into(&mut self, ready: &mut Vec<Prefilled<B>>) -> Result<(), GenerateError> {
+        let mut budget = self.config.max_num_batched_tokens - self.running.len();
         while budget > 0 && !self.prefilling.is_empty() {
             let group = self.fresh_group(budget);
             if group >= 2 {
@@ -402,7 +447,7 @@ impl<B: BambaOps> Engine<B> {
             let scoring = seq.request.params.prompt_logprobs.is_some();
             let mut logits = self.model.forward_cached(ids, cache, !scoring)?;
             if scoring {
-                logits = score_prompts(&mut [(&seq.request, &mut seq.prompt_events)], &[done as i64], logits);
+                logits = score_prompts(&mut [(&seq.request, &mut seq.prompt_events)], &[done as i64], logits)?;
             }
             budget -= end - done;
             EngineStats::add(&self.stats.prompt_tokens, end - done);
@@ -416,9 +461,9 @@ impl<B: BambaOps> Engine<B> {
             }
             let mut seq = self.prefilling.pop_front().expect("not empty");
             let cache = seq.prefill.take().expect("prefilled");
-            ready.extend(self.first_tokens(vec![seq], cache, logits));
+            ready.extend(self.first_tokens(vec![seq], cache, logits)?);
         }
-        Ok(ready)
+        Ok(())
     }
 
     /// Prefills fresh prompts together as one left-padded batch; with the prefix cache on, in chunks
@@ -447,7 +492,14 @@ impl<B: BambaOps> Engine<B> {
                 // column c of row r is the prompt's position begin + c - pads[r] (a pad where negative)
                 let first_positions: Vec<i64> = pads.iter().map(|&pad| begin as i64 - pad as i64).collect();
                 let mut rows: Vec<_> = seqs.iter_mut().map(|s| (&s.request, &mut s.prompt_events)).collect();
-                out = score_prompts(&mut rows, &first_positions, out);
+                out = match score_prompts(&mut rows, &first_positions, out) {
+                    Ok(out) => out,
+                    Err(e) => {
+                        // the group was taken out of the prefill queue: its requests learn of it here
+                        seqs.iter().for_each(|s| s.fail(&e));
+                        return Err(e.into());
+                    }
+                };
             }
             if let Some(prefix) = &mut self.prefix {
                 for (row, prompt) in prompts.iter().enumerate() {
@@ -461,7 +513,7 @@ impl<B: BambaOps> Engine<B> {
         }
         EngineStats::add(&self.stats.prompt_tokens, prompts.iter().map(Vec::len).sum());
         let logits = logits.expect("a prompt has a token");
-        Ok((self.first_tokens(seqs, cache, logits), group * width))
+        Ok((self.first_tokens(seqs, cache, logits)?, group * width))
     }
 
     /// The first tokens of sequences just prefilled (rows of `cache` and `logits`), and of those that
@@ -471,7 +523,7 @@ impl<B: BambaOps> Engine<B> {
         mut seqs: Vec<Sequence<B>>,
         mut cache: HybridCache<B>,
         logits: Tensor<B, 3>,
-    ) -> Option<Prefilled<B>> {
+    ) -> Result<Option<Prefilled<B>>, DeviceError> {
         let mut logits = self.fork_identical(&mut seqs, &mut cache, logits);
         for seq in seqs.iter_mut().filter(|s| s.request.params.prompt_logprobs.is_some()) {
             let _ = seq.events.send(Event::Prompt(std::mem::take(&mut seq.prompt_events)));
@@ -484,21 +536,21 @@ impl<B: BambaOps> Engine<B> {
             }
             EngineStats::add(&self.stats.finished, seqs.len() - live.len());
             if live.is_empty() {
-                return None;
+                return Ok(None);
             }
             cache.select_rows(&live);
             logits = logits.select(0, row_index::<B>(&live, &self.model.device));
             seqs.retain(|s| s.request.params.max_tokens > 0);
         }
-        let keep = self.take_tokens(&mut seqs, logits);
+        let keep = self.take_tokens(&mut seqs, logits)?;
         if keep.is_empty() {
-            return None;
+            return Ok(None);
         }
         if keep.len() < seqs.len() {
             cache.select_rows(&keep);
         }
         let kept = seqs.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, s)| s).collect();
-        Some(Prefilled { cache, seqs: kept })
+        Ok(Some(Prefilled { cache, seqs: kept }))
     }
 
     /// With the prefix cache on, moves repeats of a prompt in a fresh group back to the front of the
@@ -594,14 +646,15 @@ impl<B: BambaOps> Engine<B> {
 
     /// Chooses each sequence's next token from its row of `logits` (`[rows, 1, vocab]`), on the device
     /// when every row is plain greedy, and sends it; finished sequences get their last event. Returns
-    /// the rows still running.
-    fn take_tokens(&self, seqs: &mut [Sequence<B>], logits: Tensor<B, 3>) -> Vec<usize> {
+    /// the rows still running. Where the device failed, every sequence of `seqs` gets the error.
+    fn take_tokens(&self, seqs: &mut [Sequence<B>], logits: Tensor<B, 3>) -> Result<Vec<usize>, DeviceError> {
         // Logits come back only when some row samples or reports log-probabilities.
-        let (ids, flat) = if seqs.iter().all(Sequence::device_greedy) {
-            (device_argmax(logits), Vec::new())
+        let read = if seqs.iter().all(Sequence::device_greedy) {
+            device_argmax(logits).map(|ids| (ids, Vec::new()))
         } else {
-            (Vec::new(), logits.cast(DType::F32).into_data().to_vec::<f32>().expect("f32 after cast"))
+            read_f32(logits).map(|flat| (Vec::new(), flat))
         };
+        let (ids, flat) = read.inspect_err(|e| seqs.iter().for_each(|s| s.fail(e)))?;
         let vocab = self.model.config.vocab_size;
         let mut keep = Vec::with_capacity(seqs.len());
         for (r, seq) in seqs.iter_mut().enumerate() {
@@ -616,7 +669,7 @@ impl<B: BambaOps> Engine<B> {
             }
         }
         EngineStats::add(&self.stats.generation_tokens, seqs.len());
-        keep
+        Ok(keep)
     }
 
     /// Adds prefilled groups to the decode batch, realigning every row to the longest one.
@@ -652,7 +705,7 @@ impl<B: BambaOps> Engine<B> {
         let ids = self.model.ids_tensor(&column)?;
         let logits = self.model.forward_cached(ids, batch, true)?;
         let mut running = std::mem::take(&mut self.running);
-        let keep = self.take_tokens(&mut running, logits);
+        let keep = self.take_tokens(&mut running, logits)?;
         self.running = running;
         if let (Some(prefix), Some(batch)) = (&mut self.prefix, &self.batch) {
             // a finished row holds its prompt and every generated token but the last: the next
