@@ -1481,6 +1481,22 @@ mod cuda_cublaslt {
 
 /// On CUDA every weight upload of `weight_upload_round_trips` (three tensors per dtype) takes the
 /// pinned path.
+/// A buffer larger than the device (1 TiB): the allocation fails on CubeCL's server thread, the read
+/// that follows returns `DeviceError::OutOfMemory` (the vendored cubecl-cuda's hunks,
+/// third_party/README.md), and the device goes on computing.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_an_allocation_the_device_refuses_is_an_error_and_the_device_goes_on() {
+    use bamba::model::readback::read_f32;
+    use bamba::model::DeviceError;
+    use bamba_kernels::cube::unfused::Cuda as Unfused;
+    let device = burn::backend::cuda::CudaDevice::default();
+    let huge = Tensor::<Unfused, 1>::ones([1 << 38], &device);
+    assert_eq!(read_f32(huge.slice([0..4])), Err(DeviceError::OutOfMemory));
+    let small = Tensor::<Unfused, 1>::from_floats([1.0, 2.0, 3.0], &device) * 2.0;
+    assert_eq!(read_f32(small), Ok(vec![2.0, 4.0, 6.0]));
+}
+
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_weights_upload_through_pinned_buffers() {
