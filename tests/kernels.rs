@@ -1491,7 +1491,7 @@ fn cuda_an_allocation_the_device_refuses_is_an_error_and_the_device_goes_on() {
     use bamba::model::DeviceError;
     use bamba_kernels::cube::unfused::Cuda as Unfused;
     let device = burn::backend::cuda::CudaDevice::default();
-    let huge = Tensor::<Unfused, 1>::ones([1 << 38], &device);
+    let huge = Tensor::<Unfused, 1>::ones([1usize << 38], &device);
     assert_eq!(read_f32(huge.slice([0..4])), Err(DeviceError::OutOfMemory));
     let small = Tensor::<Unfused, 1>::from_floats([1.0, 2.0, 3.0], &device) * 2.0;
     assert_eq!(read_f32(small), Ok(vec![2.0, 4.0, 6.0]));
