@@ -982,7 +982,7 @@ fn check_serving_engine<B: BambaOps>(device: &B::Device) {
     use bamba::model::engine::{Engine, EngineConfig, Event, PrefixCacheConfig, Request, RequestParams};
     let reference = tiny_reference();
     let generations = reference["generations"].as_array().unwrap();
-    for prefix_cache in [None, Some(PrefixCacheConfig { budget: 1 << 30, snapshot_interval: 4 })] {
+    for prefix_cache in [None, Some(PrefixCacheConfig::new(1 << 30, 4))] {
         let model = BambaModel::<B>::load(tiny_dir(), device, Precision::F32).unwrap();
         let config = EngineConfig {
             max_num_seqs: 2,

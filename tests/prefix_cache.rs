@@ -22,7 +22,7 @@ fn prefix_config(budget: u64, interval: usize, max_num_batched_tokens: usize) ->
         max_num_seqs: 8,
         max_num_batched_tokens,
         max_model_len: 256,
-        prefix_cache: Some(PrefixCacheConfig { budget, snapshot_interval: interval }),
+        prefix_cache: Some(PrefixCacheConfig::new(budget, interval)),
         ..Default::default()
     }
 }
@@ -157,26 +157,39 @@ fn concurrent_requests_sharing_prefixes_under_eviction_get_their_solo_tokens() {
             model.generate(p, &greedy_params(6, vec![]), &mut sampler, |_| true).unwrap().ids
         })
         .collect();
-    let (handle, thread) = start(model, prefix_config(budget, 8, 40));
-    // two waves of all 32: the second finds what the first left (as much as the budget kept)
-    for wave in 0..2 {
-        let mut streams: Vec<_> = prompts
-            .iter()
-            .map(|p| handle.submit(Request { prompt: p.clone(), params: greedy(6, &[]) }).unwrap())
-            .collect();
-        for (r, (s, want)) in streams.iter_mut().zip(&solo).enumerate() {
-            assert_eq!(&collect(s).0, want, "wave {wave} request {r}");
+    // one budget shared as it comes, then the same with K/V and snapshots capped apart (the K/V of
+    // about two of the 4 shared beginnings, eight snapshots)
+    let shared = prefix_config(budget, 8, 40);
+    let caps = PrefixCacheConfig {
+        kv_budget: Some(50 * costs.kv_per_slot),
+        snapshot_budget: Some(8 * costs.state),
+        ..shared.prefix_cache.unwrap()
+    };
+    for config in [shared.clone(), EngineConfig { prefix_cache: Some(caps), ..shared }] {
+        let prefix = config.prefix_cache.unwrap();
+        let (handle, thread) = start(model.clone(), config);
+        // two waves of all 32: the second finds what the first left (as much as the budget kept)
+        for wave in 0..2 {
+            let mut streams: Vec<_> = prompts
+                .iter()
+                .map(|p| handle.submit(Request { prompt: p.clone(), params: greedy(6, &[]) }).unwrap())
+                .collect();
+            for (r, (s, want)) in streams.iter_mut().zip(&solo).enumerate() {
+                assert_eq!(&collect(s).0, want, "{prefix:?}: wave {wave} request {r}");
+            }
         }
+        settle(&handle);
+        let stats = handle.stats();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let (snapshots, kv) = (load(&stats.prefix_snapshot_bytes), load(&stats.prefix_kv_bytes));
+        assert!(load(&stats.prefix_hits) > 0, "{prefix:?}: no prefix hit");
+        assert!(load(&stats.prefix_evictions) > 0, "{prefix:?}: the budget forced no eviction");
+        assert!(snapshots + kv <= budget, "{prefix:?}");
+        assert!(kv <= prefix.kv_budget.unwrap_or(budget) && snapshots <= prefix.snapshot_budget.unwrap_or(budget));
+        assert_eq!(load(&stats.cache_bytes), 0, "every request's cache is freed");
+        drop(handle);
+        thread.join().unwrap();
     }
-    settle(&handle);
-    let stats = handle.stats();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    assert!(load(&stats.prefix_hits) > 0, "no prefix hit");
-    assert!(load(&stats.prefix_evictions) > 0, "the budget forced no eviction");
-    assert!(load(&stats.prefix_snapshot_bytes) + load(&stats.prefix_kv_bytes) <= budget);
-    assert_eq!(load(&stats.cache_bytes), 0, "every request's cache is freed");
-    drop(handle);
-    thread.join().unwrap();
 }
 
 /// Identical prompts submitted together (as `n > 1` does) are prefilled once: the others fork from

@@ -70,6 +70,14 @@ pub struct ServeArgs {
     /// (default: a quarter of what the memory budget leaves after the weights, else 2GB).
     #[arg(allow_hyphen_values = true, long, value_parser = crate::memory_bytes, conflicts_with = "no_prefix_cache")]
     pub prefix_cache_memory: Option<u64>,
+    /// Of the prefix cache's memory, what its K/V may take at most, e.g. 1GB (default: all of it,
+    /// shared with the snapshots as they come).
+    #[arg(allow_hyphen_values = true, long, value_parser = crate::memory_bytes, conflicts_with = "no_prefix_cache")]
+    pub prefix_cache_kv_memory: Option<u64>,
+    /// Of the prefix cache's memory, what its state snapshots may take at most, e.g. 3GB (default:
+    /// all of it, shared with the K/V as they come).
+    #[arg(allow_hyphen_values = true, long, value_parser = crate::memory_bytes, conflicts_with = "no_prefix_cache")]
+    pub prefix_cache_snapshot_memory: Option<u64>,
     /// Tokens between the prefix cache's state snapshots during a prefill (default: the model's SSD
     /// chunk size). Long prompts are prefilled in chunks ending on this grid; a hit recomputes fewer
     /// tokens than this.
@@ -204,9 +212,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     };
     // The prefix cache comes out of what the memory budget leaves for caches.
     let exact_prefixes = !config.rope.as_ref().is_some_and(|r| r.depends_on_length());
-    if !exact_prefixes && args.prefix_cache_memory.is_some() {
+    let prefix_flag = [
+        ("--prefix-cache-memory", args.prefix_cache_memory),
+        ("--prefix-cache-kv-memory", args.prefix_cache_kv_memory),
+        ("--prefix-cache-snapshot-memory", args.prefix_cache_snapshot_memory),
+    ]
+    .into_iter()
+    .find_map(|(flag, bytes)| bytes.map(|_| flag));
+    if let (false, Some(flag)) = (exact_prefixes, prefix_flag) {
         return Err(crate::exit::usage(format!(
-            "--prefix-cache-memory: {}",
+            "{flag}: {}",
             bamba_model::engine::EngineConfigError::PrefixCacheRope {
                 rope_type: config.rope.as_ref().map_or("default", |r| r.scaling.rope_type())
             }
@@ -218,6 +233,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         (false, None, Some(caches)) => Some(caches / 4),
         (false, None, None) => Some(DEFAULT_PREFIX_CACHE_BYTES),
     };
+    if let Some(bytes) = args.prefix_cache_snapshot_memory.filter(|&b| b < costs.state) {
+        return Err(crate::exit::usage(format!(
+            "--prefix-cache-snapshot-memory ({bytes} bytes) holds no snapshot ({} bytes each)",
+            costs.state
+        )));
+    }
     let cache_budget = match (cache_budget, prefix_budget) {
         (Some(caches), Some(prefix)) if prefix >= caches => {
             return Err(crate::exit::usage(format!(
@@ -233,9 +254,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         eprintln!("  (the budget is {what}; --memory sets it)");
     }
     let snapshot_interval = args.prefix_snapshot_interval.map_or(config.mamba_chunk_size, |n| n as usize);
+    let caps: String = [("K/V", args.prefix_cache_kv_memory), ("snapshots", args.prefix_cache_snapshot_memory)]
+        .into_iter()
+        .filter_map(|(what, bytes)| bytes.map(|b| format!(", {what} at most {}", gb(b))))
+        .collect();
     match prefix_budget {
         Some(bytes) => eprintln!(
-            "  prefix cache       {} (snapshots every {snapshot_interval} tokens, {} each)",
+            "  prefix cache       {} (snapshots every {snapshot_interval} tokens, {} each{caps})",
             gb(bytes),
             gb(costs.state)
         ),
@@ -248,7 +273,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_model_len,
         max_queue: args.max_queue as usize,
         cache_budget,
-        prefix_cache: prefix_budget.map(|budget| PrefixCacheConfig { budget, snapshot_interval }),
+        prefix_cache: prefix_budget.map(|budget| PrefixCacheConfig {
+            budget,
+            kv_budget: args.prefix_cache_kv_memory,
+            snapshot_budget: args.prefix_cache_snapshot_memory,
+            snapshot_interval,
+        }),
         allocator_slack,
     };
     let state = Arc::new(AppState {

@@ -23,7 +23,7 @@ use bamba_kernels::BambaOps;
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 
-use super::prefix_tree::{PrefixTree, Segment};
+use super::prefix_tree::{PrefixTree, Segment, TreeBudget};
 use super::stats::EngineStats;
 use crate::cache::{CacheError, HybridCache, KvSpan, RowState};
 use crate::model::BambaModel;
@@ -31,12 +31,26 @@ use crate::model::BambaModel;
 /// Settings of an engine's prefix cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrefixCacheConfig {
-    /// Bytes of cached K/V and snapshots at most; the least recently used snapshots
+    /// Bytes of cached K/V and snapshots at most, together; the least recently used snapshots
     /// (with K/V only they need) are evicted past it.
     pub budget: u64,
+    /// Bytes of cached K/V at most, if less than `budget`: past it, the least recently used
+    /// sequences' snapshots and the K/V only they need go.
+    pub kv_budget: Option<u64>,
+    /// Bytes of snapshots at most, if less than `budget`: past it, the least recently used
+    /// snapshots go.
+    pub snapshot_budget: Option<u64>,
     /// Prefill chunks end on multiples of this many tokens, and a snapshot is taken at each
     /// (default: the model's SSD chunk size). A hit recomputes fewer tokens than this.
     pub snapshot_interval: usize,
+}
+
+impl PrefixCacheConfig {
+    /// `budget` bytes shared by K/V and snapshots as they come, snapshots every
+    /// `snapshot_interval` tokens.
+    pub fn new(budget: u64, snapshot_interval: usize) -> Self {
+        PrefixCacheConfig { budget, kv_budget: None, snapshot_budget: None, snapshot_interval }
+    }
 }
 
 impl<B: Backend> Segment for KvSpan<B> {
@@ -63,7 +77,12 @@ pub(crate) struct PrefixCache<B: Backend> {
 
 impl<B: BambaOps> PrefixCache<B> {
     pub fn new(config: PrefixCacheConfig) -> Self {
-        PrefixCache { tree: PrefixTree::new(config.budget), interval: config.snapshot_interval.max(1) }
+        let budget = TreeBudget {
+            total: config.budget,
+            segments: config.kv_budget.unwrap_or(config.budget),
+            snapshots: config.snapshot_budget.unwrap_or(config.budget),
+        };
+        PrefixCache { tree: PrefixTree::new(budget), interval: config.snapshot_interval.max(1) }
     }
 
     /// The cache of the longest snapshotted prefix of `prompt` that leaves at least one token to

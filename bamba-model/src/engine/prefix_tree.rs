@@ -8,8 +8,9 @@
 //! resumes from the deepest snapshot on the matched path; the tokens between it and the end of the
 //! match are recomputed by the caller.
 //!
-//! Memory is bounded by a byte budget: inserting past it evicts the least recently used snapshot
-//! (made or resumed from longest ago). A leaf's goes with the leaf (and with ancestors left with
+//! Memory is bounded by a byte budget ([`TreeBudget`]: segments and snapshots together, and each
+//! kind on its own): inserting past it evicts the least recently used snapshot (made or resumed
+//! from longest ago) — the least recently used leaf's where only the segments are over theirs. A leaf's goes with the leaf (and with ancestors left with
 //! neither a snapshot nor children); an inner node's goes alone, its segment staying for the
 //! sequences below it. Snapshots dominate a hybrid model's cache (a Bamba-9B state is the K/V of
 //! ~10,000 tokens), so an old grid point inside a long path is dropped before a recent leaf. What a caller took from a lookup stays
@@ -37,6 +38,24 @@ pub struct Hit<K, S> {
     pub segments: Vec<K>,
     /// The snapshot at the end of the matched prefix.
     pub snapshot: S,
+}
+
+/// Bytes a tree may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeBudget {
+    /// Segments and snapshots together.
+    pub total: u64,
+    /// Segments (K/V) alone.
+    pub segments: u64,
+    /// Snapshots alone.
+    pub snapshots: u64,
+}
+
+impl TreeBudget {
+    /// `bytes` of segments and snapshots together, shared as they come.
+    pub fn shared(bytes: u64) -> Self {
+        TreeBudget { total: bytes, segments: bytes, snapshots: bytes }
+    }
 }
 
 /// Counters and sizes of a tree.
@@ -74,14 +93,14 @@ struct Snapshot<S> {
 pub struct PrefixTree<K, S> {
     nodes: Vec<Option<Node<K, S>>>,
     free: Vec<usize>,
-    budget: u64,
+    budget: TreeBudget,
     clock: u64,
     stats: TreeStats,
 }
 
 impl<K: Segment, S: Clone> PrefixTree<K, S> {
-    /// An empty tree holding at most `budget` bytes of segments and snapshots.
-    pub fn new(budget: u64) -> Self {
+    /// An empty tree holding at most what `budget` allows.
+    pub fn new(budget: TreeBudget) -> Self {
         let root = Node { parent: 0, tokens: Vec::new(), segment: None, snapshot: None, children: HashMap::new() };
         PrefixTree { nodes: vec![Some(root)], free: Vec::new(), budget, clock: 0, stats: TreeStats::default() }
     }
@@ -241,13 +260,21 @@ impl<K: Segment, S: Clone> PrefixTree<K, S> {
     }
 
     fn evict_to_budget(&mut self) {
-        while self.bytes() > self.budget {
+        loop {
+            let (budget, stats) = (self.budget, self.stats);
+            let snapshots_over = self.bytes() > budget.total || stats.snapshot_bytes > budget.snapshots;
+            if !snapshots_over && stats.segment_bytes <= budget.segments {
+                return;
+            }
+            // only a leaf's removal frees segments: over their budget alone, the oldest leaf goes
             let oldest = self
                 .nodes
                 .iter()
                 .enumerate()
                 .skip(1)
-                .filter_map(|(id, n)| n.as_ref().and_then(|n| n.snapshot.as_ref()).map(|s| (s.used, id)))
+                .filter_map(|(id, n)| n.as_ref().map(|n| (id, n)))
+                .filter(|(_, n)| snapshots_over || n.children.is_empty())
+                .filter_map(|(id, n)| n.snapshot.as_ref().map(|s| (s.used, id)))
                 .min();
             let Some((_, id)) = oldest else { return };
             if self.node(id).children.is_empty() {
@@ -330,7 +357,7 @@ mod tests {
     proptest! {
         #[test]
         fn unbounded_tree_finds_the_longest_stored_prefix(ops in proptest::collection::vec(op(), 1..40)) {
-            let mut tree = PrefixTree::new(u64::MAX);
+            let mut tree = PrefixTree::new(TreeBudget::shared(u64::MAX));
             let mut stored: Vec<Vec<u32>> = Vec::new();
             for op in ops {
                 match op {
@@ -376,7 +403,11 @@ mod tests {
         fn a_bounded_tree_stays_within_budget_and_evicts_least_recently_used(
             ops in proptest::collection::vec(op(), 1..60),
             budget in 4u64..40,
+            segments in 2u64..40,
+            snapshots in 2u64..20,
+            shared in any::<bool>(),
         ) {
+            let budget = if shared { TreeBudget::shared(budget) } else { TreeBudget { total: budget, segments, snapshots } };
             let mut tree = PrefixTree::new(budget);
             let mut stored: Vec<Vec<u32>> = Vec::new();
             for op in ops {
@@ -385,7 +416,7 @@ mod tests {
                         let kept = insert(&mut tree, &seq);
                         // kept means found whole; a sequence that cannot fit is never kept
                         prop_assert_eq!(kept, tree.lookup(&seq).is_some_and(|h| h.resume_at == seq.len()));
-                        if seq.len() as u64 + 2 > budget {
+                        if seq.len() as u64 + 2 > budget.total || seq.len() as u64 > budget.segments || 2 > budget.snapshots {
                             prop_assert!(!kept);
                         }
                         if kept && !stored.contains(&seq) {
@@ -401,7 +432,9 @@ mod tests {
                         }
                     }
                 }
-                prop_assert!(tree.bytes() <= budget);
+                prop_assert!(tree.bytes() <= budget.total);
+                prop_assert!(tree.stats().segment_bytes <= budget.segments);
+                prop_assert!(tree.stats().snapshot_bytes <= budget.snapshots);
                 let (segments, snapshot_bytes, snapshots) = recount(&tree);
                 let stats = tree.stats();
                 prop_assert_eq!((stats.segment_bytes, stats.snapshot_bytes, stats.snapshots), (segments, snapshot_bytes, snapshots));
@@ -415,7 +448,7 @@ mod tests {
 
     #[test]
     fn the_least_recently_used_snapshot_goes_first() {
-        let mut tree = PrefixTree::new(3 * (4 + 2));
+        let mut tree = PrefixTree::new(TreeBudget::shared(3 * (4 + 2)));
         for seq in [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2]] {
             assert!(insert(&mut tree, &seq));
         }
@@ -428,7 +461,7 @@ mod tests {
 
     #[test]
     fn a_cleared_tree_holds_nothing_and_fills_again_within_its_budget() {
-        let mut tree = PrefixTree::new(2 * (4 + 2));
+        let mut tree = PrefixTree::new(TreeBudget::shared(2 * (4 + 2)));
         for seq in [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2]] {
             assert!(insert(&mut tree, &seq));
         }
@@ -443,9 +476,28 @@ mod tests {
     }
 
     #[test]
+    fn each_kind_is_bounded_by_its_own_budget() {
+        // the segments over theirs: the oldest leaf goes, though the snapshots fit
+        let mut tree = PrefixTree::new(TreeBudget { total: 100, segments: 8, snapshots: 100 });
+        for seq in [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2]] {
+            assert!(insert(&mut tree, &seq));
+        }
+        assert!(tree.lookup(&[0, 0, 0, 0, 9]).is_none(), "the oldest sequence is evicted");
+        assert_eq!(recount(&tree), (8, 4, 2));
+        // the snapshots over theirs: the old inner snapshot goes, its segment stays for the path below
+        let mut tree = PrefixTree::new(TreeBudget { total: 100, segments: 100, snapshots: 4 });
+        for seq in [&[5, 5][..], &[5, 5, 5, 5], &[7, 7, 7]] {
+            assert!(insert(&mut tree, seq));
+        }
+        assert_eq!(tree.lookup(&[5, 5, 1]).map(|h| h.resume_at), None);
+        assert_eq!(tree.lookup(&[5, 5, 5, 5, 1]).map(|h| h.resume_at), Some(4));
+        assert_eq!(recount(&tree), (7, 4, 2));
+    }
+
+    #[test]
     fn an_old_inner_snapshot_goes_before_a_recent_leaf() {
         // a path with snapshots after 2 and 4 tokens, then another sequence: over budget by one snapshot
-        let mut tree = PrefixTree::new(2 + 2 + 2 + 2 + 3 + 2 - 1);
+        let mut tree = PrefixTree::new(TreeBudget::shared(2 + 2 + 2 + 2 + 3 + 2 - 1));
         assert!(insert(&mut tree, &[5, 5]));
         assert!(insert(&mut tree, &[5, 5, 5, 5]));
         assert!(insert(&mut tree, &[7, 7, 7]));
