@@ -710,20 +710,20 @@ impl CudaServer {
             (None, handle)
         };
 
+        // bamba: a buffer whose allocation failed has no resource: the launch returns the error
+        // (recorded on the stream by `launch`), where the release panicked here.
         let mut resources = bindings
             .tensor_maps
             .iter()
             .map(|it| it.binding.clone())
             .chain(bindings.buffers)
-            .map(|binding| command.resource(binding).expect("Resource to exist."))
-            .collect::<Vec<_>>();
+            .map(|binding| command.resource(binding))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let mut tensor_maps = Vec::with_capacity(bindings.tensor_maps.len());
 
         for TensorMapBinding { map, binding } in bindings.tensor_maps.into_iter() {
-            let resource = command
-                .resource(binding)
-                .expect("Tensor map resource exists.");
+            let resource = command.resource(binding)?;
             let device_ptr = resource.ptr as *mut c_void;
 
             let mut map_ptr = MaybeUninit::zeroed();
@@ -878,11 +878,9 @@ impl CudaServer {
             tensor_maps.push(binding);
         }
 
-        resources.extend(
-            info_binding
-                .into_iter()
-                .map(|s| command.resource(s.binding()).expect("Resource to exist")),
-        );
+        if let Some(info) = info_binding {
+            resources.push(command.resource(info.binding())?);
+        }
 
         command.kernel(
             kernel_id,
