@@ -146,6 +146,10 @@ async fn one_request(
                 continue;
             }
             let v: Value = serde_json::from_str(data).context("parsing a stream event")?;
+            // a request the server fails after its stream started ends with an error event
+            if let Some(message) = v["error"]["message"].as_str() {
+                bail!("the server failed the request: {message}");
+            }
             if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                 timing.output_tokens = n as usize;
             }
@@ -173,6 +177,13 @@ async fn one_request(
     Ok(timing)
 }
 
+/// What one conversation got: the timings of its turns that succeeded, and the error of the turn
+/// that failed (the turns after it are not sent: their history would lack its answer).
+struct ConversationOutcome {
+    timings: Vec<RequestTiming>,
+    failure: Option<anyhow::Error>,
+}
+
 /// The turns of one conversation, in order: each sends the history so far (earlier prompts and the
 /// answers' token ids) and the turn's new tokens.
 async fn conversation(
@@ -181,17 +192,20 @@ async fn conversation(
     model: &str,
     first: Vec<u32>,
     later: Vec<Vec<u32>>,
-) -> Result<Vec<RequestTiming>> {
+) -> ConversationOutcome {
     let mut history = first;
     let mut timings = Vec::new();
     for (turn, new_tokens) in std::iter::once(Vec::new()).chain(later).enumerate() {
         history.extend(new_tokens);
-        let mut timing = one_request(client, args, model, history.clone()).await?;
+        let mut timing = match one_request(client, args, model, history.clone()).await {
+            Ok(timing) => timing,
+            Err(e) => return ConversationOutcome { timings, failure: Some(e) },
+        };
         history.extend(std::mem::take(&mut timing.token_ids));
         timing.turn = turn as u32;
         timings.push(timing);
     }
-    Ok(timings)
+    ConversationOutcome { timings, failure: None }
 }
 
 pub fn run(args: BenchServeArgs) -> Result<()> {
@@ -241,14 +255,22 @@ async fn run_async(args: Arc<BenchServeArgs>) -> Result<()> {
         let permit = slots.clone().acquire_owned().await?;
         let (client, args, model) = (client.clone(), args.clone(), model.clone());
         tasks.push(tokio::spawn(async move {
-            let result = conversation(&client, &args, &model, first, later).await;
+            let outcome = conversation(&client, &args, &model, first, later).await;
             drop(permit);
-            result
+            outcome
         }));
     }
-    let mut timings = Vec::new();
+    // A failed request counts as failed, never as a shorter success; the first failure is shown.
+    let (mut timings, mut failed) = (Vec::new(), 0usize);
     for task in tasks {
-        timings.extend(task.await??);
+        let outcome = task.await?;
+        timings.extend(outcome.timings);
+        if let Some(e) = outcome.failure {
+            if failed == 0 {
+                eprintln!("bench-serve: a request failed: {e:#}");
+            }
+            failed += 1;
+        }
     }
     let duration = start.elapsed().as_secs_f64();
     let output: usize = timings.iter().map(|t| t.output_tokens).sum();
@@ -271,6 +293,8 @@ async fn run_async(args: Arc<BenchServeArgs>) -> Result<()> {
         "turns": args.turns,
         "turn_len": args.turn_len,
         "shared_prefix_len": args.shared_prefix_len,
+        "completed": timings.len(),
+        "failed": failed,
         "prompt_tokens": prompt_tokens,
         "cached_tokens": cached_tokens,
         "cache_hit_rate": cached_tokens as f64 / prompt_tokens.max(1) as f64,
@@ -306,6 +330,9 @@ async fn run_async(args: Arc<BenchServeArgs>) -> Result<()> {
         cached_tokens,
         100.0 * record["cache_hit_rate"].as_f64().unwrap_or(0.0)
     );
+    if failed > 0 {
+        println!("  failed requests     {failed:>10} (not in the numbers below)");
+    }
     println!("  duration            {:>10.2} s", duration);
     println!("  request throughput  {:>10.2} req/s", record["request_throughput"].as_f64().unwrap_or(0.0));
     println!("  output throughput   {:>10.2} tok/s", record["output_throughput"].as_f64().unwrap_or(0.0));

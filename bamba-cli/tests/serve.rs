@@ -662,3 +662,27 @@ fn the_cpu_cache_budget_defaults_to_host_memory() {
     let log = server.log.lock().unwrap().clone();
     assert!(!log.contains("half the host's available memory") && log.contains("cache budget"), "{log}");
 }
+
+/// `bamba bench-serve` against the server: requests the server refuses count as failed (and the
+/// first error is shown), not as successes and not as an aborted run; the others are measured.
+#[test]
+fn bench_serve_counts_failed_requests_apart() {
+    let server = Server::start(&["--max-model-len", "32"]);
+    let bench = |input_len: &str| {
+        let run = Command::new(env!("CARGO_BIN_EXE_bamba"))
+            .args(["bench-serve", "--url", &server.url, "--num-prompts", "4", "--concurrency", "2", "--input-len"])
+            .args([input_len, "--output-len", "4", "--max-token-id", "90", "--warmup", "0", "--json"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{stderr}");
+        let record: Value = serde_json::from_slice(&run.stdout).unwrap();
+        (record["completed"].as_u64(), record["failed"].as_u64(), record["output_throughput"].as_f64(), stderr)
+    };
+    let (completed, failed, throughput, stderr) = bench("40");
+    assert_eq!((completed, failed, throughput), (Some(0), Some(4), Some(0.0)), "{stderr}");
+    assert!(stderr.contains("maximum context length is 32 tokens"), "{stderr}");
+    let (completed, failed, throughput, stderr) = bench("8");
+    assert_eq!((completed, failed), (Some(4), Some(0)), "{stderr}");
+    assert!(throughput.unwrap() > 0.0);
+}
