@@ -835,7 +835,7 @@ fn negative_numbers_and_too_many_new_tokens_get_their_own_errors() {
     let run = bamba(&["serve", "--prefix-cache-snapshot-memory", "1"]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--prefix-cache-snapshot-memory (1 bytes) holds no snapshot"), "{stderr}");
+    assert!(stderr.contains("snapshot cap of 1 bytes holds no snapshot"), "{stderr}");
     let (code, stderr) = generate(&["--max-new-tokens", "1000000"]);
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("1000000 new tokens") && stderr.contains("at most 2045 new tokens"), "{stderr}");

@@ -184,9 +184,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     // Without --memory, requests may use what the backend's machine has (half the host's available
     // memory on the CPU, 90% of a CUDA GPU's free memory), so that a burst of long prompts waits
     // instead of running it out of memory. wgpu has no such query: pass --memory there.
-    let gpu_free = args.common.backend()?.free_device_memory();
+    let backend = args.common.backend()?;
+    let gpu_free = backend.free_device_memory();
     let default_budget = match args.memory {
-        None => crate::host::default_budget(args.common.backend()?, gpu_free),
+        None => crate::host::default_budget(backend, gpu_free),
         Some(_) => None,
     };
     // What the budget leaves of a GPU's free memory is for activations; the engine gives the
@@ -233,12 +234,6 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         (false, None, Some(caches)) => Some(caches / 4),
         (false, None, None) => Some(DEFAULT_PREFIX_CACHE_BYTES),
     };
-    if let Some(bytes) = args.prefix_cache_snapshot_memory.filter(|&b| b < costs.state) {
-        return Err(crate::exit::usage(format!(
-            "--prefix-cache-snapshot-memory ({bytes} bytes) holds no snapshot ({} bytes each)",
-            costs.state
-        )));
-    }
     let cache_budget = match (cache_budget, prefix_budget) {
         (Some(caches), Some(prefix)) if prefix >= caches => {
             return Err(crate::exit::usage(format!(
@@ -281,6 +276,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         }),
         allocator_slack,
     };
+    // checked before the weights load, which can take minutes
+    engine_config.validate(&config, &costs).map_err(|e| crate::exit::usage(format!("the engine's settings: {e}")))?;
     let state = Arc::new(AppState {
         options: ServeOptions {
             served_model_name,
@@ -322,7 +319,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         None => Weights::Random(Box::new(config)),
     };
     let job = ServeJob { weights, precision, state_dtype: args.state_dtype, config: engine_config, state };
-    let engine_result = dispatch(args.common.backend()?, job);
+    let engine_result = dispatch(backend, job);
     let server_result = server.join().map_err(|_| anyhow::anyhow!("the HTTP thread panicked"))?;
     engine_result?;
     server_result

@@ -31,6 +31,7 @@ pub use request::{Event, RequestParams, TokenEvent};
 pub use scheduler::Engine;
 pub use stats::EngineStats;
 
+use crate::config::BambaConfig;
 use crate::sampling::SamplingError;
 
 /// Limits of an engine.
@@ -70,6 +71,44 @@ impl Default for EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// Whether an engine can run `model` with these settings, its caches costing `costs`
+    /// ([`Engine::new`] checks it; a caller may check before it loads the weights).
+    pub fn validate(&self, model: &BambaConfig, costs: &CacheCosts) -> Result<(), EngineConfigError> {
+        if self.max_num_seqs == 0 {
+            return Err(EngineConfigError::NoSequences);
+        }
+        if self.max_num_batched_tokens <= self.max_num_seqs {
+            return Err(EngineConfigError::TokenBudget {
+                tokens: self.max_num_batched_tokens,
+                seqs: self.max_num_seqs,
+            });
+        }
+        if self.max_model_len < 2 {
+            return Err(EngineConfigError::ModelLen);
+        }
+        let limit = model.context_length();
+        if self.max_model_len > limit {
+            return Err(EngineConfigError::ModelLenOverLimit { len: self.max_model_len, limit });
+        }
+        if let Some(budget) = self.cache_budget {
+            let one = [SequenceSpan { cached: self.max_model_len - 1, steps_left: 1 }];
+            let needed = costs.batch_bytes(&one).saturating_add(costs.sequence_bytes(self.max_model_len - 1));
+            if needed > budget {
+                return Err(EngineConfigError::Budget { budget, needed });
+            }
+        }
+        let Some(prefix) = &self.prefix_cache else { return Ok(()) };
+        if let Some(rope) = model.rope.as_ref().filter(|r| r.depends_on_length()) {
+            return Err(EngineConfigError::PrefixCacheRope { rope_type: rope.scaling.rope_type() });
+        }
+        if let Some(cap) = prefix.snapshot_budget.filter(|&cap| cap < costs.state) {
+            return Err(EngineConfigError::SnapshotCap { cap, snapshot: costs.state });
+        }
+        Ok(())
+    }
+}
+
 /// Why an engine cannot be built with a config.
 // Each variant's `#[error]` message documents it and names its fields.
 #[allow(missing_docs)]
@@ -93,6 +132,10 @@ pub enum EngineConfigError {
          sequence's length, so a cached prefix's keys differ from those of a longer prompt; turn the prefix cache off"
     )]
     PrefixCacheRope { rope_type: &'static str },
+    #[error(
+        "the prefix cache's snapshot cap of {cap} bytes holds no snapshot of the recurrent state ({snapshot} bytes)"
+    )]
+    SnapshotCap { cap: u64, snapshot: u64 },
 }
 
 /// Why a request was refused before it was queued.

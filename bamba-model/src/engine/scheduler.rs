@@ -183,35 +183,8 @@ impl<B: BambaOps> Engine<B> {
         config: EngineConfig,
         state_dtype: DType,
     ) -> Result<(Self, EngineHandle), EngineConfigError> {
-        if config.max_num_seqs == 0 {
-            return Err(EngineConfigError::NoSequences);
-        }
-        if config.max_num_batched_tokens <= config.max_num_seqs {
-            return Err(EngineConfigError::TokenBudget {
-                tokens: config.max_num_batched_tokens,
-                seqs: config.max_num_seqs,
-            });
-        }
-        if config.max_model_len < 2 {
-            return Err(EngineConfigError::ModelLen);
-        }
-        let limit = model.config.context_length();
-        if config.max_model_len > limit {
-            return Err(EngineConfigError::ModelLenOverLimit { len: config.max_model_len, limit });
-        }
-        if let (Some(_), Some(rope)) =
-            (&config.prefix_cache, model.config.rope.as_ref().filter(|r| r.depends_on_length()))
-        {
-            return Err(EngineConfigError::PrefixCacheRope { rope_type: rope.scaling.rope_type() });
-        }
         let costs = CacheCosts::new(&model.config, model.dtype, state_dtype);
-        if let Some(budget) = config.cache_budget {
-            let one = [SequenceSpan { cached: config.max_model_len - 1, steps_left: 1 }];
-            let needed = costs.batch_bytes(&one).saturating_add(costs.sequence_bytes(config.max_model_len - 1));
-            if needed > budget {
-                return Err(EngineConfigError::Budget { budget, needed });
-            }
-        }
+        config.validate(&model.config, &costs)?;
         let stats = Arc::new(EngineStats::default());
         stats.cache_budget.store(config.cache_budget.unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
         stats.max_num_seqs.store(config.max_num_seqs as u64, std::sync::atomic::Ordering::Relaxed);
