@@ -135,11 +135,6 @@ impl<B: BambaOps> Sequence<B> {
         reason
     }
 
-    /// Ends the request with the device's failure.
-    fn fail(&self, error: &DeviceError) {
-        let _ = self.events.send(Event::Failed(error.to_string()));
-    }
-
     fn finish(&self, reason: FinishReason) {
         let _ = self.events.send(Event::Finished {
             reason,
@@ -234,9 +229,10 @@ impl<B: BambaOps> Engine<B> {
                 Ok(()) => {}
                 Err(GenerateError::Device(e)) => self.recover(&e),
                 Err(e) => {
-                    for seq in self.queued.iter().chain(&self.prefilling).chain(&self.running) {
-                        let _ = seq.events.send(Event::Failed(e.to_string()));
-                    }
+                    let all: Vec<_> =
+                        self.queued.drain(..).chain(self.prefilling.drain(..)).chain(self.running.drain(..)).collect();
+                    tracing::error!(error = %e, requests = all.len(), "the engine stops");
+                    self.fail(all, &e.to_string());
                     return Err(e);
                 }
             }
@@ -244,24 +240,36 @@ impl<B: BambaOps> Engine<B> {
     }
 
     /// After the device failed (memory it could not allocate, most likely): the step's results and
-    /// whatever it wrote may be garbage, so the requests in flight fail with the error, the decode
-    /// batch and the prefix cache are dropped and the allocator gives its free pages back. Queued
-    /// requests, untouched, go on.
+    /// whatever it wrote may be garbage, so the admitted requests fail with the error (a failed step
+    /// puts back whatever it had taken out of the queues), the decode batch and the prefix cache are
+    /// dropped and the allocator gives its free pages back. Queued requests, untouched, go on.
     fn recover(&mut self, error: &DeviceError) {
-        tracing::error!(%error, prefilling = self.prefilling.len(), running = self.running.len(), "device failure");
-        let failed = self.prefilling.len() + self.running.len();
-        for seq in self.prefilling.drain(..).chain(self.running.drain(..)) {
-            seq.fail(error);
-        }
-        EngineStats::add(&self.stats.finished, failed);
+        let admitted: Vec<_> = self.prefilling.drain(..).chain(self.running.drain(..)).collect();
+        tracing::error!(%error, requests = admitted.len(), "device failure: the admitted requests fail");
+        self.fail(admitted, &error.to_string());
         EngineStats::add(&self.stats.device_failures, 1);
         self.batch = None;
         if let Some(prefix) = &mut self.prefix {
             prefix.clear(&self.stats);
         }
-        B::memory_cleanup(&self.model.device);
-        self.free_low = u64::MAX;
+        self.clean_allocator();
         self.publish();
+    }
+
+    /// Ends `seqs` with `error` and counts them finished.
+    fn fail(&self, seqs: Vec<Sequence<B>>, error: &str) {
+        EngineStats::add(&self.stats.finished, seqs.len());
+        for seq in seqs {
+            let _ = seq.events.send(Event::Failed(error.to_owned()));
+        }
+    }
+
+    /// Puts sequences a failing step had taken out of the queues back at the front of the prefill
+    /// queue, in order, where [`Self::recover`] finds them.
+    fn put_back(&mut self, seqs: Vec<Sequence<B>>) {
+        for seq in seqs.into_iter().rev() {
+            self.prefilling.push_front(seq);
+        }
     }
 
     fn idle(&self) -> bool {
@@ -357,9 +365,16 @@ impl<B: BambaOps> Engine<B> {
             seq.queue_time = seq.submitted.elapsed();
             // the prompt's log-probabilities need every prompt position computed
             if let (Some(prefix), None) = (&mut self.prefix, seq.request.params.prompt_logprobs) {
-                if let Some(resumed) = prefix.resume(&seq.request.prompt, &self.model, self.state_dtype, &self.stats)? {
-                    seq.prefill = Some(resumed.cache);
-                    seq.cached_tokens = resumed.tokens;
+                match prefix.resume(&seq.request.prompt, &self.model, self.state_dtype, &self.stats) {
+                    Ok(Some(resumed)) => {
+                        seq.prefill = Some(resumed.cache);
+                        seq.cached_tokens = resumed.tokens;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.prefilling.push_back(seq);
+                        return Err(e.into());
+                    }
                 }
             }
             self.prefilling.push_back(seq);
@@ -376,10 +391,7 @@ impl<B: BambaOps> Engine<B> {
         match self.prefill_into(&mut ready) {
             Ok(()) => Ok(ready),
             Err(e) => {
-                // the groups prefilled before the device failed are out of the queue: they fail here
-                if let GenerateError::Device(failure) = &e {
-                    ready.iter().flat_map(|g| &g.seqs).for_each(|s| s.fail(failure));
-                }
+                self.put_back(ready.into_iter().flat_map(|g| g.seqs).collect());
                 Err(e)
             }
         }
@@ -444,6 +456,21 @@ impl<B: BambaOps> Engine<B> {
     /// own grid points), each row recorded after every chunk. Returns what [`Self::first_tokens`] keeps
     /// and the batch's tokens, pads included.
     fn prefill_group(&mut self, mut seqs: Vec<Sequence<B>>) -> Result<(Option<Prefilled<B>>, usize), GenerateError> {
+        match self.prefill_rows(&mut seqs) {
+            Ok((cache, logits, tokens)) => Ok((self.first_tokens(seqs, cache, logits)?, tokens)),
+            Err(e) => {
+                self.put_back(seqs);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Self::prefill_group`]'s forward passes: the group's cache, the last column's logits and
+    /// the batch's tokens.
+    fn prefill_rows(
+        &mut self,
+        seqs: &mut [Sequence<B>],
+    ) -> Result<(HybridCache<B>, Tensor<B, 3>, usize), GenerateError> {
         let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s.request.prompt.clone()).collect();
         let (rows, padding) = LeftPadding::pad(&prompts, self.model.config.pad_token_id.unwrap_or(0));
         let (group, width) = (rows.len(), rows[0].len());
@@ -465,14 +492,7 @@ impl<B: BambaOps> Engine<B> {
                 // column c of row r is the prompt's position begin + c - pads[r] (a pad where negative)
                 let first_positions: Vec<i64> = pads.iter().map(|&pad| begin as i64 - pad as i64).collect();
                 let mut rows: Vec<_> = seqs.iter_mut().map(|s| (&s.request, &mut s.prompt_events)).collect();
-                out = match score_prompts(&mut rows, &first_positions, out) {
-                    Ok(out) => out,
-                    Err(e) => {
-                        // the group was taken out of the prefill queue: its requests learn of it here
-                        seqs.iter().for_each(|s| s.fail(&e));
-                        return Err(e.into());
-                    }
-                };
+                out = score_prompts(&mut rows, &first_positions, out)?;
             }
             if let Some(prefix) = &mut self.prefix {
                 for (row, prompt) in prompts.iter().enumerate() {
@@ -485,8 +505,7 @@ impl<B: BambaOps> Engine<B> {
             logits = Some(out);
         }
         EngineStats::add(&self.stats.prompt_tokens, prompts.iter().map(Vec::len).sum());
-        let logits = logits.expect("a prompt has a token");
-        Ok((self.first_tokens(seqs, cache, logits)?, group * width))
+        Ok((cache, logits.expect("a prompt has a token"), group * width))
     }
 
     /// The first tokens of sequences just prefilled (rows of `cache` and `logits`), and of those that
@@ -515,7 +534,13 @@ impl<B: BambaOps> Engine<B> {
             logits = logits.select(0, row_index::<B>(&live, &self.model.device));
             seqs.retain(|s| s.request.params.max_tokens > 0);
         }
-        let keep = self.take_tokens(&mut seqs, logits)?;
+        let keep = match self.take_tokens(&mut seqs, logits) {
+            Ok(keep) => keep,
+            Err(e) => {
+                self.put_back(seqs);
+                return Err(e);
+            }
+        };
         if keep.is_empty() {
             return Ok(None);
         }
@@ -619,7 +644,7 @@ impl<B: BambaOps> Engine<B> {
 
     /// Chooses each sequence's next token from its row of `logits` (`[rows, 1, vocab]`), on the device
     /// when every row is plain greedy, and sends it; finished sequences get their last event. Returns
-    /// the rows still running. Where the device failed, every sequence of `seqs` gets the error.
+    /// the rows still running. Where the device failed, `seqs` are as they were.
     fn take_tokens(&self, seqs: &mut [Sequence<B>], logits: Tensor<B, 3>) -> Result<Vec<usize>, DeviceError> {
         // Logits come back only when some row samples or reports log-probabilities.
         let read = if seqs.iter().all(Sequence::device_greedy) {
@@ -627,7 +652,7 @@ impl<B: BambaOps> Engine<B> {
         } else {
             read_f32(logits).map(|flat| (Vec::new(), flat))
         };
-        let (ids, flat) = read.inspect_err(|e| seqs.iter().for_each(|s| s.fail(e)))?;
+        let (ids, flat) = read?;
         let vocab = self.model.config.vocab_size;
         let mut keep = Vec::with_capacity(seqs.len());
         for (r, seq) in seqs.iter_mut().enumerate() {
@@ -678,8 +703,9 @@ impl<B: BambaOps> Engine<B> {
         let ids = self.model.ids_tensor(&column)?;
         let logits = self.model.forward_cached(ids, batch, true)?;
         let mut running = std::mem::take(&mut self.running);
-        let keep = self.take_tokens(&mut running, logits)?;
+        let chosen = self.take_tokens(&mut running, logits);
         self.running = running;
+        let keep = chosen?;
         if let (Some(prefix), Some(batch)) = (&mut self.prefix, &self.batch) {
             // a finished row holds its prompt and every generated token but the last: the next
             // turn of a conversation starts there
@@ -748,9 +774,14 @@ impl<B: BambaOps> Engine<B> {
         let free = memory.reserved.saturating_sub(memory.in_use);
         self.free_low = self.free_low.min(free);
         if self.config.allocator_slack.is_some_and(|slack| free > self.free_low.saturating_add(slack)) {
-            B::memory_cleanup(&self.model.device);
-            EngineStats::add(&s.allocator_cleanups, 1);
-            self.free_low = u64::MAX;
+            self.clean_allocator();
         }
+    }
+
+    /// Hands the device allocator's free pages back to the device.
+    fn clean_allocator(&mut self) {
+        B::memory_cleanup(&self.model.device);
+        EngineStats::add(&self.stats.allocator_cleanups, 1);
+        self.free_low = u64::MAX;
     }
 }
