@@ -127,7 +127,7 @@ impl Metrics {
         let load = |g: &std::sync::atomic::AtomicU64| g.load(Ordering::Relaxed);
         let s = stats;
         let count = |c: fn(&EngineStats) -> &std::sync::atomic::AtomicU64| s.map_or(0, |s| load(c(s))) as f64;
-        let gauges: [(&str, &str, f64); 23] = [
+        let gauges: [(&str, &str, f64); 24] = [
             ("bamba:num_requests_running", "Sequences in the decode batch", s.map_or(0, |s| load(&s.running)) as f64),
             ("vllm:num_requests_running", "Sequences in the decode batch", s.map_or(0, |s| load(&s.running)) as f64),
             ("bamba:num_requests_waiting", "Requests queued or prefilling", s.map_or(0, |s| load(&s.waiting)) as f64),
@@ -169,8 +169,13 @@ impl Metrics {
             ),
             (
                 "bamba:device_failures_total",
-                "Engine steps in which the device failed (out of memory): their running requests failed",
+                "Engine steps in which the device failed (out of memory): their running requests were preempted or failed",
                 count(|s| &s.device_failures),
+            ),
+            (
+                "bamba:num_preemptions_total",
+                "Requests sent back to the queue to be recomputed because the device ran out of memory",
+                count(|s| &s.preemptions),
             ),
             ("bamba:prefix_cache_queries_total", "Prompts looked up in the prefix cache", count(|s| &s.prefix_queries)),
             ("bamba:prefix_cache_hits_total", "Prompts resumed from the prefix cache", count(|s| &s.prefix_hits)),

@@ -1,5 +1,9 @@
 //! The engine loop: admit, prefill in chunks, join, decode one step for every running sequence,
 //! send tokens, drop finished and cancelled sequences. One step at a time on the engine's thread.
+//!
+//! A sequence is prefilled from its history (its prompt, then the tokens it generated): a request
+//! preempted when the device ran out of memory goes back to the queue and is recomputed from its
+//! tokens, then goes on generating where it stopped.
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
@@ -29,6 +33,10 @@ const PROMPT_LOGPROBS_CHUNK: usize = 256;
 
 /// Steps between samples of the device allocator's usage (the `device_memory_*` gauges).
 const DEVICE_MEMORY_EVERY: u64 = 16;
+
+/// The fewest tokens per step the engine goes down to after the device ran out of memory: below
+/// this, prefill chunks are mostly per-launch overhead.
+const MIN_STEP_TOKENS: usize = 64;
 
 /// Adds to each request's scores (where it asks for them) the log-probabilities of its prompt tokens
 /// that `logits` predicts, and returns the last column (what the next token is chosen from). Column `c`
@@ -76,7 +84,8 @@ struct Prefilled<B: BambaOps> {
 struct Sequence<B: BambaOps> {
     request: Request,
     sampler: Sampler,
-    /// Prompt, then every token generated.
+    /// Prompt, then every token generated: what a prefill computes (more than the prompt for a
+    /// request recomputed after a preemption).
     history: Vec<u32>,
     events: UnboundedSender<Event>,
     /// The prompt's own cache while it is prefilled (`None` once it joined the batch).
@@ -87,8 +96,8 @@ struct Sequence<B: BambaOps> {
     prompt_events: Vec<TokenEvent>,
     /// When it was submitted.
     submitted: Instant,
-    /// How long it waited to be admitted (zero until it is).
-    queue_time: Duration,
+    /// How long it waited to be admitted first (`None` until it is).
+    queue_time: Option<Duration>,
 }
 
 impl<B: BambaOps> Sequence<B> {
@@ -141,8 +150,15 @@ impl<B: BambaOps> Sequence<B> {
             prompt_tokens: self.request.prompt.len(),
             completion_tokens: self.generated(),
             cached_tokens: self.cached_tokens,
-            queue_time: self.queue_time,
+            queue_time: self.queue_time.unwrap_or_default(),
         });
+    }
+
+    /// Makes it wait to be prefilled again from its history, nothing of its cache kept.
+    fn reset(&mut self) {
+        self.prefill = None;
+        // what it scored of its prompt is scored again (sent prompt scores are not asked for again)
+        self.prompt_events.clear();
     }
 }
 
@@ -169,6 +185,11 @@ pub struct Engine<B: BambaOps> {
     steps: u64,
     /// The fewest free bytes the device allocator held at a sample since its last cleanup.
     free_low: u64,
+    /// Requests admitted at once at most: `max_num_seqs`, halved at each time the device ran out
+    /// of memory.
+    seq_cap: usize,
+    /// Tokens per step at most: `max_num_batched_tokens`, lowered with `seq_cap`.
+    token_cap: usize,
 }
 
 impl<B: BambaOps> Engine<B> {
@@ -193,7 +214,10 @@ impl<B: BambaOps> Engine<B> {
             next_id: Arc::new(AtomicU64::new(0)),
         };
         let prefix = config.prefix_cache.map(PrefixCache::new);
+        let (seq_cap, token_cap) = (config.max_num_seqs, config.max_num_batched_tokens);
         let engine = Engine {
+            seq_cap,
+            token_cap,
             prefix,
             model,
             config,
@@ -239,20 +263,46 @@ impl<B: BambaOps> Engine<B> {
         }
     }
 
-    /// After the device failed (memory it could not allocate, most likely): the step's results and
-    /// whatever it wrote may be garbage, so the admitted requests fail with the error (a failed step
-    /// puts back whatever it had taken out of the queues), the decode batch and the prefix cache are
-    /// dropped and the allocator gives its free pages back. Queued requests, untouched, go on.
+    /// After the device failed: the step's results and whatever it wrote may be garbage, so the
+    /// decode batch and the prefix cache are dropped and the allocator gives its free pages back.
+    /// Out of memory, the admitted requests (a failed step puts back whatever it had taken out of
+    /// the queues) are preempted: back to the front of the queue, in arrival order, to be recomputed
+    /// from their tokens, while the engine admits half as many requests and tokens per step from
+    /// then on. Where it cannot go lower (one request, the fewest tokens per step), or for any other
+    /// failure, they fail with the error. Queued requests, untouched, go on.
     fn recover(&mut self, error: &DeviceError) {
-        let admitted: Vec<_> = self.prefilling.drain(..).chain(self.running.drain(..)).collect();
-        tracing::error!(%error, requests = admitted.len(), "device failure: the admitted requests fail");
-        self.fail(admitted, &error.to_string());
+        let mut admitted: Vec<_> = self.prefilling.drain(..).chain(self.running.drain(..)).collect();
         EngineStats::add(&self.stats.device_failures, 1);
         self.batch = None;
         if let Some(prefix) = &mut self.prefix {
             prefix.clear(&self.stats);
         }
         self.clean_allocator();
+        let seq_cap = (admitted.len().min(self.seq_cap) / 2).max(1);
+        // never above what it was (a configured budget may be below MIN_STEP_TOKENS)
+        let token_cap = (self.token_cap / 2).max(MIN_STEP_TOKENS).max(seq_cap + 1).min(self.token_cap);
+        let lower = seq_cap < self.seq_cap || token_cap < self.token_cap;
+        if matches!(error, DeviceError::OutOfMemory) && lower && !admitted.is_empty() {
+            tracing::warn!(
+                %error,
+                preempted = admitted.len(),
+                max_num_seqs = seq_cap,
+                max_num_batched_tokens = token_cap,
+                "device out of memory: the admitted requests go back to the queue to be recomputed, and the \
+                 engine takes fewer at once from now on (a lower memory budget avoids this)"
+            );
+            EngineStats::add(&self.stats.preemptions, admitted.len());
+            EngineStats::set(&self.stats.max_num_seqs, seq_cap);
+            (self.seq_cap, self.token_cap) = (seq_cap, token_cap);
+            admitted.sort_by_key(|s| s.submitted);
+            for mut seq in admitted.into_iter().rev() {
+                seq.reset();
+                self.queued.push_front(seq);
+            }
+        } else {
+            tracing::error!(%error, requests = admitted.len(), "device failure: the admitted requests fail");
+            self.fail(admitted, &error.to_string());
+        }
         self.publish();
     }
 
@@ -294,7 +344,7 @@ impl<B: BambaOps> Engine<B> {
                 cached_tokens: 0,
                 prompt_events: Vec::new(),
                 submitted: submission.sent_at,
-                queue_time: Duration::ZERO,
+                queue_time: None,
             });
         }
     }
@@ -336,8 +386,8 @@ impl<B: BambaOps> Engine<B> {
             .collect();
         let mut prefill = 0u64;
         for s in &self.prefilling {
-            spans.push(SequenceSpan { cached: s.request.prompt.len(), steps_left: s.request.params.max_tokens });
-            prefill = prefill.saturating_add(self.costs.sequence_bytes(s.request.prompt.len()));
+            spans.push(SequenceSpan { cached: s.history.len(), steps_left: s.steps_left() });
+            prefill = prefill.saturating_add(self.costs.sequence_bytes(s.history.len()));
         }
         (spans, prefill)
     }
@@ -348,11 +398,11 @@ impl<B: BambaOps> Engine<B> {
         // What is admitted so far, extended as requests are admitted (computed once per step).
         let (mut spans, mut prefill) = self.spans();
         while let Some(next) = self.queued.front() {
-            if self.running.len() + self.prefilling.len() >= self.config.max_num_seqs {
+            if self.running.len() + self.prefilling.len() >= self.seq_cap {
                 return Ok(());
             }
-            let len = next.request.prompt.len();
-            spans.push(SequenceSpan { cached: len, steps_left: next.request.params.max_tokens });
+            let len = next.history.len();
+            spans.push(SequenceSpan { cached: len, steps_left: next.steps_left() });
             prefill = prefill.saturating_add(self.costs.sequence_bytes(len));
             if self
                 .config
@@ -362,10 +412,10 @@ impl<B: BambaOps> Engine<B> {
                 return Ok(());
             }
             let mut seq = self.queued.pop_front().expect("front exists");
-            seq.queue_time = seq.submitted.elapsed();
+            seq.queue_time.get_or_insert_with(|| seq.submitted.elapsed());
             // the prompt's log-probabilities need every prompt position computed
             if let (Some(prefix), None) = (&mut self.prefix, seq.request.params.prompt_logprobs) {
-                match prefix.resume(&seq.request.prompt, &self.model, self.state_dtype, &self.stats) {
+                match prefix.resume(&seq.history, &self.model, self.state_dtype, &self.stats) {
                     Ok(Some(resumed)) => {
                         seq.prefill = Some(resumed.cache);
                         seq.cached_tokens = resumed.tokens;
@@ -399,7 +449,7 @@ impl<B: BambaOps> Engine<B> {
 
     /// [`Self::prefill_chunks`], adding the prefilled groups to `ready` as they come.
     fn prefill_into(&mut self, ready: &mut Vec<Prefilled<B>>) -> Result<(), GenerateError> {
-        let mut budget = self.config.max_num_batched_tokens - self.running.len();
+        let mut budget = self.token_cap.saturating_sub(self.running.len());
         while budget > 0 && !self.prefilling.is_empty() {
             let group = self.fresh_group(budget);
             if group >= 2 {
@@ -411,7 +461,7 @@ impl<B: BambaOps> Engine<B> {
                 continue;
             }
             let seq = self.prefilling.front_mut().expect("not empty");
-            let len = seq.request.prompt.len();
+            let len = seq.history.len();
             if seq.prefill.is_none() {
                 let mut cache = self.model.new_cache(1, len, self.state_dtype)?;
                 cache.set_prefill_end(len);
@@ -427,7 +477,7 @@ impl<B: BambaOps> Engine<B> {
             if let Some(prefix) = &self.prefix {
                 end = prefix.align(done, end, len);
             }
-            let prompt = &seq.request.prompt;
+            let prompt = &seq.history;
             let ids = self.model.ids_tensor(&[prompt[done..end].to_vec()])?;
             let scoring = seq.request.params.prompt_logprobs.is_some();
             let mut logits = self.model.forward_cached(ids, cache, !scoring)?;
@@ -471,7 +521,7 @@ impl<B: BambaOps> Engine<B> {
         &mut self,
         seqs: &mut [Sequence<B>],
     ) -> Result<(HybridCache<B>, Tensor<B, 3>, usize), GenerateError> {
-        let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s.request.prompt.clone()).collect();
+        let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s.history.clone()).collect();
         let (rows, padding) = LeftPadding::pad(&prompts, self.model.config.pad_token_id.unwrap_or(0));
         let (group, width) = (rows.len(), rows[0].len());
         let pads = padding.pads.clone();
@@ -519,6 +569,8 @@ impl<B: BambaOps> Engine<B> {
         let mut logits = self.fork_identical(&mut seqs, &mut cache, logits);
         for seq in seqs.iter_mut().filter(|s| s.request.params.prompt_logprobs.is_some()) {
             let _ = seq.events.send(Event::Prompt(std::mem::take(&mut seq.prompt_events)));
+            // sent: a recompute after a preemption does not score the prompt again
+            seq.request.params.prompt_logprobs = None;
         }
         // a request that only scores its prompt ends here
         if seqs.iter().any(|s| s.request.params.max_tokens == 0) {
@@ -561,7 +613,7 @@ impl<B: BambaOps> Engine<B> {
         let mut repeats = Vec::new();
         let mut i = 0;
         while i < seqs.len() {
-            if seqs[..i].iter().any(|s| s.request.prompt == seqs[i].request.prompt) {
+            if seqs[..i].iter().any(|s| s.history == seqs[i].history) {
                 repeats.push(seqs.remove(i));
             } else {
                 i += 1;
@@ -593,10 +645,10 @@ impl<B: BambaOps> Engine<B> {
             // only the front of the queue can be part way through its prefill
             let untouched = waiting.prefill.as_ref().is_none_or(|c| c.position == waiting.cached_tokens)
                 && waiting.request.params.prompt_logprobs.is_none();
-            match seqs[..leaders].iter().position(|s| s.request.prompt == waiting.request.prompt) {
+            match seqs[..leaders].iter().position(|s| s.history == waiting.history) {
                 Some(row) if untouched => {
                     let mut follower = self.prefilling.remove(i).expect("in range");
-                    let len = follower.request.prompt.len();
+                    let len = follower.history.len();
                     EngineStats::add(&self.stats.prefix_hits, usize::from(follower.cached_tokens == 0));
                     EngineStats::add(&self.stats.prefix_hit_tokens, len - follower.cached_tokens);
                     follower.prefill = None;
@@ -626,7 +678,7 @@ impl<B: BambaOps> Engine<B> {
             if seq.prefill.is_some() {
                 break;
             }
-            let width = longest.max(seq.request.prompt.len());
+            let width = longest.max(seq.history.len());
             let rows = count + 1;
             // a group that scores a prompt brings every position's logits to the host: as many as
             // one chunk of a prompt scored alone
@@ -738,7 +790,7 @@ impl<B: BambaOps> Engine<B> {
     fn publish(&self) {
         let s = &self.stats;
         EngineStats::set(&s.running, self.running.len());
-        let prefill: u64 = self.prefilling.iter().map(|q| self.costs.sequence_bytes(q.request.prompt.len())).sum();
+        let prefill: u64 = self.prefilling.iter().map(|q| self.costs.sequence_bytes(q.history.len())).sum();
         let batch = self
             .batch
             .as_ref()
@@ -785,3 +837,6 @@ impl<B: BambaOps> Engine<B> {
         self.free_low = u64::MAX;
     }
 }
+
+#[cfg(all(test, feature = "ndarray"))]
+mod tests;

@@ -53,9 +53,12 @@ pub struct EngineStats {
     pub device_memory_reserved: AtomicU64,
     /// Times the engine handed the allocator's free buffers back to the device (`allocator_slack`).
     pub allocator_cleanups: AtomicU64,
-    /// Steps in which the device failed (memory it could not allocate, most likely): their requests
-    /// in flight failed, the prefix cache was dropped.
+    /// Steps in which the device failed (memory it could not allocate, most likely): the prefix
+    /// cache was dropped, the requests in flight were preempted or failed.
     pub device_failures: AtomicU64,
+    /// Requests sent back to the queue, to be recomputed from their tokens, because the device ran
+    /// out of memory.
+    pub preemptions: AtomicU64,
     /// No new requests are accepted.
     pub draining: AtomicBool,
 }
