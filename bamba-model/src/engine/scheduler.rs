@@ -90,7 +90,7 @@ struct Sequence<B: BambaOps> {
     events: UnboundedSender<Event>,
     /// The prompt's own cache while it is prefilled (`None` once it joined the batch).
     prefill: Option<HybridCache<B>>,
-    /// Prompt tokens resumed from the prefix cache.
+    /// Tokens of its history resumed from the prefix cache.
     cached_tokens: usize,
     /// Log-probabilities of the prompt tokens prefilled so far (after the first), when asked for.
     prompt_events: Vec<TokenEvent>,
@@ -149,7 +149,8 @@ impl<B: BambaOps> Sequence<B> {
             reason,
             prompt_tokens: self.request.prompt.len(),
             completion_tokens: self.generated(),
-            cached_tokens: self.cached_tokens,
+            // a recompute may resume past the prompt, into its own generated tokens
+            cached_tokens: self.cached_tokens.min(self.request.prompt.len()),
             queue_time: self.queue_time.unwrap_or_default(),
         });
     }
