@@ -127,7 +127,7 @@ impl Metrics {
         let load = |g: &std::sync::atomic::AtomicU64| g.load(Ordering::Relaxed);
         let s = stats;
         let count = |c: fn(&EngineStats) -> &std::sync::atomic::AtomicU64| s.map_or(0, |s| load(c(s))) as f64;
-        let gauges: [(&str, &str, f64); 24] = [
+        let gauges: [(&str, &str, f64); 25] = [
             ("bamba:num_requests_running", "Sequences in the decode batch", s.map_or(0, |s| load(&s.running)) as f64),
             ("vllm:num_requests_running", "Sequences in the decode batch", s.map_or(0, |s| load(&s.running)) as f64),
             ("bamba:num_requests_waiting", "Requests queued or prefilling", s.map_or(0, |s| load(&s.waiting)) as f64),
@@ -171,6 +171,11 @@ impl Metrics {
                 "bamba:device_failures_total",
                 "Engine steps in which the device failed (out of memory): their running requests were preempted or failed",
                 count(|s| &s.device_failures),
+            ),
+            (
+                "bamba:max_num_seqs",
+                "Requests the engine runs at once at most (--max-num-seqs, halved at each time the device ran out of memory)",
+                count(|s| &s.max_num_seqs),
             ),
             (
                 "bamba:num_preemptions_total",

@@ -99,6 +99,9 @@ impl EngineConfig {
             }
         }
         let Some(prefix) = &self.prefix_cache else { return Ok(()) };
+        if prefix.snapshot_interval == 0 {
+            return Err(EngineConfigError::SnapshotInterval);
+        }
         if let Some(rope) = model.rope.as_ref().filter(|r| r.depends_on_length()) {
             return Err(EngineConfigError::PrefixCacheRope { rope_type: rope.scaling.rope_type() });
         }
@@ -136,6 +139,8 @@ pub enum EngineConfigError {
         "the prefix cache's snapshot cap of {cap} bytes holds no snapshot of the recurrent state ({snapshot} bytes)"
     )]
     SnapshotCap { cap: u64, snapshot: u64 },
+    #[error("the prefix cache's snapshot interval must be at least 1 token")]
+    SnapshotInterval,
 }
 
 /// Why a request was refused before it was queued.

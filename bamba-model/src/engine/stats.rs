@@ -11,7 +11,8 @@ pub struct EngineStats {
     pub waiting: AtomicU64,
     /// Requests submitted through handles (the engine may not have taken them yet).
     pub submitted: AtomicU64,
-    /// Sequences the engine runs together at most.
+    /// Sequences the engine runs together at most: `max_num_seqs`, halved at each time the device
+    /// ran out of memory.
     pub max_num_seqs: AtomicU64,
     /// Bytes of KV cache and recurrent state held now (the layout's real size).
     pub cache_bytes: AtomicU64,

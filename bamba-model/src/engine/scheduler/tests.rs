@@ -1,7 +1,8 @@
 //! Preemption after the device ran out of memory, driven step by step on the CPU: the engine is
 //! told the device failed at a chosen step (the CPU backend cannot run out of memory), and the
 //! preempted requests, recomputed from their tokens, end with transformers' greedy tokens
-//! (tests/fixtures/base, generate references) and each prompt's scores sent once.
+//! (tests/fixtures/base, generate references) and each prompt's scores sent once. Also the
+//! prefix-cache settings an engine refuses.
 
 use std::path::PathBuf;
 
@@ -158,4 +159,19 @@ fn a_failure_the_engine_cannot_shrink_below_fails_its_requests_and_the_queue_goe
     assert_eq!(count(&engine.stats.preemptions), 0);
     assert_eq!(count(&engine.stats.finished), 3);
     assert_eq!(count(&engine.stats.device_failures), 2);
+}
+
+#[test]
+fn prefix_cache_settings_that_cannot_work_are_refused() {
+    let model = BambaModel::<Cpu>::load(fixture(), &Default::default(), Precision::F32).unwrap();
+    let costs = CacheCosts::new(&model.config, model.dtype, DType::F32);
+    let with = |prefix: PrefixCacheConfig| EngineConfig { prefix_cache: Some(prefix), ..Default::default() };
+    let config = with(PrefixCacheConfig::new(1 << 30, 0));
+    assert_eq!(config.validate(&model.config, &costs), Err(EngineConfigError::SnapshotInterval));
+    let config =
+        with(PrefixCacheConfig { snapshot_budget: Some(costs.state - 1), ..PrefixCacheConfig::new(1 << 30, 4) });
+    assert_eq!(
+        Engine::new(model, config, DType::F32).err(),
+        Some(EngineConfigError::SnapshotCap { cap: costs.state - 1, snapshot: costs.state })
+    );
 }
