@@ -256,12 +256,16 @@ impl EngineHandle {
             streams.push(RequestStream { id: self.next_id.fetch_add(1, Ordering::Relaxed), events: receiver });
             sent.push((request, events));
         }
-        if self.submissions.send(Submission { requests: sent, sent_at: Instant::now() }).is_err() {
-            return Err(SubmitError::Draining);
-        }
-        // counted as waiting at once, so that a burst of submissions sees its own queue
+        // Counted as waiting at once, so that a burst of submissions sees its own queue, and before
+        // they are sent: counted after, a request the engine ran to its end in the meantime stayed
+        // counted as waiting (the engine had published its gauges and gone idle).
         self.stats.submitted.fetch_add(count as u64, Ordering::Relaxed);
         self.stats.waiting.fetch_add(count as u64, Ordering::Relaxed);
+        if self.submissions.send(Submission { requests: sent, sent_at: Instant::now() }).is_err() {
+            EngineStats::sub(&self.stats.submitted, count);
+            EngineStats::sub(&self.stats.waiting, count);
+            return Err(SubmitError::Draining);
+        }
         Ok(streams)
     }
 

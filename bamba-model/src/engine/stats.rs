@@ -73,6 +73,12 @@ impl EngineStats {
         counter.fetch_add(value as u64, Ordering::Relaxed);
     }
 
+    /// Takes back what [`Self::add`] added, never below zero (the engine may have set a gauge
+    /// in between).
+    pub(crate) fn sub(counter: &AtomicU64, value: usize) {
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(value as u64)));
+    }
+
     /// Requests running or waiting.
     pub fn in_flight(&self) -> u64 {
         self.running.load(Ordering::Relaxed) + self.waiting.load(Ordering::Relaxed)
