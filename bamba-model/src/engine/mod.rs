@@ -259,8 +259,8 @@ impl EngineHandle {
         // Counted as waiting at once, so that a burst of submissions sees its own queue, and before
         // they are sent: counted after, a request the engine ran to its end in the meantime stayed
         // counted as waiting (the engine had published its gauges and gone idle).
-        self.stats.submitted.fetch_add(count as u64, Ordering::Relaxed);
-        self.stats.waiting.fetch_add(count as u64, Ordering::Relaxed);
+        EngineStats::add(&self.stats.submitted, count);
+        EngineStats::add(&self.stats.waiting, count);
         if self.submissions.send(Submission { requests: sent, sent_at: Instant::now() }).is_err() {
             EngineStats::sub(&self.stats.submitted, count);
             EngineStats::sub(&self.stats.waiting, count);

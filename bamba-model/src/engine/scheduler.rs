@@ -204,7 +204,7 @@ impl<B: BambaOps> Engine<B> {
         config.validate(&model.config, &costs)?;
         let stats = Arc::new(EngineStats::default());
         stats.cache_budget.store(config.cache_budget.unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
-        stats.max_num_seqs.store(config.max_num_seqs as u64, std::sync::atomic::Ordering::Relaxed);
+        EngineStats::set(&stats.max_num_seqs, config.max_num_seqs);
         let config = Arc::new(config);
         let (sender, submissions) = mpsc::channel();
         let handle = EngineHandle {
