@@ -16,6 +16,9 @@
 # - serve:   `bamba serve` of each shape under `bamba bench-serve`, 64 concurrent requests of 1,024 + 512
 #            tokens, beside `bamba bench` decode of 64 sequences after 1,024 tokens; the Bamba shape once
 #            more with --no-prefix-cache (what recording the prefix cache's snapshots costs);
+# - moe:     Granite 4.0-H Tiny (64 experts, 6 picked) beside Granite 4.0-H 1B, the same hybrid with a dense
+#            MLP as wide as Tiny's active one (a 1,024 shared + 6 x 512 routed = 4,096): batch-1 and batch-64
+#            decode and pp4096, random bf16 weights, both GPU backends at batch 1;
 # - load:    a random Bamba-9B checkpoint (scripts/random_checkpoint.py, 19.6 GB) loaded from the page cache.
 #
 # Usage: BIN=DIR OUT=RAW [MAMBA_SSM=DIR] scripts/gpu_bench.sh [PART...]
@@ -103,6 +106,17 @@ part_serve() {
     kill $server; wait $server
   done
 }
+part_moe() {
+  local model config be
+  for model in granite-4.0-h-tiny granite-4.0-h-1b; do
+    config=tests/configs/$model.json
+    for be in cuda-unfused cuda; do
+      bench "${model}_b1_$be" 90 --config $config -t tg128 -b 1 -r 5 --backend $be
+    done
+    bench "${model}_b64" 90 --config $config -t tg16@d1024 -b 64 -r 3 --backend cuda-unfused
+    bench "${model}_pp" 90 --config $config -t pp4096 -b 1 -r 3 --backend cuda-unfused
+  done
+}
 part_load() {
   # tmpfs is RAM like the page cache, and faster to write than the disk
   local shm_gb ckpt
@@ -115,7 +129,7 @@ part_load() {
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] || [ "${parts[0]}" = all ] && parts=(tests kernels decode prefill hf serve load)
+[ ${#parts[@]} -eq 0 ] || [ "${parts[0]}" = all ] && parts=(tests kernels decode prefill hf serve moe load)
 for part in "${parts[@]}"; do
   declare -F "part_$part" > /dev/null || { echo "unknown part $part" >&2; exit 2; }
   RAW=$OUT/$part

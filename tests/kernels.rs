@@ -1035,73 +1035,109 @@ fn check_serving_engine<B: BambaOps>(device: &B::Device) {
     }
 }
 
+/// The router's top-k ([`BambaOps::top_k`]) against a host sort: distinct logits, many ties, rows
+/// with `-inf` (the sigmoid router masks dropped groups so), the Granite (64 experts, k 6) and
+/// Nemotron 3 (512, k 22) sizes; values and ids exact, their softmax within f32 rounding.
+fn check_top_k<B: BambaOps>(device: &B::Device) {
+    for (rows, columns, k, modulus) in
+        [(9, 13, 3, 101), (9, 13, 13, 5), (3, 64, 6, 1009), (2, 512, 22, 97), (5, 7, 4, 0)]
+    {
+        let mut values: Vec<f32> = (0..rows * columns)
+            .map(|i| if modulus == 0 { 0.0 } else { ((i * 7919) % modulus) as f32 * 0.37 - 17.0 })
+            .collect();
+        if modulus == 0 {
+            // Two finite values per row, the rest -inf: the later picks are ties at -inf.
+            values.iter_mut().enumerate().filter(|(i, _)| i % columns > 1).for_each(|(_, v)| *v = f32::NEG_INFINITY);
+        }
+        let (want, want_ids, want_soft) = sorted_top_k(&values, columns, k);
+        let case = format!("{rows}x{columns} k {k} mod {modulus}");
+        for softmax in [false, true] {
+            let logits = tensor::<B, 2>(&values, [rows, columns], device, DType::F32);
+            let (got, ids) = B::top_k(logits, k, softmax);
+            let ids: Vec<i64> = ids.into_data().convert::<i64>().to_vec().unwrap();
+            assert_eq!(ids, want_ids, "{case} softmax {softmax}: ids");
+            let got = host(got);
+            if softmax {
+                if modulus != 0 {
+                    let diff = max_abs_diff(&got, &want_soft);
+                    assert!(diff < 1e-6, "{case}: softmax {diff:e}");
+                }
+            } else {
+                assert_eq!(got, want, "{case}: values");
+            }
+        }
+    }
+}
+
+/// Routed experts ([`BambaOps::moe_experts`]) against the reference on the CPU in f32, from inputs
+/// rounded to each dtype: tokens with one expert, several, experts no token picks, a decode step of the
+/// Granite 4.0-H widths (hidden 1536, width 512, k 6), a batch of 64 tokens (several passes over an
+/// expert's rows), and past `MAX_KERNEL_PAIRS` pairs (the host-grouped products). The routing comes
+/// from a host sort, so both sides route alike. Within the dtype's rounding (the kernels round the
+/// activation to the dtype); in f32 1e-3: the grouped products may run as TF32 on CUDA (`check_gemv`).
+fn check_moe<B: BambaOps>(device: &B::Device) {
+    use bamba_kernels::ExpertActivation::{Relu2, SwiGlu};
+    let cpu = Default::default();
+    for dtype in dtypes::<B>(device) {
+        let round = |values: Vec<f32>| rounded(values, dtype);
+        for (seed, ((rows, hidden, width, experts, k), activation)) in [
+            ((1, 16, 8, 4, 2), SwiGlu),
+            ((7, 32, 24, 8, 3), SwiGlu),
+            ((13, 24, 40, 5, 1), SwiGlu),
+            ((1, 1536, 512, 8, 6), SwiGlu),
+            ((64, 64, 48, 16, 6), SwiGlu),
+            ((520, 16, 8, 6, 2), SwiGlu),
+            ((1, 16, 8, 4, 2), Relu2),
+            ((20, 24, 12, 8, 3), Relu2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let seed = 71 + 5 * seed as u64;
+            let projected = if activation == SwiGlu { 2 * width } else { width };
+            let x = round(uniform(rows * hidden, seed, -1.0, 1.0));
+            let logits = uniform(rows * experts, seed + 1, -2.0, 2.0);
+            let scale = 1.0 / (hidden as f32).sqrt();
+            let gate_up = round(uniform(experts * projected * hidden, seed + 2, -scale, scale));
+            let down = round(uniform(experts * hidden * width, seed + 3, -scale, scale));
+            let (_, ids, weights) = sorted_top_k(&logits, experts, k);
+            let weights = round(weights);
+            let run = |device: &B::Device| {
+                let ids = Tensor::<B, 2, burn::tensor::Int>::from_data(TensorData::new(ids.clone(), [rows, k]), device);
+                host(B::moe_experts(
+                    tensor(&x, [rows, hidden], device, dtype),
+                    tensor(&weights, [rows, k], device, dtype),
+                    ids,
+                    tensor(&gate_up, [experts, projected, hidden], device, dtype),
+                    tensor(&down, [experts, hidden, width], device, dtype),
+                    activation,
+                ))
+            };
+            let ids_cpu = Tensor::<Cpu, 2, burn::tensor::Int>::from_data(TensorData::new(ids.clone(), [rows, k]), &cpu);
+            let want = host(reference::moe::moe_experts::<Cpu>(
+                tensor(&x, [rows, hidden], &cpu, DType::F32),
+                tensor(&weights, [rows, k], &cpu, DType::F32),
+                ids_cpu,
+                tensor(&gate_up, [experts, projected, hidden], &cpu, DType::F32),
+                tensor(&down, [experts, hidden, width], &cpu, DType::F32),
+                activation,
+            ));
+            let diff = relative_diff(&run(device), &want);
+            let case =
+                format!("{activation:?} {dtype:?} rows {rows} hidden {hidden} width {width} experts {experts} k {k}");
+            println!("moe_experts {case} on {}: relative difference {diff:e}", B::name(device));
+            let tolerance = if dtype == DType::F32 { 1e-3 } else { rounding_tolerance(dtype) };
+            assert!(diff < tolerance, "{case}: {diff:e}");
+        }
+    }
+}
+
 /// `BambaOps::upload_weight` puts exactly the bytes `fill` writes on the device, in every dtype, for
 /// a tensor of one element, one of a few, and one of two pinned pieces on CUDA (32 + 8.04 MiB, not a
 /// multiple of anything; the tensors in turn cycle through all four pinned buffers), and a kernel
 /// launched right after the upload reads them (on CUDA
 /// the copy runs outside CubeCL's stream: `bamba-kernels/src/cube/upload.rs`). The values are whole
 /// numbers in [-125, 125], exact in every dtype, so the comparison is exact.
-/// Routed experts ([`BambaOps::moe_experts`]) and the routing before them (top-k of the router logits,
-/// softmax over the picked ones) against the reference on the CPU: tokens with one expert, several,
-/// experts no token picks, and both GPU forms (gathered up to `GATHERED_PAIRS` token-slot pairs,
-/// grouped on the host above). The router logits come from the host, so that both sides route alike
-/// (a TF32 router product on CUDA could pick another expert for a near tie); the experts' products
-/// may run as TF32 on CUDA (see `check_gemv`), hence 1e-3, far below what a wrong weighting gives.
-fn check_moe<B: BambaOps>(device: &B::Device) {
-    use bamba_kernels::ExpertActivation;
-    use burn::tensor::activation::softmax;
-    for ((rows, hidden, width, experts, k), activation) in [
-        ((1, 16, 8, 4, 2), ExpertActivation::SwiGlu),
-        ((7, 32, 24, 8, 3), ExpertActivation::SwiGlu),
-        ((13, 24, 40, 5, 1), ExpertActivation::SwiGlu),
-        ((20, 16, 8, 6, 2), ExpertActivation::SwiGlu),
-        ((1, 16, 8, 4, 2), ExpertActivation::Relu2),
-        ((20, 24, 12, 8, 3), ExpertActivation::Relu2),
-    ] {
-        let projected = if activation == ExpertActivation::SwiGlu { 2 * width } else { width };
-        let x = uniform(rows * hidden, 71, -1.0, 1.0);
-        let logits = uniform(rows * experts, 72, -2.0, 2.0);
-        let gate_up = uniform(experts * projected * hidden, 73, -0.3, 0.3);
-        let down = uniform(experts * hidden * width, 74, -0.3, 0.3);
-        let device_run = || {
-            let (picked, chosen) = tensor::<B, 2>(&logits, [rows, experts], device, DType::F32).topk_with_indices(k, 1);
-            let weights = softmax(picked, 1);
-            let ids: Vec<i64> = chosen.clone().into_data().convert::<i64>().to_vec().unwrap();
-            let out = B::moe_experts(
-                tensor(&x, [rows, hidden], device, DType::F32),
-                weights.clone(),
-                chosen,
-                tensor(&gate_up, [experts, projected, hidden], device, DType::F32),
-                tensor(&down, [experts, hidden, width], device, DType::F32),
-                activation,
-            );
-            (ids, host(weights), host(out))
-        };
-        let cpu_run = || {
-            let cpu = Default::default();
-            let (picked, chosen) = tensor::<Cpu, 2>(&logits, [rows, experts], &cpu, DType::F32).topk_with_indices(k, 1);
-            let weights = softmax(picked, 1);
-            let ids: Vec<i64> = chosen.clone().into_data().convert::<i64>().to_vec().unwrap();
-            let out = reference::moe::moe_experts::<Cpu>(
-                tensor(&x, [rows, hidden], &cpu, DType::F32),
-                weights.clone(),
-                chosen,
-                tensor(&gate_up, [experts, projected, hidden], &cpu, DType::F32),
-                tensor(&down, [experts, hidden, width], &cpu, DType::F32),
-                activation,
-            );
-            (ids, host(weights), host(out))
-        };
-        let ((ids, weights, out), (want_ids, want_weights, want_out)) = (device_run(), cpu_run());
-        let case = format!("{activation:?} rows {rows} hidden {hidden} width {width} experts {experts} k {k}");
-        assert_eq!(ids, want_ids, "{case}: routing");
-        assert!(max_abs_diff(&weights, &want_weights) < 1e-6, "{case}: routing weights");
-        let diff = relative_diff(&out, &want_out);
-        println!("moe_experts {case} on {}: relative difference {diff:e}", B::name(device));
-        assert!(diff < 1e-3, "{case}: experts {diff:e}");
-    }
-}
-
 fn check_upload<B: BambaOps>(device: &B::Device) {
     let value = |i: usize| (i % 251) as f32 - 125.0;
     for dtype in dtypes::<B>(device) {
@@ -1144,6 +1180,15 @@ fn check_shape_errors<B: BambaOps>(device: &B::Device) {
     assert_eq!(text, "linear_no_bias: weight is [32, 48], x [3, 64]");
     let residual = message(&mut || drop(B::linear_residual(zeros2([3, 64]), zeros2([32, 64]), zeros2([3, 31]))));
     assert_eq!(residual, "linear_residual: the residual is [3, 31], not [3, 32]");
+    let ids = Tensor::<B, 2, burn::tensor::Int>::zeros([3, 2], device);
+    let (gate_up, down) = (Tensor::<B, 3>::zeros([4, 16, 16], device), Tensor::<B, 3>::zeros([4, 16, 7], device));
+    let swiglu = bamba_kernels::ExpertActivation::SwiGlu;
+    let experts = message(&mut || {
+        drop(B::moe_experts(zeros2([3, 16]), zeros2([3, 2]), ids.clone(), gate_up.clone(), down.clone(), swiglu))
+    });
+    assert_eq!(experts, "moe_experts: gate_up is [4, 16, 16], down [4, 16, 7], hidden 16");
+    let top_k = message(&mut || drop(B::top_k(zeros2([3, 5]), 6, false)));
+    assert_eq!(top_k, "top_k: k = 6 of 5 columns");
     let q = Tensor::<B, 4>::zeros([2, 4, 1, 16], device);
     let kv = Tensor::<B, 4>::zeros([2, 2, 8, 16], device);
     let keys =
@@ -1224,6 +1269,11 @@ macro_rules! backend_tests {
             #[test]
             fn moe_experts_match_the_reference() {
                 check_moe::<$backend>(&$device);
+            }
+
+            #[test]
+            fn top_k_matches_a_host_sort() {
+                check_top_k::<$backend>(&$device);
             }
 
             #[test]

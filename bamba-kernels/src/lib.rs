@@ -210,6 +210,16 @@ pub trait BambaOps: Backend {
         reference::moe::moe_experts(x, weights, experts, gate_up, down, activation)
     }
 
+    /// A router's pick: the `k` largest values of each row of `logits`, largest first (the lower
+    /// column first among equal values), and their columns; with `softmax`, the picked values
+    /// replaced by their softmax. See [`reference::moe::top_k`].
+    ///
+    /// # Shapes
+    /// - `logits`: `[rows, columns]` f32 with `1 ≤ k ≤ columns` → `[rows, k]` f32 and `[rows, k]` ids
+    fn top_k(logits: Tensor<Self, 2>, k: usize, softmax: bool) -> (Tensor<Self, 2>, Tensor<Self, 2, Int>) {
+        reference::moe::top_k(logits, k, softmax)
+    }
+
     /// Rotary position embedding of the first `rotary_dim` dims of every head (partial RoPE, NeoX
     /// `rotate_half`); see [`reference::rope::rope`] for the rounding.
     ///

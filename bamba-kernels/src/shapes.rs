@@ -5,9 +5,9 @@
 //! message (the trait's ops return tensors, and a wrong shape is a caller's bug, as in Burn's own ops).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
-use crate::{MambaStepConfig, MambaStepWeights, SsdInputs};
+use crate::{ExpertActivation, MambaStepConfig, MambaStepWeights, SsdInputs};
 
 /// Operands of one op whose shapes do not fit together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,6 +188,35 @@ pub fn decode_attention<B: Backend>(
     op.expect(q[2] == 1, || format!("q is {q:?}: one position per sequence"))?;
     op.expect(keys <= capacity, || format!("{keys} keys past the cache's capacity {capacity}"))?;
     op.expect(key_start == [q[0]], || format!("key_start is {key_start:?}, not [{}]", q[0]))
+}
+
+/// Routed experts: x `[rows, hidden]`, the routing weights and expert ids `[rows, k]`, `gate_up`
+/// `[experts, 2·width, hidden]` (relu²: `[experts, width, hidden]`), `down` `[experts, hidden, width]`.
+pub fn moe_experts<B: Backend>(
+    x: &Tensor<B, 2>,
+    weights: &Tensor<B, 2>,
+    experts: &Tensor<B, 2, Int>,
+    gate_up: &Tensor<B, 3>,
+    down: &Tensor<B, 3>,
+    activation: ExpertActivation,
+) -> Result<(), ShapeError> {
+    let op = Op("moe_experts");
+    let ([rows, hidden], routing, ids) = (x.dims(), weights.dims(), experts.dims());
+    let (gate_up, down) = (gate_up.dims(), down.dims());
+    op.expect(routing == ids && ids[0] == rows, || {
+        format!("weights are {routing:?}, ids {ids:?}, x [{rows}, {hidden}]")
+    })?;
+    let width = down[2];
+    let want = [down[0], activation.rows_per_width() * width, hidden];
+    op.expect(down[1] == hidden && gate_up == want, || {
+        format!("gate_up is {gate_up:?}, down {down:?}, hidden {hidden}")
+    })
+}
+
+/// Top-k of router logits: `1 ≤ k ≤ columns`.
+pub fn top_k<B: Backend>(logits: &Tensor<B, 2>, k: usize) -> Result<(), ShapeError> {
+    let columns = logits.dims()[1];
+    Op("top_k").expect((1..=columns).contains(&k), || format!("k = {k} of {columns} columns"))
 }
 
 #[cfg(all(test, feature = "ndarray"))]

@@ -2,10 +2,10 @@
 //! are summed ([`BambaOps::moe_experts`]). Two routers: Granite 4.0-H's top-k of the logits with a
 //! softmax over the picked ones (SwiGLU experts beside the layer's dense MLP), and Nemotron 3's
 //! DeepSeek-V3 router (sigmoid scores, a bias that only steers the choice, group-limited picks;
-//! relu² experts beside a shared MLP). Picking runs on the device ([`top_k`]).
+//! relu² experts beside a shared MLP). Picking runs on the device ([`BambaOps::top_k`]).
 
 use bamba_kernels::{BambaOps, ExpertActivation};
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::config::{BambaConfig, MlpActivation, MoeConfig, Router};
@@ -97,8 +97,7 @@ impl<B: BambaOps> Moe<B> {
             // GraniteMoeHybridTopKRouter: logits in the model dtype, routed in f32.
             Router::TopKSoftmax => {
                 let logits = B::linear_no_bias(rows, self.router.clone()).cast(DType::F32);
-                let (picked, experts) = top_k(logits, k);
-                (softmax(picked, 1), experts)
+                B::top_k(logits, k, true)
             }
             // DeepseekV3TopkRouter, all in f32.
             Router::SigmoidGrouped { groups, top_groups, normalize, scale } => {
@@ -111,8 +110,8 @@ impl<B: BambaOps> Moe<B> {
                 if top_groups < groups {
                     let per = experts / groups;
                     // A group scores the sum of its two best experts; the best `top_groups` stay.
-                    let (best, _) = top_k(choice.clone().reshape([n * groups, per]), 2);
-                    let (_, kept) = top_k(best.sum_dim(1).reshape([n, groups]), top_groups);
+                    let (best, _) = B::top_k(choice.clone().reshape([n * groups, per]), 2, false);
+                    let (_, kept) = B::top_k(best.sum_dim(1).reshape([n, groups]), top_groups, false);
                     let columns = Tensor::<B, 1, Int>::arange(0..groups as i64, &choice.device())
                         .reshape([1, groups])
                         .expand([n, groups]);
@@ -125,7 +124,7 @@ impl<B: BambaOps> Moe<B> {
                         keep.reshape([n, groups, 1]).expand([n, groups, per]).reshape([n, experts]).lower_elem(0.5);
                     choice = choice.mask_fill(dropped, f32::NEG_INFINITY);
                 }
-                let (_, picked) = top_k(choice, k);
+                let (_, picked) = B::top_k(choice, k, false);
                 let mut weights = scores.gather(1, picked.clone());
                 if normalize {
                     let sum = weights.clone().sum_dim(1).add_scalar(1e-20);
@@ -135,25 +134,4 @@ impl<B: BambaOps> Moe<B> {
             }
         }
     }
-}
-
-/// The `k` largest logits of each row, largest first, and their columns, by `k` rounds of argmax
-/// and masking: all device ops. Burn 0.21's `topk` sorts, and its GPU backends sort by reading the
-/// tensor back to the host, a round trip per MoE layer; `k` is at most a few tens here.
-///
-/// # Shapes
-/// - `logits`: `[rows, experts]` f32 → `[rows, k]` f32 and `[rows, k]` column ids
-pub fn top_k<B: BambaOps>(logits: Tensor<B, 2>, k: usize) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
-    let [rows, experts] = logits.dims();
-    let columns =
-        Tensor::<B, 1, Int>::arange(0..experts as i64, &logits.device()).reshape([1, experts]).expand([rows, experts]);
-    let mut rest = logits;
-    let (mut values, mut ids) = (Vec::with_capacity(k), Vec::with_capacity(k));
-    for _ in 0..k {
-        let id = rest.clone().argmax(1); // [rows, 1], the first of equal maxima
-        values.push(rest.clone().gather(1, id.clone()));
-        rest = rest.mask_fill(columns.clone().equal(id.clone().expand([rows, experts])), f32::NEG_INFINITY);
-        ids.push(id);
-    }
-    (Tensor::cat(values, 1), Tensor::cat(ids, 1))
 }

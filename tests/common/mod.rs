@@ -138,3 +138,19 @@ pub fn generate_references(fixture: &str) -> Vec<GenerateReference> {
     }
     out
 }
+
+/// Each row's `k` largest values, largest first, the lower column first among equal values, and the
+/// softmax of those values (f64, rounded).
+pub fn sorted_top_k(values: &[f32], columns: usize, k: usize) -> (Vec<f32>, Vec<i64>, Vec<f32>) {
+    let (mut picked, mut ids, mut soft) = (Vec::new(), Vec::new(), Vec::new());
+    for row in values.chunks(columns) {
+        let mut order: Vec<usize> = (0..columns).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a])); // stable: equal values keep column order
+        let top: Vec<f32> = order[..k].iter().map(|&c| row[c]).collect();
+        let total: f64 = top.iter().map(|&v| (v as f64 - top[0] as f64).exp()).sum();
+        soft.extend(top.iter().map(|&v| ((v as f64 - top[0] as f64).exp() / total) as f32));
+        picked.extend(top);
+        ids.extend(order[..k].iter().map(|&c| c as i64));
+    }
+    (picked, ids, soft)
+}

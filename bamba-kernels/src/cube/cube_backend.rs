@@ -204,7 +204,19 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         down: Tensor<Self, 3>,
         activation: ExpertActivation,
     ) -> Tensor<Self, 2> {
-        crate::reference::moe::moe_experts_on_device(x, weights, experts, gate_up, down, activation)
+        assert_ok(shapes::moe_experts(&x, &weights, &experts, &gate_up, &down, activation));
+        let dtypes = [x.dtype(), weights.dtype(), gate_up.dtype(), down.dtype()];
+        if !moe::experts_apply(experts.dims().iter().product(), dtypes) {
+            return crate::reference::moe::moe_experts(x, weights, experts, gate_up, down, activation);
+        }
+        let ids = experts.into_primitive();
+        wrap(moe::launch_experts(prim(x), prim(weights), ids, prim(gate_up), prim(down), activation))
+    }
+
+    fn top_k(logits: Tensor<Self, 2>, k: usize, softmax: bool) -> (Tensor<Self, 2>, Tensor<Self, 2, Int>) {
+        assert_ok(shapes::top_k(&logits, k));
+        let (values, ids) = moe::launch_top_k(prim(logits.cast(DType::F32)), k, softmax, I::dtype());
+        (wrap(values), Tensor::from_primitive(ids))
     }
 
     fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>, rotary_dim: usize) -> Tensor<Self, 4> {

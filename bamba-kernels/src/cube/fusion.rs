@@ -5,7 +5,7 @@
 use core::marker::PhantomData;
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Bool, DType, Int, Tensor};
+use burn::tensor::{Bool, DType, Element, Int, Tensor};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, NoOp};
 use burn_ir::{CustomOpIr, HandleContainer, InitOperationIr, OperationIr, OperationOutput, TensorIr};
@@ -19,7 +19,8 @@ use crate::{
 use super::dispatch::*;
 use super::{prim, wrap};
 
-/// Which `BambaOps` method a fused custom op runs.
+/// Which `BambaOps` method a fused custom op runs (`Experts` takes int expert ids, `TopK` returns
+/// int ids: [`CustomOp::experts`], [`CustomOp::top_k`]).
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Scan(SsdConfig),
@@ -35,6 +36,8 @@ enum Kind {
     CausalAttention { query_offset: usize, masked: bool },
     MambaStep { has_bias: bool, config: MambaStepConfig },
     Rope { rotary_dim: usize },
+    Experts { activation: ExpertActivation },
+    TopK { k: usize, softmax: bool },
 }
 
 /// A `BambaOps` call recorded in the fusion stream; runs the inner backend's method when executed.
@@ -45,8 +48,35 @@ struct CustomOp<B> {
     _backend: PhantomData<B>,
 }
 
+type Handles<B> = HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
+
+impl<B: FusionBackend + BambaOps> CustomOp<B> {
+    /// `moe_experts`, whose third input is an int tensor.
+    fn experts(&self, handles: &mut Handles<B>, activation: ExpertActivation) {
+        let [x, weights, ids, gate_up, down] = &self.desc.inputs[..] else { unreachable!("five inputs") };
+        let (x, weights) = (wrap(handles.get_float_tensor::<B>(x)), wrap(handles.get_float_tensor::<B>(weights)));
+        let ids = Tensor::from_primitive(handles.get_int_tensor::<B>(ids));
+        let (gate_up, down) = (wrap(handles.get_float_tensor::<B>(gate_up)), wrap(handles.get_float_tensor::<B>(down)));
+        let y = B::moe_experts(x, weights, ids, gate_up, down, activation);
+        handles.register_float_tensor::<B>(&self.desc.outputs[0].id, prim(y));
+    }
+
+    /// `top_k`, whose second output is an int tensor.
+    fn top_k(&self, handles: &mut Handles<B>, k: usize, softmax: bool) {
+        let logits = wrap(handles.get_float_tensor::<B>(&self.desc.inputs[0]));
+        let (values, ids) = B::top_k(logits, k, softmax);
+        handles.register_float_tensor::<B>(&self.desc.outputs[0].id, prim(values));
+        handles.register_int_tensor::<B>(&self.desc.outputs[1].id, ids.into_primitive());
+    }
+}
+
 impl<B: FusionBackend + BambaOps> Operation<B::FusionRuntime> for CustomOp<B> {
-    fn execute(&self, handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
+    fn execute(&self, handles: &mut Handles<B>) {
+        match self.kind {
+            Kind::Experts { activation } => return self.experts(handles, activation),
+            Kind::TopK { k, softmax } => return self.top_k(handles, k, softmax),
+            _ => {}
+        }
         let inputs: Vec<FloatTensor<B>> = self.desc.inputs.iter().map(|t| handles.get_float_tensor::<B>(t)).collect();
         let mut inputs = inputs.into_iter();
         let mut next = || inputs.next().expect("input count fixed by the kind");
@@ -118,6 +148,7 @@ impl<B: FusionBackend + BambaOps> Operation<B::FusionRuntime> for CustomOp<B> {
                 let mask = masked.then(|| wrap::<B, 4>(next()).bool());
                 vec![prim(B::causal_attention(q, k, v, query_offset, mask))]
             }
+            Kind::Experts { .. } | Kind::TopK { .. } => unreachable!("int operands: run above"),
         };
         for (ir, tensor) in self.desc.outputs.iter().zip(outputs) {
             handles.register_float_tensor::<B>(&ir.id, tensor);
@@ -309,7 +340,25 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         down: Tensor<Self, 3>,
         activation: ExpertActivation,
     ) -> Tensor<Self, 2> {
-        crate::reference::moe::moe_experts_on_device(x, weights, experts, gate_up, down, activation)
+        assert_ok(shapes::moe_experts(&x, &weights, &experts, &gate_up, &down, activation));
+        let dtypes = [x.dtype(), weights.dtype(), gate_up.dtype(), down.dtype()];
+        if !super::moe::experts_apply(experts.dims().iter().product(), dtypes) {
+            return crate::reference::moe::moe_experts(x, weights, experts, gate_up, down, activation);
+        }
+        let out = (x.dims().to_vec(), x.dtype());
+        // A fusion tensor primitive is one type whatever its kind: the int ids travel with the floats.
+        let ins = vec![prim(x), prim(weights), experts.into_primitive(), prim(gate_up), prim(down)];
+        let [y] = register::<B, 1>("bamba_moe_experts", Kind::Experts { activation }, ins, [out]);
+        wrap(y)
+    }
+
+    fn top_k(logits: Tensor<Self, 2>, k: usize, softmax: bool) -> (Tensor<Self, 2>, Tensor<Self, 2, Int>) {
+        assert_ok(shapes::top_k(&logits, k));
+        let shape = vec![logits.dims()[0], k];
+        let outs = [(shape.clone(), DType::F32), (shape, <B::IntElem as Element>::dtype())];
+        let ins = vec![prim(logits.cast(DType::F32))];
+        let [values, ids] = register::<B, 2>("bamba_top_k", Kind::TopK { k, softmax }, ins, outs);
+        (wrap(values), Tensor::from_primitive(ids))
     }
 
     fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>, rotary_dim: usize) -> Tensor<Self, 4> {

@@ -20,6 +20,7 @@ mod legacy_stream;
 mod mamba_step;
 mod math;
 pub mod matmul;
+mod moe;
 mod persistent;
 mod rms_norm;
 mod rope;

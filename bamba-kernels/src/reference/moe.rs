@@ -1,10 +1,7 @@
 //! Routed experts of a mixture-of-experts feed-forward (Granite 4.0-H's SwiGLU experts, Nemotron-H's
-//! relu² ones), as Burn tensor ops, in two
-//! forms: [`moe_experts`] groups tokens per expert on the host, runs each expert on its own tokens
-//! and adds the weighted outputs back in expert order (transformers' `index_add_` loop);
-//! [`moe_experts_gathered`] copies each (token, slot)'s expert weights into one batch on the device
-//! and never reads the routing back, for the few rows of a decode step on a GPU, where a host round
-//! trip per layer costs more than the copy.
+//! relu² ones) and the router's top-k, as Burn tensor ops. [`moe_experts`] groups tokens per expert
+//! on the host, runs each expert on its own tokens and adds the weighted outputs back in expert order
+//! (transformers' `index_add_` loop); [`top_k`] picks on the device.
 
 use burn::tensor::activation::silu;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
@@ -23,7 +20,7 @@ pub enum ExpertActivation {
 
 impl ExpertActivation {
     /// Rows of the first product per unit of width.
-    fn rows_per_width(self) -> usize {
+    pub(crate) fn rows_per_width(self) -> usize {
         match self {
             ExpertActivation::SwiGlu => 2,
             ExpertActivation::Relu2 => 1,
@@ -47,27 +44,6 @@ impl ExpertActivation {
     }
 }
 
-/// The sizes both forms read off their arguments.
-struct Sizes {
-    rows: usize,
-    hidden: usize,
-    experts: usize,
-    width: usize,
-    k: usize,
-}
-
-impl Sizes {
-    fn of<B: BambaOps>(
-        x: &Tensor<B, 2>,
-        experts: &Tensor<B, 2, Int>,
-        gate_up: &Tensor<B, 3>,
-        activation: ExpertActivation,
-    ) -> Self {
-        let ([rows, hidden], [count, projected, _]) = (x.dims(), gate_up.dims());
-        Sizes { rows, hidden, experts: count, width: projected / activation.rows_per_width(), k: experts.dims()[1] }
-    }
-}
-
 /// `out[t] = Σ_j weights[t, j] · down[e] · act(gate_up[e] · x[t])` with `e = experts[t, j]` and `act`
 /// the [`ExpertActivation`] (SwiGLU: `silu(g) · u` of the two halves; relu²): each expert over the
 /// tokens routed to it, its products the backend's
@@ -87,8 +63,8 @@ pub fn moe_experts<B: BambaOps>(
     down: Tensor<B, 3>,
     activation: ExpertActivation,
 ) -> Tensor<B, 2> {
-    let Sizes { rows, hidden, experts: count, width, k } = Sizes::of(&x, &experts, &gate_up, activation);
-    let projected_width = activation.rows_per_width() * width;
+    let ([rows, hidden], [count, projected_width, _], k) = (x.dims(), gate_up.dims(), experts.dims()[1]);
+    let width = projected_width / activation.rows_per_width();
     let device = x.device();
     let routing: Vec<i64> = experts.into_data().convert::<i64>().to_vec().expect("int routing");
     // Per expert: the (token, slot) pairs routed to it, tokens ascending.
@@ -117,61 +93,26 @@ pub fn moe_experts<B: BambaOps>(
     out
 }
 
-/// Up to this many (token, slot) pairs, GPU backends run [`moe_experts_gathered`]: it moves each picked
-/// expert's weights three times (read, write, read) but needs no host round trip, which at a decode
-/// step's few rows is the larger cost. Above it the copies would outgrow the weights themselves.
-pub const GATHERED_PAIRS: usize = 32;
-
-/// [`moe_experts`] without reading the routing back: the picked experts' weights are gathered on the
-/// device into `[rows · k, …]` batches and multiplied by each token in one batched product per
-/// projection; the `k` weighted outputs of a token are summed in slot order. Same arguments and result
-/// (up to the order of that sum).
+/// The `k` largest values of each row, largest first (the lower column first among equal values),
+/// and their columns, by `k` rounds of argmax and masking: all device ops. With `softmax`, the picked
+/// values are replaced by their softmax (Granite's router). Burn 0.21's `topk` sorts, and its GPU
+/// backends sort by reading the tensor back to the host, a round trip per MoE layer; `k` is at most a
+/// few tens here.
 ///
 /// # Shapes
-/// - as [`moe_experts`]
-pub fn moe_experts_gathered<B: BambaOps>(
-    x: Tensor<B, 2>,
-    weights: Tensor<B, 2>,
-    experts: Tensor<B, 2, Int>,
-    gate_up: Tensor<B, 3>,
-    down: Tensor<B, 3>,
-    activation: ExpertActivation,
-) -> Tensor<B, 2> {
-    let Sizes { rows, hidden, width, k, .. } = Sizes::of(&x, &experts, &gate_up, activation);
-    let pairs = rows * k;
-    let ids = experts.reshape([pairs]);
-    let projected_width = activation.rows_per_width() * width;
-    // Each pair's expert weights as stored (`[out, in]`), times the token as a column: no transposed
-    // weight views. (Burn 0.21's fusion backend computed the relu² experts wrong on wgpu when both
-    // gathered weights were multiplied through `swap_dims` views.)
-    let gate_up = gate_up.select(0, ids.clone()); // [pairs, 2·width or width, hidden]
-    let down = down.select(0, ids); // [pairs, hidden, width]
-    let xs = x.unsqueeze_dim::<3>(1).expand([rows, k, hidden]).reshape([pairs, hidden, 1]);
-    let projected = gate_up.matmul(xs).reshape([pairs, 1, projected_width]);
-    let act = activation.apply(projected, width).reshape([pairs, width, 1]);
-    let y = down.matmul(act).reshape([rows, k, hidden]);
-    // Expanded before the product, as in `moe_experts`.
-    let scale = weights.reshape([rows, k, 1]).expand([rows, k, hidden]);
-    (y * scale).sum_dim(1).reshape([rows, hidden])
-}
-
-/// The GPU backends' choice between the two forms: [`moe_experts_gathered`] up to [`GATHERED_PAIRS`]
-/// (token, slot) pairs, else [`moe_experts`].
-///
-/// # Shapes
-/// - as [`moe_experts`]
-pub fn moe_experts_on_device<B: BambaOps>(
-    x: Tensor<B, 2>,
-    weights: Tensor<B, 2>,
-    experts: Tensor<B, 2, Int>,
-    gate_up: Tensor<B, 3>,
-    down: Tensor<B, 3>,
-    activation: ExpertActivation,
-) -> Tensor<B, 2> {
-    let [rows, k] = experts.dims();
-    if rows * k <= GATHERED_PAIRS {
-        moe_experts_gathered(x, weights, experts, gate_up, down, activation)
-    } else {
-        moe_experts(x, weights, experts, gate_up, down, activation)
+/// - `logits`: `[rows, columns]` f32 → `[rows, k]` f32 and `[rows, k]` column ids
+pub fn top_k<B: BambaOps>(logits: Tensor<B, 2>, k: usize, softmax: bool) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
+    let [rows, columns] = logits.dims();
+    let all =
+        Tensor::<B, 1, Int>::arange(0..columns as i64, &logits.device()).reshape([1, columns]).expand([rows, columns]);
+    let mut rest = logits;
+    let (mut values, mut ids) = (Vec::with_capacity(k), Vec::with_capacity(k));
+    for _ in 0..k {
+        let id = rest.clone().argmax(1); // [rows, 1], the first of equal maxima
+        values.push(rest.clone().gather(1, id.clone()));
+        rest = rest.mask_fill(all.clone().equal(id.clone().expand([rows, columns])), f32::NEG_INFINITY);
+        ids.push(id);
     }
+    let values = Tensor::cat(values, 1);
+    (if softmax { burn::tensor::activation::softmax(values, 1) } else { values }, Tensor::cat(ids, 1))
 }
