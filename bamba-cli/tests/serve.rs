@@ -18,6 +18,12 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// An HTTP client whose requests end within 30 s: a server that stops answering fails the test
+/// instead of hanging it.
+fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
 /// A `bamba serve` process, killed on drop.
 struct Server {
     child: Child,
@@ -68,11 +74,11 @@ impl Server {
     }
 
     fn get(&self, path: &str) -> reqwest::blocking::Response {
-        Client::new().get(format!("{}{path}", self.url)).send().unwrap()
+        client().get(format!("{}{path}", self.url)).send().unwrap()
     }
 
     fn post(&self, path: &str, body: &Value) -> reqwest::blocking::Response {
-        Client::new().post(format!("{}{path}", self.url)).json(body).send().unwrap()
+        client().post(format!("{}{path}", self.url)).json(body).send().unwrap()
     }
 
     /// A gauge or counter from `/metrics`.
@@ -136,7 +142,7 @@ fn concurrent_streams_get_transformers_tokens() {
             let (url, prompt) = (server.url.clone(), refs[r].0.clone());
             std::thread::spawn(move || {
                 let body = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true, "ignore_eos": true});
-                let response = Client::new().post(format!("{url}/v1/completions")).json(&body).send().unwrap();
+                let response = client().post(format!("{url}/v1/completions")).json(&body).send().unwrap();
                 assert_eq!(response.status(), StatusCode::OK);
                 let events = sse_events(response);
                 assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
@@ -341,7 +347,7 @@ fn text_completion_chat_stop_strings_and_logprobs() {
 #[test]
 fn bad_requests_get_openai_errors() {
     let server = Server::start(&["--api-key", "sesame", "--max-model-len", "64", "--max-body-bytes", "2000"]);
-    let client = Client::new();
+    let client = client();
     let post = |path: &str, body: String, key: Option<&str>| {
         let mut r = client.post(format!("{}{path}", server.url)).header("content-type", "application/json").body(body);
         if let Some(k) = key {
@@ -446,7 +452,7 @@ fn a_disconnected_stream_is_cancelled_and_overload_gets_429() {
     let first = std::thread::spawn(move || {
         let body = json!({"prompt": "Fogg", "max_tokens": 1000, "ignore_eos": true});
         let start = Instant::now();
-        let r = Client::new().post(format!("{url}/v1/completions")).json(&body).send().unwrap();
+        let r = client().post(format!("{url}/v1/completions")).json(&body).send().unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         start.elapsed().as_secs_f64()
     });
@@ -457,7 +463,7 @@ fn a_disconnected_stream_is_cancelled_and_overload_gets_429() {
             let url = url.clone();
             std::thread::spawn(move || {
                 let body = json!({"prompt": "Fogg", "max_tokens": 300, "ignore_eos": true});
-                let r = Client::new().post(format!("{url}/v1/completions")).json(&body).send().unwrap();
+                let r = client().post(format!("{url}/v1/completions")).json(&body).send().unwrap();
                 let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
                 (r.status(), retry)
             })
@@ -490,7 +496,7 @@ fn sigterm_drains_running_requests_and_exits_zero() {
     let url = server.url.clone();
     let request = std::thread::spawn(move || {
         let body = json!({"prompt": "Fogg", "max_tokens": 400, "ignore_eos": true, "temperature": 0});
-        Client::new().post(format!("{url}/v1/completions")).json(&body).send().unwrap().json::<Value>().unwrap()
+        client().post(format!("{url}/v1/completions")).json(&body).send().unwrap().json::<Value>().unwrap()
     });
     server.wait_for(|s| s.metric("vllm:num_requests_running") == 1.0, "running");
     // SAFETY: sending a signal to our own child process.
@@ -608,7 +614,7 @@ fn hostile_request_fields_get_200_or_a_client_error() {
         "model",
         "echo",
     ];
-    let client = Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let client = client();
     let edits = prop::collection::vec((prop::sample::select(fields.to_vec()), hostile_value()), 1..3);
     let mut runner = TestRunner::new(Config { cases: 160, failure_persistence: None, ..Config::default() });
     runner

@@ -38,6 +38,10 @@ const DEVICE_MEMORY_EVERY: u64 = 16;
 /// this, prefill chunks are mostly per-launch overhead.
 const MIN_STEP_TOKENS: usize = 64;
 
+/// Good steps at caps lowered after running out of memory before they are doubled back, after the
+/// first lowering; twice as many after each further one (at 20 ms a step, 1,024 steps are 20 s).
+const RESTORE_AFTER_STEPS: u64 = 1024;
+
 /// Adds to each request's scores (where it asks for them) the log-probabilities of its prompt tokens
 /// that `logits` predicts, and returns the last column (what the next token is chosen from). Column `c`
 /// of row `r` holds the logits after prompt position `first_positions[r] + c` of `rows[r]`'s request
@@ -191,6 +195,10 @@ pub struct Engine<B: BambaOps> {
     seq_cap: usize,
     /// Tokens per step at most: `max_num_batched_tokens`, lowered with `seq_cap`.
     token_cap: usize,
+    /// Steps run since the caps were last lowered or raised.
+    steps_at_cap: u64,
+    /// Times the caps were lowered.
+    lowerings: u32,
 }
 
 impl<B: BambaOps> Engine<B> {
@@ -219,6 +227,8 @@ impl<B: BambaOps> Engine<B> {
         let engine = Engine {
             seq_cap,
             token_cap,
+            steps_at_cap: 0,
+            lowerings: 0,
             prefix,
             model,
             config,
@@ -268,8 +278,8 @@ impl<B: BambaOps> Engine<B> {
     /// decode batch and the prefix cache are dropped and the allocator gives its free pages back.
     /// Out of memory, the admitted requests (a failed step puts back whatever it had taken out of
     /// the queues) are preempted: back to the front of the queue, in arrival order, to be recomputed
-    /// from their tokens, while the engine admits half as many requests and tokens per step from
-    /// then on. Where it cannot go lower (one request, the fewest tokens per step), or for any other
+    /// from their tokens, while the engine admits half as many requests and tokens per step (until
+    /// [`Self::restore_caps`] raises them again). Where it cannot go lower (one request, the fewest tokens per step), or for any other
     /// failure, they fail with the error. Queued requests, untouched, go on.
     fn recover(&mut self, error: &DeviceError) {
         let mut admitted: Vec<_> = self.prefilling.drain(..).chain(self.running.drain(..)).collect();
@@ -295,6 +305,8 @@ impl<B: BambaOps> Engine<B> {
             EngineStats::add(&self.stats.preemptions, admitted.len());
             EngineStats::set(&self.stats.max_num_seqs, seq_cap);
             (self.seq_cap, self.token_cap) = (seq_cap, token_cap);
+            self.steps_at_cap = 0;
+            self.lowerings += 1;
             admitted.sort_by_key(|s| s.submitted);
             for mut seq in admitted.into_iter().rev() {
                 seq.reset();
@@ -360,7 +372,35 @@ impl<B: BambaOps> Engine<B> {
         self.publish();
         self.tend_allocator();
         self.steps += 1;
+        self.restore_caps();
         Ok(())
+    }
+
+    /// After enough good steps at caps lowered by [`Self::recover`], doubles them back toward the
+    /// configured ones: what ran out of memory may have been one long prompt or a fragmented
+    /// allocator, not the load itself. A load that runs out again is retried ever more rarely:
+    /// [`RESTORE_AFTER_STEPS`] after the first lowering, twice as many after each further one.
+    fn restore_caps(&mut self) {
+        let (seqs, tokens) = (self.config.max_num_seqs, self.config.max_num_batched_tokens);
+        if self.seq_cap >= seqs && self.token_cap >= tokens {
+            return;
+        }
+        self.steps_at_cap += 1;
+        let wait = RESTORE_AFTER_STEPS << self.lowerings.saturating_sub(1).min(20);
+        if self.steps_at_cap < wait {
+            return;
+        }
+        self.steps_at_cap = 0;
+        // tokens > seqs holds for the configured pair and for every pair `recover` sets; doubling
+        // both, each capped at its configured value, keeps it
+        self.seq_cap = self.seq_cap.saturating_mul(2).min(seqs);
+        self.token_cap = self.token_cap.saturating_mul(2).min(tokens);
+        EngineStats::set(&self.stats.max_num_seqs, self.seq_cap);
+        tracing::info!(
+            max_num_seqs = self.seq_cap,
+            max_num_batched_tokens = self.token_cap,
+            "no device failure for {wait} steps: the engine takes more requests and tokens per step again"
+        );
     }
 
     /// Forgets requests whose receiver is gone, wherever they are.

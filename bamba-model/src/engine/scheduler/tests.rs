@@ -1,8 +1,8 @@
 //! Preemption after the device ran out of memory, driven step by step on the CPU: the engine is
 //! told the device failed at a chosen step (the CPU backend cannot run out of memory), and the
 //! preempted requests, recomputed from their tokens, end with transformers' greedy tokens
-//! (tests/fixtures/base, generate references) and each prompt's scores sent once. Also the
-//! prefix-cache settings an engine refuses.
+//! (tests/fixtures/base, generate references) and each prompt's scores sent once; the lowered caps
+//! come back after good steps. Also the prefix-cache settings an engine refuses.
 
 use std::path::PathBuf;
 
@@ -126,6 +126,35 @@ fn preempt_and_compare(prefix_cache: Option<PrefixCacheConfig>) {
     }
     assert_eq!(count(&engine.stats.device_failures), 1);
     assert_eq!(count(&engine.stats.finished), jobs.len() as u64);
+}
+
+/// Caps lowered after running out of memory double back toward the configured ones after 1,024
+/// good steps, 2,048 after a second lowering, and stop at the configuration.
+#[test]
+fn lowered_caps_are_raised_again_after_good_steps() {
+    let (mut engine, _handle, _) = engine(4, 100, None);
+    let raise_after = |engine: &mut Engine<Cpu>, steps: u64| {
+        let before = (engine.seq_cap, engine.token_cap);
+        for _ in 1..steps {
+            engine.restore_caps();
+        }
+        assert_eq!((engine.seq_cap, engine.token_cap), before, "raised before {steps} steps");
+        engine.restore_caps();
+        assert_ne!((engine.seq_cap, engine.token_cap), before, "not raised after {steps} steps");
+    };
+    (engine.seq_cap, engine.token_cap, engine.lowerings) = (1, 64, 1);
+    raise_after(&mut engine, 1024);
+    assert_eq!((engine.seq_cap, engine.token_cap), (2, 100));
+    assert_eq!(count(&engine.stats.max_num_seqs), 2);
+    raise_after(&mut engine, 1024);
+    assert_eq!((engine.seq_cap, engine.token_cap), (4, 100));
+    for _ in 0..5000 {
+        engine.restore_caps();
+    }
+    assert_eq!((engine.seq_cap, engine.token_cap), (4, 100), "never above the configuration");
+    (engine.seq_cap, engine.token_cap, engine.lowerings) = (2, 64, 2);
+    raise_after(&mut engine, 2048);
+    assert_eq!((engine.seq_cap, engine.token_cap), (4, 100));
 }
 
 #[test]
