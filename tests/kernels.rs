@@ -1037,7 +1037,8 @@ fn check_serving_engine<B: BambaOps>(device: &B::Device) {
 
 /// The router's top-k ([`BambaOps::top_k`]) against a host sort: distinct logits, many ties, rows
 /// with `-inf` (the sigmoid router masks dropped groups so), the Granite (64 experts, k 6) and
-/// Nemotron 3 (512, k 22) sizes; values and ids exact, their softmax within f32 rounding.
+/// Nemotron 3 (512, k 22) sizes, f32 and 16-bit logits; values and ids exact, their softmax within
+/// f32 rounding.
 fn check_top_k<B: BambaOps>(device: &B::Device) {
     for (rows, columns, k, modulus) in
         [(9, 13, 3, 101), (9, 13, 13, 5), (3, 64, 6, 1009), (2, 512, 22, 97), (5, 7, 4, 0)]
@@ -1049,19 +1050,19 @@ fn check_top_k<B: BambaOps>(device: &B::Device) {
             // Two finite values per row, the rest -inf: the later picks are ties at -inf.
             values.iter_mut().enumerate().filter(|(i, _)| i % columns > 1).for_each(|(_, v)| *v = f32::NEG_INFINITY);
         }
-        let (want, want_ids, want_soft) = sorted_top_k(&values, columns, k);
-        let case = format!("{rows}x{columns} k {k} mod {modulus}");
-        for softmax in [false, true] {
-            let logits = tensor::<B, 2>(&values, [rows, columns], device, DType::F32);
+        for (dtype, softmax) in dtypes::<B>(device).into_iter().flat_map(|d| [(d, false), (d, true)]) {
+            // 16-bit logits (Granite's router product) are read as they are
+            let values = rounded(values.clone(), dtype);
+            let (want, want_ids, want_soft) = sorted_top_k(&values, columns, k);
+            let case = format!("{rows}x{columns} k {k} mod {modulus} {dtype:?}");
+            let logits = tensor::<B, 2>(&values, [rows, columns], device, dtype);
             let (got, ids) = B::top_k(logits, k, softmax);
             let ids: Vec<i64> = ids.into_data().convert::<i64>().to_vec().unwrap();
             assert_eq!(ids, want_ids, "{case} softmax {softmax}: ids");
             let got = host(got);
             if softmax {
-                if modulus != 0 {
-                    let diff = max_abs_diff(&got, &want_soft);
-                    assert!(diff < 1e-6, "{case}: softmax {diff:e}");
-                }
+                let diff = max_abs_diff(&got, &want_soft);
+                assert!(diff < 1e-6, "{case}: softmax {diff:e}");
             } else {
                 assert_eq!(got, want, "{case}: values");
             }
@@ -1070,7 +1071,7 @@ fn check_top_k<B: BambaOps>(device: &B::Device) {
 }
 
 /// Routed experts ([`BambaOps::moe_experts`]) against the reference on the CPU in f32, from inputs
-/// rounded to each dtype: tokens with one expert, several, experts no token picks, a decode step of the
+/// rounded to each dtype (routing weights in f32 or in that dtype): tokens with one expert, several, experts no token picks, a decode step of the
 /// Granite 4.0-H widths (hidden 1536, width 512, k 6), a batch of 64 tokens (several passes over an
 /// expert's rows), and past `MAX_KERNEL_PAIRS` pairs (the host-grouped products). The routing comes
 /// from a host sort, so both sides route alike. Within the dtype's rounding (the kernels round the
@@ -1102,11 +1103,13 @@ fn check_moe<B: BambaOps>(device: &B::Device) {
             let down = round(uniform(experts * hidden * width, seed + 3, -scale, scale));
             let (_, ids, weights) = sorted_top_k(&logits, experts, k);
             let weights = round(weights);
+            // the router's f32 weights (what the model passes) or weights in x's dtype, alternately
+            let weights_dtype = if seed % 2 == 0 { DType::F32 } else { dtype };
             let run = |device: &B::Device| {
                 let ids = Tensor::<B, 2, burn::tensor::Int>::from_data(TensorData::new(ids.clone(), [rows, k]), device);
                 host(B::moe_experts(
                     tensor(&x, [rows, hidden], device, dtype),
-                    tensor(&weights, [rows, k], device, dtype),
+                    tensor(&weights, [rows, k], device, weights_dtype),
                     ids,
                     tensor(&gate_up, [experts, projected, hidden], device, dtype),
                     tensor(&down, [experts, hidden, width], device, dtype),

@@ -196,7 +196,7 @@ pub trait BambaOps: Backend {
     /// [`reference::moe::moe_experts`].
     ///
     /// # Shapes
-    /// - `x`: `[rows, hidden]`, `weights`: `[rows, k]`, `experts`: `[rows, k]` (ids)
+    /// - `x`: `[rows, hidden]`, `weights`: `[rows, k]` (any float dtype), `experts`: `[rows, k]` (ids)
     /// - `gate_up`: `[experts, 2·width, hidden]` (relu²: `[experts, width, hidden]`), `down`:
     ///   `[experts, hidden, width]` → `[rows, hidden]`
     fn moe_experts(
@@ -215,7 +215,8 @@ pub trait BambaOps: Backend {
     /// replaced by their softmax. See [`reference::moe::top_k`].
     ///
     /// # Shapes
-    /// - `logits`: `[rows, columns]` f32 with `1 ≤ k ≤ columns` → `[rows, k]` f32 and `[rows, k]` ids
+    /// - `logits`: `[rows, columns]` (any float dtype) with `1 ≤ k ≤ columns` → `[rows, k]` f32 and
+    ///   `[rows, k]` ids
     fn top_k(logits: Tensor<Self, 2>, k: usize, softmax: bool) -> (Tensor<Self, 2>, Tensor<Self, 2, Int>) {
         reference::moe::top_k(logits, k, softmax)
     }

@@ -80,10 +80,9 @@ impl<B: BambaOps> Moe<B> {
     /// - `h`: `[batch, len, hidden]` → same
     pub fn forward(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, len, hidden] = h.dims();
-        let dtype = h.dtype();
         let rows = h.reshape([batch * len, hidden]);
         let (weights, experts) = self.route(rows.clone());
-        B::moe_experts(rows, weights.cast(dtype), experts, self.gate_up.clone(), self.down.clone(), self.activation)
+        B::moe_experts(rows, weights, experts, self.gate_up.clone(), self.down.clone(), self.activation)
             .reshape([batch, len, hidden])
     }
 
@@ -95,10 +94,7 @@ impl<B: BambaOps> Moe<B> {
         let k = self.config.top_k;
         match self.config.router {
             // GraniteMoeHybridTopKRouter: logits in the model dtype, routed in f32.
-            Router::TopKSoftmax => {
-                let logits = B::linear_no_bias(rows, self.router.clone()).cast(DType::F32);
-                B::top_k(logits, k, true)
-            }
+            Router::TopKSoftmax => B::top_k(B::linear_no_bias(rows, self.router.clone()), k, true),
             // DeepseekV3TopkRouter, all in f32.
             Router::SigmoidGrouped { groups, top_groups, normalize, scale } => {
                 let scores = sigmoid(B::linear_no_bias(rows.cast(DType::F32), self.router.clone()));

@@ -205,8 +205,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         activation: ExpertActivation,
     ) -> Tensor<Self, 2> {
         assert_ok(shapes::moe_experts(&x, &weights, &experts, &gate_up, &down, activation));
-        let dtypes = [x.dtype(), weights.dtype(), gate_up.dtype(), down.dtype()];
-        if !moe::experts_apply(experts.dims().iter().product(), dtypes) {
+        let dtypes = [x.dtype(), gate_up.dtype(), down.dtype()];
+        if !moe::experts_apply(experts.dims().iter().product(), dtypes, weights.dtype()) {
             return crate::reference::moe::moe_experts(x, weights, experts, gate_up, down, activation);
         }
         let ids = experts.into_primitive();
@@ -215,7 +215,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
 
     fn top_k(logits: Tensor<Self, 2>, k: usize, softmax: bool) -> (Tensor<Self, 2>, Tensor<Self, 2, Int>) {
         assert_ok(shapes::top_k(&logits, k));
-        let (values, ids) = moe::launch_top_k(prim(logits.cast(DType::F32)), k, softmax, I::dtype());
+        let (values, ids) = moe::launch_top_k(prim(logits), k, softmax, I::dtype());
         (wrap(values), Tensor::from_primitive(ids))
     }
 

@@ -341,8 +341,8 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         activation: ExpertActivation,
     ) -> Tensor<Self, 2> {
         assert_ok(shapes::moe_experts(&x, &weights, &experts, &gate_up, &down, activation));
-        let dtypes = [x.dtype(), weights.dtype(), gate_up.dtype(), down.dtype()];
-        if !super::moe::experts_apply(experts.dims().iter().product(), dtypes) {
+        let dtypes = [x.dtype(), gate_up.dtype(), down.dtype()];
+        if !super::moe::experts_apply(experts.dims().iter().product(), dtypes, weights.dtype()) {
             return crate::reference::moe::moe_experts(x, weights, experts, gate_up, down, activation);
         }
         let out = (x.dims().to_vec(), x.dtype());
@@ -356,7 +356,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         assert_ok(shapes::top_k(&logits, k));
         let shape = vec![logits.dims()[0], k];
         let outs = [(shape.clone(), DType::F32), (shape, <B::IntElem as Element>::dtype())];
-        let ins = vec![prim(logits.cast(DType::F32))];
+        let ins = vec![prim(logits)];
         let [values, ids] = register::<B, 2>("bamba_top_k", Kind::TopK { k, softmax }, ins, outs);
         (wrap(values), Tensor::from_primitive(ids))
     }

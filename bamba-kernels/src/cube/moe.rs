@@ -204,14 +204,15 @@ fn pass<F: Float, N: Size>(
     }
 }
 
-/// `out[t, h] = Σ_j round(y[t·k + j, h] · weights[t, j])`, the sum in f32, rounded once.
+/// `out[t, h] = Σ_j round(y[t·k + j, h] · round(weights[t, j]))`, the weights rounded to y's dtype,
+/// the sum in f32, rounded once.
 #[cube(launch_unchecked)]
-fn weighted_sum_kernel<F: Float>(
+fn weighted_sum_kernel<F: Float, W: Float>(
     y: &Tensor<F>,
-    weights: &Tensor<F>,
+    weights: &Tensor<W>,
     out: &mut Tensor<F>,
     #[comptime] k: usize,
-    #[define(F)] _dtype: StorageType,
+    #[define(F, W)] _dtypes: [StorageType; 2],
 ) {
     let i = wrapped_cube() * SUM_UNITS + UNIT_POS_X as usize;
     let hidden = out.shape(1);
@@ -222,7 +223,8 @@ fn weighted_sum_kernel<F: Float>(
         #[unroll]
         for j in 0..k {
             let pair = token * k + j;
-            let weighted = f32::cast_from(y[pair * hidden + h]) * f32::cast_from(weights[pair]);
+            let weight = f32::cast_from(F::cast_from(weights[pair]));
+            let weighted = f32::cast_from(y[pair * hidden + h]) * weight;
             sum += f32::cast_from(F::cast_from(weighted));
         }
         out[i] = F::cast_from(sum);
@@ -234,15 +236,15 @@ fn weighted_sum_kernel<F: Float>(
 /// One row of `LANES` lanes per cube: round `j` takes the best value ordered after round `j - 1`'s
 /// pick (by value descending, then column ascending), so no column is masked or picked twice.
 #[cube(launch_unchecked)]
-fn top_k_kernel<I: Int>(
-    logits: &Tensor<f32>,
+fn top_k_kernel<F: Float, I: Int>(
+    logits: &Tensor<F>,
     values: &mut Tensor<f32>,
     columns: &mut Tensor<I>,
     infinity: f32,
     #[comptime] k: usize,
     #[comptime] softmax: bool,
     #[comptime] use_plane: bool,
-    #[define(I)] _dtype: StorageType,
+    #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let row = wrapped_cube();
     let experts = logits.shape(1);
@@ -261,7 +263,7 @@ fn top_k_kernel<I: Int>(
             let mut best_at = last;
             let mut c = lane;
             while c < experts {
-                let v = logits[row * experts + c];
+                let v = f32::cast_from(logits[row * experts + c]);
                 let at = f32::cast_from(c);
                 let after = v < prev || (v == prev && at > prev_at);
                 if after && (v > best || (v == best && at < best_at)) {
@@ -307,13 +309,13 @@ fn top_k_kernel<I: Int>(
 }
 
 /// Whether the expert kernels take these operands: at most [`MAX_KERNEL_PAIRS`] pairs, one float
-/// dtype for x, the routing weights and both expert weights.
-pub fn experts_apply(pairs: usize, dtypes: [DType; 4]) -> bool {
-    pairs <= MAX_KERNEL_PAIRS && dtypes.iter().all(|&d| d == dtypes[0]) && dtypes[0].is_float()
+/// dtype for x and both expert weights (`dtypes`), and float routing weights.
+pub fn experts_apply(pairs: usize, dtypes: [DType; 3], weights: DType) -> bool {
+    pairs <= MAX_KERNEL_PAIRS && dtypes.iter().all(|&d| d == dtypes[0]) && dtypes[0].is_float() && weights.is_float()
 }
 
 /// # Shapes
-/// - `x`: `[rows, hidden]`, `weights`: `[rows, k]` in x's dtype, `ids`: `[rows, k]` expert ids in an
+/// - `x`: `[rows, hidden]`, `weights`: `[rows, k]` in any float dtype, `ids`: `[rows, k]` expert ids in an
 ///   int dtype (ids out of range match no cube: their outputs are unset)
 /// - `gate_up`: `[experts, 2·width, hidden]` (relu²: `[experts, width, hidden]`), `down`:
 ///   `[experts, hidden, width]`, in x's dtype
@@ -327,6 +329,7 @@ pub fn launch_experts<R: CubeRuntime>(
     activation: ExpertActivation,
 ) -> CubeTensor<R> {
     let (x, weights, ids) = (into_contiguous(x), into_contiguous(weights), into_contiguous(ids));
+    let weights_dtype = weights.dtype;
     let (gate_up, down) = (into_contiguous(gate_up), into_contiguous(down));
     let client = x.client.clone();
     let [rows, hidden] = x.meta.shape().dims::<2>();
@@ -396,14 +399,14 @@ pub fn launch_experts<R: CubeRuntime>(
             weights.into_tensor_arg(),
             summed.clone().into_tensor_arg(),
             k,
-            dtype.into(),
+            [dtype.into(), weights_dtype.into()],
         );
     }
     summed
 }
 
 /// # Shapes
-/// - `logits`: `[rows, columns]` f32 with `1 ≤ k ≤ columns`
+/// - `logits`: `[rows, columns]` in a float dtype with `1 ≤ k ≤ columns`
 /// - returns `[rows, k]` f32 values and `[rows, k]` column ids in `int_dtype`, contiguous
 pub fn launch_top_k<R: CubeRuntime>(
     logits: CubeTensor<R>,
@@ -412,7 +415,7 @@ pub fn launch_top_k<R: CubeRuntime>(
     int_dtype: DType,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
     let logits = into_contiguous(logits);
-    let client = logits.client.clone();
+    let (client, dtype) = (logits.client.clone(), logits.dtype);
     let [rows, columns] = logits.meta.shape().dims::<2>();
     assert!((1..=columns).contains(&k), "top_k: k = {k} of {columns} columns");
     let empty = |dtype| empty_device_contiguous_dtype(client.clone(), logits.device.clone(), [rows, k].into(), dtype);
@@ -434,7 +437,7 @@ pub fn launch_top_k<R: CubeRuntime>(
             k,
             softmax,
             rows_are_planes(&client),
-            int_dtype.into(),
+            [dtype.into(), int_dtype.into()],
         );
     }
     (values, ids)

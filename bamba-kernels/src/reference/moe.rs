@@ -4,7 +4,7 @@
 //! (transformers' `index_add_` loop); [`top_k`] picks on the device.
 
 use burn::tensor::activation::silu;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::BambaOps;
 
@@ -51,7 +51,7 @@ impl ExpertActivation {
 /// host (one sync per call). Expert ids must be below `gate_up`'s first dim.
 ///
 /// # Shapes
-/// - `x`: `[rows, hidden]`; `weights`: `[rows, k]` in x's dtype; `experts`: `[rows, k]`
+/// - `x`: `[rows, hidden]`; `weights`: `[rows, k]` in any float dtype (rounded to x's); `experts`: `[rows, k]`
 /// - `gate_up`: `[experts, 2·width, hidden]` (rows `[gate | up]`; relu²: `[experts, width, hidden]`);
 ///   `down`: `[experts, hidden, width]`
 /// - returns `[rows, hidden]` in x's dtype
@@ -73,7 +73,7 @@ pub fn moe_experts<B: BambaOps>(
         let e = usize::try_from(e).ok().filter(|&e| e < count).expect("expert id in range");
         routed[e].push(((flat / k) as i64, flat as i64));
     }
-    let flat_weights = weights.reshape([rows * k]);
+    let flat_weights = weights.cast(x.dtype()).reshape([rows * k]);
     let mut out = Tensor::<B, 2>::zeros([rows, hidden], (&device, x.dtype()));
     for (e, pairs) in routed.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
         let n = pairs.len();
@@ -100,9 +100,10 @@ pub fn moe_experts<B: BambaOps>(
 /// few tens here.
 ///
 /// # Shapes
-/// - `logits`: `[rows, columns]` f32 → `[rows, k]` f32 and `[rows, k]` column ids
+/// - `logits`: `[rows, columns]` in any float dtype → `[rows, k]` f32 and `[rows, k]` column ids
 pub fn top_k<B: BambaOps>(logits: Tensor<B, 2>, k: usize, softmax: bool) -> (Tensor<B, 2>, Tensor<B, 2, Int>) {
     let [rows, columns] = logits.dims();
+    let logits = logits.cast(DType::F32);
     let all =
         Tensor::<B, 1, Int>::arange(0..columns as i64, &logits.device()).reshape([1, columns]).expand([rows, columns]);
     let mut rest = logits;
