@@ -4,8 +4,8 @@
 //! where the tensor ops took about fifty, and no host round trip.
 //!
 //! The two products are one kernel, [`expert_gemv_kernel`]: a cube is a block of `FEATURES` output
-//! features of one expert, and its units read the (few) expert ids to collect the (token, slot) pairs
-//! routed to that expert. An expert no token picked costs that scan and no weight reads, and a picked
+//! features of one expert, and its units stage the (few) expert ids in shared memory and scan them
+//! for the (token, slot) pairs routed to that expert. An expert no token picked costs that scan and no weight reads, and a picked
 //! expert's rows are read once per `rows` of its pairs, so decode reads only the chosen experts'
 //! weights. Within a cube the loads are the GEMV's (`gemv.rs`): a row of `LANES` lanes per feature
 //! on consecutive 16-byte vectors, several loads in flight per lane, f32 sums. Every unit of a cube
@@ -70,6 +70,15 @@ fn expert_gemv_kernel<F: Float, I: Int, N: Size>(
     let vectors = x.shape(1) / N::value();
     let first_row = expert * w.shape(1) + feature;
     let mut smem = SharedMemory::<f32>::new(LANES * features);
+    // The ids, staged once per cube: the scan below reads each in turn, and from global memory every
+    // read waited out a load's latency (at 384 pairs, most of a batch-64 decode step).
+    let mut staged = SharedMemory::<u32>::new(MAX_KERNEL_PAIRS);
+    let mut at = UNIT_POS_Y as usize * LANES + UNIT_POS_X as usize;
+    while at < pairs {
+        staged[at] = u32::cast_from(ids[at]);
+        at += LANES * features;
+    }
+    sync_cube();
     let mut chosen = Array::<usize>::new(rows);
     #[unroll]
     for r in 0..rows {
@@ -78,7 +87,7 @@ fn expert_gemv_kernel<F: Float, I: Int, N: Size>(
     let mut count = 0usize;
     let mut p = 0usize;
     while p < pairs {
-        if usize::cast_from(ids[p]) == expert {
+        if usize::cast_from(staged[p]) == expert {
             chosen[count] = p;
             count += 1;
         }
@@ -338,6 +347,8 @@ pub fn launch_experts<R: CubeRuntime>(
     let width = down.meta.shape().dims::<3>()[2];
     let dtype = x.dtype;
     let pairs = rows * k;
+    // the kernel stages the ids in shared memory of this size
+    assert!(pairs <= MAX_KERNEL_PAIRS, "moe_experts kernels take at most {MAX_KERNEL_PAIRS} pairs, got {pairs}");
     let empty =
         |shape: [usize; 2]| empty_device_contiguous_dtype(client.clone(), x.device.clone(), shape.into(), dtype);
     let (act, out) = (empty([pairs, width]), empty([pairs, hidden]));
