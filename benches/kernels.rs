@@ -1,5 +1,5 @@
 //! Criterion benches of the Bamba kernels (SSD chunked scan, SSD decode step, the fused Mamba decode
-//! step, causal conv, decode GEMV, and the model's attention) on the backend the features pick
+//! step, causal conv, decode GEMV, the model's attention, and MoE routing and experts) on the backend the features pick
 //! (cuda > wgpu > ndarray; the GPU ones unfused), each op timed as 20 back-to-back calls between two
 //! device syncs on GPUs (as scripts/bench_torch.py times torch), one call per sync on the CPU.
 //!
@@ -309,9 +309,48 @@ fn bench_attention(c: &mut Criterion) {
     group.finish();
 }
 
+/// A MoE layer's routed experts on Granite 4.0-H Tiny's shapes (64 experts of SwiGLU width 512 on
+/// hidden 1536, 6 picked per token; `[64, 1024, 1536]` and `[64, 1536, 512]` weights, 302 MB in bf16,
+/// past L2): the router's pick (`BambaOps::top_k`) and the experts (`BambaOps::moe_experts`) at
+/// decode batches, with the bytes of the experts the tokens picked as the throughput.
+fn bench_moe(c: &mut Criterion) {
+    let device = Default::default();
+    let mut group = c.benchmark_group("moe");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    let (experts, width, hidden, k) = if GPU { (64, 512, 1536, 6) } else { (8, 32, 64, 2) };
+    let gate_up = random([experts, 2 * width, hidden], -0.05, 0.05, dtype(), &device);
+    let down = random([experts, hidden, width], -0.05, 0.05, dtype(), &device);
+    let batches: &[usize] = if GPU { &[1, 8, 64, 160] } else { &[1, 8] };
+    for &rows in batches {
+        let logits = random([rows, experts], -1.0, 1.0, dtype(), &device);
+        let (weights, ids) = B::top_k(logits.clone(), k, true);
+        let picked = ids.clone().into_data().convert::<i64>().to_vec::<i64>().unwrap();
+        let distinct = picked.iter().collect::<std::collections::BTreeSet<_>>().len();
+        let x = random([rows, hidden], -1.0, 1.0, dtype(), &device);
+        group.throughput(Throughput::Bytes((distinct * 3 * width * hidden * dtype().size()) as u64));
+        group.bench_function(BenchmarkId::new("experts", rows), |bench| {
+            per_call(bench, &device, || {
+                B::moe_experts(
+                    x.clone(),
+                    weights.clone(),
+                    ids.clone(),
+                    gate_up.clone(),
+                    down.clone(),
+                    bamba_kernels::ExpertActivation::SwiGlu,
+                )
+            })
+        });
+        group.throughput(Throughput::Elements(rows as u64));
+        group.bench_function(BenchmarkId::new("top_k", rows), |bench| {
+            per_call(bench, &device, || B::top_k(logits.clone(), k, true))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = kernels;
     config = Criterion::default();
-    targets = bench_scan, bench_step, bench_mamba_step, bench_conv, bench_linear, bench_attention
+    targets = bench_scan, bench_step, bench_mamba_step, bench_conv, bench_linear, bench_attention, bench_moe
 }
 criterion_main!(kernels);

@@ -205,8 +205,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> BambaOps f
         activation: ExpertActivation,
     ) -> Tensor<Self, 2> {
         assert_ok(shapes::moe_experts(&x, &weights, &experts, &gate_up, &down, activation));
-        let dtypes = [x.dtype(), gate_up.dtype(), down.dtype()];
-        if !moe::experts_apply(experts.dims().iter().product(), dtypes, weights.dtype()) {
+        if !experts_apply(&x, &weights, &experts, &gate_up, &down) {
             return crate::reference::moe::moe_experts(x, weights, experts, gate_up, down, activation);
         }
         let ids = experts.into_primitive();

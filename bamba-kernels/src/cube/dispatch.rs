@@ -3,7 +3,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 use burn_cubecl::CubeRuntime;
 
 use crate::shapes::{self, assert_ok};
@@ -11,7 +11,7 @@ use crate::{MambaStepConfig, MambaStepWeights, SsdInputs};
 
 #[cfg(feature = "cuda")]
 use super::cublaslt;
-use super::{prim, MAX_GEMV_ROWS, MAX_KERNEL_D_STATE};
+use super::{moe, prim, MAX_GEMV_ROWS, MAX_KERNEL_D_STATE};
 
 /// The SSD inputs as the kernels take them, in order x, dt, A_log, B, C, D, dt_bias, state: x/dt/B/C in
 /// x's dtype, the per-head vectors and the state in f32, the state materialized (zeros when absent).
@@ -123,6 +123,25 @@ pub(super) fn gemv_applies<R: CubeRuntime, B: Backend>(x: &Tensor<B, 2>, weight:
         }
     }
     rows <= MAX_GEMV_ROWS && x.dtype() == weight.dtype()
+}
+
+/// Whether the MoE expert kernels take these operands: at most [`moe::MAX_KERNEL_PAIRS`] (token,
+/// slot) pairs (past that, prefill, the reference's host-grouped matmuls cost less), one float dtype
+/// for x and both expert weights, and float routing weights.
+pub(super) fn experts_apply<B: Backend>(
+    x: &Tensor<B, 2>,
+    weights: &Tensor<B, 2>,
+    experts: &Tensor<B, 2, Int>,
+    gate_up: &Tensor<B, 3>,
+    down: &Tensor<B, 3>,
+) -> bool {
+    let dtype = x.dtype();
+    let pairs: usize = experts.dims().iter().product();
+    pairs <= moe::MAX_KERNEL_PAIRS
+        && dtype.is_float()
+        && gate_up.dtype() == dtype
+        && down.dtype() == dtype
+        && weights.dtype().is_float()
 }
 
 /// Whether the RoPE kernel takes these operands: one dtype, an even `rotary_dim` within the head,

@@ -341,8 +341,7 @@ impl<B: FusionBackend + BambaOps> BambaOps for Fusion<B> {
         activation: ExpertActivation,
     ) -> Tensor<Self, 2> {
         assert_ok(shapes::moe_experts(&x, &weights, &experts, &gate_up, &down, activation));
-        let dtypes = [x.dtype(), gate_up.dtype(), down.dtype()];
-        if !super::moe::experts_apply(experts.dims().iter().product(), dtypes, weights.dtype()) {
+        if !experts_apply(&x, &weights, &experts, &gate_up, &down) {
             return crate::reference::moe::moe_experts(x, weights, experts, gate_up, down, activation);
         }
         let out = (x.dims().to_vec(), x.dtype());

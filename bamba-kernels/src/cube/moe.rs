@@ -4,12 +4,12 @@
 //! where the tensor ops took about fifty, and no host round trip.
 //!
 //! The two products are one kernel, [`expert_gemv_kernel`]: a cube is a block of `FEATURES` output
-//! features of one expert, and its units stage the (few) expert ids in shared memory and scan them
-//! for the (token, slot) pairs routed to that expert. An expert no token picked costs that scan and no weight reads, and a picked
+//! features of one expert, and its units list the (token, slot) pairs routed to that expert in shared
+//! memory, together (`expert_pairs`). An expert no token picked costs that listing and no weight reads, and a picked
 //! expert's rows are read once per `rows` of its pairs, so decode reads only the chosen experts'
 //! weights. Within a cube the loads are the GEMV's (`gemv.rs`): a row of `LANES` lanes per feature
 //! on consecutive 16-byte vectors, several loads in flight per lane, f32 sums. Every unit of a cube
-//! reads the same ids, so the data-dependent loop around the lanes' sums is uniform across the cube.
+//! reads the same list, so the data-dependent loop around the lanes' sums is uniform across the cube.
 //!
 //! Rounding follows [`crate::reference::moe::moe_experts`]: each product rounded to the dtype, SwiGLU
 //! as the GEMV's epilogue (`silu(g)` rounded, times `u`) or relu² of the rounded product, each output
@@ -35,7 +35,7 @@ const MAX_UNROLL: usize = 8;
 /// The most pairs one pass over an expert's weight rows serves (each lane keeps an f32 vector
 /// accumulator per pair, two with SwiGLU).
 const MAX_ROWS: usize = 8;
-/// Up to this many (token, slot) pairs the kernels take the routed experts. Every cube scans all the
+/// Up to this many (token, slot) pairs the kernels take the routed experts. Every cube reads all the
 /// ids, and past this the host-grouped products of the reference (tensor-core matmuls, one host round
 /// trip) cost less: prefill.
 pub const MAX_KERNEL_PAIRS: usize = 1024;
@@ -66,65 +66,125 @@ fn expert_gemv_kernel<F: Float, I: Int, N: Size>(
 ) {
     let expert = CUBE_POS_Y as usize;
     let feature = CUBE_POS_X as usize * features + UNIT_POS_Y as usize;
-    let (pairs, out_features) = (y.shape(0), y.shape(1));
+    let out_features = y.shape(1);
     let vectors = x.shape(1) / N::value();
     let first_row = expert * w.shape(1) + feature;
     let mut smem = SharedMemory::<f32>::new(LANES * features);
-    // The ids, staged once per cube: the scan below reads each in turn, and from global memory every
-    // read waited out a load's latency (at 384 pairs, most of a batch-64 decode step).
-    let mut staged = SharedMemory::<u32>::new(MAX_KERNEL_PAIRS);
-    let mut at = UNIT_POS_Y as usize * LANES + UNIT_POS_X as usize;
-    while at < pairs {
-        staged[at] = u32::cast_from(ids[at]);
-        at += LANES * features;
-    }
-    sync_cube();
-    let mut chosen = Array::<usize>::new(rows);
-    #[unroll]
-    for r in 0..rows {
-        chosen[r] = 0;
-    }
-    let mut count = 0usize;
-    let mut p = 0usize;
-    while p < pairs {
-        if usize::cast_from(staged[p]) == expert {
-            chosen[count] = p;
-            count += 1;
-        }
-        p += 1;
-        if count == rows || (p == pairs && count > 0) {
-            pass::<F, N>(
-                x,
-                w,
-                y,
-                &mut chosen,
-                count,
-                first_row * vectors,
-                (first_row + out_features) * vectors,
-                feature,
-                vectors,
-                pairs_per_row as usize,
-                &mut smem,
-                unroll,
-                rows,
-                activation,
-                use_plane,
-            );
-            count = 0;
-        }
+    let mut list = SharedMemory::<u32>::new(MAX_KERNEL_PAIRS);
+    let total = expert_pairs(ids, expert, &mut list, features, use_plane);
+    let mut start = 0usize;
+    while start < total {
+        pass::<F, N>(
+            x,
+            w,
+            y,
+            &list,
+            start,
+            usize::min(total - start, rows),
+            first_row * vectors,
+            (first_row + out_features) * vectors,
+            feature,
+            vectors,
+            pairs_per_row as usize,
+            &mut smem,
+            unroll,
+            rows,
+            activation,
+            use_plane,
+        );
+        start += rows;
     }
 }
 
-/// One pass over the cube's weight rows for the `count` pairs in `chosen` (at most `rows`): their
-/// products, activation and stores. Rows past `count` repeat the first pair's x (computed and
-/// dropped: no branch in the loads).
+/// Lists in `list` the pairs routed to `expert`, in ascending order, and returns their count (the
+/// same for every unit of the cube). Each of the cube's `rows × LANES` units counts the matches in
+/// its own run of at most `MAX_KERNEL_PAIRS / units` ids, a scan of the counts gives each run's first
+/// slot, and the runs write their matches there: a few loads per unit where one unit's scan of all
+/// the ids waited out a load per id. With planes the scan is a plane prefix sum and one exchange of
+/// the `rows` plane totals; an expert no token picked is then left after that one barrier.
+#[cube]
+fn expert_pairs<I: Int>(
+    ids: &Tensor<I>,
+    expert: usize,
+    list: &mut SharedMemory<u32>,
+    #[comptime] rows: usize,
+    #[comptime] use_plane: bool,
+) -> usize {
+    let units = rows * LANES;
+    let unit = UNIT_POS as usize;
+    let pairs = ids.len();
+    let per_unit = pairs.div_ceil(units);
+    let begin = usize::min(unit * per_unit, pairs);
+    let end = usize::min(begin + per_unit, pairs);
+    let mut mine = 0u32;
+    for p in begin..end {
+        if usize::cast_from(ids[p]) == expert {
+            mine += 1;
+        }
+    }
+    let mut first = 0u32;
+    let mut total = 0u32;
+    if use_plane {
+        let mut totals = SharedMemory::<u32>::new(rows);
+        let inclusive = plane_inclusive_sum(mine);
+        let row = UNIT_POS_Y as usize;
+        if UNIT_POS_X as usize == LANES - 1 {
+            totals[row] = inclusive;
+        }
+        sync_cube();
+        #[unroll]
+        for q in 0..rows {
+            let count = totals[q];
+            if q < row {
+                first += count;
+            }
+            total += count;
+        }
+        first += inclusive - mine;
+    } else {
+        // Inclusive prefix sums of the counts (Hillis–Steele), one step per power of two.
+        let mut counts = SharedMemory::<u32>::new(units);
+        counts[unit] = mine;
+        sync_cube();
+        let mut offset = 1usize;
+        while offset < units {
+            let mut before = 0u32;
+            if unit >= offset {
+                before = counts[unit - offset];
+            }
+            sync_cube();
+            counts[unit] += before;
+            sync_cube();
+            offset *= 2;
+        }
+        first = counts[unit] - mine;
+        total = counts[units - 1];
+    }
+    if total > 0 {
+        let mut at = usize::cast_from(first);
+        for p in begin..end {
+            if usize::cast_from(ids[p]) == expert {
+                list[at] = u32::cast_from(p);
+                at += 1;
+            }
+        }
+        sync_cube();
+    }
+    usize::cast_from(total)
+}
+
+/// One pass over the cube's weight rows for the `count` pairs `list[start..start + count]` (at most
+/// `rows`): their products, activation and stores. Rows past `count` repeat the first pair's x
+/// (computed and dropped: no branch in the loads). Each lane sums its products in one f32 per pair
+/// (two with SwiGLU), not a vector of them, so eight pairs fit in registers beside the loads.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn pass<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
     w: &Tensor<Vector<F, N>>,
     y: &mut Tensor<F>,
-    chosen: &mut Array<usize>,
+    list: &SharedMemory<u32>,
+    start: usize,
     count: usize,
     gate_base: usize,
     up_base: usize,
@@ -140,18 +200,18 @@ fn pass<F: Float, N: Size>(
     let lane = UNIT_POS_X as usize;
     let out_features = y.shape(1);
     let mut x_base = Array::<usize>::new(rows);
-    let mut acc = Array::<Vector<f32, N>>::new(rows);
+    let mut acc = Array::<f32>::new(rows);
     // With SwiGLU, the up rows' dot products.
-    let mut acc_up = Array::<Vector<f32, N>>::new(rows);
+    let mut acc_up = Array::<f32>::new(rows);
     #[unroll]
     for r in 0..rows {
-        let mut pair = chosen[0];
+        let mut pair = usize::cast_from(list[start]);
         if r < count {
-            pair = chosen[r];
+            pair = usize::cast_from(list[start + r]);
         }
         x_base[r] = pair / pairs_per_row * vectors;
-        acc[r] = Vector::new(0.0f32);
-        acc_up[r] = Vector::new(0.0f32);
+        acc[r] = 0.0f32;
+        acc_up[r] = 0.0f32;
     }
     if feature < out_features {
         let mut wv = Array::<Vector<F, N>>::new(unroll);
@@ -171,9 +231,9 @@ fn pass<F: Float, N: Size>(
                 #[unroll]
                 for r in 0..rows {
                     let xf = Vector::<f32, N>::cast_from(x[x_base[r] + i + u * LANES]);
-                    acc[r] += wf * xf;
+                    acc[r] += vector_sum(wf * xf);
                     if activation == SWIGLU {
-                        acc_up[r] += Vector::<f32, N>::cast_from(uv[u]) * xf;
+                        acc_up[r] += vector_sum(Vector::<f32, N>::cast_from(uv[u]) * xf);
                     }
                 }
             }
@@ -184,9 +244,9 @@ fn pass<F: Float, N: Size>(
             #[unroll]
             for r in 0..rows {
                 let xf = Vector::<f32, N>::cast_from(x[x_base[r] + i]);
-                acc[r] += wf * xf;
+                acc[r] += vector_sum(wf * xf);
                 if activation == SWIGLU {
-                    acc_up[r] += Vector::<f32, N>::cast_from(w[up_base + i]) * xf;
+                    acc_up[r] += vector_sum(Vector::<f32, N>::cast_from(w[up_base + i]) * xf);
                 }
             }
             i += LANES;
@@ -195,10 +255,10 @@ fn pass<F: Float, N: Size>(
     #[unroll]
     for r in 0..rows {
         if r < count {
-            let total = row_sum(vector_sum(acc[r]), smem, LANES, use_plane);
+            let total = row_sum(acc[r], smem, LANES, use_plane);
             let mut out = f32::cast_from(F::cast_from(total));
             if activation == SWIGLU {
-                let up = f32::cast_from(F::cast_from(row_sum(vector_sum(acc_up[r]), smem, LANES, use_plane)));
+                let up = f32::cast_from(F::cast_from(row_sum(acc_up[r], smem, LANES, use_plane)));
                 let gate = f32::cast_from(F::cast_from(out / (1.0f32 + f32::exp(-out))));
                 out = gate * up;
             }
@@ -207,7 +267,8 @@ fn pass<F: Float, N: Size>(
                 out = positive * positive;
             }
             if lane == 0 && feature < out_features {
-                y[chosen[r] * out_features + feature] = F::cast_from(out);
+                let pair = usize::cast_from(list[start + r]);
+                y[pair * out_features + feature] = F::cast_from(out);
             }
         }
     }
@@ -317,12 +378,6 @@ fn top_k_kernel<F: Float, I: Int>(
     }
 }
 
-/// Whether the expert kernels take these operands: at most [`MAX_KERNEL_PAIRS`] pairs, one float
-/// dtype for x and both expert weights (`dtypes`), and float routing weights.
-pub fn experts_apply(pairs: usize, dtypes: [DType; 3], weights: DType) -> bool {
-    pairs <= MAX_KERNEL_PAIRS && dtypes.iter().all(|&d| d == dtypes[0]) && dtypes[0].is_float() && weights.is_float()
-}
-
 /// # Shapes
 /// - `x`: `[rows, hidden]`, `weights`: `[rows, k]` in any float dtype, `ids`: `[rows, k]` expert ids in an
 ///   int dtype (ids out of range match no cube: their outputs are unset)
@@ -347,7 +402,7 @@ pub fn launch_experts<R: CubeRuntime>(
     let width = down.meta.shape().dims::<3>()[2];
     let dtype = x.dtype;
     let pairs = rows * k;
-    // the kernel stages the ids in shared memory of this size
+    // the kernel lists an expert's pairs in shared memory of this size
     assert!(pairs <= MAX_KERNEL_PAIRS, "moe_experts kernels take at most {MAX_KERNEL_PAIRS} pairs, got {pairs}");
     let empty =
         |shape: [usize; 2]| empty_device_contiguous_dtype(client.clone(), x.device.clone(), shape.into(), dtype);
