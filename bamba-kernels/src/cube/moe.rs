@@ -5,9 +5,9 @@
 //!
 //! The two products are one kernel, [`expert_gemv_kernel`]: a cube is a block of `FEATURES` output
 //! features of one expert, and its units list the (token, slot) pairs routed to that expert in shared
-//! memory, together (`expert_pairs`). An expert no token picked costs that listing and no weight reads, and a picked
-//! expert's rows are read once per `rows` of its pairs, so decode reads only the chosen experts'
-//! weights. Within a cube the loads are the GEMV's (`gemv.rs`): a row of `LANES` lanes per feature
+//! memory, together (`expert_pairs`). An expert no token picked costs that listing and no weight
+//! reads, and a picked expert's rows are read once per `rows` of its pairs, so decode reads only the
+//! chosen experts' weights. Within a cube the loads are the GEMV's (`gemv.rs`): a row of `LANES` lanes per feature
 //! on consecutive 16-byte vectors, several loads in flight per lane, f32 sums. Every unit of a cube
 //! reads the same list, so the data-dependent loop around the lanes' sums is uniform across the cube.
 //!
