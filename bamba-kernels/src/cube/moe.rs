@@ -7,9 +7,10 @@
 //! features of one expert, and its units list the (token, slot) pairs routed to that expert in shared
 //! memory, together (`expert_pairs`). An expert no token picked costs that listing and no weight
 //! reads, and a picked expert's rows are read once per `rows` of its pairs, so decode reads only the
-//! chosen experts' weights. Within a cube the loads are the GEMV's (`gemv.rs`): a row of `LANES` lanes per feature
-//! on consecutive 16-byte vectors, several loads in flight per lane, f32 sums. Every unit of a cube
-//! reads the same list, so the data-dependent loop around the lanes' sums is uniform across the cube.
+//! chosen experts' weights. Within a cube the loads are the GEMV's (`gemv.rs`): a row of `LANES`
+//! lanes per feature on consecutive 16-byte vectors, several loads in flight per lane, f32 sums (one
+//! per pair, two with SwiGLU). Every unit of a cube reads the same list, so the data-dependent loop
+//! around the lanes' sums is uniform across the cube.
 //!
 //! Rounding follows [`crate::reference::moe::moe_experts`]: each product rounded to the dtype, SwiGLU
 //! as the GEMV's epilogue (`silu(g)` rounded, times `u`) or relu² of the rounded product, each output
@@ -32,8 +33,8 @@ use crate::ExpertActivation;
 const FEATURES: usize = 8;
 /// The most weight vectors a lane loads before using them.
 const MAX_UNROLL: usize = 8;
-/// The most pairs one pass over an expert's weight rows serves (each lane keeps an f32 vector
-/// accumulator per pair, two with SwiGLU).
+/// The most pairs one pass over an expert's weight rows serves (each lane keeps an f32 accumulator
+/// per pair, two with SwiGLU).
 const MAX_ROWS: usize = 8;
 /// Up to this many (token, slot) pairs the kernels take the routed experts. Every cube reads all the
 /// ids, and past this the host-grouped products of the reference (tensor-core matmuls, one host round
@@ -97,20 +98,21 @@ fn expert_gemv_kernel<F: Float, I: Int, N: Size>(
 }
 
 /// Lists in `list` the pairs routed to `expert`, in ascending order, and returns their count (the
-/// same for every unit of the cube). Each of the cube's `rows × LANES` units counts the matches in
-/// its own run of at most `MAX_KERNEL_PAIRS / units` ids, a scan of the counts gives each run's first
-/// slot, and the runs write their matches there: a few loads per unit where one unit's scan of all
-/// the ids waited out a load per id. With planes the scan is a plane prefix sum and one exchange of
-/// the `rows` plane totals; an expert no token picked is then left after that one barrier.
+/// same for every unit of the cube). Each of the cube's `lane_rows × LANES` units counts the matches
+/// in its own run of at most `MAX_KERNEL_PAIRS / units` ids, a scan of the counts gives each run's
+/// first slot, and the runs write their matches there: a few loads per unit where one unit's scan of
+/// all the ids waited out a load per id. With planes (a row of lanes is one) the scan is a plane
+/// prefix sum and one exchange of the `lane_rows` plane totals; an expert no token picked is then
+/// left after that one barrier.
 #[cube]
 fn expert_pairs<I: Int>(
     ids: &Tensor<I>,
     expert: usize,
     list: &mut SharedMemory<u32>,
-    #[comptime] rows: usize,
+    #[comptime] lane_rows: usize,
     #[comptime] use_plane: bool,
 ) -> usize {
-    let units = rows * LANES;
+    let units = lane_rows * LANES;
     let unit = UNIT_POS as usize;
     let pairs = ids.len();
     let per_unit = pairs.div_ceil(units);
@@ -125,7 +127,7 @@ fn expert_pairs<I: Int>(
     let mut first = 0u32;
     let mut total = 0u32;
     if use_plane {
-        let mut totals = SharedMemory::<u32>::new(rows);
+        let mut totals = SharedMemory::<u32>::new(lane_rows);
         let inclusive = plane_inclusive_sum(mine);
         let row = UNIT_POS_Y as usize;
         if UNIT_POS_X as usize == LANES - 1 {
@@ -133,7 +135,7 @@ fn expert_pairs<I: Int>(
         }
         sync_cube();
         #[unroll]
-        for q in 0..rows {
+        for q in 0..lane_rows {
             let count = totals[q];
             if q < row {
                 first += count;
