@@ -69,6 +69,26 @@ pub fn row_max(part: f32, smem: &mut SharedMemory<f32>, #[comptime] lanes: usize
     row_reduce(part, smem, lanes, use_plane, true)
 }
 
+/// Turns `scan[0..units]` into its inclusive prefix sums in place, once every unit `unit < units` of
+/// the cube has written its own `scan[unit]` (Hillis–Steele: one step per power of two, two barriers
+/// each). Every unit of the cube calls it.
+#[cube]
+pub fn inclusive_scan<T: Numeric>(scan: &mut SharedMemory<T>, unit: usize, #[comptime] units: usize) {
+    sync_cube();
+    // (a runtime counter: a variable initialised from a comptime value could not be mutated)
+    let mut offset = 1usize;
+    while offset < units {
+        let mut add = T::from_int(0);
+        if unit >= offset {
+            add = scan[unit - offset];
+        }
+        sync_cube();
+        scan[unit] += add;
+        sync_cube();
+        offset *= 2;
+    }
+}
+
 #[cube]
 #[allow(unused_assignments)]
 fn row_reduce(

@@ -25,7 +25,7 @@ use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
 use super::gemv::vector_size;
-use super::math::{row_max, row_sum, vector_sum, wrapped_cube, wrapped_cube_count};
+use super::math::{inclusive_scan, row_max, row_sum, vector_sum, wrapped_cube, wrapped_cube_count};
 use super::ssd_step::{rows_are_planes, LANES};
 use crate::ExpertActivation;
 
@@ -144,21 +144,9 @@ fn expert_pairs<I: Int>(
         }
         first += inclusive - mine;
     } else {
-        // Inclusive prefix sums of the counts (Hillis–Steele), one step per power of two.
         let mut counts = SharedMemory::<u32>::new(units);
         counts[unit] = mine;
-        sync_cube();
-        let mut offset = 1usize;
-        while offset < units {
-            let mut before = 0u32;
-            if unit >= offset {
-                before = counts[unit - offset];
-            }
-            sync_cube();
-            counts[unit] += before;
-            sync_cube();
-            offset *= 2;
-        }
+        inclusive_scan(&mut counts, unit, units);
         first = counts[unit] - mine;
         total = counts[units - 1];
     }

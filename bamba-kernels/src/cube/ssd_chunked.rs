@@ -41,7 +41,7 @@ use super::fragments::{
     accumulator_pair, has_fragments, load_b_pair, load_vectors, stage_vectors, store_vectors, zero_fragment, COLS,
     DEPTH, PAD, PLANE, ROWS, VECTOR,
 };
-use super::math::discretize_dt;
+use super::math::{discretize_dt, inclusive_scan};
 use super::rms_norm::rows_of_vectors;
 
 /// Positions per block of the output kernel (one 16-row tile per plane, 4 planes).
@@ -118,19 +118,7 @@ fn cumsum_kernel<F: Float>(
         a_t = -f32::exp(a_log[h * a_log.stride(0)]) * dt_t;
     }
     scan[t] = a_t;
-    sync_cube();
-    // Hillis–Steele inclusive scan (a runtime counter: a comptime-initialised one cannot be mutated)
-    let mut offset = 1usize;
-    while offset < chunk {
-        let mut add = 0.0f32;
-        if t >= offset {
-            add = scan[t - offset];
-        }
-        sync_cube();
-        scan[t] += add;
-        sync_cube();
-        offset *= 2;
-    }
+    inclusive_scan(&mut scan, t, chunk);
     if pos < len {
         cum[bh * len + pos] = scan[t];
         dt_out[bh * len + pos] = dt_t;
