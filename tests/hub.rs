@@ -48,6 +48,16 @@ fn offline(cache: &Path) -> HubOptions {
     HubOptions::new(cache).offline(true)
 }
 
+/// Loads the embedded model's copy `repo` from the cache at `cache`, offline, and checks that it
+/// generates what transformers' `generate()` did.
+fn loads_offline_and_generates_transformers_text(cache: &Path, repo: &str) {
+    let model = TextModel::builder(repo).hub(offline(cache)).backend(BackendKind::Ndarray).load().unwrap();
+    let g = &tiny_reference()["generations"][0];
+    let mut options = TextOptions::default().max_new_tokens(json_ids(&g["generated_ids"]).len());
+    options.generate.ignore_eos = true;
+    assert_eq!(model.generate(g["prompt"].as_str().unwrap(), &options).unwrap().text, g["text"].as_str().unwrap());
+}
+
 #[test]
 fn a_cached_repo_loads_by_id_branch_and_commit_and_generates_transformers_text() {
     let cache = tempfile::tempdir().unwrap();
@@ -60,15 +70,7 @@ fn a_cached_repo_loads_by_id_branch_and_commit_and_generates_transformers_text()
     let dir = tiny_dir();
     assert_eq!(resolve(dir.to_str().unwrap(), &offline(cache.path())).unwrap(), dir);
 
-    let model = TextModel::builder("test-org/tiny-bamba")
-        .hub(offline(cache.path()))
-        .backend(BackendKind::Ndarray)
-        .load()
-        .unwrap();
-    let g = &tiny_reference()["generations"][0];
-    let mut options = TextOptions::default().max_new_tokens(json_ids(&g["generated_ids"]).len());
-    options.generate.ignore_eos = true;
-    assert_eq!(model.generate(g["prompt"].as_str().unwrap(), &options).unwrap().text, g["text"].as_str().unwrap());
+    loads_offline_and_generates_transformers_text(cache.path(), "test-org/tiny-bamba");
 }
 
 #[test]
@@ -239,15 +241,7 @@ fn a_repo_id_is_downloaded_from_the_hub_once_and_then_loads_offline() {
     // the next resolve finds the whole checkpoint in the cache and asks the hub nothing
     assert_eq!(resolve("test-org/tiny-bamba", &options).unwrap(), dir);
     assert_eq!(hub.paths().len(), asked.len());
-    let model = TextModel::builder("test-org/tiny-bamba")
-        .hub(offline(cache.path()))
-        .backend(BackendKind::Ndarray)
-        .load()
-        .unwrap();
-    let g = &tiny_reference()["generations"][0];
-    let mut options = TextOptions::default().max_new_tokens(json_ids(&g["generated_ids"]).len());
-    options.generate.ignore_eos = true;
-    assert_eq!(model.generate(g["prompt"].as_str().unwrap(), &options).unwrap().text, g["text"].as_str().unwrap());
+    loads_offline_and_generates_transformers_text(cache.path(), "test-org/tiny-bamba");
 }
 
 #[test]
